@@ -1,0 +1,35 @@
+"""Errors mcopt raises. Every message is one line that names the node/option/file and says what to do."""
+
+from __future__ import annotations
+
+
+class MCoptError(Exception):
+    """Base class: a user-facing error with a one-line message."""
+
+
+class ModelLoadError(MCoptError):
+    """The model file could not be read (missing, truncated, not ONNX)."""
+
+
+class UnsupportedOpError(MCoptError):
+    """The model uses an operator mcopt cannot import or lower."""
+
+
+class ShapeError(MCoptError):
+    """Shapes do not fit: an unknown dim without a user shape, or mismatched inputs."""
+
+
+class VerifyError(MCoptError):
+    """The IR is not valid (broken use-def chains, bad types, unknown ops, cycles)."""
+
+
+class PassError(MCoptError):
+    """A pass failed; the message names the pass and the passes that ran before it."""
+
+
+class OptionError(MCoptError):
+    """A bad option value (unknown pass, target, attribute, ...)."""
+
+
+class TargetError(MCoptError):
+    """Lowering or building for a target failed."""

@@ -1,0 +1,169 @@
+"""Typed values: a tensor type is shape + dtype, plus an optional *encoding* that says how a constant
+is physically stored (quantized, fixed point, binary, codebook, sparse). Sizes are computed from the
+encoding, so a compressed weight is counted at its real storage size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: dtypes the IR knows, by numpy name -> short name used by the printer.
+DTYPES: dict[str, str] = {
+    "float32": "f32",
+    "float16": "f16",
+    "float64": "f64",
+    "int8": "i8",
+    "uint8": "u8",
+    "int16": "i16",
+    "int32": "i32",
+    "int64": "i64",
+    "bool": "bool",
+}
+
+
+def dtype_name(dtype: object) -> str:
+    """Normalize a dtype-like to its numpy name, checking that the IR supports it."""
+    name = np.dtype(dtype).name
+    if name not in DTYPES:
+        raise TypeError(
+            f"dtype {name!r} is not supported by the mcopt IR (supported: {sorted(DTYPES)})"
+        )
+    return name
+
+
+class Encoding:
+    """How a constant tensor is stored. Subclasses (added by the compression passes) override
+    :meth:`storage_bits` with their real size."""
+
+    kind: str = "dense"
+
+    def storage_bits(self, shape: tuple[int, ...], dtype: str) -> int:
+        return math.prod(shape) * np.dtype(dtype).itemsize * 8
+
+    def describe(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
+class UniformQuant(Encoding):
+    """Uniform affine quantization: real = scale * (q - zero_point); per-tensor or per-axis."""
+
+    bits: int
+    signed: bool
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int | None = None
+    kind: str = field(default="quant", init=False)
+
+    def storage_bits(self, shape: tuple[int, ...], dtype: str) -> int:
+        return math.prod(shape) * self.bits + 32 * (len(self.scale) + len(self.zero_point))
+
+    def describe(self) -> str:
+        sign = "s" if self.signed else "u"
+        where = "tensor" if self.axis is None else f"axis={self.axis}"
+        return f"quant<{sign}{self.bits},{where}>"
+
+
+@dataclass(frozen=True)
+class FixedPoint(Encoding):
+    """Fixed point Qm.n: real = q * 2**-frac_bits with `bits` total bits (sign included)."""
+
+    bits: int
+    frac_bits: int
+    kind: str = field(default="fixed", init=False)
+
+    def storage_bits(self, shape: tuple[int, ...], dtype: str) -> int:
+        return math.prod(shape) * self.bits
+
+    def describe(self) -> str:
+        return f"fixed<{self.bits},{self.frac_bits}>"
+
+
+@dataclass(frozen=True)
+class Binary(Encoding):
+    """Binary weights: W ~= alpha * sign(W), one alpha per output channel (XNOR-Net)."""
+
+    num_scales: int
+    kind: str = field(default="binary", init=False)
+
+    def storage_bits(self, shape: tuple[int, ...], dtype: str) -> int:
+        return math.prod(shape) + 32 * self.num_scales
+
+
+@dataclass(frozen=True)
+class Codebook(Encoding):
+    """Shared weights: log2(k)-bit indices into a float codebook of k centroids (per codebook)."""
+
+    k: int
+    num_codebooks: int = 1
+    kind: str = field(default="codebook", init=False)
+
+    def storage_bits(self, shape: tuple[int, ...], dtype: str) -> int:
+        index_bits = max(1, math.ceil(math.log2(self.k)))
+        return math.prod(shape) * index_bits + 32 * self.k * self.num_codebooks
+
+    def describe(self) -> str:
+        return f"codebook<k={self.k}>"
+
+
+@dataclass(frozen=True)
+class Sparse(Encoding):
+    """Compressed sparse rows: nnz values + nnz column indices + row pointers."""
+
+    nnz: int
+    rows: int
+    index_bits: int = 32
+    kind: str = field(default="sparse", init=False)
+
+    def storage_bits(self, shape: tuple[int, ...], dtype: str) -> int:
+        value_bits = np.dtype(dtype).itemsize * 8
+        return self.nnz * (value_bits + self.index_bits) + (self.rows + 1) * 32
+
+    def describe(self) -> str:
+        return f"csr<nnz={self.nnz}>"
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """Static shape (all dims known) and dtype; `encoding` is set only on compressed constants."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    encoding: Encoding | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "dtype", dtype_name(self.dtype))
+        if any(d < 0 for d in self.shape):
+            raise ValueError(f"negative dim in shape {self.shape}")
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this tensor takes: its encoding's storage size, or dense size."""
+        bits = (self.encoding or Encoding()).storage_bits(self.shape, self.dtype)
+        return (bits + 7) // 8
+
+    def with_shape(self, shape: tuple[int, ...]) -> TensorType:
+        return TensorType(tuple(shape), self.dtype, self.encoding)
+
+    def __str__(self) -> str:
+        s = f"{DTYPES[self.dtype]}[{','.join(map(str, self.shape))}]"
+        if self.encoding is not None:
+            s += f"<{self.encoding.describe()}>"
+        return s
+
+
+def ttype(shape: tuple[int, ...] | list[int], dtype: object = "float32") -> TensorType:
+    """Shorthand constructor."""
+    return TensorType(tuple(shape), dtype_name(dtype))

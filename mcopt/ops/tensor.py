@@ -1,0 +1,3 @@
+"""Data-movement ops: reshape, flatten, transpose, squeeze/unsqueeze, concat, pad, identity."""
+
+from __future__ import annotations
