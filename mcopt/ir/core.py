@@ -201,7 +201,7 @@ class Graph:
         full_attrs = schema.normalize_attrs(attrs or {}, node_name=name or op)
         if out_types is None:
             out_types = schema.infer_types(
-                [None if v is None else v.type for v in inputs], full_attrs
+                [None if v is None else v.type for v in inputs], full_attrs, node_name=name or op
             )
         node_name = self.unique_node_name(name or op)
         if out_names is None:
@@ -252,12 +252,17 @@ class Graph:
         self.nodes.pop(self._index(node))
         node.graph = None
 
-    def replace_all_uses_with(self, old: Value, new: Value) -> None:
-        """Point every use of `old` (node inputs and graph outputs) at `new`."""
+    def replace_all_uses_with(
+        self, old: Value, new: Value, *, except_in: Iterable[Node] = ()
+    ) -> None:
+        """Point every use of `old` (node inputs and graph outputs) at `new`, except uses by the
+        nodes in `except_in` (e.g. the new node that itself consumes `old`)."""
         if old is new:
             return
+        skip = {id(n) for n in except_in}
         for node, idx in list(old.uses):
-            node.set_input(idx, new)
+            if id(node) not in skip:
+                node.set_input(idx, new)
         for i, o in enumerate(self.outputs):
             if o is old:
                 self.outputs[i] = new

@@ -1,0 +1,110 @@
+"""Shared benchmark helpers: the model set, timing, onnxruntime sessions, table output."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+THREADS = int(os.environ.get("MCOPT_BENCH_THREADS", os.cpu_count() or 1))
+os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
+
+
+def model_set(names: list[str] | None = None) -> dict[str, Any]:
+    """name -> onnx.ModelProto for the benchmark model set (seeded random weights except LeNet)."""
+    import onnx
+
+    from mcopt import zoo
+
+    builders: dict[str, Callable[[], Any]] = {
+        "lenet5": lambda: onnx.load(zoo.lenet5_path()),
+        "lenet300": lambda: onnx.load(zoo.lenet300_path()),
+        "mobilenet_v2": lambda: zoo.mobilenet_v2(),
+    }
+    for light in zoo.LIGHT_MODELS:
+        builders[light] = lambda light=light: zoo.light_model(light, seed=0)
+    chosen = names or list(builders)
+    unknown = [n for n in chosen if n not in builders]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; choose from {sorted(builders)}")
+    return {n: builders[n]() for n in chosen}
+
+
+def time_fn(
+    fn: Callable[[], Any], *, min_runs: int = 5, max_runs: int = 100, budget_s: float = 5.0
+) -> dict[str, float]:
+    """Median wall time of `fn` in ms after one warm-up call: at least `min_runs`, at most
+    `max_runs`, stopping once `budget_s` is spent."""
+    fn()  # warm-up
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (
+        len(times) < min_runs or time.perf_counter() - start < budget_s
+    ):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "runs": float(len(times)),
+        "std_ms": statistics.pstdev(times) if len(times) > 1 else 0.0,
+    }
+
+
+def ort_session(proto: Any, threads: int = THREADS) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def random_inputs(proto: Any, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for the model's graph inputs (dynamic dims -> batch)."""
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in proto.graph.initializer}
+    feeds = {}
+    for inp in proto.graph.input:
+        if inp.name in inits:
+            continue
+        dims = [d.dim_value if d.dim_value > 0 else batch for d in inp.type.tensor_type.shape.dim]
+        feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
+
+
+def max_rel_err(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    err = 0.0
+    for r, g in zip(ref, got):
+        r64, g64 = np.asarray(r, np.float64), np.asarray(g, np.float64)
+        scale = float(np.max(np.abs(r64))) or 1.0
+        err = max(err, float(np.max(np.abs(r64 - g64))) / scale)
+    return err
+
+
+def write_outputs(outdir: Path, name: str, rows: list[dict[str, Any]], table_md: str) -> None:
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / f"{name}.json").write_text(json.dumps(rows, indent=2, default=float))
+    (outdir / f"{name}.md").write_text(table_md)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """columns: (key, header, format spec)."""
+    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    sep = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"
+    lines = [head, sep]
+    for r in rows:
+        cells = []
+        for key, _, fmt in columns:
+            v = r.get(key)
+            cells.append("–" if v is None else (format(v, fmt) if fmt else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
