@@ -1,10 +1,10 @@
 """mcopt's op vocabulary. Importing this package registers every built-in op."""
 
-from mcopt.ops import elementwise as _elementwise  # noqa: E402,F401  (activations, add/mul/...)
-
 # Op tables: importing them registers the ops.
-from mcopt.ops import nn as _nn  # noqa: E402,F401  (conv2d, dense, pooling, batch_norm, ...)
-from mcopt.ops import tensor as _tensor  # noqa: E402,F401  (reshape, concat, transpose, pad, ...)
+from mcopt.ops import elementwise as _elementwise  # noqa: F401  (activations, add/mul/...)
+from mcopt.ops import nn as _nn  # noqa: F401  (conv2d, dense, matmul, batch_norm, lrn, softmax)
+from mcopt.ops import pool as _pool  # noqa: F401  (max/avg pooling, global pooling)
+from mcopt.ops import tensor as _tensor  # noqa: F401  (reshape, concat, transpose, pad, ...)
 from mcopt.ops.schema import (
     REQUIRED,
     OpSchema,

@@ -1,30 +1,157 @@
-"""Elementwise ops: activations and broadcasting arithmetic."""
+"""Elementwise ops: activations, clip/prelu, cast and broadcasting arithmetic."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
-from mcopt.ir.types import TensorType
-from mcopt.ops.schema import Attrs, InTypes, OpSchema, broadcast_shapes, register_op, same_as_input
+from mcopt.ir.types import DTYPES, TensorType
+from mcopt.ops._util import need_float
+from mcopt.ops.schema import (
+    REQUIRED,
+    Attrs,
+    InTypes,
+    OpSchema,
+    broadcast_shapes,
+    register_op,
+    same_as_input,
+)
+
+Check = Callable[[InTypes, Attrs], "str | None"]
 
 
-def _unary(name: str, fn, doc: str, attrs: dict | None = None) -> OpSchema:  # type: ignore[no-untyped-def]
+def _float_only(t: InTypes, a: Attrs) -> str | None:
+    return need_float(t[0])
+
+
+def _unary(
+    name: str,
+    fn: Callable[..., np.ndarray],
+    doc: str,
+    attrs: dict[str, Any] | None = None,
+    check: Check | None = None,
+) -> OpSchema:
+    """Register a one-input elementwise op; the result keeps the input dtype."""
+
+    def ref(x: np.ndarray, **kw: Any) -> np.ndarray:
+        return np.asarray(fn(x, **kw)).astype(x.dtype, copy=False)
+
+    ref.__name__ = f"{name}_ref"
     return register_op(
         OpSchema(
             name=name,
             inputs=("x",),
             attrs=attrs or {},
+            check=check,
             infer=same_as_input,
-            reference=fn,
+            reference=ref,
             elementwise=True,
             doc=doc,
         )
     )
 
 
-_unary("relu", lambda x: np.maximum(x, 0).astype(x.dtype), "y = max(x, 0)")
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Overflow-free logistic function."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
+def _clip(x: np.ndarray, *, min: float, max: float) -> np.ndarray:  # noqa: A002
+    lo = None if min == -np.inf else min
+    hi = None if max == np.inf else max
+    if lo is None and hi is None:
+        return x.copy()
+    if not np.issubdtype(x.dtype, np.floating):  # integer bounds: round inward
+        lo = None if lo is None else int(np.ceil(lo))
+        hi = None if hi is None else int(np.floor(hi))
+    return np.clip(x, lo, hi)
+
+
+def _number(*keys: str) -> Check:
+    def check(t: InTypes, a: Attrs) -> str | None:
+        for k in keys:
+            if isinstance(a[k], bool) or not isinstance(a[k], int | float):
+                return f"attribute {k!r} must be a number, got {a[k]!r}"
+        return None
+
+    return check
+
+
+def _dropout_check(t: InTypes, a: Attrs) -> str | None:
+    r = a["ratio"]
+    if isinstance(r, bool) or not isinstance(r, int | float) or not 0 <= r < 1:
+        return f"ratio must be in [0, 1), got {r!r}"
+    return None
+
+
+_unary("relu", lambda x: np.maximum(x, 0), "y = max(x, 0)")
+_unary("sigmoid", sigmoid, "y = 1 / (1 + exp(-x))", check=_float_only)
+_unary("tanh", np.tanh, "y = tanh(x)", check=_float_only)
+_unary(
+    "hard_swish",
+    lambda x: x * np.clip(x / 6 + 0.5, 0, 1),
+    "y = x * max(0, min(1, x/6 + 0.5)) (ONNX HardSwish)",
+    check=_float_only,
+)
+_unary("identity", lambda x: x.copy(), "y = x")
+_unary("exp", np.exp, "y = exp(x)", check=_float_only)
+_unary("sqrt", np.sqrt, "y = sqrt(x)", check=_float_only)
+_unary("neg", np.negative, "y = -x")
+_unary(
+    "dropout",
+    lambda x, ratio: x.copy(),
+    "inference dropout: y = x (removed by cleanup)",
+    attrs={"ratio": 0.5},
+    check=_dropout_check,
+)
+_unary(
+    "clip",
+    _clip,
+    "y = min(max(x, min), max); relu6 = clip(0, 6)",
+    attrs={"min": -np.inf, "max": np.inf},
+    check=_number("min", "max"),
+)
+_unary(
+    "leaky_relu",
+    lambda x, alpha: np.where(x >= 0, x, x * np.asarray(alpha, x.dtype)),
+    "y = x if x >= 0 else alpha * x",
+    attrs={"alpha": 0.01},
+    check=lambda t, a: _number("alpha")(t, a) or need_float(t[0]),
+)
+_unary(
+    "hard_sigmoid",
+    lambda x, alpha, beta: np.clip(alpha * x + beta, 0, 1),
+    "y = max(0, min(1, alpha * x + beta))",
+    attrs={"alpha": 0.2, "beta": 0.5},
+    check=lambda t, a: _number("alpha", "beta")(t, a) or need_float(t[0]),
+)
+
+
+# --- cast -----------------------------------------------------------------------------------------
+def _cast_check(t: InTypes, a: Attrs) -> str | None:
+    if a["to"] not in DTYPES:
+        return f"cannot cast to {a['to']!r}; dtypes: {sorted(DTYPES)}"
+    return None
+
+
+register_op(
+    OpSchema(
+        name="cast",
+        inputs=("x",),
+        attrs={"to": REQUIRED},
+        check=_cast_check,
+        infer=lambda t, a: [TensorType(t[0].shape, a["to"])],  # type: ignore[union-attr]
+        reference=lambda x, to: x.astype(to),
+        elementwise=True,
+        doc="y = x converted to dtype `to` (a numpy dtype name; float -> int truncates).",
+    )
+)
+
+
+# --- binary ---------------------------------------------------------------------------------------
 def _binary_infer(t: InTypes, a: Attrs) -> list[TensorType]:
     x, y = t[0], t[1]
     assert x is not None and y is not None
@@ -43,18 +170,67 @@ def _binary_check(t: InTypes, a: Attrs) -> str | None:
     return None
 
 
-def _binary(name: str, fn, doc: str) -> OpSchema:  # type: ignore[no-untyped-def]
+def _binary(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], doc: str) -> OpSchema:
+    def ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.asarray(fn(a, b)).astype(a.dtype, copy=False)
+
+    ref.__name__ = f"{name}_ref"
     return register_op(
         OpSchema(
             name=name,
             inputs=("a", "b"),
             check=_binary_check,
             infer=_binary_infer,
-            reference=lambda a, b: fn(a, b).astype(np.result_type(a.dtype)),
+            reference=ref,
             elementwise=True,
             doc=doc,
         )
     )
 
 
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if np.issubdtype(a.dtype, np.floating):
+        return np.divide(a, b)
+    q = np.floor_divide(a, b)  # integers: ONNX truncates toward zero, numpy floors
+    return q + ((q < 0) & (q * b != a))
+
+
+def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if np.issubdtype(a.dtype, np.floating):
+        return np.power(a, b)
+    return np.power(a.astype(np.float64), b).astype(a.dtype)
+
+
 _binary("add", np.add, "y = a + b (numpy broadcasting)")
+_binary("sub", np.subtract, "y = a - b (numpy broadcasting)")
+_binary("mul", np.multiply, "y = a * b (numpy broadcasting)")
+_binary("div", _div, "y = a / b (numpy broadcasting; integers truncate toward zero)")
+_binary("pow", _pow, "y = a ** b (numpy broadcasting)")
+
+
+# --- prelu ----------------------------------------------------------------------------------------
+def _prelu_check(t: InTypes, a: Attrs) -> str | None:
+    x, s = t[0], t[1]
+    assert x is not None and s is not None
+    if x.dtype != s.dtype:
+        return f"input dtypes differ: {x} and slope {s}"
+    try:
+        out = broadcast_shapes(x.shape, s.shape)
+    except ValueError as e:
+        return str(e)
+    if out != x.shape:
+        return f"slope {s} must broadcast to the input shape {x.shape}"
+    return need_float(x)
+
+
+register_op(
+    OpSchema(
+        name="prelu",
+        inputs=("x", "slope"),
+        check=_prelu_check,
+        infer=same_as_input,
+        reference=lambda x, slope: np.where(x >= 0, x, x * slope).astype(x.dtype, copy=False),
+        elementwise=True,
+        doc="y = x if x >= 0 else slope * x (slope broadcasts against x; ONNX PRelu)",
+    )
+)

@@ -1,3 +1,366 @@
-"""Data-movement ops: reshape, flatten, transpose, squeeze/unsqueeze, concat, pad, identity."""
+"""Data-movement ops: reshape, flatten, transpose, squeeze/unsqueeze, concat, split, slice, pad,
+reduce_mean. Attributes are fully resolved (the importer folds ONNX shape/axes inputs)."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from mcopt.ir.types import TensorType
+from mcopt.ops._util import bad_int, bad_ints, norm_axes, norm_axis
+from mcopt.ops.schema import REQUIRED, Attrs, InTypes, OpSchema, register_op
+
+
+def _x(t: InTypes) -> TensorType:
+    x = t[0]
+    assert x is not None
+    return x
+
+
+def _op(
+    name: str,
+    inputs: tuple[str, ...],
+    attrs: dict[str, Any],
+    check: Any,
+    infer: Any,
+    ref: Any,
+    doc: str,
+) -> None:
+    register_op(
+        OpSchema(
+            name=name, inputs=inputs, attrs=attrs, check=check, infer=infer, reference=ref, doc=doc
+        )
+    )
+
+
+# --- reshape / flatten / transpose ----------------------------------------------------------------
+def _reshape_check(t: InTypes, a: Attrs) -> str | None:
+    x = _x(t)
+    if reason := bad_ints(a, "shape", lo=0):
+        return reason + " (fully resolved: no -1 / 0 placeholders)"
+    if math.prod(a["shape"]) != x.size:
+        return f"cannot reshape {x} ({x.size} elements) to {a['shape']} ({math.prod(a['shape'])} elements)"
+    return None
+
+
+_op(
+    "reshape",
+    ("x",),
+    {"shape": REQUIRED},
+    _reshape_check,
+    lambda t, a: [TensorType(a["shape"], _x(t).dtype)],
+    lambda x, shape: x.reshape(shape),
+    "y = x viewed with the given (fully resolved) shape",
+)
+
+
+def _flatten_axis(x: TensorType, axis: int) -> int | None:
+    if not isinstance(axis, int) or not -x.rank <= axis <= x.rank:
+        return None
+    return axis + x.rank if axis < 0 else axis
+
+
+def _flatten_shape(x: TensorType, axis: int) -> tuple[int, int]:
+    ax = _flatten_axis(x, axis)
+    assert ax is not None
+    return math.prod(x.shape[:ax]), math.prod(x.shape[ax:])
+
+
+_op(
+    "flatten",
+    ("x",),
+    {"axis": 1},
+    lambda t, a: (
+        None
+        if _flatten_axis(_x(t), a["axis"]) is not None
+        else f"axis {a['axis']!r} is out of range [-{_x(t).rank}, {_x(t).rank}] for input {_x(t)}"
+    ),
+    lambda t, a: [TensorType(_flatten_shape(_x(t), a["axis"]), _x(t).dtype)],
+    lambda x, axis: x.reshape(_flatten_shape(TensorType(x.shape, x.dtype.name), axis)),
+    "2-D view: (prod(dims[:axis]), prod(dims[axis:])) (ONNX Flatten)",
+)
+
+
+def _transpose_check(t: InTypes, a: Attrs) -> str | None:
+    if reason := bad_ints(a, "perm"):
+        return reason
+    if sorted(a["perm"]) != list(range(_x(t).rank)):
+        return f"perm {a['perm']} is not a permutation of the {_x(t).rank} axes of {_x(t)}"
+    return None
+
+
+_op(
+    "transpose",
+    ("x",),
+    {"perm": REQUIRED},
+    _transpose_check,
+    lambda t, a: [TensorType(tuple(_x(t).shape[p] for p in a["perm"]), _x(t).dtype)],
+    lambda x, perm: np.ascontiguousarray(np.transpose(x, perm)),
+    "y = x with axes permuted: y.shape[i] = x.shape[perm[i]]",
+)
+
+
+# --- squeeze / unsqueeze --------------------------------------------------------------------------
+def _squeeze_check(t: InTypes, a: Attrs) -> str | None:
+    x = _x(t)
+    if reason := bad_ints(a, "axes"):
+        return reason
+    axes = norm_axes(a["axes"], x.rank)
+    if axes is None:
+        return f"axes {a['axes']} are out of range or repeated for input {x}"
+    if any(x.shape[ax] != 1 for ax in axes):
+        return f"cannot squeeze axes {a['axes']} of {x}: dims are not 1"
+    return None
+
+
+def _squeeze_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
+    ax = norm_axes(axes, len(shape))
+    assert ax is not None
+    return tuple(d for i, d in enumerate(shape) if i not in ax)
+
+
+def _unsqueeze_check(t: InTypes, a: Attrs) -> str | None:
+    x = _x(t)
+    if reason := bad_ints(a, "axes"):
+        return reason
+    if norm_axes(a["axes"], x.rank + len(a["axes"])) is None:
+        return f"axes {a['axes']} are out of range or repeated for output rank {x.rank + len(a['axes'])}"
+    return None
+
+
+def _unsqueeze_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
+    rank = len(shape) + len(axes)
+    ax = norm_axes(axes, rank)
+    assert ax is not None
+    it = iter(shape)
+    return tuple(1 if i in ax else next(it) for i in range(rank))
+
+
+_op(
+    "squeeze",
+    ("x",),
+    {"axes": REQUIRED},
+    _squeeze_check,
+    lambda t, a: [TensorType(_squeeze_shape(_x(t).shape, a["axes"]), _x(t).dtype)],
+    lambda x, axes: x.reshape(_squeeze_shape(x.shape, axes)),
+    "remove the given size-1 axes (negative axes count from the end)",
+)
+_op(
+    "unsqueeze",
+    ("x",),
+    {"axes": REQUIRED},
+    _unsqueeze_check,
+    lambda t, a: [TensorType(_unsqueeze_shape(_x(t).shape, a["axes"]), _x(t).dtype)],
+    lambda x, axes: x.reshape(_unsqueeze_shape(x.shape, axes)),
+    "insert size-1 axes at the given positions of the output",
+)
+
+
+# --- concat / split -------------------------------------------------------------------------------
+def _concat_check(t: InTypes, a: Attrs) -> str | None:
+    if not t:
+        return "needs at least one input"
+    ts = [x for x in t if x is not None]
+    if len(ts) != len(t):
+        return "inputs must not be None"
+    first = ts[0]
+    ax = norm_axis(a["axis"], first.rank)
+    if ax is None:
+        return f"axis {a['axis']!r} is out of range for input {first}"
+    for i, x in enumerate(ts[1:], 1):
+        if x.dtype != first.dtype or x.rank != first.rank:
+            return f"input {i} {x} does not match input 0 {first} in rank/dtype"
+        if any(d != e for j, (d, e) in enumerate(zip(x.shape, first.shape)) if j != ax):
+            return f"input {i} {x} differs from input 0 {first} outside axis {a['axis']}"
+    return None
+
+
+def _concat_infer(t: InTypes, a: Attrs) -> list[TensorType]:
+    first = _x(t)
+    ax = norm_axis(a["axis"], first.rank)
+    assert ax is not None
+    shape = list(first.shape)
+    shape[ax] = sum(x.shape[ax] for x in t if x is not None)
+    return [TensorType(tuple(shape), first.dtype)]
+
+
+_op(
+    "concat",
+    ("*xs",),
+    {"axis": REQUIRED},
+    _concat_check,
+    _concat_infer,
+    lambda *xs, axis: np.concatenate(xs, axis=axis),
+    "join the inputs along `axis` (ONNX Concat)",
+)
+
+
+def _split_check(t: InTypes, a: Attrs) -> str | None:
+    x = _x(t)
+    if norm_axis(a["axis"], x.rank) is None:
+        return f"axis {a['axis']!r} is out of range for input {x}"
+    if reason := bad_ints(a, "sizes", lo=0):
+        return reason
+    if not a["sizes"] or sum(a["sizes"]) != x.shape[a["axis"]]:
+        return f"sizes {a['sizes']} must sum to dim {x.shape[a['axis']]} of {x} on axis {a['axis']}"
+    return None
+
+
+def _split_infer(t: InTypes, a: Attrs) -> list[TensorType]:
+    x = _x(t)
+    ax = norm_axis(a["axis"], x.rank)
+    assert ax is not None
+    return [TensorType((*x.shape[:ax], s, *x.shape[ax + 1 :]), x.dtype) for s in a["sizes"]]
+
+
+def split_ref(x: np.ndarray, *, axis: int, sizes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    return tuple(np.split(x, np.cumsum(sizes)[:-1].tolist(), axis=axis))
+
+
+_op(
+    "split",
+    ("x",),
+    {"axis": 0, "sizes": REQUIRED},
+    _split_check,
+    _split_infer,
+    split_ref,
+    "cut x along `axis` into pieces of the given sizes (one output each)",
+)
+
+
+# --- slice ----------------------------------------------------------------------------------------
+def _slice_check(t: InTypes, a: Attrs) -> str | None:
+    x = _x(t)
+    for key in ("starts", "ends", "axes", "steps"):
+        if reason := bad_ints(a, key, len(a["starts"]) if isinstance(a["starts"], tuple) else None):
+            return reason + " (starts, ends, axes and steps need one value per sliced axis)"
+    if norm_axes(a["axes"], x.rank) is None:
+        return f"axes {a['axes']} are out of range or repeated for input {x}"
+    if 0 in a["steps"]:
+        return "steps must be non-zero"
+    return None
+
+
+def _slices(shape: tuple[int, ...], a: Attrs) -> tuple[slice, ...]:
+    """ONNX Slice semantics (negative indices, clamping, negative steps) as Python slices."""
+    out = [slice(None)] * len(shape)
+    axes = norm_axes(a["axes"], len(shape))
+    assert axes is not None
+    for start, end, ax, step in zip(a["starts"], a["ends"], axes, a["steps"]):
+        dim = shape[ax]
+        start = start + dim if start < 0 else start
+        end = end + dim if end < 0 else end
+        if step > 0:
+            start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+        else:
+            start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+        out[ax] = slice(start, None if end < 0 else end, step)
+    return tuple(out)
+
+
+def _slice_infer(t: InTypes, a: Attrs) -> list[TensorType]:
+    x = _x(t)
+    sl = _slices(x.shape, a)
+    return [TensorType(tuple(len(range(*s.indices(d))) for s, d in zip(sl, x.shape)), x.dtype)]
+
+
+_op(
+    "slice",
+    ("x",),
+    {"starts": REQUIRED, "ends": REQUIRED, "axes": REQUIRED, "steps": REQUIRED},
+    _slice_check,
+    _slice_infer,
+    lambda x, **a: np.ascontiguousarray(x[_slices(x.shape, a)]),
+    "x[starts:ends:steps] on the given axes (ONNX Slice semantics, indices clamped)",
+)
+
+
+# --- pad ------------------------------------------------------------------------------------------
+def _pad_check(t: InTypes, a: Attrs) -> str | None:
+    x = _x(t)
+    if reason := bad_ints(a, "pads", 2 * x.rank):
+        return reason + " (ONNX order: all begins, then all ends)"
+    if a["mode"] not in ("constant", "reflect", "edge"):
+        return f"mode must be 'constant', 'reflect' or 'edge', got {a['mode']!r}"
+    if isinstance(a["value"], bool) or not isinstance(a["value"], int | float):
+        return f"value must be a number, got {a['value']!r}"
+    shape = _pad_shape(x.shape, a["pads"])
+    if any(d < 0 for d in shape):
+        return f"pads {a['pads']} crop more than input {x} has"
+    if a["mode"] != "constant" and any(p > 0 and d == 0 for d, p in zip(x.shape * 2, a["pads"])):
+        return f"mode {a['mode']!r} cannot pad an empty axis of {x}"
+    return None
+
+
+def _pad_shape(shape: tuple[int, ...], pads: tuple[int, ...]) -> tuple[int, ...]:
+    r = len(shape)
+    return tuple(d + pads[i] + pads[i + r] for i, d in enumerate(shape))
+
+
+def pad_ref(x: np.ndarray, *, pads: tuple[int, ...], mode: str, value: float) -> np.ndarray:
+    r = x.ndim
+    widths = [(max(pads[i], 0), max(pads[i + r], 0)) for i in range(r)]
+    kw: dict[str, Any] = (
+        {"constant_values": np.asarray(value).astype(x.dtype)} if mode == "constant" else {}
+    )
+    y = np.pad(x, widths, mode=mode, **kw)  # type: ignore[call-overload]
+    crop = tuple(slice(-min(pads[i], 0), y.shape[i] + min(pads[i + r], 0)) for i in range(r))
+    return np.ascontiguousarray(y[crop])
+
+
+_op(
+    "pad",
+    ("x",),
+    {"pads": REQUIRED, "mode": "constant", "value": 0.0},
+    _pad_check,
+    lambda t, a: [TensorType(_pad_shape(_x(t).shape, a["pads"]), _x(t).dtype)],
+    pad_ref,
+    "pad (or, with negative pads, crop) x; pads in ONNX order (begins..., ends...)",
+)
+
+
+# --- reduce_mean ----------------------------------------------------------------------------------
+def _reduce_axes(rank: int, axes: tuple[int, ...]) -> tuple[int, ...]:
+    out = norm_axes(axes, rank) if axes else tuple(range(rank))
+    assert out is not None
+    return tuple(sorted(out))
+
+
+def _reduce_check(t: InTypes, a: Attrs) -> str | None:
+    x = _x(t)
+    if reason := bad_ints(a, "axes") or bad_int(a, "keepdims", (0, 1)):
+        return reason
+    if norm_axes(a["axes"], x.rank) is None:
+        return f"axes {a['axes']} are out of range or repeated for input {x}"
+    return None
+
+
+def _reduce_infer(t: InTypes, a: Attrs) -> list[TensorType]:
+    x = _x(t)
+    axes = _reduce_axes(x.rank, a["axes"])
+    if a["keepdims"]:
+        shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    else:
+        shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    return [TensorType(shape, x.dtype)]
+
+
+def reduce_mean_ref(x: np.ndarray, *, axes: tuple[int, ...], keepdims: int) -> np.ndarray:
+    ax = _reduce_axes(x.ndim, axes)
+    acc = np.float32 if x.dtype in (np.float16, np.float32) else np.float64
+    return np.asarray(np.mean(x, axis=ax, keepdims=bool(keepdims), dtype=acc)).astype(x.dtype)
+
+
+_op(
+    "reduce_mean",
+    ("x",),
+    {"axes": REQUIRED, "keepdims": 1},
+    _reduce_check,
+    _reduce_infer,
+    reduce_mean_ref,
+    "mean over `axes` (empty = all axes), keeping them as size 1 when keepdims",
+)
+
+__all__ = ["pad_ref", "reduce_mean_ref", "split_ref"]
