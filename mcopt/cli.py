@@ -165,6 +165,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_passes(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from mcopt.pass_manager import describe_passes
@@ -173,7 +174,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
     for col in ("name", "lossless", "options", "what it does"):
         table.add_column(col)
     for row in describe_passes():
-        table.add_row(*[str(c) for c in row])
+        table.add_row(*[escape(str(c)) for c in row])
     Console().print(table)
     return 0
 

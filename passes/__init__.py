@@ -1,0 +1,9 @@
+"""mcopt's built-in passes (installed as ``mcopt.passes``). Importing this package registers them.
+
+One module per pass family; each pass states its method, source and whether it is lossless.
+"""
+
+from mcopt.passes import cleanup  # noqa: F401  (dce, constant-fold, fold-batch-norm, ...)
+from mcopt.passes.cleanup import DEFAULT_CLEANUP
+
+__all__ = ["DEFAULT_CLEANUP"]

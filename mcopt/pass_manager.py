@@ -1,0 +1,654 @@
+"""Passes, the pass registry and the pass manager.
+
+A pass is a small class: a kebab-case ``name``, ``lossless`` (output equal up to float rounding), its
+options as dataclass fields, and ``run(graph, ctx) -> bool`` (whether it changed the graph)::
+
+    @register_pass
+    class FoldDoubleRelu(Pass):
+        '''relu(relu(x)) -> relu(x). Lossless.'''
+        name = "fold-double-relu"
+        lossless = True
+        def run(self, graph, ctx) -> bool: ...
+
+Subclasses become dataclasses automatically (writing ``@dataclass`` as well is harmless). Passes are
+named in pipelines by spec strings ``"prune-channels:ratio=0.3,min_channels=8"``; option values are
+parsed and checked against the field types. :class:`PassManager` runs a pipeline, verifies the IR after
+every pass and records a :class:`PassReport`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mcopt.analysis.cost import GraphStats, graph_stats, human_bytes, human_count
+from mcopt.errors import MCoptError, OptionError, PassError
+from mcopt.ir.core import Graph
+from mcopt.ir.verify import verify
+
+Feed = Mapping[str, np.ndarray] | Sequence[np.ndarray]
+_log = logging.getLogger("mcopt.passes")
+
+
+# --- context ----------------------------------------------------------------------------------------
+@dataclass
+class PassContext:
+    """What a pass may use besides the graph.
+
+    - ``calib``: calibration feeds (each a dict name -> array, or a list of arrays in input order).
+    - ``seed``: seed for any randomness; use :meth:`rng`.
+    - ``log``: message sink (default: the ``mcopt.passes`` logger at INFO).
+    - ``progress``: ``progress(index, total, pass_name, done)`` called around every pass.
+    - ``shared``: results passes hand to later passes (e.g. a sensitivity analysis).
+    """
+
+    calib: list[Feed] | None = None
+    seed: int = 0
+    log: Callable[[str], None] | None = None
+    progress: Callable[[int, int, str, bool], None] | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def rng(self, salt: int = 0) -> np.random.Generator:
+        """A fresh generator seeded from ``seed`` (and `salt`, so passes draw independent streams)."""
+        return np.random.default_rng([self.seed, salt])
+
+    def info(self, msg: str) -> None:
+        if self.log is not None:
+            self.log(msg)
+        else:
+            _log.info(msg)
+
+    def feeds(self, limit: int | None = None) -> list[Feed]:
+        feeds = list(self.calib or [])
+        return feeds if limit is None else feeds[:limit]
+
+
+# --- pass base class ----------------------------------------------------------------------------------
+_RESERVED = ("name", "lossless")
+
+
+class Pass:
+    """Base class of every pass; subclasses are dataclasses whose fields are the pass's options."""
+
+    name: ClassVar[str] = ""
+    lossless: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        ann = cls.__dict__.get("__annotations__", {})
+        for key in _RESERVED:  # `name: str = "x"` in a subclass is metadata, not an option
+            ann.pop(key, None)
+        dataclass(cls)
+
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        raise NotImplementedError(f"pass {self.name!r} does not implement run(graph, ctx)")
+
+    def __call__(self, graph: Graph, ctx: PassContext | None = None) -> bool:
+        """Run this pass alone (no verification or report)."""
+        return bool(self.run(graph, ctx or PassContext()))
+
+    def options(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def spec(self) -> str:
+        """The spec string that recreates this pass: ``name`` or ``name:opt=v,...``."""
+        changed = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if f.default is dataclasses.MISSING or getattr(self, f.name) != f.default
+        }
+        if not changed:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={_fmt_value(v)}" for k, v in changed.items())
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, tuple | list):
+        return "[" + ",".join(_fmt_value(x) for x in v) + "]"
+    return str(v)
+
+
+# --- registry -----------------------------------------------------------------------------------------
+_PASSES: dict[str, type[Pass]] = {}
+_PIPELINES: dict[str, list[str]] = {}
+_NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+def register_pass(cls: type[Pass] | None = None, *, replace: bool = False) -> Any:
+    """Class decorator adding a pass to the registry (``@register_pass`` or ``@register_pass(replace=True)``).
+
+    Re-registering a name is an error, except for a redefinition of the same class (same module and
+    qualified name, e.g. a re-run notebook cell) or with ``replace=True``."""
+
+    def deco(c: type[Pass]) -> type[Pass]:
+        if not (isinstance(c, type) and issubclass(c, Pass)):
+            raise OptionError(f"register_pass: {c!r} is not a subclass of mcopt.Pass")
+        name = getattr(c, "name", "")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise OptionError(
+                f"pass class {c.__qualname__}: name {name!r} must be kebab-case like 'fold-batch-norm'"
+            )
+        if name in _PIPELINES:
+            raise OptionError(f"pass name {name!r} is already a pipeline name")
+        old = _PASSES.get(name)
+        same = old is not None and (old.__module__, old.__qualname__) == (
+            c.__module__,
+            c.__qualname__,
+        )
+        if old is not None and not (same or replace):
+            raise OptionError(
+                f"pass {name!r} is already registered by {old.__module__}.{old.__qualname__}; "
+                "pick another name or pass replace=True"
+            )
+        if "__dataclass_fields__" not in c.__dict__:
+            dataclass(c)
+        _PASSES[name] = c
+        return c
+
+    return deco if cls is None else deco(cls)
+
+
+def register_pipeline(name: str, passes: Sequence[str], *, replace: bool = False) -> None:
+    """A name that expands to a list of pass specs (e.g. ``cleanup``)."""
+    if not _NAME_RE.match(name):
+        raise OptionError(f"pipeline name {name!r} must be kebab-case")
+    if name in _PASSES or (name in _PIPELINES and not replace):
+        raise OptionError(f"name {name!r} is already registered")
+    _PIPELINES[name] = list(passes)
+
+
+def _load_builtins() -> None:
+    import mcopt.passes  # noqa: F401  (registers the built-in passes)
+
+
+def list_passes() -> list[str]:
+    """Names of every registered pass (built-ins and the user's), sorted."""
+    _load_builtins()
+    return sorted(_PASSES)
+
+
+def list_pipelines() -> dict[str, list[str]]:
+    _load_builtins()
+    return {k: list(v) for k, v in sorted(_PIPELINES.items())}
+
+
+def pass_class(name: str) -> type[Pass]:
+    _load_builtins()
+    try:
+        return _PASSES[name]
+    except KeyError:
+        known = ", ".join(sorted(_PASSES) + sorted(_PIPELINES))
+        raise OptionError(f"unknown pass {name!r}; known passes: {known}") from None
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _option_help(cls: type[Pass]) -> str:
+    hints = typing.get_type_hints(cls)
+    items = [f"{f.name} ({_type_name(hints.get(f.name, Any))})" for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    return ", ".join(items) if items else "none"
+
+
+def _summary(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph."""
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    head, dot, _ = para.partition(". ")
+    return head + "." if dot else para
+
+
+def describe_passes() -> list[tuple[str, str, str, str]]:
+    """(name, lossless, options, first docstring line) for every pass, then every pipeline."""
+    rows = []
+    for name in list_passes():
+        cls = _PASSES[name]
+        rows.append(
+            (name, "yes" if cls.lossless else "no", _option_help(cls), _summary(cls.__doc__))
+        )
+    for name, specs in list_pipelines().items():
+        rows.append((name, "", "", "pipeline: " + ", ".join(specs)))
+    return rows
+
+
+# --- option parsing -----------------------------------------------------------------------------------
+def _split_top(s: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside brackets/parentheses."""
+    out, depth, cur = [], 0, []
+    for ch in s:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == sep and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return [p.strip() for p in out if p.strip()]
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """`value` as type `tp` (strings from spec strings are parsed); ValueError when it does not fit."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            if type(None) in args:
+                return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a)
+            except ValueError:
+                continue
+        raise ValueError
+    if origin is typing.Literal:
+        for a in args:
+            if value == a or (isinstance(value, str) and str(a) == value):
+                return a
+        raise ValueError
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            v = value.strip()
+            if v[:1] in "[(" and v[-1:] in "])":
+                v = v[1:-1]
+            value = _split_top(v, ",") if "," in v else ([v] if v else [])
+        if not isinstance(value, list | tuple):
+            value = [value]
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(x, args[0]) for x in value)
+        if origin is tuple and args:
+            if len(args) != len(value):
+                raise ValueError
+            return tuple(_coerce(x, a) for x, a in zip(value, args))
+        conv = [_coerce(x, args[0]) if args else x for x in value]
+        return tuple(conv) if origin is tuple else conv
+    if tp is bool:
+        if isinstance(value, bool | np.bool_):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int | np.integer):
+            return int(value)
+        if isinstance(value, str):
+            return int(value)
+        raise ValueError
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int | float | np.integer | np.floating):
+            return float(value)
+        if isinstance(value, str):
+            return float(value)
+        raise ValueError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ValueError
+    return value
+
+
+def get_pass(name: str, **options: Any) -> Pass:
+    """An instance of the pass `name` with `options` checked against its fields (OptionError if bad)."""
+    cls = pass_class(name)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in options.items():
+        k = key.replace("-", "_")
+        if k not in fields:
+            raise OptionError(
+                f"pass {name!r} has no option {key!r}; valid options: {_option_help(cls)}"
+            )
+        tp = hints.get(k, Any)
+        try:
+            kwargs[k] = _coerce(value, tp)
+        except (ValueError, TypeError):
+            raise OptionError(
+                f"pass {name!r}: option {k!r} expects {_type_name(tp)}, got {value!r}; "
+                f"valid options: {_option_help(cls)}"
+            ) from None
+    missing = [
+        f
+        for f, fd in fields.items()
+        if f not in kwargs
+        and fd.default is dataclasses.MISSING
+        and fd.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise OptionError(f"pass {name!r} needs option(s) {missing}; options: {_option_help(cls)}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # a __post_init__ range check
+        raise OptionError(f"pass {name!r}: {e}") from None
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"prune-channels:ratio=0.3,skip=[conv1,conv2]"`` -> ("prune-channels", {"ratio": "0.3", ...})."""
+    name, _, rest = spec.strip().partition(":")
+    opts: dict[str, str] = {}
+    for item in _split_top(rest, ","):
+        key, eq, val = item.partition("=")
+        if not eq or not key.strip():
+            raise OptionError(f"pass spec {spec!r}: option {item!r} must look like key=value")
+        opts[key.strip()] = val.strip()
+    return name.strip(), opts
+
+
+PassLike = str | Pass | type[Pass]
+
+
+def resolve_passes(passes: Sequence[PassLike] | PassLike) -> list[Pass]:
+    """Spec strings, pipeline names, pass classes and instances -> pass instances (pipelines expanded)."""
+    if isinstance(passes, str | Pass) or isinstance(passes, type):
+        passes = [passes]
+    out: list[Pass] = []
+    for p in passes:
+        if isinstance(p, Pass):
+            out.append(p)
+        elif isinstance(p, type) and issubclass(p, Pass):
+            out.append(p())
+        elif isinstance(p, str):
+            name, opts = parse_spec(p)
+            _load_builtins()
+            if name in _PIPELINES:
+                if opts:
+                    raise OptionError(f"pipeline {name!r} takes no options (got {p!r})")
+                out.extend(resolve_passes(_PIPELINES[name]))
+            else:
+                out.append(get_pass(name, **opts))
+        else:
+            raise OptionError(f"not a pass: {p!r} (give a name, a spec string or a Pass)")
+    return out
+
+
+# --- report ---------------------------------------------------------------------------------------------
+@dataclass
+class PassRecord:
+    """What one pass did."""
+
+    name: str
+    spec: str
+    lossless: bool
+    changed: bool
+    seconds: float
+    before: GraphStats
+    after: GraphStats
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PassReport:
+    """Per-pass records of one pipeline run, plus the input graph's stats."""
+
+    initial: GraphStats
+    records: list[PassRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final(self) -> GraphStats:
+        return self.records[-1].after if self.records else self.initial
+
+    @property
+    def changed(self) -> bool:
+        return any(r.changed for r in self.records)
+
+    def __getitem__(self, name: str) -> PassRecord:
+        for r in self.records:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "initial": self.initial.to_dict(),
+            "final": self.final.to_dict(),
+            "seconds": self.seconds,
+            "passes": [r.to_dict() for r in self.records],
+        }
+
+    _HEADERS = (
+        "pass",
+        "changed",
+        "time",
+        "nodes",
+        "params",
+        "weights",
+        "MACs",
+        "max abs err",
+        "max rel err",
+    )
+
+    def _rows(self) -> list[list[str]]:
+        def err(x: float | None) -> str:
+            return "" if x is None else f"{x:.3g}"
+
+        rows = [
+            [
+                "(input)",
+                "",
+                "",
+                str(self.initial.nodes),
+                human_count(self.initial.params),
+                human_bytes(self.initial.weight_bytes),
+                human_count(self.initial.macs),
+                "",
+                "",
+            ]
+        ]
+        for r in self.records:
+            rows.append(
+                [
+                    r.spec,
+                    "yes" if r.changed else "no",
+                    f"{r.seconds * 1e3:.1f} ms",
+                    str(r.after.nodes),
+                    human_count(r.after.params),
+                    human_bytes(r.after.weight_bytes),
+                    human_count(r.after.macs),
+                    err(r.max_abs_err),
+                    err(r.max_rel_err),
+                ]
+            )
+        return rows
+
+    def table(self) -> Any:
+        from rich.table import Table
+
+        t = Table(title=f"passes ({self.seconds:.2f} s)")
+        for i, h in enumerate(self._HEADERS):
+            t.add_column(h, justify="left" if i < 2 else "right")
+        for row in self._rows():
+            t.add_row(*row)
+        return t
+
+    def __rich__(self) -> Any:
+        return self.table()
+
+    def to_markdown(self) -> str:
+        lines = [
+            "| " + " | ".join(self._HEADERS) + " |",
+            "|" + "|".join(["---"] * 2 + ["---:"] * 7) + "|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in self._rows()]
+        by = ", ".join(f"{k}: {human_bytes(v)}" for k, v in self.final.bytes_by_dtype.items())
+        lines += ["", f"Weights by storage after the last pass: {by or 'none'}."]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+# --- manager --------------------------------------------------------------------------------------------
+def _as_feeds(inputs: Any) -> list[Feed]:
+    """One feed (dict or list of arrays) or a list of dict feeds -> a list of feeds."""
+    if inputs is None:
+        return []
+    if isinstance(inputs, Mapping) or isinstance(inputs, np.ndarray):
+        return [inputs if isinstance(inputs, Mapping) else [inputs]]
+    items = list(inputs)
+    if items and all(isinstance(x, Mapping) for x in items):
+        return items
+    return [items]
+
+
+def _errors(ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, float]:
+    if len(ref) != len(got):
+        raise MCoptError(f"the graph now has {len(got)} outputs, the original {len(ref)}")
+    max_abs = max_rel = 0.0
+    for r, g in zip(ref, got):
+        r64, g64 = np.asarray(r, np.float64), np.asarray(g, np.float64)
+        if r64.shape != g64.shape:
+            raise MCoptError(f"output shape changed: {list(r64.shape)} -> {list(g64.shape)}")
+        if not r64.size:
+            continue
+        d = float(np.max(np.abs(r64 - g64)))
+        scale = float(np.max(np.abs(r64)))
+        max_abs = max(max_abs, d)
+        max_rel = max(max_rel, d / scale if scale > 0 else d)
+    return max_abs, max_rel
+
+
+class PassManager:
+    """Runs a pipeline of passes, verifying the IR after each and recording a :class:`PassReport`.
+
+    Output error is measured after each pass against the ORIGINAL graph's outputs when reference
+    `inputs` are given to :meth:`run` (else on the first `error_samples` calibration feeds of the
+    context when ``measure_error`` is True); a pass that claims to be lossless but moves the outputs
+    by more than `lossless_rtol` (relative) gets a warning in the context's log."""
+
+    def __init__(
+        self,
+        passes: Sequence[PassLike] | PassLike,
+        *,
+        verify_each: bool = True,
+        measure_error: bool = False,
+        error_samples: int = 1,
+        lossless_rtol: float = 1e-4,
+    ) -> None:
+        self.passes = resolve_passes(passes)
+        self.verify_each = verify_each
+        self.measure_error = measure_error
+        self.error_samples = error_samples
+        self.lossless_rtol = lossless_rtol
+
+    def run(
+        self,
+        graph: Graph,
+        ctx: PassContext | None = None,
+        inputs: Any = None,
+        *,
+        copy: bool = False,
+    ) -> tuple[Graph, PassReport]:
+        """Run every pass on `graph` (in place, or on a copy when `copy`); return (graph, report).
+
+        Raises PassError "pass 'x' failed after [a, b]: reason" when a pass raises, leaves an invalid
+        graph, or leaves a graph the reference interpreter cannot run."""
+        from mcopt import interpreter
+
+        ctx = ctx or PassContext()
+        if copy:
+            graph = graph.copy()
+        feeds = _as_feeds(inputs)
+        if not feeds and self.measure_error:
+            feeds = ctx.feeds(self.error_samples)
+        refs = [interpreter.run(graph, f) for f in feeds]  # type: ignore[arg-type]
+        report = PassReport(initial=graph_stats(graph))
+        done: list[str] = []
+        t_all = time.perf_counter()
+        total = len(self.passes)
+        for i, p in enumerate(self.passes):
+            if ctx.progress is not None:
+                ctx.progress(i, total, p.name, False)
+            before = report.final
+            t0 = time.perf_counter()
+            try:
+                result = p.run(graph, ctx)
+                seconds = time.perf_counter() - t0
+                if self.verify_each:
+                    verify(graph)
+                errs = [_errors(r, interpreter.run(graph, f)) for r, f in zip(refs, feeds)]  # type: ignore[arg-type]
+                after = graph_stats(graph)
+            except Exception as e:
+                reason = str(e) if isinstance(e, MCoptError) else f"{type(e).__name__}: {e}"
+                raise PassError(
+                    f"pass {p.name!r} failed after [{', '.join(done)}]: {reason}"
+                ) from e
+            rec = PassRecord(
+                name=p.name,
+                spec=p.spec(),
+                lossless=p.lossless,
+                changed=True if result is None else bool(result),
+                seconds=seconds,
+                before=before,
+                after=after,
+                max_abs_err=max((a for a, _ in errs), default=None) if errs else None,
+                max_rel_err=max((r for _, r in errs), default=None) if errs else None,
+            )
+            if rec.lossless and (rec.max_rel_err or 0.0) > self.lossless_rtol:
+                ctx.info(
+                    f"warning: pass {p.name!r} claims to be lossless but changed the outputs by "
+                    f"{rec.max_rel_err:.3g} (relative)"
+                )
+            report.records.append(rec)
+            done.append(p.name)
+            ctx.info(
+                f"{p.spec()}: {'changed' if rec.changed else 'no change'} in {seconds * 1e3:.1f} ms"
+            )
+            if ctx.progress is not None:
+                ctx.progress(i, total, p.name, True)
+        report.seconds = time.perf_counter() - t_all
+        return graph, report
+
+
+def run_passes(
+    graph: Graph,
+    passes: Sequence[PassLike] | PassLike,
+    ctx: PassContext | None = None,
+    inputs: Any = None,
+    *,
+    copy: bool = False,
+) -> tuple[Graph, PassReport]:
+    """Shorthand for ``PassManager(passes).run(graph, ctx, inputs, copy=copy)``."""
+    return PassManager(passes).run(graph, ctx, inputs, copy=copy)
+
+
+def rich_progress_callback(progress: Any) -> Callable[[int, int, str, bool], None]:
+    """A ``PassContext.progress`` callback driving a ``rich.progress.Progress`` (one task per run)."""
+    state: dict[str, Any] = {}
+
+    def cb(index: int, total: int, name: str, done: bool) -> None:
+        if "task" not in state:
+            state["task"] = progress.add_task("passes", total=total)
+        progress.update(state["task"], description=f"pass {name}", completed=index + int(done))
+
+    return cb
