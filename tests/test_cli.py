@@ -62,7 +62,7 @@ def test_passes_lists_cleanup(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     "content, expect",
-    [(b"", "empty"), (b"this is not an onnx model", ""), (None, "does not exist")],
+    [(b"", "empty"), (b"this is not an onnx model", ""), (None, "no such file")],
 )
 def test_bad_model_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, expect: str

@@ -1,0 +1,292 @@
+"""mcopt op -> ONNX node(s), one small function per mcopt op (export opsets 13-21)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from onnx import helper
+
+from mcopt.ir.core import Node
+from mcopt.onnx_io.exporter import EXPORTERS, ExportFn, _Exporter
+
+
+def exports(*ops: str) -> Callable[[ExportFn], ExportFn]:
+    def deco(fn: ExportFn) -> ExportFn:
+        for op in ops:
+            EXPORTERS[op] = fn
+        return fn
+
+    return deco
+
+
+def _io(e: _Exporter, n: Node) -> tuple[list[str], list[str]]:
+    ins = [e.name_of(v) for v in n.inputs]
+    while ins and ins[-1] == "":
+        ins.pop()
+    return ins, [o.name for o in n.outputs]
+
+
+def _simple(onnx_op: str, **fixed: object) -> ExportFn:
+    def fn(e: _Exporter, n: Node) -> None:
+        ins, outs = _io(e, n)
+        e.add(onnx_op, ins, outs, n.name, **fixed)
+
+    return fn
+
+
+for _op, _onnx in {
+    "relu": "Relu",
+    "sigmoid": "Sigmoid",
+    "tanh": "Tanh",
+    "identity": "Identity",
+    "dropout": "Identity",  # inference: dropout is the identity
+    "exp": "Exp",
+    "sqrt": "Sqrt",
+    "neg": "Neg",
+    "add": "Add",
+    "sub": "Sub",
+    "mul": "Mul",
+    "div": "Div",
+    "pow": "Pow",
+    "prelu": "PRelu",
+    "matmul": "MatMul",
+    "global_avg_pool": "GlobalAveragePool",
+    "global_max_pool": "GlobalMaxPool",
+}.items():
+    EXPORTERS[_op] = _simple(_onnx)
+
+
+@exports("hard_swish")
+def hard_swish(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    if e.opset >= 14:
+        e.add("HardSwish", ins, outs, n.name)
+        return
+    hs = e.fresh(f"{n.name}_hsig")
+    e.add("HardSigmoid", ins, [hs], e.fresh(f"{n.name}_hsig"), alpha=1.0 / 6, beta=0.5)
+    e.add("Mul", [ins[0], hs], outs, n.name)
+
+
+@exports("conv2d")
+def conv2d(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    w = n.inputs[1]
+    assert w is not None
+    e.add(
+        "Conv",
+        ins,
+        outs,
+        n.name,
+        kernel_shape=list(w.shape[2:]),
+        strides=list(n.attrs["strides"]),
+        pads=list(n.attrs["pads"]),
+        dilations=list(n.attrs["dilations"]),
+        group=int(n.attrs["groups"]),
+    )
+
+
+@exports("dense")
+def dense(e: _Exporter, n: Node) -> None:
+    x, w, b = (list(n.inputs) + [None])[:3]
+    assert x is not None and w is not None
+    ins, outs = _io(e, n)
+    if x.type.rank == 2:
+        e.add("Gemm", ins, outs, n.name, transB=1)
+        return
+    if w.const is not None:
+        wt = e.init(np.ascontiguousarray(w.const.T), f"{w.name}_T", dtype=w.const.dtype)
+    else:
+        wt = e.fresh(f"{w.name}_T")
+        e.add("Transpose", [ins[1]], [wt], e.fresh(f"{n.name}_wT"), perm=[1, 0])
+    if b is None:
+        e.add("MatMul", [ins[0], wt], outs, n.name)
+    else:
+        mm = e.fresh(f"{n.name}_matmul")
+        e.add("MatMul", [ins[0], wt], [mm], e.fresh(f"{n.name}_matmul"))
+        e.add("Add", [mm, ins[2]], outs, n.name)
+
+
+@exports("batch_norm")
+def batch_norm(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    e.add("BatchNormalization", ins, outs, n.name, epsilon=float(n.attrs["epsilon"]))
+
+
+@exports("max_pool", "avg_pool")
+def pool(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    a = n.attrs
+    x = n.inputs[0]
+    assert x is not None
+    pads, ceil = list(a["pads"]), int(a["ceil_mode"])
+    include_pad = n.op == "avg_pool" and int(a["count_include_pad"])
+    if ceil:
+        # ceil_mode's "last window must start inside the input" rule is applied by onnxruntime
+        # but not by ONNX shape inference: export an equivalent floor-mode pool instead
+        in_hw = list(x.shape[2:])
+        if include_pad:  # the declared pads are real zeros that count: pad explicitly first
+            padded = e.fresh(f"{n.name}_padded")
+            zero = e.init(np.array(0, x.dtype), f"{n.name}_zero", dtype=x.dtype)
+            full = [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]
+            e.add("Pad", [ins[0], e.init(full, f"{n.name}_pads"), zero], [padded], padded)
+            ins = [padded]
+            in_hw = [in_hw[0] + pads[0] + pads[2], in_hw[1] + pads[1] + pads[3]]
+            pads, include_pad = [0, 0, 0, 0], 0
+        pads, ceil = _floor_mode_pads(in_hw, n.outputs[0].shape[2:], a, pads), 0
+    common = {"kernel_shape": list(a["kernel"]), "strides": list(a["strides"]), "pads": pads}
+    if n.op == "max_pool":
+        e.add("MaxPool", ins, outs, n.name, dilations=list(a["dilations"]), **common)
+    else:
+        e.add("AveragePool", ins, outs, n.name, count_include_pad=int(include_pad), **common)
+
+
+def _floor_mode_pads(
+    in_hw: list[int], out_hw: tuple[int, ...], a: dict[str, Any], pads: list[int]
+) -> list[int]:
+    """End pads that make a floor-mode pool produce the ceil-mode output size.
+
+    Exact for max pooling and for average pooling that excludes pads: the extra padding never
+    contributes to a result.
+    """
+    dil = a.get("dilations", (1, 1))
+    pads = list(pads)
+    for i in range(2):
+        size, k, s = in_hw[i], a["kernel"][i], a["strides"][i]
+        eff = dil[i] * (k - 1) + 1
+        if (size + pads[i] + pads[2 + i] - eff) // s + 1 != out_hw[i]:
+            pads[2 + i] = (out_hw[i] - 1) * s + eff - size - pads[i]
+    return pads
+
+
+@exports("lrn")
+def lrn(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    a = n.attrs
+    e.add("LRN", ins, outs, n.name, size=int(a["size"]), alpha=float(a["alpha"]),
+          beta=float(a["beta"]), bias=float(a["bias"]))  # fmt: skip
+
+
+@exports("softmax")
+def softmax(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    e.add("Softmax", ins, outs, n.name, axis=int(n.attrs["axis"]))
+
+
+@exports("clip")
+def clip(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    x = n.inputs[0]
+    assert x is not None
+    dt = np.dtype(x.dtype)
+    bounds = []
+    for key, bound in (("min", float(n.attrs["min"])), ("max", float(n.attrs["max"]))):
+        if np.isinf(bound):
+            bounds.append("")  # an omitted bound is unbounded
+            continue
+        if dt.kind in "iu":
+            bound = min(max(bound, np.iinfo(dt).min), np.iinfo(dt).max)
+        bounds.append(e.init(np.array(bound, dt), f"{n.name}_{key}", dtype=dt))
+    while bounds and bounds[-1] == "":
+        bounds.pop()
+    e.add("Clip", [ins[0], *bounds], outs, n.name)
+
+
+@exports("leaky_relu")
+def leaky_relu(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    e.add("LeakyRelu", ins, outs, n.name, alpha=float(n.attrs["alpha"]))
+
+
+@exports("hard_sigmoid")
+def hard_sigmoid(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    e.add(
+        "HardSigmoid", ins, outs, n.name, alpha=float(n.attrs["alpha"]), beta=float(n.attrs["beta"])
+    )
+
+
+@exports("reshape")
+def reshape(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    shape = e.init(list(n.attrs["shape"]), f"{n.name}_shape")
+    e.add("Reshape", [ins[0], shape], outs, n.name)
+
+
+@exports("flatten")
+def flatten(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    e.add("Flatten", ins, outs, n.name, axis=int(n.attrs["axis"]))
+
+
+@exports("transpose")
+def transpose(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    e.add("Transpose", ins, outs, n.name, perm=list(n.attrs["perm"]))
+
+
+@exports("squeeze", "unsqueeze")
+def squeeze(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    axes = e.init(list(n.attrs["axes"]), f"{n.name}_axes")
+    e.add("Squeeze" if n.op == "squeeze" else "Unsqueeze", [ins[0], axes], outs, n.name)
+
+
+@exports("concat")
+def concat(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    e.add("Concat", ins, outs, n.name, axis=int(n.attrs["axis"]))
+
+
+@exports("split")
+def split(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    sizes = e.init(list(n.attrs["sizes"]), f"{n.name}_split")
+    e.add("Split", [ins[0], sizes], outs, n.name, axis=int(n.attrs["axis"]))
+
+
+@exports("slice")
+def slice_(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    a = n.attrs
+    args = [
+        e.init(list(a["starts"]), f"{n.name}_starts"),
+        e.init(list(a["ends"]), f"{n.name}_ends"),
+        e.init(list(a["axes"]), f"{n.name}_axes"),
+        e.init(list(a["steps"]), f"{n.name}_steps"),
+    ]
+    e.add("Slice", [ins[0], *args], outs, n.name)
+
+
+@exports("pad")
+def pad(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    x = n.inputs[0]
+    assert x is not None
+    pads = e.init(list(n.attrs["pads"]), f"{n.name}_pads")
+    args = [ins[0], pads]
+    mode = str(n.attrs["mode"])
+    if mode == "constant":
+        dt = np.dtype(x.dtype)
+        args.append(e.init(np.array(n.attrs["value"], dt), f"{n.name}_value", dtype=dt))
+    e.add("Pad", args, outs, n.name, mode=mode)
+
+
+@exports("reduce_mean")
+def reduce_mean(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    axes, keep = list(n.attrs["axes"]), int(n.attrs["keepdims"])
+    if e.opset >= 18:
+        e.add("ReduceMean", [ins[0], e.init(axes, f"{n.name}_axes")], outs, n.name, keepdims=keep)
+    else:
+        e.add("ReduceMean", ins, outs, n.name, axes=axes, keepdims=keep)
+
+
+@exports("cast")
+def cast(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    e.add("Cast", ins, outs, n.name, to=helper.np_dtype_to_tensor_dtype(np.dtype(n.attrs["to"])))
+
+
+__all__ = ["EXPORTERS"]

@@ -1,0 +1,497 @@
+"""ONNX op -> mcopt op handlers, one small function per ONNX operator (opsets 9-21).
+
+Each handler reads its `NodeCtx` (inputs as mcopt values, attributes, opset), emits mcopt nodes
+and sets the ONNX outputs. Inputs that mcopt needs as attributes (Reshape's shape, Clip's bounds,
+Pad's pads, Squeeze/Unsqueeze/ReduceMean axes, Slice/Split parameters) must be constants after
+folding; otherwise the handler raises a one-line UnsupportedOpError naming the node.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from mcopt.ir.core import Value
+from mcopt.onnx_io.importer import NodeCtx, onnx_dtype_name
+
+Handler = Callable[[NodeCtx], None]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(*op_types: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        for op in op_types:
+            HANDLERS[op] = fn
+        return fn
+
+    return deco
+
+
+def supported_ops() -> str:
+    return ", ".join(sorted(set(HANDLERS) | {"Constant", "Shape", "Size"})) + (
+        " (and any op whose inputs are all constant, which is folded)"
+    )
+
+
+def _ints(a: np.ndarray | Sequence[int] | None) -> list[int]:
+    return [] if a is None else [int(v) for v in np.asarray(a).reshape(-1)]
+
+
+def _axes(axes: Sequence[int], rank: int) -> tuple[int, ...]:
+    return tuple(sorted(int(a) % rank if rank else int(a) for a in axes))
+
+
+# --- convolution and pooling ----------------------------------------------------------------------
+def _pads(
+    c: NodeCtx, size: Sequence[int], k: Sequence[int], s: Sequence[int], d: Sequence[int]
+) -> list[int]:
+    """Explicit ONNX pads (begins..., ends...) incl. auto_pad SAME_UPPER / SAME_LOWER / VALID."""
+    n = len(size)
+    auto = c.attr("auto_pad", "NOTSET") or "NOTSET"
+    if auto == "NOTSET":
+        pads = _ints(c.attr("pads")) or [0] * (2 * n)
+        if len(pads) != 2 * n:
+            raise c.fail(f"pads {pads} must have {2 * n} values")
+        return pads
+    if auto == "VALID":
+        return [0] * (2 * n)
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise c.fail(f"auto_pad={auto!r} is not supported (NOTSET, SAME_UPPER, SAME_LOWER, VALID)")
+    begins, ends = [], []
+    for i in range(n):
+        out = -(-size[i] // s[i])
+        total = max((out - 1) * s[i] + (k[i] - 1) * d[i] + 1 - size[i], 0)
+        small, big = total // 2, total - total // 2
+        begins.append(small if auto == "SAME_UPPER" else big)
+        ends.append(big if auto == "SAME_UPPER" else small)
+    return begins + ends
+
+
+def _window(
+    c: NodeCtx, x: Value, kernel: Sequence[int]
+) -> tuple[Value, dict[str, tuple[int, ...]], bool]:
+    """Strides/pads/dilations for a 2-D window op; a 1-D op (N, C, L) is lifted to (N, C, 1, L)."""
+    n = x.type.rank - 2
+    if n not in (1, 2):
+        raise c.fail(
+            f"{n}-D {c.op_type} (input {x.type}) is not supported; mcopt supports 1-D and 2-D (NCHW)"
+        )
+    s = _ints(c.attr("strides")) or [1] * n
+    d = _ints(c.attr("dilations")) or [1] * n
+    p = _pads(c, x.shape[2:], kernel, s, d)
+    lifted = n == 1
+    if lifted:
+        x = c.emit("unsqueeze", [x], {"axes": (2,)})
+        kernel, s, d, p = [1, *kernel], [1, *s], [1, *d], [0, p[0], 0, p[1]]
+    return (
+        x,
+        {"kernel": tuple(kernel), "strides": tuple(s), "pads": tuple(p), "dilations": tuple(d)},
+        lifted,
+    )
+
+
+def _unlift(c: NodeCtx, y: Value, lifted: bool) -> Value:
+    return c.emit("squeeze", [y], {"axes": (2,)}) if lifted else y
+
+
+@handles("Conv")
+def conv(c: NodeCtx) -> None:
+    x, w, b = c.x(0), c.x(1), c.inp(2)
+    kernel = list(w.shape[2:])
+    ks = _ints(c.attr("kernel_shape"))
+    if ks and ks != kernel:
+        raise c.fail(f"kernel_shape {ks} does not match the weight {w.type}")
+    x, win, lifted = _window(c, x, kernel)
+    if lifted:
+        w = (
+            c.new_const(w.const[:, :, None, :], "w2d")
+            if w.const is not None
+            else c.emit("unsqueeze", [w], {"axes": (2,)})
+        )
+    attrs = {"strides": win["strides"], "pads": win["pads"], "dilations": win["dilations"]}
+    attrs["groups"] = int(c.attr("group", 1))
+    y = c.emit("conv2d", [x, w, b], attrs)
+    c.set_out(0, _unlift(c, y, lifted))
+
+
+@handles("MaxPool", "AveragePool")
+def pool(c: NodeCtx) -> None:
+    if c.op_type == "MaxPool" and c.output_used(1):
+        raise c.fail("the Indices output of MaxPool is not supported; only the pooled values are")
+    x = c.x(0)
+    x, win, lifted = _window(c, x, _ints(c.attr("kernel_shape")))
+    attrs: dict[str, object] = {**win, "ceil_mode": int(c.attr("ceil_mode", 0))}
+    if c.op_type == "MaxPool":
+        y = c.emit("max_pool", [x], attrs)
+    else:
+        if any(v != 1 for v in attrs.pop("dilations")):  # type: ignore[union-attr]
+            raise c.fail("AveragePool with dilations is not supported by mcopt's avg_pool")
+        attrs["count_include_pad"] = int(c.attr("count_include_pad", 0))
+        y = c.emit("avg_pool", [x], attrs)
+    c.set_out(0, _unlift(c, y, lifted))
+
+
+@handles("GlobalAveragePool", "GlobalMaxPool")
+def global_pool(c: NodeCtx) -> None:
+    x = c.x(0)
+    op = "global_avg_pool" if c.op_type == "GlobalAveragePool" else "global_max_pool"
+    if x.type.rank == 4:
+        c.set_out(0, c.emit(op, [x]))
+    elif x.type.rank == 3:
+        y = c.emit(op, [c.emit("unsqueeze", [x], {"axes": (2,)})])
+        c.set_out(0, c.emit("squeeze", [y], {"axes": (2,)}))
+    else:
+        raise c.fail(f"input {x.type} must be 3-D or 4-D")
+
+
+# --- dense / matmul / normalization ---------------------------------------------------------------
+@handles("Gemm")
+def gemm(c: NodeCtx) -> None:
+    a, b, cc = c.x(0), c.x(1), c.inp(2)
+    alpha, beta = float(c.attr("alpha", 1.0)), float(c.attr("beta", 1.0))
+    if int(c.attr("transA", 0)):
+        a = (
+            c.new_const(a.const.T, "aT")
+            if a.const is not None
+            else c.emit("transpose", [a], {"perm": (1, 0)})
+        )
+    trans_b = int(c.attr("transB", 0))
+    extra: Value | None = None  # added after the product
+    if b.const is not None:
+        w = b.const if trans_b else b.const.T
+        dt = w.dtype
+        w = (w * np.asarray(alpha, dt)).astype(dt) if alpha != 1.0 else w
+        bias: Value | None = None
+        if cc is not None and beta != 0.0 and cc.const is not None:
+            cv = (
+                cc.const
+                if beta == 1.0
+                else (cc.const * np.asarray(beta, cc.const.dtype)).astype(cc.const.dtype)
+            )
+            n = w.shape[0]
+            if cv.size == 1 or cv.shape in ((n,), (1, n)):
+                bias = c.new_const(np.broadcast_to(cv.reshape(-1), (n,)).astype(dt), "bias")
+            else:
+                extra = c.new_const(cv, "C")
+        elif cc is not None and beta != 0.0:
+            extra = (
+                cc
+                if beta == 1.0
+                else c.emit("mul", [cc, c.new_const(np.asarray(beta, cc.dtype), "beta")])
+            )
+        y = c.emit("dense", [a, c.new_const(np.ascontiguousarray(w), "w"), bias])
+    else:
+        if trans_b:
+            b = c.emit("transpose", [b], {"perm": (1, 0)})
+        y = c.emit("matmul", [a, b])
+        if alpha != 1.0:
+            y = c.emit("mul", [y, c.new_const(np.asarray(alpha, y.dtype), "alpha")])
+        if cc is not None and beta != 0.0:
+            if cc.const is not None:
+                extra = c.new_const(
+                    (cc.const * np.asarray(beta, cc.const.dtype)).astype(cc.const.dtype), "C"
+                )
+            else:
+                extra = (
+                    cc
+                    if beta == 1.0
+                    else c.emit("mul", [cc, c.new_const(np.asarray(beta, cc.dtype), "beta")])
+                )
+    if extra is not None:
+        y = c.emit("add", [y, extra])
+    c.set_out(0, y)
+
+
+@handles("MatMul")
+def matmul(c: NodeCtx) -> None:
+    a, b = c.x(0), c.x(1)
+    if b.const is not None and b.type.rank == 2:
+        c.set_out(0, c.emit("dense", [a, c.new_const(np.ascontiguousarray(b.const.T), "w")]))
+    else:
+        c.set_out(0, c.emit("matmul", [a, b]))
+
+
+@handles("BatchNormalization")
+def batch_norm(c: NodeCtx) -> None:
+    if int(c.attr("training_mode", 0)) or any(c.output_used(i) for i in range(1, 5)):
+        raise c.fail("training-mode BatchNormalization (running mean/var outputs) is not supported")
+    ins = [c.x(i) for i in range(5)]
+    c.set_out(0, c.emit("batch_norm", ins, {"epsilon": float(c.attr("epsilon", 1e-5))}))
+
+
+@handles("LRN")
+def lrn(c: NodeCtx) -> None:
+    attrs = {
+        "size": int(c.attr("size")),
+        "alpha": float(c.attr("alpha", 1e-4)),
+        "beta": float(c.attr("beta", 0.75)),
+        "bias": float(c.attr("bias", 1.0)),
+    }
+    c.set_out(0, c.emit("lrn", [c.x(0)], attrs))
+
+
+@handles("Softmax")
+def softmax(c: NodeCtx) -> None:
+    x = c.x(0)
+    r = x.type.rank
+    if c.opset >= 13:
+        c.set_out(0, c.emit("softmax", [x], {"axis": int(c.attr("axis", -1))}))
+        return
+    axis = int(c.attr("axis", 1)) % max(r, 1)
+    if axis == r - 1:  # coerce-to-2-D on the last axis is the same as softmax on it
+        c.set_out(0, c.emit("softmax", [x], {"axis": -1}))
+        return
+    flat = c.emit("flatten", [x], {"axis": axis})
+    y = c.emit("softmax", [flat], {"axis": -1})
+    c.set_out(0, c.emit("reshape", [y], {"shape": x.shape}))
+
+
+# --- activations ----------------------------------------------------------------------------------
+_UNARY = {
+    "Relu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "HardSwish": "hard_swish",
+    "Identity": "identity",
+    "Exp": "exp",
+    "Sqrt": "sqrt",
+    "Neg": "neg",
+}
+
+
+@handles(*_UNARY)
+def unary(c: NodeCtx) -> None:
+    c.set_out(0, c.emit(_UNARY[c.op_type], [c.x(0)]))
+
+
+@handles("LeakyRelu")
+def leaky_relu(c: NodeCtx) -> None:
+    c.set_out(0, c.emit("leaky_relu", [c.x(0)], {"alpha": float(c.attr("alpha", 0.01))}))
+
+
+@handles("HardSigmoid")
+def hard_sigmoid(c: NodeCtx) -> None:
+    attrs = {"alpha": float(c.attr("alpha", 0.2)), "beta": float(c.attr("beta", 0.5))}
+    c.set_out(0, c.emit("hard_sigmoid", [c.x(0)], attrs))
+
+
+@handles("PRelu")
+def prelu(c: NodeCtx) -> None:
+    c.set_out(0, c.emit("prelu", [c.x(0), c.x(1)]))
+
+
+@handles("Clip")
+def clip(c: NodeCtx) -> None:
+    if c.opset < 11:
+        lo, hi = float(c.attr("min", -math.inf)), float(c.attr("max", math.inf))
+    else:
+        lo = float(c.need_const(1, "min").reshape(())) if c.inp(1) is not None else -math.inf
+        hi = float(c.need_const(2, "max").reshape(())) if c.inp(2) is not None else math.inf
+    c.set_out(0, c.emit("clip", [c.x(0)], {"min": lo, "max": hi}))
+
+
+@handles("Dropout")
+def dropout(c: NodeCtx) -> None:
+    if c.output_used(1):
+        raise c.fail("the mask output of Dropout is used; mcopt imports inference graphs only")
+    ratio = float(c.attr("ratio", 0.5))
+    if c.opset >= 12:
+        if c.inp(1) is not None:
+            ratio = float(c.need_const(1, "ratio").reshape(()))
+        if c.inp(2) is not None and bool(c.need_const(2, "training_mode").reshape(())):
+            raise c.fail("Dropout with training_mode=true is not supported (inference only)")
+    c.set_out(0, c.emit("dropout", [c.x(0)], {"ratio": ratio}))
+
+
+# --- arithmetic -----------------------------------------------------------------------------------
+_BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow"}
+
+
+@handles(*_BINARY)
+def binary(c: NodeCtx) -> None:
+    a, b = c.x(0), c.x(1)
+    if b.dtype != a.dtype:  # Pow's exponent may have its own type
+        b = (
+            c.new_const(b.const.astype(a.dtype), "b")
+            if b.const is not None
+            else c.emit("cast", [b], {"to": a.dtype})
+        )
+    c.set_out(0, c.emit(_BINARY[c.op_type], [a, b]))
+
+
+@handles("Sum")
+def sum_(c: NodeCtx) -> None:
+    xs = [c.x(i) for i in range(len(c.inputs))]
+    y = xs[0] if len(xs) > 1 else c.emit("identity", xs)
+    for x in xs[1:]:
+        y = c.emit("add", [y, x])
+    c.set_out(0, y)
+
+
+# --- tensor manipulation --------------------------------------------------------------------------
+@handles("Concat")
+def concat(c: NodeCtx) -> None:
+    xs = [v for v in c.inputs if v is not None]
+    axis = int(c.attr("axis")) % xs[0].type.rank
+    xs = [v for v in xs if v.type.size > 0] or xs[:1]  # ONNX allows empty pieces
+    c.set_out(0, c.emit("concat", xs, {"axis": axis}) if len(xs) > 1 else c.emit("identity", xs))
+
+
+@handles("Reshape")
+def reshape(c: NodeCtx) -> None:
+    x = c.x(0)
+    shape = _ints(c.need_const(1, "the target shape"))
+    allowzero = int(c.attr("allowzero", 0))
+    out = [x.shape[i] if d == 0 and not allowzero else d for i, d in enumerate(shape)]
+    if out.count(-1) > 1:
+        raise c.fail(f"target shape {shape} has more than one -1")
+    if -1 in out:
+        known = math.prod(d for d in out if d != -1)
+        if known == 0 or x.type.size % known:
+            raise c.fail(f"cannot reshape {x.type} to {shape}")
+        out[out.index(-1)] = x.type.size // known
+    if math.prod(out) != x.type.size:
+        raise c.fail(f"cannot reshape {x.type} to {shape} (resolved {out})")
+    c.set_out(0, c.emit("reshape", [x], {"shape": tuple(out)}))
+
+
+@handles("Flatten")
+def flatten(c: NodeCtx) -> None:
+    x = c.x(0)
+    axis = int(c.attr("axis", 1))
+    axis = axis + x.type.rank if axis < 0 else axis
+    c.set_out(0, c.emit("flatten", [x], {"axis": axis}))
+
+
+@handles("Transpose")
+def transpose(c: NodeCtx) -> None:
+    x = c.x(0)
+    perm = _ints(c.attr("perm")) or list(range(x.type.rank))[::-1]
+    c.set_out(0, c.emit("transpose", [x], {"perm": tuple(perm)}))
+
+
+def _axes_arg(c: NodeCtx, idx: int = 1) -> list[int] | None:
+    """Axes from the attribute (old opsets) or from constant input `idx` (new opsets)."""
+    if "axes" in c.attrs:
+        return _ints(c.attr("axes"))
+    if c.inp(idx) is not None:
+        return _ints(c.need_const(idx, "axes"))
+    return None
+
+
+@handles("Squeeze")
+def squeeze(c: NodeCtx) -> None:
+    x = c.x(0)
+    axes = _axes_arg(c)
+    ax = (
+        _axes(axes, x.type.rank)
+        if axes is not None
+        else tuple(i for i, d in enumerate(x.shape) if d == 1)
+    )
+    c.set_out(0, c.emit("squeeze", [x], {"axes": ax}) if ax else c.emit("identity", [x]))
+
+
+@handles("Unsqueeze")
+def unsqueeze(c: NodeCtx) -> None:
+    x = c.x(0)
+    axes = _axes_arg(c)
+    if not axes:
+        raise c.fail("Unsqueeze needs axes")
+    c.set_out(0, c.emit("unsqueeze", [x], {"axes": _axes(axes, x.type.rank + len(axes))}))
+
+
+@handles("Pad")
+def pad(c: NodeCtx) -> None:
+    x = c.x(0)
+    r = x.type.rank
+    mode = c.attr("mode", "constant") or "constant"
+    if c.opset < 11:
+        pads, value = _ints(c.attr("pads")), float(c.attr("value", 0.0))
+    else:
+        pads = _ints(c.need_const(1, "pads"))
+        value = (
+            float(c.need_const(2, "constant_value").reshape(-1)[0]) if c.inp(2) is not None else 0.0
+        )
+        if c.inp(3) is not None:
+            axes = [a % r for a in _ints(c.need_const(3, "axes"))]
+            full = [0] * (2 * r)
+            for j, a in enumerate(axes):
+                full[a], full[a + r] = pads[j], pads[j + len(axes)]
+            pads = full
+    if len(pads) != 2 * r:
+        raise c.fail(f"pads {pads} must have {2 * r} values for input {x.type}")
+    c.set_out(0, c.emit("pad", [x], {"pads": tuple(pads), "mode": mode, "value": value}))
+
+
+@handles("ReduceMean")
+def reduce_mean(c: NodeCtx) -> None:
+    x = c.x(0)
+    axes = _axes_arg(c)
+    if not axes:
+        if int(c.attr("noop_with_empty_axes", 0)):
+            c.set_out(0, c.emit("identity", [x]))
+            return
+        axes = list(range(x.type.rank))
+    attrs = {"axes": _axes(axes, x.type.rank), "keepdims": int(c.attr("keepdims", 1))}
+    c.set_out(0, c.emit("reduce_mean", [x], attrs))
+
+
+@handles("Split")
+def split(c: NodeCtx) -> None:
+    x = c.x(0)
+    axis = int(c.attr("axis", 0)) % x.type.rank
+    n, dim = len(c.node.output), x.shape[axis]
+    sizes = _ints(c.attr("split")) if "split" in c.attrs else None
+    if sizes is None and c.inp(1) is not None:
+        sizes = _ints(c.need_const(1, "split"))
+    if not sizes:
+        if dim % n and c.attr("num_outputs") is None:
+            raise c.fail(f"cannot split dim {dim} into {n} equal parts")
+        part = -(-dim // n)
+        sizes = [part] * (n - 1) + [dim - part * (n - 1)]
+    if sum(sizes) != dim or len(sizes) != n:
+        raise c.fail(f"split sizes {sizes} do not fit dim {dim} into {n} outputs")
+    outs = c.emit_multi("split", [x], {"axis": axis, "sizes": tuple(sizes)}, n_out=n)
+    for i, v in enumerate(outs):
+        c.set_out(i, v)
+
+
+@handles("Slice")
+def slice_(c: NodeCtx) -> None:
+    x = c.x(0)
+    r = x.type.rank
+    if c.opset < 10:
+        starts, ends = _ints(c.attr("starts")), _ints(c.attr("ends"))
+        axes = _ints(c.attr("axes")) or list(range(len(starts)))
+        steps = [1] * len(starts)
+    else:
+        starts, ends = _ints(c.need_const(1, "starts")), _ints(c.need_const(2, "ends"))
+        axes = _ints(c.need_const(3, "axes")) if c.inp(3) is not None else list(range(len(starts)))
+        steps = _ints(c.need_const(4, "steps")) if c.inp(4) is not None else [1] * len(starts)
+    rs, re_, ra, rp = [], [], [], []
+    for st, en, ax, sp in zip(starts, ends, axes, steps):
+        if sp == 0:
+            raise c.fail("Slice step 0 is invalid")
+        ax = ax % r
+        b, e, s = slice(st, en, sp).indices(x.shape[ax])  # ONNX clamping == Python's
+        if (
+            e < 0
+        ):  # "before index 0" for a negative step; mcopt's slice (like ONNX) reads -1 as last
+            e = -x.shape[ax] - 1
+        rs.append(b)
+        re_.append(e)
+        ra.append(ax)
+        rp.append(s)
+    attrs = {"starts": tuple(rs), "ends": tuple(re_), "axes": tuple(ra), "steps": tuple(rp)}
+    c.set_out(0, c.emit("slice", [x], attrs))
+
+
+@handles("Cast")
+def cast(c: NodeCtx) -> None:
+    to = onnx_dtype_name(int(c.attr("to")), f"node '{c.name}' (Cast) target")
+    c.set_out(0, c.emit("cast", [c.x(0)], {"to": to}))
+
+
+__all__ = ["HANDLERS", "supported_ops"]

@@ -1,0 +1,456 @@
+"""ONNX -> mcopt IR.
+
+`import_model` loads a model (see :mod:`mcopt.onnx_io.loader`), fixes every input shape (a dynamic
+first dim becomes `default_batch`; any other unknown dim must come from `input_shapes`), then walks the
+ONNX nodes in topological order. Each node is either
+
+- folded to a constant (all inputs constant, or `Shape`/`Size` of a static value; see
+  :mod:`mcopt.onnx_io.folding`), or
+- converted by the handler for its op type (:mod:`mcopt.onnx_io.import_ops`) into mcopt ops.
+
+An op without a handler is a one-line :class:`~mcopt.errors.UnsupportedOpError` naming the node.
+Nodes that no graph output depends on are skipped. ONNX tensor names become value names (a suffix is
+added only on a clash); node names come from ONNX node names, or ``OpType_<index>`` when empty.
+
+``graph.metadata`` records: ``source`` (file or "<bytes>"/"<ModelProto>"), ``opset`` (default-domain
+opset), ``producer`` ("name version"), ``ir_version``, ``dynamic_dims`` ({input: {dim: "param"}},
+the input dims that were dynamic in the ONNX file; "?" when unnamed) and ``input_shapes_fixed``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from mcopt.errors import MCoptError, ShapeError, UnsupportedOpError
+from mcopt.ir.core import Graph, Value
+from mcopt.ir.types import DTYPES, TensorType
+from mcopt.onnx_io import folding
+from mcopt.onnx_io.loader import ModelSource, load_onnx
+
+MIN_OPSET, MAX_OPSET = 9, 21
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def onnx_dtype_name(elem_type: int, where: str) -> str:
+    """numpy dtype name for an ONNX element type, or an error naming `where`."""
+    try:
+        name = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, TypeError, ValueError):
+        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type else "undefined"
+    if name not in DTYPES:
+        raise UnsupportedOpError(
+            f"{where} has element type {name}, which mcopt does not support "
+            f"(supported: {', '.join(sorted(DTYPES))})"
+        )
+    return name
+
+
+class NodeCtx:
+    """What an op handler sees: the ONNX node, its inputs as mcopt values, and emit helpers."""
+
+    def __init__(self, imp: _Importer, node: onnx.NodeProto, name: str) -> None:
+        self.imp = imp
+        self.node = node
+        self.name = name
+        self.op_type = node.op_type
+        self.opset = imp.opset
+        self.graph = imp.graph
+        self.attrs: dict[str, Any] = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        self.inputs: list[Value | None] = [imp.lookup(n, self) if n else None for n in node.input]
+        self._emitted: set[int] = set()
+
+    # --- inputs and attributes ----------------------------------------------------------------
+    def attr(self, key: str, default: Any = None) -> Any:
+        v = self.attrs.get(key, default)
+        return v.decode() if isinstance(v, bytes) else v
+
+    def inp(self, i: int) -> Value | None:
+        return self.inputs[i] if i < len(self.inputs) else None
+
+    def x(self, i: int = 0) -> Value:
+        v = self.inp(i)
+        if v is None:
+            raise self.fail(f"input {i} is required")
+        return v
+
+    def const(self, i: int) -> np.ndarray | None:
+        v = self.inp(i)
+        return None if v is None else v.const
+
+    def need_const(self, i: int, what: str) -> np.ndarray:
+        v = self.inp(i)
+        if v is None or v.const is None:
+            raise self.fail(
+                f"{what} (input {i}{'' if v is None else ' ' + repr(v.name)}) must be a constant "
+                "(or computable from static shapes); mcopt needs it at import time"
+            )
+        return v.const
+
+    def output_used(self, i: int) -> bool:
+        return i < len(self.node.output) and self.node.output[i] in self.imp.used_names
+
+    def fail(self, msg: str) -> UnsupportedOpError:
+        return UnsupportedOpError(f"node '{self.name}' ({self.op_type}): {msg}")
+
+    # --- building -----------------------------------------------------------------------------
+    def new_const(self, array: Any, hint: str = "const", dtype: object | None = None) -> Value:
+        arr = np.asarray(array, dtype=dtype)
+        return self.graph.const(arr, name=self.imp.fresh(f"{self.name}_{hint}"), dtype=arr.dtype)
+
+    def emit(
+        self, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any] | None = None
+    ) -> Value:
+        """Add a single-output mcopt node; returns its output."""
+        return self.emit_multi(op, inputs, attrs, n_out=1)[0]
+
+    def emit_multi(
+        self,
+        op: str,
+        inputs: Sequence[Value | None],
+        attrs: dict[str, Any] | None = None,
+        *,
+        n_out: int = 1,
+    ) -> list[Value]:
+        """Add an mcopt node named ``name/op`` with provisionally named outputs; :meth:`finalize`
+        names the values set as ONNX outputs after them and gives the ONNX node's name to the node
+        producing output 0."""
+        inputs = [self._match_dtype(v, inputs) for v in inputs]
+        node_name = f"{self.name}/{op}"  # the node producing output 0 is renamed in finalize
+        out_names = [self.imp.fresh(f"{self.name}_{op}") for _ in range(n_out)]
+        try:
+            node = self.graph.add_node(op, inputs, attrs or {}, name=node_name, out_names=out_names)
+        except ShapeError as e:
+            m = re.match(r"node '\?' \((\w+)\): (.*)", str(e))
+            msg = f"as mcopt {m.group(1)}: {m.group(2)}" if m else str(e)
+            raise ShapeError(f"node '{self.name}' ({self.op_type}): {msg}") from None
+        self._emitted.update(id(v) for v in node.outputs)
+        return list(node.outputs)
+
+    def finalize(self) -> None:
+        """Give the values this node produced the names of the ONNX outputs they stand for."""
+        for i, o in enumerate(self.node.output):
+            v = self.imp.env.get(o) if o else None
+            if v is None or id(v) not in self._emitted:
+                continue
+            if i == 0 and v.producer is not None:
+                v.producer.name = self.graph.unique_node_name(self.name)
+            if v.name != o:
+                v.name = self.graph.unique_name(o)
+            self._emitted.discard(id(v))
+
+    def set_out(self, i: int, value: Value) -> None:
+        if i < len(self.node.output) and self.node.output[i]:
+            self.imp.env[self.node.output[i]] = value
+
+    def _match_dtype(self, v: Value | None, inputs: Sequence[Value | None]) -> Value | None:
+        """A float constant next to float activations of another dtype is cast to theirs."""
+        if v is None or v.const is None or np.dtype(v.dtype).kind != "f":
+            return v
+        ref = next(
+            (
+                u
+                for u in inputs
+                if u is not None and u.const is None and np.dtype(u.dtype).kind == "f"
+            ),
+            None,
+        )
+        if ref is None or ref.dtype == v.dtype:
+            return v
+        return self.graph.const(
+            v.const.astype(ref.dtype), name=self.imp.fresh(v.name), dtype=ref.dtype
+        )
+
+
+class _Importer:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        source: str,
+        input_shapes: Mapping[str, Sequence[int]] | None,
+        default_batch: int,
+    ) -> None:
+        self.model = model
+        self.source = source
+        self.opsets = {
+            ("" if o.domain in DEFAULT_DOMAINS else o.domain): int(o.version)
+            for o in model.opset_import
+        }
+        self.opset = self.opsets.get("", 0)
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise UnsupportedOpError(
+                f"{source} uses ONNX opset {self.opset}; mcopt imports opsets {MIN_OPSET} to "
+                f"{MAX_OPSET}: convert it first with onnx.version_converter.convert_version(model, 17)"
+            )
+        self.input_shapes = dict(input_shapes or {})
+        self.default_batch = int(default_batch)
+        g = model.graph
+        self.graph = Graph(g.name or "graph")
+        self.initializers = {t.name: t for t in g.initializer}
+        self.env: dict[str, Value] = {}
+        self.all_names: set[str] = {v.name for v in g.input} | set(self.initializers)
+        for n in g.node:
+            self.all_names.update(o for o in n.output if o)
+        self.output_names: set[str] = {o.name for o in g.output}
+        self.used_names: set[str] = set(self.output_names)
+        for n in g.node:
+            self.used_names.update(i for i in n.input if i)
+
+    def fresh(self, hint: str) -> str:
+        """A name hint for an intermediate that does not collide with any ONNX tensor name."""
+        cand, k = hint, 0
+        while cand in self.all_names:
+            k += 1
+            cand = f"{hint}_{k}"
+        return cand
+
+    def lookup(self, name: str, ctx: NodeCtx | None = None) -> Value:
+        v = self.env.get(name)
+        if v is not None:
+            return v
+        init = self.initializers.get(name)
+        if init is not None:
+            arr = numpy_helper.to_array(init)
+            onnx_dtype_name(init.data_type, f"initializer '{name}'")
+            cname = self.fresh(f"{name}_const") if name in self.output_names else name
+            v = self.graph.const(arr, name=cname, dtype=arr.dtype)
+            self.env[name] = v
+            return v
+        who = f"node '{ctx.name}' ({ctx.op_type})" if ctx else "a graph output"
+        raise UnsupportedOpError(
+            f"{self.source}: {who} uses tensor '{name}', which no node, input or initializer defines"
+        )
+
+    # --- inputs -------------------------------------------------------------------------------
+    def add_inputs(self) -> None:
+        g = self.model.graph
+        real = [v for v in g.input if v.name not in self.initializers]
+        unknown = sorted(set(self.input_shapes) - {v.name for v in real})
+        if unknown:
+            raise ShapeError(
+                f"input_shapes names unknown input(s) {unknown}; the model's inputs are "
+                f"{[v.name for v in real]}"
+            )
+        dynamic: dict[str, dict[int, str]] = {}
+        for vi in real:
+            where = f"input '{vi.name}'"
+            if not vi.type.HasField("tensor_type"):
+                raise UnsupportedOpError(
+                    f"{self.source}: {where} is not a tensor; mcopt takes tensors"
+                )
+            tt = vi.type.tensor_type
+            dtype = onnx_dtype_name(tt.elem_type, where)
+            declared: list[int | str] | None = None
+            if tt.HasField("shape"):
+                declared = [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                    for d in tt.shape.dim
+                ]
+                dyn = {i: d for i, d in enumerate(declared) if isinstance(d, str)}
+                if dyn:
+                    dynamic[vi.name] = dyn
+            shape = self._input_shape(vi.name, declared)
+            self.env[vi.name] = self.graph.add_input(vi.name, TensorType(tuple(shape), dtype))
+        self.graph.metadata["dynamic_dims"] = dynamic
+
+    def _input_shape(self, name: str, declared: list[int | str] | None) -> list[int]:
+        user = self.input_shapes.get(name)
+        if user is not None:
+            user = [int(d) for d in user]
+            if declared is not None and len(user) != len(declared):
+                raise ShapeError(
+                    f"input_shapes['{name}'] = {user} has rank {len(user)}, but input '{name}' has "
+                    f"rank {len(declared)} ({_fmt_dims(declared)})"
+                )
+            if any(d < 0 for d in user):
+                raise ShapeError(f"input_shapes['{name}'] = {user} has a negative dim")
+            return user
+        if declared is None:
+            raise ShapeError(
+                f"input '{name}' has no shape in the model; pass input_shapes={{'{name}': [...]}} "
+                f"(CLI: --input-shape {name}=1,3,224,224)"
+            )
+        shape: list[int] = []
+        for i, d in enumerate(declared):
+            if isinstance(d, int):
+                shape.append(d)
+            elif i == 0:
+                shape.append(self.default_batch)
+            else:
+                example = [
+                    1 if j == 0 and not isinstance(e, int) else e for j, e in enumerate(declared)
+                ]
+                raise ShapeError(
+                    f"input '{name}' dim {i} is dynamic ('{d}') in {_fmt_dims(declared)}; pass "
+                    f"input_shapes={{'{name}': {_fmt_dims(example)}}} with concrete sizes "
+                    f"(CLI: --input-shape {name}={','.join(map(str, example))})"
+                )
+        return shape
+
+    # --- nodes --------------------------------------------------------------------------------
+    def live_nodes(self) -> list[onnx.NodeProto]:
+        """Nodes some graph output depends on, in a topological order (stable)."""
+        nodes = list(self.model.graph.node)
+        producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+        live: set[int] = set()
+        stack = [producer[o.name] for o in self.model.graph.output if o.name in producer]
+        while stack:
+            i = stack.pop()
+            if i in live:
+                continue
+            live.add(i)
+            stack.extend(producer[n] for n in nodes[i].input if n in producer)
+        order: list[int] = []
+        placed: set[int] = set()
+        pending = sorted(live)
+        while pending:
+            rest = []
+            for i in pending:
+                if all(n not in producer or producer[n] in placed for n in nodes[i].input if n):
+                    order.append(i)
+                    placed.add(i)
+                else:
+                    rest.append(i)
+            if len(rest) == len(pending):
+                raise UnsupportedOpError(
+                    f"{self.source}: the graph has a cycle through node '{nodes[rest[0]].name}'"
+                )
+            pending = rest
+        return [nodes[i] for i in order]
+
+    def convert_node(self, node: onnx.NodeProto, name: str) -> None:
+        from mcopt.onnx_io.import_ops import HANDLERS, supported_ops
+
+        op = node.op_type
+        if node.domain not in DEFAULT_DOMAINS:
+            raise UnsupportedOpError(
+                f"node '{name}' ({node.domain}::{op}): operator domain '{node.domain}' is not "
+                f"supported by mcopt (only the default ONNX domain); supported ops: {supported_ops()}"
+            )
+        ctx = NodeCtx(self, node, name)
+        if op == "Constant":
+            arr = folding.constant_node_value(node)
+            if arr is not None:
+                self._set_const(ctx, [arr])
+                return
+        if op in ("Shape", "Size") and ctx.inputs and ctx.inputs[0] is not None:
+            shape = ctx.inputs[0].shape
+            arr = (
+                folding.shape_of(shape, node)
+                if op == "Shape"
+                else np.array(int(np.prod(shape)), np.int64)
+            )
+            self._set_const(ctx, [arr])
+            return
+        if op == "Identity" and ctx.inputs[0] is not None and ctx.inputs[0].is_const:
+            ctx.set_out(0, ctx.inputs[0])
+            return
+        handler = HANDLERS.get(op)
+        fold_error = None
+        if op not in folding.UNFOLDABLE and all(v is None or v.is_const for v in ctx.inputs):
+            try:
+                arrays = folding.evaluate(
+                    node, [None if v is None else v.const for v in ctx.inputs], self.opsets
+                )
+            except folding.FoldError as e:
+                fold_error = str(e)
+            else:
+                self._set_const(ctx, arrays)
+                return
+        if handler is None:
+            extra = f" (constant folding failed too: {fold_error})" if fold_error else ""
+            raise UnsupportedOpError(
+                f"node '{name}' ({op}): operator {op} is not supported by mcopt{extra}; "
+                f"supported: {supported_ops()}"
+            )
+        try:
+            handler(ctx)
+            ctx.finalize()
+        except MCoptError as e:
+            msg = str(e)
+            if not msg.startswith(f"node '{name}'"):
+                msg = f"node '{name}' ({op}): {msg}"
+            raise type(e)(msg) from None
+        except Exception as e:  # a malformed node must still be a one-line error
+            raise UnsupportedOpError(
+                f"node '{name}' ({op}): cannot import: {type(e).__name__}: {e}"
+            ) from e
+        for i, o in enumerate(node.output):
+            if o and o in self.used_names and o not in self.env:
+                raise ctx.fail(f"output {i} ('{o}') is used but mcopt does not produce it")
+
+    def _set_const(self, ctx: NodeCtx, arrays: Sequence[np.ndarray]) -> None:
+        for i, (o, arr) in enumerate(zip(ctx.node.output, arrays)):
+            if o:
+                arr = np.asarray(arr)
+                if arr.dtype.name not in DTYPES:
+                    raise ctx.fail(f"constant '{o}' has dtype {arr.dtype}, which mcopt cannot hold")
+                # a folded graph output gets an identity node named after it (see run)
+                name = self.fresh(f"{o}_const") if o in self.output_names else o
+                ctx.set_out(i, self.graph.const(arr, name=name, dtype=arr.dtype))
+
+    def run(self) -> Graph:
+        g = self.model.graph
+        meta = self.graph.metadata
+        meta["source"] = self.source
+        meta["opset"] = self.opset
+        meta["producer"] = f"{self.model.producer_name} {self.model.producer_version}".strip()
+        meta["ir_version"] = int(self.model.ir_version)
+        self.add_inputs()
+        meta["input_shapes_fixed"] = {v.name: list(v.shape) for v in self.graph.inputs}
+        for idx, node in enumerate(self.live_nodes()):
+            name = node.name or f"{node.op_type}_{idx}"
+            self.convert_node(node, name)
+        for o in g.output:
+            v = self.lookup(o.name)
+            if v.is_const or v.name != o.name or any(v is u for u in self.graph.outputs):
+                # a folded or aliased output keeps its ONNX name through an identity node
+                v = self.graph.add_node(
+                    "identity", [v], name=f"{o.name}_identity", out_names=[o.name]
+                ).output
+            self.graph.outputs.append(v)
+        return self.graph
+
+
+def _fmt_dims(dims: Sequence[int | str]) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def import_model(
+    model: ModelSource,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    default_batch: int = 1,
+) -> Graph:
+    """Import an ONNX model (path, bytes or ModelProto) into an mcopt Graph with static shapes.
+
+    - `input_shapes`: {input name: shape} for inputs whose dims are dynamic (or to override them).
+    - `default_batch`: the size given to a dynamic first dim when `input_shapes` does not name it.
+
+    Raises ModelLoadError (unreadable file), UnsupportedOpError (opset/op/domain mcopt does not
+    import), ShapeError (an unknown dim without `input_shapes`, or bad `input_shapes`).
+    """
+    if isinstance(model, str | os.PathLike):
+        source = f"model file '{os.fspath(model)}'"
+    elif isinstance(model, onnx.ModelProto):
+        source = "the model"
+    else:
+        source = "the model bytes"
+    proto = load_onnx(model)
+    if len(proto.functions):
+        try:
+            proto = onnx.inliner.inline_local_functions(proto)
+        except Exception as e:
+            raise UnsupportedOpError(f"{source}: cannot inline its local functions: {e}") from None
+    graph = _Importer(proto, source, input_shapes, default_batch).run()
+    graph.metadata["source"] = (
+        os.fspath(model)
+        if isinstance(model, str | os.PathLike)
+        else ("<ModelProto>" if isinstance(model, onnx.ModelProto) else "<bytes>")
+    )
+    return graph
