@@ -90,16 +90,20 @@ def _shapes(specs: Sequence[str]) -> dict[str, list[int]] | None:
     return dict(parse_input_shape(s) for s in specs) or None
 
 
-def _console(quiet: bool = False) -> Any:
+def _console(quiet: bool = False, stderr: bool = False) -> Any:
+    """A rich console; when not attached to a terminal, wide enough that tables don't wrap."""
     from rich.console import Console
 
-    return Console(stderr=True, quiet=quiet)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 140
+    return Console(stderr=stderr, quiet=quiet, width=width)
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     from mcopt.api import optimize
 
     console = _console(args.quiet)
+    status_console = _console(args.quiet, stderr=True)
     model = Path(args.model)
     if not model.exists():
         raise OptionError(f"model file {args.model!r} does not exist")
@@ -112,7 +116,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         None if args.passes is None else [p.strip() for p in args.passes.split(",") if p.strip()]
     )
     target = None if args.target.lower() in ("none", "") else args.target
-    with console.status("starting", spinner="dots") as status:
+    with status_console.status("starting", spinner="dots") as status:
         result = optimize(
             str(model),
             target=target,
@@ -130,7 +134,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
         console.print(Markdown(result.to_markdown()))
         for kind, path in written.items():
-            console.print(f"wrote {kind}: {path}")
+            status_console.print(f"wrote {kind}: {path}")
     return 0
 
 
@@ -143,9 +147,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
-        from rich.console import Console
-
-        Console().print(report.table())
+        _console().print(report.table())
     return 0
 
 
@@ -156,15 +158,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise OptionError(
             f"{str(outdir)!r} has no report.md: is it a directory written by `mcopt optimize -o`?"
         )
-    from rich.console import Console
     from rich.markdown import Markdown
 
-    Console().print(Markdown(md.read_text()))
+    _console().print(Markdown(md.read_text()))
     return 0
 
 
 def cmd_passes(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -175,7 +175,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
         table.add_column(col)
     for row in describe_passes():
         table.add_row(*[escape(str(c)) for c in row])
-    Console().print(table)
+    _console().print(table)
     return 0
 
 
