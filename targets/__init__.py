@@ -1,0 +1,46 @@
+"""Code generation with Apache TVM: target registry, lowering mcopt IR to Relax, build, run.
+
+Importing ``mcopt.targets`` does not import TVM (it costs ~3 s and ~400 MB): the registry is
+TVM-free and the rest is loaded on first use of :func:`build`, :func:`lower`, ...
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mcopt.targets.registry import TargetSpec, get_target, register_target, target_names
+
+_LAZY: dict[str, str] = {
+    "build": "mcopt.targets.builder",
+    "CompiledModel": "mcopt.targets.builder",
+    "load_library": "mcopt.targets.builder",
+    "compile_module": "mcopt.targets.builder",
+    "lower": "mcopt.targets.lower",
+    "register_lowering": "mcopt.targets.lower",
+    "LOWERINGS": "mcopt.targets.lower",
+    "build_tvm_baseline": "mcopt.targets.baseline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'mcopt.targets' has no attribute {name!r}")
+    return getattr(importlib.import_module(mod), name)
+
+
+__all__ = [
+    "LOWERINGS",
+    "CompiledModel",
+    "TargetSpec",
+    "build",
+    "build_tvm_baseline",
+    "compile_module",
+    "get_target",
+    "load_library",
+    "lower",
+    "register_lowering",
+    "register_target",
+    "target_names",
+]

@@ -1,0 +1,220 @@
+"""Build: lower an mcopt Graph, run the Relax pipeline (fusion + a default CPU schedule), compile
+with ``tvm.compile`` and wrap the result in a :class:`CompiledModel` that runs on the Relax VM.
+
+Pipelines (``build(..., pipeline=)``):
+
+- ``"mcopt"`` (default): LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR,
+  DeadCodeElimination, then :func:`mcopt.targets.schedule.cpu_schedule_pass` (parallel outer
+  loops over all cores, vectorized inner loops) before ``tvm.compile``'s default lowering.
+- ``"default"``: what ``tvm.compile`` does alone on llvm (legalize only: no fusion, one thread).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from mcopt.errors import ShapeError, TargetError
+from mcopt.ir.core import Graph
+from mcopt.targets.lower import _first_line, lower
+from mcopt.targets.registry import TargetSpec, get_target
+
+PIPELINES = ("mcopt", "default")
+
+
+def _to_numpy(obj: Any) -> list[np.ndarray]:
+    if hasattr(obj, "numpy"):
+        return [obj.numpy()]
+    if isinstance(obj, np.ndarray):
+        return [obj]
+    out: list[np.ndarray] = []
+    for item in obj:  # a runtime Array / tuple of tensors
+        out.extend(_to_numpy(item))
+    return out
+
+
+class CompiledModel:
+    """A compiled model: run it, time it, export it.
+
+    ``input_specs`` is ``[(name, shape, dtype), ...]`` (empty = unknown, e.g. for a model loaded
+    from a library file: inputs are then passed through unchecked).
+    """
+
+    def __init__(
+        self,
+        executable: Any,
+        target: str,
+        input_specs: Sequence[tuple[str, tuple[int, ...], str]] = (),
+        output_names: Sequence[str] = (),
+        pipeline: str = "mcopt",
+    ) -> None:
+        self.executable = executable
+        self.target = target
+        self.pipeline = pipeline
+        self.input_specs = [(n, tuple(int(d) for d in s), str(d)) for n, s, d in input_specs]
+        self.output_names = list(output_names)
+        self.device = tvm.cpu()
+        self._vm = relax.VirtualMachine(executable, self.device)
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def _bind(self, args: Sequence[Any], named: Mapping[str, Any]) -> list[Any]:
+        if len(args) == 1 and isinstance(args[0], Mapping) and not named:
+            named, args = args[0], ()
+        specs = self.input_specs
+        if named:
+            if args:
+                raise ShapeError("pass inputs either positionally or by name, not both")
+            if not specs:
+                raise ShapeError("this model's input names are unknown; pass inputs positionally")
+            names = [s[0] for s in specs]
+            unknown = sorted(set(named) - set(names))
+            missing = [n for n in names if n not in named]
+            if unknown or missing:
+                raise ShapeError(
+                    f"inputs by name: unknown {unknown}, missing {missing}; the model takes {names}"
+                )
+            args = [named[n] for n in names]
+        if specs and len(args) != len(specs):
+            raise ShapeError(f"the model takes {len(specs)} input(s), got {len(args)}")
+        arrays = []
+        for i, a in enumerate(args):
+            a = np.ascontiguousarray(np.asarray(a))
+            if specs:
+                name, shape, dtype = specs[i]
+                if a.shape != shape:
+                    raise ShapeError(
+                        f"input {name!r}: expected shape {list(shape)}, got {list(a.shape)}"
+                    )
+                if a.dtype != np.dtype(dtype):
+                    if a.dtype.kind != np.dtype(dtype).kind:
+                        raise ShapeError(f"input {name!r}: expected dtype {dtype}, got {a.dtype}")
+                    a = a.astype(dtype)
+            arrays.append(tvm.runtime.tensor(a, self.device))
+        return arrays
+
+    # --- running --------------------------------------------------------------------------------
+    def run(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
+        """Run on numpy inputs (positional, a dict, or keywords by input name); outputs as numpy."""
+        args = self._bind(inputs, named)
+        return _to_numpy(self._vm["main"](*args))
+
+    __call__ = run
+
+    def benchmark(
+        self,
+        inputs: Sequence[Any] | Mapping[str, Any],
+        number: int = 10,
+        repeat: int = 3,
+        min_repeat_ms: int = 0,
+    ) -> dict[str, float]:
+        """Latency of one run in ms over ``repeat`` measurements of ``number`` runs each (after a
+        warm-up run), from the VM's ``time_evaluator``."""
+        args = self._bind([inputs] if isinstance(inputs, Mapping) else list(inputs), {})
+        timer = self._vm.time_evaluator(
+            "main", self.device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
+        )
+        res = np.asarray(timer(*args).results, dtype=np.float64) * 1e3
+        return {
+            "median_ms": float(np.median(res)),
+            "mean_ms": float(res.mean()),
+            "std_ms": float(res.std()),
+            "min_ms": float(res.min()),
+        }
+
+    # --- export ---------------------------------------------------------------------------------
+    def export_library(self, path: str | os.PathLike[str]) -> Path:
+        """Write a shared library loadable with :func:`load_library` (atomically: temp + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=path.suffix or ".so", dir=path.parent
+        )
+        os.close(fd)
+        try:
+            self.executable.export_library(tmp)
+            os.replace(tmp, path)
+        except Exception as e:
+            Path(tmp).unlink(missing_ok=True)
+            raise TargetError(f"cannot export library to {str(path)!r}: {_first_line(e)}") from None
+        return path
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{n}: {d}{list(s)}" for n, s, d in self.input_specs)
+        return f"CompiledModel(target={self.target!r}, pipeline={self.pipeline!r}, inputs=[{ins}])"
+
+
+def load_library(
+    path: str | os.PathLike[str],
+    input_specs: Sequence[tuple[str, tuple[int, ...], str]] = (),
+    target: str = "cpu",
+) -> CompiledModel:
+    """Load a library written by :meth:`CompiledModel.export_library` into this process."""
+    try:
+        lib = tvm.runtime.load_module(str(path))
+    except Exception as e:
+        raise TargetError(f"cannot load compiled library {str(path)!r}: {_first_line(e)}") from None
+    return CompiledModel(lib, target, input_specs, pipeline="loaded")
+
+
+def mcopt_pipeline(spec: TargetSpec) -> tvm.transform.Pass:
+    """Fusion + the default CPU schedule (see the module docstring)."""
+    from mcopt.targets.schedule import cpu_schedule_pass
+
+    return tvm.transform.Sequential(
+        [
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+            cpu_schedule_pass(spec.vector_lanes(32), spec.num_cores),
+        ],
+        name="mcopt_cpu",
+    )
+
+
+def compile_module(mod: tvm.IRModule, spec: TargetSpec, pipeline: str = "mcopt") -> Any:
+    """Run ``pipeline`` on a Relax module and compile it for ``spec``; returns the executable."""
+    if pipeline not in PIPELINES:
+        raise TargetError(f"unknown pipeline {pipeline!r}; valid: {', '.join(PIPELINES)}")
+    target = spec.tvm_target()
+    try:
+        if pipeline == "mcopt":
+            with target:
+                mod = mcopt_pipeline(spec)(mod)
+        return tvm.compile(mod, target=target)
+    except Exception as e:
+        raise TargetError(f"TVM build for target {spec.name!r} failed: {_first_line(e)}") from None
+
+
+def build(
+    graph: Graph, target: str | TargetSpec = "cpu", *, pipeline: str = "mcopt"
+) -> CompiledModel:
+    """Compile ``graph`` for ``target``; lowering or build failures are one-line TargetErrors."""
+    spec = get_target(target)
+    if not spec.host_runnable:
+        raise TargetError(
+            f"target {spec.name!r} cannot run in this process; use its own build path"
+        )
+    mod = lower(graph)
+    ex = compile_module(mod, spec, pipeline)
+    specs = [(v.name, tuple(v.shape), v.dtype) for v in graph.inputs]
+    return CompiledModel(ex, spec.name, specs, [v.name for v in graph.outputs], pipeline)
+
+
+__all__ = [
+    "PIPELINES",
+    "CompiledModel",
+    "build",
+    "compile_module",
+    "load_library",
+    "mcopt_pipeline",
+]

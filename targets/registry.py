@@ -1,0 +1,120 @@
+"""Target registry: the names users pass as ``target=`` and what each means for TVM.
+
+Importing this module does not import TVM; :meth:`TargetSpec.tvm_target` does, on first use.
+Later issues add ``arm`` (aarch64 llvm, cross-compiled), ``cuda`` and ``fpga`` by calling
+:func:`register_target` with their own :class:`TargetSpec`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mcopt.errors import OptionError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tvm
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One named target.
+
+    - ``name``: what users write (``"cpu"``).
+    - ``kind``: the TVM target kind (``"llvm"``, later ``"cuda"``, ``"c"`` for fpga).
+    - ``make``: builds the ``tvm.target.Target`` (called lazily: it imports TVM).
+    - ``host_runnable``: compiled code runs in this process (so ``CompiledModel.run`` works).
+    - ``description``: one line for ``mcopt --help`` and error messages.
+    """
+
+    name: str
+    kind: str
+    make: Callable[[], tvm.target.Target]
+    host_runnable: bool = True
+    description: str = ""
+    _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def tvm_target(self) -> tvm.target.Target:
+        """The TVM target (built once per spec)."""
+        if "target" not in self._cache:
+            self._cache["target"] = self.make()
+        return self._cache["target"]
+
+    @property
+    def num_cores(self) -> int:
+        """Cores the generated code may use (``num-cores`` of an llvm target; 1 otherwise)."""
+        t = self.tvm_target()
+        n = t.attrs.get("num-cores") if t.attrs is not None else None
+        return int(n) if n else 1
+
+    def vector_lanes(self, dtype_bits: int = 32) -> int:
+        """SIMD lanes for a scalar type of ``dtype_bits`` on this target (x86: AVX-512/AVX2/SSE)."""
+        if self.kind != "llvm":
+            return 1
+        from tvm.target.codegen import target_has_features
+
+        t = self.tvm_target()
+        bits = 128
+        try:
+            if target_has_features("avx512f", t):
+                bits = 512
+            elif target_has_features("avx2", t) or target_has_features("avx", t):
+                bits = 256
+        except Exception:  # non-x86 llvm targets: NEON/SVE baseline
+            bits = 128
+        return max(bits // dtype_bits, 1)
+
+
+def _host_cpu() -> tvm.target.Target:
+    import tvm
+    from tvm.target.codegen import llvm_get_system_cpu
+
+    # A dict target is required in TVM 0.27; a bare {"kind": "llvm"} means generic x86-64 (SSE2).
+    return tvm.target.Target(
+        {"kind": "llvm", "mcpu": llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1}
+    )
+
+
+_REGISTRY: dict[str, TargetSpec] = {}
+
+
+def register_target(spec: TargetSpec, *aliases: str, replace: bool = False) -> TargetSpec:
+    """Add a target under its name (and aliases). Re-registering a name needs ``replace=True``."""
+    for name in (spec.name, *aliases):
+        if name in _REGISTRY and not replace:
+            raise ValueError(f"target {name!r} is already registered")
+        _REGISTRY[name] = spec
+    return spec
+
+
+def target_names() -> list[str]:
+    """Every name :func:`get_target` accepts."""
+    return sorted(_REGISTRY)
+
+
+def get_target(name: str | TargetSpec = "cpu") -> TargetSpec:
+    """The :class:`TargetSpec` registered as ``name``; an unknown name is a one-line OptionError."""
+    if isinstance(name, TargetSpec):
+        return name
+    key = str(name).strip().lower()
+    try:
+        return _REGISTRY[key]
+    except KeyError:
+        raise OptionError(
+            f"unknown target {name!r}; valid targets: {', '.join(target_names())}"
+        ) from None
+
+
+register_target(
+    TargetSpec(
+        name="cpu",
+        kind="llvm",
+        make=_host_cpu,
+        description="this machine's CPU (llvm with the host's mcpu, all cores)",
+    ),
+    "x86",
+)
+
+__all__ = ["TargetSpec", "get_target", "register_target", "target_names"]
