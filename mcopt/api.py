@@ -14,11 +14,11 @@ import numpy as np
 
 from mcopt import interpreter
 from mcopt.analysis.cost import CostReport, analyze
-from mcopt.errors import MCoptError, OptionError
+from mcopt.errors import OptionError
 from mcopt.inputs import Feed, load_calibration, random_feeds
 from mcopt.ir.core import Graph
 from mcopt.ir.verify import verify
-from mcopt.pass_manager import PassContext, PassManager, PassReport
+from mcopt.pass_manager import PassContext, PassManager, PassReport, output_errors
 
 #: the default pipeline: lossless cleanup (later issues add compression passes to named pipelines)
 DEFAULT_PASSES: tuple[str, ...] = ("cleanup",)
@@ -225,7 +225,7 @@ def optimize(
         if check:
             compiled_out = result.compiled.run(check_feeds[0])
             ref_out = interpreter.run(graph, check_feeds[0])
-            err = _max_errors(ref_out, compiled_out)
+            err = output_errors(ref_out, compiled_out)
             result.output_error["compiled_vs_reference_max_rel"] = err[1]
         if measure:
             say("measuring latency")
@@ -239,24 +239,9 @@ def output_error(reference: Graph, candidate: Graph, feeds: Sequence[Feed]) -> d
     """Max abs / relative (to the reference output's max magnitude) error over `feeds`."""
     max_abs = max_rel = 0.0
     for feed in feeds:
-        a, r = _max_errors(interpreter.run(reference, feed), interpreter.run(candidate, feed))
+        a, r = output_errors(interpreter.run(reference, feed), interpreter.run(candidate, feed))
         max_abs, max_rel = max(max_abs, a), max(max_rel, r)
     return {"max_abs": max_abs, "max_rel": max_rel, "samples": float(len(feeds))}
-
-
-def _max_errors(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> tuple[float, float]:
-    if len(ref) != len(got):
-        raise MCoptError(f"output count changed: {len(ref)} -> {len(got)}")
-    max_abs = max_rel = 0.0
-    for r, g in zip(ref, got):
-        r64, g64 = np.asarray(r, np.float64), np.asarray(g, np.float64)
-        if r64.shape != g64.shape:
-            raise MCoptError(f"output shape changed: {list(r64.shape)} -> {list(g64.shape)}")
-        d = float(np.max(np.abs(r64 - g64))) if r64.size else 0.0
-        scale = float(np.max(np.abs(r64))) if r64.size else 0.0
-        max_abs = max(max_abs, d)
-        max_rel = max(max_rel, d / scale if scale > 0 else d)
-    return max_abs, max_rel
 
 
 def _atomic_write(path: Path, writer: Callable[[str], Any], suffix: str = "") -> Path:

@@ -521,7 +521,8 @@ def _as_feeds(inputs: Any) -> list[Feed]:
     return [items]
 
 
-def _errors(ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, float]:
+def output_errors(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> tuple[float, float]:
+    """(max abs error, max error relative to the reference output's largest magnitude)."""
     if len(ref) != len(got):
         raise MCoptError(f"the graph now has {len(got)} outputs, the original {len(ref)}")
     max_abs = max_rel = 0.0
@@ -596,7 +597,7 @@ class PassManager:
                 seconds = time.perf_counter() - t0
                 if self.verify_each:
                     verify(graph)
-                errs = [_errors(r, interpreter.run(graph, f)) for r, f in zip(refs, feeds)]  # type: ignore[arg-type]
+                errs = [output_errors(r, interpreter.run(graph, f)) for r, f in zip(refs, feeds)]  # type: ignore[arg-type]
                 after = graph_stats(graph)
             except Exception as e:
                 reason = str(e) if isinstance(e, MCoptError) else f"{type(e).__name__}: {e}"

@@ -327,13 +327,9 @@ def _split(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
 
 def _onnx_slice_indices(dim: int, start: int, end: int, step: int) -> range:
     """The indices ONNX Slice selects on an axis of size ``dim`` (negative indices, clamping)."""
-    start = start + dim if start < 0 else start
-    end = end + dim if end < 0 else end
-    if step > 0:
-        start, end = min(max(start, 0), dim), min(max(end, 0), dim)
-    else:
-        start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
-    return range(start, end, step)
+    from mcopt.ops.tensor import slice_bounds
+
+    return range(*slice_bounds(dim, start, end, step), step)
 
 
 @register_lowering("slice")

@@ -243,19 +243,23 @@ def _slice_check(t: InTypes, a: Attrs) -> str | None:
     return None
 
 
+def slice_bounds(dim: int, start: int, end: int, step: int) -> tuple[int, int]:
+    """ONNX Slice's resolved (start, end) on an axis of size `dim`: negative indices count from
+    the end, then clamp to [0, dim] (step > 0) or [-1, dim - 1] (step < 0; end -1 = before 0)."""
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    if step > 0:
+        return min(max(start, 0), dim), min(max(end, 0), dim)
+    return min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+
+
 def _slices(shape: tuple[int, ...], a: Attrs) -> tuple[slice, ...]:
     """ONNX Slice semantics (negative indices, clamping, negative steps) as Python slices."""
     out = [slice(None)] * len(shape)
     axes = norm_axes(a["axes"], len(shape))
     assert axes is not None
     for start, end, ax, step in zip(a["starts"], a["ends"], axes, a["steps"]):
-        dim = shape[ax]
-        start = start + dim if start < 0 else start
-        end = end + dim if end < 0 else end
-        if step > 0:
-            start, end = min(max(start, 0), dim), min(max(end, 0), dim)
-        else:
-            start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+        start, end = slice_bounds(shape[ax], start, end, step)
         out[ax] = slice(start, None if end < 0 else end, step)
     return tuple(out)
 
