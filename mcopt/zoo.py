@@ -64,6 +64,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from mcopt.ops.nn import conv2d_ref, lrn_ref
+from mcopt.ops.pool import avg_pool_ref, max_pool_ref
+
 __all__ = [
     "LIGHT_MODELS",
     "light_model",
@@ -205,68 +208,56 @@ def _round_sig(x: np.ndarray, digits: int = 4) -> np.ndarray:
     return np.round(x / mag, digits - 1) * mag
 
 
-def _windows(
-    x: np.ndarray, node: onnx.NodeProto, kshape: Sequence[int], pad_value: float
-) -> np.ndarray:
-    """(N, C, H', W', kh, kw) sliding windows of a padded NCHW tensor (2-D spatial only)."""
-    if x.ndim != 4:
-        raise NotImplementedError(f"{node.op_type} {node.output[0]!r}: only 2-D spatial inputs")
+def _geometry(node: onnx.NodeProto, kernel: Sequence[int]) -> dict[str, Any]:
+    """The mcopt op attributes of an ONNX Conv/pool node (2-D, explicit pads only)."""
     if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise NotImplementedError(f"{node.op_type} {node.output[0]!r}: auto_pad")
-    if int(_attr(node, "ceil_mode", 0)):
-        raise NotImplementedError(f"{node.op_type} {node.output[0]!r}: ceil_mode")
-    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
-    strides = list(_attr(node, "strides", [1, 1]))
-    dil = list(_attr(node, "dilations", [1, 1]))
-    xp = np.pad(
-        x,
-        ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])),
-        constant_values=pad_value,
-    )
-    kh = (kshape[0] - 1) * dil[0] + 1
-    kw = (kshape[1] - 1) * dil[1] + 1
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
-    return win[:, :, :: strides[0], :: strides[1], :: dil[0], :: dil[1]]
+    if len(kernel) != 2:
+        raise NotImplementedError(f"{node.op_type} {node.output[0]!r}: only 2-D spatial inputs")
+    pt, pl, pb, pr = list(_attr(node, "pads", [0, 0, 0, 0]))
+    return {
+        "strides": tuple(_attr(node, "strides", [1, 1])),
+        "pads": (pt, pl, pb, pr),
+        "ceil_mode": int(_attr(node, "ceil_mode", 0)),
+        "dilations": tuple(_attr(node, "dilations", [1, 1])),
+    }
 
 
 def _conv(x: np.ndarray, w: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-    group = int(_attr(node, "group", 1))
-    win = _windows(x, node, w.shape[2:], 0.0)
-    n, c, ho, wo, kh, kw = win.shape
-    o = w.shape[0]
-    if group == c and w.shape[1] == 1 and o == c:  # depthwise
-        return np.einsum("nchwij,cij->nchw", win, w[:, 0], optimize=True).astype(np.float32)
-    cg = c // group
-    cols = win.reshape(n, group, cg, ho, wo, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
-    cols = cols.reshape(group, n * ho * wo, cg * kh * kw)
-    wg = w.reshape(group, o // group, cg * kh * kw).transpose(0, 2, 1)
-    y = np.matmul(cols, wg)  # (g, n*ho*wo, o/g)
-    y = y.reshape(group, n, ho, wo, o // group).transpose(1, 0, 4, 2, 3).reshape(n, o, ho, wo)
-    return np.ascontiguousarray(y, dtype=np.float32)
+    g = _geometry(node, w.shape[2:])
+    return conv2d_ref(
+        x,
+        w,
+        None,
+        strides=g["strides"],
+        pads=g["pads"],
+        dilations=g["dilations"],
+        groups=int(_attr(node, "group", 1)),
+    )
 
 
 def _max_pool(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-    win = _windows(x, node, _attr(node, "kernel_shape"), -np.inf)
-    return win.max(axis=(-2, -1))
+    k = tuple(_attr(node, "kernel_shape"))
+    return max_pool_ref(x, kernel=k, **_geometry(node, k))
 
 
 def _avg_pool(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-    k = _attr(node, "kernel_shape")
-    s = _windows(x, node, k, 0.0).sum(axis=(-2, -1))
-    if int(_attr(node, "count_include_pad", 0)):
-        return (s / float(np.prod(k))).astype(np.float32)
-    cnt = _windows(np.ones((1, 1) + x.shape[2:], np.float32), node, k, 0.0).sum(axis=(-2, -1))
-    return (s / cnt).astype(np.float32)
+    k = tuple(_attr(node, "kernel_shape"))
+    g = _geometry(node, k)
+    g.pop("dilations")
+    return avg_pool_ref(
+        x, kernel=k, count_include_pad=int(_attr(node, "count_include_pad", 0)), **g
+    )
 
 
 def _lrn(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-    size = int(_attr(node, "size"))
-    alpha = float(_attr(node, "alpha", 1e-4))
-    beta = float(_attr(node, "beta", 0.75))
-    bias = float(_attr(node, "bias", 1.0))
-    sq = np.pad(x * x, ((0, 0), ((size - 1) // 2, size // 2), (0, 0), (0, 0)))
-    acc = np.lib.stride_tricks.sliding_window_view(sq, size, axis=1).sum(axis=-1)
-    return (x / (bias + alpha / size * acc) ** beta).astype(np.float32)
+    return lrn_ref(
+        x,
+        size=int(_attr(node, "size")),
+        alpha=float(_attr(node, "alpha", 1e-4)),
+        beta=float(_attr(node, "beta", 0.75)),
+        bias=float(_attr(node, "bias", 1.0)),
+    )
 
 
 def _channel_stats(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
