@@ -33,7 +33,7 @@ from common import (  # noqa: E402
 COLUMNS = [
     ("model", "model", ""),
     ("params_m", "params (M)", ".2f"),
-    ("gmacs", "GMACs", ".3f"),
+    ("mmacs", "MMACs", ".1f"),
     ("onnx_mb", "ONNX MB", ".2f"),
     ("mcopt_mb", "mcopt ONNX MB", ".2f"),
     ("ort_ms", "onnxruntime ms", ".2f"),
@@ -65,7 +65,7 @@ def bench_model(name: str, proto, budget: float, skip_tvm: bool) -> dict:  # typ
 
     graph = import_model(proto)
     totals = analyze(graph).totals()
-    row["params_m"], row["gmacs"] = totals["params"] / 1e6, totals["macs"] / 1e9
+    row["params_m"], row["mmacs"] = totals["params"] / 1e6, totals["macs"] / 1e6
     row["ref_err"] = max_rel_err(ref, interpreter.run(graph, feeds))
 
     if not skip_tvm:
