@@ -10,6 +10,7 @@ from onnx import helper
 
 from mcopt.ir.core import Node
 from mcopt.onnx_io.exporter import EXPORTERS, ExportFn, _Exporter
+from mcopt.ops.winograd import export_winograd_conv2d
 
 
 def exports(*ops: str) -> Callable[[ExportFn], ExportFn]:
@@ -290,3 +291,7 @@ def cast(e: _Exporter, n: Node) -> None:
 
 
 __all__ = ["EXPORTERS"]
+
+
+# winograd_conv2d exports as the standard Conv it replaced (weight recovered from U = G g G^T)
+exports("winograd_conv2d")(export_winograd_conv2d)

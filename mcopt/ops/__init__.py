@@ -5,6 +5,7 @@ from mcopt.ops import elementwise as _elementwise  # noqa: F401  (activations, a
 from mcopt.ops import nn as _nn  # noqa: F401  (conv2d, dense, matmul, batch_norm, lrn, softmax)
 from mcopt.ops import pool as _pool  # noqa: F401  (max/avg pooling, global pooling)
 from mcopt.ops import tensor as _tensor  # noqa: F401  (reshape, concat, transpose, pad, ...)
+from mcopt.ops import winograd as _winograd  # noqa: F401  (winograd_conv2d, F(2x2,3x3)/F(4x4,3x3))
 from mcopt.ops.schema import (
     REQUIRED,
     OpSchema,
