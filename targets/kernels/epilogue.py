@@ -1,0 +1,75 @@
+"""The elementwise tail fused into a kernel's output loop: ``act(acc + bias [+ residual])``.
+
+Fusing the tail into the register-tiled output loop (instead of separate Relax ops) means the
+accumulators are written to memory exactly once, already biased, summed with the skip connection and
+activated: the "conv + bias + batch-norm + activation + residual add in one kernel" of issue 3
+(batch-norm is folded into the weights and bias before packing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ACTIVATIONS = (None, "relu", "relu6", "clip")
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What follows the accumulation, in this order: ``+ bias``, ``+ residual``, activation.
+
+    ``activation`` is ``None``, ``"relu"``, ``"relu6"`` (clip to [0, 6]) or ``"clip"`` (to
+    ``[clip_min, clip_max]``). ``residual`` adds a tensor of the output's (blocked) shape.
+    """
+
+    bias: bool = True
+    residual: bool = False
+    activation: str | None = None
+    clip_min: float = 0.0
+    clip_max: float = 6.0
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; valid: {ACTIVATIONS}")
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.bias and not self.residual and self.activation is None
+
+    def bounds(self) -> tuple[float | None, float | None]:
+        """(lo, hi) of the activation as a clip (None = unbounded)."""
+        if self.activation == "relu":
+            return 0.0, None
+        if self.activation == "relu6":
+            return 0.0, 6.0
+        if self.activation == "clip":
+            return self.clip_min, self.clip_max
+        return None, None
+
+    def apply_te(self, value: Any, bias: Any, residual: Any, dtype: str) -> Any:
+        """The TE expression of the tail for one element (``bias``/``residual`` already indexed)."""
+        import tvm
+
+        if self.bias:
+            value = value + bias
+        if self.residual:
+            value = value + residual
+        lo, hi = self.bounds()
+        if lo is not None:
+            value = tvm.te.max(value, tvm.tirx.const(lo, dtype))
+        if hi is not None:
+            value = tvm.te.min(value, tvm.tirx.const(hi, dtype))
+        return value
+
+    def apply_numpy(self, value: Any, bias: Any = None, residual: Any = None) -> Any:
+        """The same tail in numpy (``bias`` broadcastable to ``value``), for references and tests."""
+        import numpy as np
+
+        if self.bias:
+            value = value + bias
+        if self.residual:
+            value = value + residual
+        lo, hi = self.bounds()
+        if lo is not None or hi is not None:
+            value = np.clip(value, lo, hi)
+        return value

@@ -1,0 +1,209 @@
+"""Relax integration: emit the scheduled kernels into a module being built with a BlockBuilder.
+
+Each ``emit_*`` packs the (constant) weights in numpy, builds the scheduled PrimFunc for the static
+shapes, adds it to the module with ``bb.add_func`` and emits ``relax.call_tir``. The PrimFuncs
+carry ``tirx.is_scheduled`` (DLight, MetaSchedule's ``relax_integration`` and mcopt's
+``cpu_schedule_pass`` leave them alone) and ``op_pattern = kOpaque`` (8): ``FuseOps`` then never
+fuses them with a neighbour, which would send them through ``FuseTIR`` and lose the schedule.
+The epilogue (bias, residual add, activation) is already inside the kernel.
+
+Activations between blocked convs stay in the blocked layout: convert once at the graph input
+(:func:`emit_to_blocked`) and once at the output (:func:`emit_from_blocked`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mcopt.targets.kernels import layout
+from mcopt.targets.kernels.conv2d import _pads, _pair, conv2d_nchwc, conv_out_size
+from mcopt.targets.kernels.dense import choose_dense_params, dense_packed
+from mcopt.targets.kernels.depthwise import choose_depthwise_params, depthwise_conv2d_nchwc
+from mcopt.targets.kernels.epilogue import Epilogue
+from mcopt.targets.kernels.params import ConvParams, choose_conv_params
+
+#: ``relay.op.OpPattern.OPAQUE``: FuseOps never fuses such a function
+OPAQUE = 8
+
+
+def finalize_kernel(func: Any) -> Any:
+    """Mark a scheduled PrimFunc so that no later pass re-schedules or fuses it."""
+    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
+
+
+def _shape(expr: Any) -> tuple[int, ...]:
+    ty = expr.ty
+    if ty.shape is None:
+        raise ValueError("the kernels need static shapes")
+    return tuple(int(d) for d in ty.shape)
+
+
+def _call(bb: Any, func: Any, name: str, args: list[Any], out_shape: Sequence[int], dtype: str):
+    from tvm import relax
+
+    fname = bb.get_unique_name(name)
+    gv = bb.add_func(finalize_kernel(func).with_attr("global_symbol", fname), fname)
+    out_ty = relax.TensorType([int(d) for d in out_shape], dtype)
+    return bb.emit(relax.call_tir(gv, args, out_ty), name_hint=name)
+
+
+def emit_to_blocked(bb: Any, x: Any, bn: int) -> Any:
+    """``NCHW -> NCHW[bn]c`` (for the graph input)."""
+    n, c, h, w = _shape(x)
+    dtype = str(x.ty.dtype)
+    return _call(
+        bb,
+        layout.nchw_to_nchwc((n, c, h, w), bn, dtype),
+        "to_nchwc",
+        [x],
+        (n, c // bn, h, w, bn),
+        dtype,
+    )
+
+
+def emit_from_blocked(bb: Any, x: Any) -> Any:
+    """``NCHW[bn]c -> NCHW`` (for the graph output)."""
+    n, cc, h, w, bn = _shape(x)
+    dtype = str(x.ty.dtype)
+    return _call(
+        bb,
+        layout.nchwc_to_nchw((n, cc * bn, h, w), bn, dtype),
+        "from_nchwc",
+        [x],
+        (n, cc * bn, h, w),
+        dtype,
+    )
+
+
+def emit_conv2d(
+    bb: Any,
+    x: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    activation: str | None = None,
+    clip: tuple[float, float] = (0.0, 6.0),
+    residual: Any = None,
+    target: Any = None,
+    params: ConvParams | None = None,
+) -> Any:
+    """``act(conv2d(x, weight) + bias (+ residual))`` on a blocked ``x (N, IC/bn, H, W, bn)``.
+
+    ``weight`` is the logical OIHW numpy array (batch norm already folded in); the result is
+    blocked ``(N, OC/oc_bn, OH, OW, oc_bn)`` with ``oc_bn`` from :func:`choose_conv_params`
+    (read it from the result's shape). ``residual`` must have the result's blocked shape.
+    """
+    from tvm import relax
+
+    n, icc, h, w, ic_bn = _shape(x)
+    dtype = str(x.ty.dtype)
+    oc, ic, kh, kw = weight.shape
+    if ic != icc * ic_bn:
+        raise ValueError(
+            f"weight {weight.shape} does not match blocked input {(n, icc, h, w, ic_bn)}"
+        )
+    data_shape = (n, ic, h, w)
+    if params is None:
+        params = choose_conv_params(data_shape, weight.shape, strides, padding, dilation, target)
+    if params.ic_bn != ic_bn:
+        params = dataclasses.replace(params, ic_bn=ic_bn)
+    ep = Epilogue(bias is not None, residual is not None, activation, *clip)
+    func = conv2d_nchwc(
+        data_shape, weight.shape, strides, padding, dilation, target, params, ep, dtype
+    )
+    args = [x, relax.const(layout.pack_conv_weight(weight.astype(dtype), ic_bn, params.oc_kbn))]
+    if bias is not None:
+        args.append(relax.const(layout.pack_bias(bias.astype(dtype), params.oc_bn)))
+    if residual is not None:
+        args.append(residual)
+    pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
+    oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
+    ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
+    return _call(
+        bb, func, "conv2d_nchwc", args, (n, oc // params.oc_bn, oh, ow, params.oc_bn), dtype
+    )
+
+
+def emit_depthwise_conv2d(
+    bb: Any,
+    x: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    activation: str | None = None,
+    clip: tuple[float, float] = (0.0, 6.0),
+    residual: Any = None,
+    target: Any = None,
+) -> Any:
+    """Depthwise conv (``weight (C, 1, KH, KW)``) on a blocked ``x``; the result keeps ``x``'s
+    block."""
+    from tvm import relax
+
+    n, cc, h, w, bn = _shape(x)
+    dtype = str(x.ty.dtype)
+    c, _, kh, kw = weight.shape
+    data_shape = (n, cc * bn, h, w)
+    _, reg_n = choose_depthwise_params(data_shape, (kh, kw), strides, padding, dilation, target)
+    ep = Epilogue(bias is not None, residual is not None, activation, *clip)
+    func = depthwise_conv2d_nchwc(
+        data_shape,
+        (kh, kw),
+        strides,
+        padding,
+        dilation,
+        target,
+        ep,
+        bn=bn,
+        reg_n=reg_n,
+        dtype=dtype,
+    )
+    args = [x, relax.const(layout.pack_depthwise_weight(weight.astype(dtype), bn))]
+    if bias is not None:
+        args.append(relax.const(layout.pack_bias(bias.astype(dtype), bn)))
+    if residual is not None:
+        args.append(residual)
+    pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
+    oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
+    ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
+    return _call(bb, func, "dwconv2d_nchwc", args, (n, cc, oh, ow, bn), dtype)
+
+
+def emit_dense(
+    bb: Any,
+    x: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    activation: str | None = None,
+    clip: tuple[float, float] = (0.0, 6.0),
+    residual: Any = None,
+    target: Any = None,
+) -> Any:
+    """``act(x @ weight.T + bias (+ residual))`` for ``x (M, K)``, ``weight (N, K)``."""
+    from tvm import relax
+
+    m, k = _shape(x)
+    dtype = str(x.ty.dtype)
+    n = weight.shape[0]
+    bn, reg_m = choose_dense_params(m, n, k, target)
+    np_ = -(-n // bn) * bn
+    w = np.zeros((np_, k), dtype)
+    w[:n] = weight
+    ep = Epilogue(bias is not None, residual is not None, activation, *clip)
+    func = dense_packed(m, n, k, target, ep, bn=bn, reg_m=reg_m, dtype=dtype)
+    args = [x, relax.const(layout.pack_dense_weight(w, bn))]
+    if bias is not None:
+        args.append(relax.const(np.ascontiguousarray(bias.astype(dtype))))
+    if residual is not None:
+        args.append(residual)
+    return _call(bb, func, "dense_packed", args, (m, n), dtype)

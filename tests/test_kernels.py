@@ -1,0 +1,252 @@
+"""mcopt.targets.kernels: the scheduled fp32 CPU kernels against numpy (rel. error <= 1e-5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.tvm
+tvm = pytest.importorskip("tvm")
+
+from mcopt.targets.kernels import layout  # noqa: E402
+from mcopt.targets.kernels.conv2d import conv2d_nchwc  # noqa: E402
+from mcopt.targets.kernels.dense import choose_dense_params, dense_packed  # noqa: E402
+from mcopt.targets.kernels.depthwise import depthwise_conv2d_nchwc  # noqa: E402
+from mcopt.targets.kernels.epilogue import Epilogue  # noqa: E402
+from mcopt.targets.kernels.params import (  # noqa: E402
+    ConvParams,
+    channel_block,
+    choose_conv_params,
+    choose_register_tile,
+)
+from mcopt.targets.kernels.target_info import CPUInfo, cpu_info, host_target  # noqa: E402
+
+TARGET = host_target()
+RTOL = 1e-5
+
+
+def _conv_ref(x, w, b, stride, pad, dilation=1, groups=1):
+    """float64 NCHW conv2d: pads (top, left, bottom, right)."""
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    pt, pl, pb, pr = pad
+    x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    n, c, h, wd = x.shape
+    oc, icg, kh, kw = w.shape
+    oh = (h - dilation * (kh - 1) - 1) // stride + 1
+    ow = (wd - dilation * (kw - 1) - 1) // stride + 1
+    out = np.zeros((n, oc, oh, ow))
+    ocg = oc // groups
+    for g in range(groups):
+        xs = x[:, g * icg : (g + 1) * icg]
+        ws = w[g * ocg : (g + 1) * ocg]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[
+                    :,
+                    :,
+                    i * dilation : i * dilation + stride * (oh - 1) + 1 : stride,
+                    j * dilation : j * dilation + stride * (ow - 1) + 1 : stride,
+                ]
+                out[:, g * ocg : (g + 1) * ocg] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+    if b is not None:
+        out += b.reshape(1, -1, 1, 1)
+    return out
+
+
+def _run(func, arrays, out_shape):
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
+    out = tvm.runtime.tensor(np.zeros(out_shape, "float32"), dev)
+    lib["main"](*args, out)
+    return out.numpy()
+
+
+def _rel_err(got, ref):
+    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+# --- parameter choice (no compilation) -----------------------------------------------------------
+def test_cpu_info_from_targets():
+    assert cpu_info(TARGET).lanes in (4, 8, 16)
+    neon = cpu_info({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+    assert (neon.lanes, neon.vregs) == (4, 32)
+    avx512 = cpu_info({"kind": "llvm", "mcpu": "skylake-avx512"})
+    assert (avx512.lanes, avx512.vregs) == (16, 32)
+    avx2 = cpu_info({"kind": "llvm", "mcpu": "haswell", "num-cores": 4})
+    assert (avx2.lanes, avx2.vregs, avx2.cores) == (8, 16, 4)
+
+
+def test_register_tile_rule():
+    # AVX2: 3 columns x 4 channel blocks = 12 accumulators (1.71 FMAs per load)
+    assert choose_register_tile(56, 8, 16) == (3, 4)
+    assert choose_register_tile(14, 32, 16) == (3, 4)
+    # one channel block: a row of columns
+    rn, rc = choose_register_tile(56, 1, 16)
+    assert rc == 1 and rn <= 12
+    # 32 registers (AVX-512 / NEON): a bigger tile
+    rn, rc = choose_register_tile(56, 16, 32)
+    assert rn * rc <= 28 and rn * rc >= 20
+    assert channel_block(3, 8) == 3 and channel_block(144, 8) == 8 and channel_block(12, 8) == 6
+
+
+def test_choose_conv_params_cache_blocking():
+    avx2 = CPUInfo(lanes=8, vregs=16, cores=2)
+    small = choose_conv_params((1, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, avx2)
+    assert (small.ic_bn, small.oc_bn, small.ic_chunk, small.oh_inner) == (8, 8, 0, False)
+    big = choose_conv_params((1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, avx2)
+    assert big.ic_chunk >= 1 and big.oh_inner and big.flat
+    stem = choose_conv_params((1, 3, 224, 224), (64, 3, 7, 7), 2, 3, 1, avx2)
+    assert stem.ic_bn == 3 and stem.unroll_kw
+    assert choose_dense_params(1, 1000, 2048, avx2)[0] == 40
+
+
+def test_packing_roundtrip():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 16, 3, 5)).astype("float32")
+    xb = layout.pack_nchwc(x, 8)
+    assert xb.shape == (2, 2, 3, 5, 8) and xb[1, 1, 2, 4, 3] == x[1, 11, 2, 4]
+    np.testing.assert_array_equal(layout.unpack_nchwc(xb), x)
+    w = rng.standard_normal((32, 16, 3, 3)).astype("float32")
+    wp = layout.pack_conv_weight(w, 8, 16)
+    assert wp.shape == (2, 2, 3, 3, 8, 16) and wp[1, 0, 2, 1, 5, 7] == w[23, 5, 2, 1]
+    wd = rng.standard_normal((24, 40)).astype("float32")
+    assert layout.pack_dense_weight(wd, 8)[2, 7, 3] == wd[19, 7]
+
+
+# --- kernels ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "ic,oc,hw,k,stride,pad,dil,params,act,residual",
+    [
+        # 3x3, bias + residual + relu, default (analytic) parameters
+        (16, 32, 10, 3, 1, (1, 1, 1, 1), 1, None, "relu", True),
+        # RGB stem-like: ic_bn = 3, kw unrolled, stride 2, asymmetric padding, clip
+        (3, 16, 11, 5, 2, (2, 1, 2, 2), 1, None, "clip", False),
+        # 1x1 as GEMM, stride 2, no epilogue activation; forced ic split + rows inside it
+        (32, 16, 9, 1, 2, (0, 0, 0, 0), 1, ConvParams(8, 8, 3, 2, False, 2, True), None, False),
+        # flattened plane (7x7 = 49 -> 51 positions), ic split, residual
+        (
+            16,
+            32,
+            7,
+            3,
+            1,
+            (1, 1, 1, 1),
+            1,
+            ConvParams(8, 8, 3, 4, False, 1, True, 0, True),
+            "relu",
+            True,
+        ),
+        # dilation 2, width not a multiple of the tile (rounded up inside), ic split
+        (16, 16, 9, 3, 1, (2, 2, 2, 2), 2, ConvParams(8, 8, 4, 1, True, 1, False), "relu6", False),
+    ],
+)
+def test_conv2d_nchwc(ic, oc, hw, k, stride, pad, dil, params, act, residual):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, ic, hw, hw)).astype("float32")
+    w = (rng.standard_normal((oc, ic, k, k)) / np.sqrt(ic * k * k)).astype("float32")
+    b = rng.standard_normal(oc).astype("float32")
+    ep = Epilogue(bias=True, residual=residual, activation=act, clip_min=-0.5, clip_max=0.5)
+    p = params or choose_conv_params(x.shape, w.shape, stride, pad, dil, TARGET)
+    ref = _conv_ref(x, w, b, stride, pad, dil)
+    res = rng.standard_normal(ref.shape).astype("float32") if residual else None
+    ref = ep.apply_numpy(ref, 0.0, res)  # bias already in ref
+    func = conv2d_nchwc(x.shape, w.shape, stride, pad, dil, TARGET, p, ep)
+    args = [
+        layout.pack_nchwc(x, p.ic_bn),
+        layout.pack_conv_weight(w, p.ic_bn, p.oc_kbn),
+        layout.pack_bias(b, p.oc_bn),
+    ]
+    if residual:
+        args.append(layout.pack_nchwc(res, p.oc_bn))
+    out_shape = (1, oc // p.oc_bn, ref.shape[2], ref.shape[3], p.oc_bn)
+    got = layout.unpack_nchwc(_run(func, args, out_shape))
+    assert _rel_err(got, ref) <= RTOL
+
+
+def test_depthwise_conv2d_nchwc():
+    rng = np.random.default_rng(2)
+    c, hw = 24, 13
+    x = rng.standard_normal((1, c, hw, hw)).astype("float32")
+    w = rng.standard_normal((c, 1, 3, 3)).astype("float32")
+    b = rng.standard_normal(c).astype("float32")
+    ep = Epilogue(activation="relu6")
+    ref = ep.apply_numpy(_conv_ref(x, w, None, 2, (1, 1, 1, 1), groups=c), b.reshape(1, -1, 1, 1))
+    func = depthwise_conv2d_nchwc(x.shape, (3, 3), 2, 1, 1, TARGET, ep, bn=8)
+    args = [layout.pack_nchwc(x, 8), layout.pack_depthwise_weight(w, 8), layout.pack_bias(b, 8)]
+    got = layout.unpack_nchwc(_run(func, args, (1, c // 8, 7, 7, 8)))
+    assert _rel_err(got, ref) <= RTOL
+
+
+@pytest.mark.parametrize("m,n,k,act", [(1, 10, 40, None), (3, 48, 24, "relu")])
+def test_dense_packed(m, n, k, act):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((m, k)).astype("float32")
+    w = rng.standard_normal((n, k)).astype("float32")
+    b = rng.standard_normal(n).astype("float32")
+    ep = Epilogue(activation=act)
+    ref = ep.apply_numpy(x.astype(np.float64) @ w.T.astype(np.float64), b)
+    bn, reg_m = choose_dense_params(m, n, k, TARGET)
+    npad = -(-n // bn) * bn
+    wp = layout.pack_dense_weight(np.concatenate([w, np.zeros((npad - n, k), "float32")]), bn)
+    got = _run(dense_packed(m, n, k, TARGET, ep), [x, wp, b], (m, n))
+    assert _rel_err(got, ref) <= RTOL
+
+
+def test_layout_primfuncs():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 16, 5, 7)).astype("float32")
+    xb = _run(layout.nchw_to_nchwc(x.shape, 8), [x], (1, 2, 5, 7, 8))
+    np.testing.assert_array_equal(xb, layout.pack_nchwc(x, 8))
+    back = _run(layout.nchwc_to_nchw(x.shape, 8), [xb], x.shape)
+    np.testing.assert_array_equal(back, x)
+
+
+def test_relax_integration():
+    """The emit_* helpers build a module that tvm.compile's default pipeline keeps as scheduled."""
+    from tvm import relax
+
+    from mcopt.targets.kernels.relax_ops import (
+        OPAQUE,
+        emit_conv2d,
+        emit_dense,
+        emit_depthwise_conv2d,
+        emit_from_blocked,
+        emit_to_blocked,
+    )
+
+    rng = np.random.default_rng(5)
+    w1 = (rng.standard_normal((16, 8, 3, 3)) / 8).astype("float32")
+    b1 = rng.standard_normal(16).astype("float32")
+    wd = rng.standard_normal((16, 1, 3, 3)).astype("float32")
+    w2 = (rng.standard_normal((16, 16, 1, 1)) / 4).astype("float32")
+    wf = rng.standard_normal((10, 16 * 6 * 6)).astype("float32")
+    bf = rng.standard_normal(10).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 6, 6), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            xb = emit_to_blocked(bb, x, 8)
+            y = emit_conv2d(bb, xb, w1, b1, padding=1, activation="relu", target=TARGET)
+            y = emit_depthwise_conv2d(bb, y, wd, None, padding=1, target=TARGET)
+            y = emit_conv2d(bb, y, w2, None, residual=y, activation="relu", target=TARGET)
+            z = bb.emit(relax.op.reshape(emit_from_blocked(bb, y), (1, 16 * 6 * 6)))
+            gv = bb.emit_output(emit_dense(bb, z, wf, bf, target=TARGET))
+        bb.emit_func_output(gv)
+    mod = bb.get()
+    kernels = [f for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(kernels) == 6
+    assert all(
+        int(f.attrs["op_pattern"]) == OPAQUE and f.attrs["tirx.is_scheduled"] for f in kernels
+    )
+    ex = tvm.compile(mod, target=TARGET)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    xi = rng.standard_normal((1, 8, 6, 6)).astype("float32")
+    got = vm["main"](tvm.runtime.tensor(xi)).numpy()
+
+    h = np.maximum(_conv_ref(xi, w1, b1, 1, (1, 1, 1, 1)), 0)
+    h = _conv_ref(h, wd, None, 1, (1, 1, 1, 1), groups=16)
+    h = np.maximum(_conv_ref(h, w2, None, 1, (0, 0, 0, 0)) + h, 0)
+    ref = h.reshape(1, -1) @ wf.T.astype(np.float64) + bf
+    assert _rel_err(got, ref) <= RTOL
