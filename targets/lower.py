@@ -478,3 +478,19 @@ def lower(graph: Graph, func_name: str = "main") -> tvm.IRModule:
 
 
 __all__ = ["LOWERINGS", "LowerContext", "lower", "register_lowering"]
+
+
+def _load_lowering_families() -> None:
+    """Lowerings of compressed-op families live in ``targets/lower_*.py`` (quantized, sparse,
+    winograd, ...); importing them registers their entries in LOWERINGS."""
+    import importlib
+    import pkgutil
+
+    import mcopt.targets as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.startswith("lower_"):
+            importlib.import_module(f"mcopt.targets.{info.name}")
+
+
+_load_lowering_families()

@@ -1,11 +1,5 @@
 """mcopt's op vocabulary. Importing this package registers every built-in op."""
 
-# Op tables: importing them registers the ops.
-from mcopt.ops import elementwise as _elementwise  # noqa: F401  (activations, add/mul/...)
-from mcopt.ops import nn as _nn  # noqa: F401  (conv2d, dense, matmul, batch_norm, lrn, softmax)
-from mcopt.ops import pool as _pool  # noqa: F401  (max/avg pooling, global pooling)
-from mcopt.ops import tensor as _tensor  # noqa: F401  (reshape, concat, transpose, pad, ...)
-from mcopt.ops import winograd as _winograd  # noqa: F401  (winograd_conv2d, F(2x2,3x3)/F(4x4,3x3))
 from mcopt.ops.schema import (
     REQUIRED,
     OpSchema,
@@ -27,3 +21,17 @@ __all__ = [
     "register_op",
     "same_as_input",
 ]
+
+
+def _load_op_tables() -> None:
+    """Every module of this package is an op table (nn, elementwise, pool, tensor, winograd,
+    quantized, ...); importing it registers its ops. New families just add a module here."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_") and info.name != "schema":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_load_op_tables()
