@@ -110,6 +110,11 @@ class OptimizeResult:
                 f"({self.output_error.get('source', '')}): max abs {self.output_error['max_abs']:.3g}, "
                 f"max rel {self.output_error['max_rel']:.3g}."
             )
+            if "compiled_vs_reference_max_rel" in self.output_error:
+                lines.append(
+                    f"Compiled module vs the reference interpreter: max rel "
+                    f"{self.output_error['compiled_vs_reference_max_rel']:.3g}."
+                )
             lines.append("")
         if self.latency_ms is not None:
             lines.append(
