@@ -14,7 +14,7 @@ import numpy as np
 
 from mcopt import interpreter
 from mcopt.analysis.cost import CostReport, analyze
-from mcopt.errors import OptionError
+from mcopt.errors import OptionError, UnsupportedOpError
 from mcopt.inputs import Feed, load_calibration, random_feeds
 from mcopt.ir.core import Graph
 from mcopt.ir.verify import verify
@@ -53,6 +53,7 @@ class OptimizeResult:
     timings: dict[str, float] = field(default_factory=dict)
     latency_ms: float | None = None
     output_error: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def run(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
         """Run the optimized model: the compiled module when there is one, else the interpreter.
@@ -85,6 +86,7 @@ class OptimizeResult:
             "latency_ms": self.latency_ms,
             "timings_s": self.timings,
             "passes": self.report.to_dict(),
+            "notes": self.notes,
         }
 
     def to_markdown(self) -> str:
@@ -121,6 +123,8 @@ class OptimizeResult:
                 f"Compiled latency (batch {self._batch()}, median): {self.latency_ms:.3f} ms."
             )
             lines.append("")
+        for note in self.notes:
+            lines.extend([f"Note: {note}", ""])
         lines.append("## Passes")
         lines.append("")
         lines.append(self.report.to_markdown())
@@ -137,7 +141,8 @@ class OptimizeResult:
         )
 
     def save(self, outdir: str | os.PathLike) -> dict[str, Path]:
-        """Write model.onnx, the compiled library (model.so), report.json and report.md to `outdir`.
+        """Write model.onnx, the printed IR (model.ir.txt), the compiled library (model.so),
+        report.json and report.md to `outdir`.
 
         Each file is written atomically (temp file + rename), so a crash never leaves half a file."""
         from mcopt.onnx_io import export_model
@@ -147,9 +152,19 @@ class OptimizeResult:
             raise OptionError(f"output path {str(out)!r} exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
-        proto = export_model(self.graph)
-        written["onnx"] = _atomic_write(
-            out / "model.onnx", lambda p: Path(p).write_bytes(proto.SerializeToString())
+        try:
+            proto = export_model(self.graph)
+        except (
+            UnsupportedOpError
+        ) as e:  # e.g. integer-only fixed-point ops ONNX cannot express exactly
+            note = f"model.onnx not written: {e}"
+            if note not in self.notes:
+                self.notes.append(note)
+        else:
+            data = proto.SerializeToString()
+            written["onnx"] = _atomic_write(out / "model.onnx", lambda p: Path(p).write_bytes(data))
+        written["ir"] = _atomic_write(
+            out / "model.ir.txt", lambda p: Path(p).write_text(str(self.graph) + "\n")
         )
         if self.compiled is not None:
             written["library"] = _atomic_write(

@@ -12,7 +12,6 @@ from typing import Any
 from mcopt.targets.registry import TargetSpec, get_target, register_target, target_names
 
 _LAZY: dict[str, str] = {
-    "build": "mcopt.targets.builder",
     "CompiledModel": "mcopt.targets.builder",
     "load_library": "mcopt.targets.builder",
     "compile_module": "mcopt.targets.builder",
@@ -21,6 +20,18 @@ _LAZY: dict[str, str] = {
     "LOWERINGS": "mcopt.targets.lower",
     "build_tvm_baseline": "mcopt.targets.baseline",
 }
+
+
+def build(graph: Any, target: str | TargetSpec = "cpu", **options: Any) -> Any:
+    """Compile `graph` for `target`. Targets with their own builder (e.g. `fpga`, which emits C)
+    dispatch to it; every other target goes through TVM (`mcopt.targets.builder.build`)."""
+    spec = get_target(target)
+    custom = getattr(spec, "builder", None)
+    if custom is not None:
+        return custom(graph, **options)
+    from mcopt.targets.builder import build as tvm_build
+
+    return tvm_build(graph, target=spec, **options)
 
 
 def __getattr__(name: str) -> Any:

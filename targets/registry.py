@@ -89,8 +89,27 @@ def register_target(spec: TargetSpec, *aliases: str, replace: bool = False) -> T
     return spec
 
 
+#: modules that register further targets when imported (none imports TVM at import time)
+TARGET_MODULES = ("mcopt.targets.fpga", "mcopt.targets.arm", "mcopt.targets.cuda")
+_modules_loaded = False
+
+
+def _load_target_modules() -> None:
+    global _modules_loaded
+    if _modules_loaded:
+        return
+    _modules_loaded = True
+    import importlib
+    import importlib.util
+
+    for module in TARGET_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
 def target_names() -> list[str]:
     """Every name :func:`get_target` accepts."""
+    _load_target_modules()
     return sorted(_REGISTRY)
 
 
@@ -99,6 +118,8 @@ def get_target(name: str | TargetSpec = "cpu") -> TargetSpec:
     if isinstance(name, TargetSpec):
         return name
     key = str(name).strip().lower()
+    if key not in _REGISTRY:
+        _load_target_modules()
     try:
         return _REGISTRY[key]
     except KeyError:
