@@ -295,3 +295,5 @@ __all__ = ["EXPORTERS"]
 
 # winograd_conv2d exports as the standard Conv it replaced (weight recovered from U = G g G^T)
 exports("winograd_conv2d")(export_winograd_conv2d)
+
+from mcopt.onnx_io import export_quant  # noqa: E402,F401  (QDQ export of the quantization ops)

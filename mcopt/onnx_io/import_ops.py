@@ -495,3 +495,5 @@ def cast(c: NodeCtx) -> None:
 
 
 __all__ = ["HANDLERS", "supported_ops"]
+
+from mcopt.onnx_io import export_quant  # noqa: E402,F401  (QuantizeLinear/DequantizeLinear import)

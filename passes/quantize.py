@@ -1,0 +1,428 @@
+"""8-bit (and 4-bit) uniform post-training quantization: ``quantize-int8``.
+
+Method (Jacob et al., CVPR 2018; Krishnamoorthi, "Quantizing deep convolutional networks for
+efficient inference: A whitepaper", 2018; the lecture's "8-bit uniform quantization: 256 levels
+between min and max"):
+
+- **weights**: per-output-channel symmetric, ``scale[o] = max|W[o]| / qmax``, codes
+  ``q = clip(rint(W / scale), -qmax-1, qmax)`` stored as real int8 bytes (``UniformQuant``
+  encoding; ``weight_bits=4`` keeps codes in [-8, 7] and counts 4 bits each). ``reduce_range``
+  (default on) uses 7-bit codes [-64, 63] at 8 bits, as onnxruntime's ``reduce_range``: AVX2's
+  ``vpmaddubsw`` (no VNNI) is then exact; VNNI / ARM ``sdot`` targets may turn it off.
+  ``rounding="gptq"`` replaces round-to-nearest by second-order rounding (:mod:`.gptq`).
+- **activations**: per-tensor, ``activations="asymmetric"`` (uint8, ``scale = (hi - lo) / 255``,
+  ``zero_point = rint(-lo / scale)``, ``lo <= 0 <= hi``) or ``"symmetric"`` (int8, zero point 0);
+  the range ``[lo, hi]`` from the calibration feeds by ``calibration="minmax"`` (observed range),
+  ``"percentile"`` (the ``percentile``-th / ``100 - percentile``-th percentiles) or ``"mse"``
+  (the clipping of the observed range, on a grid of 40 factors in [0.3, 1], that minimizes the
+  quantization mean squared error on the calibration sample; Banner et al. / TensorRT-style).
+- **bias correction** (Nagel et al., "Data-Free Quantization", ICCV 2019, empirical form): the mean
+  output shift caused by weight rounding, ``E[(W_q - W) x] = (W_q - W) E[x]`` per output channel
+  from the per-input-channel calibration means, is subtracted from the bias.
+- **graph**: every ``conv2d`` / ``dense`` with constant weights becomes ``quantize`` (one per
+  activation tensor, shared) + ``qconv2d`` / ``qdense`` with int32 bias at scale
+  ``x_scale * w_scale``; a following ``relu`` / ``clip`` is fused as the output clamp; when a
+  layer's output feeds only ``quantize`` nodes of one set of parameters, the layer requantizes
+  directly to that uint8/int8 tensor (integer epilogue, QLinearConv), otherwise it dequantizes to
+  float32.
+- **mixed precision**: ``keep_float`` (node names) stay float; ``float_layers=N`` keeps the N
+  layers whose quantization alone (weights + input) changes the first graph output most
+  (relative L2 error on the calibration feeds) in float.
+- a layer fed by ``dequantize(q)`` (an imported QDQ model) reuses ``q`` and its parameters.
+
+Lossy. Calibration uses ``ctx.calib`` (up to ``num_calib`` feeds); without it, random normal
+inputs (with a note) — fine for random-weight models, not for trained ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mcopt.analysis.sensitivity import calib_or_random
+from mcopt.errors import OptionError
+from mcopt.interpreter import run, run_values
+from mcopt.ir.core import Graph, Node, Value
+from mcopt.ir.types import TensorType, UniformQuant
+from mcopt.ops.quant import quantize_array
+from mcopt.pass_manager import Pass, PassContext, register_pass
+from mcopt.passes.gptq import HessianAccumulator, gptq_quantize, im2col
+
+LAYER_OPS = ("conv2d", "dense")
+_SAMPLE = 1 << 16  # values kept per tensor per feed for percentile / MSE calibration
+
+
+@dataclass
+class _Stats:
+    """Running range, sample and per-channel mean of one activation tensor."""
+
+    lo: float = math.inf
+    hi: float = -math.inf
+    samples: list[np.ndarray] = field(default_factory=list)
+    chan_sum: np.ndarray | None = None
+    count: int = 0
+
+    def add(self, a: np.ndarray, rng: np.random.Generator, keep_sample: bool) -> None:
+        a = np.asarray(a, np.float32)
+        self.lo = min(self.lo, float(a.min()))
+        self.hi = max(self.hi, float(a.max()))
+        flat = a.reshape(-1)
+        if keep_sample:
+            self.samples.append(
+                flat if flat.size <= _SAMPLE else rng.choice(flat, _SAMPLE, replace=False)
+            )
+        axes = (0, *range(2, a.ndim)) if a.ndim > 2 else tuple(range(a.ndim - 1))
+        s = a.astype(np.float64).sum(axis=axes)
+        self.chan_sum = s if self.chan_sum is None else self.chan_sum + s
+        self.count += int(a.size // a.shape[1 if a.ndim > 2 else -1])
+
+    @property
+    def channel_mean(self) -> np.ndarray:
+        assert self.chan_sum is not None
+        return self.chan_sum / max(self.count, 1)
+
+
+def activation_params(
+    st: _Stats, symmetric: bool, method: str, percentile: float
+) -> tuple[float, int, str]:
+    """``(scale, zero_point, dtype)`` of an activation tensor from its calibration statistics."""
+    lo, hi = min(st.lo, 0.0), max(st.hi, 0.0)
+    sample = np.concatenate(st.samples) if st.samples else None
+    if method == "percentile" and sample is not None:
+        if symmetric:
+            hi = float(np.percentile(np.abs(sample), percentile))
+        else:
+            lo = min(float(np.percentile(sample, 100.0 - percentile)), 0.0)
+            hi = max(float(np.percentile(sample, percentile)), 0.0)
+    elif method == "mse" and sample is not None:
+        lo, hi = _mse_range(sample, lo, hi, symmetric)
+    return _params_from_range(lo, hi, symmetric)
+
+
+def _params_from_range(lo: float, hi: float, symmetric: bool) -> tuple[float, int, str]:
+    if symmetric:
+        m = max(abs(lo), abs(hi), 1e-8)
+        return m / 127.0, 0, "int8"
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max(hi - lo, 1e-8) / 255.0
+    zp = int(np.clip(np.rint(-lo / scale), 0, 255))
+    return scale, zp, "uint8"
+
+
+def _mse_range(x: np.ndarray, lo: float, hi: float, symmetric: bool) -> tuple[float, float]:
+    best, best_err = (lo, hi), math.inf
+    for f in np.linspace(0.3, 1.0, 40):
+        s, z, dt = _params_from_range(lo * f, hi * f, symmetric)
+        q = quantize_array(x, (s,), (z,), dt)
+        err = float(np.mean((x - (q.astype(np.float32) - z) * s) ** 2))
+        if err < best_err:
+            best, best_err = (lo * f, hi * f), err
+    return best
+
+
+def weight_scales(w: np.ndarray, qmax: int) -> np.ndarray:
+    """Per-output-channel symmetric scales ``max|W[o]| / qmax`` (float32, never 0)."""
+    m = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
+    return np.maximum(m / qmax, 1e-12).astype(np.float32)
+
+
+@register_pass
+class QuantizeInt8(Pass):
+    """Post-training uniform quantization of conv2d/dense layers (see the module docstring)."""
+
+    name = "quantize-int8"
+    lossless = False
+
+    weight_bits: int = 8
+    reduce_range: bool = True
+    activations: str = "asymmetric"
+    calibration: str = "minmax"
+    percentile: float = 99.99
+    num_calib: int = 16
+    bias_correction: bool = True
+    rounding: str = "nearest"
+    keep_float: tuple[str, ...] = ()
+    float_layers: int = 0
+    fuse_output: bool = True
+
+    def _check(self) -> None:
+        def bad(opt: str, val: Any, valid: Any) -> OptionError:
+            return OptionError(f"quantize-int8: option {opt}={val!r} is invalid; valid: {valid}")
+
+        if self.weight_bits not in (2, 3, 4, 5, 6, 7, 8):
+            raise bad("weight_bits", self.weight_bits, "2..8")
+        if self.activations not in ("asymmetric", "symmetric"):
+            raise bad("activations", self.activations, "asymmetric, symmetric")
+        if self.calibration not in ("minmax", "percentile", "mse"):
+            raise bad("calibration", self.calibration, "minmax, percentile, mse")
+        if self.rounding not in ("nearest", "gptq"):
+            raise bad("rounding", self.rounding, "nearest, gptq")
+        if not 50.0 < self.percentile <= 100.0:
+            raise bad("percentile", self.percentile, "(50, 100]")
+
+    @property
+    def qmax(self) -> int:
+        bits = 7 if (self.reduce_range and self.weight_bits == 8) else self.weight_bits
+        return 2 ** (bits - 1) - 1
+
+    # --- driver ---------------------------------------------------------------------------------
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        self._check()
+        layers = [
+            n
+            for n in graph.nodes
+            if n.op in LAYER_OPS
+            and n.inputs[1] is not None
+            and n.inputs[1].const is not None
+            and np.dtype(n.inputs[1].dtype).kind == "f"
+            and n.inputs[0] is not None
+            and n.inputs[0].const is None
+        ]
+        unknown = sorted(set(self.keep_float) - {n.name for n in graph.nodes})
+        if unknown:
+            raise OptionError(
+                f"quantize-int8: keep_float names unknown node(s) {unknown}; "
+                f"quantizable layers: {[n.name for n in layers][:20]}"
+            )
+        layers = [n for n in layers if n.name not in self.keep_float]
+        if not layers:
+            return False
+        feeds = calib_or_random(graph, ctx.feeds(self.num_calib), ctx.rng(5), n=4, log=ctx.info)
+        stats, hess = self._calibrate(graph, layers, feeds, ctx)
+        if self.float_layers > 0:
+            kept = self._most_sensitive(graph, layers, stats, feeds[:2], self.float_layers)
+            ctx.info(f"quantize-int8: keeping {len(kept)} most sensitive layer(s) float: {kept}")
+            ctx.shared["quantize_int8_float_layers"] = kept
+            layers = [n for n in layers if n.name not in kept]
+        # rewriting a layer replaces its output value: key the statistics by layer name
+        lstats = {n.name: stats[id(n.inputs[0])] for n in layers}
+        qcache: dict[int, Value] = {}
+        for node in layers:
+            self._quantize_layer(graph, node, lstats[node.name], hess.get(node.name), qcache)
+        if self.fuse_output:
+            _fuse_requantize(graph)
+        graph.toposort()
+        return True
+
+    # --- calibration ----------------------------------------------------------------------------
+    def _calibrate(
+        self, graph: Graph, layers: list[Node], feeds: list[Any], ctx: PassContext
+    ) -> tuple[dict[int, _Stats], dict[str, HessianAccumulator]]:
+        values = _unique([n.inputs[0] for n in layers])  # type: ignore[misc]
+        stats = {id(v): _Stats() for v in values}
+        hess: dict[str, HessianAccumulator] = {}
+        rng = ctx.rng(11)
+        keep_sample = self.calibration != "minmax"
+        for feed in feeds:
+            _, kept = run_values(graph, feed, keep=values)
+            for v in values:
+                stats[id(v)].add(kept[v.name], rng, keep_sample)
+            if self.rounding == "gptq":
+                for n in layers:
+                    if n.op == "conv2d" and int(n.attrs["groups"]) != 1:
+                        continue
+                    x = np.asarray(kept[n.inputs[0].name], np.float32)  # type: ignore[union-attr]
+                    w = n.inputs[1].const  # type: ignore[union-attr]
+                    cols = (
+                        im2col(x, w.shape[2:], n.attrs)
+                        if n.op == "conv2d"
+                        else x.reshape(-1, x.shape[-1]).T
+                    )
+                    hess.setdefault(n.name, HessianAccumulator(cols.shape[0])).add(cols)
+        return stats, hess
+
+    def _act(self, st: _Stats) -> tuple[float, int, str]:
+        return activation_params(
+            st, self.activations == "symmetric", self.calibration, self.percentile
+        )
+
+    # --- weights --------------------------------------------------------------------------------
+    def quantize_weight(
+        self, w: np.ndarray, hess: HessianAccumulator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes int8, per-channel scales)`` by round-to-nearest or GPTQ."""
+        qmax = self.qmax
+        s = weight_scales(w, qmax)
+        w2 = w.reshape(w.shape[0], -1).astype(np.float64)
+        if self.rounding == "gptq" and hess is not None and hess.n > 0:
+            q = gptq_quantize(w2, hess.h, s, -qmax - 1, qmax)
+        else:
+            q = np.clip(np.rint(w2 / s[:, None].astype(np.float64)), -qmax - 1, qmax)
+        return q.reshape(w.shape).astype(np.int8), s
+
+    # --- sensitivity ----------------------------------------------------------------------------
+    def _most_sensitive(
+        self,
+        graph: Graph,
+        layers: list[Node],
+        stats: dict[int, _Stats],
+        feeds: Sequence[Any],
+        count: int,
+    ) -> list[str]:
+        ref = [run(graph, f)[0] for f in feeds]
+        scores: dict[str, float] = {}
+        for node in layers:
+            g = graph.copy()
+            n2 = g.find_node(node.name)
+            w = n2.inputs[1]
+            assert w is not None and w.const is not None
+            q, s = self.quantize_weight(w.const, None)
+            wd = (q.reshape(q.shape[0], -1) * s[:, None]).reshape(w.shape).astype(w.dtype)
+            n2.set_input(1, g.const(wd, f"{w.name}_fq"))
+            sc, zp, dt = self._act(stats[id(node.inputs[0])])
+            qn = g.add_node(
+                "quantize", [n2.inputs[0]], {"scale": (sc,), "zero_point": (zp,), "dtype": dt},
+                before=n2,
+            )  # fmt: skip
+            dq = g.add_node("dequantize", [qn.output], {"scale": (sc,), "zero_point": (zp,)},
+                            before=n2)  # fmt: skip
+            n2.set_input(0, dq.output)
+            err = 0.0
+            for f, r in zip(feeds, ref):
+                y = run(g, f)[0]
+                err += float(np.linalg.norm(y - r) / max(np.linalg.norm(r), 1e-12))
+            scores[node.name] = err / max(len(feeds), 1)
+        return sorted(scores, key=lambda k: -scores[k])[:count]
+
+    # --- rewrite --------------------------------------------------------------------------------
+    def _quantize_layer(
+        self,
+        graph: Graph,
+        node: Node,
+        st: _Stats,
+        hess: HessianAccumulator | None,
+        qcache: dict[int, Value],
+    ) -> None:
+        x, w, b = (list(node.inputs) + [None])[:3]
+        assert x is not None and w is not None and w.const is not None
+        xq, (sx, zx) = self._input_codes(graph, x, st, qcache)
+        q, s = self.quantize_weight(w.const, hess)
+        wdq = (q.reshape(q.shape[0], -1).astype(np.float32) * s[:, None]).reshape(w.shape)
+        bias = np.zeros(w.shape[0], np.float64) if b is None or b.const is None else b.const
+        bias = np.asarray(bias, np.float64)
+        if self.bias_correction:
+            mean_x = st.channel_mean
+            dw = (wdq - w.const).astype(np.float64)
+            if node.op == "conv2d":
+                g = int(node.attrs["groups"])
+                og, cg = w.shape[0] // g, w.shape[1]
+                m = mean_x.reshape(g, 1, cg)
+                shift = (dw.sum(axis=(2, 3)).reshape(g, og, cg) * m).sum(-1).reshape(-1)
+            else:
+                shift = dw @ mean_x
+            bias = bias - shift
+        bscale = sx * s.astype(np.float64)
+        bq = np.clip(np.rint(bias / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+        enc = UniformQuant(
+            bits=self.weight_bits,
+            signed=True,
+            scale=tuple(float(v) for v in s),
+            zero_point=(0,) * len(s),
+            axis=0,
+        )
+        wq = graph.const(q, f"{w.name}_q")
+        wq.type = TensorType(q.shape, "int8", enc)
+        inputs = [xq, wq]
+        if b is not None or self.bias_correction:
+            inputs.append(graph.const(bq, f"{node.name}_bias_q"))
+        attrs = {
+            "x_scale": float(sx),
+            "x_zero_point": int(zx),
+            "w_scale": tuple(float(v) for v in s),
+        }
+        if node.op == "conv2d":
+            attrs.update({k: node.attrs[k] for k in ("strides", "pads", "dilations", "groups")})
+        out = node.output
+        act = _fusable_activation(graph, out)
+        if act is not None:
+            attrs["act_min"], attrs["act_max"] = _act_bounds(act)
+        qn = graph.add_node("q" + node.op, inputs, attrs, name=f"{node.name}_q", after=act or node)
+        target = act.output if act is not None else out
+        graph.replace_all_uses_with(target, qn.output)
+        if act is not None:
+            graph.remove_node(act)
+        graph.remove_node(node)
+
+    def _input_codes(
+        self,
+        graph: Graph,
+        x: Value,
+        st: _Stats,
+        qcache: dict[int, Value],
+    ) -> tuple[Value, tuple[float, int]]:
+        p = x.producer
+        if p is not None and p.op == "dequantize" and len(p.attrs["scale"]) == 1:
+            src = p.inputs[0]
+            assert src is not None
+            return src, (float(p.attrs["scale"][0]), int(p.attrs["zero_point"][0]))
+        cached = qcache.get(id(x))
+        if cached is None:
+            sc, zp, dt = self._act(st)
+            after = x.producer
+            kw = {"after": after} if after is not None else {"before": graph.nodes[0]}
+            qn = graph.add_node(
+                "quantize", [x], {"scale": (sc,), "zero_point": (zp,), "dtype": dt},
+                name=f"{x.name}_quant", **kw,
+            )  # fmt: skip
+            cached = qcache[id(x)] = qn.output
+        qp = cached.producer
+        assert qp is not None
+        return cached, (float(qp.attrs["scale"][0]), int(qp.attrs["zero_point"][0]))
+
+
+def _unique(values: Sequence[Value]) -> list[Value]:
+    seen: dict[int, Value] = {}
+    for v in values:
+        seen.setdefault(id(v), v)
+    return list(seen.values())
+
+
+def _fusable_activation(graph: Graph, out: Value) -> Node | None:
+    """The relu / clip that is the only user of ``out`` (and ``out`` not a graph output)."""
+    users = out.users()
+    if len(users) != 1 or any(o is out for o in graph.outputs):
+        return None
+    u = users[0]
+    return u if u.op in ("relu", "clip") and u.inputs[0] is out else None
+
+
+def _act_bounds(act: Node) -> tuple[float, float]:
+    if act.op == "relu":
+        return 0.0, math.inf
+    return float(act.attrs["min"]), float(act.attrs["max"])
+
+
+def _fuse_requantize(graph: Graph) -> None:
+    """``q = quantize(qconv2d(...)->float)`` with the float value used only by quantize nodes of
+    identical parameters: the layer requantizes straight to ``q``'s dtype (integer epilogue)."""
+    for node in graph.iter_nodes():
+        if node.op not in ("qconv2d", "qdense") or node.attrs["out_dtype"] != "float32":
+            continue
+        out = node.output
+        users = out.users()
+        if not users or any(u.op != "quantize" for u in users):
+            continue
+        if any(o is out for o in graph.outputs):
+            continue
+        params = {(u.attrs["scale"], u.attrs["zero_point"], u.attrs["dtype"]) for u in users}
+        if len(params) != 1:
+            continue
+        (scale, zp, dtype) = params.pop()
+        if len(scale) != 1:
+            continue
+        attrs = dict(node.attrs)
+        attrs.update(
+            {"out_dtype": dtype, "out_scale": float(scale[0]), "out_zero_point": int(zp[0])}
+        )
+        new = graph.add_node(node.op, list(node.inputs), attrs, name=node.name, after=node)
+        for u in users:
+            graph.replace_all_uses_with(u.output, new.output)
+            graph.remove_node(u)
+        graph.remove_node(node)
+
+
+__all__ = ["QuantizeInt8", "activation_params", "weight_scales"]

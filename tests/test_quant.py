@@ -1,0 +1,178 @@
+"""Uniform quantization: ops (mcopt/ops/quant.py), the quantize-int8 pass, GPTQ rounding and QDQ
+ONNX export/import (no TVM)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from mcopt import zoo
+from mcopt.errors import OptionError
+from mcopt.interpreter import run
+from mcopt.ir.types import UniformQuant
+from mcopt.onnx_io import export_model, import_model
+from mcopt.ops.quant import dequantize_array, qconv2d_ref, quantize_array
+from mcopt.pass_manager import PassContext, PassManager
+from mcopt.passes.gptq import HessianAccumulator, gptq_quantize, im2col, layer_loss
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _tiny(n_feeds: int = 8, seed: int = 0):
+    g = import_model(zoo.tiny_cnn())
+    inp = g.inputs[0]
+    rng = np.random.default_rng(seed)
+    feeds = [{inp.name: rng.standard_normal(inp.shape).astype(np.float32)} for _ in range(n_feeds)]
+    return g, feeds
+
+
+def _rel(g, g0, feeds):
+    return float(np.mean([
+        np.linalg.norm(run(g, f)[0] - run(g0, f)[0]) / np.linalg.norm(run(g0, f)[0]) for f in feeds
+    ]))  # fmt: skip
+
+
+def _session(model):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_quantize_matches_onnxruntime():
+    from onnx import TensorProto, helper
+
+    x = (np.random.default_rng(0).standard_normal((2, 3, 4, 5)) * 3).astype(np.float32)
+    x[0, 0, 0, :3] = [0.25, 0.75, -0.25]  # exact rounding ties at scale 0.5: half to even
+    for dtype, zp in (("uint8", 128), ("int8", 0)):
+        el = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
+        graph = helper.make_graph(
+            [node], "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+            [helper.make_tensor_value_info("y", el, x.shape)],
+            [helper.make_tensor("s", TensorProto.FLOAT, [], [0.5]),
+             helper.make_tensor("z", el, [], [zp])],
+        )  # fmt: skip
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        got = _session(m).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(quantize_array(x, (0.5,), (zp,), dtype), got)
+        back = dequantize_array(got, (0.5,), (zp,))
+        assert np.abs(back - np.clip(x, -64, 63.5)).max() <= 0.25 + 1e-6
+
+
+def test_qconv2d_reference_is_integer_conv():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (1, 4, 6, 6)).astype(np.uint8)
+    w = rng.integers(-128, 128, (5, 4, 3, 3)).astype(np.int8)
+    at = dict(strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1, x_scale=0.1,
+              x_zero_point=10, w_scale=(0.01,) * 5, out_dtype="float32", out_scale=1.0,
+              out_zero_point=0, act_min=-np.inf, act_max=np.inf)  # fmt: skip
+    y = qconv2d_ref(x, w, None, **at)
+    # the float conv of the dequantized tensors (padding = real zero)
+    xf = (x.astype(np.float64) - 10) * 0.1
+    xp = np.pad(xf, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    wf = w.astype(np.float64) * 0.01
+    ref = np.zeros((1, 5, 6, 6))
+    for i in range(6):
+        for j in range(6):
+            ref[0, :, i, j] = np.tensordot(wf, xp[0, :, i : i + 3, j : j + 3], 3)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_pass_quantizes_with_bounded_error_and_real_bytes():
+    g0, feeds = _tiny()
+    g = g0.copy()
+    PassManager(["cleanup", "quantize-int8"]).run(g, PassContext(calib=feeds))
+    ops = {n.op for n in g.nodes}
+    assert {"qconv2d", "qdense", "quantize"} <= ops and "conv2d" not in ops
+    wq = [n.inputs[1] for n in g.nodes if n.op in ("qconv2d", "qdense")]
+    assert all(v.dtype == "int8" and isinstance(v.type.encoding, UniformQuant) for v in wq)
+    assert all(v.type.nbytes < v.type.size + 32 * 8 * v.shape[0] // 8 + 1 for v in wq)
+    assert any(n.attrs["out_dtype"] == "uint8" for n in g.nodes if n.op == "qconv2d")
+    assert _rel(g, g0, feeds) < 0.05
+
+
+@pytest.mark.parametrize("opts", ["calibration=percentile", "calibration=mse",
+                                  "activations=symmetric,reduce_range=False"])  # fmt: skip
+def test_pass_options(opts):
+    g0, feeds = _tiny(4)
+    g = g0.copy()
+    PassManager(["cleanup", f"quantize-int8:{opts}"]).run(g, PassContext(calib=feeds))
+    assert _rel(g, g0, feeds) < 0.08
+
+
+def test_mixed_precision_keep_float_and_sensitivity():
+    g0, feeds = _tiny(4)
+    PassManager(["cleanup"]).run(g0)
+    g = g0.copy()
+    PassManager(["quantize-int8:keep_float=[fc_0]"]).run(g, PassContext(calib=feeds))
+    assert [n.name for n in g.nodes if n.op == "dense"] == ["fc_0"]
+    g2 = g0.copy()
+    ctx = PassContext(calib=feeds)
+    PassManager(["quantize-int8:float_layers=2,weight_bits=4"]).run(g2, ctx)
+    kept = ctx.shared["quantize_int8_float_layers"]
+    assert len(kept) == 2 and {n.name for n in g2.nodes if n.op in ("conv2d", "dense")} == set(kept)
+    with pytest.raises(Exception, match="keep_float"):
+        PassManager(["quantize-int8:keep_float=[nope]"]).run(g0.copy(), PassContext(calib=feeds))
+    with pytest.raises(Exception, match="rounding"):
+        PassManager(["quantize-int8:rounding=magic"]).run(g0.copy(), PassContext(calib=feeds))
+    from mcopt.passes.quantize import QuantizeInt8
+
+    with pytest.raises(OptionError, match="weight_bits"):
+        QuantizeInt8(weight_bits=9).run(g0.copy(), PassContext(calib=feeds))
+
+
+def test_gptq_beats_round_to_nearest_at_4_bits():
+    g0, feeds = _tiny(16)
+    test = _tiny(6, seed=1)[1]
+    errs = {}
+    for r in ("nearest", "gptq"):
+        g = g0.copy()
+        spec = f"quantize-int8:weight_bits=4,rounding={r},bias_correction=False"
+        PassManager(["cleanup", spec]).run(g, PassContext(calib=feeds))
+        errs[r] = _rel(g, g0, test)
+    assert errs["gptq"] < 0.6 * errs["nearest"], errs
+    # layer level: the calibration loss tr(dW H dW^T) is lower on held-out inputs
+    PassManager(["cleanup"]).run(g0)
+    node = next(n for n in g0.nodes if n.op == "conv2d" and n.inputs[1].shape[1] > 3)
+    from mcopt.interpreter import run_values
+
+    w = node.inputs[1].const
+    cols = [im2col(run_values(g0, f, keep=[node.inputs[0]])[1][node.inputs[0].name],
+                   w.shape[2:], node.attrs) for f in feeds + test]  # fmt: skip
+    tr, te = HessianAccumulator(cols[0].shape[0]), HessianAccumulator(cols[0].shape[0])
+    for c in cols[:16]:
+        tr.add(c)
+    for c in cols[16:]:
+        te.add(c)
+    w2 = w.reshape(w.shape[0], -1).astype(np.float64)
+    s = np.abs(w2).max(1) / 7
+    rtn = np.clip(np.rint(w2 / s[:, None]), -8, 7) * s[:, None]
+    gq = gptq_quantize(w2, tr.h, s, -8, 7) * s[:, None]
+    assert layer_loss(w2, gq, te.h) < 0.8 * layer_loss(w2, rtn, te.h)
+
+
+def test_qdq_export_runs_in_onnxruntime_and_reimports():
+    for proto in (onnx.load(zoo.lenet5_path()), zoo.tiny_cnn()):
+        g0 = import_model(proto)
+        inp = g0.inputs[0]
+        rng = np.random.default_rng(0)
+        feeds = [{inp.name: rng.standard_normal(inp.shape).astype(np.float32)} for _ in range(3)]
+        g = g0.copy()
+        PassManager(["cleanup", "quantize-int8"]).run(g, PassContext(calib=feeds))
+        model = export_model(g, 17)
+        onnx.checker.check_model(model, full_check=True)
+        ops = {n.op_type for n in model.graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+        int8_inits = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+        assert int8_inits, "weights must be stored as int8 initializers"
+        sess = _session(model)
+        for f in feeds:
+            ref = run(g, f)[0]
+            # float epilogue: same up to float rounding of the accumulation order
+            np.testing.assert_allclose(sess.run(None, f)[0], ref, rtol=1e-4, atol=1e-4)
+        g2 = import_model(model)
+        assert {"quantize", "dequantize"} <= {n.op for n in g2.nodes}
+        PassManager(["quantize-int8"]).run(g2, PassContext(calib=feeds))
+        assert {"qconv2d", "qdense"} <= {n.op for n in g2.nodes}
+        for f in feeds:
+            np.testing.assert_allclose(run(g2, f)[0], run(g, f)[0], rtol=1e-4, atol=1e-4)
