@@ -10,6 +10,8 @@ from onnx import helper
 
 from mcopt.ir.core import Node
 from mcopt.onnx_io.exporter import EXPORTERS, ExportFn, _Exporter
+from mcopt.ops.binary import export_binary_conv2d, export_binary_dense
+from mcopt.ops.codebook import export_codebook_weight
 from mcopt.ops.winograd import export_winograd_conv2d
 
 
@@ -295,5 +297,9 @@ __all__ = ["EXPORTERS"]
 
 # winograd_conv2d exports as the standard Conv it replaced (weight recovered from U = G g G^T)
 exports("winograd_conv2d")(export_winograd_conv2d)
+# binary and shared-weight ops export as the equivalent float graph
+exports("binary_conv2d")(export_binary_conv2d)
+exports("binary_dense")(export_binary_dense)
+exports("codebook_weight")(export_codebook_weight)
 
 from mcopt.onnx_io import export_quant  # noqa: E402,F401  (QDQ export of the quantization ops)
