@@ -212,6 +212,9 @@ def optimize(
         source = "seeded random input"
     check_feeds = feeds[: min(len(feeds), 4)]
     ctx = PassContext(calib=feeds, seed=seed)
+    if target is not None:
+        # passes that pick per layer by measured speed (winograd:only_if_faster) measure on the target
+        ctx.shared["measure_winograd"] = _measure_winograd
     cost_before = analyze(original)
     pipeline = list(DEFAULT_PASSES if passes is None else passes)
     t0 = time.perf_counter()
@@ -253,6 +256,12 @@ def optimize(
             result.latency_ms = result.compiled.benchmark(check_feeds[0])["median_ms"]
             timings["measure"] = time.perf_counter() - t0
     return result
+
+
+def _measure_winograd(*args: Any, **kwargs: Any) -> dict[str, float]:
+    from mcopt.targets.kernels.winograd import cached_measurement  # TVM: only when compiling
+
+    return cached_measurement(*args, **kwargs)
 
 
 def output_error(reference: Graph, candidate: Graph, feeds: Sequence[Feed]) -> dict[str, float]:

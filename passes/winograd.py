@@ -16,6 +16,8 @@ ONNX export writes the node back as a standard ``Conv`` with the 3x3 weight reco
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from mcopt.analysis.lowrank import (
@@ -60,13 +62,44 @@ class WinogradConv(Pass):
     with the filter transform U = G g G^T precomputed. MACs (element-wise multiplies) fall 2.25x for
     ``tile=2`` and 4x for ``tile=4``; params grow 16/9 resp. 36/9 (U is larger than g). Lossless up
     to float rounding. Options: ``tile`` (m: 2 or 4), ``layers`` (conv node names; empty = all),
-    ``min_channels`` (skip convs with fewer input channels, e.g. an RGB stem)."""
+    ``min_channels`` (skip convs with fewer input channels, e.g. an RGB stem), ``only_if_faster``
+    (substitute a layer only where the compiled Winograd kernel beat the direct conv template on this
+    machine: measured once per layer shape with :func:`mcopt.targets.kernels.winograd.measure_layer`
+    and cached in the JSON file ``table``, keyed by target + shape; needs TVM, imported only then),
+    ``table`` (default ``~/.cache/mcopt/winograd_table.json``)."""
 
     name = "winograd"
     lossless = True
     tile: int = 2
     layers: tuple[str, ...] = ()
     min_channels: int = 1
+    only_if_faster: bool = False
+    table: str = ""
+
+    def _direct_faster(self, node: Node, ctx: Any) -> str | None:
+        """Why the direct conv stays (measured on the target), or None when Winograd is faster.
+
+        The measurement compiles kernels, which only targets/ may do: the caller that compiles
+        (``mcopt.optimize(..., target=...)``) puts a measuring function into
+        ``ctx.shared["measure_winograd"]`` (signature of
+        ``mcopt.targets.kernels.winograd.cached_measurement``)."""
+        from pathlib import Path
+
+        measure = getattr(ctx, "shared", {}).get("measure_winograd") if ctx is not None else None
+        if measure is None:
+            return (
+                "only_if_faster needs a target to measure on: use mcopt.optimize(..., target=...)"
+            )
+        path = self.table or str(Path.home() / ".cache" / "mcopt" / "winograd_table.json")
+        x, w = node.inputs[0], node.inputs[1]
+        assert x is not None and w is not None
+        row = measure(path, x.shape, w.shape[0], node.attrs["pads"], tiles=(self.tile,))
+        wino, direct = row[f"f{self.tile}"], row["direct"]
+        if wino < direct:
+            return None
+        return (
+            f"direct conv faster on this target ({direct:.3f} ms vs F({self.tile}) {wino:.3f} ms)"
+        )
 
     def __post_init__(self) -> None:
         if self.tile not in TRANSFORMS:
@@ -83,6 +116,8 @@ class WinogradConv(Pass):
             assert x is not None and w is not None
             if why is None and x.shape[1] < self.min_channels:
                 why = f"{x.shape[1]} input channels < min_channels={self.min_channels}"
+            if why is None and self.only_if_faster:
+                why = self._direct_faster(node, ctx)
             if why is not None:
                 skipped[node.name] = why
                 continue
