@@ -3,10 +3,19 @@ with ``tvm.compile`` and wrap the result in a :class:`CompiledModel` that runs o
 
 Pipelines (``build(..., pipeline=)``):
 
-- ``"mcopt"`` (default): LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR,
-  DeadCodeElimination, then :func:`mcopt.targets.schedule.cpu_schedule_pass` (parallel outer
-  loops over all cores, vectorized inner loops) before ``tvm.compile``'s default lowering.
+- ``"mcopt"`` (default): graph planning (:mod:`mcopt.targets.plan`: conv/dense + folded BN +
+  residual + activation fused into one kernel, activations kept in the blocked NCHW[x]c layout
+  between kernels) and the kernel templates of :mod:`mcopt.targets.kernels`
+  (:func:`mcopt.targets.planned.lower_planned`); the remaining Relax ops then go through the
+  ``"mcopt-plain"`` passes.
+- ``"mcopt-plain"``: every op lowered with plain Relax ops in NCHW, then LegalizeOps,
+  AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR, DeadCodeElimination and
+  :func:`mcopt.targets.schedule.cpu_schedule_pass` (parallel outer loops over all cores,
+  vectorized inner loops) before ``tvm.compile``'s default lowering.
 - ``"default"``: what ``tvm.compile`` does alone on llvm (legalize only: no fusion, one thread).
+
+Threads: the generated code runs on TVM's thread pool with ``num-cores`` of the target (all cores
+of the host for ``"cpu"``); ``TVM_NUM_THREADS`` overrides it at run time.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from mcopt.ir.core import Graph
 from mcopt.targets.lower import _first_line, lower
 from mcopt.targets.registry import TargetSpec, get_target
 
-PIPELINES = ("mcopt", "default")
+PIPELINES = ("mcopt", "mcopt-plain", "default")
 
 
 def _to_numpy(obj: Any) -> list[np.ndarray]:
@@ -128,6 +137,41 @@ class CompiledModel:
             "min_ms": float(res.min()),
         }
 
+    def profile(
+        self, inputs: Sequence[Any] | Mapping[str, Any], repeat: int = 3
+    ) -> list[dict[str, Any]]:
+        """Per-call timing of one run: ``[{"name", "ms", "shapes"}, ...]`` in call order (the
+        minimum over ``repeat`` runs after a warm-up; ``shapes`` are the call's tensor argument
+        shapes, output last). Wall time measured around each VM call instruction, so it includes
+        the call overhead (~1-5 us)."""
+        import time
+
+        args = self._bind([inputs] if isinstance(inputs, Mapping) else list(inputs), {})
+        vm = relax.VirtualMachine(self.executable, self.device)
+        runs: list[list[dict[str, Any]]] = [[]]
+        state: dict[str, Any] = {}
+
+        def instrument(func: Any, symbol: str, before: bool, ret: Any, *call_args: Any) -> int:
+            if before:
+                state["t"] = time.perf_counter()
+            else:
+                ms = (time.perf_counter() - state["t"]) * 1e3
+                shapes = [tuple(a.shape) for a in call_args if hasattr(a, "shape")]
+                runs[-1].append({"name": str(symbol), "ms": ms, "shapes": shapes})
+            return 0
+
+        vm.set_instrument(instrument)
+        vm["main"](*args)  # warm-up
+        for _ in range(max(1, repeat)):
+            runs.append([])
+            vm["main"](*args)
+        runs = runs[1:]
+        best = runs[0]
+        for r in runs[1:]:
+            for rec, other in zip(best, r):
+                rec["ms"] = min(rec["ms"], other["ms"])
+        return best
+
     # --- export ---------------------------------------------------------------------------------
     def export_library(self, path: str | os.PathLike[str]) -> Path:
         """Write a shared library loadable with :func:`load_library` (atomically: temp + rename)."""
@@ -187,12 +231,22 @@ def compile_module(mod: tvm.IRModule, spec: TargetSpec, pipeline: str = "mcopt")
         raise TargetError(f"unknown pipeline {pipeline!r}; valid: {', '.join(PIPELINES)}")
     target = spec.tvm_target()
     try:
-        if pipeline == "mcopt":
+        if pipeline in ("mcopt", "mcopt-plain"):
             with target:
                 mod = mcopt_pipeline(spec)(mod)
         return tvm.compile(mod, target=target)
     except Exception as e:
         raise TargetError(f"TVM build for target {spec.name!r} failed: {_first_line(e)}") from None
+
+
+def lower_for(graph: Graph, spec: TargetSpec, pipeline: str = "mcopt") -> tvm.IRModule:
+    """The Relax module ``pipeline`` starts from: the planned kernel lowering for ``"mcopt"`` on
+    llvm targets, the plain lowering otherwise."""
+    if pipeline == "mcopt" and spec.kind == "llvm":
+        from mcopt.targets.planned import lower_planned
+
+        return lower_planned(graph, spec.tvm_target())
+    return lower(graph)
 
 
 def build(
@@ -204,7 +258,7 @@ def build(
         raise TargetError(
             f"target {spec.name!r} cannot run in this process; use its own build path"
         )
-    mod = lower(graph)
+    mod = lower_for(graph, spec, pipeline)
     ex = compile_module(mod, spec, pipeline)
     specs = [(v.name, tuple(v.shape), v.dtype) for v in graph.inputs]
     return CompiledModel(ex, spec.name, specs, [v.name for v in graph.outputs], pipeline)
@@ -216,5 +270,6 @@ __all__ = [
     "build",
     "compile_module",
     "load_library",
+    "lower_for",
     "mcopt_pipeline",
 ]

@@ -429,8 +429,8 @@ def _emit_outputs(ctx: LowerContext, node: Node, result: LowerResult) -> list[re
     return outs
 
 
-def lower(graph: Graph, func_name: str = "main") -> tvm.IRModule:
-    """Lower ``graph`` to an IRModule whose ``func_name`` Relax function takes the graph inputs."""
+def missing_lowerings(graph: Graph) -> None:
+    """Raise a one-line TargetError naming the first node whose op has no lowering."""
     missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
     if missing:
         node = next(n for n in graph.nodes if n.op in missing)
@@ -438,6 +438,13 @@ def lower(graph: Graph, func_name: str = "main") -> tvm.IRModule:
             f"node {node.name!r} uses op {node.op!r}, which has no TVM lowering "
             f"(ops without one: {', '.join(missing)})"
         )
+
+
+def lower(graph: Graph, func_name: str = "main") -> tvm.IRModule:
+    """Lower ``graph`` to an IRModule whose ``func_name`` Relax function takes the graph inputs
+    (every op with its plain NCHW lowering; :func:`mcopt.targets.planned.lower_planned` is the
+    fused, blocked-layout path that :func:`mcopt.targets.build` uses by default)."""
+    missing_lowerings(graph)
     bb = relax.BlockBuilder()
     ctx = LowerContext(bb, graph)
     params = [
@@ -477,7 +484,7 @@ def lower(graph: Graph, func_name: str = "main") -> tvm.IRModule:
     return bb.get()
 
 
-__all__ = ["LOWERINGS", "LowerContext", "lower", "register_lowering"]
+__all__ = ["LOWERINGS", "LowerContext", "lower", "missing_lowerings", "register_lowering"]
 
 
 def _load_lowering_families() -> None:

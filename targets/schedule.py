@@ -9,7 +9,8 @@ rewrites each PrimFunc with ``tvm.s_tir.Schedule``:
    loops and run them ``parallel``, ``decompose_reduction`` and ``vectorize`` the lane loop;
    an injective epilogue that could not be inlined is computed under the parallel loop;
 3. for an injective block: fuse the outer loops, run them ``parallel``, vectorize the innermost;
-4. several reductions in one function (softmax) go to DLight's CPU ``Reduction`` rule.
+4. several reductions in one function (softmax) keep their naive loops (see
+   :func:`schedule_primfunc`: DLight's CPU rule recomputes them per output element, racily).
 
 Anything a rule cannot handle keeps its naive (correct) loops. Custom templates (NCHWc conv with
 register tiling, per Liu et al. ATC'19) replace this in a later issue.
@@ -163,11 +164,11 @@ def schedule_primfunc(
         return None
     n_red = sum(1 for b in infos if not b.is_injective())
     if n_red > 1:
-        from tvm.s_tir.dlight.cpu import Reduction
-
-        with target:
-            res = Reduction().apply(func, target, False)
-        return None if res is None else res.mod["main"]
+        # Several reductions (softmax, layer norm): DLight's CPU ``Reduction`` rule computes them
+        # all under the parallel loop of the output, i.e. once per output element (1000x the
+        # work for a (1, 1000) softmax: 14 ms) and with every thread writing the same scratch
+        # buffer (a data race). The naive loops are correct and, for CNN heads, microseconds.
+        return None
     # Padding feeding a reduction stays a separate (parallel, vectorized) pass: inlined, its
     # if_then_else makes the conv's inner loop a scalar gather.
     keep = [b for b in infos if n_red == 1 and b.is_data_pad(sch)]

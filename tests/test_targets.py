@@ -187,6 +187,7 @@ def test_tiny_cnn_hand_built() -> None:
     g = _graph(body, (1, 3, 16, 16))
     x = _rand(1, 3, 16, 16)
     _check(g, [x])
+    _check(g, [x], pipeline="mcopt-plain")
     _check(g, [x], pipeline="default")
 
 

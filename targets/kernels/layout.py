@@ -77,17 +77,32 @@ def _schedule_copy(func: Any, vector_axis: int) -> Any:
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def nchw_to_nchwc(shape: Sequence[int], bn: int, dtype: str = "float32") -> Any:
-    """A scheduled PrimFunc ``(x: (N, C, H, W), y: (N, C/bn, H, W, bn))``."""
+def nchw_to_nchwc(
+    shape: Sequence[int], bn: int, dtype: str = "float32", padded: int | None = None
+) -> Any:
+    """A scheduled PrimFunc ``(x: (N, C, H, W), y: (N, Cp/bn, H, W, bn))``; ``padded`` = ``Cp``
+    (default ``C``): channels ``C..Cp-1`` are written as zeros."""
+    import tvm
     from tvm import s_tir, te
 
     n, c, h, w = (int(d) for d in shape)
+    cp = int(padded or c)
+    if cp % bn or cp < c:
+        raise ValueError(f"{cp} (padded from {c}) channels do not divide into blocks of {bn}")
     x = te.placeholder((n, c, h, w), dtype, name="x")
-    y = te.compute(
-        (n, c // bn, h, w, bn),
-        lambda i, j, y_, x_, k: x[i, j * bn + k, y_, x_],
-        name="T_layout",
-    )
+    if cp == c:
+
+        def fn(i, j, y_, x_, k):
+            return x[i, j * bn + k, y_, x_]
+    else:
+
+        def fn(i, j, y_, x_, k):
+            ch = j * bn + k
+            return tvm.tirx.if_then_else(
+                ch < c, x[i, tvm.te.min(ch, c - 1), y_, x_], tvm.tirx.const(0.0, dtype)
+            )
+
+    y = te.compute((n, cp // bn, h, w, bn), fn, name="T_layout")
     # the source is strided along the block: loop over the block outside the (contiguous) width
     sch = s_tir.Schedule(te.create_prim_func([x, y]))
     blk = sch.get_sblock("T_layout")
@@ -98,13 +113,44 @@ def nchw_to_nchwc(shape: Sequence[int], bn: int, dtype: str = "float32") -> Any:
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def nchwc_to_nchw(shape: Sequence[int], bn: int, dtype: str = "float32") -> Any:
-    """A scheduled PrimFunc ``(x: (N, C/bn, H, W, bn), y: (N, C, H, W))`` (``shape`` is NCHW)."""
+def nchwc_to_nchw(
+    shape: Sequence[int], bn: int, dtype: str = "float32", padded: int | None = None
+) -> Any:
+    """A scheduled PrimFunc ``(x: (N, Cp/bn, H, W, bn), y: (N, C, H, W))`` (``shape`` is NCHW,
+    ``padded`` = ``Cp``, default ``C``: the padding channels are dropped)."""
     from tvm import te
 
     n, c, h, w = (int(d) for d in shape)
-    x = te.placeholder((n, c // bn, h, w, bn), dtype, name="x")
+    cp = int(padded or c)
+    x = te.placeholder((n, cp // bn, h, w, bn), dtype, name="x")
     y = te.compute(
         (n, c, h, w), lambda i, j, y_, x_: x[i, j // bn, y_, x_, j % bn], name="T_layout"
     )
     return _schedule_copy(te.create_prim_func([x, y]), 3)
+
+
+def permute_channels_nchwc(
+    shape: Sequence[int], bn: int, perm: Sequence[int], dtype: str = "float32"
+) -> Any:
+    """A scheduled PrimFunc ``(x, perm, y)`` on blocked ``(N, C/bn, H, W, bn)`` tensors with
+    ``y[:, c] = x[:, perm[c]]`` in logical channels (ShuffleNet's channel shuffle without leaving
+    the blocked layout); ``perm`` is an int32 ``(C,)`` input. Parallel over ``(n, c_outer, h)``."""
+    from tvm import s_tir, te
+
+    n, c, h, w = (int(d) for d in shape)
+    if c % bn or len(perm) != c:
+        raise ValueError(f"channel permutation of {len(perm)} for {c} channels in blocks of {bn}")
+    x = te.placeholder((n, c // bn, h, w, bn), dtype, name="x")
+    p = te.placeholder((c,), "int32", name="perm")
+
+    def fn(i, j, y_, x_, k):
+        src = p[j * bn + k]
+        return x[i, src // bn, y_, x_, src % bn]
+
+    y = te.compute((n, c // bn, h, w, bn), fn, name="T_layout")
+    sch = s_tir.Schedule(te.create_prim_func([x, p, y]))
+    blk = sch.get_sblock("T_layout")
+    i, j, yy, xx, k = sch.get_loops(blk)
+    sch.parallel(sch.fuse(i, j, yy))
+    sch.unroll(k)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -42,41 +42,74 @@ def _shape(expr: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in ty.shape)
 
 
+def _add_kernel(bb: Any, func: Any, name: str) -> Any:
+    """Add ``func`` to the module once: layers with identical shapes, parameters and epilogue
+    (ResNet's repeated blocks) share one PrimFunc, which keeps compile time and code size down."""
+    import tvm_ffi
+
+    func = finalize_kernel(func)
+    table = getattr(bb, "_mcopt_kernels", None)
+    if table is None:  # structural hash -> [(PrimFunc, GlobalVar)], kept on the builder itself
+        table = {}
+        bb._mcopt_kernels = table
+    key = tvm_ffi.structural_hash(func)
+    for cand, gv in table.get(key, []):
+        if tvm_ffi.structural_equal(cand, func):
+            return gv
+    fname = bb.get_unique_name(name)
+    gv = bb.add_func(func.with_attr("global_symbol", fname), fname)
+    table.setdefault(key, []).append((func, gv))
+    return gv
+
+
 def _call(bb: Any, func: Any, name: str, args: list[Any], out_shape: Sequence[int], dtype: str):
     from tvm import relax
 
-    fname = bb.get_unique_name(name)
-    gv = bb.add_func(finalize_kernel(func).with_attr("global_symbol", fname), fname)
+    gv = _add_kernel(bb, func, name)
     out_ty = relax.TensorType([int(d) for d in out_shape], dtype)
     return bb.emit(relax.call_tir(gv, args, out_ty), name_hint=name)
 
 
-def emit_to_blocked(bb: Any, x: Any, bn: int) -> Any:
-    """``NCHW -> NCHW[bn]c`` (for the graph input)."""
+def emit_to_blocked(bb: Any, x: Any, bn: int, padded: int | None = None) -> Any:
+    """``NCHW -> NCHW[bn]c`` (for the graph input); ``padded``: channels rounded up (zeros)."""
     n, c, h, w = _shape(x)
+    cp = int(padded or c)
     dtype = str(x.ty.dtype)
     return _call(
         bb,
-        layout.nchw_to_nchwc((n, c, h, w), bn, dtype),
+        layout.nchw_to_nchwc((n, c, h, w), bn, dtype, cp),
         "to_nchwc",
         [x],
-        (n, c // bn, h, w, bn),
+        (n, cp // bn, h, w, bn),
         dtype,
     )
 
 
-def emit_from_blocked(bb: Any, x: Any) -> Any:
-    """``NCHW[bn]c -> NCHW`` (for the graph output)."""
+def emit_from_blocked(bb: Any, x: Any, channels: int | None = None) -> Any:
+    """``NCHW[bn]c -> NCHW`` (for the graph output); ``channels``: the logical channel count
+    when the blocked tensor is zero-padded (the padding is dropped)."""
     n, cc, h, w, bn = _shape(x)
+    c = int(channels or cc * bn)
     dtype = str(x.ty.dtype)
     return _call(
         bb,
-        layout.nchwc_to_nchw((n, cc * bn, h, w), bn, dtype),
+        layout.nchwc_to_nchw((n, c, h, w), bn, dtype, cc * bn),
         "from_nchwc",
         [x],
-        (n, cc * bn, h, w),
+        (n, c, h, w),
         dtype,
     )
+
+
+def emit_permute_channels(bb: Any, x: Any, perm: Sequence[int]) -> Any:
+    """``y[:, c] = x[:, perm[c]]`` on a blocked ``x`` (a channel shuffle), staying blocked."""
+    from tvm import relax
+
+    n, cc, h, w, bn = _shape(x)
+    dtype = str(x.ty.dtype)
+    func = layout.permute_channels_nchwc((n, cc * bn, h, w), bn, perm, dtype)
+    p = relax.const(np.asarray(perm, dtype=np.int32))
+    return _call(bb, func, "shuffle_nchwc", [x, p], (n, cc, h, w, bn), dtype)
 
 
 def emit_conv2d(

@@ -1,0 +1,389 @@
+"""Graph-level planning for the CPU kernels: operator fusion and activation layouts (TVM-free).
+
+Two decisions are taken on the mcopt IR before anything is lowered (:func:`plan_graph`):
+
+1. **Fusion** (:class:`FusedOp`). A ``conv2d`` (or ``dense``) with constant weights absorbs the
+   single-use chain that follows it: ``batch_norm`` / ``mul`` / ``add`` by per-channel constants
+   are folded into the weights and bias in numpy (``w' = w * k``, ``b' = b * k + c`` with
+   ``k = gamma / sqrt(var + eps)``, ``c = beta - mean * k`` -- Ioffe & Szegedy 2015, inference
+   form; lossless up to float rounding), then one ``add`` of a same-shape tensor becomes the
+   kernel's residual input, then ``relu`` / ``clip`` its activation. The kernel's epilogue
+   computes ``act(conv(x, w') + b' (+ residual))`` while the accumulators are still in registers
+   (the conv + bias + BN + residual + activation fusion of Liu et al., USENIX ATC 2019).
+
+2. **Layouts** (:class:`Layout`). Every 4-d activation gets a *home* layout: plain ``NCHW`` or
+   blocked ``NCHW[bn]c`` (``x_b[n, c // bn, h, w, c % bn] = x[n, c, h, w]``), the layout of the
+   kernel templates. Convolutions pull their input into the blocked layout (one transform at the
+   first conv); ops that work per channel (elementwise, pooling, channel concat, channel shuffle)
+   keep whatever layout their input has; everything else (reshape, softmax, LRN, plain fallback
+   ops) works on NCHW, and the lowering converts at exactly those boundaries (once per value and
+   layout). The block of a tensor with ``C`` channels is :func:`block_for`: ``lanes`` when it
+   divides ``C``, ``C`` itself for ``C <= lanes``, otherwise ``lanes`` with the channels
+   zero-padded to a multiple of ``lanes`` (pruned models have arbitrary channel counts). The
+   padding channels hold finite values that no consumer reads: conv weights are zero-padded along
+   their input channels, and the conversion back to NCHW drops them; ops that could turn them
+   into inf/NaN (``div``, ``pow``, ``exp``, ...) are not run blocked.
+
+Grouped convolutions (AlexNet ``groups=2``, ShuffleNet ``groups=4``) run blocked as one conv
+over a block-diagonal weight (zero blocks between groups) when ``groups <= MAX_DENSE_GROUPS``
+(``groups`` times the MACs at kernel speed beats the plain path by far); otherwise the plain path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mcopt.ir.core import Graph, Node, Value
+
+#: grouped convs with at most this many groups run as one blocked conv with block-diagonal weights
+MAX_DENSE_GROUPS = 4
+
+#: elementwise ops that map finite inputs to finite outputs: safe on zero-padded channel blocks
+BLOCKED_UNARY = frozenset(
+    {"relu", "clip", "sigmoid", "tanh", "leaky_relu", "hard_sigmoid", "hard_swish", "neg"}
+)
+BLOCKED_BINARY = frozenset({"add", "sub", "mul"})
+PASSTHROUGH = frozenset({"identity", "dropout"})
+BLOCKED_POOLS = frozenset({"max_pool", "avg_pool", "global_avg_pool", "global_max_pool"})
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Blocked ``NCHW[bn]c`` layout of a 4-d tensor with ``channels`` logical channels stored as
+    ``padded`` (a multiple of ``bn``); the extra channels hold finite don't-care values."""
+
+    bn: int
+    channels: int
+    padded: int
+
+    @property
+    def is_padded(self) -> bool:
+        return self.padded != self.channels
+
+    def blocked_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int, int]:
+        n, _, h, w = shape
+        return (n, self.padded // self.bn, h, w, self.bn)
+
+
+def block_for(channels: int, lanes: int) -> Layout:
+    """The home block of a tensor with ``channels`` channels (see the module docstring)."""
+    if channels % lanes == 0:
+        return Layout(lanes, channels, channels)
+    if channels <= lanes:
+        return Layout(channels, channels, channels)
+    return Layout(lanes, channels, -(-channels // lanes) * lanes)
+
+
+@dataclass
+class FusedOp:
+    """A conv2d / dense with the chain it absorbed (see the module docstring).
+
+    ``kind``: ``conv`` (groups = 1 or block-diagonal grouped), ``depthwise`` (one input channel
+    per group, multiplier 1), ``grouped`` (plain path), ``dense``. ``weight``/``bias`` are the
+    folded numpy arrays (OIHW / (N, K); ``bias`` None when there is none), ``residual`` the added
+    tensor, ``activation`` None/"relu"/"relu6"/"clip" with ``clip`` bounds.
+    """
+
+    kind: str
+    node: Node
+    weight: np.ndarray
+    bias: np.ndarray | None
+    absorbed: list[Node] = field(default_factory=list)
+    residual: Value | None = None
+    activation: str | None = None
+    clip: tuple[float, float] = (0.0, 6.0)
+
+    @property
+    def last(self) -> Node:
+        return self.absorbed[-1] if self.absorbed else self.node
+
+    @property
+    def output(self) -> Value:
+        return self.last.output
+
+    def describe(self) -> str:
+        parts = [self.node.op if self.kind != "depthwise" else "depthwise"]
+        parts += [n.op for n in self.absorbed]
+        return "+".join(parts)
+
+
+def _single_use(v: Value, graph_outputs: set[int]) -> Node | None:
+    """The only consumer of ``v`` (None if it has several uses or is a graph output)."""
+    if id(v) in graph_outputs or len(v.uses) != 1:
+        return None
+    return v.uses[0][0]
+
+
+def _channel_const(v: Value | None, channels: int, rank: int) -> np.ndarray | None:
+    """``v``'s constant as a per-channel vector (C,) when it broadcasts along axis 1 of a rank-
+    ``rank`` tensor (shapes (), (1,), (C,1,1), (1,C,1,1), ...); None otherwise."""
+    if v is None or v.const is None:
+        return None
+    a = np.asarray(v.const)
+    if a.size == 1:
+        return np.full(channels, float(a.reshape(())), dtype=np.float64)
+    if rank == 2:  # dense output (M, N): a (N,) or (1, N) vector
+        if a.shape in {(channels,), (1, channels)}:
+            return a.reshape(-1).astype(np.float64)
+        return None
+    shp = a.shape
+    if len(shp) > rank:
+        return None
+    full = (1,) * (rank - len(shp)) + tuple(shp)
+    if full[1] == channels and all(d == 1 for i, d in enumerate(full) if i != 1):
+        return a.reshape(-1).astype(np.float64)
+    return None
+
+
+def _activation(node: Node) -> tuple[str, tuple[float, float]] | None:
+    if node.op == "relu":
+        return "relu", (0.0, 6.0)
+    if node.op == "clip":
+        lo = float(node.attrs.get("min", -math.inf))
+        hi = float(node.attrs.get("max", math.inf))
+        if lo == 0.0 and hi == 6.0:
+            return "relu6", (0.0, 6.0)
+        if lo == 0.0 and math.isinf(hi):
+            return "relu", (0.0, 6.0)
+        if math.isfinite(lo) and math.isfinite(hi):
+            return "clip", (lo, hi)
+    return None
+
+
+def _conv_kind(node: Node) -> str | None:
+    x, w = node.inputs[0], node.inputs[1]
+    if x is None or w is None or w.const is None or len(x.shape) != 4:
+        return None
+    if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].const is None:
+        return None
+    if x.dtype != "float32" or w.dtype != "float32":
+        return None
+    groups = int(node.attrs.get("groups", 1))
+    c_in, c_out = x.shape[1], w.shape[0]
+    if groups == 1:
+        return "conv"
+    if groups == c_in == c_out and w.shape[1] == 1:
+        return "depthwise"
+    return "conv" if groups <= MAX_DENSE_GROUPS else "grouped"
+
+
+def _start_fusion(node: Node) -> FusedOp | None:
+    if node.op == "conv2d":
+        kind = _conv_kind(node)
+        if kind is None:
+            return None
+    elif node.op == "dense":
+        x, w = node.inputs[0], node.inputs[1]
+        if x is None or w is None or w.const is None or len(x.shape) != 2 or x.dtype != "float32":
+            return None
+        if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].const is None:
+            return None
+        kind = "dense"
+    else:
+        return None
+    w = np.asarray(node.inputs[1].const, dtype=np.float64)  # type: ignore[union-attr]
+    groups = int(node.attrs.get("groups", 1)) if node.op == "conv2d" else 1
+    if kind == "conv" and groups > 1:  # block-diagonal dense weight
+        oc, icg = w.shape[:2]
+        full = np.zeros((oc, icg * groups, *w.shape[2:]), dtype=np.float64)
+        ocg = oc // groups
+        for g in range(groups):
+            full[g * ocg : (g + 1) * ocg, g * icg : (g + 1) * icg] = w[g * ocg : (g + 1) * ocg]
+        w = full
+    b_in = node.inputs[2] if len(node.inputs) > 2 else None
+    b = None if b_in is None else np.asarray(b_in.const, dtype=np.float64)
+    return FusedOp(kind, node, w, b)
+
+
+def _fuse_chain(f: FusedOp, graph_outputs: set[int], claimed: set[int]) -> None:
+    """Absorb the single-use chain after ``f.node`` (affine constants, residual, activation)."""
+    rank = 2 if f.kind == "dense" else 4
+    channels = f.weight.shape[0]
+    cur = f.node.output
+    while True:
+        user = _single_use(cur, graph_outputs)
+        if user is None or f.activation is not None or id(user) in claimed:
+            return
+        idx = next(i for i, v in enumerate(user.inputs) if v is cur)
+        if user.op == "batch_norm" and idx == 0 and f.residual is None:
+            stats = [v.const if v is not None else None for v in user.inputs[1:5]]
+            if any(s is None for s in stats):
+                return
+            gamma, beta, mean, var = (np.asarray(s, np.float64).reshape(-1) for s in stats)  # type: ignore[arg-type]
+            k = gamma / np.sqrt(var + float(user.attrs.get("epsilon", 1e-5)))
+            f.weight = f.weight * k.reshape((-1,) + (1,) * (f.weight.ndim - 1))
+            f.bias = (f.bias if f.bias is not None else 0.0) * k + (beta - mean * k)
+        elif user.op in ("mul", "add", "sub") and f.residual is None:
+            other = user.inputs[1 - idx] if len(user.inputs) == 2 else None
+            vec = _channel_const(other, channels, rank)
+            if vec is not None and tuple(user.output.shape) == tuple(cur.shape):
+                if user.op == "mul":
+                    f.weight = f.weight * vec.reshape((-1,) + (1,) * (f.weight.ndim - 1))
+                    f.bias = None if f.bias is None else f.bias * vec
+                elif user.op == "add":
+                    f.bias = (f.bias if f.bias is not None else 0.0) + vec
+                elif idx == 0:  # cur - c
+                    f.bias = (f.bias if f.bias is not None else 0.0) - vec
+                else:
+                    return
+            elif (
+                user.op == "add"
+                and other is not None
+                and other.const is None
+                and tuple(other.shape) == tuple(cur.shape)
+                and other.dtype == cur.dtype
+                and f.kind != "grouped"
+            ):
+                f.residual = other
+            else:
+                return
+        else:
+            act = _activation(user)
+            if act is None:
+                return
+            f.activation, f.clip = act
+        f.absorbed.append(user)
+        cur = user.output
+
+
+@dataclass
+class Plan:
+    """The planning result: fused groups (keyed by their last node), absorbed nodes, layouts."""
+
+    lanes: int
+    fused: dict[int, FusedOp] = field(default_factory=dict)  # id(last node) -> group
+    absorbed: set[int] = field(default_factory=set)  # ids of nodes emitted inside a group
+    layouts: dict[int, Layout | None] = field(default_factory=dict)  # id(value) -> home layout
+    shuffles: dict[int, tuple[Value, np.ndarray, list[Node]]] = field(default_factory=dict)
+
+    def layout_of(self, v: Value) -> Layout | None:
+        return self.layouts.get(id(v))
+
+    def blocked_values(self) -> int:
+        return sum(1 for lay in self.layouts.values() if lay is not None)
+
+    def summary(self) -> dict[str, int]:
+        kinds: dict[str, int] = {}
+        for f in self.fused.values():
+            kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        return {**kinds, "absorbed": len(self.absorbed), "blocked_values": self.blocked_values()}
+
+
+def _channel_permutation(
+    start: Value, graph_outputs: set[int]
+) -> tuple[np.ndarray, list[Node]] | None:
+    """A single-use chain of reshape/transpose nodes from 4-d ``start`` back to its own shape that
+    only permutes channels (ShuffleNet's channel shuffle): ``(perm, nodes)`` with
+    ``out[:, c] = in[:, perm[c]]``."""
+    shape = tuple(start.shape)
+    if len(shape) != 4:
+        return None
+    n, c, h, w = shape
+    idx = np.arange(n * c * h * w, dtype=np.int64).reshape(shape)
+    nodes: list[Node] = []
+    cur, arr = start, idx
+    while True:
+        user = _single_use(cur, graph_outputs)
+        if user is None or user.op not in ("reshape", "transpose", "flatten") or len(nodes) > 4:
+            return None
+        if user.inputs[0] is not cur:
+            return None
+        if user.op == "transpose":
+            arr = arr.transpose([int(p) for p in user.attrs["perm"]])
+        else:
+            arr = arr.reshape(user.output.shape)
+        nodes.append(user)
+        cur = user.output
+        if tuple(cur.shape) == shape and len(nodes) > 1:
+            break
+    src = arr.reshape(n, c, h * w)
+    chan = src[0, :, 0] // (h * w)
+    expect = (chan.reshape(1, c, 1) * (h * w)) + np.arange(h * w).reshape(1, 1, -1)
+    expect = expect + (np.arange(n) * c * h * w).reshape(n, 1, 1)
+    if not np.array_equal(src, expect):
+        return None
+    return chan.astype(np.int64), nodes
+
+
+def plan_graph(graph: Graph, lanes: int = 8) -> Plan:
+    """Fusion groups and home layouts for ``graph`` (see the module docstring)."""
+    plan = Plan(lanes)
+    outs = {id(v) for v in graph.outputs}
+    claimed: set[int] = set()  # nodes already inside a group
+    # 1. fusion
+    for node in graph.nodes:
+        if id(node) in plan.absorbed:
+            continue
+        f = _start_fusion(node)
+        if f is None:
+            continue
+        _fuse_chain(f, outs, claimed)
+        claimed.update(id(n) for n in f.absorbed)
+        plan.fused[id(f.last)] = f
+        plan.absorbed.update(id(n) for n in f.absorbed)
+        plan.absorbed.discard(id(f.last))
+        if f.absorbed:
+            plan.absorbed.add(id(f.node))
+    # 2. layouts, in topological order
+    lay = plan.layouts
+    for node in graph.nodes:
+        if id(node) in plan.absorbed:
+            continue
+        f = plan.fused.get(id(node))
+        if f is not None:
+            if f.kind == "conv":
+                lay[id(f.output)] = block_for(f.weight.shape[0], lanes)
+            elif f.kind == "depthwise":
+                src = lay.get(id(f.node.inputs[0]))  # type: ignore[arg-type]
+                lay[id(f.output)] = src or block_for(f.weight.shape[0], lanes)
+            continue
+        ins = [v for v in node.inputs if v is not None]
+        if not ins or len(node.outputs) != 1:
+            continue
+        out = node.output
+        x0 = lay.get(id(ins[0]))
+        if node.op in PASSTHROUGH or node.op in BLOCKED_UNARY or node.op in BLOCKED_POOLS:
+            if x0 is not None and len(ins) == 1:
+                lay[id(out)] = x0
+        elif node.op in BLOCKED_BINARY and len(ins) == 2 and len(out.shape) == 4:
+            a, b = ins
+            la, lb = lay.get(id(a)), lay.get(id(b))
+            c = out.shape[1]
+            if a.const is None and b.const is None:
+                if tuple(a.shape) == tuple(b.shape) == tuple(out.shape) and (la or lb):
+                    lay[id(out)] = la or lb
+            else:
+                t, k, lt = (a, b, la) if b.const is not None else (b, a, lb)
+                if lt is not None and tuple(t.shape) == tuple(out.shape):
+                    if _channel_const(k, c, 4) is not None:
+                        lay[id(out)] = lt
+        elif node.op == "concat" and int(node.attrs.get("axis", 1)) in (1, -3):
+            ls = [lay.get(id(v)) for v in ins]
+            if all(x is not None and not x.is_padded for x in ls) and len({x.bn for x in ls}) == 1:  # type: ignore[union-attr]
+                bn = ls[0].bn  # type: ignore[union-attr]
+                c = out.shape[1]
+                lay[id(out)] = Layout(bn, c, c)
+        elif node.op in ("reshape", "transpose") and x0 is not None and not x0.is_padded:
+            perm = _channel_permutation(ins[0], outs)
+            if perm is not None:
+                p, nodes = perm
+                plan.shuffles[id(nodes[-1])] = (ins[0], p, nodes)
+                plan.absorbed.update(id(n) for n in nodes[:-1])
+                lay[id(nodes[-1].output)] = x0
+    return plan
+
+
+__all__ = [
+    "BLOCKED_BINARY",
+    "BLOCKED_POOLS",
+    "BLOCKED_UNARY",
+    "MAX_DENSE_GROUPS",
+    "FusedOp",
+    "Layout",
+    "Plan",
+    "block_for",
+    "plan_graph",
+]
