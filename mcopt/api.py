@@ -245,12 +245,24 @@ def optimize(
         t0 = time.perf_counter()
         result.compiled = build(graph, target=target)
         timings["compile"] = time.perf_counter() - t0
-        if check:
-            compiled_out = result.compiled.run(check_feeds[0])
+        compiled = result.compiled
+        can_run = getattr(compiled, "can_run", True)
+        if check and can_run:
+            say("checking the compiled module")
+            compiled_out = compiled.run(check_feeds[0])
             ref_out = interpreter.run(graph, check_feeds[0])
             err = output_errors(ref_out, compiled_out)
             result.output_error["compiled_vs_reference_max_rel"] = err[1]
-        if measure:
+        elif check:
+            result.notes.append(
+                f"the {target} module was not run here (no emulator/device): see `mcopt.targets.remote.run_remote`"
+            )
+        if measure and not getattr(compiled, "host_runnable", True):
+            result.notes.append(
+                f"no latency measured: {target} code runs under emulation or on the device, where "
+                "emulated timings mean nothing; time it on the device with `mcopt.targets.remote.run_remote`"
+            )
+        elif measure:
             say("measuring latency")
             t0 = time.perf_counter()
             result.latency_ms = result.compiled.benchmark(check_feeds[0])["median_ms"]

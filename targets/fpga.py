@@ -26,8 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,13 +202,6 @@ class FpgaModel:
         (d / "estimate.md").write_text(self.plan.to_markdown())
 
 
-@dataclass(frozen=True)
-class BuilderTargetSpec(TargetSpec):
-    """A target built by its own function instead of TVM: ``builder(graph) -> CompiledModel-like``."""
-
-    builder: Callable[[Graph], Any] | None = None
-
-
 def build_fpga(
     graph: Graph,
     *,
@@ -243,7 +235,7 @@ def _no_tvm_target() -> Any:
 
 
 FPGA = register_target(
-    BuilderTargetSpec(
+    TargetSpec(
         name="fpga",
         kind="c",
         make=_no_tvm_target,
@@ -254,4 +246,4 @@ FPGA = register_target(
     replace=True,
 )
 
-__all__ = ["FPGA", "BuilderTargetSpec", "FpgaDevice", "FpgaModel", "build_fpga", "compile_c"]
+__all__ = ["FPGA", "FpgaDevice", "FpgaModel", "build_fpga", "compile_c"]

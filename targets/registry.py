@@ -27,6 +27,8 @@ class TargetSpec:
     - ``make``: builds the ``tvm.target.Target`` (called lazily: it imports TVM).
     - ``host_runnable``: compiled code runs in this process (so ``CompiledModel.run`` works).
     - ``description``: one line for ``mcopt --help`` and error messages.
+    - ``builder``: a target compiled by its own function instead of the TVM CPU path (fpga emits
+      C, arm cross-compiles): ``builder(graph, **options) -> CompiledModel-like``.
     """
 
     name: str
@@ -34,6 +36,7 @@ class TargetSpec:
     make: Callable[[], tvm.target.Target]
     host_runnable: bool = True
     description: str = ""
+    builder: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def tvm_target(self) -> tvm.target.Target:
