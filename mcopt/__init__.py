@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "optimize": ("mcopt.api", "optimize"),
     "load": ("mcopt.api", "load"),
+    "tune": ("mcopt.api", "tune"),
     "OptimizeResult": ("mcopt.api", "OptimizeResult"),
     "Pass": ("mcopt.pass_manager", "Pass"),
     "PassContext": ("mcopt.pass_manager", "PassContext"),

@@ -67,7 +67,7 @@ class OptimizeResult:
             )
         )
         if self.compiled is not None:
-            return self.compiled.run(feed)
+            return self.compiled.run(*feed) if isinstance(feed, list) else self.compiled.run(feed)
         return interpreter.run(self.graph, feed)
 
     # --- reporting -------------------------------------------------------------------------------
@@ -192,12 +192,14 @@ def optimize(
     measure: bool = True,
     progress: Callable[[str], None] | None = None,
     seed: int = 0,
+    db: str | os.PathLike | None = None,
 ) -> OptimizeResult:
     """Import `model` (path, ONNX bytes/ModelProto or IR Graph), run `passes` (names, "name:opt=v"
     specs or Pass instances; default: lossless cleanup), check the output error against the original
     on `calib` (or seeded random inputs), and compile for `target` (None: do not compile).
 
-    A dynamic batch dim defaults to 1; `input_shapes={name: shape}` overrides."""
+    A dynamic batch dim defaults to 1; `input_shapes={name: shape}` overrides. `db`: a tuning
+    database written by :func:`tune` for the same model, passes and target (no re-tuning)."""
     say = progress or (lambda msg: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -243,7 +245,12 @@ def optimize(
 
         say(f"compiling for {target}")
         t0 = time.perf_counter()
-        result.compiled = build(graph, target=target)
+        result.compiled = (
+            build(graph, target=target, db=db) if db is not None else build(graph, target=target)
+        )
+        tuning = getattr(result.compiled, "tuning_report", None)
+        if tuning is not None:
+            result.notes.append(f"tuning database {str(db)!r}: {tuning.message()}")
         timings["compile"] = time.perf_counter() - t0
         compiled = result.compiled
         can_run = getattr(compiled, "can_run", True)
@@ -268,6 +275,33 @@ def optimize(
             result.latency_ms = result.compiled.benchmark(check_feeds[0])["median_ms"]
             timings["measure"] = time.perf_counter() - t0
     return result
+
+
+def tune(
+    model: ModelLike,
+    target: str = "cpu",
+    trials: int = 64,
+    db: str | os.PathLike = "tuning",
+    *,
+    passes: Sequence[Any] | None = None,
+    calib: Any = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    rpc: str | None = None,
+    key: str | None = None,
+    progress: Any = None,
+    seed: int = 0,
+) -> Any:
+    """Autotune the kernels of `model` for `target` with MetaSchedule (`trials` in all) and store the
+    records in the database directory `db` (one per device; resumable; `rpc="host:port"` + `key`
+    measure on a remote device). Run the same `passes` you will give `optimize(..., db=db)`, so the
+    tuned kernels are the ones that get built. Returns the tuning report."""
+    from mcopt.targets.tune import tune as tune_graph  # TVM is imported only here
+
+    graph = load(model, input_shapes)
+    feeds = load_calibration(calib, graph) or random_feeds(graph, n=1, seed=seed)
+    pipeline = list(DEFAULT_PASSES if passes is None else passes)
+    graph, _ = PassManager(pipeline).run(graph, ctx=PassContext(calib=feeds, seed=seed))
+    return tune_graph(graph, target, trials, db, rpc=rpc, key=key, progress=progress, seed=seed)
 
 
 def _measure_winograd(*args: Any, **kwargs: Any) -> dict[str, float]:

@@ -18,6 +18,8 @@ from mcopt.errors import MCoptError, OptionError
 EPILOG = """examples:
   mcopt optimize model.onnx --target cpu -o out/
   mcopt optimize model.onnx --passes cleanup --calib data.npz --input-shape input=1,3,224,224 -o out/
+  mcopt tune model.onnx --target cpu --trials 256 --db tuning/this-host
+  mcopt optimize model.onnx --target cpu --db tuning/this-host -o out/
   mcopt stats model.onnx
   mcopt report out/
   mcopt passes
@@ -57,10 +59,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_shape_arg(o)
     o.add_argument(
+        "--db", default=None, help="tuning database written by `mcopt tune` (no re-tuning)"
+    )
+    o.add_argument(
         "--no-check", action="store_true", help="skip the output-error check against the original"
     )
     o.add_argument("--no-measure", action="store_true", help="skip measuring the compiled latency")
     o.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+    t = sub.add_parser(
+        "tune", help="autotune the model's kernels (MetaSchedule) into a per-device database"
+    )
+    t.add_argument("model", help="input ONNX model (never modified)")
+    t.add_argument("--target", default="cpu", help="target to tune for (default: cpu)")
+    t.add_argument("--trials", type=int, default=64, help="measurement trials in all (default: 64)")
+    t.add_argument(
+        "--db", required=True, help="tuning database directory (one per device; resumable)"
+    )
+    t.add_argument("--passes", default=None, help="the same pass pipeline you will give `optimize`")
+    t.add_argument(
+        "--rpc", default=None, metavar="HOST:PORT", help="measure on a device via a TVM RPC tracker"
+    )
+    t.add_argument("--key", default=None, help="device key at the RPC tracker")
+    t.add_argument("--seed", type=int, default=0)
+    _add_shape_arg(t)
 
     s = sub.add_parser("stats", help="per-layer table of params, bytes, MACs and activation memory")
     s.add_argument("model", help="ONNX model")
@@ -124,6 +146,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             calib=args.calib,
             input_shapes=_shapes(args.input_shape),
             check=not args.no_check,
+            db=args.db,
             measure=not args.no_measure,
             progress=lambda msg: status.update(msg + " ..."),
         )
@@ -135,6 +158,32 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         console.print(Markdown(result.to_markdown()))
         for kind, path in written.items():
             status_console.print(f"wrote {kind}: {path}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from mcopt.api import tune
+
+    if args.trials < 1:
+        raise OptionError(f"--trials must be >= 1, got {args.trials}")
+    passes = (
+        None if args.passes is None else [p.strip() for p in args.passes.split(",") if p.strip()]
+    )
+    report = tune(
+        args.model,
+        target=args.target,
+        trials=args.trials,
+        db=args.db,
+        passes=passes,
+        input_shapes=_shapes(args.input_shape),
+        rpc=args.rpc,
+        key=args.key,
+        progress=True,
+        seed=args.seed,
+    )
+    from rich.markdown import Markdown
+
+    _console().print(Markdown(report.to_markdown()))
     return 0
 
 
@@ -181,6 +230,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "optimize": cmd_optimize,
+    "tune": cmd_tune,
     "stats": cmd_stats,
     "report": cmd_report,
     "passes": cmd_passes,

@@ -19,16 +19,28 @@ _LAZY: dict[str, str] = {
     "register_lowering": "mcopt.targets.lower",
     "LOWERINGS": "mcopt.targets.lower",
     "build_tvm_baseline": "mcopt.targets.baseline",
+    "tune": "mcopt.targets.tune",
+    "apply_database": "mcopt.targets.tune",
+    "merge_databases": "mcopt.targets.tune",
+    "run_remote": "mcopt.targets.remote",
 }
 
 
-def build(graph: Any, target: str | TargetSpec = "cpu", **options: Any) -> Any:
+def build(graph: Any, target: str | TargetSpec = "cpu", *, db: Any = None, **options: Any) -> Any:
     """Compile `graph` for `target`. Targets with their own builder (e.g. `fpga`, which emits C)
-    dispatch to it; every other target goes through TVM (`mcopt.targets.builder.build`)."""
+    dispatch to it; every other target goes through TVM (`mcopt.targets.builder.build`). With `db`
+    (a tuning database directory written by `mcopt.tune`), tuned schedules replace the defaults
+    wherever they are faster; the report of what was applied is `compiled.tuning_report`."""
     spec = get_target(target)
     custom = getattr(spec, "builder", None)
     if custom is not None:
         return custom(graph, **options)
+    if db is not None:
+        from mcopt.targets.tune import build_with_database
+
+        compiled, report = build_with_database(graph, db, spec)
+        compiled.tuning_report = report
+        return compiled
     from mcopt.targets.builder import build as tvm_build
 
     return tvm_build(graph, target=spec, **options)
