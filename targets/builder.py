@@ -30,7 +30,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from mcopt.errors import ShapeError, TargetError
+from mcopt.errors import TargetError
 from mcopt.ir.core import Graph
 from mcopt.targets.lower import _first_line, lower
 from mcopt.targets.registry import TargetSpec, get_target
@@ -74,39 +74,11 @@ class CompiledModel:
 
     # --- inputs ---------------------------------------------------------------------------------
     def _bind(self, args: Sequence[Any], named: Mapping[str, Any]) -> list[Any]:
-        if len(args) == 1 and isinstance(args[0], Mapping) and not named:
-            named, args = args[0], ()
-        specs = self.input_specs
-        if named:
-            if args:
-                raise ShapeError("pass inputs either positionally or by name, not both")
-            if not specs:
-                raise ShapeError("this model's input names are unknown; pass inputs positionally")
-            names = [s[0] for s in specs]
-            unknown = sorted(set(named) - set(names))
-            missing = [n for n in names if n not in named]
-            if unknown or missing:
-                raise ShapeError(
-                    f"inputs by name: unknown {unknown}, missing {missing}; the model takes {names}"
-                )
-            args = [named[n] for n in names]
-        if specs and len(args) != len(specs):
-            raise ShapeError(f"the model takes {len(specs)} input(s), got {len(args)}")
-        arrays = []
-        for i, a in enumerate(args):
-            a = np.ascontiguousarray(np.asarray(a))
-            if specs:
-                name, shape, dtype = specs[i]
-                if a.shape != shape:
-                    raise ShapeError(
-                        f"input {name!r}: expected shape {list(shape)}, got {list(a.shape)}"
-                    )
-                if a.dtype != np.dtype(dtype):
-                    if a.dtype.kind != np.dtype(dtype).kind:
-                        raise ShapeError(f"input {name!r}: expected dtype {dtype}, got {a.dtype}")
-                    a = a.astype(dtype)
-            arrays.append(tvm.runtime.tensor(a, self.device))
-        return arrays
+        from mcopt.targets.bind import bind_inputs
+
+        return [
+            tvm.runtime.tensor(a, self.device) for a in bind_inputs(self.input_specs, args, named)
+        ]
 
     # --- running --------------------------------------------------------------------------------
     def run(self, *inputs: Any, **named: Any) -> list[np.ndarray]:

@@ -164,7 +164,7 @@ class CudaCompiledModel:
         """Run on the GPU (inputs as for :class:`~mcopt.targets.builder.CompiledModel`)."""
         import tvm
 
-        from mcopt.targets.arm import bind_inputs
+        from mcopt.targets.bind import bind_inputs
         from mcopt.targets.remote import _flatten
 
         vm = self._vm_or_raise()
@@ -185,7 +185,7 @@ class CudaCompiledModel:
         import numpy as np
         import tvm
 
-        from mcopt.targets.arm import bind_inputs
+        from mcopt.targets.bind import bind_inputs
 
         vm = self._vm_or_raise()
         dev = tvm.cuda(0)

@@ -327,7 +327,7 @@ def run_remote(
     import tvm
     from tvm import relax
 
-    from mcopt.targets.arm import bind_inputs
+    from mcopt.targets.bind import bind_inputs
 
     with tempfile.TemporaryDirectory(prefix="mcopt-rpc-") as tmp:
         lib, specs, device_kind = _library(model, target, Path(tmp))
