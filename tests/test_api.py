@@ -129,6 +129,7 @@ def test_optimize_compiles_for_cpu(tiny_proto: onnx.ModelProto, tmp_path: Path) 
     feeds = _feeds(tiny_proto)
     for r, g in zip(_ort(tiny_proto, feeds), res.run(feeds)):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(np.abs(r).max()))
-    assert res.latency_ms is not None and res.latency_ms > 0
+    measured = res.latency_ms  # a measurement was made (its value is not asserted)
+    assert measured is not None and measured > 0
     written = res.save(tmp_path / "out")
     assert written["library"].stat().st_size > 0

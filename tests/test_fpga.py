@@ -142,7 +142,8 @@ def test_export_library(lenet: Graph, digits: np.ndarray, tmp_path) -> None:
     so = model.export_library(tmp_path / "out" / "model.so")
     assert so.exists() and (tmp_path / "out" / "model_fpga" / "model.c").exists()
     bench = model.benchmark({"input": digits[:1]}, number=2, repeat=2)
-    assert bench["median_ms"] > 0 and bench["fpga_latency_us"] > 0
+    host_ms, fpga_us = bench["median_ms"], bench["fpga_latency_us"]  # reported, not judged
+    assert host_ms > 0 and fpga_us > 0
 
 
 def test_float_graph_is_rejected(lenet: Graph) -> None:
@@ -164,7 +165,8 @@ def test_optimize_with_fpga_target(digits: np.ndarray) -> None:
         calib=digits[:16],
     )
     assert res.output_error["compiled_vs_reference_max_rel"] == 0.0
-    assert res.latency_ms is not None and res.latency_ms > 0
+    measured = res.latency_ms  # a measurement was made (its value is not asserted)
+    assert measured is not None and measured > 0
     assert res.compiled.estimate["totals"]["dsp"] <= 220
     np.testing.assert_array_equal(
         res.run(digits[:1])[0], interpreter.run(res.graph, [digits[:1]])[0]

@@ -139,11 +139,9 @@ def test_records_slower_than_the_default_schedule_are_not_used(
 def test_rerun_with_the_same_database_skips_finished_work(tuned: dict[str, Any]) -> None:
     from mcopt.targets.tune import tune
 
-    t0 = time.perf_counter()
     again = tune(tuned["graph"], "cpu", trials=4, db=tuned["db"], progress=False, **FAST)
-    assert again.skipped and again.trials == 0
+    assert again.skipped and again.trials == 0  # nothing measured again
     assert [t.records_before for t in again.tasks] == [t.records_after for t in again.tasks]
-    assert time.perf_counter() - t0 < 60
 
 
 def test_missing_records_are_reported(tuned: dict[str, Any]) -> None:
@@ -257,13 +255,11 @@ def test_light_tensor_intrin_import_registers_x86_only() -> None:
     from mcopt.targets.tune_space import install_tensor_intrin
 
     full = "tvm.s_tir.tensor_intrin.cuda" in sys.modules  # another test imported it all
-    t0 = time.perf_counter()
     install_tensor_intrin("llvm")
     import tvm.s_tir.tensor_intrin  # noqa: F401  (what MetaSchedule does: now a no-op)
 
     assert TensorIntrin.get("dot_16x4_vnni") is not None
-    assert full or "tvm.s_tir.tensor_intrin.cuda" not in sys.modules
-    assert time.perf_counter() - t0 < 20
+    assert full or "tvm.s_tir.tensor_intrin.cuda" not in sys.modules  # the slow part was skipped
 
 
 # --- the conv2d_nchwc template as design space -----------------------------------------------
