@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcopt.errors import OptionError, TargetError
-from mcopt.targets.bind import bind_inputs
+from mcopt.targets.bind import CompiledBase, bind_inputs
 from mcopt.targets.registry import TargetSpec, get_target, register_target
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -189,7 +189,7 @@ def cross_compiler() -> Any:
     return cc.cross_compiler(CROSS_CXX)
 
 
-class ArmCompiledModel:
+class ArmCompiledModel(CompiledBase):
     """An aarch64 build: exportable here, runnable in an aarch64 TVM runtime.
 
     ``run``/``benchmark`` go through the qemu-user emulator when it is set up
@@ -208,11 +208,7 @@ class ArmCompiledModel:
         output_names: Sequence[str] = (),
         pipeline: str = "mcopt",
     ) -> None:
-        self.executable = executable
-        self.target = target
-        self.pipeline = pipeline
-        self.input_specs = [(n, tuple(int(d) for d in s), str(d)) for n, s, d in input_specs]
-        self.output_names = list(output_names)
+        super().__init__(executable, target, input_specs, output_names, pipeline)
         self._lib_dir: tempfile.TemporaryDirectory[str] | None = None
         self._lib_path: Path | None = None
 

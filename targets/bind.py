@@ -52,4 +52,24 @@ def bind_inputs(
     return arrays
 
 
-__all__ = ["bind_inputs"]
+class CompiledBase:
+    """What every compiled model holds (host, arm, cuda): the executable, the target name, the
+    pipeline it was built with, ``input_specs`` = ``[(name, shape, dtype), ...]`` (empty = unknown:
+    inputs pass unchecked) and the output names."""
+
+    def __init__(
+        self,
+        executable: Any,
+        target: str,
+        input_specs: Sequence[tuple[str, tuple[int, ...], str]] = (),
+        output_names: Sequence[str] = (),
+        pipeline: str = "mcopt",
+    ) -> None:
+        self.executable = executable
+        self.target = target
+        self.pipeline = pipeline
+        self.input_specs = [(n, tuple(int(d) for d in s), str(d)) for n, s, d in input_specs]
+        self.output_names = list(output_names)
+
+
+__all__ = ["CompiledBase", "bind_inputs"]

@@ -32,6 +32,7 @@ from tvm import relax
 
 from mcopt.errors import TargetError
 from mcopt.ir.core import Graph
+from mcopt.targets.bind import CompiledBase
 from mcopt.targets.lower import _first_line, lower
 from mcopt.targets.registry import TargetSpec, get_target
 
@@ -49,7 +50,7 @@ def _to_numpy(obj: Any) -> list[np.ndarray]:
     return out
 
 
-class CompiledModel:
+class CompiledModel(CompiledBase):
     """A compiled model: run it, time it, export it.
 
     ``input_specs`` is ``[(name, shape, dtype), ...]`` (empty = unknown, e.g. for a model loaded
@@ -64,11 +65,7 @@ class CompiledModel:
         output_names: Sequence[str] = (),
         pipeline: str = "mcopt",
     ) -> None:
-        self.executable = executable
-        self.target = target
-        self.pipeline = pipeline
-        self.input_specs = [(n, tuple(int(d) for d in s), str(d)) for n, s, d in input_specs]
-        self.output_names = list(output_names)
+        super().__init__(executable, target, input_specs, output_names, pipeline)
         self.device = tvm.cpu()
         self._vm = relax.VirtualMachine(executable, self.device)
 

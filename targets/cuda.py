@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcopt.errors import OptionError, TargetError
+from mcopt.targets.bind import CompiledBase
 from mcopt.targets.registry import TargetSpec, get_target, register_target
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,7 +108,7 @@ def unbound_primfuncs(mod: tvm.IRModule) -> list[str]:
     return sorted(bad)
 
 
-class CudaCompiledModel:
+class CudaCompiledModel(CompiledBase):
     """A CUDA build: exportable anywhere, runnable where ``tvm.cuda().exist``."""
 
     host_runnable = False
@@ -121,11 +122,7 @@ class CudaCompiledModel:
         output_names: Sequence[str] = (),
         pipeline: str = "default",
     ) -> None:
-        self.executable = executable
-        self.target = target
-        self.pipeline = pipeline
-        self.input_specs = [(n, tuple(int(d) for d in s), str(d)) for n, s, d in input_specs]
-        self.output_names = list(output_names)
+        super().__init__(executable, target, input_specs, output_names, pipeline)
         self._vm: Any = None
 
     @property
