@@ -222,20 +222,9 @@ class ArmCompiledModel(CompiledBase):
     # --- export ---------------------------------------------------------------------------------
     def export_library(self, path: str | os.PathLike[str]) -> Path:
         """Write the aarch64 shared library (linked with the cross g++; atomic: temp + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fcompile = cross_compiler()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".so", dir=path.parent)
-        os.close(fd)
-        try:
-            self.executable.export_library(tmp, fcompile=fcompile)
-            os.replace(tmp, path)
-        except Exception as e:
-            Path(tmp).unlink(missing_ok=True)
-            raise TargetError(
-                f"cannot export the aarch64 library to {str(path)!r}: {_first_line(e)}"
-            ) from None
-        return path
+        return self._export_atomic(
+            path, "the aarch64 library", _first_line, fcompile=cross_compiler()
+        )
 
     def library_path(self) -> Path:
         """The library exported once to a private temporary directory (for running it)."""

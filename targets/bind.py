@@ -3,7 +3,10 @@ shared by every CompiledModel kind (host, arm, cuda, remote)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -70,6 +73,31 @@ class CompiledBase:
         self.pipeline = pipeline
         self.input_specs = [(n, tuple(int(d) for d in s), str(d)) for n, s, d in input_specs]
         self.output_names = list(output_names)
+
+    def _export_atomic(
+        self,
+        path: str | os.PathLike[str],
+        what: str,
+        describe: Callable[[BaseException], str],
+        **export_options: Any,
+    ) -> Path:
+        """``executable.export_library`` into a temp file beside ``path``, then rename: a failed or
+        interrupted export never leaves half a library. Failures are one-line TargetErrors."""
+        from mcopt.errors import TargetError
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=path.suffix or ".so", dir=path.parent
+        )
+        os.close(fd)
+        try:
+            self.executable.export_library(tmp, **export_options)
+            os.replace(tmp, path)
+        except Exception as e:
+            Path(tmp).unlink(missing_ok=True)
+            raise TargetError(f"cannot export {what} to {str(path)!r}: {describe(e)}") from None
+        return path
 
 
 __all__ = ["CompiledBase", "bind_inputs"]

@@ -21,7 +21,6 @@ of the host for ``"cpu"``); ``TVM_NUM_THREADS`` overrides it at run time.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,19 +143,7 @@ class CompiledModel(CompiledBase):
     # --- export ---------------------------------------------------------------------------------
     def export_library(self, path: str | os.PathLike[str]) -> Path:
         """Write a shared library loadable with :func:`load_library` (atomically: temp + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=path.suffix or ".so", dir=path.parent
-        )
-        os.close(fd)
-        try:
-            self.executable.export_library(tmp)
-            os.replace(tmp, path)
-        except Exception as e:
-            Path(tmp).unlink(missing_ok=True)
-            raise TargetError(f"cannot export library to {str(path)!r}: {_first_line(e)}") from None
-        return path
+        return self._export_atomic(path, "library", _first_line)
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{n}: {d}{list(s)}" for n, s, d in self.input_specs)

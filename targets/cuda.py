@@ -18,7 +18,6 @@ Targets (Importing this module does not import TVM): ``cuda`` (sm_80), ``cuda:sm
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,17 +131,7 @@ class CudaCompiledModel(CompiledBase):
 
     def export_library(self, path: str | os.PathLike[str]) -> Path:
         """Write the library (host code + CUDA kernels; atomic: temp + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".so", dir=path.parent)
-        os.close(fd)
-        try:
-            self.executable.export_library(tmp)
-            os.replace(tmp, path)
-        except Exception as e:
-            Path(tmp).unlink(missing_ok=True)
-            raise TargetError(f"cannot export library to {str(path)!r}: {_last_line(e)}") from None
-        return path
+        return self._export_atomic(path, "library", _last_line)
 
     def _vm_or_raise(self) -> Any:
         if self._vm is None:
