@@ -36,7 +36,7 @@ import numpy as np
 from mcopt.ir.types import TensorType
 from mcopt.ops._util import bad_int, is_float
 from mcopt.ops.nn import _conv2d_check, _conv2d_infer, conv2d_ref
-from mcopt.ops.pool import _pool_check, _pool_infer, max_pool_ref
+from mcopt.ops.pool import MAX_POOL_ATTRS, _pool_check, _pool_infer, max_pool_ref
 from mcopt.ops.schema import REQUIRED, Attrs, InTypes, OpSchema, broadcast_shapes, register_op
 
 #: activation / weight widths the fixed-point ops accept
@@ -366,13 +366,7 @@ register_op(
     OpSchema(
         name="fx_max_pool",
         inputs=("x",),
-        attrs={
-            "kernel": REQUIRED,
-            "strides": (1, 1),
-            "pads": (0, 0, 0, 0),
-            "dilations": (1, 1),
-            "ceil_mode": 0,
-        },
+        attrs=dict(MAX_POOL_ATTRS),
         check=_max_pool_check,
         infer=_pool_infer,
         reference=fx_max_pool_ref,

@@ -132,17 +132,21 @@ def avg_pool_ref(x: np.ndarray, **a: object) -> np.ndarray:
     return y.astype(x.dtype, copy=False)
 
 
+#: max_pool's attributes (shared with the fixed-point fx_max_pool)
+MAX_POOL_ATTRS: dict[str, object] = {
+    "kernel": REQUIRED,
+    "strides": (1, 1),
+    "pads": (0, 0, 0, 0),
+    "dilations": (1, 1),
+    "ceil_mode": 0,
+}
+
+
 register_op(
     OpSchema(
         name="max_pool",
         inputs=("x",),
-        attrs={
-            "kernel": REQUIRED,
-            "strides": (1, 1),
-            "pads": (0, 0, 0, 0),
-            "dilations": (1, 1),
-            "ceil_mode": 0,
-        },
+        attrs=dict(MAX_POOL_ATTRS),
         check=_pool_check,
         infer=_pool_infer,
         reference=max_pool_ref,
