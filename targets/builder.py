@@ -166,6 +166,7 @@ def load_library(
 def mcopt_pipeline(spec: TargetSpec) -> tvm.transform.Pass:
     """Fusion + the default CPU schedule (see the module docstring)."""
     from mcopt.targets.schedule import cpu_schedule_pass
+    from mcopt.targets.tune_space import template_schedule_pass
 
     return tvm.transform.Sequential(
         [
@@ -175,6 +176,7 @@ def mcopt_pipeline(spec: TargetSpec) -> tvm.transform.Pass:
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
             relax.transform.DeadCodeElimination(),
+            template_schedule_pass(),  # the kernel templates not scheduled from a database
             cpu_schedule_pass(spec.vector_lanes(32), spec.num_cores),
         ],
         name="mcopt_cpu",

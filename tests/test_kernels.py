@@ -228,9 +228,13 @@ def test_relax_integration():
     with bb.function("main", [x]):
         with bb.dataflow():
             xb = emit_to_blocked(bb, x, 8)
-            y = emit_conv2d(bb, xb, w1, b1, padding=1, activation="relu", target=TARGET)
+            y = emit_conv2d(
+                bb, xb, w1, b1, padding=1, activation="relu", target=TARGET, tunable=False
+            )
             y = emit_depthwise_conv2d(bb, y, wd, None, padding=1, target=TARGET)
-            y = emit_conv2d(bb, y, w2, None, residual=y, activation="relu", target=TARGET)
+            y = emit_conv2d(
+                bb, y, w2, None, residual=y, activation="relu", target=TARGET, tunable=False
+            )
             z = bb.emit(relax.op.reshape(emit_from_blocked(bb, y), (1, 16 * 6 * 6)))
             gv = bb.emit_output(emit_dense(bb, z, wf, bf, target=TARGET))
         bb.emit_func_output(gv)
@@ -250,3 +254,40 @@ def test_relax_integration():
     h = np.maximum(_conv_ref(h, w2, None, 1, (0, 0, 0, 0)) + h, 0)
     ref = h.reshape(1, -1) @ wf.T.astype(np.float64) + bf
     assert _rel_err(got, ref) <= RTOL
+
+
+def test_conv_is_emitted_as_a_tunable_template():
+    """By default emit_conv2d emits the unscheduled conv2d_nchwc template (a tuning task);
+    the template schedule pass gives it the analytic schedule, with the same numbers."""
+    from tvm import relax
+
+    from mcopt.targets.kernels.relax_ops import emit_conv2d, emit_from_blocked, emit_to_blocked
+    from mcopt.targets.tune_space import template_of, template_schedule_pass
+
+    rng = np.random.default_rng(6)
+    w = (rng.standard_normal((16, 8, 3, 3)) / 8).astype("float32")
+    mods = {}
+    for tunable in (True, False):
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType((1, 8, 7, 7), "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                y = emit_conv2d(
+                    bb, emit_to_blocked(bb, x, 8), w, None, padding=1, target=TARGET,
+                    tunable=tunable,
+                )  # fmt: skip
+                gv = bb.emit_output(emit_from_blocked(bb, y))
+            bb.emit_func_output(gv)
+        mods[tunable] = bb.get()
+    conv = [f for _, f in mods[True].functions.items() if template_of(f) == "conv2d_nchwc"]
+    assert len(conv) == 1 and "tirx.is_scheduled" not in conv[0].attrs
+    with tvm.target.Target(TARGET):
+        scheduled = template_schedule_pass()(mods[True])
+    conv = [f for _, f in scheduled.functions.items() if template_of(f) == "conv2d_nchwc"]
+    assert conv[0].attrs["tirx.is_scheduled"]
+    xi = rng.standard_normal((1, 8, 7, 7)).astype("float32")
+    outs = []
+    for mod in (scheduled, mods[False]):
+        vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET), tvm.cpu())
+        outs.append(vm["main"](tvm.runtime.tensor(xi)).numpy())
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)

@@ -31,8 +31,15 @@ OPAQUE = 8
 
 
 def finalize_kernel(func: Any) -> Any:
-    """Mark a scheduled PrimFunc so that no later pass re-schedules or fuses it."""
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
+    """Mark a kernel PrimFunc so that no later pass fuses it (``op_pattern`` opaque) and, unless it
+    is a tunable template (scheduled later by ``template_schedule_pass`` or from a tuning
+    database), so that no later pass re-schedules it."""
+    from mcopt.targets.tune_space import template_of
+
+    func = func.with_attr("op_pattern", OPAQUE)
+    if template_of(func) is not None:
+        return func
+    return func.with_attr("tirx.is_scheduled", True)
 
 
 def _shape(expr: Any) -> tuple[int, ...]:
@@ -126,12 +133,18 @@ def emit_conv2d(
     residual: Any = None,
     target: Any = None,
     params: ConvParams | None = None,
+    tunable: bool = True,
 ) -> Any:
     """``act(conv2d(x, weight) + bias (+ residual))`` on a blocked ``x (N, IC/bn, H, W, bn)``.
 
     ``weight`` is the logical OIHW numpy array (batch norm already folded in); the result is
     blocked ``(N, OC/oc_bn, OH, OW, oc_bn)`` with ``oc_bn`` from :func:`choose_conv_params`
     (read it from the result's shape). ``residual`` must have the result's blocked shape.
+
+    ``tunable`` (default) emits the conv as an unscheduled template task
+    (:func:`mcopt.targets.tune_space.template_conv_workload`): the build pipeline schedules it
+    with the analytic parameters, or a tuning database replaces that schedule with a tuned one;
+    ``tunable=False`` emits the pre-scheduled kernel.
     """
     from tvm import relax
 
@@ -148,9 +161,16 @@ def emit_conv2d(
     if params.ic_bn != ic_bn:
         params = dataclasses.replace(params, ic_bn=ic_bn)
     ep = Epilogue(bias is not None, residual is not None, activation, *clip)
-    func = conv2d_nchwc(
-        data_shape, weight.shape, strides, padding, dilation, target, params, ep, dtype
-    )
+    if tunable:
+        from mcopt.targets.tune_space import template_conv_workload
+
+        func = template_conv_workload(
+            data_shape, weight.shape, strides, padding, dilation, target, params, ep, dtype
+        )
+    else:
+        func = conv2d_nchwc(
+            data_shape, weight.shape, strides, padding, dilation, target, params, ep, dtype
+        )
     args = [x, relax.const(layout.pack_conv_weight(weight.astype(dtype), ic_bn, params.oc_kbn))]
     if bias is not None:
         args.append(relax.const(layout.pack_bias(bias.astype(dtype), params.oc_bn)))
