@@ -24,9 +24,16 @@ Two decisions are taken on the mcopt IR before anything is lowered (:func:`plan_
    their input channels, and the conversion back to NCHW drops them; ops that could turn them
    into inf/NaN (``div``, ``pow``, ``exp``, ...) are not run blocked.
 
-Grouped convolutions (AlexNet ``groups=2``, ShuffleNet ``groups=4``) run blocked as one conv
-over a block-diagonal weight (zero blocks between groups) when ``groups <= MAX_DENSE_GROUPS``
-(``groups`` times the MACs at kernel speed beats the plain path by far); otherwise the plain path.
+Grouped convolutions (AlexNet ``groups=2``, ShuffleNet ``groups=4``, ResNeXt ``groups=32``) are
+``grouped`` groups with their compact ``(OC, IC/groups, KH, KW)`` weight: the lowering runs them with
+the blocked grouped kernel (:mod:`mcopt.targets.kernels.grouped`: the conv template whose reduction
+is restricted to a window of the group's input blocks; activations keep their home layout, group
+boundaries need not fall on block boundaries). Where that kernel would waste too much (tiny groups),
+a conv over the :func:`block_diagonal` weight (zero blocks between groups, ``groups`` times the MACs)
+when ``groups <= MAX_DENSE_GROUPS``, else the plain Relax conv. A channel shuffle (Zhang et al.,
+ShuffleNet, CVPR 2018) right after a grouped group without residual is absorbed into it
+(``out_perm``): the grouped kernel's epilogue reads each output channel from its source
+accumulator, so the shuffle costs no pass over memory (lossless: a permutation).
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ import numpy as np
 
 from mcopt.ir.core import Graph, Node, Value
 
-#: grouped convs with at most this many groups run as one blocked conv with block-diagonal weights
+#: grouped convs the grouped kernel does not take run as one blocked conv with block-diagonal
+#: weights when they have at most this many groups (else as a plain Relax conv)
 MAX_DENSE_GROUPS = 4
 
 #: elementwise ops that map finite inputs to finite outputs: safe on zero-padded channel blocks
@@ -48,6 +56,10 @@ BLOCKED_UNARY = frozenset(
 BLOCKED_BINARY = frozenset({"add", "sub", "mul"})
 PASSTHROUGH = frozenset({"identity", "dropout"})
 BLOCKED_POOLS = frozenset({"max_pool", "avg_pool", "global_avg_pool", "global_max_pool"})
+
+#: fuse a channel shuffle that follows a grouped conv into that kernel's epilogue (False keeps it
+#: a separate blocked permutation, e.g. to measure what the fusion saves)
+FUSE_GROUPED_SHUFFLE = True
 
 
 @dataclass(frozen=True)
@@ -81,10 +93,12 @@ def block_for(channels: int, lanes: int) -> Layout:
 class FusedOp:
     """A conv2d / dense with the chain it absorbed (see the module docstring).
 
-    ``kind``: ``conv`` (groups = 1 or block-diagonal grouped), ``depthwise`` (one input channel
-    per group, multiplier 1), ``grouped`` (plain path), ``dense``. ``weight``/``bias`` are the
-    folded numpy arrays (OIHW / (N, K); ``bias`` None when there is none), ``residual`` the added
-    tensor, ``activation`` None/"relu"/"relu6"/"clip" with ``clip`` bounds.
+    ``kind``: ``conv`` (groups = 1), ``depthwise`` (one input channel per group, multiplier 1),
+    ``grouped`` (any other ``groups > 1``; ``weight`` stays ``(OC, IC/groups, KH, KW)``),
+    ``dense``. ``weight``/``bias`` are the folded numpy arrays (OIHW / (N, K); ``bias`` None when
+    there is none), ``residual`` the added tensor, ``activation`` None/"relu"/"relu6"/"clip" with
+    ``clip`` bounds. ``out_perm`` (``grouped`` only): a channel shuffle absorbed after the
+    activation, ``out[:, c] = act(...)[:, out_perm[c]]``.
     """
 
     kind: str
@@ -95,6 +109,7 @@ class FusedOp:
     residual: Value | None = None
     activation: str | None = None
     clip: tuple[float, float] = (0.0, 6.0)
+    out_perm: np.ndarray | None = None
 
     @property
     def last(self) -> Node:
@@ -167,7 +182,19 @@ def _conv_kind(node: Node) -> str | None:
         return "conv"
     if groups == c_in == c_out and w.shape[1] == 1:
         return "depthwise"
-    return "conv" if groups <= MAX_DENSE_GROUPS else "grouped"
+    return "grouped"
+
+
+def block_diagonal(weight: np.ndarray, groups: int) -> np.ndarray:
+    """The dense ``(OC, IC, KH, KW)`` weight of a grouped ``(OC, IC/groups, KH, KW)`` one: group
+    ``g``'s filters in the diagonal block ``[g*OC/groups : (g+1)*OC/groups, g*IC/groups : ...]``,
+    zeros elsewhere (the same conv, ``groups`` times the MACs)."""
+    oc, icg = weight.shape[:2]
+    full = np.zeros((oc, icg * groups, *weight.shape[2:]), dtype=weight.dtype)
+    ocg = oc // groups
+    for g in range(groups):
+        full[g * ocg : (g + 1) * ocg, g * icg : (g + 1) * icg] = weight[g * ocg : (g + 1) * ocg]
+    return full
 
 
 def _start_fusion(node: Node) -> FusedOp | None:
@@ -185,14 +212,6 @@ def _start_fusion(node: Node) -> FusedOp | None:
     else:
         return None
     w = np.asarray(node.inputs[1].const, dtype=np.float64)  # type: ignore[union-attr]
-    groups = int(node.attrs.get("groups", 1)) if node.op == "conv2d" else 1
-    if kind == "conv" and groups > 1:  # block-diagonal dense weight
-        oc, icg = w.shape[:2]
-        full = np.zeros((oc, icg * groups, *w.shape[2:]), dtype=np.float64)
-        ocg = oc // groups
-        for g in range(groups):
-            full[g * ocg : (g + 1) * ocg, g * icg : (g + 1) * icg] = w[g * ocg : (g + 1) * ocg]
-        w = full
     b_in = node.inputs[2] if len(node.inputs) > 2 else None
     b = None if b_in is None else np.asarray(b_in.const, dtype=np.float64)
     return FusedOp(kind, node, w, b)
@@ -235,7 +254,6 @@ def _fuse_chain(f: FusedOp, graph_outputs: set[int], claimed: set[int]) -> None:
                 and other.const is None
                 and tuple(other.shape) == tuple(cur.shape)
                 and other.dtype == cur.dtype
-                and f.kind != "grouped"
             ):
                 f.residual = other
             else:
@@ -334,7 +352,7 @@ def plan_graph(graph: Graph, lanes: int = 8) -> Plan:
             continue
         f = plan.fused.get(id(node))
         if f is not None:
-            if f.kind == "conv":
+            if f.kind in ("conv", "grouped"):
                 lay[id(f.output)] = block_for(f.weight.shape[0], lanes)
             elif f.kind == "depthwise":
                 src = lay.get(id(f.node.inputs[0]))  # type: ignore[arg-type]
@@ -373,6 +391,19 @@ def plan_graph(graph: Graph, lanes: int = 8) -> Plan:
                 plan.shuffles[id(nodes[-1])] = (ins[0], p, nodes)
                 plan.absorbed.update(id(n) for n in nodes[:-1])
                 lay[id(nodes[-1].output)] = x0
+    # 3. a channel shuffle right after a grouped conv runs in that kernel's epilogue
+    for key, (src, perm, nodes) in list(plan.shuffles.items()):
+        if not FUSE_GROUPED_SHUFFLE:
+            break
+        f = plan.fused.get(id(src.producer)) if src.producer is not None else None
+        if f is None or f.kind != "grouped" or f.residual is not None or f.output is not src:
+            continue
+        del plan.shuffles[key], plan.fused[id(f.last)]
+        plan.absorbed.update((id(f.node), id(f.last)))
+        f.absorbed.extend(nodes)
+        f.out_perm = perm
+        plan.fused[id(f.last)] = f
+        plan.absorbed.discard(id(f.last))
     return plan
 
 
@@ -384,6 +415,7 @@ __all__ = [
     "FusedOp",
     "Layout",
     "Plan",
+    "block_diagonal",
     "block_for",
     "plan_graph",
 ]

@@ -5,9 +5,14 @@ layouts, decided TVM-free in :mod:`mcopt.targets.plan`):
 
 - a fused ``conv``/``depthwise`` group becomes one ``emit_conv2d`` / ``emit_depthwise_conv2d`` call
   (scheduled NCHW[x]c PrimFunc, weights folded and packed in numpy, epilogue
-  ``act(acc + bias (+ residual))``); a ``dense`` group one ``emit_dense``; a ``grouped`` conv (and any
-  conv whose kernel cannot be built, with a logged warning) the plain Relax conv with the same
-  folded weights and epilogue ops;
+  ``act(acc + bias (+ residual))``); a ``grouped`` conv one ``emit_grouped_conv2d`` (the windowed
+  reduction kernel of :mod:`~mcopt.targets.kernels.grouped`), or, where the conv over the
+  block-diagonal weight is estimated faster (``groups <= MAX_DENSE_GROUPS``), an ``emit_conv2d``
+  over that weight (a channel shuffle the plan absorbed into the group runs in the grouped
+  kernel's epilogue, permutes the block-diagonal weight's rows, or is a ``take`` on the plain
+  path); a ``dense`` group one ``emit_dense``; any conv whose
+  kernel cannot be built (with a logged warning) the plain Relax conv with the same folded weights
+  and epilogue ops;
 - per-channel ops on a blocked tensor (elementwise with per-channel constants, pooling with
   ``layout="NCHW{bn}c"``, channel concat, channel shuffle) run on the blocked tensor;
 - every other op uses its ordinary lowering from :data:`~mcopt.targets.lower.LOWERINGS` on NCHW
@@ -40,17 +45,23 @@ from mcopt.targets.plan import (
     BLOCKED_BINARY,
     BLOCKED_POOLS,
     BLOCKED_UNARY,
+    MAX_DENSE_GROUPS,
     PASSTHROUGH,
     FusedOp,
     Layout,
     Plan,
     _channel_const,
+    block_diagonal,
     block_for,
     plan_graph,
 )
 
 R = relax.op
 log = logging.getLogger(__name__)
+
+#: a grouped conv whose kernel would execute more than this many times its MACs (tiny groups in
+#: 8/16-lane blocks) is not run by the grouped kernel (see ``_lower_fused_grouped``)
+MAX_GROUPED_WASTE = 8.0
 
 
 class _Values:
@@ -132,6 +143,9 @@ def _lower_fused_conv(vals: _Values, f: FusedOp, target: Any) -> None:
         "target": target,
     }
     oc = f.weight.shape[0]
+    if f.kind == "grouped":
+        _lower_fused_grouped(vals, f, x, lx, geom)
+        return
     if f.kind == "depthwise":
         lout = lx
         w = _pad_to(f.weight, (lx.padded, 1, *f.weight.shape[2:]))
@@ -144,6 +158,57 @@ def _lower_fused_conv(vals: _Values, f: FusedOp, target: Any) -> None:
         res, _ = vals.blocked_of(f.residual, lout)
     emit = K.emit_depthwise_conv2d if f.kind == "depthwise" else K.emit_conv2d
     y = emit(vals.ctx.bb, x, w, bias, residual=res, **geom)
+    got = LowerContext.shape_of(y)
+    if got != lout.blocked_shape(tuple(f.output.shape)):
+        raise TargetError(
+            f"node {node.name!r}: kernel output {list(got)} does not match the planned "
+            f"layout {lout} of {list(f.output.shape)}"
+        )
+    vals.set_blocked(f.output, y, lout)
+
+
+def _lower_fused_grouped(
+    vals: _Values, f: FusedOp, x: relax.Expr, lx: Layout, geom: dict[str, Any]
+) -> None:
+    """A ``grouped`` group: the grouped kernel when it executes at most ``MAX_GROUPED_WASTE``
+    times the MACs and (``groups <= MAX_DENSE_GROUPS``) is estimated faster than the blocked conv
+    over the block-diagonal weight, else that conv (``groups <= MAX_DENSE_GROUPS``); otherwise
+    raises (the caller takes the plain path)."""
+    from mcopt.targets.kernels.relax_ops import emit_grouped_conv2d
+
+    node = f.node
+    groups = int(node.attrs["groups"])
+    oc = f.weight.shape[0]
+    lout = block_for(oc, vals.lanes)
+    res = None
+    if f.residual is not None:
+        res, _ = vals.blocked_of(f.residual, lout)
+    bias = None if f.bias is None else f.bias.astype(np.float32)
+    w = f.weight.astype(np.float32)
+    try:
+        y = emit_grouped_conv2d(
+            vals.ctx.bb,
+            x,
+            w,
+            bias,
+            groups=groups,
+            oc_bn=lout.bn,
+            residual=res,
+            max_waste=MAX_GROUPED_WASTE,
+            max_relative_cost=1.0 if groups <= MAX_DENSE_GROUPS else None,
+            out_perm=None if f.out_perm is None else [int(p) for p in f.out_perm],
+            **geom,
+        )
+    except ValueError as e:
+        if groups > MAX_DENSE_GROUPS:
+            raise
+        log.info("node %r: grouped kernel not used (%s); block-diagonal conv", node.name, e)
+        dense, b = block_diagonal(w, groups), bias
+        if f.out_perm is not None:  # the fused channel shuffle permutes the dense rows
+            dense, b = dense[f.out_perm], None if b is None else b[f.out_perm]
+        dense = _pad_to(dense, (lout.padded, lx.padded, *w.shape[2:]))
+        b = None if b is None else _pad_to(b, (lout.padded,))
+        y = K.emit_conv2d(vals.ctx.bb, x, dense, b, residual=res, **geom)
     got = LowerContext.shape_of(y)
     if got != lout.blocked_shape(tuple(f.output.shape)):
         raise TargetError(
@@ -191,6 +256,8 @@ def _lower_fused_plain(vals: _Values, f: FusedOp, target: Any) -> None:
     if f.activation is not None:
         lo, hi = (0.0, None) if f.activation == "relu" else f.clip
         y = ctx.emit(R.nn.relu(y) if hi is None else R.clip(y, lo, hi))
+    if f.out_perm is not None:  # a channel shuffle absorbed by a grouped group
+        y = ctx.emit(R.take(y, ctx.const(f.out_perm.astype(np.int64)), axis=1))
     vals.set_plain(f.output, y)
 
 
@@ -297,7 +364,7 @@ def lower_planned(
 def _lower_node(vals: _Values, plan: Plan, node: Node, target: Any) -> None:
     f = plan.fused.get(id(node))
     if f is not None:
-        if f.kind in ("conv", "depthwise"):
+        if f.kind in ("conv", "depthwise", "grouped"):
             try:
                 _lower_fused_conv(vals, f, target)
                 return

@@ -260,3 +260,95 @@ def emit_dense(
     if residual is not None:
         args.append(residual)
     return _call(bb, func, "dense_packed", args, (m, n), dtype)
+
+
+def emit_grouped_conv2d(
+    bb: Any,
+    x: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    groups: int,
+    oc_bn: int | None = None,
+    strides: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    activation: str | None = None,
+    clip: tuple[float, float] = (0.0, 6.0),
+    residual: Any = None,
+    target: Any = None,
+    max_waste: float | None = None,
+    max_relative_cost: float | None = None,
+    out_perm: Sequence[int] | None = None,
+) -> Any:
+    """``act(grouped_conv2d(x, weight) + bias (+ residual))`` on a blocked ``x (N, ICB, H, W,
+    ic_bn)`` (channels ``>= IC`` = ``groups * weight.shape[1]``, extra ones zero-padded) with the
+    kernel of :mod:`.grouped`.
+
+    ``weight`` is the grouped OIHW numpy array ``(OC, IC/groups, KH, KW)``. The result is blocked
+    ``(N, ceil(OC/oc_bn), OH, OW, oc_bn)`` (zero-padded channels beyond ``OC``); ``oc_bn``
+    defaults to the plan's home block (:func:`mcopt.targets.plan.block_for`). ``residual`` must
+    have the result's shape. ``max_waste``: raise ``ValueError`` when the kernel would execute
+    more than that many times the grouped conv's MACs (see :class:`.grouped.GroupedGeometry`);
+    ``max_relative_cost``: when its estimated time exceeds that fraction of the conv over the
+    block-diagonal weight (:func:`.grouped.relative_cost`). ``out_perm``: permute the output
+    channels, ``y[:, c] = act(...)[:, out_perm[c]]`` (a channel shuffle fused into the epilogue;
+    ``residual`` is then in the permuted order).
+    """
+    from tvm import relax
+
+    from mcopt.targets.kernels.grouped import (
+        choose_grouped_params,
+        grouped_conv2d_nchwc,
+        output_source,
+        pack_grouped_weight,
+        relative_cost,
+    )
+    from mcopt.targets.kernels.params import _info
+    from mcopt.targets.plan import block_for
+
+    n, icb, h, w, ic_bn = _shape(x)
+    dtype = str(x.ty.dtype)
+    oc, icg, kh, kw = weight.shape
+    ic = icg * groups
+    if ic > icb * ic_bn:
+        raise ValueError(
+            f"grouped weight {weight.shape} (groups={groups}) does not match blocked input "
+            f"{(n, icb, h, w, ic_bn)}"
+        )
+    if oc_bn is None:
+        oc_bn = block_for(oc, _info(target).lanes).bn
+    ocb = -(-oc // oc_bn)
+    data_shape = (n, ic, h, w)
+    blocks = (ic_bn, icb, oc_bn, ocb)
+    params, geom = choose_grouped_params(
+        data_shape, weight.shape, groups, *blocks, strides, padding, dilation, target
+    )
+    if max_waste is not None and geom.waste > max_waste:
+        raise ValueError(
+            f"grouped conv {ic}->{oc} (groups={groups}) in blocks {ic_bn}/{oc_bn} would run "
+            f"{geom.waste:.1f}x its MACs (limit {max_waste})"
+        )
+    if max_relative_cost is not None and relative_cost(geom, (kh, kw)) > max_relative_cost:
+        raise ValueError(
+            f"grouped conv {ic}->{oc} (groups={groups}): the block-diagonal conv is estimated "
+            f"faster ({relative_cost(geom, (kh, kw)):.2f}x its time)"
+        )
+    ep = Epilogue(bias is not None, residual is not None, activation, *clip)
+    permuted = out_perm is not None
+    func = grouped_conv2d_nchwc(
+        data_shape, weight.shape, geom, strides, padding, dilation, params, ep, dtype, permuted
+    )
+    args = [x, relax.const(pack_grouped_weight(weight.astype(dtype), geom, params.oc_kbn))]
+    if out_perm is not None:
+        args.append(relax.const(output_source(geom, out_perm)))
+    if bias is not None:
+        b = np.zeros(ocb * oc_bn, dtype)
+        b[:oc] = bias if out_perm is None else bias[np.asarray(out_perm)]
+        args.append(relax.const(layout.pack_bias(b, oc_bn)))
+    if residual is not None:
+        args.append(residual)
+    pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
+    oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
+    ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
+    return _call(bb, func, "gconv2d_nchwc", args, (n, ocb, oh, ow, oc_bn), dtype)
