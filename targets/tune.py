@@ -522,12 +522,14 @@ def _log_progress(ev: ProgressEvent) -> None:
 
 def _seed_template(
     db: ms.database.Database,
+    db_dir: Path,
     wl_mod: tvm.IRModule,
     target: tvm.target.Target,
     builder: ms.builder.Builder,
     runner: ms.runner.Runner,
 ) -> None:
-    """Measure the untuned template on the runner and commit it as the task's first record."""
+    """Measure the untuned template on the runner and commit it as the task's first record
+    (its time is also kept in the metadata file, ``template_ms`` by workload hash)."""
     sch = template_seed_trace(wl_mod)
     (br,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
     if br.error_msg is not None:
@@ -542,9 +544,11 @@ def _seed_template(
         log.warning("template seed did not run: %s", _first_line(RuntimeError(rr.error_msg)))
         return
     wl = db.commit_workload(wl_mod)
-    db.commit_tuning_record(
-        ms.database.TuningRecord(sch.trace, wl, [float(s) for s in rr.run_secs], target, args)
-    )
+    secs = [float(s) for s in rr.run_secs]
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, secs, target, args))
+    meta = _read_meta(db_dir) or {}
+    seeds = {**meta.get("template_ms", {}), str(wl.as_json()[0]): 1e3 * sum(secs) / len(secs)}
+    _write_json(db_dir / META_FILE, {**meta, "template_ms": seeds})
 
 
 def _workload_key(db: ms.database.Database, wl_mod: tvm.IRModule) -> str:
@@ -662,7 +666,7 @@ def tune(
         runner = make_runner(rpc, key)
         for wl, n in zip(wls, before, strict=True):
             if n == 0 and template_of(wl["main"]) is not None:
-                _seed_template(database, wl, tgt, builder, runner)
+                _seed_template(database, Path(db), wl, tgt, builder, runner)
         _measure_baselines(database, Path(db), wls, spec, builder, runner)
         if progress is None:
             progress = True if sys.stderr.isatty() else _log_progress
@@ -773,6 +777,41 @@ def apply_database(
     return schedule_templates(out), report
 
 
+def task_summary(
+    graph: Graph, db: str | os.PathLike[str], target: str | TargetSpec = "cpu"
+) -> list[dict[str, Any]]:
+    """Per tuning task of ``graph``: name, template, calls, FLOPs (``estimate_tir_flops``), the
+    untuned kernel's time (the template's analytic schedule or mcopt's default schedule, as
+    measured while tuning), the database's best time and the GFLOP/s of both."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    spec = get_target(target)
+    database = open_database(db, spec)
+    meta = _read_meta(Path(db)) or {}
+    untuned_ms = {**meta.get("baseline_ms", {}), **meta.get("template_ms", {})}
+    rows = []
+    for t in extract_tasks(tuning_module(graph, spec), spec):
+        wl = t.dispatched[0]
+        flops = float(estimate_tir_flops(wl))
+        n, best = _task_records(database, wl)
+        has = database.has_workload(wl)  # (never add a workload to the database here)
+        base = untuned_ms.get(_workload_key(database, wl)) if has else None
+        rows.append(
+            {
+                "task": t.task_name,
+                "template": template_of(wl["main"]) or "",
+                "calls": int(t.weight),
+                "mflop": flops / 1e6,
+                "records": n,
+                "untuned_ms": base,
+                "best_ms": best,
+                "untuned_gflops": flops / base / 1e6 if base else None,
+                "best_gflops": flops / best / 1e6 if best else None,
+            }
+        )
+    return rows
+
+
 def build_with_database(
     graph: Graph, db: str | os.PathLike[str], target: str | TargetSpec = "cpu"
 ) -> tuple[Any, ApplyReport]:
@@ -825,6 +864,7 @@ __all__ = [
     "make_runner",
     "merge_databases",
     "open_database",
+    "task_summary",
     "tune",
     "tuning_module",
 ]
