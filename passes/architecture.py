@@ -230,8 +230,9 @@ class LowRankDense(Pass):
     ``dense(x, S_r V_r^T)`` (in -> r, no bias) then ``dense(., U_r) + b`` (r -> out); params
     ``r (in + out)`` instead of ``in * out``. Rank: ``rank``, else the smallest whose layer output error
     on calibration inputs is <= ``max_rel_error`` (bias-corrected), else by ``energy`` of the singular
-    values; only ranks removing >= ``min_saving`` of the params are considered. Lossy (exact when
-    rank(W) <= r)."""
+    values; only ranks removing >= ``min_saving`` of the params are considered. ``param_ratio``
+    instead fixes the compression: the largest rank with ``r (in + out) <= param_ratio * in * out``
+    (no error search). Lossy (exact when rank(W) <= r)."""
 
     name = "lowrank-dense"
     lossless = False
@@ -241,6 +242,11 @@ class LowRankDense(Pass):
     layers: tuple[str, ...] = ()
     min_saving: float = 0.1
     calib_samples: int = 64
+    param_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.param_ratio is not None and not 0.0 < self.param_ratio <= 1.0:
+            raise ValueError(f"param_ratio must be in (0, 1], got {self.param_ratio}")
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         skipped: dict[str, str] = {}
@@ -292,6 +298,11 @@ class LowRankDense(Pass):
         use_calib = cols is not None and self.max_rel_error is not None
         if self.rank is not None:
             r = min(self.rank, len(s))
+        elif self.param_ratio is not None:  # fixed compression: largest rank within the ratio
+            r = min(int(self.param_ratio * out_f * in_f // (out_f + in_f)), len(s))
+            if r < 1:
+                skipped[node.name] = f"rank 1 keeps more than param_ratio={self.param_ratio}"
+                return None
         else:
             r_max = int((1.0 - self.min_saving) * out_f * in_f // (out_f + in_f))
             r_max = min(r_max, len(s))

@@ -13,7 +13,9 @@ pass                        structure (rank r)                                  
 ``factorize-tucker``        1x1 reduce (C -> r), kh x kw (r -> r), 1x1 expand (r -> O)   Tucker-2 (HOSVD+HOOI)
 ==========================  ===========================================================  ===================
 
-Rank: ``rank`` fixes it; otherwise it is chosen per layer (see :mod:`mcopt.analysis.lowrank`) as the
+Rank: ``rank`` fixes it; ``param_ratio`` fixes each layer's compression instead (the largest rank
+whose factorized layer keeps at most that fraction of the layer's parameters, no error search: for
+random-weight models, whose flat spectra defeat any error budget); otherwise it is chosen per layer (see :mod:`mcopt.analysis.lowrank`) as the
 smallest rank whose layer-output relative error on calibration activations (``ctx.calib``) is at most
 ``max_rel_error`` or, without calibration data (or with ``max_rel_error=None``), that keeps ``energy`` of
 the weights' spectral energy -- among the ranks that remove at least ``min_saving`` of the layer's
@@ -441,10 +443,13 @@ class ConvFactorizePass(Pass):
     min_saving: float = 0.1
     calib_samples: int = 8
     max_columns: int = 2048
+    param_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if self.rank is not None and self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.param_ratio is not None and not 0.0 < self.param_ratio <= 1.0:
+            raise ValueError(f"param_ratio must be in (0, 1], got {self.param_ratio}")
         if not 0.0 < self.energy <= 1.0:
             raise ValueError(f"energy must be in (0, 1], got {self.energy}")
         if not 0.0 <= self.min_saving < 1.0:
@@ -530,6 +535,17 @@ class ConvFactorizePass(Pass):
         kind = "calib" if cols is not None else "weights"
         if self.rank is not None:
             r = min(self.rank, exact)
+        elif self.param_ratio is not None:  # fixed compression: largest rank within the ratio
+            r = max(
+                (c for c in range(1, exact + 1) if m.params(w, g, c) <= self.param_ratio * p0),
+                default=0,
+            )
+            if r == 0:
+                skipped[node.name] = (
+                    f"rank 1 keeps {m.params(w, g, 1) / p0:.0%} of {p0} params > "
+                    f"param_ratio={self.param_ratio}"
+                )
+                return None
         else:
             r_max = 0
             for cand in range(1, exact + 1):

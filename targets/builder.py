@@ -21,6 +21,7 @@ of the host for ``"cpu"``); ``TVM_NUM_THREADS`` overrides it at run time.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,29 @@ class CompiledModel(CompiledBase):
         super().__init__(executable, target, input_specs, output_names, pipeline)
         self.device = tvm.cpu()
         self._vm = relax.VirtualMachine(executable, self.device)
+        self._local = threading.local()
 
     # --- inputs ---------------------------------------------------------------------------------
     def _bind(self, args: Sequence[Any], named: Mapping[str, Any]) -> list[Any]:
+        """Checked inputs as device tensors. The input tensors are allocated once per thread and
+        refilled (``copyfrom``: ~9 us against ~27 us for a new tensor, which matters for
+        LeNet-sized models whose whole run is ~50 us)."""
         from mcopt.targets.bind import bind_inputs
 
-        return [
-            tvm.runtime.tensor(a, self.device) for a in bind_inputs(self.input_specs, args, named)
-        ]
+        arrays = bind_inputs(self.input_specs, args, named)
+        cache: list[Any] | None = getattr(self._local, "inputs", None)
+        if cache is None or len(cache) != len(arrays):
+            cache = [None] * len(arrays)
+            self._local.inputs = cache
+        out = []
+        for i, a in enumerate(arrays):
+            t = cache[i]
+            if t is None or tuple(t.shape) != a.shape or str(t.dtype) != str(a.dtype):
+                t = cache[i] = tvm.runtime.tensor(a, self.device)
+            else:
+                t.copyfrom(a)
+            out.append(t)
+        return out
 
     # --- running --------------------------------------------------------------------------------
     def run(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
