@@ -40,10 +40,17 @@ PIPELINES = ("mcopt", "mcopt-plain", "default")
 
 
 def _to_numpy(obj: Any) -> list[np.ndarray]:
-    if hasattr(obj, "numpy"):
-        return [obj.numpy()]
+    """Outputs as numpy arrays, copied out of the runtime's tensors (a DLPack view + a numpy copy:
+    ~1 us, against ~10 us for ``Tensor.numpy()`` on a small output)."""
     if isinstance(obj, np.ndarray):
         return [obj]
+    if hasattr(obj, "__dlpack__") and hasattr(obj, "shape"):
+        try:
+            return [np.from_dlpack(obj).copy()]
+        except (BufferError, TypeError, RuntimeError):  # not on the CPU, or an odd dtype
+            return [obj.numpy()]
+    if hasattr(obj, "numpy"):
+        return [obj.numpy()]
     out: list[np.ndarray] = []
     for item in obj:  # a runtime Array / tuple of tensors
         out.extend(_to_numpy(item))
@@ -73,8 +80,9 @@ class CompiledModel(CompiledBase):
     # --- inputs ---------------------------------------------------------------------------------
     def _bind(self, args: Sequence[Any], named: Mapping[str, Any]) -> list[Any]:
         """Checked inputs as device tensors. The input tensors are allocated once per thread and
-        refilled (``copyfrom``: ~9 us against ~27 us for a new tensor, which matters for
-        LeNet-sized models whose whole run is ~50 us)."""
+        refilled through a numpy view of their memory (DLPack): ~0.4 us, against ~9 us for
+        ``Tensor.copyfrom`` and ~27 us for a new tensor — which matters for LeNet-sized models
+        whose whole run is tens of microseconds."""
         from mcopt.targets.bind import bind_inputs
 
         arrays = bind_inputs(self.input_specs, args, named)
@@ -84,19 +92,31 @@ class CompiledModel(CompiledBase):
             self._local.inputs = cache
         out = []
         for i, a in enumerate(arrays):
-            t = cache[i]
-            if t is None or tuple(t.shape) != a.shape or str(t.dtype) != str(a.dtype):
-                t = cache[i] = tvm.runtime.tensor(a, self.device)
-            else:
-                t.copyfrom(a)
-            out.append(t)
+            slot = cache[i]
+            if slot is None or slot[1].shape != a.shape or slot[1].dtype != a.dtype:
+                t = tvm.runtime.empty(a.shape, str(a.dtype), self.device)
+                try:
+                    view = np.from_dlpack(t)
+                except (BufferError, TypeError, RuntimeError):  # no view: copy in instead
+                    view = None
+                slot = cache[i] = (t, view if view is not None else a)
+                if view is None:
+                    t.copyfrom(a)
+                    out.append(t)
+                    cache[i] = None
+                    continue
+            slot[1][...] = a
+            out.append(slot[0])
         return out
 
     # --- running --------------------------------------------------------------------------------
     def run(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
         """Run on numpy inputs (positional, a dict, or keywords by input name); outputs as numpy."""
         args = self._bind(inputs, named)
-        return _to_numpy(self._vm["main"](*args))
+        main = getattr(self._local, "main", None)
+        if main is None:
+            main = self._local.main = self._vm["main"]
+        return _to_numpy(main(*args))
 
     __call__ = run
 

@@ -36,6 +36,7 @@ from mcopt.ir.core import Node, Value
 from mcopt.ir.types import TensorType
 from mcopt.ops.binary import unpack_weight, words_for
 from mcopt.ops.nn import conv2d_ref, conv_out_dim
+from mcopt.targets.kernels.threads import parallel
 from mcopt.targets.lower import LOWERINGS, LowerContext, LowerResult, register_lowering
 
 R = relax.op
@@ -153,7 +154,7 @@ def pack_nchw_func(
         )
     sch = s_tir.Schedule(te.create_prim_func([x, *outs]))
     ln, lh, _, _ = sch.get_loops(sch.get_sblock("xb"))
-    sch.parallel(sch.fuse(ln, lh))
+    parallel(sch, sch.fuse(ln, lh))
     if kmap is not None:
         lanes = _lanes()
         sb = sch.get_sblock("asum")
@@ -161,12 +162,12 @@ def pack_nchw_func(
         vec = _divisor(w, (lanes, lanes // 2, 2))
         zo, zi = sch.split(bz, [None, vec])
         sch.reorder(bn_, by, zo, bc, zi)
-        sch.parallel(sch.fuse(bn_, by))
+        parallel(sch, sch.fuse(bn_, by))
         if vec > 1:
             sch.vectorize(zi)
         sch.decompose_reduction(sb, bc)
         for name in ("amean", "bsum", "beta"):
-            sch.parallel(sch.fuse(*sch.get_loops(sch.get_sblock(name))[:2]))
+            parallel(sch, sch.fuse(*sch.get_loops(sch.get_sblock(name))[:2]))
     return sch.mod["main"]
 
 
@@ -190,7 +191,7 @@ def pack_rows_func(m: int, k: int, absmean: bool = False) -> Any:
     sch = s_tir.Schedule(te.create_prim_func([x, *outs]))
     blk = sch.get_sblock("xb")
     li, lc = sch.get_loops(blk)
-    sch.parallel(sch.fuse(li, lc))
+    parallel(sch, sch.fuse(li, lc))
     return sch.mod["main"]
 
 
@@ -222,7 +223,7 @@ def xnor_dense_epilogue_func(m: int, o: int, ktot: int, *, bias: bool, beta: str
     lanes = _lanes()
     vec = _divisor(o, (lanes, 4, 2))
     jo, ji = sch.split(lj, [None, vec])
-    sch.parallel(sch.fuse(li, jo))
+    parallel(sch, sch.fuse(li, jo))
     if vec > 1:
         sch.vectorize(ji)
     return sch.mod["main"]
@@ -312,7 +313,7 @@ def xnor_conv_func(
     oo, oi = sch.split(lo, [None, vec])
     zo, zi = sch.split(lz, [None, reg])
     sch.reorder(lb, ly, zo, oo, li, lj, lc, zi, oi)
-    sch.parallel(sch.fuse(lb, ly))
+    parallel(sch, sch.fuse(lb, ly))
     sch.unroll(zi)
     if not raw:
         sch.reverse_compute_at(sch.get_sblock("y"), oo)
@@ -345,7 +346,7 @@ def xnor_dense_func(m: int, cw: int, o: int, dtype: str = "uint32") -> Any:
     jo, ji = sch.split(lj, [None, vec])
     io, ii = sch.split(li, [None, reg])
     sch.reorder(jo, io, lc, ii, ji)
-    sch.parallel(jo)
+    parallel(sch, jo)
     sch.unroll(ii)
     if vec > 1:
         sch.vectorize(ji)

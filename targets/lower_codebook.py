@@ -19,6 +19,7 @@ from tvm import s_tir, te
 
 from mcopt.ir.core import Node
 from mcopt.ops.codebook import decode
+from mcopt.targets.kernels.threads import parallel
 from mcopt.targets.lower import LowerContext, LowerResult, register_lowering
 
 
@@ -45,7 +46,7 @@ def lut_dense_func(m: int, n: int, k: int, ncode: int, lanes: int = 8) -> Any:
     blk = sch.get_sblock("y")
     li, lj, lk = sch.get_loops(blk)
     sch.reorder(lj, li, lk)
-    sch.parallel(lj)
+    parallel(sch, lj)
     if k % lanes == 0:
         rf_o, rf_i = sch.split(lk, [None, lanes])
         rf = sch.rfactor(rf_i, 0)

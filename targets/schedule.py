@@ -27,6 +27,8 @@ from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.s_tir.dlight.analysis.common_analysis import collect_vars_used_in_prim_expr
 from tvm.s_tir.dlight.base.common_schedules import try_inline_contiguous_spatial
 
+from mcopt.targets.kernels.threads import parallel
+
 log = logging.getLogger(__name__)
 
 #: a parallel loop should have at least this many iterations per core before we stop fusing
@@ -58,7 +60,7 @@ def _parallel_outer(sch: s_tir.Schedule, loops: list[Any], num_cores: int) -> An
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     ext = _extent(sch, fused)
     if ext is None or ext > 1:
-        sch.parallel(fused)
+        parallel(sch, fused)
     return fused
 
 

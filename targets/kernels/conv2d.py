@@ -36,6 +36,7 @@ from typing import Any
 
 from mcopt.targets.kernels.epilogue import Epilogue
 from mcopt.targets.kernels.params import ConvParams, choose_conv_params
+from mcopt.targets.kernels.threads import parallel
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -185,7 +186,7 @@ def schedule_pad(sch: Any, block: str = "data_pad") -> None:
     """Parallel over (n, c, h), vectorized over the channel block."""
     blk = sch.get_sblock(block)
     loops = sch.get_loops(blk)
-    sch.parallel(sch.fuse(*loops[:3]))
+    parallel(sch, sch.fuse(*loops[:3]))
     sch.vectorize(loops[-1])
 
 
@@ -221,7 +222,7 @@ def _schedule_flat(sch: Any, params: ConvParams) -> None:
     outer_red, red = _split_icc(sch, red, params.ic_chunk)
     sch.reorder(n, oc_o, *outer_red, q_o, *red, oc_i, q_i, ob)
     par = sch.fuse(n, oc_o)
-    sch.parallel(par)
+    parallel(sch, par)
     if params.unroll_kw and len(red) == 4:
         sch.unroll(red[-1])
     sch.unroll(oc_i)
@@ -234,7 +235,7 @@ def _schedule_flat(sch: Any, params: ConvParams) -> None:
     # q = y * ow + x and would generate wrong loop bounds.
     out = sch.get_sblock("out")
     oloops = sch.get_loops(out)
-    sch.parallel(sch.fuse(*oloops[:3]))
+    parallel(sch, sch.fuse(*oloops[:3]))
     sch.vectorize(oloops[-1])
 
 
@@ -265,11 +266,11 @@ def schedule_conv2d_nchwc(sch: Any, params: ConvParams, has_pad: bool) -> None:
         ow_oo, ow_o = sch.split(ow_o, [None, params.ow_block])
     if params.oh_inner:
         sch.reorder(n, oc_o, *outer_red, oh, ow_o, *red, oc_i, ow_i, ob)
-        sch.parallel(sch.fuse(n, oc_o))
+        parallel(sch, sch.fuse(n, oc_o))
     else:
         pre = [ow_oo] if ow_oo is not None else []
         sch.reorder(n, oc_o, oh, *pre, *outer_red, ow_o, *red, oc_i, ow_i, ob)
-        sch.parallel(sch.fuse(n, oc_o, oh))
+        parallel(sch, sch.fuse(n, oc_o, oh))
     if outer_red:
         red = outer_red + red
     if kw_unrolled:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from mcopt.targets.kernels.epilogue import Epilogue
+from mcopt.targets.kernels.threads import parallel
 
 
 def choose_dense_params(m: int, n: int, k: int, target: Any = None) -> tuple[int, int]:
@@ -98,7 +99,7 @@ def dense_packed(
     jo, jv, jl = sch.split(j, [None, bn // vec, vec])
     io, ii = sch.split(i, [None, reg_m])
     sch.reorder(jo, io, kk, ii, jv, jl)
-    sch.parallel(jo)
+    parallel(sch, jo)
     sch.unroll(ii)
     sch.unroll(jv)
     sch.vectorize(jl)

@@ -28,6 +28,7 @@ from mcopt.targets.kernels.conv2d import (
 )
 from mcopt.targets.kernels.epilogue import Epilogue
 from mcopt.targets.kernels.params import channel_block
+from mcopt.targets.kernels.threads import parallel
 
 
 def choose_depthwise_params(
@@ -146,7 +147,7 @@ def depthwise_conv2d_nchwc(
     n, c, oh, ow, b, kh, kw = sch.get_loops(conv)
     ow_o, ow_i = sch.split(ow, [None, reg_n])
     sch.reorder(n, c, oh, ow_o, kh, kw, ow_i, b)
-    sch.parallel(sch.fuse(n, c, oh))
+    parallel(sch, sch.fuse(n, c, oh))
     sch.unroll(kh)
     sch.unroll(kw)
     sch.unroll(ow_i)

@@ -61,6 +61,7 @@ import numpy as np
 from mcopt.targets.kernels.conv2d import _pads, _pair, conv_out_size, pad_nchwc
 from mcopt.targets.kernels.epilogue import Epilogue
 from mcopt.targets.kernels.params import ConvParams, _info, tile_score
+from mcopt.targets.kernels.threads import parallel
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -433,7 +434,7 @@ def schedule_grouped_rows(sch: Any, params: ConvParams, has_pad: bool) -> None:
     on, oc_, oy, ox, ok = sch.get_loops(out)
     sch.reorder(on, oy, oc_, ox, ok)
     row = sch.merge(row, sch.fuse(on, oy))
-    sch.parallel(row)
+    parallel(sch, row)
     sch.vectorize(ok)
     if kw_unrolled:
         sch.unroll(red[-1])

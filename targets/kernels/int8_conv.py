@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from mcopt.targets.kernels.conv2d import _pads, _pair, conv_out_size
+from mcopt.targets.kernels.threads import parallel
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def int8_conv2d(
     sch = s_tir.Schedule(te.create_prim_func([x, kernel, bias, mult, out]))
     # data_pad: parallel over (n, icb, y), vectorized over the 4 bytes
     pad_loops = sch.get_loops(sch.get_sblock("data_pad"))
-    sch.parallel(sch.fuse(*pad_loops[:3]))
+    parallel(sch, sch.fuse(*pad_loops[:3]))
     sch.unroll(pad_loops[-1])
     blk = sch.get_sblock("conv")
     b, c, y, xx, ob, r_icb, r_kh, r_kw, r_k = sch.get_loops(blk)
@@ -190,7 +191,7 @@ def int8_conv2d(
         sch.reorder(b, c_o, y, x_o, r_icb, r_kh, r_kw, c_i, x_i, ob, r_k)
     else:  # exact generic code: LLVM widens to int32 (no saturating int16 step)
         sch.reorder(b, c_o, y, x_o, r_icb, r_kh, r_kw, c_i, x_i, r_k, ob)
-    sch.parallel(sch.fuse(b, c_o, y))
+    parallel(sch, sch.fuse(b, c_o, y))
     if params.isa is None:
         sch.unroll(r_k)
         sch.vectorize(ob)
@@ -202,7 +203,7 @@ def int8_conv2d(
         sch.tensorize(ob, intrin_name(params.isa))
     # epilogue: parallel over (n, c, y), vectorized over the width
     oloops = sch.get_loops(sch.get_sblock("out"))
-    sch.parallel(sch.fuse(*oloops[:3]))
+    parallel(sch, sch.fuse(*oloops[:3]))
     if ow >= 8:
         _, xv = sch.split(oloops[-1], [None, 8])
         sch.vectorize(xv)
@@ -267,11 +268,11 @@ def int8_depthwise_conv2d(
     )
     sch = s_tir.Schedule(te.create_prim_func([x, kernel, bias, mult, out]))
     pl_ = sch.get_loops(sch.get_sblock("data_pad"))
-    sch.parallel(sch.fuse(*pl_[:2]))
+    parallel(sch, sch.fuse(*pl_[:2]))
     blk = sch.get_sblock("conv")
     b, ch, y, xx, r_kh, r_kw = sch.get_loops(blk)
     vec = next((v for v in (16, 8, 4) if ow % v == 0), 0)
-    sch.parallel(sch.fuse(b, ch))
+    parallel(sch, sch.fuse(b, ch))
     if vec:
         x_o, x_i = sch.split(xx, [None, vec])
         sch.reorder(y, x_o, r_kh, r_kw, x_i)

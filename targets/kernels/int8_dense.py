@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mcopt.targets.kernels.int8_conv import a_dtype_of, epilogue_te, zero_shift
+from mcopt.targets.kernels.threads import parallel
 
 
 def pack_int8_dense_weight(w: np.ndarray, lanes: int) -> np.ndarray:
@@ -105,7 +106,7 @@ def int8_dense(
         sch.reorder(nb_o, i, r_kb, nb_i, r_k, ob)
         sch.unroll(r_k)
         sch.vectorize(ob)
-    sch.parallel(nb_o)
+    parallel(sch, nb_o)
     sch.unroll(nb_i)
     init = sch.decompose_reduction(blk, r_kb)
     sch.vectorize(sch.get_loops(init)[-1])

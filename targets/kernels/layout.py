@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from mcopt.targets.kernels.threads import parallel
+
 
 def pack_nchwc(x: np.ndarray, bn: int) -> np.ndarray:
     """``(N, C, H, W) -> (N, C/bn, H, W, bn)``."""
@@ -71,7 +73,7 @@ def _schedule_copy(func: Any, vector_axis: int) -> Any:
     sch = s_tir.Schedule(func)
     blk = sch.get_sblock("T_layout")
     loops = sch.get_loops(blk)
-    sch.parallel(sch.fuse(*loops[:3]))
+    parallel(sch, sch.fuse(*loops[:3]))
     if vector_axis == len(loops) - 1:
         sch.vectorize(loops[-1])
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
@@ -108,7 +110,7 @@ def nchw_to_nchwc(
     blk = sch.get_sblock("T_layout")
     i, j, yy, xx, k = sch.get_loops(blk)
     sch.reorder(i, j, yy, k, xx)
-    sch.parallel(sch.fuse(i, j, yy))
+    parallel(sch, sch.fuse(i, j, yy))
     sch.unroll(k)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
@@ -151,6 +153,6 @@ def permute_channels_nchwc(
     sch = s_tir.Schedule(te.create_prim_func([x, p, y]))
     blk = sch.get_sblock("T_layout")
     i, j, yy, xx, k = sch.get_loops(blk)
-    sch.parallel(sch.fuse(i, j, yy))
+    parallel(sch, sch.fuse(i, j, yy))
     sch.unroll(k)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
