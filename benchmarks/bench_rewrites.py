@@ -211,11 +211,17 @@ def ort_timer(sess: Any, feed: dict[str, np.ndarray], target_ms: float) -> Calla
     return _calibrated(run, target_ms)
 
 
+#: pause between two engines' samples: onnxruntime's and TVM's pools spin-wait after a run, and
+#: a LeNet-sized sample taken while the other pool still spins measured 10-25x too slow
+PAUSE_S = 0.05
+
+
 def alternate(timers: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
     """Round-robin samples of every timer (the machine is shared: contenders see the same load)."""
     res: dict[str, list[float]] = {k: [] for k in timers}
     for _ in range(rounds):
         for k, fn in timers.items():
+            time.sleep(PAUSE_S)  # let the previous engine's spinning worker threads go to sleep
             res[k].append(fn())
     return res
 

@@ -257,8 +257,8 @@ class _Tucker(_Method):
                 uo = _svd(t)[0][:, :ro]
                 t = np.einsum("ocij,or->crij", wg, uo).reshape(c, -1)
                 ui = _svd(t)[0][:, :ri]
-            core = np.einsum("ocij,or,cs->rsij", wg, uo, ui)
-            approx = np.einsum("rsij,or,cs->ocij", core, uo, ui)
+            core = np.einsum("ocij,or,cs->rsij", wg, uo, ui, optimize=True)
+            approx = np.einsum("rsij,or,cs->ocij", core, uo, ui, optimize=True)
             return [ui.T.reshape(ri, c, 1, 1), core, uo.reshape(og, ro, 1, 1)], approx
 
         factors, w_hat = _per_group(w, g, one)
@@ -403,15 +403,15 @@ class _Flattened(_Method):
             eye = np.eye(r)[None]
             for _ in range(self.iters):
                 gram = np.einsum("ori,osi->ors", bv, bv) * np.einsum("orj,osj->ors", cv, cv)
-                rhs = np.einsum("ocij,ori,orj->orc", t, bv, cv)
+                rhs = np.einsum("ocij,ori,orj->orc", t, bv, cv, optimize=True)
                 a = np.linalg.solve(gram + 1e-12 * eye, rhs)
                 gram = np.einsum("orc,osc->ors", a, a) * np.einsum("orj,osj->ors", cv, cv)
-                rhs = np.einsum("ocij,orc,orj->ori", t, a, cv)
+                rhs = np.einsum("ocij,orc,orj->ori", t, a, cv, optimize=True)
                 bv = np.linalg.solve(gram + 1e-12 * eye, rhs)
                 gram = np.einsum("orc,osc->ors", a, a) * np.einsum("ori,osi->ors", bv, bv)
-                rhs = np.einsum("ocij,orc,ori->orj", t, a, bv)
+                rhs = np.einsum("ocij,orc,ori->orj", t, a, bv, optimize=True)
                 cv = np.linalg.solve(gram + 1e-12 * eye, rhs)
-            approx = np.einsum("orc,ori,orj->ocij", a, bv, cv)
+            approx = np.einsum("orc,ori,orj->ocij", a, bv, cv, optimize=True)
             return [
                 a.reshape(og * r, c, 1, 1),
                 bv.reshape(og * r, 1, kh, 1),

@@ -97,7 +97,7 @@ def gptq_quantize(
 def layer_loss(w: np.ndarray, wq: np.ndarray, h: np.ndarray) -> float:
     """``tr((W - Wq) H (W - Wq)^T)``: the layer-output error GPTQ minimizes (up to a constant)."""
     d = (w - wq).astype(np.float64)
-    return float(np.einsum("ok,kl,ol->", d, h, d))
+    return float(np.einsum("ok,kl,ol->", d, h, d, optimize=True))
 
 
 __all__ = ["HessianAccumulator", "gptq_quantize", "im2col", "layer_loss"]
