@@ -269,6 +269,30 @@ def _packed_channel_const(ctx: LowerContext, v: Value, lay: Layout) -> relax.Exp
     return ctx.const(full.reshape(1, lay.padded // lay.bn, 1, 1, lay.bn))
 
 
+def _blocked_pool_kernel(bb: Any, node: Node, x: relax.Expr, lay: Layout) -> relax.Expr | None:
+    """max_pool / avg_pool on a blocked tensor with mcopt's pool kernel (no padded copy); None
+    where the kernel does not apply (the Relax pool op is used instead)."""
+    from mcopt.targets.kernels.pool import pool2d_nchwc
+    from mcopt.targets.kernels.relax_ops import _call
+
+    at = node.attrs
+    if node.op not in ("max_pool", "avg_pool") or x.ty.dtype != "float32":
+        return None
+    in_shape = LowerContext.shape_of(x)
+    out_shape = lay.blocked_shape(tuple(node.output.shape))
+    func = pool2d_nchwc(
+        in_shape,
+        out_shape[2:4],
+        "max" if node.op == "max_pool" else "avg",
+        at["kernel"],
+        at["strides"],
+        at["pads"],
+        at.get("dilations", (1, 1)),
+        bool(at.get("count_include_pad", 0)),
+    )
+    return _call(bb, func, f"{node.op}_nchwc", [x], out_shape, "float32")
+
+
 def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
     """A per-channel op on blocked tensors (the plan put its output in ``lay``)."""
     ctx, bb = vals.ctx, vals.ctx.bb
@@ -298,6 +322,9 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
             y = R.mean(x, axis=[2, 3], keepdims=True)
         elif op == "global_max_pool":
             y = R.max(x, axis=[2, 3], keepdims=True)
+        elif (y := _blocked_pool_kernel(bb, node, x, lay)) is not None:
+            vals.set_blocked(out, y, lay)
+            return
         else:
             common = {
                 "pool_size": tuple(at["kernel"]),
