@@ -21,8 +21,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu import interleaved, load_model  # noqa: E402
-from common import THREADS, markdown_table, max_rel_err, ort_session, write_outputs  # noqa: E402
+from bench_cpu import interleaved  # noqa: E402
+from common import (  # noqa: E402
+    THREADS,
+    markdown_table,
+    max_rel_err,
+    model_set,
+    ort_session,
+    write_outputs,
+)
 
 DEFAULT_MODELS = "lenet5,lenet300,mobilenet_v2,squeezenet,resnet18_like"
 DEFAULT_THRESHOLDS = "0,50000,100000,200000,400000,1000000"
@@ -33,7 +40,7 @@ def _model(name: str) -> Any:
         from mcopt import zoo
 
         return zoo.resnet18_like()
-    return load_model(name)
+    return model_set([name])[name]
 
 
 def bench_model(name: str, thresholds: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -156,8 +156,13 @@ def _lower_fused_conv(vals: _Values, f: FusedOp, target: Any) -> None:
     res = None
     if f.residual is not None:
         res, _ = vals.blocked_of(f.residual, lout)
-    emit = K.emit_depthwise_conv2d if f.kind == "depthwise" else K.emit_conv2d
-    y = emit(vals.ctx.bb, x, w, bias, residual=res, **geom)
+    m = _winograd_tile(f, w, x, lx, lout, res is not None, target, vals.lanes)
+    if m is not None:
+        geom.pop("strides"), geom.pop("dilation"), geom.pop("target")
+        y = K.emit_winograd_conv2d(vals.ctx.bb, x, w, bias, m, residual=res, **geom)
+    else:
+        emit = K.emit_depthwise_conv2d if f.kind == "depthwise" else K.emit_conv2d
+        y = emit(vals.ctx.bb, x, w, bias, residual=res, **geom)
     got = LowerContext.shape_of(y)
     if got != lout.blocked_shape(tuple(f.output.shape)):
         raise TargetError(
@@ -165,6 +170,37 @@ def _lower_fused_conv(vals: _Values, f: FusedOp, target: Any) -> None:
             f"layout {lout} of {list(f.output.shape)}"
         )
     vals.set_blocked(f.output, y, lout)
+
+
+def _winograd_tile(
+    f: FusedOp,
+    w: np.ndarray,
+    x: relax.Expr,
+    lx: Layout,
+    lout: Layout,
+    residual: bool,
+    target: Any,
+    lanes: int,
+) -> int | None:
+    """The Winograd tile (2 / 4) for a fused 3x3 stride-1 conv where it measured faster than
+    the direct template on this target (:func:`~mcopt.targets.kernels.winograd_nchwc.choose_tile`),
+    else None. Needs both layouts blocked by ``lanes`` (the kernel's vectors run over channels)."""
+    from mcopt.targets.kernels import winograd_nchwc as wn
+    from mcopt.targets.kernels.epilogue import Epilogue
+
+    if f.kind != "conv" or lx.bn != lanes or lout.bn != lanes:
+        return None
+    at = f.node.attrs
+    n, _, h, wd, _ = LowerContext.shape_of(x)
+    data_shape = (n, lx.padded, h, wd)
+    if not wn.is_candidate(data_shape, w.shape, at["strides"], at["dilations"], lanes):
+        return None
+    ep = Epilogue(f.bias is not None, residual, f.activation, *f.clip)
+    try:
+        return wn.choose_tile(data_shape, w.shape[0], tuple(at["pads"]), ep, target, lanes)
+    except Exception as e:  # a failed measurement keeps the direct conv
+        log.warning("node %r: Winograd not measured (%s); direct conv", f.node.name, _first_line(e))
+        return None
 
 
 def _lower_fused_grouped(

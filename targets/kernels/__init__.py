@@ -29,6 +29,7 @@ _LAZY: dict[str, str] = {
     "emit_conv2d": "mcopt.targets.kernels.relax_ops",
     "emit_depthwise_conv2d": "mcopt.targets.kernels.relax_ops",
     "emit_dense": "mcopt.targets.kernels.relax_ops",
+    "emit_winograd_conv2d": "mcopt.targets.kernels.relax_ops",
     "emit_to_blocked": "mcopt.targets.kernels.relax_ops",
     "emit_from_blocked": "mcopt.targets.kernels.relax_ops",
     "emit_permute_channels": "mcopt.targets.kernels.relax_ops",
@@ -73,6 +74,7 @@ __all__ = [
     "emit_from_blocked",
     "emit_permute_channels",
     "emit_to_blocked",
+    "emit_winograd_conv2d",
     "finalize_kernel",
     "host_target",
 ]

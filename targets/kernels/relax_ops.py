@@ -184,6 +184,39 @@ def emit_conv2d(
     )
 
 
+def emit_winograd_conv2d(
+    bb: Any,
+    x: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    m: int,
+    *,
+    padding: int | Sequence[int] = 1,
+    activation: str | None = None,
+    clip: tuple[float, float] = (0.0, 6.0),
+    residual: Any = None,
+) -> Any:
+    """``act(conv3x3(x, weight) + bias (+ residual))`` by Winograd F(m x m, 3 x 3) on a blocked
+    ``x (N, C/bn, H, W, bn)`` (:mod:`.winograd_nchwc`); the result is blocked with the same
+    ``bn``. ``weight`` is the logical OIHW 3x3 numpy array (C and O multiples of ``bn``)."""
+    from tvm import relax
+
+    from mcopt.targets.kernels.winograd_nchwc import pack_weight, winograd_conv2d_nchwc
+
+    n, cb, h, w, bn = _shape(x)
+    dtype = str(x.ty.dtype)
+    o = int(weight.shape[0])
+    pads = _pads(padding)
+    ep = Epilogue(bias is not None, residual is not None, activation, *clip)
+    func, plan = winograd_conv2d_nchwc((n, cb * bn, h, w), o, m, pads, ep, bn)
+    args = [x, relax.const(pack_weight(weight, m, plan.rv, bn))]
+    if bias is not None:
+        args.append(relax.const(layout.pack_bias(bias.astype(dtype), bn)))
+    if residual is not None:
+        args.append(residual)
+    return _call(bb, func, f"winograd{m}_nchwc", args, (n, o // bn, plan.oh, plan.ow, bn), dtype)
+
+
 def emit_depthwise_conv2d(
     bb: Any,
     x: Any,
