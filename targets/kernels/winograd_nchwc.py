@@ -42,14 +42,16 @@ from mcopt.ops.winograd import TRANSFORMS, winograd_weight
 from mcopt.targets.kernels.epilogue import Epilogue
 from mcopt.targets.kernels.winograd import _lin, _terms
 
-#: (rp, rv) register tiles of the GEMM: rp tile positions x rv vectors of output channels
-_TILES = ((3, 4), (4, 3), (2, 6), (6, 2), (4, 2), (2, 4), (12, 1), (6, 1), (3, 2), (2, 2), (1, 4))
+#: (rp, rv) register tiles of the GEMM: rp tile positions x rv vectors of output channels. At
+#: most 12 accumulators + rv weight vectors + a broadcast in AVX2's 16 registers: 3 x 4 (17) made
+#: LLVM spill accumulators to the stack (F(2x2) 64@56: 1.63 ms with 3 x 4, 0.98 ms with 6 x 2)
+_TILES = ((6, 2), (5, 2), (4, 2), (2, 4), (3, 3), (3, 2), (8, 1), (6, 1), (2, 2), (4, 1), (1, 4))
 #: convs with fewer MACs are never considered (their whole run is microseconds)
 MIN_WINOGRAD_MACS = 20_000_000
 #: Winograd is taken when it is at least this much faster than the direct template
 MIN_GAIN = 1.05
 #: version of the measurement table's keys (bump when the kernels change materially)
-TABLE_VERSION = "nchwc1"
+TABLE_VERSION = "nchwc3"
 
 
 @dataclass(frozen=True)
@@ -99,14 +101,21 @@ def pack_weight(w: np.ndarray, m: int, rv: int, bn: int) -> np.ndarray:
     return np.ascontiguousarray(packed, dtype=np.float32)
 
 
+def _drop(_line: str) -> None:
+    """Where a stage is left out (:func:`script`'s ``stages``)."""
+
+
 def script(
     data_shape: Sequence[int],
     out_channels: int,
     pl_: WinogradNCHWcPlan,
     pads: Sequence[int],
     epilogue: Epilogue,
+    stages: str = "pad,in,gemm,out",
 ) -> str:
-    """TVMScript source of the kernel (see the module docstring)."""
+    """TVMScript source of the kernel (see the module docstring). ``stages`` leaves out the
+    stages not named (for profiling the stages; the result is then not the conv)."""
+    keep = set(stages.split(","))
     bt, _, at = TRANSFORMS[pl_.m]
     m, a, bn = pl_.m, pl_.alpha, pl_.bn
     n, c, h, w = (int(d) for d in data_shape)
@@ -137,6 +146,7 @@ def script(
     add(f'    V = T.alloc_buffer(({a2}, {pp}, {c}), "float32")')
     add(f'    M = T.alloc_buffer(({a2}, {pp}, {o}), "float32")')
     # 1. zero padding, blocked
+    add = L.append if "pad" in keep else _drop
     add(f"    for t in T.parallel({n * cb}):")
     add(f"        for yy, xx in T.grid({hp}, {wp}):")
     add(f"            for l in T.vectorized({bn}):")
@@ -145,33 +155,36 @@ def script(
         f"{pt} <= yy and yy < {h + pt} and {pl} <= xx and xx < {w + pl}, "
         f"x[t // {cb}, t % {cb}, yy - {pt}, xx - {pl}, l], T.float32(0.0))"
     )
-    # 2. input transform per (n, c block, tile row), vectorized over the channel block
-    add(f'    TI = T.alloc_buffer(({n * cb * th}, {a2}, {bn}), "float32")')
-    add(f"    for t in T.parallel({n * cb * th}):")
+    add = L.append if "in" in keep else _drop
+    # 2. input transform per (n, tile row), all channel blocks of a tile in turn (a task writes
+    # whole rows V[e, p, :]: tasks split by channel block would share V's cache lines), vectorized
+    # over the channel block
+    add(f'    TI = T.alloc_buffer(({n * th}, {a2}, {bn}), "float32")')
+    add(f"    for t in T.parallel({n * th}):")
     add(
         f'        ti = T.decl_buffer(({a2}, {bn}), "float32", data=TI.data, '
         f"elem_offset=t * {a2 * bn})"
     )
-    add(f"        for tx in range({tw}):")
+    add(f"        for tx, cc in T.grid({tw}, {cb}):")
     add(f"            for l in T.vectorized({bn}):")
-    nn, cc, ty = f"(t // {cb * th})", f"(t // {th} % {cb})", f"(t % {th})"
+    nn, ty = f"(t // {th})", f"(t % {th})"
     pidx = f"{nn} * {th * tw} + {ty} * {tw} + tx"
 
     def d(i: int, j: int) -> str:
-        return f"xpad[{nn}, {cc}, {ty} * {m} + {i}, tx * {m} + {j}, l]"
+        return f"xpad[{nn}, cc, {ty} * {m} + {i}, tx * {m} + {j}, l]"
 
     for xi in range(a):
         for j in range(a):
-            add(
-                f"                ti[{xi * a + j}, l] = {_lin([(ci, d(i, j)) for i, ci in _terms(bt, xi)])}"
-            )
+            val = _lin([(ci, d(i, j)) for i, ci in _terms(bt, xi)])
+            add(f"                ti[{xi * a + j}, l] = {val}")
     for xi in range(a):
         for nu in range(a):
             val = _lin([(cj, f"ti[{xi * a + j}, l]") for j, cj in _terms(bt, nu)])
-            add(f"                V[{xi * a + nu}, {pidx}, {cc} * {bn} + l] = {val}")
+            add(f"                V[{xi * a + nu}, {pidx}, cc * {bn} + l] = {val}")
     if pp > p_real:
         add(f"    for e, pz, rc in T.grid({a2}, {pp - p_real}, {c}):")
         add(f"        V[e, {p_real} + pz, rc] = T.float32(0.0)")
+    add = L.append if "gemm" in keep else _drop
     # 3. the alpha^2 GEMMs, register tile rp positions x rv output vectors
     mo = f"(t % {nob} * {rv} + vi) * {bn} + l"
     add(f"    for t in T.parallel({a2 * nob}):")
@@ -189,6 +202,7 @@ def script(
         f"M[t // {nob}, po * {rp} + pi, {mo}] + V[t // {nob}, po * {rp} + pi, rc] * "
         f"u[t // {nob}, t % {nob}, rc, vi * {bn} + l]"
     )
+    add = L.append if "out" in keep else _drop
     # 4. output transform + epilogue per (n, o block, tile row), vectorized over the block
     add(f'    TO = T.alloc_buffer(({n * ob * th}, {m * a}, {bn}), "float32")')
     add(f"    for t in T.parallel({n * ob * th}):")
