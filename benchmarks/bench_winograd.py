@@ -1,12 +1,15 @@
 """Winograd F(2x2,3x3) / F(4x4,3x3) vs the direct conv template on the 3x3 layers of ResNet-50 and VGG.
 
 For every layer (batch 1, C_in = C_out, stride 1, pad 1): mcopt's direct blocked-NCHWc template
-(:func:`mcopt.targets.kernels.conv2d_nchwc`, kernel only: activations already blocked) and mcopt's
-Winograd kernel (:func:`mcopt.targets.kernels.winograd.winograd_conv2d`, NCHW in and out, transforms
-included), compiled once each and timed in alternating rounds (the machine is shared): min and
-median ms, the speedup of each tile over direct, the theory (2.25x / 4x fewer multiplies) and
-the output error against float64 direct convolution. The rows are also written into the JSON
-table the ``winograd`` pass reads with ``only_if_faster=True`` (``--table``).
+(:func:`mcopt.targets.kernels.conv2d_nchwc`, kernel only: activations already blocked), mcopt's
+blocked Winograd kernel (:mod:`mcopt.targets.kernels.winograd_nchwc`, what the CPU build picks
+per layer: same layouts, transforms included; columns "NCHWc F2/F4") and the NCHW Winograd kernel
+of the ``winograd`` graph pass (:func:`mcopt.targets.kernels.winograd.winograd_conv2d`, NCHW in
+and out; columns "NCHW F2/F4"), all with a fused bias, compiled once each and timed in
+alternating rounds (the machine is shared): min and median ms, the speedup of each over direct
+(theory: 2.25x / 4x fewer multiplies) and the output error against float64 direct convolution.
+The NCHW rows are also written into the JSON table the ``winograd`` pass reads with
+``only_if_faster=True`` (``--table``).
 
     python benchmarks/bench_winograd.py [--layers resnet|vgg|all] [--budget 6] [--table PATH]
 """
@@ -65,6 +68,23 @@ def _compile_layer(c: int, hw: int, target: Any) -> tuple[dict[str, Any], dict[s
         lib["main"](*args)
         got = layout.unpack_nchwc(out.numpy())
         errs["direct"] = float(np.abs(got - ref).max() / np.abs(ref).max())
+    from mcopt.targets.kernels import winograd_nchwc as wn
+
+    for m in (2, 4):  # the blocked kernel the CPU build uses
+        f, bplan = wn.winograd_conv2d_nchwc(xs, c, m, (1, 1, 1, 1), Epilogue(bias=True))
+        lib = tvm.compile(tvm.IRModule({"main": f}), target=target)
+        out = t(np.zeros((1, c // 8, hw, hw, 8), np.float32))
+        args = [
+            t(layout.pack_nchwc(x, 8)),
+            t(wn.pack_weight(w, m, bplan.rv, 8)),
+            t(b.reshape(c // 8, 8)),
+            out,
+        ]
+        libs[f"b{m}"] = (lib, args)
+        if ref is not None:
+            lib["main"](*args)
+            got = layout.unpack_nchwc(out.numpy())
+            errs[f"b{m}"] = float(np.abs(got - ref).max() / np.abs(ref).max())
     for m in (2, 4):
         f, plan = winograd_conv2d(xs, c, m, (1, 1, 1, 1), Epilogue(bias=True), target)
         lib = tvm.compile(tvm.IRModule({"main": f}), target=target)
@@ -89,7 +109,7 @@ def main() -> None:
     ap.add_argument("--layers", choices=["resnet", "vgg", "all"], default="all")
     ap.add_argument("--budget", type=float, default=6.0, help="seconds of timing per layer")
     ap.add_argument("--table", default=str(Path.home() / ".cache/mcopt/winograd_table.json"))
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--out", default="bench-out")
     args = ap.parse_args()
     from mcopt.targets.kernels.target_info import host_target
     from mcopt.targets.kernels.winograd import layer_key, target_key
@@ -115,9 +135,9 @@ def main() -> None:
         for k, ts in times.items():
             row[f"{k}_min"], row[f"{k}_med"] = min(ts), float(np.median(ts))
             row[f"{k}_err"] = errs.get(k)
-        for m in (2, 4):
-            row[f"f{m}_speedup"] = row["direct_min"] / row[f"f{m}_min"]
-        best = min(("direct", "f2", "f4"), key=lambda k: row[f"{k}_min"])
+        for k in ("f2", "f4", "b2", "b4"):
+            row[f"{k}_speedup"] = row["direct_min"] / row[f"{k}_min"]
+        best = min(("direct", "b2", "b4"), key=lambda k: row[f"{k}_min"])
         row["pick"] = best
         row["compile_s"] = compile_s
         rows.append(row)
@@ -125,7 +145,9 @@ def main() -> None:
         table[key] = {k: row[f"{k}_min"] for k in ("direct", "f2", "f4")}
         print(
             f"{model:9s} {row['layer']:16s} direct {row['direct_min']:8.3f} "
-            f"F2 {row['f2_min']:8.3f} ({row['f2_speedup']:.2f}x) "
+            f"NCHWc F2 {row['b2_min']:8.3f} ({row['b2_speedup']:.2f}x) "
+            f"F4 {row['b4_min']:8.3f} ({row['b4_speedup']:.2f}x) | "
+            f"NCHW F2 {row['f2_min']:8.3f} ({row['f2_speedup']:.2f}x) "
             f"F4 {row['f4_min']:8.3f} ({row['f4_speedup']:.2f}x) -> {best}",
             flush=True,
         )
@@ -136,14 +158,16 @@ def main() -> None:
         ("layer", "3x3 layer", ""),
         ("direct_min", "direct ms (min)", ".3f"),
         ("direct_med", "direct ms (med)", ".3f"),
-        ("f2_min", "F(2,3) ms (min)", ".3f"),
-        ("f2_med", "F(2,3) ms (med)", ".3f"),
-        ("f2_speedup", "F(2,3) speedup", ".2f"),
-        ("f4_min", "F(4,3) ms (min)", ".3f"),
-        ("f4_med", "F(4,3) ms (med)", ".3f"),
-        ("f4_speedup", "F(4,3) speedup", ".2f"),
-        ("f4_err", "F(4,3) rel err", ".1e"),
-        ("pick", "picked", ""),
+        ("b2_min", "NCHWc F(2,3) ms", ".3f"),
+        ("b2_speedup", "NCHWc F(2,3) speedup", ".2f"),
+        ("b4_min", "NCHWc F(4,3) ms", ".3f"),
+        ("b4_speedup", "NCHWc F(4,3) speedup", ".2f"),
+        ("b4_err", "NCHWc F(4,3) rel err", ".1e"),
+        ("f2_min", "NCHW F(2,3) ms", ".3f"),
+        ("f2_speedup", "NCHW F(2,3) speedup", ".2f"),
+        ("f4_min", "NCHW F(4,3) ms", ".3f"),
+        ("f4_speedup", "NCHW F(4,3) speedup", ".2f"),
+        ("pick", "fastest (direct / NCHWc)", ""),
     ]
     md = markdown_table(rows, cols)
     print(md)

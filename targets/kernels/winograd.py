@@ -140,6 +140,28 @@ def _vec_width(n: int, lanes: int) -> int:
     return v
 
 
+def separable(
+    mat: np.ndarray, src: Any, a: int, tmp: str
+) -> tuple[list[tuple[int, str]], list[tuple[int, int, str]]]:
+    """The two passes of the separable transform ``Y = mat D mat^T`` (D is ``a x a``, read through
+    ``src(i, j)``) as TVMScript expressions with only the nonzero terms: the first pass
+    ``[(r * a + j, expr of tmp[r * a + j, l])]`` with ``tmp[r, j] = sum_i mat[r, i] D[i, j]``, the
+    second ``[(r, s, expr of Y[r, s])]`` with ``Y[r, s] = sum_j mat[s, j] tmp[r, j]`` (a scratch
+    buffer, not lets: TVM's vectorizer mis-handles let-bound vectors)."""
+    rows = mat.shape[0]
+    first = [
+        (r * a + j, _lin([(ci, src(i, j)) for i, ci in _terms(mat, r)]))
+        for r in range(rows)
+        for j in range(a)
+    ]
+    second = [
+        (r, s, _lin([(cj, f"{tmp}[{r * a + j}, l]") for j, cj in _terms(mat, s)]))
+        for r in range(rows)
+        for s in range(rows)
+    ]
+    return first, second
+
+
 def winograd_script(
     data_shape: Sequence[int],
     out_channels: int,
@@ -205,16 +227,11 @@ def winograd_script(
     def d(i: int, j: int) -> str:
         return f"xpad[cn % {n}, cn // {n}, ty * {m} + {i}, (txo * {vi} + l) * {m} + {j}]"
 
-    # separable: ti[xi, j] = sum_i BT[xi, i] d[i, j]; V[xi, nu] = sum_j BT[nu, j] ti[xi, j]
-    # (a scratch buffer, not lets: TVM's vectorizer mis-handles let-bound vectors)
-    for xi in range(a):
-        for j in range(a):
-            val = _lin([(ci, d(i, j)) for i, ci in _terms(bt, xi)])
-            add(f"                ti[{xi * a + j}, l] = {val}")
-    for xi in range(a):
-        for nu in range(a):
-            pairs = [(cj, f"ti[{xi * a + j}, l]") for j, cj in _terms(bt, nu)]
-            add(f"                V[{xi * a + nu}, cn // {n}, {pin}] = {_lin(pairs)}")
+    first, second = separable(bt, d, a, "ti")
+    for k, val in first:
+        add(f"                ti[{k}, l] = {val}")
+    for xi, nu, val in second:
+        add(f"                V[{xi * a + nu}, cn // {n}, {pin}] = {val}")
     if pp > p_real:
         add(f"    for e, rc, pz in T.grid({a2}, {c}, {pp - p_real}):")
         add(f"        V[e, rc, {p_real} + pz] = T.float32(0.0)")
@@ -250,24 +267,20 @@ def winograd_script(
     def mv(xi: int, nu: int) -> str:
         return f"M[{xi * a + nu}, t % {o}, {p_out}]"
 
-    # separable: to[r, nu] = sum_xi AT[r, xi] M[xi, nu]; Y[r, s] = sum_nu AT[s, nu] to[r, nu]
-    for ya in range(m):
-        for nu in range(a):
-            pairs = [(ca, mv(xi, nu)) for xi, ca in _terms(at, ya)]
-            add(f"                to[{ya * a + nu}, l] = {_lin(pairs)}")
-    for ya in range(m):
-        for xb in range(m):
-            val = _lin([(cb, f"to[{ya * a + nu}, l]") for nu, cb in _terms(at, xb)])
-            if epilogue.bias:
-                val = f"{val} + bias[t % {o}]"
-            if lo is not None:
-                val = f"T.max({val}, T.float32({float(lo)!r}))"
-            if hi is not None:
-                val = f"T.min({val}, T.float32({float(hi)!r}))"
-            add(
-                f"                {y_name}[t // {o}, t % {o}, ty * {m} + {ya}, "
-                f"(txo * {vw} + l) * {m} + {xb}] = {val}"
-            )
+    first, second = separable(at, mv, a, "to")
+    for k, val in first:
+        add(f"                to[{k}, l] = {val}")
+    for ya, xb, val in second:
+        if epilogue.bias:
+            val = f"{val} + bias[t % {o}]"
+        if lo is not None:
+            val = f"T.max({val}, T.float32({float(lo)!r}))"
+        if hi is not None:
+            val = f"T.min({val}, T.float32({float(hi)!r}))"
+        add(
+            f"                {y_name}[t // {o}, t % {o}, ty * {m} + {ya}, "
+            f"(txo * {vw} + l) * {m} + {xb}] = {val}"
+        )
     if not exact:
         add(f"    for t in T.parallel({n * o}):")
         add(f"        for yy, xx in T.grid({oh}, {ow}):")

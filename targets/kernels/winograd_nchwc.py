@@ -40,7 +40,7 @@ import numpy as np
 
 from mcopt.ops.winograd import TRANSFORMS, winograd_weight
 from mcopt.targets.kernels.epilogue import Epilogue
-from mcopt.targets.kernels.winograd import _lin, _terms
+from mcopt.targets.kernels.winograd import separable
 
 #: (rp, rv) register tiles of the GEMM: rp tile positions x rv vectors of output channels. At
 #: most 12 accumulators + rv weight vectors + a broadcast in AVX2's 16 registers: 3 x 4 (17) made
@@ -173,14 +173,11 @@ def script(
     def d(i: int, j: int) -> str:
         return f"xpad[{nn}, cc, {ty} * {m} + {i}, tx * {m} + {j}, l]"
 
-    for xi in range(a):
-        for j in range(a):
-            val = _lin([(ci, d(i, j)) for i, ci in _terms(bt, xi)])
-            add(f"                ti[{xi * a + j}, l] = {val}")
-    for xi in range(a):
-        for nu in range(a):
-            val = _lin([(cj, f"ti[{xi * a + j}, l]") for j, cj in _terms(bt, nu)])
-            add(f"                V[{xi * a + nu}, {pidx}, cc * {bn} + l] = {val}")
+    first, second = separable(bt, d, a, "ti")
+    for k, val in first:
+        add(f"                ti[{k}, l] = {val}")
+    for xi, nu, val in second:
+        add(f"                V[{xi * a + nu}, {pidx}, cc * {bn} + l] = {val}")
     if pp > p_real:
         add(f"    for e, pz, rc in T.grid({a2}, {pp - p_real}, {c}):")
         add(f"        V[e, {p_real} + pz, rc] = T.float32(0.0)")
@@ -218,34 +215,30 @@ def script(
     def mv(xi: int, nu: int) -> str:
         return f"M[{xi * a + nu}, {pidx}, {oc} * {bn} + l]"
 
-    for r in range(m):
-        for nu in range(a):
-            add(
-                f"                to[{r * a + nu}, l] = {_lin([(ca, mv(xi, nu)) for xi, ca in _terms(at, r)])}"
-            )
-    for r in range(m):
-        for s in range(m):
-            y, x_ = f"{ty} * {m} + {r}", f"tx * {m} + {s}"
-            val = _lin([(cb_, f"to[{r * a + nu}, l]") for nu, cb_ in _terms(at, s)])
-            if epilogue.bias:
-                val = f"{val} + bias[{oc}, l]"
-            if epilogue.residual:
-                val = f"{val} + res[{nn}, {oc}, {y}, {x_}, l]"
-            if lo is not None:
-                val = f"T.max({val}, T.float32({float(lo)!r}))"
-            if hi is not None:
-                val = f"T.min({val}, T.float32({float(hi)!r}))"
-            conds = []
-            if oh % m and r >= oh % m:
-                conds.append(f"{y} < {oh}")
-            if ow % m and s >= ow % m:
-                conds.append(f"{x_} < {ow}")
-            store = f"out[{nn}, {oc}, {y}, {x_}, l] = {val}"
-            if conds:
-                add(f"                if {' and '.join(conds)}:")
-                add(f"                    {store}")
-            else:
-                add(f"                {store}")
+    first, second = separable(at, mv, a, "to")
+    for k, val in first:
+        add(f"                to[{k}, l] = {val}")
+    for r, s, val in second:
+        y, x_ = f"{ty} * {m} + {r}", f"tx * {m} + {s}"
+        if epilogue.bias:
+            val = f"{val} + bias[{oc}, l]"
+        if epilogue.residual:
+            val = f"{val} + res[{nn}, {oc}, {y}, {x_}, l]"
+        if lo is not None:
+            val = f"T.max({val}, T.float32({float(lo)!r}))"
+        if hi is not None:
+            val = f"T.min({val}, T.float32({float(hi)!r}))"
+        conds = []
+        if oh % m and r >= oh % m:
+            conds.append(f"{y} < {oh}")
+        if ow % m and s >= ow % m:
+            conds.append(f"{x_} < {ow}")
+        store = f"out[{nn}, {oc}, {y}, {x_}, l] = {val}"
+        if conds:
+            add(f"                if {' and '.join(conds)}:")
+            add(f"                    {store}")
+        else:
+            add(f"                {store}")
     return "\n".join(L) + "\n"
 
 
