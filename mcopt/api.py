@@ -248,6 +248,13 @@ def optimize(
         result.compiled = (
             build(graph, target=target, db=db) if db is not None else build(graph, target=target)
         )
+        choices = getattr(result.compiled, "choices", None) or {}
+        if choices:
+            result.notes.append(
+                "kernels chosen per layer by measurement on this machine (cached; "
+                "MCOPT_WINOGRAD=off keeps direct convs): "
+                + ", ".join(f"{what} x{n}" for what, n in choices.items())
+            )
         tuning = getattr(result.compiled, "tuning_report", None)
         if tuning is not None:
             result.notes.append(f"tuning database {str(db)!r}: {tuning.message()}")

@@ -73,6 +73,7 @@ class CompiledModel(CompiledBase):
         pipeline: str = "mcopt",
     ) -> None:
         super().__init__(executable, target, input_specs, output_names, pipeline)
+        self.choices: dict[str, int] = {}  # per-layer choices of the lowering (see build)
         self.device = tvm.cpu()
         self._vm = relax.VirtualMachine(executable, self.device)
         self._local = threading.local()
@@ -253,9 +254,21 @@ def build(
             f"target {spec.name!r} cannot run in this process; use its own build path"
         )
     mod = lower_for(graph, spec, pipeline)
+    choices = lowering_choices(mod)
     ex = compile_module(mod, spec, pipeline)
     specs = [(v.name, tuple(v.shape), v.dtype) for v in graph.inputs]
-    return CompiledModel(ex, spec.name, specs, [v.name for v in graph.outputs], pipeline)
+    model = CompiledModel(ex, spec.name, specs, [v.name for v in graph.outputs], pipeline)
+    model.choices = choices
+    return model
+
+
+def lowering_choices(mod: tvm.IRModule) -> dict[str, int]:
+    """What the planned lowering chose per layer where it had a choice (``{"3x3 conv: Winograd
+    F(4x4,3x3)": 6, ...}``), from the module attribute it leaves; empty for other lowerings."""
+    attrs = mod.attrs
+    if attrs is None or "mcopt.choices" not in attrs:
+        return {}
+    return {str(k): int(v) for k, v in attrs["mcopt.choices"].items()}
 
 
 __all__ = [
@@ -264,6 +277,7 @@ __all__ = [
     "build",
     "compile_module",
     "load_library",
+    "lowering_choices",
     "lower_for",
     "mcopt_pipeline",
 ]

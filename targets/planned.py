@@ -73,6 +73,11 @@ class _Values:
         self.plain: dict[int, relax.Expr] = {}
         self.blocked: dict[int, dict[Layout, relax.Expr]] = {}
         self.home: dict[int, Layout] = {}
+        #: what the lowering chose where it had a choice, e.g. {"3x3 conv: winograd F(4x4)": 6}
+        self.choices: dict[str, int] = {}
+
+    def chose(self, what: str) -> None:
+        self.choices[what] = self.choices.get(what, 0) + 1
 
     def set_plain(self, v: Value, e: relax.Expr) -> None:
         self.plain[id(v)] = e
@@ -157,7 +162,10 @@ def _lower_fused_conv(vals: _Values, f: FusedOp, target: Any) -> None:
     if f.residual is not None:
         res, _ = vals.blocked_of(f.residual, lout)
     m = _winograd_tile(f, w, x, lx, lout, res is not None, target, vals.lanes)
-    if m is not None:
+    if m == 0:
+        vals.chose("3x3 conv: direct (measured faster than Winograd)")
+    if m:
+        vals.chose(f"3x3 conv: Winograd F({m}x{m},3x3)")
         geom.pop("strides"), geom.pop("dilation"), geom.pop("target")
         y = K.emit_winograd_conv2d(vals.ctx.bb, x, w, bias, m, residual=res, **geom)
     else:
@@ -184,7 +192,8 @@ def _winograd_tile(
 ) -> int | None:
     """The Winograd tile (2 / 4) for a fused 3x3 stride-1 conv where it measured faster than
     the direct template on this target (:func:`~mcopt.targets.kernels.winograd_nchwc.choose_tile`),
-    else None. Needs both layouts blocked by ``lanes`` (the kernel's vectors run over channels)."""
+    0 where it was measured slower, None where it does not apply (or is switched off). Needs both
+    layouts blocked by ``lanes`` (the kernel's vectors run over channels)."""
     from mcopt.targets.kernels import winograd_nchwc as wn
     from mcopt.targets.kernels.epilogue import Epilogue
 
@@ -197,10 +206,11 @@ def _winograd_tile(
         return None
     ep = Epilogue(f.bias is not None, residual, f.activation, *f.clip)
     try:
-        return wn.choose_tile(data_shape, w.shape[0], tuple(at["pads"]), ep, target, lanes)
+        m = wn.choose_tile(data_shape, w.shape[0], tuple(at["pads"]), ep, target, lanes)
     except Exception as e:  # a failed measurement keeps the direct conv
         log.warning("node %r: Winograd not measured (%s); direct conv", f.node.name, _first_line(e))
         return None
+    return 0 if m is None and wn.mode() == "auto" else m
 
 
 def _lower_fused_grouped(
@@ -421,7 +431,10 @@ def lower_planned(
             out = results[0] if len(results) == 1 else relax.Tuple(results)
             gv = bb.emit_output(out)
         bb.emit_func_output(gv)
-    return bb.get()
+    mod = bb.get()
+    if vals.choices:
+        mod = mod.with_attr("mcopt.choices", {k: int(v) for k, v in sorted(vals.choices.items())})
+    return mod
 
 
 def _lower_node(vals: _Values, plan: Plan, node: Node, target: Any) -> None:

@@ -820,11 +820,13 @@ def build_with_database(
 
     (What ``builder.build(graph, target, db=DIR)`` does once wired; kept here for benchmarks.)
     """
-    from mcopt.targets.builder import CompiledModel
+    from mcopt.targets.builder import CompiledModel, lowering_choices
     from mcopt.targets.schedule import cpu_schedule_pass
 
     spec = get_target(target)
-    mod, report = apply_database(tuning_module(graph, spec), db, spec)
+    fused = tuning_module(graph, spec)
+    choices = lowering_choices(fused)
+    mod, report = apply_database(fused, db, spec)
     try:
         with spec.tvm_target():
             mod = cpu_schedule_pass(spec.vector_lanes(32), spec.num_cores)(mod)
@@ -833,6 +835,7 @@ def build_with_database(
         raise TargetError(f"TVM build for target {spec.name!r} failed: {_first_line(e)}") from None
     specs = [(v.name, tuple(v.shape), v.dtype) for v in graph.inputs]
     model = CompiledModel(ex, spec.name, specs, [v.name for v in graph.outputs], "mcopt+db")
+    model.choices = choices
     return model, report
 
 

@@ -123,3 +123,17 @@ def test_planned_build_with_winograd_matches(monkeypatch: pytest.MonkeyPatch, mo
     got = build(g, "cpu").run(x)[0]
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
     assert any(k.startswith(f"winograd{mode}_nchwc") for k in kernels), kernels
+
+
+def test_build_and_optimize_report_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled model says which 3x3 convs became Winograd; optimize() puts it in its notes."""
+    import mcopt
+
+    monkeypatch.setenv("MCOPT_WINOGRAD", "4")
+    monkeypatch.setattr(wn, "MIN_WINOGRAD_MACS", 0)
+    proto = zoo.resnet18_like(resolution=32, width=16, num_classes=10)
+    res = mcopt.optimize(proto, target="cpu", measure=False)
+    assert res.compiled.choices == {"3x3 conv: Winograd F(4x4,3x3)": 13}  # 15 3x3 convs, 2 strided
+    assert any("Winograd F(4x4,3x3) x13" in n for n in res.notes)
+    monkeypatch.setenv("MCOPT_WINOGRAD", "off")
+    assert build(load(proto), "cpu").choices == {}

@@ -358,6 +358,14 @@ def _read_table(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def mode() -> str:
+    """``MCOPT_WINOGRAD`` normalised: ``auto`` (default), ``off``, ``2`` or ``4``."""
+    how = os.environ.get("MCOPT_WINOGRAD", "auto").strip().lower() or "auto"
+    if how in ("off", "0", "none", "false", "no"):
+        return "off"
+    return how if how in ("2", "4") else "auto"
+
+
 def choose_tile(
     data_shape: Sequence[int],
     out_channels: int,
@@ -370,11 +378,11 @@ def choose_tile(
 
     ``MCOPT_WINOGRAD``: ``auto`` (default: measured, cached per machine in :func:`table_path`),
     ``off``, or ``2`` / ``4`` (forced for every candidate conv)."""
-    mode = os.environ.get("MCOPT_WINOGRAD", "auto").strip().lower() or "auto"
-    if mode in ("off", "0", "none", "false"):
+    how = mode()
+    if how == "off":
         return None
-    if mode in ("2", "4"):
-        return int(mode)
+    if how in ("2", "4"):
+        return int(how)
     path = table_path()
     key = _key(target, data_shape, out_channels, pads, epilogue)
     table = _read_table(path)
@@ -398,6 +406,7 @@ __all__ = [
     "choose_tile",
     "is_candidate",
     "measure",
+    "mode",
     "pack_weight",
     "plan",
     "script",
