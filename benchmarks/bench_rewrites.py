@@ -30,9 +30,10 @@ even-index MNIST digits (LeNet-5; ``fc-to-gap`` fits on all 500).
 
 Timing (the 2-core machine is shared with other jobs): every rewrite is timed in alternating rounds
 with the unrewritten compiled model, onnxruntime on the original and onnxruntime on the rewrite; each
-round is one ``benchmark`` sample (mean over enough runs to take ~0.2 s; one run for VGG/AlexNet);
+round is one sample (mean over enough runs to take ~0.2 s; one run for VGG/AlexNet);
 the tables give the minimum over the rounds, speedups are ratios of the minima taken in the same
-rounds.
+rounds. Both engines are timed as a user calls them: ``CompiledModel.run`` and onnxruntime's
+``session.run`` in a Python loop, numpy in and out.
 
     python benchmarks/bench_rewrites.py                              # all three models (~25 min)
     python benchmarks/bench_rewrites.py --models lenet5 bvlc_alexnet --rounds 5
@@ -192,23 +193,29 @@ def _calibrated(fn_n: Callable[[int], float], target_ms: float) -> Callable[[], 
     return lambda: fn_n(number)
 
 
+def _loop_timer(call: Callable[[], Any], target_ms: float) -> Callable[[], float]:
+    """ms per call of ``call`` (a Python loop, numpy in and out), over ~``target_ms`` per sample."""
+    call()  # warm-up
+
+    def run(n: int) -> float:
+        t = time.perf_counter()
+        for _ in range(n):
+            call()
+        return (time.perf_counter() - t) * 1e3 / n
+
+    return _calibrated(run, target_ms)
+
+
 def mcopt_timer(cm: Any, feed: dict[str, np.ndarray], target_ms: float) -> Callable[[], float]:
+    """``CompiledModel.run`` as a user calls it (timed like onnxruntime's ``session.run``)."""
     x = list(feed.values())
-    return _calibrated(lambda n: cm.benchmark(x, number=n, repeat=1)["min_ms"], target_ms)
+    return _loop_timer(lambda: cm.run(*x), target_ms)
 
 
 def ort_timer(sess: Any, feed: dict[str, np.ndarray], target_ms: float) -> Callable[[], float]:
     names = [i.name for i in sess.get_inputs()]
     f = {k: v for k, v in zip(names, feed.values())}
-    sess.run(None, f)  # warm-up
-
-    def run(n: int) -> float:
-        t = time.perf_counter()
-        for _ in range(n):
-            sess.run(None, f)
-        return (time.perf_counter() - t) * 1e3 / n
-
-    return _calibrated(run, target_ms)
+    return _loop_timer(lambda: sess.run(None, f), target_ms)
 
 
 #: pause between two engines' samples: onnxruntime's and TVM's pools spin-wait after a run, and
