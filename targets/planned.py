@@ -210,7 +210,7 @@ def _winograd_tile(
     except Exception as e:  # a failed measurement keeps the direct conv
         log.warning("node %r: Winograd not measured (%s); direct conv", f.node.name, _first_line(e))
         return None
-    return 0 if m is None and wn.mode() == "auto" else m
+    return 0 if m is None and wn.mode() == "auto" and wn.measurable_here(target) else m
 
 
 def _lower_fused_grouped(

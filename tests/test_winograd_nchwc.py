@@ -137,3 +137,17 @@ def test_build_and_optimize_report_the_choices(monkeypatch: pytest.MonkeyPatch) 
     assert any("Winograd F(4x4,3x3) x13" in n for n in res.notes)
     monkeypatch.setenv("MCOPT_WINOGRAD", "off")
     assert build(load(proto), "cpu").choices == {}
+
+
+def test_cross_targets_are_not_measured(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """auto mode on an aarch64 target built here keeps the direct conv (nothing to time it on)
+    and measures nothing; a forced tile still applies."""
+    monkeypatch.setenv("MCOPT_WINOGRAD_TABLE", str(tmp_path / "t.json"))
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+    assert not wn.measurable_here(arm) and wn.measurable_here(TARGET)
+    shape, ep, pads = (1, 64, 56, 56), Epilogue(True, False, "relu"), (1, 1, 1, 1)
+    monkeypatch.setenv("MCOPT_WINOGRAD", "auto")
+    assert wn.choose_tile(shape, 64, pads, ep, arm) is None
+    assert not (tmp_path / "t.json").exists()
+    monkeypatch.setenv("MCOPT_WINOGRAD", "4")
+    assert wn.choose_tile(shape, 64, pads, ep, arm) == 4

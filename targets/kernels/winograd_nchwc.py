@@ -358,6 +358,24 @@ def _read_table(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def measurable_here(target: Any) -> bool:
+    """Whether code for ``target`` runs in this process (llvm for this host's architecture)."""
+    import platform
+
+    if target is None:
+        return True
+    if str(target.kind.name) != "llvm":
+        return False
+    triple = str((target.attrs or {}).get("mtriple", "") or "")
+    if not triple:
+        return True
+    arch = platform.machine().lower()
+    same = {"x86_64": ("x86_64", "amd64"), "amd64": ("x86_64", "amd64")}.get(arch, (arch,))
+    return triple.split("-")[0].lower() in same or (
+        arch in ("aarch64", "arm64") and triple.startswith(("aarch64", "arm64"))
+    )
+
+
 def mode() -> str:
     """``MCOPT_WINOGRAD`` normalised: ``auto`` (default), ``off``, ``2`` or ``4``."""
     how = os.environ.get("MCOPT_WINOGRAD", "auto").strip().lower() or "auto"
@@ -383,6 +401,8 @@ def choose_tile(
         return None
     if how in ("2", "4"):
         return int(how)
+    if not measurable_here(target):  # a cross target (arm): nothing to time it on here
+        return None
     path = table_path()
     key = _key(target, data_shape, out_channels, pads, epilogue)
     table = _read_table(path)
@@ -405,6 +425,7 @@ __all__ = [
     "WinogradNCHWcPlan",
     "choose_tile",
     "is_candidate",
+    "measurable_here",
     "measure",
     "mode",
     "pack_weight",
