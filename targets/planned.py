@@ -30,7 +30,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from mcopt.errors import TargetError
+from mcopt.errors import OptionError, TargetError
 from mcopt.ir.core import Graph, Node, Value
 from mcopt.targets import kernels as K
 from mcopt.targets.lower import (
@@ -207,6 +207,8 @@ def _winograd_tile(
     ep = Epilogue(f.bias is not None, residual, f.activation, *f.clip)
     try:
         m = wn.choose_tile(data_shape, w.shape[0], tuple(at["pads"]), ep, target, lanes)
+    except OptionError:
+        raise
     except Exception as e:  # a failed measurement keeps the direct conv
         log.warning("node %r: Winograd not measured (%s); direct conv", f.node.name, _first_line(e))
         return None

@@ -52,9 +52,15 @@ def test_parallel_follows_the_threshold(
     assert ("T.parallel" in sch.mod.script()) is expect_parallel
 
 
-def test_bad_env_value_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MCOPT_MIN_PARALLEL_WORK", "lots")
-    assert threads.min_parallel_work() == threads.MIN_PARALLEL_WORK
+def test_bad_env_value_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcopt.errors import OptionError
+
+    for bad in ("lots", "-5"):
+        monkeypatch.setenv("MCOPT_MIN_PARALLEL_WORK", bad)
+        with pytest.raises(OptionError, match="MCOPT_MIN_PARALLEL_WORK"):
+            threads.min_parallel_work()
+    monkeypatch.setenv("MCOPT_MIN_PARALLEL_WORK", "1e5")
+    assert threads.min_parallel_work() == 100_000
 
 
 def _lenet():

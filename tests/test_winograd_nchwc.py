@@ -87,6 +87,11 @@ def test_choose_tile_modes_and_table(monkeypatch: pytest.MonkeyPatch, tmp_path) 
     for mode, want in (("off", None), ("2", 2), ("4", 4)):
         monkeypatch.setenv("MCOPT_WINOGRAD", mode)
         assert wn.choose_tile(shape, 64, pads, ep, TARGET) == want
+    monkeypatch.setenv("MCOPT_WINOGRAD", "3")
+    from mcopt.errors import OptionError
+
+    with pytest.raises(OptionError, match="MCOPT_WINOGRAD='3': use auto, off, 2 or 4"):
+        wn.choose_tile(shape, 64, pads, ep, TARGET)
     monkeypatch.setenv("MCOPT_WINOGRAD", "auto")
     for row, want in (
         ({"direct": 1.0, "f2": 0.8, "f4": 0.6}, 4),

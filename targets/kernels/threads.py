@@ -33,9 +33,17 @@ def min_parallel_work() -> int:
     if env is None or not env.strip():
         return MIN_PARALLEL_WORK
     try:
-        return max(0, int(float(env)))
+        value = int(float(env))
     except ValueError:
-        return MIN_PARALLEL_WORK
+        value = -1
+    if value < 0:
+        from mcopt.errors import OptionError
+
+        raise OptionError(
+            f"MCOPT_MIN_PARALLEL_WORK={env!r}: give a number of block iterations >= 0 "
+            f"(default {MIN_PARALLEL_WORK}; 0 = every kernel on the thread pool)"
+        )
+    return value
 
 
 def stmt_work(stmt: Any, trips: int = 1) -> int:

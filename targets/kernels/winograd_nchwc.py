@@ -378,10 +378,14 @@ def measurable_here(target: Any) -> bool:
 
 def mode() -> str:
     """``MCOPT_WINOGRAD`` normalised: ``auto`` (default), ``off``, ``2`` or ``4``."""
+    from mcopt.errors import OptionError
+
     how = os.environ.get("MCOPT_WINOGRAD", "auto").strip().lower() or "auto"
     if how in ("off", "0", "none", "false", "no"):
         return "off"
-    return how if how in ("2", "4") else "auto"
+    if how not in ("auto", "2", "4"):
+        raise OptionError(f"MCOPT_WINOGRAD={os.environ['MCOPT_WINOGRAD']!r}: use auto, off, 2 or 4")
+    return how
 
 
 def choose_tile(
