@@ -513,7 +513,7 @@ def main() -> None:
     header = (
         "## Architecture rewrites and Winograd: size, latency, error\n\n"
         f"mcopt CPU target, batch 1, {THREADS} threads; latency = min over {args.rounds} "
-        "alternating rounds on a shared machine (other jobs were running); speedups are ratios of "
+        "alternating rounds (engines alternate so that any load from other jobs hits them alike); speedups are ratios of "
         "minima from the same rounds. VGG-19/AlexNet: seeded random weights, fixed "
         f"param_ratio={args.param_ratio}, {args.calib} random calibration and {args.eval} held-out "
         "random inputs; LeNet-5: trained, calibrated on the even-index MNIST digits "
