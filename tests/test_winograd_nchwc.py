@@ -112,7 +112,8 @@ def test_measure_fills_a_corrupt_table(monkeypatch: pytest.MonkeyPatch, tmp_path
     m = wn.choose_tile(shape, 16, pads, ep, TARGET)
     assert m in (None, 2, 4)
     row = json.loads(table.read_text())[wn._key(TARGET, shape, 16, pads, ep)]
-    assert set(row) == {"direct", "f2", "f4"} and all(v > 0 for v in row.values())
+    assert set(row) == {"direct", "f2", "f4"}  # one entry per kernel (no timing is compared)
+    assert all(isinstance(v, float) and np.isfinite(v) for v in row.values())
 
 
 @pytest.mark.parametrize("mode", ["2", "4"])
