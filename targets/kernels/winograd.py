@@ -140,6 +140,21 @@ def _vec_width(n: int, lanes: int) -> int:
     return v
 
 
+def epilogue_text(val: str, epilogue: Epilogue, bias: str, residual: str = "") -> str:
+    """TVMScript text of ``act(val + bias (+ residual))`` for ``epilogue`` (``bias`` /
+    ``residual``: the indexed buffer loads)."""
+    lo, hi = epilogue.bounds()
+    if epilogue.bias:
+        val = f"{val} + {bias}"
+    if epilogue.residual:
+        val = f"{val} + {residual}"
+    if lo is not None:
+        val = f"T.max({val}, T.float32({float(lo)!r}))"
+    if hi is not None:
+        val = f"T.min({val}, T.float32({float(hi)!r}))"
+    return val
+
+
 def separable(
     mat: np.ndarray, src: Any, a: int, tmp: str
 ) -> tuple[list[tuple[int, str]], list[tuple[int, int, str]]]:
@@ -271,12 +286,7 @@ def winograd_script(
     for k, val in first:
         add(f"                to[{k}, l] = {val}")
     for ya, xb, val in second:
-        if epilogue.bias:
-            val = f"{val} + bias[t % {o}]"
-        if lo is not None:
-            val = f"T.max({val}, T.float32({float(lo)!r}))"
-        if hi is not None:
-            val = f"T.min({val}, T.float32({float(hi)!r}))"
+        val = epilogue_text(val, epilogue, f"bias[t % {o}]")
         add(
             f"                {y_name}[t // {o}, t % {o}, ty * {m} + {ya}, "
             f"(txo * {vw} + l) * {m} + {xb}] = {val}"

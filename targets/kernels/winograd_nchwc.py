@@ -40,7 +40,7 @@ import numpy as np
 
 from mcopt.ops.winograd import TRANSFORMS, winograd_weight
 from mcopt.targets.kernels.epilogue import Epilogue
-from mcopt.targets.kernels.winograd import separable
+from mcopt.targets.kernels.winograd import epilogue_text, separable
 
 #: (rp, rv) register tiles of the GEMM: rp tile positions x rv vectors of output channels. At
 #: most 12 accumulators + rv weight vectors + a broadcast in AVX2's 16 registers: 3 x 4 (17) made
@@ -220,14 +220,7 @@ def script(
         add(f"                to[{k}, l] = {val}")
     for r, s, val in second:
         y, x_ = f"{ty} * {m} + {r}", f"tx * {m} + {s}"
-        if epilogue.bias:
-            val = f"{val} + bias[{oc}, l]"
-        if epilogue.residual:
-            val = f"{val} + res[{nn}, {oc}, {y}, {x_}, l]"
-        if lo is not None:
-            val = f"T.max({val}, T.float32({float(lo)!r}))"
-        if hi is not None:
-            val = f"T.min({val}, T.float32({float(hi)!r}))"
+        val = epilogue_text(val, epilogue, f"bias[{oc}, l]", f"res[{nn}, {oc}, {y}, {x_}, l]")
         conds = []
         if oh % m and r >= oh % m:
             conds.append(f"{y} < {oh}")
