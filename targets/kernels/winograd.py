@@ -30,8 +30,12 @@ so no multiply by a structural zero is left in the code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -155,6 +159,19 @@ def epilogue_text(val: str, epilogue: Epilogue, bias: str, residual: str = "") -
     return val
 
 
+def scratch_tasks(name: str, tasks: int, rows: int, lanes: int, var: str = "t") -> list[str]:
+    """TVMScript lines opening ``for var in T.parallel(tasks)`` with a per-task scratch buffer
+    ``name`` of ``(rows, lanes)`` floats (a slice of one ``NAME`` allocation: the transforms'
+    intermediate pass, written and read inside one task)."""
+    big = name.upper()
+    return [
+        f'    {big} = T.alloc_buffer(({tasks}, {rows}, {lanes}), "float32")',
+        f"    for {var} in T.parallel({tasks}):",
+        f'        {name} = T.decl_buffer(({rows}, {lanes}), "float32", data={big}.data, '
+        f"elem_offset={var} * {rows * lanes})",
+    ]
+
+
 def separable(
     mat: np.ndarray, src: Any, a: int, tmp: str
 ) -> tuple[list[tuple[int, str]], list[tuple[int, int, str]]]:
@@ -229,12 +246,8 @@ def winograd_script(
     )
     # 2. input transform over (c, n, ty, tx), vectorized over tile columns; V's padded tail = 0
     vi = _vec_width(tw, ln)
-    add(f'    TI = T.alloc_buffer(({c * n}, {a * a}, {vi}), "float32")')
-    add(f"    for cn in T.parallel({c * n}):")
-    add(
-        f'        ti = T.decl_buffer(({a * a}, {vi}), "float32", data=TI.data, '
-        f"elem_offset=cn * {a * a * vi})"
-    )
+    for line in scratch_tasks("ti", c * n, a * a, vi, "cn"):
+        add(line)
     add(f"        for ty, txo in T.grid({th}, {tw // vi}):")
     add(f"            for l in T.vectorized({vi}):")
     pin = f"(cn % {n}) * {th * tw} + ty * {tw} + txo * {vi} + l"
@@ -269,12 +282,8 @@ def winograd_script(
     )
     # 4. output transform (+ bias, clamp), vectorized over tile columns when they divide
     vw = _vec_width(tw, ln)
-    add(f'    TO = T.alloc_buffer(({n * o}, {m * a}, {vw}), "float32")')
-    add(f"    for t in T.parallel({n * o}):")
-    add(
-        f'        to = T.decl_buffer(({m * a}, {vw}), "float32", data=TO.data, '
-        f"elem_offset=t * {m * a * vw})"
-    )
+    for line in scratch_tasks("to", n * o, m * a, vw, "t"):
+        add(line)
     add(f"        for ty, txo in T.grid({th}, {tw // vw}):")
     add(f"            for l in T.vectorized({vw}):")
     p_out = f"(t // {o}) * {th * tw} + ty * {tw} + txo * {vw} + l"
@@ -331,6 +340,16 @@ def winograd_conv2d(
 def _time_ms(lib: Any, args: list[Any], dev: Any, repeat: int) -> float:
     ev = lib.mod.time_evaluator("main", dev, number=3, repeat=repeat)
     return float(min(ev(*args).results)) * 1e3
+
+
+def time_kernel(func: Any, arrays: list[np.ndarray], target: Any, repeat: int = 5) -> float:
+    """Best-of-``repeat`` ms of the PrimFunc ``func`` compiled for ``target`` on ``arrays``."""
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
+    return _time_ms(lib, args, dev, repeat)
 
 
 def measure_layer(
@@ -401,6 +420,39 @@ def layer_key(
     )
 
 
+def cached_row(
+    table_path: str | os.PathLike[str],
+    key: str,
+    needed: Sequence[str],
+    measure: Callable[[], dict[str, float]],
+) -> dict[str, float]:
+    """The row ``key`` of the JSON measurement table at ``table_path``, measured (``measure()``)
+    and stored when missing or lacking one of ``needed``. A missing or corrupt file counts as
+    empty (it is re-measured, never fatal); the file is rewritten atomically, re-read first so
+    that rows another process wrote meanwhile are kept."""
+    path = Path(table_path)
+    row = _read_table(path).get(key)
+    if isinstance(row, dict) and all(k in row for k in needed):
+        return row
+    row = {**(row if isinstance(row, dict) else {}), **measure()}
+    table = _read_table(path)
+    table[key] = row
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(table, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return row
+
+
+def _read_table(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing or corrupt: measured again
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def cached_measurement(
     table_path: str,
     data_shape: Sequence[int],
@@ -410,32 +462,23 @@ def cached_measurement(
     tiles: Sequence[int] = (2, 4),
 ) -> dict[str, float]:
     """:func:`measure_layer` through a JSON cache keyed by target + shape (measured once per
-    machine; the file is rewritten atomically)."""
-    import json
-    import os
-    import tempfile
-    from pathlib import Path
-
+    machine; see :func:`cached_row`)."""
     from mcopt.targets.kernels.target_info import host_target
 
     key = layer_key(target_key(target or host_target()), data_shape, out_channels, pads)
-    path = Path(table_path)
-    table: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    row = table.get(key)
-    if row is None or any(f"f{m}" not in row for m in tiles):
-        meas = measure_layer(data_shape, out_channels, pads, tiles, target or host_target())
-        row = {**(row or {}), **meas}
-        table[key] = row
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(table, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    return row
+    return cached_row(
+        table_path,
+        key,
+        [f"f{m}" for m in tiles],
+        lambda: measure_layer(data_shape, out_channels, pads, tiles, target or host_target()),
+    )
 
 
 __all__ = [
     "cached_measurement",
+    "cached_row",
+    "scratch_tasks",
+    "time_kernel",
     "target_key",
     "layer_key",
     "measure_layer",

@@ -28,9 +28,7 @@ and cached in a JSON table), and takes Winograd only where it is faster.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +38,13 @@ import numpy as np
 
 from mcopt.ops.winograd import TRANSFORMS, winograd_weight
 from mcopt.targets.kernels.epilogue import Epilogue
-from mcopt.targets.kernels.winograd import epilogue_text, separable
+from mcopt.targets.kernels.winograd import (
+    cached_row,
+    epilogue_text,
+    scratch_tasks,
+    separable,
+    time_kernel,
+)
 
 #: (rp, rv) register tiles of the GEMM: rp tile positions x rv vectors of output channels. At
 #: most 12 accumulators + rv weight vectors + a broadcast in AVX2's 16 registers: 3 x 4 (17) made
@@ -159,12 +163,8 @@ def script(
     # 2. input transform per (n, tile row), all channel blocks of a tile in turn (a task writes
     # whole rows V[e, p, :]: tasks split by channel block would share V's cache lines), vectorized
     # over the channel block
-    add(f'    TI = T.alloc_buffer(({n * th}, {a2}, {bn}), "float32")')
-    add(f"    for t in T.parallel({n * th}):")
-    add(
-        f'        ti = T.decl_buffer(({a2}, {bn}), "float32", data=TI.data, '
-        f"elem_offset=t * {a2 * bn})"
-    )
+    for line in scratch_tasks("ti", n * th, a2, bn, "t"):
+        add(line)
     add(f"        for tx, cc in T.grid({tw}, {cb}):")
     add(f"            for l in T.vectorized({bn}):")
     nn, ty = f"(t // {th})", f"(t % {th})"
@@ -201,12 +201,8 @@ def script(
     )
     add = L.append if "out" in keep else _drop
     # 4. output transform + epilogue per (n, o block, tile row), vectorized over the block
-    add(f'    TO = T.alloc_buffer(({n * ob * th}, {m * a}, {bn}), "float32")')
-    add(f"    for t in T.parallel({n * ob * th}):")
-    add(
-        f'        to = T.decl_buffer(({m * a}, {bn}), "float32", data=TO.data, '
-        f"elem_offset=t * {m * a * bn})"
-    )
+    for line in scratch_tasks("to", n * ob * th, m * a, bn, "t"):
+        add(line)
     add(f"        for tx in range({tw}):")
     add(f"            for l in T.vectorized({bn}):")
     nn, oc, ty = f"(t // {ob * th})", f"(t // {th} % {ob})", f"(t % {th})"
@@ -272,16 +268,6 @@ def is_candidate(data_shape: Sequence[int], weight_shape: Sequence[int], strides
 
 
 # --- choosing per layer by measurement ---------------------------------------------------------
-def _time(func: Any, arrays: list[np.ndarray], target: Any, repeat: int = 5) -> float:
-    import tvm
-
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
-    dev = tvm.cpu()
-    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
-    ev = lib.mod.time_evaluator("main", dev, number=3, repeat=repeat)
-    return float(min(ev(*args).results)) * 1e3
-
-
 def measure(
     data_shape: Sequence[int],
     out_channels: int,
@@ -316,10 +302,10 @@ def measure(
         raise ValueError(f"direct template blocks {p.ic_bn}/{p.oc_bn} differ from {bn}")
     f = conv2d_nchwc((n, c, h, w), (o, c, 3, 3), 1, tuple(pads), 1, target, p, epilogue)
     wp = layout.pack_conv_weight(g, bn, p.oc_kbn)
-    res = {"direct": _time(f, [x, wp, *extra, out], target)}
+    res = {"direct": time_kernel(f, [x, wp, *extra, out], target)}
     for m in tiles:
         f, pl_ = winograd_conv2d_nchwc((n, c, h, w), o, m, pads, epilogue, bn)
-        res[f"f{m}"] = _time(f, [x, pack_weight(g, m, pl_.rv, bn), *extra, out], target)
+        res[f"f{m}"] = time_kernel(f, [x, pack_weight(g, m, pl_.rv, bn), *extra, out], target)
     return res
 
 
@@ -339,16 +325,6 @@ def _key(target: Any, data_shape: Sequence[int], o: int, pads: Sequence[int], ep
     return (
         f"{TABLE_VERSION}|{target_key(target)}|{shape}->{int(o)}|{','.join(map(str, pads))}|{tail}"
     )
-
-
-def _read_table(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError):  # a corrupt cache is re-measured, not fatal
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def measurable_here(target: Any) -> bool:
@@ -400,19 +376,13 @@ def choose_tile(
         return int(how)
     if not measurable_here(target):  # a cross target (arm): nothing to time it on here
         return None
-    path = table_path()
     key = _key(target, data_shape, out_channels, pads, epilogue)
-    table = _read_table(path)
-    row = table.get(key)
-    if not isinstance(row, dict) or not {"direct", "f2", "f4"} <= set(row):
-        row = measure(data_shape, out_channels, pads, epilogue, target, bn=bn)
-        table = _read_table(path)  # another process may have written meanwhile
-        table[key] = row
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(table, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+    row = cached_row(
+        table_path(),
+        key,
+        ("direct", "f2", "f4"),
+        lambda: measure(data_shape, out_channels, pads, epilogue, target, bn=bn),
+    )
     best = min((2, 4), key=lambda mm: float(row[f"f{mm}"]))
     return best if float(row["direct"]) >= MIN_GAIN * float(row[f"f{best}"]) else None
 
