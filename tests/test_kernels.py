@@ -165,17 +165,31 @@ def test_conv2d_nchwc(ic, oc, hw, k, stride, pad, dil, params, act, residual):
     assert _rel_err(got, ref) <= RTOL
 
 
-def test_depthwise_conv2d_nchwc():
+@pytest.mark.parametrize("pad_copy", [True, False])
+@pytest.mark.parametrize(
+    "stride,pads,dil,residual",
+    [(2, (1, 1, 1, 1), 1, False), (1, (1, 1, 1, 1), 1, True), (1, (0, 2, 1, 0), 2, False)],
+)
+def test_depthwise_conv2d_nchwc(pad_copy, stride, pads, dil, residual):
+    """Both border paths (padded copy; clamped address + select) against the numpy reference,
+    incl. asymmetric pads, dilation and a residual epilogue."""
     rng = np.random.default_rng(2)
     c, hw = 24, 13
     x = rng.standard_normal((1, c, hw, hw)).astype("float32")
     w = rng.standard_normal((c, 1, 3, 3)).astype("float32")
     b = rng.standard_normal(c).astype("float32")
-    ep = Epilogue(activation="relu6")
-    ref = ep.apply_numpy(_conv_ref(x, w, None, 2, (1, 1, 1, 1), groups=c), b.reshape(1, -1, 1, 1))
-    func = depthwise_conv2d_nchwc(x.shape, (3, 3), 2, 1, 1, TARGET, ep, bn=8)
+    ep = Epilogue(activation="relu6", residual=residual)
+    conv = _conv_ref(x, w, None, stride, pads, dilation=dil, groups=c)
+    res = rng.standard_normal(conv.shape).astype("float32") if residual else None
+    ref = ep.apply_numpy(conv, b.reshape(1, -1, 1, 1), res)
+    func = depthwise_conv2d_nchwc(
+        x.shape, (3, 3), stride, pads, dil, TARGET, ep, bn=8, pad_copy=pad_copy
+    )
     args = [layout.pack_nchwc(x, 8), layout.pack_depthwise_weight(w, 8), layout.pack_bias(b, 8)]
-    got = layout.unpack_nchwc(_run(func, args, (1, c // 8, 7, 7, 8)))
+    if residual:
+        args.append(layout.pack_nchwc(res, 8))
+    oh, ow = conv.shape[2:]
+    got = layout.unpack_nchwc(_run(func, args, (1, c // 8, oh, ow, 8)))
     assert _rel_err(got, ref) <= RTOL
 
 
