@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from mcopt.targets.host_threads import configure_threads
 from mcopt.targets.registry import TargetSpec, get_target, register_target, target_names
+
+configure_threads()  # TVM's default pool is half the cores on x86 without SMT (host_threads.py)
 
 _LAZY: dict[str, str] = {
     "CompiledModel": "mcopt.targets.builder",

@@ -7,7 +7,6 @@ Later issues add ``arm`` (aarch64 llvm, cross-compiled), ``cuda`` and ``fpga`` b
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -74,9 +73,11 @@ def _host_cpu() -> tvm.target.Target:
     import tvm
     from tvm.target.codegen import llvm_get_system_cpu
 
+    from mcopt.targets.host_threads import physical_cores
+
     # A dict target is required in TVM 0.27; a bare {"kind": "llvm"} means generic x86-64 (SSE2).
     return tvm.target.Target(
-        {"kind": "llvm", "mcpu": llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1}
+        {"kind": "llvm", "mcpu": llvm_get_system_cpu(), "num-cores": physical_cores()}
     )
 
 

@@ -60,10 +60,10 @@ def cpu_info(target: Any) -> CPUInfo:
 
 def host_target(num_cores: int | None = None) -> Any:
     """The host llvm target with its real ``mcpu`` (a bare llvm target would mean SSE2 only)."""
-    import os
-
     import tvm
     from tvm.target.codegen import llvm_get_system_cpu
 
-    cores = num_cores or os.cpu_count() or 1
+    from mcopt.targets.host_threads import physical_cores
+
+    cores = num_cores or physical_cores()
     return tvm.target.Target({"kind": "llvm", "mcpu": llvm_get_system_cpu(), "num-cores": cores})
