@@ -207,7 +207,13 @@ def test_conv_chain_has_one_layout_transform_each_way() -> None:
     _check(g, [_rand(1, 3, 16, 16)])
 
 
-def _onnx_check(model: object, rtol: float = 1e-4) -> None:
+def _onnx_check(model: object, rtol: float = 3e-4) -> None:
+    """Compiled vs interpreter and onnxruntime, max abs error relative to the output's max.
+
+    float32 rounding grows with depth: on the light VGG-19 / Inception-v2 (softmax outputs, seeded
+    inputs) onnxruntime itself differs from the interpreter by up to 9e-5 and the compiled model
+    by up to 1.6e-4 (direct convs; both orders of summation are valid), hence 3e-4; a wrong
+    kernel is off by O(1)."""
     pytest.importorskip("tvm")
     import onnxruntime as ort
 
@@ -215,7 +221,8 @@ def _onnx_check(model: object, rtol: float = 1e-4) -> None:
     from mcopt.targets import build
 
     g = import_model(model)
-    x = _rand(*g.inputs[0].shape)
+    # its own seeded input: the module RNG's state depends on which tests ran before in the worker
+    x = np.random.default_rng(0).standard_normal(tuple(g.inputs[0].shape)).astype(np.float32)
     got = build(g).run(x)[0]
     ref = interpreter.run(g, [x])[0]
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]

@@ -25,6 +25,12 @@ Goto & van de Geijn's GEMM kernels):
   the flattened plane ``q = oh * OW + ow`` instead (``flat``), rounding ``OH * OW`` up instead of
   every row (7x7: 51 instead of 63 positions for ``reg_n = 3``) when that scores > 2% better and
   ``N * OC / (oc_bn * reg_c) >= 4 * cores`` (the tasks are then ``n x oc tiles``).
+- no rounding copy: rounding the width up needs a zero-padded copy of the input. A conv with
+  padding makes that copy anyway; for one without (1x1 convs) the copy is an extra pass over the
+  input, which for MobileNet's narrow 1x1 convs cost more than the better tile saved (32 -> 16
+  channels at 112x112: 5 x 2 tile with rounding 0.249 ms, 4 x 2 without 0.144 ms, one thread).
+  There, unless every input element feeds ``COPY_NEGLIGIBLE_MACS`` (256) MACs or more, a
+  rounding tile's score is multiplied by ``ROUNDING_COPY_PENALTY`` (0.6).
 - ``unroll_kw``: unroll the ``kw`` loop when the channel block is shorter than the lanes (the RGB
   stem: ``ic_bn = 3``) so that the short ``icb`` loop does not dominate.
 - enough parallel work: ``reg_c`` shrinks while there are fewer than ``4 * cores`` tasks.
@@ -81,13 +87,28 @@ def _info(target: Any) -> CPUInfo:
     return cpu_info(target)
 
 
-def tile_score(ow: int, reg_n: int, reg_c: int) -> float:
-    """FMAs per load of a ``reg_n x reg_c`` tile times the useful fraction of the rounded width."""
-    return reg_n * reg_c / (reg_n + reg_c) * ow / (-(-ow // reg_n) * reg_n)
+#: score factor of a tile that rounds the width up when the conv has no padding of its own: the
+#: rounding then adds a zero-padded copy of the whole input (see the module docstring)
+ROUNDING_COPY_PENALTY = 0.6
+
+#: MACs per input element from which the rounding copy is not worth avoiding (ResNet-50's 7x7
+#: 512 -> 2048 conv keeps its 3 x 4 tile)
+COPY_NEGLIGIBLE_MACS = 256
 
 
-def choose_register_tile(ow: int, occ: int, vregs: int, max_reg_c: int = 4) -> tuple[int, int]:
-    """``(reg_n, reg_c)`` by the rule in the module docstring."""
+def tile_score(ow: int, reg_n: int, reg_c: int, copy_free: bool = True) -> float:
+    """FMAs per load of a ``reg_n x reg_c`` tile times the useful fraction of the rounded width;
+    times :data:`ROUNDING_COPY_PENALTY` when the width is rounded and ``copy_free`` is False."""
+    rounded = -(-ow // reg_n) * reg_n
+    score = reg_n * reg_c / (reg_n + reg_c) * ow / rounded
+    return score if copy_free or rounded == ow else score * ROUNDING_COPY_PENALTY
+
+
+def choose_register_tile(
+    ow: int, occ: int, vregs: int, max_reg_c: int = 4, copy_free: bool = True
+) -> tuple[int, int]:
+    """``(reg_n, reg_c)`` by the rule in the module docstring (``copy_free``: the input is
+    padded anyway, so rounding the width up costs no extra copy)."""
     best: tuple[float, int, int] = (-1.0, 1, 1)
     for rc in _divisors(occ):
         if rc > max_reg_c:
@@ -96,7 +117,7 @@ def choose_register_tile(ow: int, occ: int, vregs: int, max_reg_c: int = 4) -> t
             acc = rn * rc
             if acc > vregs - 4 or (rc > 1 and rn > vregs // 3):
                 continue
-            score = tile_score(ow, rn, rc)
+            score = tile_score(ow, rn, rc, copy_free)
             if score > best[0] + 1e-9:
                 best = (score, rn, rc)
     return best[1], best[2]
@@ -127,12 +148,15 @@ def choose_conv_params(
     max_rc = 4
     while max_rc > 1 and n * (occ // min(max_rc, occ)) * oh < 4 * info.cores:
         max_rc //= 2
-    reg_n, reg_c = choose_register_tile(ow, occ, info.vregs, max_rc)
+    # rounding the width is free when the input is padded anyway, and negligible when every input
+    # element feeds many MACs (the copy is one load + store per element)
+    padded = any((pt, pl, pb, pr)) or oc * kh * kw >= COPY_NEGLIGIBLE_MACS * sh * sw
+    reg_n, reg_c = choose_register_tile(ow, occ, info.vregs, max_rc, padded)
     flat = False
     if ow % reg_n and oh * ow <= 32 * 32:
         # tile the flattened plane when that wastes less (parallel over n x oc tiles only)
-        frn, frc = choose_register_tile(oh * ow, occ, info.vregs, max_rc)
-        better = tile_score(oh * ow, frn, frc) > 1.02 * tile_score(ow, reg_n, reg_c)
+        frn, frc = choose_register_tile(oh * ow, occ, info.vregs, max_rc, padded)
+        better = tile_score(oh * ow, frn, frc, padded) > 1.02 * tile_score(ow, reg_n, reg_c, padded)
         if better and n * occ // frc >= 4 * info.cores:
             reg_n, reg_c, flat = frn, frc, True
     tile_bytes = reg_c * oc_bn * ic * kh * kw * 4
