@@ -85,16 +85,24 @@ def _burst(fn: Callable[[], Any], budget_s: float, max_runs: int) -> list[float]
     return out
 
 
+#: idle seconds before each burst: a thread pool that just ran (onnxruntime's spins after each
+#: run, TVM's briefly too) would otherwise compete for the two cores with the next engine's burst
+PAUSE_S = 0.1
+
+
 def interleaved(
     engines: dict[str, Callable[[], Any]], rounds: int, budget_s: float, max_runs: int
 ) -> dict[str, dict[str, float]]:
-    """Round-robin bursts of every engine; per engine the median and min over all runs."""
+    """Round-robin bursts of every engine (a pause before each); per engine the median and min
+    over all runs."""
     for fn in engines.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in engines}
     for r in range(rounds):
         order = list(engines) if r % 2 == 0 else list(reversed(engines))
         for k in order:
+            time.sleep(PAUSE_S)
+            engines[k]()  # one untimed run after the pause (caches, pool wake-up)
             times[k] += _burst(engines[k], budget_s, max_runs)
     return {
         k: {"median_ms": statistics.median(v), "min_ms": min(v), "runs": len(v)}
