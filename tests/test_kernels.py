@@ -102,6 +102,21 @@ def test_choose_conv_params_cache_blocking():
     assert choose_dense_params(1, 1000, 2048, avx2)[0] == 40
 
 
+def test_choose_conv_params_avoids_a_rounding_copy_for_narrow_1x1():
+    """A 1x1 conv has no padded copy of its own: a tile that rounds the width up would add one.
+    Narrow ones (few MACs per input element) take a dividing tile; wide ones and padded convs may
+    still round."""
+    avx2 = CPUInfo(lanes=8, vregs=16, cores=2)
+    narrow = choose_conv_params((1, 32, 112, 112), (16, 32, 1, 1), 1, 0, 1, avx2)
+    assert 112 % narrow.reg_n == 0 and (narrow.reg_n, narrow.reg_c) == (4, 2)
+    proj = choose_conv_params((1, 960, 7, 7), (160, 960, 1, 1), 1, 0, 1, avx2)
+    assert 7 % proj.reg_n == 0 or (proj.flat and 49 % proj.reg_n == 0)
+    wide = choose_conv_params((1, 512, 7, 7), (2048, 512, 1, 1), 1, 0, 1, avx2)
+    assert (wide.reg_n, wide.reg_c) == (3, 4)
+    padded = choose_conv_params((1, 32, 112, 112), (16, 32, 3, 3), 1, 1, 1, avx2)
+    assert (padded.reg_n, padded.reg_c) == (5, 2)  # the pad copy is made anyway
+
+
 def test_packing_roundtrip():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 16, 3, 5)).astype("float32")
