@@ -70,15 +70,10 @@ class TargetSpec:
 
 
 def _host_cpu() -> tvm.target.Target:
-    import tvm
-    from tvm.target.codegen import llvm_get_system_cpu
-
-    from mcopt.targets.host_threads import physical_cores
-
     # A dict target is required in TVM 0.27; a bare {"kind": "llvm"} means generic x86-64 (SSE2).
-    return tvm.target.Target(
-        {"kind": "llvm", "mcpu": llvm_get_system_cpu(), "num-cores": physical_cores()}
-    )
+    from mcopt.targets.kernels.target_info import host_target
+
+    return host_target()
 
 
 _REGISTRY: dict[str, TargetSpec] = {}
