@@ -18,7 +18,7 @@ from mcopt.targets.builder import lower_for  # noqa: E402
 from mcopt.targets.kernels import winograd_nchwc as wn  # noqa: E402
 from mcopt.targets.kernels.epilogue import Epilogue  # noqa: E402
 from mcopt.targets.kernels.layout import pack_nchwc, unpack_nchwc  # noqa: E402
-from mcopt.targets.kernels.target_info import host_target  # noqa: E402
+from mcopt.targets.kernels.target_info import cpu_info, host_target  # noqa: E402
 from mcopt.targets.registry import get_target  # noqa: E402
 
 TARGET = host_target()
@@ -139,8 +139,19 @@ def test_build_and_optimize_report_the_choices(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(wn, "MIN_WINOGRAD_MACS", 0)
     proto = zoo.resnet18_like(resolution=32, width=16, num_classes=10)
     res = mcopt.optimize(proto, target="cpu", measure=False)
-    assert res.compiled.choices == {"3x3 conv: Winograd F(4x4,3x3)": 13}  # 15 3x3 convs, 2 strided
-    assert any("Winograd F(4x4,3x3) x13" in n for n in res.notes)
+    lanes = cpu_info(TARGET).lanes  # 8 on AVX2, 16 on AVX-512: candidates need C >= 2 blocks
+    want = sum(
+        1
+        for n in res.graph.nodes_of("conv2d")
+        if n.inputs[1].shape[2:] == (3, 3)
+        and n.attrs["strides"] == (1, 1)
+        and n.inputs[1].shape[1] % lanes == 0
+        and n.inputs[1].shape[0] % lanes == 0
+        and n.inputs[1].shape[1] >= 2 * lanes
+    )
+    assert want >= 9  # 15 3x3 convs, 2 strided; the 16-channel stage drops out at 16 lanes
+    assert res.compiled.choices == {"3x3 conv: Winograd F(4x4,3x3)": want}
+    assert any(f"Winograd F(4x4,3x3) x{want}" in n for n in res.notes)
     monkeypatch.setenv("MCOPT_WINOGRAD", "off")
     assert build(load(proto), "cpu").choices == {}
 

@@ -275,7 +275,7 @@ def measure(
     epilogue: Epilogue,
     target: Any = None,
     tiles: Sequence[int] = (2, 4),
-    bn: int = 8,
+    bn: int | None = None,
 ) -> dict[str, float]:
     """ms of the direct template and of F(m) for each ``m`` in ``tiles``, same layouts and
     epilogue, random data: ``{"direct": ms, "f2": ms, "f4": ms}``."""
@@ -285,6 +285,7 @@ def measure(
     from mcopt.targets.kernels.target_info import host_target
 
     target = target or host_target()
+    bn = bn or _lanes(target)
     rng = np.random.default_rng(0)
     n, c, h, w = (int(d) for d in data_shape)
     o = int(out_channels)
@@ -357,15 +358,22 @@ def mode() -> str:
     return how
 
 
+def _lanes(target: Any) -> int:
+    from mcopt.targets.kernels.target_info import cpu_info
+
+    return cpu_info(target).lanes
+
+
 def choose_tile(
     data_shape: Sequence[int],
     out_channels: int,
     pads: Sequence[int],
     epilogue: Epilogue,
     target: Any,
-    bn: int = 8,
+    bn: int | None = None,
 ) -> int | None:
-    """``2`` / ``4`` for the Winograd tile to use, None for the direct template.
+    """``2`` / ``4`` for the Winograd tile to use, None for the direct template (``bn``: the
+    channel block, default the target's fp32 SIMD lanes, as the planned build uses).
 
     ``MCOPT_WINOGRAD``: ``auto`` (default: measured, cached per machine in :func:`table_path`),
     ``off``, or ``2`` / ``4`` (forced for every candidate conv)."""
@@ -381,7 +389,7 @@ def choose_tile(
         table_path(),
         key,
         ("direct", "f2", "f4"),
-        lambda: measure(data_shape, out_channels, pads, epilogue, target, bn=bn),
+        lambda: measure(data_shape, out_channels, pads, epilogue, target, bn=bn or _lanes(target)),
     )
     best = min((2, 4), key=lambda mm: float(row[f"f{mm}"]))
     return best if float(row["direct"]) >= MIN_GAIN * float(row[f"f{best}"]) else None
