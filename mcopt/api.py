@@ -193,13 +193,21 @@ def optimize(
     progress: Callable[[str], None] | None = None,
     seed: int = 0,
     db: str | os.PathLike | None = None,
+    data: Any = None,
+    val_data: Any = None,
 ) -> OptimizeResult:
     """Import `model` (path, ONNX bytes/ModelProto or IR Graph), run `passes` (names, "name:opt=v"
     specs or Pass instances; default: lossless cleanup), check the output error against the original
     on `calib` (or seeded random inputs), and compile for `target` (None: do not compile).
 
     A dynamic batch dim defaults to 1; `input_shapes={name: shape}` overrides. `db`: a tuning
-    database written by :func:`tune` for the same model, passes and target (no re-tuning)."""
+    database written by :func:`tune` for the same model, passes and target (no re-tuning).
+
+    `data`: training data for the training passes (``finetune``, ``distill``, ``prune-retrain``,
+    ...): ``(x, y)`` arrays, ``x`` alone (then distillation from the original), an ``.npz`` with ``x``
+    and ``y``, or an iterable of ``(x, y)`` batches (see :mod:`mcopt.train.data`). A validation split
+    is held out (or `val_data` used): the report gives the held-out accuracy (or agreement with the
+    original) after every lossy pass, and the output error is measured on held-out inputs."""
     say = progress or (lambda msg: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -213,7 +221,21 @@ def optimize(
         feeds = random_feeds(original, n=1, seed=seed)
         source = "seeded random input"
     check_feeds = feeds[: min(len(feeds), 4)]
-    ctx = PassContext(calib=feeds, seed=seed)
+    train_data = None
+    if data is not None:
+        from mcopt.train.data import as_train_data, feeds_of
+
+        train_data = as_train_data(data, original, val=val_data, seed=seed)
+        say(train_data.describe())
+        held = feeds_of(train_data.val_x, original, limit=4)
+        if held:
+            check_feeds, source = held, "held-out validation inputs"
+        if not calib:
+            # calibrating passes see training inputs, never the validation split
+            train_feeds = feeds_of(train_data.x or [], original, limit=64)
+            if train_feeds:
+                feeds, source = train_feeds, source if held else "training inputs"
+    ctx = PassContext(calib=feeds, seed=seed, data=train_data, teacher=original)
     if target is not None:
         # passes that pick per layer by measured speed (winograd:only_if_faster) measure on the target
         ctx.shared["measure_winograd"] = _measure_winograd

@@ -18,6 +18,8 @@ from mcopt.errors import MCoptError, OptionError
 EPILOG = """examples:
   mcopt optimize model.onnx --target cpu -o out/
   mcopt optimize model.onnx --passes cleanup --calib data.npz --input-shape input=1,3,224,224 -o out/
+  mcopt optimize lenet5.onnx --target none --passes "prune-retrain:sparsity=0.9,finetune" --data train.npz -o out/
+  mcopt optimize lenet5.onnx --passes deep-compression --data train.npz -o out/
   mcopt tune model.onnx --target cpu --trials 256 --db tuning/this-host
   mcopt optimize model.onnx --target cpu --db tuning/this-host -o out/
   mcopt stats model.onnx
@@ -57,6 +59,20 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="calibration inputs (.npz with one array per input name, or .npy)",
     )
+    o.add_argument(
+        "--data",
+        default=None,
+        metavar="TRAIN.npz",
+        help="training data for training passes (finetune, distill, prune-retrain, deep-compression): "
+        ".npz with x (N, ...) and optionally y (N,) labels; 10%% is held out for the report's accuracy",
+    )
+    o.add_argument(
+        "--val-data",
+        default=None,
+        metavar="VAL.npz",
+        help="validation data (x, y) instead of holding out part of --data",
+    )
+    o.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
     _add_shape_arg(o)
     o.add_argument(
         "--db", default=None, help="tuning database written by `mcopt tune` (no re-tuning)"
@@ -112,6 +128,12 @@ def _shapes(specs: Sequence[str]) -> dict[str, list[int]] | None:
     return dict(parse_input_shape(s) for s in specs) or None
 
 
+def _pipeline(text: str | None) -> list[str] | None:
+    from mcopt.pass_manager import split_pipeline
+
+    return None if text is None else split_pipeline(text)
+
+
 def _console(quiet: bool = False, stderr: bool = False) -> Any:
     """A rich console; when not attached to a terminal, wide enough that tables don't wrap."""
     from rich.console import Console
@@ -134,9 +156,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         raise OptionError(
             f"-o {args.output!r} must be a directory (it is where model.onnx/model.so/report go)"
         )
-    passes = (
-        None if args.passes is None else [p.strip() for p in args.passes.split(",") if p.strip()]
-    )
+    passes = _pipeline(args.passes)
     target = None if args.target.lower() in ("none", "") else args.target
     with status_console.status("starting", spinner="dots") as status:
         result = optimize(
@@ -144,6 +164,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             target=target,
             passes=passes,
             calib=args.calib,
+            data=args.data,
+            val_data=args.val_data,
+            seed=args.seed,
             input_shapes=_shapes(args.input_shape),
             check=not args.no_check,
             db=args.db,
@@ -166,9 +189,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     if args.trials < 1:
         raise OptionError(f"--trials must be >= 1, got {args.trials}")
-    passes = (
-        None if args.passes is None else [p.strip() for p in args.passes.split(",") if p.strip()]
-    )
+    passes = _pipeline(args.passes)
     report = tune(
         args.model,
         target=args.target,

@@ -49,6 +49,12 @@ class PassContext:
     - ``log``: message sink (default: the ``mcopt.passes`` logger at INFO).
     - ``progress``: ``progress(index, total, pass_name, done)`` called around every pass.
     - ``shared``: results passes hand to later passes (e.g. a sensitivity analysis).
+    - ``data``: labelled (or unlabelled) training data with its held-out validation split
+      (:class:`mcopt.train.TrainData`), for the training passes; None without.
+    - ``teacher``: the model the pipeline started from (the original), the default teacher of
+      distillation; set by :class:`PassManager` when None.
+    - ``details``: what the running pass wants in its report row (:meth:`detail`); the manager
+      resets it before each pass and keeps it in :attr:`PassRecord.details`.
     """
 
     calib: list[Feed] | None = None
@@ -56,6 +62,13 @@ class PassContext:
     log: Callable[[str], None] | None = None
     progress: Callable[[int, int, str, bool], None] | None = None
     shared: dict[str, Any] = field(default_factory=dict)
+    data: Any = None
+    teacher: Graph | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def detail(self, key: str, value: Any) -> None:
+        """Record `key: value` in the running pass's report row (JSON-serializable values)."""
+        self.details[key] = value
 
     def rng(self, salt: int = 0) -> np.random.Generator:
         """A fresh generator seeded from ``seed`` (and `salt`, so passes draw independent streams)."""
@@ -360,6 +373,26 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name.strip(), opts
 
 
+_OPTION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*=")
+
+
+def split_pipeline(text: str) -> list[str]:
+    """A comma-separated pipeline -> pass specs, bracket-aware, with ``key=value`` pieces kept with
+    the pass before them: ``"cleanup,prune-channels:ratio=0.3,skip=[a,b],finetune:epochs=2"`` ->
+    ``["cleanup", "prune-channels:ratio=0.3,skip=[a,b]", "finetune:epochs=2"]``."""
+    out: list[str] = []
+    for piece in _split_top(text, ","):
+        if _OPTION_RE.match(piece) and ":" not in piece.split("=", 1)[0]:
+            if not out or ":" not in out[-1]:
+                raise OptionError(
+                    f"pipeline {text!r}: option {piece!r} follows no 'pass:option=value' spec"
+                )
+            out[-1] += "," + piece
+        else:
+            out.append(piece)
+    return out
+
+
 PassLike = str | Pass | type[Pass]
 
 
@@ -401,6 +434,9 @@ class PassRecord:
     after: GraphStats
     max_abs_err: float | None = None
     max_rel_err: float | None = None
+    #: held-out metric after the pass (accuracy with labels, agreement with the teacher without)
+    metric: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -413,6 +449,10 @@ class PassReport:
     initial: GraphStats
     records: list[PassRecord] = field(default_factory=list)
     seconds: float = 0.0
+    #: held-out metric of the input graph, its name and sample count (None without data)
+    initial_metric: float | None = None
+    metric_name: str | None = None
+    metric_samples: int = 0
 
     @property
     def final(self) -> GraphStats:
@@ -433,8 +473,21 @@ class PassReport:
             "initial": self.initial.to_dict(),
             "final": self.final.to_dict(),
             "seconds": self.seconds,
+            "metric": None
+            if self.metric_name is None
+            else {
+                "name": self.metric_name,
+                "held_out_samples": self.metric_samples,
+                "initial": self.initial_metric,
+            },
             "passes": [r.to_dict() for r in self.records],
         }
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        if self.metric_name is None:
+            return self._HEADERS
+        return (*self._HEADERS, f"held-out {self.metric_name}")
 
     _HEADERS = (
         "pass",
@@ -465,6 +518,8 @@ class PassReport:
                 "",
             ]
         ]
+        if self.metric_name is not None:
+            rows[0].append(err(self.initial_metric))
         for r in self.records:
             rows.append(
                 [
@@ -479,13 +534,15 @@ class PassReport:
                     err(r.max_rel_err),
                 ]
             )
+            if self.metric_name is not None:
+                rows[-1].append(err(r.metric))
         return rows
 
     def table(self) -> Any:
         from rich.table import Table
 
         t = Table(title=f"passes ({self.seconds:.2f} s)")
-        for i, h in enumerate(self._HEADERS):
+        for i, h in enumerate(self.headers):
             t.add_column(h, justify="left" if i < 2 else "right")
         for row in self._rows():
             t.add_row(*row)
@@ -496,16 +553,43 @@ class PassReport:
 
     def to_markdown(self) -> str:
         lines = [
-            "| " + " | ".join(self._HEADERS) + " |",
-            "|" + "|".join(["---"] * 2 + ["---:"] * 7) + "|",
+            "| " + " | ".join(self.headers) + " |",
+            "|" + "|".join(["---"] * 2 + ["---:"] * (len(self.headers) - 2)) + "|",
         ]
         lines += ["| " + " | ".join(row) + " |" for row in self._rows()]
+        if self.metric_name is not None:
+            lines += [
+                "",
+                f"Held-out {self.metric_name}: measured on {self.metric_samples} samples of the "
+                "training data's validation split, which no pass trained or fitted on.",
+            ]
+        details = [(r.spec, r.details) for r in self.records if r.details]
+        if details:
+            lines += ["", "Pass details:", ""]
+            lines += [f"- `{spec}`: {_fmt_details(d)}" for spec, d in details]
         by = ", ".join(f"{k}: {human_bytes(v)}" for k, v in self.final.bytes_by_dtype.items())
         lines += ["", f"Weights by storage after the last pass: {by or 'none'}."]
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.to_markdown()
+
+
+def _fmt_details(d: Mapping[str, Any]) -> str:
+    parts = []
+    for k, v in d.items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        elif isinstance(v, dict):
+            v = (
+                "{"
+                + ", ".join(
+                    f"{a}: {b:.4g}" if isinstance(b, float) else f"{a}: {b}" for a, b in v.items()
+                )
+                + "}"
+            )
+        parts.append(f"{k} {v}")
+    return "; ".join(parts)
 
 
 # --- manager --------------------------------------------------------------------------------------------
@@ -579,11 +663,14 @@ class PassManager:
         ctx = ctx or PassContext()
         if copy:
             graph = graph.copy()
+        if ctx.teacher is None:
+            ctx.teacher = graph.copy()
         feeds = _as_feeds(inputs)
         if not feeds and self.measure_error:
             feeds = ctx.feeds(self.error_samples)
         refs = [interpreter.run(graph, f) for f in feeds]  # type: ignore[arg-type]
         report = PassReport(initial=graph_stats(graph))
+        metric = self._metric_fn(graph, ctx, report)
         done: list[str] = []
         t_all = time.perf_counter()
         total = len(self.passes)
@@ -591,6 +678,7 @@ class PassManager:
             if ctx.progress is not None:
                 ctx.progress(i, total, p.name, False)
             before = report.final
+            ctx.details = {}
             t0 = time.perf_counter()
             try:
                 result = p.run(graph, ctx)
@@ -614,7 +702,11 @@ class PassManager:
                 after=after,
                 max_abs_err=max((a for a, _ in errs), default=None) if errs else None,
                 max_rel_err=max((r for _, r in errs), default=None) if errs else None,
+                details=dict(ctx.details),
             )
+            if metric is not None:
+                last = report.records[-1].metric if report.records else report.initial_metric
+                rec.metric = metric(graph) if rec.changed and not rec.lossless else last
             if rec.lossless and (rec.max_rel_err or 0.0) > self.lossless_rtol:
                 ctx.info(
                     f"warning: pass {p.name!r} claims to be lossless but changed the outputs by "
@@ -629,6 +721,28 @@ class PassManager:
                 ctx.progress(i, total, p.name, True)
         report.seconds = time.perf_counter() - t_all
         return graph, report
+
+    @staticmethod
+    def _metric_fn(
+        graph: Graph, ctx: PassContext, report: PassReport
+    ) -> Callable[[Graph], float] | None:
+        """With training data in the context: the held-out metric of the input graph (into
+        `report`) and a function giving it for a later graph."""
+        data = ctx.data
+        if data is None or not getattr(data, "n_val", 0):
+            return None
+        from mcopt.train.heldout import held_out_metric, predictions
+
+        teacher_pred = None
+        if data.val_y is None:
+            teacher_pred = predictions(ctx.teacher or graph, data.val_x)
+
+        def metric(g: Graph) -> float:
+            return held_out_metric(g, data.val_x, data.val_y, teacher_pred)[1]
+
+        name, value = held_out_metric(graph, data.val_x, data.val_y, teacher_pred)
+        report.metric_name, report.initial_metric, report.metric_samples = name, value, data.n_val
+        return metric
 
 
 def run_passes(

@@ -1053,3 +1053,58 @@ def tiny_cnn(seed: int = 0, dynamic_batch: bool = False, num_classes: int = 10) 
         f"tiny CNN seed={seed}",
         dynamic_batch,
     )
+
+
+def lenet5_like(
+    widths: Sequence[int] = (6, 16, 120, 84), num_classes: int = 10, seed: int = 0
+) -> onnx.ModelProto:
+    """An untrained LeNet-5-shaped network with the given widths (conv1, conv2, fc1, fc2) and
+    PyTorch's default (Kaiming-uniform) initialization: input 'input' (N, 1, 28, 28), output
+    'logits' — the layout of the bundled trained LeNet-5, e.g. a half-width student for distillation."""
+    c1, c2, f1, f2 = (int(w) for w in widths)
+    rng = np.random.default_rng(seed)
+    inits: list[onnx.TensorProto] = []
+
+    def param(name: str, shape: tuple[int, ...], fan_in: int) -> str:
+        bound = 1.0 / np.sqrt(fan_in)
+        inits.append(
+            numpy_helper.from_array(rng.uniform(-bound, bound, shape).astype(np.float32), name)
+        )
+        return name
+
+    nodes: list[onnx.NodeProto] = []
+    x = "input"
+    for i, (cin, cout, pad) in enumerate(((1, c1, 2), (c1, c2, 0)), 1):
+        w = param(f"conv{i}.weight", (cout, cin, 5, 5), cin * 25)
+        b = param(f"conv{i}.bias", (cout,), cin * 25)
+        nodes.append(
+            helper.make_node("Conv", [x, w, b], [f"conv{i}"], kernel_shape=[5, 5], pads=[pad] * 4)
+        )
+        nodes.append(helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"]))
+        nodes.append(
+            helper.make_node(
+                "MaxPool", [f"relu{i}"], [f"pool{i}"], kernel_shape=[2, 2], strides=[2, 2]
+            )
+        )
+        x = f"pool{i}"
+    nodes.append(helper.make_node("Flatten", [x], ["flatten"], axis=1))
+    x = "flatten"
+    sizes = [c2 * 25, f1, f2, num_classes]
+    for i in range(3):
+        out = "logits" if i == 2 else f"fc{i + 1}"
+        w = param(f"fc{i + 1}.weight", (sizes[i + 1], sizes[i]), sizes[i])
+        b = param(f"fc{i + 1}.bias", (sizes[i + 1],), sizes[i])
+        nodes.append(helper.make_node("Gemm", [x, w, b], [out], transB=1))
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [out], [f"relu_fc{i + 1}"]))
+            x = f"relu_fc{i + 1}"
+    graph = helper.make_graph(
+        nodes,
+        "lenet5_like",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, num_classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
