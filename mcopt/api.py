@@ -230,7 +230,7 @@ def optimize(
         held = feeds_of(train_data.val_x, original, limit=4)
         if held:
             check_feeds, source = held, "held-out validation inputs"
-        if not calib:
+        if calib is None:
             # calibrating passes see training inputs, never the validation split
             train_feeds = feeds_of(train_data.x or [], original, limit=64)
             if train_feeds:

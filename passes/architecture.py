@@ -153,6 +153,14 @@ class FcToGap(Pass):
     ridge: float = 1e-3
     calib_samples: int = 512
     synthetic: int = 64
+    #: > 0: a NIN "mlpconv" stage before the pooling, conv(kernel x kernel, C -> hidden) + relu,
+    #: He-initialized (seeded): a head with capacity for ``finetune`` / ``distill`` to train
+    hidden: int = 0
+    kernel: int = 3
+
+    def __post_init__(self) -> None:
+        if self.hidden < 0 or self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError("hidden must be >= 0 and kernel an odd number >= 1")
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         found = find_head(graph)
@@ -163,6 +171,26 @@ class FcToGap(Pass):
         flatten, logits, head = found
         fmap = flatten.inputs[0]
         assert fmap is not None and logits.producer is not None
+        mlpconv: list[Node] = []
+        if self.hidden:
+            c, k = fmap.shape[1], self.kernel
+            rng = ctx.rng(11)
+            w = rng.standard_normal((self.hidden, c, k, k)) * np.sqrt(2.0 / (c * k * k))
+            p = k // 2
+            conv = graph.add_node(
+                "conv2d",
+                [
+                    fmap,
+                    graph.const(w.astype(fmap.dtype), name="gap_mlpconv_w"),
+                    graph.const(np.zeros(self.hidden, fmap.dtype), name="gap_mlpconv_b"),
+                ],
+                {"pads": (p, p, p, p)},
+                name="gap_mlpconv",
+                before=flatten,
+            )
+            act = graph.add_node("relu", [conv.output], name="gap_mlpconv_relu", before=flatten)
+            mlpconv = [conv, act]
+            fmap = act.output
         feeds: list = list(ctx.feeds(self.calib_samples))
         source = "calibration"
         if not feeds:
@@ -193,7 +221,7 @@ class FcToGap(Pass):
             name="gap_classifier",
             before=last,
         )
-        new_nodes = [gap, flat, dense]
+        new_nodes = [*mlpconv, gap, flat, dense]
         rec = LayerRecord(
             layer=f"{flatten.name}..{last.name}",
             method="FC head -> GAP + dense (least-squares distillation)",

@@ -97,6 +97,9 @@ class _BinarizeBase(Pass):
     skip_first_last: bool = True
     min_params: int = 0
     beta: Literal["position", "tensor", "none"] = "position"
+    #: XNOR only: sign is the activation (XNOR-Net's BN -> sign -> conv -> pool block): a relu
+    #: right before a binarized input (through pooling / flatten) would make every sign +1, so it goes
+    sign_activation: bool = True
 
     #: binarize the layer inputs too (XNOR) or only the weights (BWN)
     binary_input: ClassVar[bool] = False
@@ -106,7 +109,7 @@ class _BinarizeBase(Pass):
         edge = {layers[0].name, layers[-1].name} if self.skip_first_last and layers else set()
         changed = False
         errs: list[str] = []
-        total = binarized = 0
+        total = binarized = bypassed = 0
         for n in layers:
             w = n.inputs[1]
             assert w is not None
@@ -119,6 +122,8 @@ class _BinarizeBase(Pass):
             if reason is not None:
                 ctx.info(f"{self.name}: {n.name} left in float: {reason}")
                 continue
+            if self.binary_input and self.sign_activation:
+                bypassed += _bypass_relu(graph, n)
             new, err = binarize_node(graph, n, self.binary_input, self.beta)
             binarized += w.type.size
             errs.append(f"{n.name} {err:.3f}")
@@ -127,8 +132,34 @@ class _BinarizeBase(Pass):
             ctx.info(
                 f"{self.name}: {len(errs)} layer(s) binarized ({binarized} of {total} weights); "
                 f"relative weight error ||W - aB||/||W||: {', '.join(errs)}"
+                + (f"; {bypassed} relu(s) before binary inputs removed" if bypassed else "")
+            )
+            ctx.detail("binarized_layers", len(errs))
+            ctx.detail(
+                "accuracy_note", "without retraining accuracy drops sharply: run finetune after"
             )
         return changed
+
+
+_THROUGH = ("max_pool", "flatten", "reshape", "identity", "dropout")
+
+
+def _bypass_relu(graph: Graph, node: Node) -> int:
+    """Remove the relu feeding `node`'s input (directly or through ops that commute with it:
+    max pooling, flatten, reshape) when nothing else reads it; returns 1 if removed."""
+    v = node.inputs[0]
+    while v is not None and v.producer is not None and len(v.uses) == 1:
+        p = v.producer
+        if p.op == "relu":
+            if any(o is v for o in graph.outputs):
+                return 0
+            graph.replace_all_uses_with(v, p.inputs[0])  # type: ignore[arg-type]
+            graph.remove_node(p)
+            return 1
+        if p.op not in _THROUGH:
+            return 0
+        v = p.inputs[0]
+    return 0
 
 
 @register_pass

@@ -68,7 +68,11 @@ def set_pruned_weight(graph: Graph, node: Node, arr: np.ndarray, encode: str = "
     dense = TensorType(arr.shape, w.dtype)
     if encode == "never" or (encode == "auto" and t.nbytes >= dense.nbytes):
         t = dense
-    node.set_input(1, Value(graph.unique_name(f"{w.name}_sparse"), t, const=arr))
+    if w.is_const and len(w.uses) == 1 and not any(o is w for o in graph.outputs):
+        w.const, w.type = arr, t  # re-pruning a weight only this node reads: same value, same name
+        return
+    base = w.name if w.name.endswith("_sparse") else f"{w.name}_sparse"
+    node.set_input(1, Value(graph.unique_name(base), t, const=arr))
 
 
 def refit_masked(

@@ -46,6 +46,7 @@ class _Training(Pass):
     weight_decay: float = 0.0
     l1: float = 0.0
     group_lasso: float = 0.0
+    reg_ops: tuple[str, ...] = ("conv2d", "dense")
     teacher: str = ""
 
     def __post_init__(self) -> None:
@@ -56,7 +57,7 @@ class _Training(Pass):
 
         keys = (
             "epochs", "lr", "batch", "optimizer", "loss", "temperature", "alpha", "patience",
-            "max_seconds", "weight_decay", "l1", "group_lasso",
+            "max_seconds", "weight_decay", "l1", "group_lasso", "reg_ops",
         )  # fmt: skip
         return TrainConfig(**{**{k: getattr(self, k) for k in keys}, **over})
 
@@ -255,11 +256,11 @@ register_pipeline(
     "deep-compression",
     [
         "cleanup",
-        "prune-retrain:sparsity=0.92,steps=3,epochs=4",
-        "kmeans-share",
-        "finetune:epochs=4",
+        "prune-retrain:sparsity=0.94,steps=5,epochs=30,scope=global,lr=0.002,patience=8",
+        "kmeans-share:bits=5,conv_bits=5",
+        "finetune:epochs=30,lr=0.0005,patience=8",
     ],
 )
 register_pipeline("qat-int8", ["cleanup", "quantize-int8", "finetune:epochs=3,lr=0.0001"])
-register_pipeline("bwn-train", ["cleanup", "binarize-weights", "finetune:epochs=8"])
-register_pipeline("xnor-train", ["cleanup", "xnor", "finetune:epochs=10"])
+register_pipeline("bwn-train", ["cleanup", "binarize-weights", "finetune:epochs=10,lr=0.002"])
+register_pipeline("xnor-train", ["cleanup", "xnor", "finetune:epochs=20,lr=0.002,patience=5"])

@@ -198,9 +198,11 @@ class KMeansShare(Pass):
                 labels[nz] = lab + 1
             else:
                 codebook, labels = kmeans_1d(flat, k, self.init, ctx.seed)
+            # a layer with fewer distinct weights than 2**bits stores only the centroids it uses
+            k = int(codebook.size)
+            bits = index_bits(k)
             enc = self._encoding(labels, k, bits, pruned)
-            cb = np.zeros((1, 1, k, 1), np.float64)
-            cb[0, 0, : codebook.size, 0] = codebook
+            cb = codebook.reshape(1, 1, k, 1)
             set_codebook_weight(graph, n, labels.reshape(1, 1, -1), cb, enc)
             q = codebook[labels]
             msgs.append(f"{n.name} k={k} err {_rel_err(flat, q):.3f}")

@@ -51,6 +51,8 @@ class TrainConfig:
     seed: int = 0
     l1: float = 0.0
     group_lasso: float = 0.0
+    #: which layers the l1 / group-lasso penalties act on
+    reg_ops: tuple[str, ...] = ("conv2d", "dense")
     cosine: bool = True
     #: load the weights of the best held-out epoch at the end (the start counts as epoch 0)
     restore_best: bool = True
@@ -145,20 +147,22 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     return F.kl_div(logp, q, reduction="batchmean") * (t * t)
 
 
-def group_lasso_penalty(module: GraphModule) -> torch.Tensor:
+def group_lasso_penalty(
+    module: GraphModule, ops: tuple[str, ...] = ("conv2d", "dense")
+) -> torch.Tensor:
     """sum over conv / dense weights of the row norms (incoming weights of each output neuron /
     filter) and column norms (outgoing weights of each input neuron / channel)."""
     total = torch.zeros((), dtype=module.dtype)
-    for _, w in module.regularized_weights():
+    for _, w in module.regularized_weights(ops):
         w2 = w.reshape(w.shape[0], w.shape[1], -1)
         total = total + torch.sqrt((w2**2).sum(dim=(1, 2)) + 1e-12).sum()
         total = total + torch.sqrt((w2**2).sum(dim=(0, 2)) + 1e-12).sum()
     return total
 
 
-def l1_penalty(module: GraphModule) -> torch.Tensor:
+def l1_penalty(module: GraphModule, ops: tuple[str, ...] = ("conv2d", "dense")) -> torch.Tensor:
     total = torch.zeros((), dtype=module.dtype)
-    for _, w in module.regularized_weights():
+    for _, w in module.regularized_weights(ops):
         total = total + w.abs().sum()
     return total
 
@@ -206,14 +210,18 @@ def fit(
     if teacher is not None and data.n_val:
         teacher_val = top1(predict(teacher, data.val_x))
 
-    def metric() -> Metric:
+    def metric() -> tuple[Metric, float]:
+        """(held-out accuracy / agreement, held-out cross-entropy to the labels / teacher's
+        predictions: the tie-break when the accuracy saturates)."""
         if not data.n_val:
-            return Metric("accuracy" if data.labelled else "agreement", float("nan"), 0)
-        pred = top1(predict(module, data.val_x))
-        if data.val_y is not None:
-            return Metric("accuracy", float(np.mean(pred == data.val_y)), data.n_val)
-        assert teacher_val is not None
-        return Metric("agreement", float(np.mean(pred == teacher_val)), data.n_val)
+            return Metric("accuracy" if data.labelled else "agreement", float("nan"), 0), 0.0
+        logits = predict(module, data.val_x)
+        pred = top1(logits)
+        ref = data.val_y if data.val_y is not None else teacher_val
+        assert ref is not None
+        xent = _xent(logits, ref)
+        name = "accuracy" if data.val_y is not None else "agreement"
+        return Metric(name, float(np.mean(pred == ref)), data.n_val), xent
 
     del vx
     params = params if params is not None else [p for p in module.parameters() if p.requires_grad]
@@ -229,8 +237,9 @@ def fit(
     sched = (
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.cosine else None
     )
-    before = metric()
+    before, before_loss = metric()
     best = (before.value if not math.isnan(before.value) else -math.inf, 0)
+    best_loss = before_loss
     best_state = copy.deepcopy(module.state_dict())
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -250,9 +259,9 @@ def fit(
                 else:
                     loss = _loss(module, xs, y_np, teacher, kind, cfg, lname, tname)
                 if cfg.l1:
-                    loss = loss + cfg.l1 * l1_penalty(module)
+                    loss = loss + cfg.l1 * l1_penalty(module, cfg.reg_ops)
                 if cfg.group_lasso:
-                    loss = loss + cfg.group_lasso * group_lasso_penalty(module)
+                    loss = loss + cfg.group_lasso * group_lasso_penalty(module, cfg.reg_ops)
                 if extra_loss is not None:
                     loss = loss + extra_loss(module, xs)
                 if not torch.isfinite(loss):
@@ -275,12 +284,14 @@ def fit(
                     break
             if sched is not None:
                 sched.step()
-            m = metric()
+            m, vloss = metric()
             row = {"epoch": float(epoch), "loss": total / max(count, 1), m.name: m.value}
             history.append(row)
-            better = not math.isnan(m.value) and m.value > best[0]
+            better = not math.isnan(m.value) and (
+                m.value > best[0] or (m.value == best[0] and vloss < best_loss)
+            )
             if better or (math.isnan(m.value) and epoch == cfg.epochs):
-                best = (m.value, epoch)
+                best, best_loss = (m.value, epoch), vloss
                 best_state = copy.deepcopy(module.state_dict())
                 since_best = 0
             else:
@@ -302,7 +313,7 @@ def fit(
         module.load_state_dict(best_state)
     else:
         best = (best[0], epoch)
-    after = metric()
+    after, _ = metric()
     return FitResult(
         epochs=epoch,
         best_epoch=best[1],
@@ -313,6 +324,16 @@ def fit(
         after=after,
         history=history,
     )
+
+
+def _xent(logits: np.ndarray, ref: np.ndarray) -> float:
+    """Mean cross-entropy of (N, C, ...) logits against class indices."""
+    if logits.ndim < 2:
+        return 0.0
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    idx = np.expand_dims(ref.astype(np.int64), 1)
+    return float(-np.take_along_axis(logp, idx, axis=1).mean())
 
 
 def _loss(

@@ -257,12 +257,14 @@ class GraphModule(nn.Module):
             raise KeyError(f"no value(s) {missing} in graph {self.graph.name!r}")
         return result, {n: env[where[n]] for n in capture}
 
-    def regularized_weights(self) -> list[tuple[Node, torch.Tensor]]:
-        """(node, IR-valued weight) of every conv2d / dense layer with a trainable weight (for
-        l1 / group-lasso penalties)."""
+    def regularized_weights(
+        self, ops: tuple[str, ...] = ("conv2d", "dense")
+    ) -> list[tuple[Node, torch.Tensor]]:
+        """(node, IR-valued weight) of every layer of `ops` with a trainable weight (for l1 /
+        group-lasso penalties)."""
         out = []
         for node, _, _ins, _ in self._steps:
-            if node.op in ("conv2d", "dense") and len(node.inputs) > 1:
+            if node.op in ops and len(node.inputs) > 1:
                 v = node.inputs[1]
                 key = self._slot_of_value.get(id(v)) if v is not None else None
                 if key is not None and self.slots[key].trainable:
