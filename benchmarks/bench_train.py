@@ -22,6 +22,9 @@ Sections (``--sections`` picks some):
 - ``quant``: int8 post-training vs QAT; 2-bit weights post-training vs QAT.
 - ``channels``: channel pruning to about 2x fewer MACs with retraining; compiled latency beside
   onnxruntime on the original model (alternating bursts, batch 1).
+- ``digits``: scikit-learn's 8x8 digits (1,257 train / 540 test): an MLP 64-256-128-10 trained from
+  scratch with mcopt's own ``finetune`` (loss=ce), then pruned with retraining, quantized to 2-bit
+  weights with QAT, and a quarter-width student trained on labels vs distilled.
 
 Run: ``python benchmarks/bench_train.py`` (about 5 minutes on 2 cores; ``--quick`` for a smoke run).
 Writes bench-out/train.md and .json.
@@ -41,10 +44,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mnist_data import accuracy, mnist, shift_augment  # noqa: E402
+from mnist_data import accuracy, digits, mnist, shift_augment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("deep-compression", "prune", "neurons", "binary", "distill", "quant", "channels")
+SECTIONS = (
+    "deep-compression",
+    "prune",
+    "neurons",
+    "binary",
+    "distill",
+    "quant",
+    "channels",
+    "digits",
+)
 
 
 class Bench:
@@ -58,6 +70,7 @@ class Bench:
             self.xtr, self.ytr = self.xtr[:600], self.ytr[:600]
             self.xte, self.yte = self.xte[:200], self.yte[:200]
         self.paths = {"lenet5": zoo.lenet5_path(), "lenet300": zoo.lenet300_path()}
+        self.data = {m: (self.xtr, self.ytr, self.xte, self.yte) for m in self.paths}
         self.rows: list[dict[str, Any]] = []
 
     # --- running one pipeline --------------------------------------------------------------------
@@ -67,8 +80,10 @@ class Bench:
         from mcopt.train import as_train_data
 
         g = load(self.paths[model])
-        data = as_train_data((self.xtr, self.ytr), g, augment=shift_augment(2))
-        calib = self.xtr[:256]
+        xtr, ytr, _, _ = self.data[model]
+        aug = shift_augment(2) if xtr.shape[-1] == 28 else None
+        data = as_train_data((xtr, ytr), g, augment=aug)
+        calib = xtr[:256]
         if self.quick:
             passes = [_quick(p) for p in passes]
         return mcopt.optimize(
@@ -87,8 +102,9 @@ class Bench:
         res = self.run(model, passes)
         seconds = time.perf_counter() - t0
         base_graph = load(self.paths[model])
-        base = accuracy(base_graph, self.xte, self.yte)
-        acc = accuracy(res.graph, self.xte, self.yte)
+        _, _, xte, yte = self.data[model]
+        base = accuracy(base_graph, xte, yte)
+        acc = accuracy(res.graph, xte, yte)
         r = {
             "section": section,
             "model": model,
@@ -158,10 +174,10 @@ class Bench:
             self.row(
                 "prune",
                 model,
-                "prune-retrain 92 % (3 steps)",
+                "prune-retrain 92 % (5 steps)",
                 [
                     "cleanup",
-                    "prune-retrain:sparsity=0.92,steps=3,epochs=30,scope=global,lr=0.002,patience=8",
+                    "prune-retrain:sparsity=0.92,steps=5,epochs=30,scope=global,lr=0.002,patience=8",
                 ],
             )
 
@@ -257,6 +273,14 @@ class Bench:
                     "finetune:epochs=15,lr=0.001,patience=5",
                 ],
             )
+        fx = "fixed-point:bits=4,dynamic=true"
+        self.row("quant", "lenet5", "4-bit dynamic fixed point post-training", ["cleanup", fx])
+        self.row(
+            "quant",
+            "lenet5",
+            "4-bit dynamic fixed point QAT",
+            ["cleanup", fx, "finetune:epochs=15,lr=0.001,patience=5"],
+        )
 
     def channels(self) -> None:
         for model, ratio in (("lenet5", 0.4), ("lenet300", 0.5)):
@@ -278,6 +302,88 @@ class Bench:
             )
             r.update(_latency(self.paths[model], r["graph"], self.xte[:1], quick=self.quick))
 
+    def digits(self) -> None:
+        """A second real data set: train an MLP on sklearn's digits with mcopt itself, then compress."""
+        import onnx
+
+        from mcopt.onnx_io import export_model
+
+        xtr, ytr, xte, yte = digits()
+        if self.quick:
+            xtr, ytr = xtr[:300], ytr[:300]
+        tmp = Path(tempfile.mkdtemp())
+        for name, hidden, seed in (
+            ("digits_mlp", (256, 128), 0),
+            ("digits_mlp_quarter", (64, 32), 1),
+        ):
+            onnx.save(mlp((1, 8, 8), hidden, 10, seed), tmp / f"{name}_init.onnx")
+            self.paths[name] = tmp / f"{name}_init.onnx"
+            self.data[name] = (xtr, ytr, xte, yte)
+        # the "trained model" users would bring: 60 epochs of cross-entropy from scratch
+        res = self.run("digits_mlp", ["finetune:loss=ce,epochs=60,lr=0.003,patience=10"])
+        onnx.save(export_model(res.graph), tmp / "digits_mlp.onnx")
+        self.paths["digits_mlp"] = tmp / "digits_mlp.onnx"
+        print(f"[digits] trained MLP: test acc {accuracy(res.graph, xte, yte):.3f}", flush=True)
+        m = "digits_mlp"
+        self.row(
+            "digits",
+            m,
+            "prune-retrain 90 %",
+            ["cleanup", "prune-retrain:sparsity=0.9,steps=3,epochs=30,lr=0.002,patience=8"],
+        )
+        self.row(
+            "digits", m, "2-bit weights post-training", ["cleanup", "quantize-int8:weight_bits=2"]
+        )
+        self.row(
+            "digits",
+            m,
+            "2-bit weights QAT",
+            ["cleanup", "quantize-int8:weight_bits=2", "finetune:epochs=30,lr=0.001,patience=8"],
+        )
+        student = self.paths["digits_mlp_quarter"]
+        common = f"student={student},epochs=60,patience=10,lr=0.003"
+        self.row(
+            "digits", m, "quarter-width student, labels only (CE)", [f"distill:{common},loss=ce"]
+        )
+        self.row("digits", m, "quarter-width student, KD (T=4)", [f"distill:{common},loss=kd"])
+
+
+def mlp(shape: tuple[int, ...], hidden: tuple[int, ...], classes: int, seed: int) -> Any:
+    """An untrained flatten -> dense/relu ... -> dense ONNX (input 'input', output 'logits'),
+    PyTorch's default uniform initialization."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1)]
+    inits = []
+    x, fan_in = "flat", int(np.prod(shape))
+    sizes = [*hidden, classes]
+    for i, width in enumerate(sizes):
+        bound = 1 / np.sqrt(fan_in)
+        w = numpy_helper.from_array(
+            rng.uniform(-bound, bound, (width, fan_in)).astype(np.float32), f"fc{i}.w"
+        )
+        b = numpy_helper.from_array(
+            rng.uniform(-bound, bound, width).astype(np.float32), f"fc{i}.b"
+        )
+        inits += [w, b]
+        out = "logits" if i == len(sizes) - 1 else f"fc{i}"
+        nodes.append(helper.make_node("Gemm", [x, w.name, b.name], [out], transB=1))
+        if i < len(sizes) - 1:
+            nodes.append(helper.make_node("Relu", [out], [f"relu{i}"]))
+            x = f"relu{i}"
+        fan_in = width
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, *shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
 
 def _quick(spec: str) -> str:
     """--quick: every training pass runs one epoch."""
@@ -291,6 +397,11 @@ def _quick(spec: str) -> str:
     return spec
 
 
+_WEIGHT_OPS = (
+    "conv2d", "dense", "qconv2d", "qdense", "binary_conv2d", "binary_dense", "fx_conv2d", "fx_dense",
+)  # fmt: skip
+
+
 def _sizes(before: Any, after: Any) -> dict[str, Any]:
     from mcopt.analysis.cost import graph_stats
 
@@ -299,7 +410,7 @@ def _sizes(before: Any, after: Any) -> dict[str, Any]:
 
         total = 0
         for n in g.nodes:
-            if n.op in ("conv2d", "dense", "qconv2d", "qdense", "binary_conv2d", "binary_dense"):
+            if n.op in _WEIGHT_OPS:
                 w = n.inputs[1]
                 arr = const_weight(w)
                 if n.op.startswith("binary"):  # +-1 weights: every one is nonzero
@@ -316,7 +427,7 @@ def _sizes(before: Any, after: Any) -> dict[str, Any]:
             if n.op == "binary_dense":
                 shape = n.inputs[1].type.encoding.logical_shape
                 count, outs = count + int(np.prod(shape)), [*outs, int(shape[0])]
-            elif n.op in ("dense", "qdense"):
+            elif n.op in ("dense", "qdense", "fx_dense"):
                 w = const_weight(n.inputs[1])
                 if w is not None:
                     count, outs = count + int(np.count_nonzero(w)), [*outs, int(w.shape[0])]
@@ -398,6 +509,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         "distill": "Distillation: fc-to-gap head, half-width student (KD, FitNets)",
         "quant": "Quantization: post-training vs quantization-aware training (QAT)",
         "channels": "Channel pruning to ~2x fewer MACs with retraining, compiled (cpu) beside onnxruntime",
+        "digits": "scikit-learn digits: an MLP trained from scratch by mcopt, then compressed with retraining",
     }
     for s in generic:
         out.append(f"### {titles[s]}\n")
