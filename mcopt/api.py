@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +15,12 @@ import numpy as np
 
 from mcopt import interpreter
 from mcopt.analysis.cost import CostReport, analyze
-from mcopt.errors import OptionError, UnsupportedOpError
+from mcopt.errors import BudgetError, OptionError, UnsupportedOpError
 from mcopt.inputs import Feed, load_calibration, random_feeds
 from mcopt.ir.core import Graph
 from mcopt.ir.verify import verify
 from mcopt.pass_manager import PassContext, PassManager, PassReport, output_errors
+from mcopt.report_html import energy_markdown, energy_summary, write_html_report
 
 #: the default pipeline: lossless cleanup (later issues add compression passes to named pipelines)
 DEFAULT_PASSES: tuple[str, ...] = ("cleanup",)
@@ -26,8 +28,14 @@ DEFAULT_PASSES: tuple[str, ...] = ("cleanup",)
 ModelLike = str | os.PathLike | bytes | Graph | Any  # Any: onnx.ModelProto (onnx imported lazily)
 
 
-def load(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
-    """Anything a user may hand us -> a verified IR graph (a Graph is copied, never mutated)."""
+def load(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Any:
+    """Anything a user may hand us -> a verified IR graph (a Graph is copied, never mutated).
+
+    A directory written by :meth:`OptimizeResult.save` (``mcopt optimize -o DIR``) reopens as a
+    :class:`SavedModel` instead: the graph in its real encodings (from model.mcz), the compiled
+    library when it runs here, the input specs and the report."""
+    if isinstance(model, str | os.PathLike) and Path(model).is_dir():
+        return load_saved(model)
     if isinstance(model, Graph):
         g = model.copy()
     else:
@@ -54,6 +62,13 @@ class OptimizeResult:
     latency_ms: float | None = None
     output_error: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: file name -> bytes on disk of what save() wrote
+    artifacts: dict[str, int] = field(default_factory=dict)
+    #: onnxruntime on the original model / mcopt through run(): wall ms per call, side by side
+    ort_latency_ms: float | None = None
+    call_latency_ms: float | None = None
+    #: passes="auto": every candidate evaluated (mcopt.search.Candidate.to_dict rows)
+    pareto: list[dict[str, Any]] = field(default_factory=list)
 
     def run(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
         """Run the optimized model: the compiled module when there is one, else the interpreter.
@@ -84,9 +99,15 @@ class OptimizeResult:
             "macs_ratio": _ratio(b.get("macs"), a.get("macs")),
             "output_error": self.output_error,
             "latency_ms": self.latency_ms,
+            "call_latency_ms": self.call_latency_ms,
+            "ort_latency_ms": self.ort_latency_ms,
             "timings_s": self.timings,
             "passes": self.report.to_dict(),
             "notes": self.notes,
+            "energy": energy_summary(self),
+            "artifacts": dict(self.artifacts),
+            "pareto": list(self.pareto),
+            "input_specs": [[v.name, list(v.shape), v.dtype] for v in self.graph.inputs],
         }
 
     def to_markdown(self) -> str:
@@ -122,9 +143,43 @@ class OptimizeResult:
             lines.append(
                 f"Compiled latency (batch {self._batch()}, median): {self.latency_ms:.3f} ms."
             )
+            if self.ort_latency_ms is not None and self.call_latency_ms is not None:
+                lines.append(
+                    f"Called from Python, alternating bursts: mcopt {self.call_latency_ms:.3f} ms vs "
+                    f"onnxruntime {self.ort_latency_ms:.3f} ms on the original model "
+                    f"({self.ort_latency_ms / self.call_latency_ms:.2f}x)."
+                )
+            lines.append("")
+        if self.artifacts:
+            lines += ["## Files", "", "| file | bytes on disk | what |", "|---|---:|---|"]
+            what = {
+                "model.onnx": "ONNX, dense weights (onnxruntime / other tools run it)",
+                "model.mcz": "weights in their real encoding, Huffman-coded (mcopt.load)",
+                "model.so": f"compiled library for {self.target}",
+                "model.ir.txt": "the printed IR",
+            }
+            for name, size in self.artifacts.items():
+                lines.append(f"| {name} | {size:,} | {what.get(name, '')} |")
+            lines.append("")
+        if self.pareto:
+            lines += [
+                "## Auto search",
+                "",
+                "| pipeline | held-out drop | weight bytes | latency ms | within budget | Pareto | chosen |",
+                "|---|---:|---:|---:|---|---|---|",
+            ]
+            for c in self.pareto:
+                drop = "" if c["accuracy_drop"] is None else f"{c['accuracy_drop']:.4f}"
+                lat = "" if c["latency_ms"] is None else f"{c['latency_ms']:.3f}"
+                lines.append(
+                    f"| `{c['pipeline']}` | {drop} | {c['size_bytes']:,} | {lat} | "
+                    f"{'yes' if c['feasible'] else 'no'} | {'yes' if c['pareto'] else ''} | "
+                    f"{'**yes**' if c['chosen'] else ''} |"
+                )
             lines.append("")
         for note in self.notes:
             lines.extend([f"Note: {note}", ""])
+        lines.extend([energy_markdown(self), ""])
         lines.append("## Passes")
         lines.append("")
         lines.append(self.report.to_markdown())
@@ -141,10 +196,14 @@ class OptimizeResult:
         )
 
     def save(self, outdir: str | os.PathLike) -> dict[str, Path]:
-        """Write model.onnx, the printed IR (model.ir.txt), the compiled library (model.so),
-        report.json and report.md to `outdir`.
+        """Write to `outdir`: model.onnx (dense weights, what onnxruntime runs; original input /
+        output names, symbolic batch where the input had one), model.mcz (the graph with every
+        weight in its real encoding — CSR, codebook indices, packed bits, int8 / fixed-point codes —
+        Huffman-coded; :func:`load` reopens it exactly), model.ir.txt (the printed IR), model.so
+        (the compiled library), report.json and report.md (which list each file's bytes on disk).
 
         Each file is written atomically (temp file + rename), so a crash never leaves half a file."""
+        from mcopt.huffman import save_compressed
         from mcopt.onnx_io import export_model
 
         out = Path(outdir)
@@ -163,6 +222,9 @@ class OptimizeResult:
         else:
             data = proto.SerializeToString()
             written["onnx"] = _atomic_write(out / "model.onnx", lambda p: Path(p).write_bytes(data))
+        written["mcz"] = _atomic_write(
+            out / "model.mcz", lambda p: save_compressed(self.graph, p), suffix=".mcz"
+        )
         written["ir"] = _atomic_write(
             out / "model.ir.txt", lambda p: Path(p).write_text(str(self.graph) + "\n")
         )
@@ -170,6 +232,7 @@ class OptimizeResult:
             written["library"] = _atomic_write(
                 out / "model.so", self.compiled.export_library, suffix=".so"
             )
+        self.artifacts = {p.name: p.stat().st_size for p in written.values()}
         summary = self.summary()
         written["report_json"] = _atomic_write(
             out / "report.json",
@@ -178,7 +241,84 @@ class OptimizeResult:
         written["report_md"] = _atomic_write(
             out / "report.md", lambda p: Path(p).write_text(self.to_markdown())
         )
+        written["report_html"] = write_html_report(self, out / "report.html")
         return written
+
+
+@dataclass
+class SavedModel:
+    """A saved optimize() result, reopened by :func:`load`: ``graph`` (exactly the saved IR),
+    ``compiled`` (the library, when its target runs on this host; else None), ``input_specs``
+    ``[(name, shape, dtype)]``, ``report`` (report.json as a dict) and ``path``."""
+
+    path: Path
+    graph: Graph
+    report: dict[str, Any]
+    input_specs: list[tuple[str, tuple[int, ...], str]]
+    compiled: Any = None
+
+    @property
+    def target(self) -> str | None:
+        return self.report.get("target")
+
+    def run(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
+        """Run on inputs (positional or by name) with the compiled library, else the interpreter.
+        Inputs with a larger batch than the model's are run sample by sample and concatenated."""
+        arrays = _feed_arrays(self.graph, inputs, named)
+        b = self.graph.inputs[0].shape[0] if self.graph.inputs[0].shape else 1
+        n = arrays[0].shape[0] if arrays and arrays[0].ndim else b
+        if n != b and n % b == 0:
+            parts = [self.run(*[a[i : i + b] for a in arrays]) for i in range(0, n, b)]
+            return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        if self.compiled is not None:
+            return self.compiled.run(*arrays)
+        return interpreter.run(self.graph, arrays)
+
+
+def _feed_arrays(graph: Graph, inputs: Sequence[Any], named: Mapping[str, Any]) -> list[np.ndarray]:
+    if named:
+        missing = [v.name for v in graph.inputs if v.name not in named]
+        if missing:
+            raise OptionError(
+                f"missing input(s) {missing}; the model takes {[v.name for v in graph.inputs]}"
+            )
+        return [np.asarray(named[v.name]) for v in graph.inputs]
+    if len(inputs) == 1 and isinstance(inputs[0], Mapping):
+        return _feed_arrays(graph, (), inputs[0])
+    if len(inputs) != len(graph.inputs):
+        raise OptionError(f"the model takes {len(graph.inputs)} input(s), got {len(inputs)}")
+    return [np.asarray(a) for a in inputs]
+
+
+def load_saved(outdir: str | os.PathLike) -> SavedModel:
+    """Reopen a directory written by :meth:`OptimizeResult.save` (see :class:`SavedModel`)."""
+    from mcopt.huffman import load_compressed
+
+    d = Path(outdir)
+    mcz, rep = d / "model.mcz", d / "report.json"
+    if not mcz.exists() or not rep.exists():
+        raise OptionError(
+            f"{str(d)!r} is not an mcopt output directory (needs model.mcz and report.json, "
+            "written by `mcopt optimize -o DIR` / result.save(DIR))"
+        )
+    try:
+        report = json.loads(rep.read_text())
+    except ValueError as e:
+        raise OptionError(f"{str(rep)!r} is not valid JSON: {e}") from None
+    graph = load_compressed(mcz)
+    specs = [(v.name, tuple(v.shape), v.dtype) for v in graph.inputs]
+    compiled = None
+    so = d / "model.so"
+    target = report.get("target")
+    if so.exists() and target is not None:
+        from mcopt.targets import get_target
+
+        spec = get_target(target)
+        if spec.host_runnable and spec.builder is None:
+            from mcopt.targets.builder import load_library
+
+            compiled = load_library(so, specs, target=target)
+    return SavedModel(d, graph, report, specs, compiled)
 
 
 def optimize(
@@ -195,6 +335,12 @@ def optimize(
     db: str | os.PathLike | None = None,
     data: Any = None,
     val_data: Any = None,
+    on_pass: Callable[[int, int, str, bool], None] | None = None,
+    max_accuracy_drop: float | None = None,
+    max_output_error: float | None = None,
+    objective: str = "latency",
+    eval_fn: Callable[[Graph], float] | None = None,
+    search_epochs: int = 5,
 ) -> OptimizeResult:
     """Import `model` (path, ONNX bytes/ModelProto or IR Graph), run `passes` (names, "name:opt=v"
     specs or Pass instances; default: lossless cleanup), check the output error against the original
@@ -207,8 +353,54 @@ def optimize(
     ...): ``(x, y)`` arrays, ``x`` alone (then distillation from the original), an ``.npz`` with ``x``
     and ``y``, or an iterable of ``(x, y)`` batches (see :mod:`mcopt.train.data`). A validation split
     is held out (or `val_data` used): the report gives the held-out accuracy (or agreement with the
-    original) after every lossy pass, and the output error is measured on held-out inputs."""
+    original) after every lossy pass, and the output error is measured on held-out inputs.
+
+    Budgets: `max_accuracy_drop` (held-out accuracy, or agreement with the original without labels,
+    may fall by at most this much: 0.01 = 1 point; needs `data`) and `max_output_error` (max
+    relative output error on held-out / check inputs). A pipeline that breaks one raises
+    :class:`~mcopt.errors.BudgetError` naming the first pass past the budget.
+
+    `passes="auto"` searches pipelines (int8, channel pruning with per-layer ratios from the
+    sensitivity scan, weight pruning + k-means for `objective="size"`, combinations; each fine-tuned
+    for `search_epochs` when `data` has labels) and returns the fastest (`objective="latency"`,
+    measured on this host or a MACs cost model) or smallest model within `max_accuracy_drop`
+    (default 0.01) on held-out data or by `eval_fn(graph) -> score` (higher is better); every
+    candidate and the Pareto front are in ``result.pareto`` (see :mod:`mcopt.search`).
+
+    `on_pass(index, total, name, done)` is called around every pass (e.g. a progress bar)."""
     say = progress or (lambda msg: None)
+    if isinstance(passes, str) and passes == "auto":
+        from mcopt.search import auto_search
+
+        budget = 0.01 if max_accuracy_drop is None else max_accuracy_drop
+        t0 = time.perf_counter()
+        chosen, cands = auto_search(
+            model,
+            target=target,
+            data=data if val_data is None else data,
+            calib=calib,
+            input_shapes=input_shapes,
+            max_accuracy_drop=budget,
+            objective=objective,
+            eval_fn=eval_fn,
+            seed=seed,
+            epochs=search_epochs,
+            log=say,
+        )
+        result = optimize(
+            model, target, chosen, calib, input_shapes, check=check, measure=measure,
+            progress=progress, seed=seed, db=db, data=data, val_data=val_data, on_pass=on_pass,
+        )  # fmt: skip
+        result.pareto = [c.to_dict() for c in cands]
+        result.timings["search"] = time.perf_counter() - t0
+        result.notes.append(
+            f"auto ({objective}, max_accuracy_drop={budget}): chose {','.join(chosen)} of "
+            f"{len(cands)} candidates ({sum(c.feasible for c in cands)} within budget, "
+            f"{sum(c.pareto for c in cands)} on the Pareto front)"
+        )
+        return result
+    if isinstance(passes, str):
+        passes = [passes]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     say("importing model")
@@ -235,17 +427,31 @@ def optimize(
             train_feeds = feeds_of(train_data.x or [], original, limit=64)
             if train_feeds:
                 feeds, source = train_feeds, source if held else "training inputs"
-    ctx = PassContext(calib=feeds, seed=seed, data=train_data, teacher=original)
+    ctx = PassContext(calib=feeds, seed=seed, data=train_data, teacher=original, progress=on_pass)
     if target is not None:
         # passes that pick per layer by measured speed (winograd:only_if_faster) measure on the target
         ctx.shared["measure_winograd"] = _measure_winograd
     cost_before = analyze(original)
     pipeline = list(DEFAULT_PASSES if passes is None else passes)
+    if max_accuracy_drop is not None and train_data is None:
+        raise OptionError(
+            "max_accuracy_drop needs data to measure accuracy on: optimize(..., data=(x, y)) "
+            "or --data; use max_output_error without data"
+        )
     t0 = time.perf_counter()
     say(f"running {len(pipeline)} pass(es)")
     manager = PassManager(pipeline)
     graph, report = manager.run(graph, ctx=ctx, inputs=check_feeds[0] if check else None)
     timings["passes"] = time.perf_counter() - t0
+    lossy = [r.spec for r in report.records if r.changed and not r.lossless]
+    if lossy and source == "seeded random input":
+        msg = (
+            f"lossy pass(es) {', '.join(lossy)} ran without calibration or training data: their "
+            "ranges / fits come from random inputs and the output error is measured on one; give "
+            "calib= or data= (--calib / --data) for figures that mean something"
+        )
+        warnings.warn(msg, stacklevel=2)
+    check_budgets(report, max_accuracy_drop, max_output_error)
     cost_after = analyze(graph)
     result = OptimizeResult(
         graph,
@@ -302,8 +508,49 @@ def optimize(
             say("measuring latency")
             t0 = time.perf_counter()
             result.latency_ms = result.compiled.benchmark(check_feeds[0])["median_ms"]
+            try:
+                result.ort_latency_ms, result.call_latency_ms = compare_with_onnxruntime(
+                    original, result.compiled, check_feeds[0]
+                )
+            except Exception as e:  # onnxruntime cannot run the original: say so, keep going
+                result.notes.append(f"onnxruntime latency not measured: {str(e).splitlines()[0]}")
             timings["measure"] = time.perf_counter() - t0
     return result
+
+
+def compare_with_onnxruntime(
+    original: Graph, compiled: Any, feed: Feed, rounds: int = 5, burst_s: float = 0.1
+) -> tuple[float, float]:
+    """(onnxruntime ms on the original model, mcopt ms through ``compiled.run``): what a user
+    calls from Python on each side, in alternating bursts after a pause (both thread pools spin
+    after a call), median over all runs. Same thread count for both (mcopt's pool size)."""
+    import onnxruntime as ort
+
+    from mcopt.onnx_io import export_model
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(os.environ.get("TVM_NUM_THREADS", "0") or 0)
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(
+        export_model(original, dynamic_batch=False).SerializeToString(),
+        so,
+        providers=["CPUExecutionProvider"],
+    )
+    names = [v.name for v in original.inputs]
+    arrays = [feed[n] for n in names] if isinstance(feed, Mapping) else list(feed)
+    ort_feed = dict(zip(names, arrays))
+    engines = {"ort": lambda: sess.run(None, ort_feed), "mcopt": lambda: compiled.run(*arrays)}
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for r in range(rounds):
+        for k in engines if r % 2 == 0 else reversed(list(engines)):
+            time.sleep(0.05)
+            engines[k]()
+            end = time.perf_counter() + burst_s
+            while time.perf_counter() < end or len(times[k]) < 3 * (r + 1):
+                t0 = time.perf_counter()
+                engines[k]()
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times["ort"])), float(np.median(times["mcopt"]))
 
 
 def tune(
@@ -331,6 +578,41 @@ def tune(
     pipeline = list(DEFAULT_PASSES if passes is None else passes)
     graph, _ = PassManager(pipeline).run(graph, ctx=PassContext(calib=feeds, seed=seed))
     return tune_graph(graph, target, trials, db, rpc=rpc, key=key, progress=progress, seed=seed)
+
+
+def check_budgets(
+    report: PassReport, max_accuracy_drop: float | None, max_output_error: float | None
+) -> None:
+    """Raise BudgetError when the final held-out metric fell more than `max_accuracy_drop` below
+    the input's (naming the first pass past the budget), or a pass's output error exceeded
+    `max_output_error`."""
+    final = report.final_metric
+    if (
+        max_accuracy_drop is not None
+        and report.initial_metric is not None
+        and final is not None
+        and report.initial_metric - final > max_accuracy_drop + 1e-12
+    ):  # a pass may lose accuracy that a later one (finetune) wins back: the final figure counts
+        for r in report.records:
+            if (
+                r.metric is not None
+                and report.initial_metric - r.metric > max_accuracy_drop + 1e-12
+            ):
+                raise BudgetError(
+                    f"pass {r.spec!r} took the held-out {report.metric_name} from "
+                    f"{report.initial_metric:.4f} to {r.metric:.4f} (final {final:.4f}), more than "
+                    f"max_accuracy_drop={max_accuracy_drop}; nothing written — retrain after it "
+                    "(finetune), make it gentler, or raise the budget"
+                )
+    errs = [r.max_rel_err for r in report.records if r.max_rel_err is not None]
+    if max_output_error is not None and errs and not errs[-1] <= max_output_error:
+        for r in report.records:
+            err = r.max_rel_err
+            if err is not None and not err <= max_output_error:
+                raise BudgetError(
+                    f"pass {r.spec!r} moved the outputs by {err:.3g} (max relative error), more "
+                    f"than max_output_error={max_output_error}; nothing written"
+                )
 
 
 def _measure_winograd(*args: Any, **kwargs: Any) -> dict[str, float]:

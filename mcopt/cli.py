@@ -24,7 +24,10 @@ EPILOG = """examples:
   mcopt optimize model.onnx --target cpu --db tuning/this-host -o out/
   mcopt stats model.onnx
   mcopt report out/
+  mcopt optimize lenet5.onnx --passes auto --data train.npz --max-accuracy-drop 0.01 -o out/
+  mcopt run out/ --inputs x.npz --time
   mcopt passes
+  mcopt passes finetune
 """
 
 
@@ -36,6 +39,20 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"mcopt {_version()}")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show what passes log (-v: info, -vv: debug)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="log level of mcopt's messages (default: warning; -v sets info)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -46,13 +63,48 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("-o", "--output", required=True, help="output directory (created if missing)")
     o.add_argument(
         "--target",
-        default="cpu",
+        default=None,
         help="compile target (default: cpu = this host); 'none' to skip compiling",
     )
     o.add_argument(
         "--passes",
         default=None,
-        help="comma-separated pass pipeline, e.g. 'cleanup' or 'dce,fold-batch-norm' (default: cleanup); see `mcopt passes`",
+        help="comma-separated pass pipeline, options kept with their pass, e.g. "
+        "'cleanup,prune-channels:ratio=0.3,skip=[Conv_0],finetune' (default: cleanup); 'auto' "
+        "searches one within --max-accuracy-drop; see `mcopt passes`",
+    )
+    o.add_argument(
+        "--pass",
+        dest="pass_",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="one pass spec (repeatable, appended after --passes), e.g. --pass prune-channels:ratio=0.3",
+    )
+    o.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a pipeline file (.yaml / .json with target, passes, calib, data, input_shapes, seed, "
+        "budgets) or a saved report.json to replay; command-line options win",
+    )
+    o.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=None,
+        help="fail (nothing written) if held-out accuracy falls more than this (0.01 = 1 point; needs --data)",
+    )
+    o.add_argument(
+        "--max-output-error",
+        type=float,
+        default=None,
+        help="fail (nothing written) if the max relative output error exceeds this",
+    )
+    o.add_argument(
+        "--objective",
+        default="latency",
+        choices=["latency", "size"],
+        help="what --passes auto minimizes (default: latency)",
     )
     o.add_argument(
         "--calib",
@@ -72,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="VAL.npz",
         help="validation data (x, y) instead of holding out part of --data",
     )
-    o.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    o.add_argument(
+        "--seed", type=int, default=None, help="seed for every random choice (default 0)"
+    )
     _add_shape_arg(o)
     o.add_argument(
         "--db", default=None, help="tuning database written by `mcopt tune` (no re-tuning)"
@@ -93,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
         "--db", required=True, help="tuning database directory (one per device; resumable)"
     )
     t.add_argument("--passes", default=None, help="the same pass pipeline you will give `optimize`")
+    t.add_argument("--calib", default=None, help="calibration inputs, as for `optimize`")
+    t.add_argument("--data", default=None, help="training data, as for `optimize`")
     t.add_argument(
         "--rpc", default=None, metavar="HOST:PORT", help="measure on a device via a TVM RPC tracker"
     )
@@ -108,8 +164,33 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="print the report of an `mcopt optimize` output directory")
     r.add_argument("outdir", help="directory written by `mcopt optimize`")
 
-    sub.add_parser("passes", help="list the registered passes and their options")
+    ps = sub.add_parser("passes", help="list the registered passes, or describe one")
+    ps.add_argument(
+        "name", nargs="?", help="a pass or pipeline name: its options, defaults and description"
+    )
+
+    rn = sub.add_parser(
+        "run", help="run a saved `mcopt optimize` output on inputs (like `tvmc run`)"
+    )
+    rn.add_argument("outdir", help="directory written by `mcopt optimize -o`")
+    rn.add_argument(
+        "--inputs",
+        required=True,
+        metavar="X.npz",
+        help=".npz with one array per input name (or one array for a one-input model); a batch "
+        "larger than the model's runs sample by sample",
+    )
+    rn.add_argument("--time", action="store_true", help="also time one run (median of repeats)")
+    rn.add_argument(
+        "-o", "--output", default=None, metavar="OUT.npz", help="write the outputs here"
+    )
     return p
+
+
+def _version() -> str:
+    import mcopt
+
+    return mcopt.__version__
 
 
 def _add_shape_arg(p: argparse.ArgumentParser) -> None:
@@ -145,6 +226,7 @@ def _console(quiet: bool = False, stderr: bool = False) -> Any:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     from mcopt.api import optimize
+    from mcopt.config import load_config
 
     console = _console(args.quiet)
     status_console = _console(args.quiet, stderr=True)
@@ -156,24 +238,55 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         raise OptionError(
             f"-o {args.output!r} must be a directory (it is where model.onnx/model.so/report go)"
         )
-    passes = _pipeline(args.passes)
-    target = None if args.target.lower() in ("none", "") else args.target
-    with status_console.status("starting", spinner="dots") as status:
+    cfg = load_config(args.config) if args.config else {}
+    passes: Any = _pipeline(args.passes) if args.passes is not None else cfg.get("passes")
+    if args.pass_:
+        passes = [*(passes or []), *args.pass_] if passes != ["auto"] else passes
+    if passes == ["auto"]:
+        passes = "auto"
+    target_s = args.target if args.target is not None else cfg.get("target", "cpu")
+    target = None if target_s is None or str(target_s).lower() in ("none", "") else target_s
+    shapes = _shapes(args.input_shape) or cfg.get("input_shapes")
+
+    def pick(name: str, default: Any = None) -> Any:
+        v = getattr(args, name)
+        return v if v is not None else cfg.get(name, default)
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=status_console,
+        transient=True,
+        disable=args.quiet,
+    ) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def on_pass(i: int, total: int, name: str, done: bool) -> None:
+            bar.update(task, total=total, completed=i + int(done), description=f"pass {name}")
+
         result = optimize(
             str(model),
             target=target,
             passes=passes,
-            calib=args.calib,
-            data=args.data,
-            val_data=args.val_data,
-            seed=args.seed,
-            input_shapes=_shapes(args.input_shape),
+            calib=pick("calib"),
+            data=pick("data"),
+            val_data=pick("val_data"),
+            seed=args.seed if args.seed is not None else cfg.get("seed", 0),
+            input_shapes=shapes,
             check=not args.no_check,
-            db=args.db,
+            db=pick("db"),
             measure=not args.no_measure,
-            progress=lambda msg: status.update(msg + " ..."),
+            progress=lambda msg: bar.update(task, description=msg),
+            on_pass=on_pass,
+            max_accuracy_drop=pick("max_accuracy_drop"),
+            max_output_error=pick("max_output_error"),
+            objective=args.objective or cfg.get("objective", "latency"),
         )
-        status.update("writing outputs ...")
+        bar.update(task, description="writing outputs")
         written = result.save(out)
     if not args.quiet:
         from rich.markdown import Markdown
@@ -196,6 +309,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         trials=args.trials,
         db=args.db,
         passes=passes,
+        calib=args.calib,
+        data=args.data,
         input_shapes=_shapes(args.input_shape),
         rpc=args.rpc,
         key=args.key,
@@ -234,11 +349,68 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from mcopt.api import load_saved
+
+    saved = load_saved(args.outdir)
+    path = Path(args.inputs)
+    if not path.exists():
+        raise OptionError(f"--inputs {args.inputs!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise OptionError(f"--inputs {args.inputs!r} is not a readable .npz: {e}") from None
+    names = [n for n, _, _ in saved.input_specs]
+    if len(names) == 1 and names[0] not in arrays and len(arrays) == 1:
+        arrays = {names[0]: next(iter(arrays.values()))}
+    outs = saved.run(**arrays)
+    out_names = [str(n) for n in saved.report.get("output_names", [])] or [
+        v.name for v in saved.graph.outputs
+    ]
+    console = _console()
+    engine = "compiled library" if saved.compiled is not None else "reference interpreter"
+    console.print(f"ran {saved.path} ({saved.target or 'not compiled'}) with the {engine}")
+    for name, y in zip(out_names, outs):
+        line = f"  {name}: shape {list(y.shape)} {y.dtype}"
+        if y.ndim == 2:
+            line += f", top-1 {y.argmax(axis=1)[:10].tolist()}{' ...' if len(y) > 10 else ''}"
+        console.print(line)
+    if args.output:
+        from mcopt.api import _atomic_write
+
+        _atomic_write(Path(args.output), lambda p: np.savez(p, **dict(zip(out_names, outs))))
+        console.print(f"wrote {args.output}")
+    if args.time:
+        first = {n: a[: saved.input_specs[i][1][0]] for i, (n, a) in enumerate(arrays.items())}
+        if saved.compiled is not None:
+            ms = saved.compiled.benchmark(first, number=20, repeat=5)["median_ms"]
+        else:
+            t0 = time.perf_counter()
+            for _ in range(5):
+                saved.run(**first)
+            ms = (time.perf_counter() - t0) / 5 * 1e3
+        console.print(
+            f"latency (batch {saved.input_specs[0][1][0]}, median): {ms:.3f} ms ({engine})"
+        )
+    return 0
+
+
 def cmd_passes(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
     from mcopt.pass_manager import describe_passes
+
+    if args.name:
+        from mcopt.pass_manager import describe_pass
+
+        _console().print(escape(describe_pass(args.name)))
+        return 0
 
     table = Table(title="mcopt passes")
     for col in ("name", "lossless", "options", "what it does"):
@@ -255,11 +427,28 @@ COMMANDS = {
     "stats": cmd_stats,
     "report": cmd_report,
     "passes": cmd_passes,
+    "run": cmd_run,
 }
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    import logging
+
+    level = args.log_level or (
+        "debug" if args.verbose > 1 else "info" if args.verbose else "warning"
+    )
+    logger = logging.getLogger("mcopt")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        from rich.logging import RichHandler
+
+        logger.addHandler(RichHandler(console=_console(stderr=True), show_path=False))
+        logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _setup_logging(args)
     try:
         return COMMANDS[args.command](args)
     except MCoptError as e:

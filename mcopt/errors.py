@@ -33,3 +33,8 @@ class OptionError(MCoptError):
 
 class TargetError(MCoptError):
     """Lowering or building for a target failed."""
+
+
+class BudgetError(MCoptError):
+    """The result is outside the user's accuracy / output-error budget; names the pass that broke
+    it. Nothing is written."""

@@ -235,6 +235,28 @@ def describe_passes() -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def describe_pass(name: str) -> str:
+    """Everything about one pass (options with their types and defaults, full docstring) or
+    pipeline (its passes), for ``mcopt passes NAME``."""
+    import inspect
+
+    _load_builtins()
+    if name in _PIPELINES:
+        return f"{name} (pipeline)\n\n  " + "\n  ".join(_PIPELINES[name])
+    cls = pass_class(name)
+    hints = typing.get_type_hints(cls)
+    lines = [f"{name} ({'lossless' if cls.lossless else 'lossy'})", ""]
+    lines.append(inspect.cleandoc(cls.__doc__ or "(no description)"))
+    lines += ["", "options:"]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        lines.append(f"  {f.name}: {_type_name(hints.get(f.name, Any))} = {default!r}")
+    if len(lines) == 4 + len(inspect.cleandoc(cls.__doc__ or "").splitlines()):
+        lines.append("  (none)")
+    lines += ["", f"spec: {name}:option=value,option=[a,b]"]
+    return "\n".join(lines)
+
+
 # --- option parsing -----------------------------------------------------------------------------------
 def _split_top(s: str, sep: str = ",") -> list[str]:
     """Split on `sep` outside brackets/parentheses."""
@@ -462,6 +484,14 @@ class PassReport:
     def changed(self) -> bool:
         return any(r.changed for r in self.records)
 
+    @property
+    def final_metric(self) -> float | None:
+        """The held-out metric after the last pass (None without data)."""
+        for r in reversed(self.records):
+            if r.metric is not None:
+                return r.metric
+        return self.initial_metric
+
     def __getitem__(self, name: str) -> PassRecord:
         for r in self.records:
             if r.name == name:
@@ -671,6 +701,7 @@ class PassManager:
         refs = [interpreter.run(graph, f) for f in feeds]  # type: ignore[arg-type]
         report = PassReport(initial=graph_stats(graph))
         metric = self._metric_fn(graph, ctx, report)
+        io_names = ([v.name for v in graph.inputs], [v.name for v in graph.outputs])
         done: list[str] = []
         t_all = time.perf_counter()
         total = len(self.passes)
@@ -683,6 +714,7 @@ class PassManager:
             try:
                 result = p.run(graph, ctx)
                 seconds = time.perf_counter() - t0
+                graph.restore_io_names(*io_names)  # outputs keep the names users call them by
                 if self.verify_each:
                     verify(graph)
                 errs = [output_errors(r, interpreter.run(graph, f)) for r, f in zip(refs, feeds)]  # type: ignore[arg-type]

@@ -91,8 +91,11 @@ class CompiledBase:
             prefix=f".{path.name}.", suffix=path.suffix or ".so", dir=path.parent
         )
         os.close(fd)
+        from mcopt.targets.quiet import quiet_native_stderr
+
         try:
-            self.executable.export_library(tmp, **export_options)
+            with quiet_native_stderr():  # TVM prints "Scope Saving:" per function
+                self.executable.export_library(tmp, **export_options)
             os.replace(tmp, path)
         except Exception as e:
             Path(tmp).unlink(missing_ok=True)

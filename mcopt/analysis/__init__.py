@@ -1,4 +1,4 @@
-"""Analyses over the IR: cost (params, bytes, MACs, activation memory)."""
+"""Analyses over the IR: cost (params, bytes, MACs, activation memory), energy per inference."""
 
 from mcopt.analysis.cost import (
     CostReport,
@@ -10,12 +10,17 @@ from mcopt.analysis.cost import (
     human_count,
     peak_activation,
 )
+from mcopt.analysis.energy import EnergyReport, EnergyTable, LayerEnergy, estimate_energy
 
 __all__ = [
     "CostReport",
+    "EnergyReport",
+    "EnergyTable",
     "GraphStats",
+    "LayerEnergy",
     "NodeCost",
     "analyze",
+    "estimate_energy",
     "graph_stats",
     "human_bytes",
     "human_count",

@@ -167,6 +167,27 @@ class Graph:
     def reserve_name(self, name: str) -> None:
         self._names.add(name)
 
+    def rename(self, value: Value, name: str) -> None:
+        """Give `value` the name `name`; a different value of this graph holding it now is renamed
+        to a fresh name first (graph inputs / outputs keep the names users call them by)."""
+        if value.name == name:
+            return
+        for other in self.values():
+            if other is not value and other.name == name:
+                other.name = self._unique(f"{name}_inner", self._names)
+                break
+        value.name = name
+        self._names.add(name)
+
+    def restore_io_names(self, inputs: list[str], outputs: list[str]) -> None:
+        """Rename graph inputs / outputs back to `inputs` / `outputs` (positional) where a pass
+        changed them (e.g. quantization renaming the logits)."""
+        for v, n in zip(self.inputs, inputs):
+            self.rename(v, n)
+        for v, n in zip(self.outputs, outputs):
+            if v.producer is not None or v.is_const:
+                self.rename(v, n)
+
     # --- construction ------------------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:
         v = Value(self.unique_name(name), type)
@@ -174,8 +195,9 @@ class Graph:
         return v
 
     def const(self, array: Any, name: str = "const", dtype: object | None = None) -> Value:
-        """A new constant value holding `array` (copied to a contiguous numpy array)."""
-        arr = np.ascontiguousarray(np.asarray(array, dtype=dtype))
+        """A new constant value holding `array` (as a C-contiguous numpy array; a 0-d array stays
+        0-d, which ``np.ascontiguousarray`` would turn into shape (1,))."""
+        arr = np.asarray(array, dtype=dtype, order="C")
         if arr.dtype == np.float64 and dtype is None:
             arr = arr.astype(np.float32)
         t = TensorType(arr.shape, dtype_name(arr.dtype))

@@ -213,7 +213,10 @@ def hard_sigmoid(e: _Exporter, n: Node) -> None:
 @exports("reshape")
 def reshape(e: _Exporter, n: Node) -> None:
     ins, outs = _io(e, n)
-    shape = e.init(list(n.attrs["shape"]), f"{n.name}_shape")
+    target = list(n.attrs["shape"])
+    if e.batch_symbol and target:
+        target[0] = 0  # copy the (symbolic) batch from the input; batch_blocker checked dim 0 stays
+    shape = e.init(target, f"{n.name}_shape")
     e.add("Reshape", [ins[0], shape], outs, n.name)
 
 

@@ -1,11 +1,12 @@
 """mcopt IR -> standard ONNX that onnxruntime runs.
 
-Shapes are exported **static**: every input, output and intermediate keeps the concrete shape it has
-in the IR (the shapes fixed at import, see ``graph.metadata["input_shapes_fixed"]``). Restoring the
-dynamic batch dim recorded in ``graph.metadata["dynamic_dims"]`` would only be safe if no constant
-(a Reshape target, a folded shape computation) had baked the batch size in, which import resolves
-on purpose; so export does not try. ``metadata_props`` carries the source producer/opset and the
-dynamic dims as JSON for tools that want to re-generalize.
+Shapes: the IR is static (import fixes a dynamic batch to 1, see
+``graph.metadata["input_shapes_fixed"]``). Where dim 0 was symbolic in the imported model
+(``graph.metadata["dynamic_dims"]``) and no node ties the graph to its static batch
+(:func:`mcopt.analysis.batch.batch_blocker`), the export is a drop-in replacement: dim 0 of every
+input and output is the original symbol again, reshape targets copy dim 0 from their input (``0``),
+and intermediate shapes are left to ONNX shape inference. Otherwise every shape is exported static.
+``metadata_props`` carries the source producer/opset and the dynamic dims as JSON.
 
 Constants become initializers (arrays shared between values are written once). Compressed
 constants (quantized, fixed point, binary, codebook, sparse encodings) are written as their dense
@@ -48,9 +49,11 @@ def dense_value(v: Value) -> np.ndarray:
 
 
 class _Exporter:
-    def __init__(self, graph: Graph, opset: int) -> None:
+    def __init__(self, graph: Graph, opset: int, batch_symbol: str | None = None) -> None:
         self.graph = graph
         self.opset = opset
+        #: the symbolic batch dim written on inputs / outputs (None: static shapes)
+        self.batch_symbol = batch_symbol
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.names: set[str] = {v.name for v in graph.values()}
@@ -77,7 +80,7 @@ class _Exporter:
                 self._const_names[key] = self._by_array[id(arr)]
             else:
                 self.inits.append(
-                    numpy_helper.from_array(np.ascontiguousarray(dense_value(v)), v.name)
+                    numpy_helper.from_array(np.asarray(dense_value(v), order="C"), v.name)
                 )
                 self._const_names[key] = self._by_array[id(arr)] = v.name
         return self._const_names[key]
@@ -97,7 +100,7 @@ class _Exporter:
             if v.const is not None and id(v) not in self._const_names:
                 iname = self.fresh(f"{v.name}_value")
                 self.inits.append(
-                    numpy_helper.from_array(np.ascontiguousarray(dense_value(v)), iname)
+                    numpy_helper.from_array(np.asarray(dense_value(v), order="C"), iname)
                 )
                 self._const_names[id(v)] = iname
         for node in g.nodes:
@@ -114,15 +117,21 @@ class _Exporter:
             if v.const is not None:
                 self.add("Identity", [name], [v.name], f"{v.name}_identity")
                 name = v.name
-            outputs.append(helper.make_tensor_value_info(name, _elem(v.dtype), v.shape))
+            outputs.append(helper.make_tensor_value_info(name, _elem(v.dtype), self._dims(v)))
         out_ids = {id(v) for v in g.outputs}
-        value_info = [
-            helper.make_tensor_value_info(o.name, _elem(o.dtype), o.shape)
-            for n in g.nodes
-            for o in n.outputs
-            if id(o) not in out_ids
+        value_info = (
+            []
+            if self.batch_symbol
+            else [
+                helper.make_tensor_value_info(o.name, _elem(o.dtype), o.shape)
+                for n in g.nodes
+                for o in n.outputs
+                if id(o) not in out_ids
+            ]
+        )
+        inputs = [
+            helper.make_tensor_value_info(v.name, _elem(v.dtype), self._dims(v)) for v in g.inputs
         ]
-        inputs = [helper.make_tensor_value_info(v.name, _elem(v.dtype), v.shape) for v in g.inputs]
         og = helper.make_graph(
             self.nodes, g.name or "graph", inputs, outputs, self.inits, value_info=value_info
         )
@@ -141,6 +150,31 @@ class _Exporter:
                 entry.key, entry.value = f"mcopt.source_{key}", json.dumps(val, default=str)
         return model
 
+    def _dims(self, v: Value) -> list[int | str]:
+        dims: list[int | str] = list(v.shape)
+        if self.batch_symbol and dims:
+            dims[0] = self.batch_symbol
+        return dims
+
+
+def batch_symbol(graph: Graph) -> str | None:
+    """The symbol to export dim 0 as: the imported model's name for it when every input's dim 0
+    was dynamic and nothing in the graph depends on the static batch; else None (static)."""
+    from mcopt.analysis.batch import batch_blocker
+
+    dyn = graph.metadata.get("dynamic_dims") or {}
+    syms = []
+    for v in graph.inputs:
+        d = dyn.get(v.name) or {}
+        sym = d.get(0, d.get("0"))
+        if sym is None:
+            return None
+        syms.append(str(sym))
+    if not syms or batch_blocker(graph) is not None:
+        return None
+    sym = syms[0]
+    return "batch" if sym in ("?", "") else sym
+
 
 def _version() -> str:
     import mcopt
@@ -152,8 +186,14 @@ def _elem(dtype: str) -> int:
     return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
-def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
-    """Write `graph` as an ONNX model of the default domain at `opset` (13-21), static shapes.
+def export_model(
+    graph: Graph, opset: int = 17, dynamic_batch: bool | None = None
+) -> onnx.ModelProto:
+    """Write `graph` as an ONNX model of the default domain at `opset` (13-21).
+
+    `dynamic_batch`: None (default) keeps dim 0 symbolic where the imported model had it symbolic
+    and the graph allows any batch (:func:`batch_symbol`); False forces static shapes; True
+    requires a symbolic batch (OptionError naming the node that prevents it).
 
     The model passes ``onnx.checker.check_model(model, full_check=True)``; graph input and output
     names are the IR value names. Raises UnsupportedOpError for an mcopt op with no ONNX form.
@@ -164,7 +204,17 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
         )
     from mcopt.onnx_io import export_ops  # noqa: F401  (fills EXPORTERS)
 
-    return _Exporter(graph, int(opset)).run()
+    sym = None
+    if dynamic_batch is not False:
+        sym = batch_symbol(graph)
+        if dynamic_batch and sym is None:
+            from mcopt.analysis.batch import batch_blocker
+
+            raise OptionError(
+                "cannot export a dynamic batch: "
+                + (batch_blocker(graph) or "the imported model's batch dim was static")
+            )
+    return _Exporter(graph, int(opset), sym).run()
 
 
 ExportFn = Callable[[_Exporter, Node], None]

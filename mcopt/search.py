@@ -1,0 +1,253 @@
+"""``passes="auto"``: find the fastest (or smallest) model within an accuracy budget.
+
+Method (beyond NNCF's accuracy-controlled quantization or Intel Neural Compressor's tolerable loss,
+which each tune one method): candidates from every family that applies to the model, each at
+rising strength —
+
+- ``quantize-int8`` (then ``finetune``: quantization-aware training, when there is labelled data),
+- channel pruning ``prune-channels:ratio=r,schedule=sensitivity`` (per-layer ratios from the channel
+  sensitivity scan, :mod:`mcopt.analysis.sensitivity`) + ``finetune``,
+- for ``objective="size"``: weight pruning ``prune-weights:sparsity=s,scope=sensitivity`` +
+  ``finetune``, then k-means weight sharing (Deep Compression),
+- combinations of the strongest pruning that stayed in budget with int8;
+
+a family stops rising at its first candidate past the budget (accuracy falls monotonically with
+strength). Each candidate is scored on the held-out split of `data` (accuracy with labels, top-1
+agreement with the original without; or the user's ``eval_fn(graph) -> float``, higher is better)
+and on the objective: compiled latency measured on this host (``target`` runs here), a cost model
+(MACs, int8 at half cost) where it does not, or the weights' real encoded bytes. The result is the
+best candidate within ``max_accuracy_drop``, compiled, with every candidate and the Pareto front
+(accuracy drop vs objective) in ``result.pareto``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcopt.errors import OptionError
+from mcopt.ir.core import Graph
+
+
+@dataclass
+class Candidate:
+    pipeline: list[str]
+    family: str
+    metric: float | None = None
+    drop: float | None = None
+    size_bytes: int = 0
+    macs: int = 0
+    latency_ms: float | None = None
+    latency_kind: str = ""
+    feasible: bool = False
+    chosen: bool = False
+    pareto: bool = False
+    seconds: float = 0.0
+    error: str = ""
+    graph: Graph | None = field(default=None, repr=False)
+
+    def objective(self, kind: str) -> float:
+        if kind == "size":
+            return float(self.size_bytes)
+        return float(self.latency_ms if self.latency_ms is not None else self.macs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": ",".join(self.pipeline),
+            "family": self.family,
+            "metric": self.metric,
+            "accuracy_drop": self.drop,
+            "size_bytes": self.size_bytes,
+            "macs": self.macs,
+            "latency_ms": self.latency_ms,
+            "latency_kind": self.latency_kind,
+            "feasible": self.feasible,
+            "pareto": self.pareto,
+            "chosen": self.chosen,
+            "seconds": round(self.seconds, 2),
+            "error": self.error,
+        }
+
+
+def _families(
+    graph: Graph, objective: str, train: bool, epochs: int
+) -> list[tuple[str, list[list[str]]]]:
+    ft = [f"finetune:epochs={epochs}"] if train else []
+    qat = [f"finetune:epochs={max(1, epochs // 2)},lr=0.0002"] if train else []
+    has_conv = any(n.op == "conv2d" for n in graph.nodes)
+    fams: list[tuple[str, list[list[str]]]] = [("int8", [["cleanup", "quantize-int8", *qat]])]
+    ratios = (0.25, 0.4, 0.55, 0.7) if has_conv else (0.3, 0.5, 0.7)
+    fams.append(
+        (
+            "prune-channels",
+            [["cleanup", f"prune-channels:ratio={r},schedule=sensitivity", *ft] for r in ratios],
+        )
+    )
+    if objective == "size":
+        fams.append(
+            (
+                "prune-weights",
+                [
+                    ["cleanup", f"prune-weights:sparsity={s},scope=sensitivity", *ft]
+                    for s in (0.5, 0.75, 0.9, 0.95)
+                ],
+            )
+        )
+    return fams
+
+
+def _latency(graph: Graph, target: str | None, feed: Any) -> tuple[float | None, str]:
+    """(ms, 'measured') on this host, (None, 'cost model') where the target does not run here."""
+    if target is None:
+        return None, "cost model"
+    from mcopt.targets import build, get_target
+
+    spec = get_target(target)
+    if not spec.host_runnable or spec.builder is not None:
+        return None, "cost model"
+    compiled = build(graph, target=target)
+    return float(compiled.benchmark(feed, number=50, repeat=7)["median_ms"]), "measured"
+
+
+def _cost_macs(graph: Graph) -> int:
+    """MACs with integer / binary layers at half / a sixteenth of the float cost."""
+    from mcopt.analysis.cost import analyze
+
+    total = 0.0
+    for row in analyze(graph).rows:
+        w = (
+            0.5
+            if row.op.startswith(("q", "fx_"))
+            else 1 / 16
+            if row.op.startswith("binary")
+            else 1.0
+        )
+        total += row.macs * w
+    return int(total)
+
+
+def pareto_front(cands: list[Candidate], objective: str) -> None:
+    """Mark the candidates no other one beats on both accuracy drop and objective."""
+    ok = [c for c in cands if c.drop is not None and not c.error]
+    for c in ok:
+        c.pareto = not any(
+            o is not c
+            and o.drop <= c.drop  # type: ignore[operator]
+            and o.objective(objective) <= c.objective(objective)
+            and (o.drop < c.drop or o.objective(objective) < c.objective(objective))  # type: ignore[operator]
+            for o in ok
+        )
+
+
+def auto_search(
+    model: Any,
+    *,
+    target: str | None,
+    data: Any,
+    calib: Any,
+    input_shapes: Any,
+    max_accuracy_drop: float,
+    objective: str,
+    eval_fn: Callable[[Graph], float] | None,
+    seed: int,
+    epochs: int,
+    log: Callable[[str], None],
+) -> tuple[list[str], list[Candidate]]:
+    """Evaluate the candidates (see the module docstring); returns (chosen pipeline, candidates)."""
+    from mcopt.api import load, optimize
+
+    if objective not in ("latency", "size"):
+        raise OptionError(f"objective must be 'latency' or 'size', got {objective!r}")
+    if data is None and eval_fn is None:
+        raise OptionError(
+            'passes="auto" needs data=(x, y) (or x alone: agreement with the original) or an '
+            "eval_fn(graph) -> score to keep the model within max_accuracy_drop"
+        )
+    original = load(model, input_shapes)
+    train = False
+    if data is not None:
+        from mcopt.train.data import as_train_data
+
+        data = as_train_data(data, original, seed=seed)
+        try:
+            import torch  # noqa: F401
+
+            train = data.labelled
+        except ImportError:
+            log("auto: PyTorch is not installed: candidates are not fine-tuned")
+    feed = [v.shape for v in original.inputs]
+    import numpy as np
+
+    x0 = [np.zeros(s, np.dtype(v.dtype)) for s, v in zip(feed, original.inputs)]
+
+    def evaluate(pipeline: list[str], family: str) -> Candidate:
+        c = Candidate(pipeline, family)
+        t0 = time.perf_counter()
+        try:
+            res = optimize(
+                original, target=None, passes=pipeline, calib=calib, data=data, seed=seed
+            )
+        except Exception as e:  # a candidate that does not apply is skipped, not fatal
+            c.error = str(e).splitlines()[0][:200]
+            c.seconds = time.perf_counter() - t0
+            log(f"auto: {','.join(pipeline)}: skipped ({c.error})")
+            return c
+        g = res.graph
+        c.graph = g
+        base = res.report.initial_metric
+        if eval_fn is not None:
+            c.metric, base = float(eval_fn(g)), float(eval_fn(original))
+        else:
+            c.metric = res.report.final_metric
+        c.drop = (base - c.metric) if base is not None and c.metric is not None else None
+        c.size_bytes = int(res.cost_after.totals()["weight_bytes"])
+        c.macs = _cost_macs(g)
+        if objective == "latency":
+            try:
+                c.latency_ms, c.latency_kind = _latency(g, target, x0)
+            except Exception as e:
+                c.error = f"does not compile for {target}: {str(e).splitlines()[0][:160]}"
+        c.feasible = not c.error and c.drop is not None and c.drop <= max_accuracy_drop + 1e-12
+        c.seconds = time.perf_counter() - t0
+        log(
+            f"auto: {','.join(pipeline)}: drop {c.drop if c.drop is not None else float('nan'):.4f}, "
+            f"{c.size_bytes:,} weight bytes, "
+            + (f"{c.latency_ms:.3f} ms" if c.latency_ms is not None else f"{c.macs:,} cost-MACs")
+            + ("" if c.feasible else " (over budget)" if not c.error else f" ({c.error})")
+        )
+        return c
+
+    cands = [evaluate(["cleanup"], "baseline")]
+    best_prune: Candidate | None = None
+    for family, ladder in _families(original, objective, train, epochs):
+        for pipe in ladder:
+            c = evaluate(pipe, family)
+            cands.append(c)
+            if not c.feasible:
+                break
+            if family == "prune-channels":
+                best_prune = c
+    int8 = next((c for c in cands if c.family == "int8"), None)
+    if best_prune is not None and int8 is not None and int8.feasible:
+        combo = [*best_prune.pipeline, "quantize-int8"]
+        if train:
+            combo.append(f"finetune:epochs={max(1, epochs // 2)},lr=0.0002")
+        cands.append(evaluate(combo, "prune-channels+int8"))
+    pareto_front(cands, objective)
+    feasible = [c for c in cands if c.feasible]
+    if not feasible:
+        raise OptionError(
+            f"auto: no candidate stays within max_accuracy_drop={max_accuracy_drop} (not even the "
+            "lossless baseline: check eval_fn / data)"
+        )
+    # timings within 5 % of the fastest are a tie (noise on a shared host): then the smaller wins
+    top = min(c.objective(objective) for c in feasible)
+    tied = [c for c in feasible if c.objective(objective) <= top * 1.05]
+    best = min(tied, key=lambda c: (c.size_bytes, c.drop, c.objective(objective)))
+    best.chosen = True
+    return best.pipeline, cands
+
+
+__all__ = ["Candidate", "auto_search", "pareto_front"]
