@@ -383,7 +383,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output:
         from mcopt.api import _atomic_write
 
-        _atomic_write(Path(args.output), lambda p: np.savez(p, **dict(zip(out_names, outs))))
+        def write(p: str) -> None:
+            with open(p, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+                np.savez(f, **dict(zip(out_names, outs)))
+
+        _atomic_write(Path(args.output), write)
         console.print(f"wrote {args.output}")
     if args.time:
         first = {n: a[: saved.input_specs[i][1][0]] for i, (n, a) in enumerate(arrays.items())}
@@ -433,6 +437,10 @@ COMMANDS = {
 
 def _setup_logging(args: argparse.Namespace) -> None:
     import logging
+    import warnings
+
+    # warnings as one line each ("mcopt: warning: ..."), not file:line + source
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"mcopt: warning: {msg}\n"  # type: ignore[assignment]
 
     level = args.log_level or (
         "debug" if args.verbose > 1 else "info" if args.verbose else "warning"
