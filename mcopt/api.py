@@ -453,6 +453,13 @@ def optimize(
         warnings.warn(msg, stacklevel=2)
     check_budgets(report, max_accuracy_drop, max_output_error)
     cost_after = analyze(graph)
+    notes = []
+    for key, verb in (("upgraded_from_opset", "upgraded"), ("downgraded_from_opset", "downgraded")):
+        if original.metadata.get(key) is not None:
+            notes.append(
+                f"the model's ONNX opset {original.metadata[key]} was {verb} to "
+                f"{original.metadata.get('opset')} with onnx.version_converter before import"
+            )
     result = OptimizeResult(
         graph,
         original,
@@ -462,6 +469,7 @@ def optimize(
         cost_after,
         check_inputs=check_feeds,
         timings=timings,
+        notes=notes,
     )
     if check:
         t0 = time.perf_counter()

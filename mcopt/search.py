@@ -13,7 +13,10 @@ rising strength —
 
 a family stops rising at its first candidate past the budget (accuracy falls monotonically with
 strength). Each candidate is scored on the held-out split of `data` (accuracy with labels, top-1
-agreement with the original without; or the user's ``eval_fn(graph) -> float``, higher is better)
+agreement with the original without; 20 % held out below 5,000 samples; or the user's
+``eval_fn(graph) -> float``, higher is better) and is within budget when its drop plus one standard
+error of the paired difference (``sqrt(discordant samples) / n``) is — small validation splits do
+not certify a model that changed many predictions —,
 and on the objective: compiled latency measured on this host (``target`` runs here), a cost model
 (MACs, int8 at half cost) where it does not, or the weights' real encoded bytes. The result is the
 best candidate within ``max_accuracy_drop``, compiled, with every candidate and the Pareto front
@@ -37,6 +40,8 @@ class Candidate:
     family: str
     metric: float | None = None
     drop: float | None = None
+    #: drop + one standard error of the paired difference (what feasibility is judged on)
+    drop_bound: float | None = None
     size_bytes: int = 0
     macs: int = 0
     latency_ms: float | None = None
@@ -59,6 +64,7 @@ class Candidate:
             "family": self.family,
             "metric": self.metric,
             "accuracy_drop": self.drop,
+            "accuracy_drop_bound": self.drop_bound,
             "size_bytes": self.size_bytes,
             "macs": self.macs,
             "latency_ms": self.latency_ms,
@@ -128,6 +134,25 @@ def _cost_macs(graph: Graph) -> int:
     return int(total)
 
 
+def _paired_se(graph: Graph, data: Any, ref_pred: Any) -> float:
+    """One standard error of the held-out accuracy difference between `graph` and the original,
+    from the samples where they disagree (McNemar): sqrt(discordant) / n. A candidate that changes
+    many predictions must show a clearer margin on a small validation split."""
+    import numpy as np
+
+    from mcopt.train.heldout import predictions
+
+    pred = predictions(graph, data.val_x)
+    ref = data.val_y if data.val_y is not None else ref_pred
+    n = len(pred)
+    if data.val_y is None:
+        discordant = int(np.sum(pred != ref_pred))
+    else:
+        a, b = ref_pred == ref, pred == ref
+        discordant = int(np.sum(a != b))
+    return float(np.sqrt(discordant) / max(n, 1))
+
+
 def pareto_front(cands: list[Candidate], objective: str) -> None:
     """Mark the candidates no other one beats on both accuracy drop and objective."""
     ok = [c for c in cands if c.drop is not None and not c.error]
@@ -167,10 +192,16 @@ def auto_search(
         )
     original = load(model, input_shapes)
     train = False
+    ref_pred = None
     if data is not None:
-        from mcopt.train.data import as_train_data
+        from mcopt.train.data import TrainData, as_train_data
+        from mcopt.train.heldout import predictions
 
-        data = as_train_data(data, original, seed=seed)
+        if not isinstance(data, TrainData):  # small data sets: a larger held-out split
+            probe = as_train_data(data, original, seed=seed)
+            n = (probe.n_train or 0) + probe.n_val
+            data = as_train_data(data, original, seed=seed, val_split=0.2 if n < 5000 else 0.1)
+        ref_pred = predictions(original, data.val_x) if data.n_val else None
         try:
             import torch  # noqa: F401
 
@@ -202,6 +233,9 @@ def auto_search(
         else:
             c.metric = res.report.final_metric
         c.drop = (base - c.metric) if base is not None and c.metric is not None else None
+        c.drop_bound = c.drop
+        if eval_fn is None and ref_pred is not None and c.drop is not None:
+            c.drop_bound = c.drop + _paired_se(g, data, ref_pred)
         c.size_bytes = int(res.cost_after.totals()["weight_bytes"])
         c.macs = _cost_macs(g)
         if objective == "latency":
@@ -209,10 +243,13 @@ def auto_search(
                 c.latency_ms, c.latency_kind = _latency(g, target, x0)
             except Exception as e:
                 c.error = f"does not compile for {target}: {str(e).splitlines()[0][:160]}"
-        c.feasible = not c.error and c.drop is not None and c.drop <= max_accuracy_drop + 1e-12
+        c.feasible = (
+            not c.error and c.drop_bound is not None and c.drop_bound <= max_accuracy_drop + 1e-12
+        )
         c.seconds = time.perf_counter() - t0
         log(
-            f"auto: {','.join(pipeline)}: drop {c.drop if c.drop is not None else float('nan'):.4f}, "
+            f"auto: {','.join(pipeline)}: drop {c.drop if c.drop is not None else float('nan'):.4f}"
+            f" (bound {c.drop_bound if c.drop_bound is not None else float('nan'):.4f}), "
             f"{c.size_bytes:,} weight bytes, "
             + (f"{c.latency_ms:.3f} ms" if c.latency_ms is not None else f"{c.macs:,} cost-MACs")
             + ("" if c.feasible else " (over budget)" if not c.error else f" ({c.error})")

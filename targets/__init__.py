@@ -33,8 +33,12 @@ def build(graph: Any, target: str | TargetSpec = "cpu", *, db: Any = None, **opt
     """Compile `graph` for `target`. Targets with their own builder (e.g. `fpga`, which emits C)
     dispatch to it; every other target goes through TVM (`mcopt.targets.builder.build`). With `db`
     (a tuning database directory written by `mcopt.tune`), tuned schedules replace the defaults
-    wherever they are faster; the report of what was applied is `compiled.tuning_report`."""
+    wherever they are faster; the report of what was applied is `compiled.tuning_report`.
+    A missing compiler (`spec.toolchain`) is a one-line TargetError before any work."""
+    from mcopt.targets.toolchain import require_toolchain
+
     spec = get_target(target)
+    require_toolchain(spec)
     custom = getattr(spec, "builder", None)
     if custom is not None:
         return custom(graph, **options)

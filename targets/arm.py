@@ -160,6 +160,7 @@ def arm_target(
         make=lambda: arm_tvm_target(mcpu, feats, cores),
         host_runnable=False,
         description=desc,
+        toolchain=CROSS_CXX,
         **_spec_kwargs(holder),
     )
     holder.append(spec)
@@ -176,16 +177,13 @@ def is_arm_target(spec: TargetSpec) -> bool:
 
 
 def cross_compiler() -> Any:
-    """``fcompile`` for ``export_library``: link with Debian's aarch64 g++ (clear error if absent)."""
-    import shutil
-
+    """``fcompile`` for ``export_library``: link with Debian's aarch64 g++ (a one-line TargetError
+    naming the package when it is absent)."""
     from tvm.support import cc
 
-    if shutil.which(CROSS_CXX) is None:
-        raise TargetError(
-            f"the aarch64 cross linker {CROSS_CXX!r} is not installed; "
-            "apt-get install g++-aarch64-linux-gnu (or run scripts/setup_aarch64.sh)"
-        )
+    from mcopt.targets.toolchain import require_compiler
+
+    require_compiler(CROSS_CXX, "linking the aarch64 library")
     return cc.cross_compiler(CROSS_CXX)
 
 

@@ -179,7 +179,11 @@ class CompiledModel(CompiledBase):
 
     # --- export ---------------------------------------------------------------------------------
     def export_library(self, path: str | os.PathLike[str]) -> Path:
-        """Write a shared library loadable with :func:`load_library` (atomically: temp + rename)."""
+        """Write a shared library loadable with :func:`load_library` (atomically: temp + rename);
+        TVM links it with the host C++ compiler (a one-line TargetError when there is none)."""
+        from mcopt.targets.toolchain import HOST_CXX, require_compiler
+
+        require_compiler(HOST_CXX, "exporting the compiled library")
         return self._export_atomic(path, "library", _first_line)
 
     def __repr__(self) -> str:

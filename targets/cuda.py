@@ -130,7 +130,11 @@ class CudaCompiledModel(CompiledBase):
         return gpu_available()
 
     def export_library(self, path: str | os.PathLike[str]) -> Path:
-        """Write the library (host code + CUDA kernels; atomic: temp + rename)."""
+        """Write the library (host code + CUDA kernels; atomic: temp + rename), linked by the host
+        C++ compiler (a one-line TargetError when there is none)."""
+        from mcopt.targets.toolchain import HOST_CXX, require_compiler
+
+        require_compiler(HOST_CXX, "exporting the compiled library")
         return self._export_atomic(path, "library", _last_line)
 
     def _vm_or_raise(self) -> Any:

@@ -37,15 +37,13 @@ from mcopt.ir.core import Graph
 from mcopt.targets.fpga_c import CSource, emit_c
 from mcopt.targets.fpga_folding import FoldingPlan, FpgaDevice, plan_folding
 from mcopt.targets.registry import TargetSpec, register_target
+from mcopt.targets.toolchain import HOST_CC, require_compiler
 
 CFLAGS = ("-O2", "-std=c99", "-fPIC", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-variable")
 
 
 def _cc() -> str:
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if not cc:
-        raise TargetError("fpga: no C compiler found (install gcc or set CC)")
-    return cc
+    return require_compiler(HOST_CC, "the fpga target's C build")
 
 
 def compile_c(src: CSource, outdir: str | os.PathLike[str]) -> Path:
@@ -242,6 +240,7 @@ FPGA = register_target(
         host_runnable=True,
         description="integer-only fixed point: C for HLS (gcc-compiled here) + folding/DSP/BRAM/cycle estimate",
         builder=build_fpga,
+        toolchain=HOST_CC,
     ),
     replace=True,
 )

@@ -28,6 +28,9 @@ class TargetSpec:
     - ``description``: one line for ``mcopt --help`` and error messages.
     - ``builder``: a target compiled by its own function instead of the TVM CPU path (fpga emits
       C, arm cross-compiles): ``builder(graph, **options) -> CompiledModel-like``.
+    - ``toolchain``: the compiler its libraries are linked with, checked before building
+      (:func:`mcopt.targets.toolchain.require_toolchain`): ``"c++"`` the host C++ compiler TVM
+      calls, ``"cc"`` a host C compiler, ``"none"``, or a program name (``aarch64-linux-gnu-g++``).
     """
 
     name: str
@@ -36,6 +39,7 @@ class TargetSpec:
     host_runnable: bool = True
     description: str = ""
     builder: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    toolchain: str = "c++"
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def tvm_target(self) -> tvm.target.Target:

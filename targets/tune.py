@@ -54,6 +54,7 @@ from mcopt.errors import OptionError, TargetError
 from mcopt.ir.core import Graph
 from mcopt.targets.lower import _first_line
 from mcopt.targets.registry import TargetSpec, get_target
+from mcopt.targets.toolchain import require_toolchain
 from mcopt.targets.tune_space import (
     install_tensor_intrin,
     pooled_builder,
@@ -360,10 +361,10 @@ def export_cross_aarch64(rt_mod: Any) -> str:
     ``aarch64-linux-gnu-g++`` (the remote needs no compiler)."""
     import tempfile
 
-    from tvm.support import cc
+    from mcopt.targets.arm import cross_compiler
 
     path = os.path.join(tempfile.mkdtemp(), "tvm_tmp_mod.so")
-    rt_mod.export_library(path, fcompile=cc.cross_compiler("aarch64-linux-gnu-g++"))
+    rt_mod.export_library(path, fcompile=cross_compiler())
     return path
 
 
@@ -631,6 +632,7 @@ def tune(
     if trials < 0:
         raise OptionError(f"trials must be >= 0, got {trials}")
     spec = get_target(target)
+    require_toolchain(spec)  # the builders link every candidate kernel
     tgt = spec.tvm_target()
     install_tensor_intrin(str(tgt.kind.name), _mtriple(tgt))
     if cost_model == "auto":

@@ -450,10 +450,63 @@ def test_unsupported_node_forms(
         import_model(m)
 
 
-def test_opset_out_of_range() -> None:
-    m = make([node("Relu", ["x"])], X4, opset=8)
-    with pytest.raises(UnsupportedOpError, match="opset 8"):
-        import_model(m)
+def test_old_opset_upgraded(tmp_path: Path) -> None:
+    """opset < 9 is upgraded with onnx.version_converter; opset-6 PRelu keeps its per-channel slope."""
+    slope = np.array([0.1, -0.5, 2.0], np.float32)
+    m = make(
+        [node("Relu", ["x"], ["r"]), node("PRelu", ["x", "s"], ["p"]), node("Sum", ["r", "p"])],
+        X4,
+        inits={"s": slope},
+        opset=6,
+    )
+    p = tmp_path / "old.onnx"
+    p.write_bytes(m.SerializeToString())
+    before = _snapshot(p)
+    g = import_model(p)
+    assert _snapshot(p) == before  # the user's file is never modified
+    assert g.metadata["upgraded_from_opset"] == 6 and g.metadata["opset"] == 9
+    x = RNG.standard_normal(X4["x"]).astype(np.float32)
+    want = np.maximum(x, 0) + np.where(x >= 0, x, x * slope.reshape(3, 1, 1))
+    np.testing.assert_allclose(run(g, [x])[0], want, rtol=1e-6, atol=1e-6)
+    before_proto = m.SerializeToString()
+    import_model(m)
+    assert m.SerializeToString() == before_proto  # a ModelProto argument is not modified either
+
+
+@pytest.mark.parametrize(
+    ("nodes", "opset", "says"),
+    [
+        ([node("NoSuchOp", ["x"])], 6, "'NoSuchOp', which is not an ONNX operator"),
+        (
+            [node("BatchNormalization", ["x", "s", "b", "m", "v"], spatial=0)],
+            6,
+            "upgrading it to opset 9 with onnx.version_converter failed (RuntimeError: Attribute "
+            "spatial",
+        ),
+        ([node("GlobalMaxPool", ["x"])], 22, "downgrading it to opset 21"),
+    ],
+    ids=["unknown_op", "converter_error", "no_downgrade_adapter"],
+)
+def test_opset_conversion_failure_is_one_line(
+    tmp_path: Path, nodes: list[onnx.NodeProto], opset: int, says: str
+) -> None:
+    p = tmp_path / "old.onnx"
+    inits = {k: np.ones(3, np.float32) for k in "sbmv"}
+    p.write_bytes(make(nodes, X4, inits=inits, opset=opset).SerializeToString())
+    before = _snapshot(p)
+    with pytest.raises(ModelLoadError) as ei:
+        import_model(p)
+    msg = str(ei.value)
+    assert "\n" not in msg and str(p) in msg and f"opset {opset}" in msg and says in msg, msg
+    assert "/project/" not in msg and "Assertion" not in msg
+    assert _snapshot(p) == before
+
+
+def test_new_opset_downgraded() -> None:
+    g = import_model(make([node("Relu", ["x"])], X4, opset=22))
+    assert g.metadata["downgraded_from_opset"] == 22 and g.metadata["opset"] == 21
+    assert "upgraded_from_opset" not in g.metadata
+    assert "upgraded_from_opset" not in import_model(make([node("Relu", ["x"])], X4)).metadata
 
 
 def test_dynamic_dims(tmp_path: Path) -> None:

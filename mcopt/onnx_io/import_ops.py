@@ -279,7 +279,18 @@ def hard_sigmoid(c: NodeCtx) -> None:
 
 @handles("PRelu")
 def prelu(c: NodeCtx) -> None:
-    c.set_out(0, c.emit("prelu", [c.x(0), c.x(1)]))
+    x, slope = c.x(0), c.x(1)
+    r, n = x.type.rank, slope.type.size
+    if c.source_opset < 7 and slope.type.rank == 1 and n > 1 and r >= 3 and x.shape[1] == n:
+        # opset < 7: one slope per channel (dim 1); opset 7+ broadcasts numpy-style from the last
+        # dim, and onnx.version_converter leaves the slope as it is, so give it the shape (C, 1, ...)
+        shape = (n,) + (1,) * (r - 2)
+        slope = (
+            c.new_const(slope.const.reshape(shape), "slope")
+            if slope.const is not None
+            else c.emit("reshape", [slope], {"shape": shape})
+        )
+    c.set_out(0, c.emit("prelu", [x, slope]))
 
 
 @handles("Clip")
@@ -407,6 +418,8 @@ def pad(c: NodeCtx) -> None:
     x = c.x(0)
     r = x.type.rank
     mode = c.attr("mode", "constant") or "constant"
+    if mode not in ("constant", "reflect", "edge"):
+        raise c.fail(f"mode {mode!r} is not supported (constant, reflect, edge)")
     if c.opset < 11:
         pads, value = _ints(c.attr("pads")), float(c.attr("value", 0.0))
     else:

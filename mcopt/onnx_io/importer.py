@@ -15,6 +15,15 @@ added only on a clash); node names come from ONNX node names, or ``OpType_<index
 ``graph.metadata`` records: ``source`` (file or "<bytes>"/"<ModelProto>"), ``opset`` (default-domain
 opset), ``producer`` ("name version"), ``ir_version``, ``dynamic_dims`` ({input: {dim: "param"}},
 the input dims that were dynamic in the ONNX file; "?" when unnamed) and ``input_shapes_fixed``.
+
+A model whose default-domain opset is below ``MIN_OPSET`` (e.g. the opset-6 models of old PyTorch
+exporters) is first upgraded in memory with ``onnx.version_converter.convert_version`` to
+``UPGRADE_OPSET``, one above ``MAX_OPSET`` downgraded to ``MAX_OPSET`` (the user's file and
+ModelProto are never modified); ``graph.metadata`` then also records ``upgraded_from_opset`` or
+``downgraded_from_opset`` (the file's opset), and ``opset`` is the converted one. Semantics the
+converter does not carry over (opset < 7 PRelu's channel-wise slope) are applied by the handlers,
+which see the file's opset as ``NodeCtx.source_opset``. A conversion that fails is a one-line
+:class:`~mcopt.errors.ModelLoadError` naming the model.
 """
 
 from __future__ import annotations
@@ -28,13 +37,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mcopt.errors import MCoptError, ShapeError, UnsupportedOpError
+from mcopt.errors import MCoptError, ModelLoadError, ShapeError, UnsupportedOpError
 from mcopt.ir.core import Graph, Value
 from mcopt.ir.types import DTYPES, TensorType
 from mcopt.onnx_io import folding
 from mcopt.onnx_io.loader import ModelSource, load_onnx
 
 MIN_OPSET, MAX_OPSET = 9, 21
+UPGRADE_OPSET = MIN_OPSET  # older models are converted to this opset before import
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -61,6 +71,7 @@ class NodeCtx:
         self.name = name
         self.op_type = node.op_type
         self.opset = imp.opset
+        self.source_opset = imp.source_opset
         self.graph = imp.graph
         self.attrs: dict[str, Any] = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         self.inputs: list[Value | None] = [imp.lookup(n, self) if n else None for n in node.input]
@@ -175,6 +186,7 @@ class _Importer:
         source: str,
         input_shapes: Mapping[str, Sequence[int]] | None,
         default_batch: int,
+        source_opset: int | None = None,
     ) -> None:
         self.model = model
         self.source = source
@@ -183,10 +195,19 @@ class _Importer:
             for o in model.opset_import
         }
         self.opset = self.opsets.get("", 0)
-        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+        # the opset of the file before any conversion (legacy semantics; see the module docstring)
+        self.source_opset = self.opset if source_opset is None else int(source_opset)
+        if self.opset == 0:
+            raise UnsupportedOpError(
+                f"{source} imports no default-domain ONNX opset (opset_import has only "
+                f"{sorted(self.opsets) or 'nothing'}); mcopt imports ONNX opsets {MIN_OPSET} to "
+                f"{MAX_OPSET}"
+            )
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:  # import_model converts such models first
             raise UnsupportedOpError(
                 f"{source} uses ONNX opset {self.opset}; mcopt imports opsets {MIN_OPSET} to "
-                f"{MAX_OPSET}: convert it first with onnx.version_converter.convert_version(model, 17)"
+                f"{MAX_OPSET}: convert it with onnx.version_converter.convert_version(model, "
+                f"{MAX_OPSET})"
             )
         self.input_shapes = dict(input_shapes or {})
         self.default_batch = int(default_batch)
@@ -422,6 +443,53 @@ def _fmt_dims(dims: Sequence[int | str]) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain ("" / "ai.onnx") opset version, 0 when it imports none."""
+    return max(
+        (int(o.version) for o in model.opset_import if o.domain in DEFAULT_DOMAINS), default=0
+    )
+
+
+def convert_opset(model: onnx.ModelProto, source: str, target: int) -> onnx.ModelProto:
+    """A copy of `model` converted to default-domain opset `target` with onnx's version converter.
+
+    `model` itself is not modified. Raises a one-line ModelLoadError naming `source`, both opsets
+    and the converter's reason when the conversion fails (an op without an adapter, an op the
+    opset does not define, an invalid model, ...).
+    """
+    from onnx import version_converter
+
+    old = default_opset(model)
+    way = "upgrading" if target > old else "downgrading"
+    for i, n in enumerate(model.graph.node):  # the converter's own message for this is garbled
+        if n.domain in DEFAULT_DOMAINS and not onnx.defs.has(n.op_type):
+            raise ModelLoadError(
+                f"cannot load {source}: it uses ONNX opset {old}, and node "
+                f"'{n.name or f'{n.op_type}_{i}'}' has op type '{n.op_type}', which is not an ONNX "
+                f"operator, so onnx.version_converter cannot convert it to opset {target}; export "
+                f"the model again with an opset from {MIN_OPSET} to {MAX_OPSET}"
+            )
+    try:
+        converted = version_converter.convert_version(model, target)
+    except Exception as e:  # the converter raises RuntimeError / ValidationError / IndexError / ...
+        raise ModelLoadError(
+            f"cannot load {source}: it uses ONNX opset {old}, and {way} it to opset {target} with "
+            f"onnx.version_converter failed ({_converter_reason(e)}); export the model again with "
+            f"an opset from {MIN_OPSET} to {MAX_OPSET}"
+        ) from None
+    return converted
+
+
+def _converter_reason(e: BaseException) -> str:
+    """The converter's message on one line, without its C++ file/assertion prefix."""
+    msg = " ".join(str(e).split())
+    msg = re.sub(r"^.*?Assertion `.*?` failed:\s*", "", msg)
+    msg = re.sub(r"^/\S+:\d+: \w+: ", "", msg)
+    if len(msg) > 240:
+        msg = msg[:237] + "..."
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 def import_model(
     model: ModelSource,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -432,8 +500,12 @@ def import_model(
     - `input_shapes`: {input name: shape} for inputs whose dims are dynamic (or to override them).
     - `default_batch`: the size given to a dynamic first dim when `input_shapes` does not name it.
 
-    Raises ModelLoadError (unreadable file), UnsupportedOpError (opset/op/domain mcopt does not
-    import), ShapeError (an unknown dim without `input_shapes`, or bad `input_shapes`).
+    A model in an opset below MIN_OPSET is upgraded to UPGRADE_OPSET first, one above MAX_OPSET
+    downgraded to MAX_OPSET (see :func:`convert_opset`); the input is never modified.
+
+    Raises ModelLoadError (unreadable file, failed opset conversion), UnsupportedOpError
+    (op/domain mcopt does not import), ShapeError (an unknown dim without `input_shapes`, or bad
+    `input_shapes`).
     """
     if isinstance(model, str | os.PathLike):
         source = f"model file '{os.fspath(model)}'"
@@ -447,7 +519,16 @@ def import_model(
             proto = onnx.inliner.inline_local_functions(proto)
         except Exception as e:
             raise UnsupportedOpError(f"{source}: cannot inline its local functions: {e}") from None
-    graph = _Importer(proto, source, input_shapes, default_batch).run()
+    file_opset = default_opset(proto)
+    if 0 < file_opset < MIN_OPSET:
+        proto = convert_opset(proto, source, UPGRADE_OPSET)
+    elif file_opset > MAX_OPSET:
+        proto = convert_opset(proto, source, MAX_OPSET)
+    graph = _Importer(proto, source, input_shapes, default_batch, file_opset).run()
+    if 0 < file_opset < MIN_OPSET:
+        graph.metadata["upgraded_from_opset"] = file_opset
+    elif file_opset > MAX_OPSET:
+        graph.metadata["downgraded_from_opset"] = file_opset
     graph.metadata["source"] = (
         os.fspath(model)
         if isinstance(model, str | os.PathLike)
