@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -15,7 +16,7 @@ import numpy as np
 
 from mcopt import interpreter
 from mcopt.analysis.cost import CostReport, analyze
-from mcopt.errors import BudgetError, OptionError, UnsupportedOpError
+from mcopt.errors import BudgetError, OptionError, TargetError, UnsupportedOpError
 from mcopt.inputs import Feed, load_calibration, random_feeds
 from mcopt.ir.core import Graph
 from mcopt.ir.verify import verify
@@ -374,10 +375,10 @@ def optimize(
 
         budget = 0.01 if max_accuracy_drop is None else max_accuracy_drop
         t0 = time.perf_counter()
-        chosen, cands = auto_search(
+        best, cands = auto_search(
             model,
             target=target,
-            data=data if val_data is None else data,
+            data=data,
             calib=calib,
             input_shapes=input_shapes,
             max_accuracy_drop=budget,
@@ -387,17 +388,17 @@ def optimize(
             epochs=search_epochs,
             log=say,
         )
-        result = optimize(
-            model, target, chosen, calib, input_shapes, check=check, measure=measure,
-            progress=progress, seed=seed, db=db, data=data, val_data=val_data, on_pass=on_pass,
-        )  # fmt: skip
+        result = best.result  # the model the audit figures were measured on, not a re-run
         result.pareto = [c.to_dict() for c in cands]
         result.timings["search"] = time.perf_counter() - t0
         result.notes.append(
-            f"auto ({objective}, max_accuracy_drop={budget}): chose {','.join(chosen)} of "
-            f"{len(cands)} candidates ({sum(c.feasible for c in cands)} within budget, "
-            f"{sum(c.pareto for c in cands)} on the Pareto front)"
+            f"auto ({objective}, max_accuracy_drop={budget}): chose {','.join(best.pipeline)} of "
+            f"{len(cands)} candidates ({sum(c.feasible for c in cands)} within budget on a held-out "
+            f"audit split no candidate trained or stopped on, {sum(c.pareto for c in cands)} on "
+            "the Pareto front)"
         )
+        if target is not None:
+            compile_into(result, target, db=db, check=check, measure=measure, say=say)
         return result
     if isinstance(passes, str):
         passes = [passes]
@@ -412,7 +413,15 @@ def optimize(
     if not feeds:
         feeds = random_feeds(original, n=1, seed=seed)
         source = "seeded random input"
-    check_feeds = feeds[: min(len(feeds), 4)]
+        check_feeds = feeds
+    elif len(feeds) >= 2:
+        # the error is measured on calibration inputs no pass fitted: the last quarter (1 to 8)
+        n_held = min(8, max(1, len(feeds) // 4))
+        feeds, check_feeds = feeds[:-n_held], feeds[-n_held:]
+        source = f"held-out calibration inputs ({n_held} of {len(feeds) + n_held}, not given to the passes)"
+    else:
+        check_feeds = feeds
+        source = "the only calibration input (the passes also fitted it: give more for a held-out figure)"
     train_data = None
     if data is not None:
         from mcopt.train.data import as_train_data, feeds_of
@@ -477,52 +486,76 @@ def optimize(
         result.output_error["source"] = source  # type: ignore[assignment]
         timings["check"] = time.perf_counter() - t0
     if target is not None:
-        from mcopt.targets import build  # TVM is imported only when compiling
+        compile_into(result, target, db=db, check=check, measure=measure, say=say)
+    return result
 
-        say(f"compiling for {target}")
-        t0 = time.perf_counter()
-        result.compiled = (
-            build(graph, target=target, db=db) if db is not None else build(graph, target=target)
+
+def compile_into(
+    result: OptimizeResult,
+    target: str,
+    *,
+    db: Any = None,
+    check: bool = True,
+    measure: bool = True,
+    say: Callable[[str], None] = lambda msg: None,
+) -> OptimizeResult:
+    """Compile ``result.graph`` for `target` into `result`: the compiled module, its check against
+    the reference interpreter, latency (and onnxruntime's on the original, side by side)."""
+    from mcopt.targets import build  # TVM is imported only when compiling
+
+    graph, original, timings = result.graph, result.original, result.timings
+    check_feeds = result.check_inputs
+    result.target = target
+    say(f"compiling for {target}")
+    t0 = time.perf_counter()
+    result.compiled = (
+        build(graph, target=target, db=db) if db is not None else build(graph, target=target)
+    )
+    choices = getattr(result.compiled, "choices", None) or {}
+    if choices:
+        result.notes.append(
+            "kernels chosen per layer by measurement on this machine (cached; "
+            "MCOPT_WINOGRAD=off keeps direct convs): "
+            + ", ".join(f"{what} x{n}" for what, n in choices.items())
         )
-        choices = getattr(result.compiled, "choices", None) or {}
-        if choices:
-            result.notes.append(
-                "kernels chosen per layer by measurement on this machine (cached; "
-                "MCOPT_WINOGRAD=off keeps direct convs): "
-                + ", ".join(f"{what} x{n}" for what, n in choices.items())
+    tuning = getattr(result.compiled, "tuning_report", None)
+    if tuning is not None:
+        result.notes.append(f"tuning database {str(db)!r}: {tuning.message()}")
+    timings["compile"] = time.perf_counter() - t0
+    compiled = result.compiled
+    can_run = getattr(compiled, "can_run", True)
+    if check and can_run:
+        say("checking the compiled module")
+        compiled_out = compiled.run(check_feeds[0])
+        ref_out = interpreter.run(graph, check_feeds[0])
+        err = output_errors(ref_out, compiled_out)
+        if not math.isfinite(err[1]):
+            raise TargetError(
+                f"the compiled {target} module disagrees with the reference interpreter on "
+                "non-finite values (NaN / Inf on one side only): nothing written; report this "
+                "model (mcopt --debug) — the compiled code is wrong"
             )
-        tuning = getattr(result.compiled, "tuning_report", None)
-        if tuning is not None:
-            result.notes.append(f"tuning database {str(db)!r}: {tuning.message()}")
-        timings["compile"] = time.perf_counter() - t0
-        compiled = result.compiled
-        can_run = getattr(compiled, "can_run", True)
-        if check and can_run:
-            say("checking the compiled module")
-            compiled_out = compiled.run(check_feeds[0])
-            ref_out = interpreter.run(graph, check_feeds[0])
-            err = output_errors(ref_out, compiled_out)
-            result.output_error["compiled_vs_reference_max_rel"] = err[1]
-        elif check:
-            result.notes.append(
-                f"the {target} module was not run here (no emulator/device): see `mcopt.targets.remote.run_remote`"
+        result.output_error["compiled_vs_reference_max_rel"] = err[1]
+    elif check:
+        result.notes.append(
+            f"the {target} module was not run here (no emulator/device): see `mcopt.targets.remote.run_remote`"
+        )
+    if measure and not getattr(compiled, "host_runnable", True):
+        result.notes.append(
+            f"no latency measured: {target} code runs under emulation or on the device, where "
+            "emulated timings mean nothing; time it on the device with `mcopt.targets.remote.run_remote`"
+        )
+    elif measure:
+        say("measuring latency")
+        t0 = time.perf_counter()
+        result.latency_ms = result.compiled.benchmark(check_feeds[0])["median_ms"]
+        try:
+            result.ort_latency_ms, result.call_latency_ms = compare_with_onnxruntime(
+                original, result.compiled, check_feeds[0]
             )
-        if measure and not getattr(compiled, "host_runnable", True):
-            result.notes.append(
-                f"no latency measured: {target} code runs under emulation or on the device, where "
-                "emulated timings mean nothing; time it on the device with `mcopt.targets.remote.run_remote`"
-            )
-        elif measure:
-            say("measuring latency")
-            t0 = time.perf_counter()
-            result.latency_ms = result.compiled.benchmark(check_feeds[0])["median_ms"]
-            try:
-                result.ort_latency_ms, result.call_latency_ms = compare_with_onnxruntime(
-                    original, result.compiled, check_feeds[0]
-                )
-            except Exception as e:  # onnxruntime cannot run the original: say so, keep going
-                result.notes.append(f"onnxruntime latency not measured: {str(e).splitlines()[0]}")
-            timings["measure"] = time.perf_counter() - t0
+        except Exception as e:  # onnxruntime cannot run the original: say so, keep going
+            result.notes.append(f"onnxruntime latency not measured: {str(e).splitlines()[0]}")
+        timings["measure"] = time.perf_counter() - t0
     return result
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import time
 import types
@@ -636,7 +637,11 @@ def _as_feeds(inputs: Any) -> list[Feed]:
 
 
 def output_errors(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> tuple[float, float]:
-    """(max abs error, max error relative to the reference output's largest magnitude)."""
+    """(max abs error, max error relative to the reference output's largest finite magnitude).
+
+    NaN / Inf aware: positions where both hold the same non-finite value (NaN and NaN, +Inf and
+    +Inf) agree; a non-finite value on one side only is an infinite error (Python's ``max`` would
+    silently drop a NaN)."""
     if len(ref) != len(got):
         raise MCoptError(f"the graph now has {len(got)} outputs, the original {len(ref)}")
     max_abs = max_rel = 0.0
@@ -646,8 +651,15 @@ def output_errors(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> tuple
             raise MCoptError(f"output shape changed: {list(r64.shape)} -> {list(g64.shape)}")
         if not r64.size:
             continue
-        d = float(np.max(np.abs(r64 - g64)))
-        scale = float(np.max(np.abs(r64)))
+        fr, fg = np.isfinite(r64), np.isfinite(g64)
+        same_nonfinite = (~fr & ~fg) & ((np.isnan(r64) & np.isnan(g64)) | (r64 == g64))
+        if np.any((fr != fg) | (~fr & ~fg & ~same_nonfinite)):
+            return math.inf, math.inf
+        both = fr & fg
+        if not both.any():
+            continue
+        d = float(np.max(np.abs(r64[both] - g64[both])))
+        scale = float(np.max(np.abs(r64[both])))
         max_abs = max(max_abs, d)
         max_rel = max(max_rel, d / scale if scale > 0 else d)
     return max_abs, max_rel
@@ -739,6 +751,11 @@ class PassManager:
             if metric is not None:
                 last = report.records[-1].metric if report.records else report.initial_metric
                 rec.metric = metric(graph) if rec.changed and not rec.lossless else last
+            if rec.lossless and rec.max_rel_err is not None and not math.isfinite(rec.max_rel_err):
+                raise PassError(
+                    f"pass {p.name!r} claims to be lossless but made an output non-finite "
+                    f"(NaN / Inf where the original is finite, or the reverse) after [{', '.join(done)}]"
+                )
             if rec.lossless and (rec.max_rel_err or 0.0) > self.lossless_rtol:
                 ctx.info(
                     f"warning: pass {p.name!r} claims to be lossless but changed the outputs by "

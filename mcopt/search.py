@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from mcopt.errors import OptionError
 from mcopt.ir.core import Graph
 
@@ -52,6 +54,8 @@ class Candidate:
     seconds: float = 0.0
     error: str = ""
     graph: Graph | None = field(default=None, repr=False)
+    #: the candidate's OptimizeResult (not compiled): the certified model itself
+    result: Any = field(default=None, repr=False)
 
     def objective(self, kind: str) -> float:
         if kind == "size":
@@ -134,18 +138,26 @@ def _cost_macs(graph: Graph) -> int:
     return int(total)
 
 
-def _paired_se(graph: Graph, data: Any, ref_pred: Any) -> float:
-    """One standard error of the held-out accuracy difference between `graph` and the original,
-    from the samples where they disagree (McNemar): sqrt(discordant) / n. A candidate that changes
-    many predictions must show a clearer margin on a small validation split."""
-    import numpy as np
-
+def _audit_metric(graph: Graph, audit: Any, ref_pred: Any) -> float:
+    """Accuracy on the audit split's labels, else top-1 agreement with the original."""
     from mcopt.train.heldout import predictions
 
-    pred = predictions(graph, data.val_x)
-    ref = data.val_y if data.val_y is not None else ref_pred
+    pred = predictions(graph, audit[0])
+    ref = audit[1] if audit[1] is not None else ref_pred
+    return float(np.mean(pred == ref))
+
+
+def _paired_se(graph: Graph, audit: Any, ref_pred: Any) -> float:
+    """One standard error of the audit accuracy difference between `graph` and the original, from
+    the samples where they disagree (McNemar): sqrt(discordant) / n. A candidate that changes many
+    predictions must show a clearer margin on a small audit split."""
+    from mcopt.train.heldout import predictions
+
+    pred = predictions(graph, audit[0])
+    labels = audit[1]
+    ref = labels if labels is not None else ref_pred
     n = len(pred)
-    if data.val_y is None:
+    if labels is None:
         discordant = int(np.sum(pred != ref_pred))
     else:
         a, b = ref_pred == ref, pred == ref
@@ -179,8 +191,9 @@ def auto_search(
     seed: int,
     epochs: int,
     log: Callable[[str], None],
-) -> tuple[list[str], list[Candidate]]:
-    """Evaluate the candidates (see the module docstring); returns (chosen pipeline, candidates)."""
+) -> tuple[Candidate, list[Candidate]]:
+    """Evaluate the candidates (see the module docstring); returns (the chosen one, all of them).
+    The chosen candidate's ``result`` is the very model its figures were measured on."""
     from mcopt.api import load, optimize
 
     if objective not in ("latency", "size"):
@@ -197,11 +210,26 @@ def auto_search(
         from mcopt.train.data import TrainData, as_train_data
         from mcopt.train.heldout import predictions
 
-        if not isinstance(data, TrainData):  # small data sets: a larger held-out split
-            probe = as_train_data(data, original, seed=seed)
-            n = (probe.n_train or 0) + probe.n_val
-            data = as_train_data(data, original, seed=seed, val_split=0.2 if n < 5000 else 0.1)
-        ref_pred = predictions(original, data.val_x) if data.n_val else None
+        full = data if isinstance(data, TrainData) else as_train_data(data, original, seed=seed)
+        if full.x is not None:
+            # an audit split that no candidate sees, not even for early stopping (which would
+            # otherwise select on the figures that certify it): 20 % below 5,000 samples, else 10 %
+            names = full.input_names
+            both: dict[str, Any] = {
+                n: np.concatenate([a, b]) for n, a, b in zip(names, full.x, full.val_x)
+            }
+            if full.y is not None and full.val_y is not None:
+                both["y"] = np.concatenate([full.y, full.val_y])
+            n = len(both[names[0]])
+            split = as_train_data(both, original, seed=seed + 1, val_split=0.2 if n < 5000 else 0.1)
+            audit = (split.val_x, split.val_y)
+            rest: dict[str, Any] = dict(zip(names, split.x or []))
+            if split.y is not None:
+                rest["y"] = split.y
+            data = as_train_data(rest, original, seed=seed, augment=full.augment)
+        else:  # a stream: its own held-out split is the audit
+            audit, data = (full.val_x, full.val_y), full
+        ref_pred = predictions(original, audit[0]) if len(audit[0]) and len(audit[0][0]) else None
         try:
             import torch  # noqa: F401
 
@@ -209,8 +237,6 @@ def auto_search(
         except ImportError:
             log("auto: PyTorch is not installed: candidates are not fine-tuned")
     feed = [v.shape for v in original.inputs]
-    import numpy as np
-
     x0 = [np.zeros(s, np.dtype(v.dtype)) for s, v in zip(feed, original.inputs)]
 
     def evaluate(pipeline: list[str], family: str) -> Candidate:
@@ -226,16 +252,20 @@ def auto_search(
             log(f"auto: {','.join(pipeline)}: skipped ({c.error})")
             return c
         g = res.graph
-        c.graph = g
-        base = res.report.initial_metric
+        c.graph, c.result = g, res
         if eval_fn is not None:
             c.metric, base = float(eval_fn(g)), float(eval_fn(original))
+        elif ref_pred is not None:
+            c.metric, base = (
+                _audit_metric(g, audit, ref_pred),
+                _audit_metric(original, audit, ref_pred),
+            )
         else:
-            c.metric = res.report.final_metric
+            c.metric, base = res.report.final_metric, res.report.initial_metric
         c.drop = (base - c.metric) if base is not None and c.metric is not None else None
         c.drop_bound = c.drop
         if eval_fn is None and ref_pred is not None and c.drop is not None:
-            c.drop_bound = c.drop + _paired_se(g, data, ref_pred)
+            c.drop_bound = c.drop + _paired_se(g, audit, ref_pred)
         c.size_bytes = int(res.cost_after.totals()["weight_bytes"])
         c.macs = _cost_macs(g)
         if objective == "latency":
@@ -284,7 +314,7 @@ def auto_search(
     tied = [c for c in feasible if c.objective(objective) <= top * 1.05]
     best = min(tied, key=lambda c: (c.size_bytes, c.drop, c.objective(objective)))
     best.chosen = True
-    return best.pipeline, cands
+    return best, cands
 
 
 __all__ = ["Candidate", "auto_search", "pareto_front"]

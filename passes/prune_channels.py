@@ -318,13 +318,19 @@ class RemoveDeadNeurons(Pass):
     With ``use_calib=True`` a channel that is exactly zero on every calibration input (e.g. a relu
     that never fires) also counts as zero — exact on inputs like the calibration set only.
     Method: the lecture's "discard neurons with no connection" after thresholding (Han et al. 2015).
-    Lossless: outputs are equal up to float rounding (removing zero terms from sums).
+    Lossless (outputs equal up to float rounding: removing zero terms from sums) — except with
+    ``use_calib=True``, which is lossy: a channel silent on the calibration inputs may fire on others.
     """
 
     name = "remove-dead-neurons"
     lossless = True
     use_calib: bool = False
     calib_batches: int = 16
+
+    def __post_init__(self) -> None:
+        # channels zero on the calibration inputs need not be zero on others: data-dependent, lossy
+        if self.use_calib:
+            self.lossless = False  # type: ignore[misc]
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         total = 0
