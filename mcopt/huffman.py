@@ -12,6 +12,8 @@ What is coded (Han et al. sec. 4: "the quantized weights and the sparse index di
 - sparse codebook indices: the relative-position stream and the index stream of the entries;
 - CSR-pruned float weights (:class:`~mcopt.ir.types.Sparse`): the relative positions (Huffman) and
   the float32 values of the entries (raw);
+- integer codes narrower than their dtype (4-bit quantized / fixed-point weights held in int8):
+  bit-packed at their width, so the file holds the bytes the report counts;
 - everything else: raw bytes.
 
 File. ``MCZ1`` | u32 header length | zlib-compressed JSON header (the graph: inputs, nodes with attributes and output
@@ -165,6 +167,47 @@ def _read_raw(desc: dict[str, Any], payload: bytes) -> np.ndarray:
     return np.frombuffer(data, np.dtype(desc["dtype"]).newbyteorder("<")).astype(desc["dtype"])
 
 
+def _packed(codes: np.ndarray, bits: int, lo: int, payload: bytearray) -> dict[str, Any]:
+    """Integer codes in [lo, lo + 2**bits) bit-packed at `bits` bits each (LSB first)."""
+    u = (np.asarray(codes, np.int64).reshape(-1) - lo).astype(np.uint8)
+    planes = np.unpackbits(u[:, None], axis=1, bitorder="little")[:, :bits]
+    data = np.packbits(planes.reshape(-1), bitorder="little").tobytes()
+    off = len(payload)
+    payload += data
+    return {
+        "codec": "bitpack",
+        "bits": bits,
+        "lo": lo,
+        "count": int(u.size),
+        "offset": off,
+        "nbytes": len(data),
+    }
+
+
+def _read_packed(desc: dict[str, Any], payload: bytes) -> np.ndarray:
+    data = np.frombuffer(payload[desc["offset"] : desc["offset"] + desc["nbytes"]], np.uint8)
+    bits, n = int(desc["bits"]), int(desc["count"])
+    planes = np.unpackbits(data, bitorder="little")[: n * bits].reshape(n, bits)
+    weights = (1 << np.arange(bits)).astype(np.int64)
+    return planes.astype(np.int64) @ weights + int(desc["lo"])
+
+
+def _narrow_codes(arr: np.ndarray, enc: Encoding | None) -> tuple[int, int] | None:
+    """(bits, lowest code) when `arr` holds integer codes narrower than its dtype (a 4-bit
+    quantized or fixed-point weight stored in int8): those are bit-packed at their real width."""
+    from mcopt.ir.types import FixedPoint, UniformQuant
+
+    if arr.dtype.kind not in "iu" or not arr.size:
+        return None
+    bits = enc.bits if isinstance(enc, UniformQuant | FixedPoint) else None
+    if bits is None or bits >= arr.dtype.itemsize * 8 or bits > 8:
+        return None
+    lo = -(1 << (bits - 1)) if arr.dtype.kind == "i" else 0
+    if arr.min() < lo or arr.max() >= lo + (1 << bits):
+        return None
+    return bits, lo
+
+
 # --- encodings <-> JSON --------------------------------------------------------------------------------
 def _enc_to_json(enc: Encoding | None) -> dict[str, Any] | None:
     if enc is None:
@@ -232,6 +275,9 @@ def _encode_tensor(v: Value, payload: bytearray) -> dict[str, Any]:
         desc["codec"] = "csr-gaps"
         desc["gap_bits"] = g
         desc["streams"] = {"gaps": _stream(gaps, payload), "values": _raw(flat[pos], payload)}
+    elif (narrow := _narrow_codes(arr, enc)) is not None:
+        desc["codec"] = "bitpack"
+        desc["streams"] = {"codes": _packed(arr, narrow[0], narrow[1], payload)}
     else:
         desc["codec"] = "raw"
         desc["streams"] = {"data": _raw(arr, payload)}
@@ -256,6 +302,8 @@ def _decode_tensor(d: dict[str, Any], payload: bytes) -> np.ndarray:
         flat[np.cumsum(gaps + 1) - 1] = _read_raw(st["values"], payload)
     elif d["codec"] == "raw":
         flat = _read_raw(st["data"], payload)
+    elif d["codec"] == "bitpack":
+        flat = _read_packed(st["codes"], payload)
     else:
         raise ModelLoadError(f"tensor {d['name']!r}: unknown codec {d['codec']!r}")
     return np.ascontiguousarray(flat.astype(dtype).reshape(shape))

@@ -66,6 +66,24 @@ class PassContext:
     data: Any = None
     teacher: Graph | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: inputs no pass may fit (the output-error check's): passes that choose between methods by
+    #: data (refit or not, GPTQ or round-to-nearest) compare them here, see :meth:`heldout_error`
+    heldout: list[Feed] = field(default_factory=list)
+
+    def heldout_error(self, graph: Graph) -> float | None:
+        """Max relative output error of `graph` against the teacher on the held-out inputs
+        (None without held-out inputs or a teacher)."""
+        if not self.heldout or self.teacher is None:
+            return None
+        from mcopt import interpreter
+
+        worst = 0.0
+        for feed in self.heldout:
+            _, rel = output_errors(
+                interpreter.run(self.teacher, feed), interpreter.run(graph, feed)
+            )  # type: ignore[arg-type]
+            worst = max(worst, rel)
+        return worst
 
     def detail(self, key: str, value: Any) -> None:
         """Record `key: value` in the running pass's report row (JSON-serializable values)."""
@@ -87,7 +105,7 @@ class PassContext:
 
 
 # --- pass base class ----------------------------------------------------------------------------------
-_RESERVED = ("name", "lossless")
+_RESERVED = ("name", "lossless", "trains", "needs_retraining")
 
 
 class Pass:
@@ -95,6 +113,10 @@ class Pass:
 
     name: ClassVar[str] = ""
     lossless: ClassVar[bool] = False
+    #: the pass trains the graph (finetune, distill, ...)
+    trains: ClassVar[bool] = False
+    #: without a training pass after it the pass costs most of the accuracy (binary weights, XNOR)
+    needs_retraining: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -250,6 +250,21 @@ class FcToGap(Pass):
         return True
 
 
+_VIEW_OPS = ("identity", "softmax", "reshape", "flatten", "dropout")
+
+
+def _feeds_output(graph: Graph, node: Node) -> bool:
+    """Whether `node`'s output reaches a graph output through view-like ops only."""
+    v = node.output
+    while True:
+        if any(o is v for o in graph.outputs):
+            return True
+        users = v.users()
+        if len(users) != 1 or users[0].op not in _VIEW_OPS:
+            return False
+        v = users[0].output
+
+
 @register_pass
 class LowRankDense(Pass):
     """Low-rank fully-connected layers: ``W (out x in) ~ U_r (S_r V_r^T)`` by truncated SVD.
@@ -271,6 +286,9 @@ class LowRankDense(Pass):
     min_saving: float = 0.1
     calib_samples: int = 64
     param_ratio: float | None = None
+    #: leave the layer that produces a graph output (the classifier) alone: a rank-r classifier of
+    #: C classes can tell at most r + 1 of them apart (param_ratio=0.25 made 128->10 rank 2: 0.6 %)
+    skip_last: bool = True
 
     def __post_init__(self) -> None:
         if self.param_ratio is not None and not 0.0 < self.param_ratio <= 1.0:
@@ -281,6 +299,11 @@ class LowRankDense(Pass):
         targets = []
         for n in graph.nodes:
             if n.op != "dense" or (self.layers and n.name not in self.layers):
+                continue
+            if self.skip_last and not self.layers and _feeds_output(graph, n):
+                skipped[n.name] = (
+                    "the classifier (skip_last=true): its rank bounds the classes it separates"
+                )
                 continue
             w = n.inputs[1]
             assert w is not None

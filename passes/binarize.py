@@ -103,6 +103,7 @@ class _BinarizeBase(Pass):
 
     #: binarize the layer inputs too (XNOR) or only the weights (BWN)
     binary_input: ClassVar[bool] = False
+    needs_retraining = True
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         layers = weight_layers_in_order(graph)

@@ -255,6 +255,13 @@ class _Formats:
         return choose_frac_bits(r, self.wbits)
 
 
+#: float ops the fixed-point rewrite has an integer form for
+_FX_SUPPORTED = (
+    "conv2d", "dense", "relu", "clip (relu6)", "add", "max_pool", "avg_pool",
+    "global_avg_pool", "flatten / reshape", "batch_norm (folded by cleanup)",
+)  # fmt: skip
+
+
 def _const(graph: Graph, arr: np.ndarray, name: str, bits: int, frac: int) -> Value:
     v = graph.const(arr, name, dtype=arr.dtype)
     v.type = TensorType(v.type.shape, v.type.dtype, FixedPoint(bits, frac))
@@ -397,7 +404,10 @@ def _rewrite(graph: Graph, fmt: _Formats, bits: int, wbits: int) -> dict[str, An
             hint = (
                 " (run the 'cleanup' pass first to fold batch norm)" if n.op == "batch_norm" else ""
             )
-            raise PassError(f"fixed-point: node {n.name!r} ({n.op}) has no integer-only form{hint}")
+            raise PassError(
+                f"fixed-point: node {n.name!r} ({n.op}) has no integer-only form{hint}; fixed "
+                f"point covers {', '.join(_FX_SUPPORTED)} (quantize-int8 handles more ops)"
+            )
         q[id(n.output)] = (node.output, fo)
         layers[n.name] = {"op": node.op, "out_frac": fo, **rec}
     # outputs -> dequantize; drop the float nodes; give the new nodes and outputs the old names

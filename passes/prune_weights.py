@@ -165,7 +165,8 @@ class PruneWeights(Pass):
     (node names), ``layer_sparsity`` (``NODE=S`` items overriding per layer), ``min_params``
     (leave layers smaller than this dense), ``encode`` ('auto' | 'always' | 'never' CSR marking),
     ``refit`` (least-squares refit of the surviving weights on calibration data, layer by layer:
-    :func:`refit_masked`). Lossy.
+    :func:`refit_masked`; kept only where it lowers the error on held-out inputs, ``ctx.heldout``).
+    Lossy.
     """
 
     name = "prune-weights"
@@ -253,7 +254,16 @@ class PruneWeights(Pass):
             changed = True
         if self.refit and reference is not None and changed:
             feeds = calib_or_random(graph, ctx.feeds(self.calib_batches), ctx.rng(8), log=ctx.info)
+            plain = graph.copy()
+            err_plain = ctx.heldout_error(graph)
             n = refit_masked(graph, reference, [n.name for n in layers], feeds, seed=ctx.seed)
+            err_refit = ctx.heldout_error(graph)
+            if err_plain is not None and err_refit is not None:
+                ctx.detail("heldout_rel_error", {"plain": err_plain, "refit": err_refit})
+                if err_refit > err_plain:  # overfitted the calibration data: keep plain pruning
+                    graph.replace_contents(plain)
+                    n = 0
+                    ctx.detail("kept", "plain pruning (the refit raised the held-out error)")
             ctx.info(f"prune-weights: refitted {n} layer(s) by least squares")
         ctx.info(
             f"prune-weights: {len(layers)} layer(s), sparsity {zeroed / max(total, 1):.1%} "

@@ -36,6 +36,7 @@ inputs (with a note) — fine for random-weight models, not for trained ones.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -172,6 +173,21 @@ class QuantizeInt8(Pass):
     # --- driver ---------------------------------------------------------------------------------
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         self._check()
+        if self.rounding == "gptq" and ctx.heldout and ctx.teacher is not None:
+            # GPTQ fits its rounding to the calibration inputs: keep it only where it beats
+            # round-to-nearest on inputs it did not see (both errors go to the report)
+            rtn = graph.copy()
+            dataclasses.replace(self, rounding="nearest")._quantize(rtn, ctx)
+            changed = self._quantize(graph, ctx)
+            e_rtn, e_gptq = ctx.heldout_error(rtn), ctx.heldout_error(graph)
+            ctx.detail("heldout_rel_error", {"nearest": e_rtn, "gptq": e_gptq})
+            if e_rtn is not None and e_gptq is not None and e_gptq > e_rtn:
+                graph.replace_contents(rtn)
+                ctx.detail("kept", "round-to-nearest (GPTQ raised the held-out error)")
+            return changed
+        return self._quantize(graph, ctx)
+
+    def _quantize(self, graph: Graph, ctx: PassContext) -> bool:
         layers = [
             n
             for n in graph.nodes

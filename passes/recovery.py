@@ -172,7 +172,8 @@ class RefitAfterPrune(Pass):
     layer), ``sequential`` (re-run the graph after each refit so later layers see refitted inputs),
     ``calib_batches``. With ``sequential=False`` every layer is fitted on the unpruned network's
     inputs restricted to the kept channels (one graph run instead of one per layer, no compensation of
-    upstream error). Lossy.
+    upstream error). The refit is kept only where it lowers the output error on held-out inputs
+    (``ctx.heldout``: inputs no pass fits; both figures in the report). Lossy.
     """
 
     name = "refit-lstsq"
@@ -188,6 +189,8 @@ class RefitAfterPrune(Pass):
             ctx.info("refit-lstsq: no prune-channels record with a reference graph; nothing to do")
             return False
         feeds = calib_or_random(graph, ctx.feeds(self.calib_batches), ctx.rng(11), log=ctx.info)
+        before = graph.copy()
+        err_before = ctx.heldout_error(graph)
         n = refit_consumers(
             graph,
             rec["reference"],
@@ -198,5 +201,16 @@ class RefitAfterPrune(Pass):
             sequential=self.sequential,
             seed=ctx.seed,
         )
+        err_after = ctx.heldout_error(graph)
+        if err_before is not None and err_after is not None:
+            ctx.detail("heldout_rel_error", {"without refit": err_before, "with refit": err_after})
+            if err_after > err_before:  # the fit did not generalize: keep the pruned weights
+                graph.replace_contents(before)
+                ctx.info(
+                    f"refit-lstsq: refit raised the held-out error {err_before:.3g} -> "
+                    f"{err_after:.3g}; kept the weights without it"
+                )
+                ctx.detail("kept", "without refit")
+                return False
         ctx.info(f"refit-lstsq: refitted {n} layer(s)")
         return n > 0

@@ -34,6 +34,8 @@ from mcopt.pass_manager import Pass, PassContext, get_pass, register_pass, regis
 class _Training(Pass):
     """Options every training pass shares (see :class:`mcopt.train.TrainConfig`)."""
 
+    trains = True
+
     epochs: int = 5
     lr: float = 1e-3
     batch: int = 64

@@ -306,14 +306,15 @@ def finetune_centroids(
 class ProductQuantize(Pass):
     """Product quantization (Gong et al. 2014): each weight row (conv: a filter flattened as C, kh,
     kw) is cut into sub-vectors of ``sub_dim`` numbers; sub-space ``s`` gets its own k-means
-    codebook of ``k = min(2**bits, rows)`` d-vectors. Storage ``rows * S * bits + S * k * d * 32``
-    bits; layers where that is not smaller than float32, or whose row length is not a multiple of
-    ``sub_dim``, are left alone. Lossy."""
+    codebook of ``k = min(2**bits, rows)`` d-vectors (default 4 bits: 16 codewords). Storage
+    ``rows * S * bits + S * k * d * 32`` bits; layers where that is not smaller than float32, or whose
+    row length is not a multiple of ``sub_dim``, are left alone, each with its reason in the report's
+    pass details. Lossy."""
 
     name = "product-quantize"
     lossless = False
     sub_dim: int = 4
-    bits: int = 8
+    bits: int = 4
     ops: tuple[str, ...] = ("conv2d", "dense")
     skip: tuple[str, ...] = ()
     min_params: int = 4096
@@ -321,7 +322,13 @@ class ProductQuantize(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         changed = False
         msgs = []
-        for n in shareable_layers(graph, tuple(self.ops), tuple(self.skip), self.min_params):
+        skipped: dict[str, str] = {}
+        layers = shareable_layers(graph, tuple(self.ops), tuple(self.skip), self.min_params)
+        if not layers:
+            ctx.detail(
+                "skipped", f"no conv2d / dense with a float weight of >= {self.min_params} params"
+            )
+        for n in layers:
             w = n.inputs[1]
             assert w is not None and w.const is not None
             mat = w.const.reshape(w.shape[0], -1).astype(np.float64)
@@ -331,9 +338,14 @@ class ProductQuantize(Pass):
             s = dim // d
             bits = index_bits(k)
             if dim % d or r * s * bits + s * k * d * 32 >= mat.size * 32:
-                ctx.info(
-                    f"product-quantize: {n.name} left alone (row {dim} / sub_dim {d}, rows {r})"
+                why = (
+                    f"row length {dim} is not a multiple of sub_dim {d}"
+                    if dim % d
+                    else f"{r} rows: codebooks of k={k} {d}-vectors per sub-space would not be "
+                    "smaller than the float weight (lower bits or raise sub_dim)"
                 )
+                skipped[n.name] = why
+                ctx.info(f"product-quantize: {n.name} left alone: {why}")
                 continue
             cb = np.zeros((1, s, k, d))
             idx = np.zeros((1, s, r), np.int64)
@@ -351,6 +363,8 @@ class ProductQuantize(Pass):
             changed = True
         if msgs:
             ctx.info("product-quantize: " + ", ".join(msgs))
+        if skipped:
+            ctx.detail("skipped", skipped)
         return changed
 
 
@@ -373,7 +387,12 @@ class ResidualQuantize(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         changed = False
         msgs = []
-        for n in shareable_layers(graph, tuple(self.ops), tuple(self.skip), self.min_params):
+        layers = shareable_layers(graph, tuple(self.ops), tuple(self.skip), self.min_params)
+        if not layers:
+            ctx.detail(
+                "skipped", f"no conv2d / dense with a float weight of >= {self.min_params} params"
+            )
+        for n in layers:
             w = n.inputs[1]
             assert w is not None and w.const is not None
             d = self.sub_dim

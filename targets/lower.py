@@ -434,6 +434,12 @@ def missing_lowerings(graph: Graph) -> None:
     missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
     if missing:
         node = next(n for n in graph.nodes if n.op in missing)
+        if node.op.startswith("fx_"):
+            raise TargetError(
+                f"node {node.name!r} ({node.op}): a fixed-point graph is an integer-only FPGA "
+                "design: build it with target='fpga' (HLS C + resource estimate); for cpu / arm / "
+                "cuda quantize with quantize-int8 instead of fixed-point"
+            )
         raise TargetError(
             f"node {node.name!r} uses op {node.op!r}, which has no TVM lowering "
             f"(ops without one: {', '.join(missing)})"

@@ -180,7 +180,7 @@ def test_lowrank_dense_exact_for_low_rank_weight() -> None:
     feed = [RNG.standard_normal((4, 96)).astype(np.float32)]
     ref = interpreter.run(g, feed)[0]
     ctx = PassContext()
-    assert get_pass("lowrank-dense", energy=0.9999).run(g, ctx)
+    assert get_pass("lowrank-dense", energy=0.9999, skip_last=False).run(g, ctx)
     verify(g)
     s = ctx.shared["lowrank-dense"]
     assert s["layers"][0]["rank"] == 5 and s["params_after"] == 5 * (64 + 96) + 64
@@ -197,7 +197,7 @@ def test_lowrank_dense_error_falls_with_rank_and_calib_budget() -> None:
     errs = []
     for r in (2, 8, 24):
         g = _dense_graph(w)
-        get_pass("lowrank-dense", rank=r).run(g, PassContext())
+        get_pass("lowrank-dense", rank=r, skip_last=False).run(g, PassContext())
         errs.append(float(np.abs(interpreter.run(g, feed)[0] - ref).max()))
     assert errs == sorted(errs, reverse=True) and errs[0] > 5 * errs[-1]
     calib = [[RNG.standard_normal((4, 64)).astype(np.float32)] for _ in range(8)]
@@ -205,7 +205,7 @@ def test_lowrank_dense_error_falls_with_rank_and_calib_budget() -> None:
     for budget in (0.2, 0.02):
         g = _dense_graph(w)
         ctx = PassContext(calib=calib)
-        get_pass("lowrank-dense", max_rel_error=budget).run(g, ctx)
+        get_pass("lowrank-dense", max_rel_error=budget, skip_last=False).run(g, ctx)
         layer = ctx.shared["lowrank-dense"]["layers"][0]
         assert layer["error_kind"] == "calib" and layer["rel_error"] <= budget
         ranks.append(layer["rank"])

@@ -357,6 +357,16 @@ class Graph:
 
         return print_graph(self)
 
+    def replace_contents(self, other: Graph) -> None:
+        """Make this graph hold `other`'s nodes, inputs, outputs and names (in place: the object
+        callers hold stays valid). `other` must not be used afterwards."""
+        self.nodes = other.nodes
+        for n in self.nodes:
+            n.graph = self
+        self.inputs, self.outputs = other.inputs, other.outputs
+        self._names, self._node_names = set(other._names), set(other._node_names)
+        self.metadata = dict(other.metadata)
+
     def copy(self) -> Graph:
         """A deep copy of the structure; constant arrays are shared (treat them as immutable)."""
         g = Graph(self.name)

@@ -105,6 +105,11 @@ class _Exporter:
                 self._const_names[id(v)] = iname
         for node in g.nodes:
             fn = EXPORTERS.get(node.op)
+            if fn is None and node.op.startswith("fx_"):
+                raise UnsupportedOpError(
+                    f"node '{node.name}' ({node.op}): a fixed-point graph has no ONNX form (integer "
+                    "shifts and saturation): model.mcz keeps it exactly, target='fpga' writes C"
+                )
             if fn is None:
                 raise UnsupportedOpError(
                     f"node '{node.name}' ({node.op}): export of mcopt op {node.op} to ONNX is not "
