@@ -18,6 +18,7 @@ from mcopt.targets.kernels.params import (  # noqa: E402
     channel_block,
     choose_conv_params,
     choose_register_tile,
+    tile_score,
 )
 from mcopt.targets.kernels.target_info import CPUInfo, cpu_info, host_target  # noqa: E402
 
@@ -78,43 +79,75 @@ def test_cpu_info_from_targets():
     assert (avx2.lanes, avx2.vregs, avx2.cores) == (8, 16, 4)
 
 
+def _legal_tiles(ow: int, occ: int, vregs: int, max_reg_c: int = 4):  # type: ignore[no-untyped-def]
+    for rc in range(1, max_reg_c + 1):
+        if occ % rc:
+            continue
+        for rn in range(1, min(ow, vregs) + 1):
+            if rn * rc <= vregs - 4 and not (rc > 1 and rn > vregs // 3):
+                yield rn, rc
+
+
+def _check_tile(ow: int, occ: int, vregs: int, copy_free: bool = True) -> tuple[int, int]:
+    """Properties of the register tile: the accumulators fit the register file with room for the
+    weight / input loads, reg_c divides the channel blocks, and no legal tile scores higher."""
+    rn, rc = choose_register_tile(ow, occ, vregs, copy_free=copy_free)
+    assert (rn, rc) in set(_legal_tiles(ow, occ, vregs))
+    best = max(tile_score(ow, n, c, copy_free) for n, c in _legal_tiles(ow, occ, vregs))
+    assert tile_score(ow, rn, rc, copy_free) >= best - 1e-9
+    return rn, rc
+
+
 def test_register_tile_rule():
-    # AVX2: 3 columns x 4 channel blocks = 12 accumulators (1.71 FMAs per load)
-    assert choose_register_tile(56, 8, 16) == (3, 4)
-    assert choose_register_tile(14, 32, 16) == (3, 4)
-    # one channel block: a row of columns
-    rn, rc = choose_register_tile(56, 1, 16)
-    assert rc == 1 and rn <= 12
-    # 32 registers (AVX-512 / NEON): a bigger tile
-    rn, rc = choose_register_tile(56, 16, 32)
-    assert rn * rc <= 28 and rn * rc >= 20
+    for ow, occ, vregs in ((56, 8, 16), (14, 32, 16), (56, 1, 16), (56, 16, 32), (7, 64, 32)):
+        rn, rc = _check_tile(ow, occ, vregs)
+        if occ >= 4:  # enough channel blocks: more than one per tile (loads are reused)
+            assert rc > 1
     assert channel_block(3, 8) == 3 and channel_block(144, 8) == 8 and channel_block(12, 8) == 6
 
 
 def test_choose_conv_params_cache_blocking():
+    """Blocks divide the channels and fit a vector; a weight tile bigger than half the L2 is cut
+    into L1-sized input-channel chunks, a small one is not; a 3-channel stem keeps its 3 channels
+    in one block and unrolls the kernel width."""
     avx2 = CPUInfo(lanes=8, vregs=16, cores=2)
-    small = choose_conv_params((1, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, avx2)
-    assert (small.ic_bn, small.oc_bn, small.ic_chunk, small.oh_inner) == (8, 8, 0, False)
-    big = choose_conv_params((1, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, avx2)
-    assert big.ic_chunk >= 1 and big.oh_inner and big.flat
+    cases = [
+        ((1, 64, 56, 56), (64, 64, 3, 3), 1, 1),
+        ((1, 512, 7, 7), (512, 512, 3, 3), 1, 1),
+        ((1, 3, 224, 224), (64, 3, 7, 7), 2, 3),
+    ]
+    for data, weight, stride, pad in cases:
+        p = choose_conv_params(data, weight, stride, pad, 1, avx2)
+        assert data[1] % p.ic_bn == 0 and weight[0] % p.oc_bn == 0
+        assert p.ic_bn <= avx2.lanes and p.oc_bn <= avx2.lanes
+        # the weights a register tile reads: reg_c blocks of oc_bn filters over all input channels
+        tile_bytes = p.reg_c * p.oc_bn * weight[1] * weight[2] * weight[3] * 4
+        if tile_bytes > avx2.l2_bytes // 2 and data[1] // p.ic_bn > 1:
+            per_block = p.reg_c * p.oc_bn * p.ic_bn * weight[2] * weight[3] * 4
+            assert p.ic_chunk >= 1 and p.ic_chunk * per_block <= max(avx2.l1_bytes, per_block)
+        else:
+            assert p.ic_chunk == 0
+        assert p.unroll_kw == (weight[3] > 1 and p.ic_bn < avx2.lanes)
     stem = choose_conv_params((1, 3, 224, 224), (64, 3, 7, 7), 2, 3, 1, avx2)
-    assert stem.ic_bn == 3 and stem.unroll_kw
-    assert choose_dense_params(1, 1000, 2048, avx2)[0] == 40
+    assert stem.ic_bn == 3
+    units, _ = choose_dense_params(1, 1000, 2048, avx2)
+    assert 1000 % units == 0 and units % avx2.lanes == 0
 
 
 def test_choose_conv_params_avoids_a_rounding_copy_for_narrow_1x1():
     """A 1x1 conv has no padded copy of its own: a tile that rounds the width up would add one.
     Narrow ones (few MACs per input element) take a dividing tile; wide ones and padded convs may
-    still round."""
+    still round (their tile is then the best under the copy-free scoring)."""
     avx2 = CPUInfo(lanes=8, vregs=16, cores=2)
     narrow = choose_conv_params((1, 32, 112, 112), (16, 32, 1, 1), 1, 0, 1, avx2)
-    assert 112 % narrow.reg_n == 0 and (narrow.reg_n, narrow.reg_c) == (4, 2)
+    assert 112 % narrow.reg_n == 0
     proj = choose_conv_params((1, 960, 7, 7), (160, 960, 1, 1), 1, 0, 1, avx2)
     assert 7 % proj.reg_n == 0 or (proj.flat and 49 % proj.reg_n == 0)
     wide = choose_conv_params((1, 512, 7, 7), (2048, 512, 1, 1), 1, 0, 1, avx2)
-    assert (wide.reg_n, wide.reg_c) == (3, 4)
+    assert wide.reg_n * wide.reg_c <= avx2.vregs - 4
     padded = choose_conv_params((1, 32, 112, 112), (16, 32, 3, 3), 1, 1, 1, avx2)
-    assert (padded.reg_n, padded.reg_c) == (5, 2)  # the pad copy is made anyway
+    if not padded.flat:  # the pad copy is made anyway: the tile is the best copy-free one
+        assert (padded.reg_n, padded.reg_c) == _check_tile(112, 16 // padded.oc_bn, 16)
 
 
 def test_packing_roundtrip():
