@@ -83,6 +83,37 @@ def _bias_arg(ctx: LowerContext, node: Node, a: list[Any], n: int) -> Any:
     return a[2]
 
 
+def emit_planned_sparse_dense(
+    ctx: LowerContext,
+    x: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    activation: str | None,
+    clip: tuple[float, float],
+) -> Any | None:
+    """The planned (default) CPU build's hook: ``act(x @ W.T + b)`` on the sparse kernel when the
+    fused dense layer's (folded) weight is sparse enough that the sparse kernel wins (the measured
+    crossover, :func:`~mcopt.targets.kernels.sparse.sparse_wins`, or :data:`POLICY`); None to let
+    the caller emit the dense kernel. The residual case stays dense (the sparse kernel has no fused
+    residual)."""
+    from mcopt.targets.kernels.sparse import choose_block, sparse_dense, to_bsr
+
+    w = np.asarray(weight, np.float32)
+    lanes = _lanes()
+    block = choose_block(w, lanes)
+    if not _wanted("dense", w, block):
+        return None
+    rows, k = LowerContext.shape_of(x)
+    n_out = w.shape[0]
+    bsr = to_bsr(w, block)
+    act = {"relu": "relu", "relu6": "relu6", "clip": "clip"}.get(activation or "", None)
+    ep = Epilogue(bias=True, activation=act, clip_min=clip[0], clip_max=clip[1])
+    func = sparse_dense(rows, n_out, k, bsr.nnzb, block, ep, lanes)
+    b = np.zeros(n_out, np.float32) if bias is None else np.asarray(bias, np.float32)
+    args = [x, ctx.const(bsr.data), ctx.const(bsr.indices), ctx.const(bsr.indptr), ctx.const(b)]
+    return _call(ctx, func, "sparse_dense", args, (rows, n_out))
+
+
 @register_lowering("dense", replace=True)
 def _dense(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     """``y = x @ W.T + b`` with a CSR/BSR ``W`` (x of rank >= 2 is flattened to rows)."""

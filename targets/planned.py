@@ -32,6 +32,7 @@ from tvm import relax
 
 from mcopt.errors import OptionError, TargetError
 from mcopt.ir.core import Graph, Node, Value
+from mcopt.ir.types import Sparse
 from mcopt.targets import kernels as K
 from mcopt.targets.lower import (
     LOWERINGS,
@@ -273,6 +274,16 @@ def _lower_fused_plain(vals: _Values, f: FusedOp, target: Any) -> None:
     res = vals.plain_of(f.residual)
     if f.kind == "dense":
         bias = None if f.bias is None else f.bias.astype(np.float32)
+        w_in = f.node.inputs[1]
+        if res is None and w_in is not None and isinstance(w_in.type.encoding, Sparse):
+            # a pruned weight (CSR in the IR) runs on the sparse kernel where that is faster
+            from mcopt.targets.lower_sparse import emit_planned_sparse_dense
+
+            y = emit_planned_sparse_dense(ctx, x, f.weight, bias, f.activation, f.clip)
+            if y is not None:
+                vals.set_plain(f.output, ctx.emit(y))
+                vals.chose("dense layer: sparse kernel (pruned weight)")
+                return
         y = K.emit_dense(
             ctx.bb,
             x,

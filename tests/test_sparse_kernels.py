@@ -132,9 +132,13 @@ def test_build_pruned_graph_matches_interpreter(mode: str) -> None:
     try:
         from mcopt.targets.lower import lower
 
-        text = str(lower(g))
+        text = str(lower(g))  # the plain lowering (mcopt-plain)
         assert ("sparse_conv2d" in text) == ("sparse_dense" in text) == (mode == "always")
-        got = build(g, "cpu").run(x)[0]
+        compiled = build(g, "cpu")  # the default (planned) build
+        got = compiled.run(x)[0]
     finally:
         lower_sparse.POLICY["mode"] = old
     assert rel(got, ref) <= 1e-5
+    # the default build runs the pruned dense layer on the sparse kernel (and says so)
+    sparse_fc = compiled.choices.get("dense layer: sparse kernel (pruned weight)", 0)
+    assert sparse_fc == (1 if mode == "always" else 0)
