@@ -11,8 +11,13 @@ Three tables (machine shared: contenders timed in alternating rounds, min and me
    @14x14 — the crossover sparsity on this CPU (what :data:`mcopt.targets.kernels.sparse.CROSSOVER`
    encodes).
 3. ``--resnet-layers``: the same at 80/90/95% on ResNet-50's FC (2048->1000) and convs.
+4. ``--default-build``: whole models through the default ``cpu`` build (``mcopt.optimize``):
+   AlexNet (``zoo.light_model("bvlc_alexnet")``, 58.6 M of its 61 M weights in 3 FC layers) and the
+   trained LeNet-300-100, unpruned vs fully-connected weights pruned 95 % (``prune-weights`` on
+   dense layers, CSR): the pruned dense layers run on the sparse kernel in the same build
+   (``compiled.choices``), onnxruntime on the original beside them.
 
-    python benchmarks/bench_prune.py [--models] [--crossover] [--resnet-layers] [--budget 4]
+    python benchmarks/bench_prune.py [--models] [--crossover] [--resnet-layers] [--default-build] [--budget 4]
 """
 
 from __future__ import annotations
@@ -268,15 +273,75 @@ SPARSE_COLS = [
 ]
 
 
+def _ms(fn: Any) -> Any:
+    """A timer for :func:`_alternate`: a short pause (both thread pools spin after a call), one
+    untimed call, then the ms of one call."""
+
+    def timer() -> float:
+        time.sleep(0.05)
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+    return timer
+
+
+def bench_default_build(budget: float) -> list[dict[str, Any]]:
+    """Unpruned vs 95 %-pruned FC weights through the default cpu build, alternating timing."""
+    import onnx
+
+    import mcopt
+    from mcopt import zoo
+
+    rows = []
+    for name, proto in (
+        ("bvlc_alexnet", zoo.light_model("bvlc_alexnet", seed=0)),
+        ("lenet300", onnx.load(zoo.lenet300_path())),
+    ):
+        g = mcopt.load(proto)
+        x = np.random.default_rng(0).standard_normal(g.inputs[0].shape).astype(np.float32)
+        builds = {}
+        for label, passes in (
+            ("unpruned", ["cleanup"]),
+            ("fc 95% pruned", ["cleanup", "prune-weights:sparsity=0.95,ops=[dense],encode=always"]),
+        ):
+            res = mcopt.optimize(proto, target="cpu", passes=passes, calib=[x], measure=False)
+            builds[label] = res
+        sess = ort_session(proto)
+        iname = sess.get_inputs()[0].name
+        calls = {k: (lambda r=r, x=x: r.compiled.run(x)) for k, r in builds.items()}
+        calls["onnxruntime"] = lambda s=sess, n=iname, x=x: s.run(None, {n: x})
+        t = _alternate({k: _ms(f) for k, f in calls.items()}, budget)
+        base = t["unpruned"][1]
+        for k in ("unpruned", "fc 95% pruned"):
+            rows.append(
+                {
+                    "model": name,
+                    "build": k,
+                    "weights_MB": builds[k].cost_after.totals()["weight_bytes"] / 2**20,
+                    "choices": ", ".join(f"{c} x{n}" for c, n in builds[k].compiled.choices.items())
+                    or "-",
+                    "mcopt_min": t[k][0],
+                    "mcopt_med": t[k][1],
+                    "speedup": base / t[k][1],
+                    "ort_med": t["onnxruntime"][1],
+                    "vs_ort": t["onnxruntime"][1] / t[k][1],
+                }
+            )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", action="store_true")
     ap.add_argument("--crossover", action="store_true")
     ap.add_argument("--resnet-layers", action="store_true")
+    ap.add_argument("--default-build", action="store_true")
     ap.add_argument("--budget", type=float, default=4.0)
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
-    everything = not (args.models or args.crossover or args.resnet_layers)
+    everything = not (args.models or args.crossover or args.resnet_layers or args.default_build)
     out = Path(args.out)
     if args.crossover or everything:
         layers = [
@@ -299,6 +364,22 @@ def main() -> None:
         md = markdown_table(rows, SPARSE_COLS)
         print(md)
         write_outputs(out, "sparse_resnet50", rows, md)
+    if args.default_build or everything:
+        rows = bench_default_build(args.budget)
+        cols = [
+            ("model", "model", ""),
+            ("build", "build", ""),
+            ("weights_MB", "weights MiB", ".1f"),
+            ("choices", "kernels chosen", ""),
+            ("mcopt_min", "mcopt ms (min)", ".3f"),
+            ("mcopt_med", "mcopt ms (med)", ".3f"),
+            ("speedup", "vs unpruned", ".2f"),
+            ("ort_med", "onnxruntime ms (orig)", ".3f"),
+            ("vs_ort", "vs onnxruntime", ".2f"),
+        ]
+        md = markdown_table(rows, cols)
+        print(md)
+        write_outputs(out, "prune_default_build", rows, md)
     if args.models or everything:
         rows = bench_models(args.budget * 3)
         cols = [
