@@ -10,14 +10,14 @@ import numpy as np
 
 from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import TensorType
-from mcopt.ops import get_schema, has_op
+from mcopt.ops import get_schema, has_op, ops_with
 from mcopt.pass_manager import Pass, PassContext, register_pass, register_pipeline
 from mcopt.rewrite import B, Match, P, RewriteRule, V, W, X, apply_rewrites
 
 #: the standard lossless cleanup, in order (the ``cleanup`` pipeline)
 DEFAULT_CLEANUP = ["remove-identity", "constant-fold", "fold-batch-norm", "simplify-reshape", "dce"]
 
-VIEW_OPS = ("reshape", "flatten", "squeeze", "unsqueeze")
+VIEW_OPS = tuple(sorted(ops_with("view") - ops_with("channelwise")))  # reshape-like ops
 
 
 def _forward_reason(graph: Graph, out: Value, src: Value) -> str | None:

@@ -222,7 +222,7 @@ def _zero_positions(a: ChannelAnalysis, graph: Graph) -> dict[int, np.ndarray]:
             z[id(out)] = rows
         elif zx is None:
             continue
-        elif op in ZERO_PRESERVING or op in ("prelu", "avg_pool", "global_avg_pool"):
+        elif op in ZERO_PRESERVING:
             if len(zx) == len(z[id(out)]):
                 z[id(out)] = zx
         elif op == "clip":

@@ -44,18 +44,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mcopt.ir.core import Graph, Node, Value
+from mcopt.ops import get_schema, ops_with
 
 #: grouped convs the grouped kernel does not take run as one blocked conv with block-diagonal
 #: weights when they have at most this many groups (else as a plain Relax conv)
 MAX_DENSE_GROUPS = 4
 
 #: elementwise ops that map finite inputs to finite outputs: safe on zero-padded channel blocks
+#: (from the op traits, mcopt.ops.TRAITS; "finite_preserving" = safe on zero-padded blocks)
 BLOCKED_UNARY = frozenset(
-    {"relu", "clip", "sigmoid", "tanh", "leaky_relu", "hard_sigmoid", "hard_swish", "neg"}
+    op
+    for op in ops_with("channelwise", "finite_preserving", "elementwise") - ops_with("view")
+    if get_schema(op).max_inputs == 1
 )
-BLOCKED_BINARY = frozenset({"add", "sub", "mul"})
-PASSTHROUGH = frozenset({"identity", "dropout"})
-BLOCKED_POOLS = frozenset({"max_pool", "avg_pool", "global_avg_pool", "global_max_pool"})
+BLOCKED_BINARY = frozenset(
+    op
+    for op in ops_with("elementwise", "finite_preserving") - ops_with("channelwise")
+    if get_schema(op).min_inputs == 2
+)
+PASSTHROUGH = ops_with("view", "channelwise")
+BLOCKED_POOLS = ops_with("pool")
 
 #: fuse a channel shuffle that follows a grouped conv into that kernel's epilogue (False keeps it
 #: a separate blocked permutation, e.g. to measure what the fusion saves)

@@ -40,32 +40,18 @@ import numpy as np
 
 from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import Sparse, TensorType
+from mcopt.ops import get_schema, ops_with  # noqa: E402  (registers every op first)
 
-#: unary ops that act per element (channel positions pass through)
-UNARY_OPS = frozenset(
-    {
-        "relu",
-        "sigmoid",
-        "tanh",
-        "hard_swish",
-        "identity",
-        "exp",
-        "sqrt",
-        "neg",
-        "dropout",
-        "clip",
-        "leaky_relu",
-        "hard_sigmoid",
-        "cast",
-        "prelu",
-    }
+# What the channel analysis may assume about an op comes from the op's traits (mcopt.ops.TRAITS):
+#: one-input ops acting on each channel on its own (channel positions pass through)
+UNARY_OPS = ops_with("channelwise") - ops_with("pool")
+#: broadcasting binary arithmetic
+BINARY_OPS = frozenset(
+    op for op in ops_with("elementwise") - ops_with("channelwise") if get_schema(op).min_inputs == 2
 )
-BINARY_OPS = frozenset({"add", "sub", "mul", "div", "pow"})
-POOL_OPS = frozenset({"max_pool", "avg_pool", "global_avg_pool", "global_max_pool"})
-#: unary ops with f(0) == 0 (a channel that is exactly zero stays exactly zero)
-ZERO_PRESERVING = frozenset(
-    {"relu", "tanh", "hard_swish", "identity", "sqrt", "neg", "dropout", "leaky_relu", "cast"}
-)
+POOL_OPS = ops_with("pool")
+#: per-channel ops with f(0) == 0 (a channel that is exactly zero stays exactly zero)
+ZERO_PRESERVING = ops_with("channelwise", "zero_preserving")
 
 
 @dataclass

@@ -2,22 +2,28 @@
 
 from mcopt.ops.schema import (
     REQUIRED,
+    TRAITS,
     OpSchema,
     all_ops,
     broadcast_shapes,
     get_schema,
     has_op,
+    has_trait,
+    ops_with,
     register_op,
     same_as_input,
 )
 
 __all__ = [
     "REQUIRED",
+    "TRAITS",
     "OpSchema",
     "all_ops",
     "broadcast_shapes",
     "get_schema",
     "has_op",
+    "has_trait",
+    "ops_with",
     "register_op",
     "same_as_input",
 ]

@@ -26,12 +26,18 @@ def _float_only(t: InTypes, a: Attrs) -> str | None:
     return need_float(t[0])
 
 
+_CW = frozenset({"channelwise"})
+_Z = frozenset({"zero_preserving"})
+_F = frozenset({"finite_preserving"})
+
+
 def _unary(
     name: str,
     fn: Callable[..., np.ndarray],
     doc: str,
     attrs: dict[str, Any] | None = None,
     check: Check | None = None,
+    traits: frozenset[str] = frozenset(),
 ) -> OpSchema:
     """Register a one-input elementwise op; the result keeps the input dtype."""
 
@@ -49,6 +55,7 @@ def _unary(
             reference=ref,
             elementwise=True,
             doc=doc,
+            traits=_CW | traits,
         )
     )
 
@@ -87,25 +94,27 @@ def _dropout_check(t: InTypes, a: Attrs) -> str | None:
     return None
 
 
-_unary("relu", lambda x: np.maximum(x, 0), "y = max(x, 0)")
-_unary("sigmoid", sigmoid, "y = 1 / (1 + exp(-x))", check=_float_only)
-_unary("tanh", np.tanh, "y = tanh(x)", check=_float_only)
+_unary("relu", lambda x: np.maximum(x, 0), "y = max(x, 0)", traits=_Z | _F)
+_unary("sigmoid", sigmoid, "y = 1 / (1 + exp(-x))", check=_float_only, traits=_F)
+_unary("tanh", np.tanh, "y = tanh(x)", check=_float_only, traits=_Z | _F)
 _unary(
     "hard_swish",
     lambda x: x * np.clip(x / 6 + 0.5, 0, 1),
     "y = x * max(0, min(1, x/6 + 0.5)) (ONNX HardSwish)",
     check=_float_only,
+    traits=_Z | _F,
 )
-_unary("identity", lambda x: x.copy(), "y = x")
+_unary("identity", lambda x: x.copy(), "y = x", traits=_Z | _F | {"view"})
 _unary("exp", np.exp, "y = exp(x)", check=_float_only)
-_unary("sqrt", np.sqrt, "y = sqrt(x)", check=_float_only)
-_unary("neg", np.negative, "y = -x")
+_unary("sqrt", np.sqrt, "y = sqrt(x)", check=_float_only, traits=_Z)
+_unary("neg", np.negative, "y = -x", traits=_Z | _F)
 _unary(
     "dropout",
     lambda x, ratio: x.copy(),
     "inference dropout: y = x (removed by cleanup)",
     attrs={"ratio": 0.5},
     check=_dropout_check,
+    traits=_Z | _F | {"view"},
 )
 _unary(
     "clip",
@@ -113,6 +122,7 @@ _unary(
     "y = min(max(x, min), max); relu6 = clip(0, 6)",
     attrs={"min": -np.inf, "max": np.inf},
     check=_number("min", "max"),
+    traits=_F,
 )
 _unary(
     "leaky_relu",
@@ -120,6 +130,7 @@ _unary(
     "y = x if x >= 0 else alpha * x",
     attrs={"alpha": 0.01},
     check=lambda t, a: _number("alpha")(t, a) or need_float(t[0]),
+    traits=_Z | _F,
 )
 _unary(
     "hard_sigmoid",
@@ -127,6 +138,7 @@ _unary(
     "y = max(0, min(1, alpha * x + beta))",
     attrs={"alpha": 0.2, "beta": 0.5},
     check=lambda t, a: _number("alpha", "beta")(t, a) or need_float(t[0]),
+    traits=_F,
 )
 
 
@@ -146,6 +158,7 @@ register_op(
         infer=lambda t, a: [TensorType(t[0].shape, a["to"])],  # type: ignore[union-attr]
         reference=lambda x, to: x.astype(to),
         elementwise=True,
+        traits=_CW | _Z,
         doc="y = x converted to dtype `to` (a numpy dtype name; float -> int truncates).",
     )
 )
@@ -170,7 +183,12 @@ def _binary_check(t: InTypes, a: Attrs) -> str | None:
     return None
 
 
-def _binary(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], doc: str) -> OpSchema:
+def _binary(
+    name: str,
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    doc: str,
+    traits: frozenset[str] = frozenset(),
+) -> OpSchema:
     def ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.asarray(fn(a, b)).astype(a.dtype, copy=False)
 
@@ -184,6 +202,7 @@ def _binary(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], doc: 
             reference=ref,
             elementwise=True,
             doc=doc,
+            traits=traits,
         )
     )
 
@@ -201,9 +220,9 @@ def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.power(a.astype(np.float64), b).astype(a.dtype)
 
 
-_binary("add", np.add, "y = a + b (numpy broadcasting)")
-_binary("sub", np.subtract, "y = a - b (numpy broadcasting)")
-_binary("mul", np.multiply, "y = a * b (numpy broadcasting)")
+_binary("add", np.add, "y = a + b (numpy broadcasting)", _F | {"commutative"})
+_binary("sub", np.subtract, "y = a - b (numpy broadcasting)", _F)
+_binary("mul", np.multiply, "y = a * b (numpy broadcasting)", _F | {"commutative"})
 _binary("div", _div, "y = a / b (numpy broadcasting; integers truncate toward zero)")
 _binary("pow", _pow, "y = a ** b (numpy broadcasting)")
 
@@ -231,6 +250,7 @@ register_op(
         infer=same_as_input,
         reference=lambda x, slope: np.where(x >= 0, x, x * slope).astype(x.dtype, copy=False),
         elementwise=True,
+        traits=_CW | _Z | _F,
         doc="y = x if x >= 0 else slope * x (slope broadcasts against x; ONNX PRelu)",
     )
 )

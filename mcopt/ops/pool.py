@@ -151,6 +151,8 @@ register_op(
         infer=_pool_infer,
         reference=max_pool_ref,
         doc="2-D max pooling (ONNX MaxPool); pads = (top, left, bottom, right).",
+        # not zero_preserving in general: a window over padding only yields the dtype's lowest
+        traits=frozenset({"pool", "channelwise", "finite_preserving"}),
     )
 )
 
@@ -169,6 +171,7 @@ register_op(
         infer=_pool_infer,
         reference=avg_pool_ref,
         doc="2-D average pooling (ONNX AveragePool); pads = (top, left, bottom, right).",
+        traits=frozenset({"pool", "channelwise", "zero_preserving", "finite_preserving"}),
     )
 )
 
@@ -204,6 +207,7 @@ register_op(
         infer=_global_infer,
         reference=global_avg_pool_ref,
         doc="mean over all spatial axes -> (N, C, 1, 1) (ONNX GlobalAveragePool).",
+        traits=frozenset({"pool", "channelwise", "zero_preserving", "finite_preserving"}),
     )
 )
 
@@ -215,6 +219,7 @@ register_op(
         infer=_global_infer,
         reference=global_max_pool_ref,
         doc="max over all spatial axes -> (N, C, 1, 1) (ONNX GlobalMaxPool).",
+        traits=frozenset({"pool", "channelwise", "zero_preserving", "finite_preserving"}),
     )
 )
 

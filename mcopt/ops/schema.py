@@ -41,7 +41,10 @@ class OpSchema:
     - ``reference(*arrays, **attrs) -> ndarray | tuple[ndarray, ...]``: the numpy oracle.
     - ``check(in_types, attrs) -> str | None``: why this node is invalid (None when valid).
     - ``macs(in_types, out_types, attrs) -> int``: multiply-accumulates of one run.
-    - ``elementwise``: output[i] depends only on inputs[i] (after broadcasting); used for fusion.
+    - ``elementwise``: output[i] depends only on inputs[i] (after broadcasting).
+    - ``traits``: what passes and planners may assume about the op (see :data:`TRAITS`); query
+      them with :func:`has_trait` / :func:`ops_with` instead of keeping op lists in each pass.
+      ``elementwise=True`` adds the ``elementwise`` trait.
     """
 
     name: str
@@ -53,6 +56,17 @@ class OpSchema:
     macs: Callable[[InTypes, list[TensorType], Attrs], int] | None = None
     elementwise: bool = False
     doc: str = ""
+    traits: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        traits = set(self.traits) | ({"elementwise"} if self.elementwise else set())
+        unknown = traits - set(TRAITS)
+        if unknown:
+            raise ValueError(
+                f"op {self.name!r}: unknown trait(s) {sorted(unknown)}; known: {sorted(TRAITS)}"
+            )
+        self.traits = frozenset(traits)
+        self.elementwise = "elementwise" in traits
 
     @property
     def variadic(self) -> bool:
@@ -128,6 +142,21 @@ def _freeze(val: Any) -> Any:
     return val
 
 
+#: the trait vocabulary: name -> what an op with the trait guarantees
+TRAITS: dict[str, str] = {
+    "elementwise": "output[i] depends only on the inputs at i (after broadcasting)",
+    "channelwise": "acts on each channel (axis 1) on its own: channel c of the output depends only "
+    "on channel c of the first input (elementwise unary ops, prelu, pooling)",
+    "zero_preserving": "an all-zero first input gives an all-zero output (a channel that is exactly "
+    "zero stays zero: what dead-neuron removal relies on)",
+    "finite_preserving": "finite inputs give finite outputs (safe on the zero-padded channels of a "
+    "blocked layout)",
+    "view": "moves no data: the output is the input with another shape",
+    "pool": "a spatial pooling window over one channel",
+    "commutative": "the two inputs may be swapped",
+}
+
+
 _REGISTRY: dict[str, OpSchema] = {}
 
 
@@ -152,6 +181,22 @@ def has_op(op: str) -> bool:
 
 def all_ops() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def has_trait(op: str, trait: str) -> bool:
+    """Whether the registered op `op` has `trait` (False for unknown ops)."""
+    if trait not in TRAITS:
+        raise ValueError(f"unknown trait {trait!r}; known: {sorted(TRAITS)}")
+    s = _REGISTRY.get(op)
+    return s is not None and trait in s.traits
+
+
+def ops_with(*traits: str) -> frozenset[str]:
+    """The registered ops that have every one of `traits`."""
+    for t in traits:
+        if t not in TRAITS:
+            raise ValueError(f"unknown trait {t!r}; known: {sorted(TRAITS)}")
+    return frozenset(n for n, s in _REGISTRY.items() if all(t in s.traits for t in traits))
 
 
 # --- helpers shared by op tables ------------------------------------------------------------------

@@ -19,6 +19,9 @@ def _x(t: InTypes) -> TensorType:
     return x
 
 
+_VIEWS = {"reshape", "flatten", "squeeze", "unsqueeze"}
+
+
 def _op(
     name: str,
     inputs: tuple[str, ...],
@@ -28,9 +31,21 @@ def _op(
     ref: Any,
     doc: str,
 ) -> None:
+    traits = (
+        frozenset({"view", "zero_preserving", "finite_preserving"})
+        if name in _VIEWS
+        else frozenset()
+    )
     register_op(
         OpSchema(
-            name=name, inputs=inputs, attrs=attrs, check=check, infer=infer, reference=ref, doc=doc
+            name=name,
+            inputs=inputs,
+            attrs=attrs,
+            check=check,
+            infer=infer,
+            reference=ref,
+            doc=doc,
+            traits=traits,
         )
     )
 
