@@ -446,7 +446,9 @@ def optimize(
     )
     if target is not None:
         # passes that pick per layer by measured speed (winograd:only_if_faster) measure on the target
-        ctx.shared["measure_winograd"] = _measure_winograd
+        from mcopt.targets.services import services_for
+
+        ctx.target = services_for(target)
     cost_before = analyze(original)
     pipeline = list(DEFAULT_PASSES if passes is None else passes)
     if max_accuracy_drop is not None and train_data is None:
@@ -678,12 +680,6 @@ def check_budgets(
                     f"pass {r.spec!r} moved the outputs by {err:.3g} (max relative error), more "
                     f"than max_output_error={max_output_error}; nothing written"
                 )
-
-
-def _measure_winograd(*args: Any, **kwargs: Any) -> dict[str, float]:
-    from mcopt.targets.kernels.winograd import cached_measurement  # TVM: only when compiling
-
-    return cached_measurement(*args, **kwargs)
 
 
 def output_error(reference: Graph, candidate: Graph, feeds: Sequence[Feed]) -> dict[str, float]:

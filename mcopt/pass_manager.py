@@ -40,6 +40,25 @@ Feed = Mapping[str, np.ndarray] | Sequence[np.ndarray]
 _log = logging.getLogger("mcopt.passes")
 
 
+@dataclass
+class PassResult:
+    """What ``Pass.run`` may return instead of a bool: whether it changed the graph and what it
+    wants in its report row (merged with what it recorded through :meth:`PassContext.detail`)."""
+
+    changed: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class TargetServices(typing.Protocol):
+    """What a pass may ask of the compile target (implemented in ``mcopt.targets``; the core
+    defines only the protocol): ``measure_winograd(...) -> {"direct": ms, "f2": ms, "f4": ms}``
+    times a 3x3 conv's kernels on the target (see :mod:`mcopt.passes.winograd`)."""
+
+    name: str
+
+    def measure_winograd(self, *args: Any, **kwargs: Any) -> dict[str, float]: ...
+
+
 # --- context ----------------------------------------------------------------------------------------
 @dataclass
 class PassContext:
@@ -66,6 +85,8 @@ class PassContext:
     data: Any = None
     teacher: Graph | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: the compile target's services (None: not compiling), see :class:`TargetServices`
+    target: TargetServices | None = None
     #: inputs no pass may fit (the output-error check's): passes that choose between methods by
     #: data (refit or not, GPTQ or round-to-nearest) compare them here, see :meth:`heldout_error`
     heldout: list[Feed] = field(default_factory=list)
@@ -628,6 +649,24 @@ class PassReport:
         return self.to_markdown()
 
 
+def _summary_details(summary: Any) -> dict[str, Any]:
+    """The report-worthy part of a pass's per-layer summary (``mcopt.analysis.lowrank.summarize``):
+    the rank (or method) chosen per layer and why layers were skipped."""
+    if not isinstance(summary, Mapping) or "layers" not in summary:
+        return {}
+    out: dict[str, Any] = {}
+    layers = {
+        str(r.get("layer")): (r.get("rank") if r.get("rank") is not None else r.get("method"))
+        for r in summary.get("layers") or []
+        if isinstance(r, Mapping)
+    }
+    if layers:
+        out["layers"] = layers
+    if summary.get("skipped"):
+        out["skipped"] = dict(summary["skipped"])
+    return out
+
+
 def _fmt_details(d: Mapping[str, Any]) -> str:
     parts = []
     for k, v in d.items():
@@ -758,17 +797,27 @@ class PassManager:
                 raise PassError(
                     f"pass {p.name!r} failed after [{', '.join(done)}]: {reason}"
                 ) from e
+            if result is None:
+                raise PassError(
+                    f"pass {p.name!r} returned None: its run() must return True / False (changed "
+                    "or not) or a PassResult"
+                )
+            details = dict(ctx.details)
+            if isinstance(result, PassResult):
+                details.update(result.details)
+                result = result.changed
+            details.update(_summary_details(ctx.shared.get(p.name)))
             rec = PassRecord(
                 name=p.name,
                 spec=p.spec(),
                 lossless=p.lossless,
-                changed=True if result is None else bool(result),
+                changed=bool(result),
                 seconds=seconds,
                 before=before,
                 after=after,
                 max_abs_err=max((a for a, _ in errs), default=None) if errs else None,
                 max_rel_err=max((r for _, r in errs), default=None) if errs else None,
-                details=dict(ctx.details),
+                details=details,
             )
             if metric is not None:
                 last = report.records[-1].metric if report.records else report.initial_metric

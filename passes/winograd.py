@@ -81,11 +81,12 @@ class WinogradConv(Pass):
 
         The measurement compiles kernels, which only targets/ may do: the caller that compiles
         (``mcopt.optimize(..., target=...)``) puts a measuring function into
-        ``ctx.shared["measure_winograd"]`` (signature of
+        ``ctx.target.measure_winograd`` (signature of
         ``mcopt.targets.kernels.winograd.cached_measurement``)."""
         from pathlib import Path
 
-        measure = getattr(ctx, "shared", {}).get("measure_winograd") if ctx is not None else None
+        target = ctx.target if ctx is not None else None
+        measure = target.measure_winograd if target is not None else None
         if measure is None:
             return (
                 "only_if_faster needs a target to measure on: use mcopt.optimize(..., target=...)"

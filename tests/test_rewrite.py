@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mcopt import interpreter
 from mcopt.ir import Graph, Value, ttype, verify
@@ -159,3 +160,45 @@ def test_remove_dead_cascades_only_from_roots() -> None:
     assert [n.name for n in g.nodes] == ["c"]
     assert remove_dead(g) == 1 and len(g) == 0
     _ = c
+
+
+def test_pass_results_are_typed_and_reach_the_report() -> None:
+    """run() returns a bool or a PassResult (its details in the report row); None is an error
+    naming the pass; a pass's per-layer summary (ranks, skip reasons) reaches the report."""
+    import mcopt
+    from mcopt import zoo
+    from mcopt.errors import PassError
+    from mcopt.pass_manager import Pass, PassResult, run_passes
+
+    class Noisy(Pass):
+        name = "noisy-test-pass"
+
+        def run(self, graph, ctx):  # type: ignore[no-untyped-def]
+            ctx.detail("seen", len(graph.nodes))
+            return PassResult(False, {"why": "nothing to do"})
+
+    class Sloppy(Pass):
+        name = "sloppy-test-pass"
+
+        def run(self, graph, ctx):  # type: ignore[no-untyped-def]
+            return None
+
+    g = mcopt.load(zoo.lenet5_path())
+    _, rep = run_passes(g, [Noisy()])
+    assert rep["noisy-test-pass"].details == {"seen": len(g.nodes), "why": "nothing to do"}
+    assert not rep["noisy-test-pass"].changed
+    with pytest.raises(PassError, match="sloppy-test-pass.*returned None"):
+        run_passes(g, [Sloppy()])
+    X, _ = zoo.mnist_test_set()
+    calib = [{"input": X[i : i + 1]} for i in range(8)]
+    from mcopt.pass_manager import PassContext
+
+    _, rep = run_passes(
+        mcopt.load(zoo.lenet5_path()), ["lowrank-dense:param_ratio=0.5"], PassContext(calib=calib)
+    )
+    d = rep["lowrank-dense"].details
+    assert set(d["layers"]) == {"Gemm_7", "Gemm_9"} and all(
+        isinstance(r, int) for r in d["layers"].values()
+    )
+    assert "Gemm_11" in d["skipped"]  # the classifier, with its reason
+    assert "Gemm_7" in rep.to_markdown()

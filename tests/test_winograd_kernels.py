@@ -118,12 +118,12 @@ def test_only_if_faster_reads_the_measured_table(tmp_path) -> None:
     }
     path = tmp_path / "table.json"
     path.write_text(json.dumps(table))
-    from mcopt.targets.kernels.winograd import cached_measurement
+    from mcopt.targets.services import services_for
 
     no_target = PassContext()
     get_pass("winograd", tile=2, only_if_faster=True, table=str(path)).run(g.copy(), no_target)
     assert "needs a target" in no_target.shared["winograd"]["skipped"]["c1"]
-    ctx = PassContext(shared={"measure_winograd": cached_measurement})
+    ctx = PassContext(target=services_for("cpu"))
     assert get_pass("winograd", tile=2, only_if_faster=True, table=str(path)).run(g, ctx)
     assert [r["layer"] for r in ctx.shared["winograd"]["layers"]] == ["c2"]
     assert "direct conv faster" in ctx.shared["winograd"]["skipped"]["c1"]
