@@ -125,11 +125,11 @@ _BN_STATS = (
 
 def _bn_affine(m: Match) -> tuple[np.ndarray, np.ndarray]:
     """BN as y = s * x + t per channel: s = gamma / sqrt(var + eps), t = beta - mean * s (float64)."""
+    from mcopt.ops.nn import bn_affine
+
     bn: Node = m["bn"]
-    gamma, beta = m["scale"].const.astype(np.float64), m["bias"].const.astype(np.float64)
-    mean, var = m["mean"].const.astype(np.float64), m["var"].const.astype(np.float64)
-    s = gamma / np.sqrt(var + float(bn.attrs["epsilon"]))
-    return s, beta - mean * s
+    consts = (m[k].const for k in ("scale", "bias", "mean", "var"))
+    return bn_affine(*consts, bn.attrs["epsilon"])  # type: ignore[arg-type]
 
 
 def _bn_reason(m: Match) -> str | None:

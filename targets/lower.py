@@ -23,6 +23,7 @@ from tvm import relax
 
 from mcopt.errors import TargetError
 from mcopt.ir.core import Graph, Node, Value
+from mcopt.ops.nn import bn_affine
 
 R = relax.op
 LowerResult = Any  # relax.Expr | Sequence[relax.Expr]
@@ -130,9 +131,7 @@ def _batch_norm(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     consts = [_const_of(v) for v in node.inputs[1:5]]
     dtype = ctx.dtype_of(x)
     if all(c is not None for c in consts):
-        scale, bias, mean, var = (c.astype(np.float64) for c in consts)  # type: ignore[union-attr]
-        k = scale / np.sqrt(var + eps)
-        c = bias - mean * k
+        k, c = bn_affine(*consts, eps)  # type: ignore[arg-type]
         shp = (1, -1) + (1,) * (rank - 2)
         return R.add(
             ctx.emit(R.multiply(x, ctx.const(k.reshape(shp).astype(dtype)))),

@@ -45,6 +45,7 @@ import numpy as np
 
 from mcopt.ir.core import Graph, Node, Value
 from mcopt.ops import get_schema, ops_with
+from mcopt.ops.nn import bn_affine
 
 #: grouped convs the grouped kernel does not take run as one blocked conv with block-diagonal
 #: weights when they have at most this many groups (else as a plain Relax conv)
@@ -250,10 +251,9 @@ def _fuse_chain(f: FusedOp, graph_outputs: set[int], claimed: set[int]) -> None:
             stats = [v.const if v is not None else None for v in user.inputs[1:5]]
             if any(s is None for s in stats):
                 return
-            gamma, beta, mean, var = (np.asarray(s, np.float64).reshape(-1) for s in stats)  # type: ignore[arg-type]
-            k = gamma / np.sqrt(var + float(user.attrs.get("epsilon", 1e-5)))
+            k, c = bn_affine(*(np.reshape(s, -1) for s in stats), user.attrs["epsilon"])  # type: ignore[arg-type]
             f.weight = f.weight * k.reshape((-1,) + (1,) * (f.weight.ndim - 1))
-            f.bias = (f.bias if f.bias is not None else 0.0) * k + (beta - mean * k)
+            f.bias = (f.bias if f.bias is not None else 0.0) * k + c
         elif user.op in ("mul", "add", "sub") and f.residual is None:
             other = user.inputs[1 - idx] if len(user.inputs) == 2 else None
             vec = _channel_const(other, channels, rank)

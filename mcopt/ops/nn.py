@@ -249,6 +249,17 @@ def _bn_check(t: InTypes, a: Attrs) -> str | None:
     return need_float(x)
 
 
+def bn_affine(
+    scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray, epsilon: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inference batch norm as a per-channel affine map ``y = k * x + c`` (Ioffe & Szegedy 2015):
+    ``k = scale / sqrt(var + epsilon)``, ``c = bias - mean * k``, in float64. The one place the
+    formula lives: the reference, the BN folds of ``cleanup`` and of the CPU planner, and the
+    lowering all call it."""
+    k = np.asarray(scale, np.float64) / np.sqrt(np.asarray(var, np.float64) + float(epsilon))
+    return k, np.asarray(bias, np.float64) - np.asarray(mean, np.float64) * k
+
+
 def batch_norm_ref(
     x: np.ndarray,
     scale: np.ndarray,
@@ -258,8 +269,7 @@ def batch_norm_ref(
     *,
     epsilon: float,
 ) -> np.ndarray:
-    k = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + epsilon)
-    shift = bias.astype(np.float64) - mean.astype(np.float64) * k
+    k, shift = bn_affine(scale, bias, mean, var, epsilon)
     bshape = (1, -1) + (1,) * (x.ndim - 2)
     y = x * k.astype(x.dtype).reshape(bshape)
     y += shift.astype(x.dtype).reshape(bshape)
@@ -345,4 +355,12 @@ register_op(
 )
 
 
-__all__ = ["batch_norm_ref", "conv2d_ref", "conv_out_dim", "dense_ref", "lrn_ref", "softmax_ref"]
+__all__ = [
+    "batch_norm_ref",
+    "bn_affine",
+    "conv2d_ref",
+    "conv_out_dim",
+    "dense_ref",
+    "lrn_ref",
+    "softmax_ref",
+]
