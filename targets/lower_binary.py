@@ -40,20 +40,17 @@ from mcopt.targets.kernels.threads import parallel
 from mcopt.targets.lower import LOWERINGS, LowerContext, LowerResult, register_lowering
 
 R = relax.op
-OPAQUE = 8  # relay OpPattern.OPAQUE: FuseOps leaves the kernel alone
 
 
-def _finalize(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", OPAQUE)
+from mcopt.targets.kernels.relax_ops import finalize_kernel  # noqa: E402
 
 
 def _call(
     ctx: LowerContext, func: Any, name: str, args: list[Any], shape: tuple[int, ...], dtype: str
 ) -> Any:
-    bb = ctx.bb
-    fname = bb.get_unique_name(name)
-    gv = bb.add_func(_finalize(func).with_attr("global_symbol", fname), fname)
-    return ctx.emit(relax.call_tir(gv, args, relax.TensorType(list(shape), dtype)), name)
+    from mcopt.targets.kernels.relax_ops import call_kernel
+
+    return call_kernel(ctx.bb, func, name, args, shape, dtype)
 
 
 def _lanes() -> int:
@@ -454,7 +451,7 @@ def _binary_conv2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
             relax.TensorType([n, ho, wo], "float32"),
         ]
         fname = ctx.bb.get_unique_name("xnor_pack")
-        gv = ctx.bb.add_func(_finalize(pack).with_attr("global_symbol", fname), fname)
+        gv = ctx.bb.add_func(finalize_kernel(pack).with_attr("global_symbol", fname), fname)
         packed = ctx.emit(relax.call_tir(gv, [a[0]], out_ty), "xnor_pack")
         xb = ctx.emit(relax.TupleGetItem(packed, 0))
         amean = ctx.emit(relax.TupleGetItem(packed, 1))
@@ -513,7 +510,7 @@ def _binary_dense(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     if position:
         out_ty = [relax.TensorType([m, cw], dt), relax.TensorType([m], "float32")]
         fname = ctx.bb.get_unique_name("xnor_pack")
-        gv = ctx.bb.add_func(_finalize(pack).with_attr("global_symbol", fname), fname)
+        gv = ctx.bb.add_func(finalize_kernel(pack).with_attr("global_symbol", fname), fname)
         packed = ctx.emit(relax.call_tir(gv, [x2], out_ty), "xnor_pack")
         xb = ctx.emit(relax.TupleGetItem(packed, 0))
         beta = ctx.emit(relax.TupleGetItem(packed, 1))

@@ -31,22 +31,12 @@ from mcopt.targets.lower import LOWERINGS, LowerContext, LowerResult, register_l
 POLICY: dict[str, str] = {"mode": "auto"}
 
 _BASE = {op: LOWERINGS[op] for op in ("dense", "conv2d")}
-OPAQUE = 8  # relay OpPattern.OPAQUE: FuseOps leaves the kernel alone
 
 
 def _call(ctx: LowerContext, func: Any, name: str, args: list[Any], shape: tuple[int, ...]) -> Any:
-    """Add the scheduled PrimFunc to the module and emit a ``call_tir`` to it."""
-    from tvm import relax
+    from mcopt.targets.kernels.relax_ops import call_kernel
 
-    bb = ctx.bb
-    fname = bb.get_unique_name(name)
-    func = (
-        func.with_attr("tirx.is_scheduled", True)
-        .with_attr("op_pattern", OPAQUE)
-        .with_attr("global_symbol", fname)
-    )
-    gv = bb.add_func(func, fname)
-    return relax.call_tir(gv, args, relax.TensorType([int(d) for d in shape], "float32"))
+    return call_kernel(ctx.bb, func, name, args, shape, "float32")
 
 
 def _lanes() -> int:

@@ -69,7 +69,12 @@ def _add_kernel(bb: Any, func: Any, name: str) -> Any:
     return gv
 
 
-def _call(bb: Any, func: Any, name: str, args: list[Any], out_shape: Sequence[int], dtype: str):
+def call_kernel(
+    bb: Any, func: Any, name: str, args: list[Any], out_shape: Sequence[int], dtype: str
+) -> Any:
+    """Add the kernel PrimFunc ``func`` to the module (once per distinct kernel, marked opaque and
+    scheduled: :func:`finalize_kernel`) and emit a ``call_tir`` to it. Every lowering that emits
+    one of mcopt's own kernels goes through here."""
     from tvm import relax
 
     gv = _add_kernel(bb, func, name)
@@ -77,12 +82,15 @@ def _call(bb: Any, func: Any, name: str, args: list[Any], out_shape: Sequence[in
     return bb.emit(relax.call_tir(gv, args, out_ty), name_hint=name)
 
 
+_call = call_kernel  # the name older lowerings import
+
+
 def emit_to_blocked(bb: Any, x: Any, bn: int, padded: int | None = None) -> Any:
     """``NCHW -> NCHW[bn]c`` (for the graph input); ``padded``: channels rounded up (zeros)."""
     n, c, h, w = _shape(x)
     cp = int(padded or c)
     dtype = str(x.ty.dtype)
-    return _call(
+    return call_kernel(
         bb,
         layout.nchw_to_nchwc((n, c, h, w), bn, dtype, cp),
         "to_nchwc",
@@ -98,7 +106,7 @@ def emit_from_blocked(bb: Any, x: Any, channels: int | None = None) -> Any:
     n, cc, h, w, bn = _shape(x)
     c = int(channels or cc * bn)
     dtype = str(x.ty.dtype)
-    return _call(
+    return call_kernel(
         bb,
         layout.nchwc_to_nchw((n, c, h, w), bn, dtype, cc * bn),
         "from_nchwc",
@@ -116,7 +124,7 @@ def emit_permute_channels(bb: Any, x: Any, perm: Sequence[int]) -> Any:
     dtype = str(x.ty.dtype)
     func = layout.permute_channels_nchwc((n, cc * bn, h, w), bn, perm, dtype)
     p = relax.const(np.asarray(perm, dtype=np.int32))
-    return _call(bb, func, "shuffle_nchwc", [x, p], (n, cc, h, w, bn), dtype)
+    return call_kernel(bb, func, "shuffle_nchwc", [x, p], (n, cc, h, w, bn), dtype)
 
 
 def emit_conv2d(
@@ -179,7 +187,7 @@ def emit_conv2d(
     pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
     oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
     ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
-    return _call(
+    return call_kernel(
         bb, func, "conv2d_nchwc", args, (n, oc // params.oc_bn, oh, ow, params.oc_bn), dtype
     )
 
@@ -214,7 +222,9 @@ def emit_winograd_conv2d(
         args.append(relax.const(layout.pack_bias(bias.astype(dtype), bn)))
     if residual is not None:
         args.append(residual)
-    return _call(bb, func, f"winograd{m}_nchwc", args, (n, o // bn, plan.oh, plan.ow, bn), dtype)
+    return call_kernel(
+        bb, func, f"winograd{m}_nchwc", args, (n, o // bn, plan.oh, plan.ow, bn), dtype
+    )
 
 
 def emit_depthwise_conv2d(
@@ -261,7 +271,7 @@ def emit_depthwise_conv2d(
     pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
     oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
     ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
-    return _call(bb, func, "dwconv2d_nchwc", args, (n, cc, oh, ow, bn), dtype)
+    return call_kernel(bb, func, "dwconv2d_nchwc", args, (n, cc, oh, ow, bn), dtype)
 
 
 def emit_dense(
@@ -292,7 +302,7 @@ def emit_dense(
         args.append(relax.const(np.ascontiguousarray(bias.astype(dtype))))
     if residual is not None:
         args.append(residual)
-    return _call(bb, func, "dense_packed", args, (m, n), dtype)
+    return call_kernel(bb, func, "dense_packed", args, (m, n), dtype)
 
 
 def emit_grouped_conv2d(
@@ -384,4 +394,4 @@ def emit_grouped_conv2d(
     pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
     oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
     ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
-    return _call(bb, func, "gconv2d_nchwc", args, (n, ocb, oh, ow, oc_bn), dtype)
+    return call_kernel(bb, func, "gconv2d_nchwc", args, (n, ocb, oh, ow, oc_bn), dtype)
