@@ -15,6 +15,55 @@ from mcopt.ir.core import Graph
 Feed = dict[str, np.ndarray]
 
 
+InputSpec = tuple[str, tuple[int, ...], str]
+
+
+def bind_arrays(
+    specs: Sequence[InputSpec],
+    args: Sequence[Any],
+    named: Mapping[str, Any] | None = None,
+    *,
+    who: str = "the model",
+) -> list[np.ndarray]:
+    """User inputs (positional, one dict, or keywords) -> contiguous numpy arrays in ``specs``
+    order (``(name, shape, dtype)`` each), checked against the shapes and dtypes (same-kind dtypes
+    are cast; empty ``specs``: unchecked). The one binder: the reference interpreter and every
+    compiled model kind (host, arm, cuda, fpga, remote) call it."""
+    named = dict(named or {})
+    if len(args) == 1 and isinstance(args[0], Mapping) and not named:
+        named, args = dict(args[0]), ()
+    names = [s[0] for s in specs]
+    if named:
+        if args:
+            raise ShapeError("pass inputs either positionally or by name, not both")
+        if not specs:
+            raise ShapeError(f"{who}'s input names are unknown; pass inputs positionally")
+        unknown = sorted(set(named) - set(names))
+        missing = [n for n in names if n not in named]
+        if unknown or missing:
+            raise ShapeError(
+                f"unknown input name(s) {unknown}, missing {missing}; {who} takes {names}"
+            )
+        args = [named[n] for n in names]
+    if specs and len(args) != len(specs):
+        raise ShapeError(f"{who} takes {len(specs)} input(s), got {len(args)}")
+    arrays = []
+    for i, a in enumerate(args):
+        a = np.ascontiguousarray(np.asarray(a))
+        if specs:
+            name, shape, dtype = specs[i]
+            if a.shape != tuple(shape):
+                raise ShapeError(
+                    f"input {name!r}: expected shape {list(shape)}, got {list(a.shape)}"
+                )
+            if a.dtype != np.dtype(dtype):
+                if a.dtype.kind != np.dtype(dtype).kind:
+                    raise ShapeError(f"input {name!r}: expected dtype {dtype}, got {a.dtype}")
+                a = a.astype(dtype)
+        arrays.append(a)
+    return arrays
+
+
 def parse_input_shape(spec: str) -> tuple[str, list[int]]:
     """`name=1,3,224,224` -> ("name", [1, 3, 224, 224])."""
     name, sep, dims = spec.rpartition("=")

@@ -7,44 +7,21 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mcopt.errors import MCoptError, ShapeError
+from mcopt.errors import MCoptError
 from mcopt.ir.core import Graph, Value
 
 
 def bind_inputs(
     graph: Graph, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray]
 ) -> dict[int, np.ndarray]:
-    """Map user inputs (positional or by name) onto the graph inputs, checking shape and dtype."""
-    if isinstance(inputs, Mapping):
-        unknown = set(inputs) - {v.name for v in graph.inputs}
-        if unknown:
-            raise ShapeError(
-                f"unknown input name(s) {sorted(unknown)}; the graph takes {[v.name for v in graph.inputs]}"
-            )
-        missing = [v.name for v in graph.inputs if v.name not in inputs]
-        if missing:
-            raise ShapeError(f"missing input(s) {missing}")
-        arrays = [inputs[v.name] for v in graph.inputs]
-    else:
-        arrays = list(inputs)
-        if len(arrays) != len(graph.inputs):
-            raise ShapeError(
-                f"graph {graph.name!r} takes {len(graph.inputs)} input(s), got {len(arrays)}"
-            )
-    env: dict[int, np.ndarray] = {}
-    for v, a in zip(graph.inputs, arrays):
-        a = np.asarray(a)
-        if a.shape != v.shape:
-            raise ShapeError(
-                f"input %{v.name}: expected shape {list(v.shape)}, got {list(a.shape)}"
-            )
-        if a.dtype != np.dtype(v.dtype):
-            if a.dtype.kind == np.dtype(v.dtype).kind:
-                a = a.astype(v.dtype)
-            else:
-                raise ShapeError(f"input %{v.name}: expected dtype {v.dtype}, got {a.dtype}")
-        env[id(v)] = a
-    return env
+    """Map user inputs (positional or by name) onto the graph inputs, checking shape and dtype
+    (:func:`mcopt.inputs.bind_arrays`)."""
+    from mcopt.inputs import bind_arrays
+
+    specs = [(v.name, v.shape, v.dtype) for v in graph.inputs]
+    args = (inputs,) if isinstance(inputs, Mapping) else tuple(inputs)
+    arrays = bind_arrays(specs, args, who=f"graph {graph.name!r}")
+    return {id(v): a for v, a in zip(graph.inputs, arrays)}
 
 
 def run(

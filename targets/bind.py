@@ -15,44 +15,10 @@ def bind_inputs(
     args: Sequence[Any],
     named: Mapping[str, Any],
 ) -> list[Any]:
-    """Inputs (positional, one dict, or keywords) -> contiguous numpy arrays in ``specs`` order,
-    checked against the specs' shapes and dtypes (same-kind dtypes are cast)."""
-    import numpy as np
+    """:func:`mcopt.inputs.bind_arrays` (the one input binder) for compiled models."""
+    from mcopt.inputs import bind_arrays
 
-    from mcopt.errors import ShapeError
-
-    if len(args) == 1 and isinstance(args[0], Mapping) and not named:
-        named, args = args[0], ()
-    if named:
-        if args:
-            raise ShapeError("pass inputs either positionally or by name, not both")
-        if not specs:
-            raise ShapeError("this model's input names are unknown; pass inputs positionally")
-        names = [s[0] for s in specs]
-        unknown = sorted(set(named) - set(names))
-        missing = [n for n in names if n not in named]
-        if unknown or missing:
-            raise ShapeError(
-                f"inputs by name: unknown {unknown}, missing {missing}; the model takes {names}"
-            )
-        args = [named[n] for n in names]
-    if specs and len(args) != len(specs):
-        raise ShapeError(f"the model takes {len(specs)} input(s), got {len(args)}")
-    arrays = []
-    for i, a in enumerate(args):
-        a = np.ascontiguousarray(np.asarray(a))
-        if specs:
-            name, shape, dtype = specs[i]
-            if a.shape != tuple(shape):
-                raise ShapeError(
-                    f"input {name!r}: expected shape {list(shape)}, got {list(a.shape)}"
-                )
-            if a.dtype != np.dtype(dtype):
-                if a.dtype.kind != np.dtype(dtype).kind:
-                    raise ShapeError(f"input {name!r}: expected dtype {dtype}, got {a.dtype}")
-                a = a.astype(dtype)
-        arrays.append(a)
-    return arrays
+    return bind_arrays(specs, args, named)
 
 
 class CompiledBase:

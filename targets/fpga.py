@@ -89,30 +89,12 @@ class FpgaModel:
 
     # --- inputs -----------------------------------------------------------------------------------
     def _bind(self, args: Sequence[Any], named: Mapping[str, Any]) -> list[np.ndarray]:
-        if len(args) == 1 and isinstance(args[0], Mapping) and not named:
-            named, args = args[0], ()
-        elif len(args) == 1 and isinstance(args[0], list | tuple):
+        from mcopt.inputs import bind_arrays
+
+        if len(args) == 1 and isinstance(args[0], list | tuple):
             args = tuple(args[0])
-        names = [s[0] for s in self.input_specs]
-        if named:
-            missing = [n for n in names if n not in named]
-            unknown = sorted(set(named) - set(names))
-            if missing or unknown:
-                raise ShapeError(
-                    f"fpga: inputs by name: unknown {unknown}, missing {missing}; takes {names}"
-                )
-            args = tuple(named[n] for n in names)
-        if len(args) != len(names):
-            raise ShapeError(f"fpga: the model takes {len(names)} input(s), got {len(args)}")
-        out = []
-        for (name, shape, _), a in zip(self.input_specs, args):
-            a = np.ascontiguousarray(np.asarray(a, np.float32))
-            if a.shape != tuple(shape):
-                raise ShapeError(
-                    f"fpga: input {name!r}: expected shape {list(shape)}, got {list(a.shape)}"
-                )
-            out.append(a)
-        return out
+        specs = [(n, tuple(s), "float32") for n, s, *_ in self.input_specs]
+        return bind_arrays(specs, args, named, who="the fpga design")
 
     # --- running ----------------------------------------------------------------------------------
     def run(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
