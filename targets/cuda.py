@@ -54,13 +54,13 @@ DEFAULT_ARCH = "sm_80"
 def cuda_tvm_target(arch: str = DEFAULT_ARCH, max_threads: int = 1024) -> tvm.target.Target:
     """``{"kind": "cuda", "arch": ..., "host": <this CPU's llvm>}`` (imports TVM)."""
     import tvm
-    from tvm.target.codegen import llvm_get_system_cpu
+
+    from mcopt.targets.kernels.target_info import host_target
 
     if not arch.startswith("sm_") or not arch[3:].isdigit():
         raise OptionError(f"bad CUDA arch {arch!r}: expected sm_XX (e.g. sm_80)")
-    host = {"kind": "llvm", "mcpu": llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1}
     return tvm.target.Target(
-        {"kind": "cuda", "arch": arch, "max_num_threads": int(max_threads), "host": host}
+        {"kind": "cuda", "arch": arch, "max_num_threads": int(max_threads)}, host=host_target()
     )
 
 

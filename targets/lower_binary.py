@@ -57,10 +57,12 @@ def _lanes() -> int:
     """uint32 lanes of the current target's widest vector (AVX-512: 16, AVX2: 8, else 4)."""
     t = tvm.target.Target.current(allow_none=True)
     try:
-        from tvm.target.codegen import llvm_get_system_cpu, target_has_features
+        from tvm.target.codegen import target_has_features
+
+        from mcopt.targets.kernels.target_info import host_target
 
         if t is None:
-            t = tvm.target.Target({"kind": "llvm", "mcpu": llvm_get_system_cpu()})
+            t = host_target()
         if target_has_features("avx512f", t):
             return 16
         if target_has_features("avx2", t):
