@@ -119,24 +119,7 @@ def depthwise_conv2d_nchwc_te(
     )
     out_shape = (n, c // bn, oh, ow, bn)
     tensors = [data, kernel]
-    bias = res = None
-    if epilogue.bias:
-        bias = te.placeholder((c // bn, bn), dtype, name="bias")
-        tensors.append(bias)
-    if epilogue.residual:
-        res = te.placeholder(out_shape, dtype, name="residual")
-        tensors.append(res)
-    out = te.compute(
-        out_shape,
-        lambda b_, c_, y, x, k: epilogue.apply_te(
-            conv[b_, c_, y, x, k],
-            bias[c_, k] if bias is not None else None,
-            res[b_, c_, y, x, k] if res is not None else None,
-            dtype,
-        ),
-        name="out",
-    )
-    tensors.append(out)
+    epilogue.blocked_output(conv, out_shape, dtype, tensors)
     return tensors
 
 

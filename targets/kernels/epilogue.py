@@ -46,6 +46,37 @@ class Epilogue:
             return self.clip_min, self.clip_max
         return None, None
 
+    def blocked_output(
+        self, acc: Any, out_shape: tuple[int, ...], dtype: str, tensors: list[Any]
+    ) -> Any:
+        """The output tensor of a blocked ``(N, C/bn, H, W, bn)`` kernel: ``act(acc + bias (+
+        residual))`` as a TE compute over ``acc(b, c, y, x, k)`` (a function or a tensor), with the
+        ``bias (C/bn, bn)`` / ``residual`` placeholders this epilogue needs appended to `tensors`
+        (the kernel's argument list), then the output. The one copy of the fused tail the conv,
+        grouped-conv and depthwise templates share."""
+        from tvm import te
+
+        get = acc if callable(acc) else (lambda b, c, y, x, k: acc[b, c, y, x, k])
+        bias = res = None
+        if self.bias:
+            bias = te.placeholder((out_shape[1], out_shape[4]), dtype, name="bias")
+            tensors.append(bias)
+        if self.residual:
+            res = te.placeholder(out_shape, dtype, name="residual")
+            tensors.append(res)
+        out = te.compute(
+            out_shape,
+            lambda b, c, y, x, k: self.apply_te(
+                get(b, c, y, x, k),
+                bias[c, k] if bias is not None else None,
+                res[b, c, y, x, k] if res is not None else None,
+                dtype,
+            ),
+            name="out",
+        )
+        tensors.append(out)
+        return out
+
     def apply_te(self, value: Any, bias: Any, residual: Any, dtype: str) -> Any:
         """The TE expression of the tail for one element (``bias``/``residual`` already indexed)."""
         import tvm

@@ -389,24 +389,7 @@ def grouped_conv2d_nchwc_te(
 
         acc = acc_permuted
 
-    bias = res = None
-    if epilogue.bias:
-        bias = te.placeholder((ocb, oc_bn), dtype, name="bias")
-        tensors.append(bias)
-    if epilogue.residual:
-        res = te.placeholder(out_shape, dtype, name="residual")
-        tensors.append(res)
-    out = te.compute(
-        out_shape,
-        lambda b, c, y, x, k: epilogue.apply_te(
-            acc(b, c, y, x, k),
-            bias[c, k] if bias is not None else None,
-            res[b, c, y, x, k] if res is not None else None,
-            dtype,
-        ),
-        name="out",
-    )
-    tensors.append(out)
+    epilogue.blocked_output(acc, out_shape, dtype, tensors)
     return tensors
 
 
