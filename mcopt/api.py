@@ -334,6 +334,7 @@ def optimize(
     progress: Callable[[str], None] | None = None,
     seed: int = 0,
     db: str | os.PathLike | None = None,
+    repair_db: bool = False,
     data: Any = None,
     val_data: Any = None,
     on_pass: Callable[[int, int, str, bool], None] | None = None,
@@ -348,7 +349,9 @@ def optimize(
     on `calib` (or seeded random inputs), and compile for `target` (None: do not compile).
 
     A dynamic batch dim defaults to 1; `input_shapes={name: shape}` overrides. `db`: a tuning
-    database written by :func:`tune` for the same model, passes and target (no re-tuning).
+    database written by :func:`tune` for the same model, passes and target (no re-tuning); it is
+    validated line by line first (a bad line is a one-line error; `repair_db=True` drops such
+    lines, keeping the originals as ``*.bak``).
 
     `data`: training data for the training passes (``finetune``, ``distill``, ``prune-retrain``,
     ...): ``(x, y)`` arrays, ``x`` alone (then distillation from the original), an ``.npz`` with ``x``
@@ -398,7 +401,9 @@ def optimize(
             "the Pareto front)"
         )
         if target is not None:
-            compile_into(result, target, db=db, check=check, measure=measure, say=say)
+            compile_into(
+                result, target, db=db, repair_db=repair_db, check=check, measure=measure, say=say
+            )
         return result
     if isinstance(passes, str):
         passes = [passes]
@@ -510,7 +515,9 @@ def optimize(
         result.output_error["source"] = source  # type: ignore[assignment]
         timings["check"] = time.perf_counter() - t0
     if target is not None:
-        compile_into(result, target, db=db, check=check, measure=measure, say=say)
+        compile_into(
+            result, target, db=db, repair_db=repair_db, check=check, measure=measure, say=say
+        )
     return result
 
 
@@ -519,6 +526,7 @@ def compile_into(
     target: str,
     *,
     db: Any = None,
+    repair_db: bool = False,
     check: bool = True,
     measure: bool = True,
     say: Callable[[str], None] = lambda msg: None,
@@ -533,7 +541,9 @@ def compile_into(
     say(f"compiling for {target}")
     t0 = time.perf_counter()
     result.compiled = (
-        build(graph, target=target, db=db) if db is not None else build(graph, target=target)
+        build(graph, target=target, db=db, repair_db=repair_db)
+        if db is not None
+        else build(graph, target=target)
     )
     choices = getattr(result.compiled, "choices", None) or {}
     if choices:
@@ -633,6 +643,7 @@ def tune(
     key: str | None = None,
     progress: Any = None,
     seed: int = 0,
+    repair: bool = False,
 ) -> Any:
     """Autotune the kernels of `model` for `target` with MetaSchedule (`trials` in all) and store the
     records in the database directory `db` (one per device; resumable; `rpc="host:port"` + `key`
@@ -644,7 +655,9 @@ def tune(
     feeds = load_calibration(calib, graph) or random_feeds(graph, n=1, seed=seed)
     pipeline = list(DEFAULT_PASSES if passes is None else passes)
     graph, _ = PassManager(pipeline).run(graph, ctx=PassContext(calib=feeds, seed=seed))
-    return tune_graph(graph, target, trials, db, rpc=rpc, key=key, progress=progress, seed=seed)
+    return tune_graph(
+        graph, target, trials, db, rpc=rpc, key=key, progress=progress, seed=seed, repair=repair
+    )
 
 
 def check_budgets(

@@ -132,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
         "--db", default=None, help="tuning database written by `mcopt tune` (no re-tuning)"
     )
     o.add_argument(
+        "--repair-db",
+        action="store_true",
+        help="drop the tuning database's bad lines (rewritten atomically, originals kept as *.bak) "
+        "instead of failing",
+    )
+    o.add_argument(
         "--no-check", action="store_true", help="skip the output-error check against the original"
     )
     o.add_argument("--no-measure", action="store_true", help="skip measuring the compiled latency")
@@ -149,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--passes", default=None, help="the same pass pipeline you will give `optimize`")
     t.add_argument("--calib", default=None, help="calibration inputs, as for `optimize`")
     t.add_argument("--data", default=None, help="training data, as for `optimize`")
+    t.add_argument(
+        "--repair",
+        action="store_true",
+        help="drop the database's bad lines (originals kept as *.bak) instead of failing",
+    )
     t.add_argument(
         "--rpc", default=None, metavar="HOST:PORT", help="measure on a device via a TVM RPC tracker"
     )
@@ -279,6 +290,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             input_shapes=shapes,
             check=not args.no_check,
             db=pick("db"),
+            repair_db=args.repair_db,
             measure=not args.no_measure,
             progress=lambda msg: bar.update(task, description=msg),
             on_pass=on_pass,
@@ -316,6 +328,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         key=args.key,
         progress=True,
         seed=args.seed,
+        repair=args.repair,
     )
     from rich.markdown import Markdown
 

@@ -11,6 +11,16 @@ class ModelLoadError(MCoptError):
     """The model file could not be read (missing, truncated, not ONNX)."""
 
 
+class NonFiniteError(ModelLoadError):
+    """The model's weights make its outputs non-finite: NaN / Inf in a weight, a negative
+    BatchNormalization running variance, a constant divisor holding 0. The message names the tensor;
+    ``allow_nonfinite=True`` (CLI ``--allow-nonfinite``) imports such a model with a warning."""
+
+
+class NonFiniteWarning(UserWarning):
+    """What ``allow_nonfinite=True`` turns a :class:`NonFiniteError` into (one per tensor)."""
+
+
 class UnsupportedOpError(MCoptError):
     """The model uses an operator mcopt cannot import or lower."""
 
@@ -33,6 +43,12 @@ class OptionError(MCoptError):
 
 class TargetError(MCoptError):
     """Lowering or building for a target failed."""
+
+
+class TuningDatabaseError(TargetError):
+    """A tuning database directory holds a line TVM must not read (names the file, the line and
+    what is wrong); ``repair=True`` (``mcopt tune --repair``, ``mcopt optimize --repair-db``)
+    rewrites it without the bad lines."""
 
 
 class BudgetError(MCoptError):

@@ -25,15 +25,25 @@ _LAZY: dict[str, str] = {
     "tune": "mcopt.targets.tune",
     "apply_database": "mcopt.targets.tune",
     "merge_databases": "mcopt.targets.tune",
+    "check_database_dir": "mcopt.targets.tune",
     "run_remote": "mcopt.targets.remote",
 }
 
 
-def build(graph: Any, target: str | TargetSpec = "cpu", *, db: Any = None, **options: Any) -> Any:
+def build(
+    graph: Any,
+    target: str | TargetSpec = "cpu",
+    *,
+    db: Any = None,
+    repair_db: bool = False,
+    **options: Any,
+) -> Any:
     """Compile `graph` for `target`. Targets with their own builder (e.g. `fpga`, which emits C)
     dispatch to it; every other target goes through TVM (`mcopt.targets.builder.build`). With `db`
     (a tuning database directory written by `mcopt.tune`), tuned schedules replace the defaults
     wherever they are faster; the report of what was applied is `compiled.tuning_report`.
+    Every line of `db` is checked before TVM reads it: a bad one is a one-line
+    `TuningDatabaseError`, or with `repair_db=True` dropped (the report's message says how many).
     A missing compiler (`spec.toolchain`) is a one-line TargetError before any work."""
     from mcopt.targets.toolchain import require_toolchain
 
@@ -45,7 +55,7 @@ def build(graph: Any, target: str | TargetSpec = "cpu", *, db: Any = None, **opt
     if db is not None:
         from mcopt.targets.tune import build_with_database
 
-        compiled, report = build_with_database(graph, db, spec)
+        compiled, report = build_with_database(graph, db, spec, repair=repair_db)
         compiled.tuning_report = report
         return compiled
     from mcopt.targets.builder import build as tvm_build

@@ -5,7 +5,16 @@ Method: the mcopt graph is lowered to Relax and compiled by TVM's LLVM backend f
 dot-product, fp16 arithmetic, i8mm, SVE where the core has them), through the same mcopt CPU
 pipeline as the host (fusion + default schedules with 128-bit NEON vectors). The object code is
 linked into a shared library by Debian's ``aarch64-linux-gnu-g++``
-(``tvm.support.cc.cross_compiler``). Nothing compiled for ARM runs in this (x86) process:
+(``tvm.support.cc.cross_compiler``).
+
+The graph is lowered *for the ARM target* (the int8 kernels pick their dot-product instruction
+from it: ``sdot`` with ``+dotprod``, plain NEON code otherwise; lowered for the host, an aarch64
+build called x86 VNNI intrinsics and LLVM aborted the process). Before any object code exists the
+LLVM IR is checked (:func:`mcopt.targets.codegen_guard.check_llvm_ir`: no other architecture's
+intrinsics, none the core lacks), and the object code is generated and linked once, at build
+time, in a forked child (:func:`~mcopt.targets.codegen_guard.run_isolated`): whatever LLVM still
+aborts on is a one-line TargetError, never the end of the user's process. Nothing compiled for
+ARM runs in this (x86) process:
 :class:`ArmCompiledModel` runs the exported library in an aarch64 TVM runtime — under qemu-user
 (:mod:`mcopt.targets.emulate`, set up by ``scripts/setup_aarch64.sh``) or on a real device over RPC
 (:mod:`mcopt.targets.remote`).
@@ -191,9 +200,10 @@ class ArmCompiledModel(CompiledBase):
     """An aarch64 build: exportable here, runnable in an aarch64 TVM runtime.
 
     ``run``/``benchmark`` go through the qemu-user emulator when it is set up
-    (:func:`mcopt.targets.emulate.emulator_python`), else they raise a TargetError saying how to
-    set it up or to use :func:`mcopt.targets.remote.run_remote` with a device. Timings under
-    emulation are reported with ``emulated=True``: they say nothing about the device's speed.
+    (:func:`mcopt.targets.emulate.emulator_python`) on qemu's model of the target's core
+    (:attr:`qemu_cpu`), else they raise a TargetError saying how to set it up or to use
+    :func:`mcopt.targets.remote.run_remote` with a device. Timings under emulation are reported
+    with ``emulated=True``: they say nothing about the device's speed.
     """
 
     host_runnable = False
@@ -217,18 +227,76 @@ class ArmCompiledModel(CompiledBase):
 
         return unavailable_reason() is None
 
+    @property
+    def qemu_cpu(self) -> str:
+        """The qemu CPU model the emulated runs use: the target's core, or the least-featured
+        model with all its features (:func:`mcopt.targets.emulate.qemu_cpu_for_target`)."""
+        from mcopt.targets.emulate import qemu_cpu_for_target
+
+        try:
+            return qemu_cpu_for_target(self.target)
+        except OptionError:  # a target name no longer registered: qemu's default CPU
+            return "max"
+
     # --- export ---------------------------------------------------------------------------------
+    def generate_code(self) -> None:
+        """Generate the object code (and, where the cross linker is installed, the library) in a
+        forked child: an LLVM abort is a one-line TargetError (:func:`~mcopt.targets.
+        codegen_guard.run_isolated`). Done by :func:`build_arm`; later exports reuse it."""
+        import shutil
+
+        from mcopt.targets.codegen_guard import llvm_modules, run_isolated
+
+        if self._lib_path is not None:
+            return
+        lib_dir = tempfile.TemporaryDirectory(prefix="mcopt-arm-")
+        path = Path(lib_dir.name) / "model.so"
+        if shutil.which(CROSS_CXX) is not None:
+            fcompile = cross_compiler()
+            run_isolated(
+                lambda: self.executable.export_library(str(path), fcompile=fcompile),
+                f"code generation for {self.target!r}",
+            )
+            self._lib_dir, self._lib_path = lib_dir, path
+            return
+
+        def probe() -> None:  # no linker here: generate the object code only
+            for i, m in enumerate(llvm_modules(self.executable.mod)):
+                m.write_to_file(str(Path(lib_dir.name) / f"probe{i}.o"))
+
+        run_isolated(probe, f"code generation for {self.target!r}")
+        lib_dir.cleanup()
+
     def export_library(self, path: str | os.PathLike[str]) -> Path:
         """Write the aarch64 shared library (linked with the cross g++; atomic: temp + rename)."""
-        return self._export_atomic(
-            path, "the aarch64 library", _first_line, fcompile=cross_compiler()
+        import shutil
+
+        from mcopt.targets.toolchain import require_compiler
+
+        require_compiler(CROSS_CXX, "linking the aarch64 library")
+        src = self.library_path()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=path.suffix or ".so", dir=path.parent
         )
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            Path(tmp).unlink(missing_ok=True)
+            raise TargetError(f"cannot export the aarch64 library to {str(path)!r}: {e}") from None
+        return path
 
     def library_path(self) -> Path:
-        """The library exported once to a private temporary directory (for running it)."""
+        """The library generated once (in a child process) in a private temporary directory."""
         if self._lib_path is None:
-            self._lib_dir = tempfile.TemporaryDirectory(prefix="mcopt-arm-")
-            self._lib_path = self.export_library(Path(self._lib_dir.name) / "model.so")
+            from mcopt.targets.toolchain import require_compiler
+
+            require_compiler(CROSS_CXX, "linking the aarch64 library")
+            self.generate_code()
+        assert self._lib_path is not None
         return self._lib_path
 
     # --- inputs ---------------------------------------------------------------------------------
@@ -241,7 +309,7 @@ class ArmCompiledModel(CompiledBase):
         """Run in the emulated aarch64 runtime (qemu-user); outputs as numpy arrays."""
         from mcopt.targets.emulate import run_emulated
 
-        outs, _ = run_emulated(self.library_path(), self.bind(*inputs, **named))
+        outs, _ = run_emulated(self.library_path(), self.bind(*inputs, **named), cpu=self.qemu_cpu)
         return outs
 
     __call__ = run
@@ -259,7 +327,12 @@ class ArmCompiledModel(CompiledBase):
 
         args = self.bind(inputs) if isinstance(inputs, Mapping) else self.bind(*inputs)
         _, timing = run_emulated(
-            self.library_path(), args, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms
+            self.library_path(),
+            args,
+            number=number,
+            repeat=repeat,
+            min_repeat_ms=min_repeat_ms,
+            cpu=self.qemu_cpu,
         )
         assert timing is not None
         return timing
@@ -271,27 +344,30 @@ class ArmCompiledModel(CompiledBase):
         )
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
-
-
 def build_arm(
     graph: Graph, target: str | TargetSpec = "arm", pipeline: str = "mcopt"
 ) -> ArmCompiledModel:
-    """Lower ``graph`` and compile it for an aarch64 target (no code runs here).
+    """Lower ``graph`` for an aarch64 target, compile it and generate its code (no code runs
+    here).
 
     Uses the host build's ``compile_module`` (same Relax pipeline, fusion and default CPU
-    schedules, with the target's 128-bit NEON vector width and core count)."""
+    schedules, with the target's 128-bit NEON vector width and core count) on a graph lowered
+    for the ARM target; the LLVM IR is checked and the object code generated in a child process
+    (module docstring): what LLVM cannot compile is a one-line TargetError."""
     from mcopt.targets.builder import compile_module
     from mcopt.targets.lower import lower
 
     spec = get_target(target)
     if not is_arm_target(spec):
         raise TargetError(f"target {spec.name!r} is not an aarch64 target")
-    ex = compile_module(lower(graph), spec, pipeline)
+    tgt = spec.tvm_target()
+    with tgt:
+        mod = lower(graph, target=tgt)
+    ex = compile_module(mod, spec, pipeline)
     specs = [(v.name, tuple(v.shape), v.dtype) for v in graph.inputs]
-    return ArmCompiledModel(ex, spec.name, specs, [v.name for v in graph.outputs], pipeline)
+    model = ArmCompiledModel(ex, spec.name, specs, [v.name for v in graph.outputs], pipeline)
+    model.generate_code()
+    return model
 
 
 def _register_builtin() -> None:

@@ -233,9 +233,27 @@ def compile_module(mod: tvm.IRModule, spec: TargetSpec, pipeline: str = "mcopt")
         if pipeline in ("mcopt", "mcopt-plain"):
             with target:
                 mod = mcopt_pipeline(spec)(mod)
-        return tvm.compile(mod, target=target)
+        ex = tvm.compile(mod, target=target)
     except Exception as e:
         raise TargetError(f"TVM build for target {spec.name!r} failed: {_first_line(e)}") from None
+    if _is_cross(target):  # its object code is generated later (export): refuse what LLVM cannot
+        from mcopt.targets.codegen_guard import check_llvm_ir
+
+        check_llvm_ir(ex, target, spec.name)
+    return ex
+
+
+def _is_cross(target: tvm.target.Target) -> bool:
+    """An llvm target for another architecture than this host's (its ``mtriple``)."""
+    if str(target.kind.name) != "llvm":
+        return False
+    attrs = target.attrs if target.attrs is not None else {}
+    triple = str(attrs.get("mtriple", "") or "")
+    if not triple:
+        return False
+    from tvm.target.codegen import llvm_get_system_triple
+
+    return triple.split("-", 1)[0] != str(llvm_get_system_triple()).split("-", 1)[0]
 
 
 def lower_for(graph: Graph, spec: TargetSpec, pipeline: str = "mcopt") -> tvm.IRModule:

@@ -12,6 +12,13 @@ and outputs as ``.npz`` files and one small driver script; :func:`start_emulated
 the same runtime as a TVM RPC server (``python -m tvm.exec.rpc_server``) on 127.0.0.1 — the way a
 phone or board is used — for :func:`mcopt.targets.remote.run_remote`.
 
+The emulated CPU is pinned to the target's core (``qemu-aarch64-static -cpu cortex-a53``, and
+``QEMU_CPU`` for processes the runtime re-launches): qemu's default ``max`` CPU has every
+extension, so a library using one the device lacks (``sdot`` on a Cortex-A53, SVE, i8mm) would
+pass here and die with SIGILL on the device. Where this qemu has no model of the core,
+:func:`qemu_cpu_for` takes the least-featured model that has every feature the target was
+compiled for (``cortex-a55`` -> ``cortex-a76`` on qemu 7.2; ``generic`` -> ``cortex-a53``).
+
 Timings under emulation are ~10-20x slower than native and say nothing about a device: every
 timing this module returns carries ``emulated=True``.
 """
@@ -24,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +42,27 @@ from mcopt.errors import TargetError
 #: Where ``scripts/setup_aarch64.sh`` puts the sysroot (override: MCOPT_AARCH64_ROOT).
 DEFAULT_ROOT = Path.home() / ".cache" / "mcopt" / "aarch64"
 SETUP_SCRIPT = "scripts/setup_aarch64.sh"
+QEMU = "qemu-aarch64-static"
+_DOT = frozenset({"neon", "dotprod", "fullfp16"})
+#: qemu-user CPU models and the features (LLVM ``mattr`` names) mcopt compiles for that they have
+QEMU_CPU_FEATURES: dict[str, frozenset[str]] = {
+    "cortex-a35": frozenset({"neon"}),
+    "cortex-a53": frozenset({"neon"}),
+    "cortex-a57": frozenset({"neon"}),
+    "cortex-a72": frozenset({"neon"}),
+    "cortex-a55": _DOT,
+    "cortex-a76": _DOT,
+    "neoverse-n1": _DOT,
+    "a64fx": frozenset({"neon", "fullfp16", "sve"}),
+    "neoverse-v1": _DOT | {"i8mm", "bf16", "sve"},
+    "cortex-a710": _DOT | {"i8mm", "bf16", "sve", "sve2"},
+    "neoverse-n2": _DOT | {"i8mm", "bf16", "sve", "sve2"},
+}
+#: least-featured first: the model picked for a core qemu does not know
+_QEMU_PREFERENCE = (
+    "cortex-a53", "cortex-a35", "cortex-a57", "cortex-a72", "cortex-a55", "cortex-a76",
+    "neoverse-n1", "a64fx", "neoverse-v1", "cortex-a710", "neoverse-n2",
+)  # fmt: skip
 
 _DRIVER = r"""
 import json, sys, time
@@ -41,12 +70,8 @@ import numpy as np
 import tvm
 from tvm.runtime.vm import VirtualMachine
 
-lib_path, in_path, out_path, timing_json = sys.argv[1:5]
-timing = json.loads(timing_json)
+jobs, timing = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 dev = tvm.cpu()
-vm = VirtualMachine(tvm.runtime.load_module(lib_path), dev)
-with np.load(in_path) as f:
-    args = [tvm.runtime.tensor(f[f"arg{i}"], dev) for i in range(len(f.files))]
 
 def flat(o):
     if hasattr(o, "numpy"):
@@ -56,17 +81,21 @@ def flat(o):
         res.extend(flat(item))
     return res
 
-t0 = time.perf_counter()
-outs = flat(vm["main"](*args))
-first_ms = (time.perf_counter() - t0) * 1e3
-np.savez(out_path, **{f"out{i}": o for i, o in enumerate(outs)})
-result = {"first_run_ms": first_ms, "machine": __import__("platform").machine()}
-if timing:
-    ft = vm.time_evaluator("main", dev, number=timing["number"], repeat=timing["repeat"],
-                           min_repeat_ms=timing["min_repeat_ms"])
-    res = [r * 1e3 for r in ft(*args).results]
-    result["results_ms"] = res
-print("MCOPT_EMULATE_RESULT " + json.dumps(result))
+for k, (lib_path, in_path, out_path) in enumerate(jobs):
+    print("MCOPT_EMULATE_JOB " + str(k), flush=True)
+    vm = VirtualMachine(tvm.runtime.load_module(lib_path), dev)
+    with np.load(in_path) as f:
+        args = [tvm.runtime.tensor(f[f"arg{i}"], dev) for i in range(len(f.files))]
+    t0 = time.perf_counter()
+    outs = flat(vm["main"](*args))
+    first_ms = (time.perf_counter() - t0) * 1e3
+    np.savez(out_path, **{f"out{i}": o for i, o in enumerate(outs)})
+    result = {"first_run_ms": first_ms, "machine": __import__("platform").machine()}
+    if timing:
+        ft = vm.time_evaluator("main", dev, number=timing["number"], repeat=timing["repeat"],
+                               min_repeat_ms=timing["min_repeat_ms"])
+        result["results_ms"] = [r * 1e3 for r in ft(*args).results]
+    print("MCOPT_EMULATE_RESULT " + json.dumps(result), flush=True)
 """
 
 
@@ -112,11 +141,82 @@ def _require() -> Path:
     return py
 
 
-def emulator_env(num_threads: int | None = None) -> dict[str, str]:
-    """Environment for the emulated runtime: the runtime library only, bounded threads."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "LD_"))}
+@lru_cache(maxsize=4)
+def qemu_cpus(qemu: str = QEMU) -> tuple[str, ...]:
+    """The CPU models this qemu-user emulates (``qemu-aarch64-static -cpu help``; empty where
+    qemu is missing)."""
+    exe = shutil.which(qemu)
+    if exe is None:
+        return ()
+    try:
+        out = subprocess.run(
+            [exe, "-cpu", "help"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    lines = out.splitlines()
+    start = next((i + 1 for i, ln in enumerate(lines) if ln.strip().startswith("Available")), 0)
+    return tuple(ln.split()[0] for ln in lines[start:] if ln.strip())
+
+
+def qemu_cpu_for(mcpu: str, mattr: Sequence[str], available: Sequence[str] | None = None) -> str:
+    """The qemu CPU model for a core: ``mcpu`` itself where qemu has it, else the least-featured
+    model with every ``+feature`` of ``mattr``, else ``max``."""
+    avail = tuple(qemu_cpus() if available is None else available)
+    if mcpu in avail and mcpu != "max":
+        return mcpu
+    feats = {str(m).lstrip("+") for m in mattr if str(m).startswith("+")}
+    for cpu in _QEMU_PREFERENCE:
+        if cpu in avail and feats <= QEMU_CPU_FEATURES[cpu]:
+            return cpu
+    return "max"
+
+
+def qemu_cpu_for_target(target: Any, available: Sequence[str] | None = None) -> str:
+    """:func:`qemu_cpu_for` of an aarch64 target (a name, TargetSpec or ``tvm.target.Target``)."""
+    t = target
+    if not hasattr(t, "attrs"):
+        from mcopt.targets.registry import get_target
+
+        t = get_target(target).tvm_target()
+    attrs = t.attrs if t.attrs is not None else {}
+    mattr = [str(m) for m in (attrs.get("mattr", []) or [])]
+    return qemu_cpu_for(str(attrs.get("mcpu", "generic") or "generic"), mattr, available)
+
+
+def emulator_command(cpu: str | None = None) -> list[str]:
+    """The command that starts the aarch64 Python: qemu-user run directly with ``-cpu cpu`` (the
+    same ``-L``/``-0`` as the wrapper ``scripts/setup_aarch64.sh`` writes), or the wrapper alone
+    without ``cpu`` or when ``$MCOPT_AARCH64_PYTHON`` names another interpreter."""
+    py = _require()
+    exe = shutil.which(QEMU)
+    if cpu is None or os.environ.get("MCOPT_AARCH64_PYTHON") or exe is None:
+        return [str(py)]
+    sysroot = aarch64_root() / "sysroot"
+    return [
+        exe,
+        "-L",
+        str(sysroot),
+        "-cpu",
+        cpu,
+        "-0",
+        str(py),
+        str(sysroot / "usr/bin/python3.11"),
+    ]
+
+
+def emulator_env(num_threads: int | None = None, cpu: str | None = None) -> dict[str, str]:
+    """Environment for the emulated runtime: the runtime library only, bounded threads, what the
+    wrapper sets for the aarch64 interpreter, and ``QEMU_CPU`` (qemu-user reads it: processes
+    re-launched through the wrapper keep the pinned CPU)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "LD_", "QEMU_"))}
     env["TVM_USE_RUNTIME_LIB"] = "1"
     env["TVM_NUM_THREADS"] = str(num_threads or os.cpu_count() or 1)
+    env["PYTHONNOUSERSITE"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["LD_LIBRARY_PATH"] = "/lib/aarch64-linux-gnu:/usr/lib/aarch64-linux-gnu"
+    if cpu:
+        env["QEMU_CPU"] = cpu
     return env
 
 
@@ -143,29 +243,62 @@ def run_emulated(
     min_repeat_ms: int = 0,
     timeout: float = 900.0,
     num_threads: int | None = None,
+    cpu: str | None = None,
 ) -> tuple[list[np.ndarray], dict[str, Any] | None]:
-    """Run an exported aarch64 Relax library in the emulated runtime.
+    """Run an exported aarch64 Relax library in the emulated runtime on qemu's CPU model ``cpu``
+    (:func:`qemu_cpu_for_target` of the library's target; None: qemu's default, ``max``).
 
     Returns ``(outputs, timing)``; ``timing`` is None unless ``number > 0`` (then the VM's
     ``time_evaluator`` runs ``repeat`` x ``number`` calls; labelled ``emulated=True``)."""
-    py = _require()
-    lib = Path(library).resolve()
-    if not lib.is_file():
-        raise TargetError(f"no compiled library at {str(lib)!r}")
+    timing_spec = (
+        {"number": int(number), "repeat": int(repeat), "min_repeat_ms": int(min_repeat_ms)}
+        if number > 0
+        else {}
+    )
+    ((outs, info),) = _run_jobs([(library, inputs)], timing_spec, timeout, num_threads, cpu)
+    timing = None
+    if number > 0:
+        timing = _timing_summary(info["results_ms"], number, repeat)
+        timing["first_run_ms"] = info["first_run_ms"]
+    return outs, timing
+
+
+def run_emulated_many(
+    jobs: Sequence[tuple[str | os.PathLike[str], Sequence[np.ndarray]]],
+    *,
+    timeout: float = 900.0,
+    num_threads: int | None = None,
+    cpu: str | None = None,
+) -> list[list[np.ndarray]]:
+    """Run several ``(library, inputs)`` in one emulated process (the aarch64 interpreter and
+    TVM runtime start once: ~10 s under qemu); the outputs of each, in order."""
+    return [outs for outs, _ in _run_jobs(jobs, {}, timeout, num_threads, cpu)]
+
+
+def _run_jobs(
+    jobs: Sequence[tuple[str | os.PathLike[str], Sequence[np.ndarray]]],
+    timing_spec: dict[str, int],
+    timeout: float,
+    num_threads: int | None,
+    cpu: str | None,
+) -> list[tuple[list[np.ndarray], dict[str, Any]]]:
+    _require()
+    libs = [Path(lib).resolve() for lib, _ in jobs]
+    for lib in libs:
+        if not lib.is_file():
+            raise TargetError(f"no compiled library at {str(lib)!r}")
+    names = ", ".join(lib.name for lib in libs)
     with tempfile.TemporaryDirectory(prefix="mcopt-emu-") as tmp:
-        in_path, out_path = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
-        np.savez(in_path, **{f"arg{i}": np.ascontiguousarray(a) for i, a in enumerate(inputs)})
-        timing_spec = (
-            {"number": int(number), "repeat": int(repeat), "min_repeat_ms": int(min_repeat_ms)}
-            if number > 0
-            else {}
-        )
-        cmd = [str(py), "-c", _DRIVER, str(lib), str(in_path), str(out_path)]
-        cmd.append(json.dumps(timing_spec))
+        spec = []
+        for k, (lib, (_, inputs)) in enumerate(zip(libs, jobs)):
+            in_path, out_path = Path(tmp) / f"inputs{k}.npz", Path(tmp) / f"outputs{k}.npz"
+            np.savez(in_path, **{f"arg{i}": np.ascontiguousarray(a) for i, a in enumerate(inputs)})
+            spec.append([str(lib), str(in_path), str(out_path)])
+        cmd = [*emulator_command(cpu), "-c", _DRIVER, json.dumps(spec), json.dumps(timing_spec)]
         try:
             proc = subprocess.run(
                 cmd,
-                env=emulator_env(num_threads),
+                env=emulator_env(num_threads, cpu),
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -173,23 +306,29 @@ def run_emulated(
             )
         except subprocess.TimeoutExpired:
             raise TargetError(
-                f"the emulated aarch64 run of {lib.name} took over {timeout:.0f} s"
+                f"the emulated aarch64 run of {names} took over {timeout:.0f} s"
             ) from None
-        marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("MCOPT_EMULATE_RESULT ")]
-        if proc.returncode != 0 or not marker:
+        lines = proc.stdout.splitlines()
+        marker = [ln for ln in lines if ln.startswith("MCOPT_EMULATE_RESULT ")]
+        if proc.returncode != 0 or len(marker) != len(jobs):
+            started = [ln for ln in lines if ln.startswith("MCOPT_EMULATE_JOB ")]
+            failed = libs[min(len(started), len(libs)) - 1].name if started else names
             err = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+            text = err[-1] if err else "no output"
+            if proc.returncode in (-4, 132) or "Illegal instruction" in (proc.stderr or ""):
+                text += (
+                    f" (the library uses an instruction the emulated {cpu or 'CPU'} does not "
+                    "have: it would crash on that device too)"
+                )
             raise TargetError(
-                f"the emulated aarch64 runtime failed on {lib.name} (exit {proc.returncode}): "
-                f"{err[-1] if err else 'no output'}"
+                f"the emulated aarch64 runtime failed on {failed} (exit {proc.returncode}): {text}"
             )
-        info = json.loads(marker[-1].split(" ", 1)[1])
-        with np.load(out_path) as f:
-            outs = [f[f"out{i}"] for i in range(len(f.files))]
-    timing = None
-    if number > 0:
-        timing = _timing_summary(info["results_ms"], number, repeat)
-        timing["first_run_ms"] = info["first_run_ms"]
-    return outs, timing
+        results = []
+        for (_, _, out_path), ln in zip(spec, marker):
+            with np.load(out_path) as f:
+                outs = [f[f"out{i}"] for i in range(len(f.files))]
+            results.append((outs, json.loads(ln.split(" ", 1)[1])))
+    return results
 
 
 def start_emulated_rpc_server(
@@ -201,12 +340,13 @@ def start_emulated_rpc_server(
     start_timeout: float = 240.0,
     max_lifetime_s: float = 1800.0,
     single_process: bool = True,
+    cpu: str | None = None,
 ) -> Any:
     """Start the emulated aarch64 runtime as a TVM RPC server on 127.0.0.1 (a context manager; see
     :class:`mcopt.targets.remote.LocalRPCServer`). With ``tracker=(host, port)`` and ``key`` it
     also registers with that tracker. ``single_process=False`` runs the stock
     ``python -m tvm.exec.rpc_server``, whose worker re-launches ``sys.executable`` (the wrapper,
-    thanks to qemu's ``-0``)."""
+    thanks to qemu's ``-0``). ``cpu``: the qemu CPU model (``QEMU_CPU``; see :func:`qemu_cpu_for`)."""
     from mcopt.targets.remote import LocalRPCServer
 
     py = _require()
@@ -215,7 +355,7 @@ def start_emulated_rpc_server(
         port=port,
         key=key,
         tracker=tracker,
-        env=emulator_env(num_threads),
+        env=emulator_env(num_threads, cpu),
         start_timeout=start_timeout,
         max_lifetime_s=max_lifetime_s,
         label="emulated aarch64",
@@ -225,10 +365,16 @@ def start_emulated_rpc_server(
 
 __all__ = [
     "DEFAULT_ROOT",
+    "QEMU_CPU_FEATURES",
     "aarch64_root",
+    "emulator_command",
     "emulator_env",
     "emulator_python",
+    "qemu_cpu_for",
+    "qemu_cpu_for_target",
+    "qemu_cpus",
     "run_emulated",
+    "run_emulated_many",
     "start_emulated_rpc_server",
     "unavailable_reason",
 ]

@@ -52,11 +52,15 @@ def _rx_name(name: str) -> str:
 
 
 class LowerContext:
-    """What a lowering function may use: the block builder and helpers for constants."""
+    """What a lowering function may use: the block builder, helpers for constants, and the
+    ``target`` the module is lowered for (a ``tvm.target.Target``, or None: the current one /
+    the host). Lowerings that pick instructions (the int8 dot products) must build for it: a
+    cross build lowered for the host would hand LLVM the host's intrinsics."""
 
-    def __init__(self, bb: relax.BlockBuilder, graph: Graph) -> None:
+    def __init__(self, bb: relax.BlockBuilder, graph: Graph, target: Any = None) -> None:
         self.bb = bb
         self.graph = graph
+        self.target = target
 
     def const(self, array: Any, dtype: str | None = None) -> relax.Constant:
         arr = np.asarray(array, dtype=dtype)
@@ -445,13 +449,15 @@ def missing_lowerings(graph: Graph) -> None:
         )
 
 
-def lower(graph: Graph, func_name: str = "main") -> tvm.IRModule:
+def lower(graph: Graph, func_name: str = "main", target: Any = None) -> tvm.IRModule:
     """Lower ``graph`` to an IRModule whose ``func_name`` Relax function takes the graph inputs
     (every op with its plain NCHW lowering; :func:`mcopt.targets.planned.lower_planned` is the
-    fused, blocked-layout path that :func:`mcopt.targets.build` uses by default)."""
+    fused, blocked-layout path that :func:`mcopt.targets.build` uses by default). ``target``:
+    what the target-specific kernels are built for (default: the current target, else the
+    host)."""
     missing_lowerings(graph)
     bb = relax.BlockBuilder()
-    ctx = LowerContext(bb, graph)
+    ctx = LowerContext(bb, graph, target)
     params = [
         relax.Var(_rx_name(v.name), relax.TensorType(tuple(v.shape), v.dtype)) for v in graph.inputs
     ]

@@ -420,7 +420,7 @@ def lower_planned(
     info = K.cpu_info(target)
     plan = plan or plan_graph(graph, info.lanes)
     bb = relax.BlockBuilder()
-    ctx = LowerContext(bb, graph)
+    ctx = LowerContext(bb, graph, target)
     params = [
         relax.Var(_rx_name(v.name), relax.TensorType(tuple(v.shape), v.dtype)) for v in graph.inputs
     ]

@@ -15,7 +15,9 @@ Database directory ``db`` (one per device):
 
 - ``database_workload.json``, ``database_tuning_record.json``: MetaSchedule's ``JSONDatabase``
   (one JSON document per line; each record is appended as it is measured, so an interrupted run
-  keeps what it measured and a truncated last line is dropped on the next open);
+  keeps what it measured and a truncated last line is dropped on the next open). Every line is
+  checked before TVM reads it (:mod:`mcopt.targets.tune_db`: a bad line is a one-line
+  :class:`~mcopt.errors.TuningDatabaseError` naming file and line; ``repair=True`` drops it);
 - ``mcopt_tuning.json``: the target (TVM target JSON) and device the records were measured on
   (opening the directory for another target is a one-line :class:`TargetError`) and
   ``baseline_ms``: the measured latency of mcopt's default schedule of every task — a record is
@@ -50,11 +52,12 @@ from tvm import relax, tirx
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-from mcopt.errors import OptionError, TargetError
+from mcopt.errors import OptionError, TargetError, TuningDatabaseError
 from mcopt.ir.core import Graph
 from mcopt.targets.lower import _first_line
 from mcopt.targets.registry import TargetSpec, get_target
 from mcopt.targets.toolchain import require_toolchain
+from mcopt.targets.tune_db import REPAIR_HINT, CheckReport, check_database, verified_info
 from mcopt.targets.tune_space import (
     install_tensor_intrin,
     pooled_builder,
@@ -98,6 +101,7 @@ class TuneReport:
     budget: int
     seconds: float
     cost_model: str
+    repaired: str = ""
 
     @property
     def skipped(self) -> bool:
@@ -109,6 +113,7 @@ class TuneReport:
             f"tuning for {self.target} on {self.device}: {self.trials} trials in "
             f"{self.seconds:.1f} s (budget {self.budget}, cost model {self.cost_model}), "
             f"database {self.db}",
+            *([self.repaired] if self.repaired else []),
             "",
             "| task | calls | template | records | best ms |",
             "|---|---:|---|---:|---:|",
@@ -128,6 +133,7 @@ class ApplyReport:
     applied: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     default_faster: list[str] = field(default_factory=list)
+    repaired: str = ""
 
     def message(self) -> str:
         msg = f"tuning database: {len(self.applied)} kernel(s) tuned"
@@ -138,7 +144,7 @@ class ApplyReport:
                 f", no records for {len(self.missing)} (default schedules): "
                 f"{', '.join(self.missing)}"
             )
-        return msg
+        return f"{msg}; {self.repaired}" if self.repaired else msg
 
 
 @dataclass
@@ -171,29 +177,9 @@ def host_device() -> str:
     return f"{model} x{os.cpu_count() or 1}"
 
 
-def _check_lines(path: Path) -> None:
-    """Every line of a JSONDatabase file must parse; a truncated last line (an interrupted
-    write) is dropped, anything else is a one-line TargetError naming the file and line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    for i, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        try:
-            json.loads(raw)
-        except ValueError as e:
-            if i == len(lines) - 1:  # no newline after it: the write was interrupted
-                log.warning("%s: dropping a truncated last line (interrupted run)", path)
-                path.write_bytes(b"\n".join(lines[:i]) + (b"\n" if i else b""))
-                return
-            raise TargetError(
-                f"corrupt tuning database file {str(path)!r} line {i + 1}: {e}"
-            ) from None
-
-
-def _read_meta(db: Path) -> dict[str, Any] | None:
+def _read_meta(db: Path, *, repair: bool = False) -> dict[str, Any] | None:
+    """The metadata file, or None where there is none. A corrupt one is a one-line
+    TuningDatabaseError (with ``repair``: None, so that the caller writes it again)."""
     path = db / META_FILE
     if not path.exists():
         return None
@@ -201,8 +187,17 @@ def _read_meta(db: Path) -> dict[str, Any] | None:
         meta = json.loads(path.read_text())
         if not isinstance(meta, dict) or "target" not in meta:
             raise ValueError("no 'target' entry")
+        if not isinstance(meta["target"], dict):
+            raise ValueError("its 'target' is not a target object")
     except (ValueError, OSError) as e:
-        raise TargetError(f"corrupt tuning database file {str(path)!r}: {e}") from None
+        if repair:
+            log.warning("%s: corrupt (%s); written again", path, _first_line(e))
+            return None
+        raise TuningDatabaseError(
+            f"corrupt tuning database file {str(path)!r}: {_first_line(e)}; run with repair to "
+            "write it again (mcopt tune --repair / mcopt optimize --repair-db; repair=True / "
+            "repair_db=True in Python)"
+        ) from None
     return meta
 
 
@@ -212,22 +207,39 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def open_database(
+def _remember_verified(db: Path, verified: dict[str, Any]) -> None:
+    """Keep the digests of the lines known good (the next check decodes only new lines)."""
+    meta = _read_meta(db)
+    if meta is not None and verified and meta.get("verified") != verified:
+        try:
+            _write_json(db / META_FILE, {**meta, "verified": verified})
+        except OSError as e:  # a read-only database: it is checked again next time
+            log.debug("cannot record the verified lines of %s: %s", db, e)
+
+
+def _trust_database_files(db: Path) -> None:
+    """After TVM itself appended to the files (tuning, merging): every line is known good."""
+    _remember_verified(db, verified_info(db))
+
+
+def check_database_dir(
     db: str | os.PathLike[str],
     target: str | TargetSpec = "cpu",
     *,
     create: bool = False,
     device: str | None = None,
-) -> ms.database.JSONDatabase:
-    """Open (or with ``create`` make) the tuning database directory ``db`` for ``target``.
-
-    Raises a one-line :class:`TargetError` when the directory is missing (without ``create``),
-    belongs to another target, or holds a corrupt file.
-    """
+    repair: bool = False,
+) -> CheckReport:
+    """Check (with ``repair``: repair) the database directory ``db`` for ``target`` before TVM
+    reads it: the metadata file, the target, and every line of both JSON files
+    (:func:`mcopt.targets.tune_db.check_database`). One-line errors: a missing directory (without
+    ``create``) or one for another target is a TargetError, a bad line a TuningDatabaseError."""
     spec = get_target(target)
     key = _target_key(spec.tvm_target())
     path = Path(db)
-    meta = _read_meta(path) if path.is_dir() else None
+    if path.exists() and not path.is_dir():
+        raise TargetError(f"tuning database {str(path)!r} is a file, not a directory")
+    meta = _read_meta(path, repair=repair) if path.is_dir() else None
     if meta is None and not create:
         if not (path / RECORD_FILE).exists():
             raise TargetError(f"no tuning database in {str(path)!r} (run `mcopt tune` first)")
@@ -237,30 +249,69 @@ def open_database(
             f"{json.dumps(meta['target'], sort_keys=True)} ({meta.get('device', '?')}), "
             f"not {key}; use a database directory per device"
         )
-    path.mkdir(parents=True, exist_ok=True)
-    if meta is None:
-        _write_json(
-            path / META_FILE,
-            {
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if meta is None:
+            meta = {
                 "format": 1,
                 "target_name": spec.name,
                 "target": json.loads(key),
                 "device": device or host_device(),
                 "tvm": tvm.__version__,
-            },
-        )
-    for name in (WORKLOAD_FILE, RECORD_FILE):
-        _check_lines(path / name)
+            }
+            _write_json(path / META_FILE, meta)
+    except OSError as e:
+        raise TargetError(
+            f"cannot write the tuning database {str(path)!r}: {e.strerror or e}"
+        ) from None
+    report = check_database(path, json.loads(key), repair=repair, verified=meta.get("verified"))
+    _remember_verified(path, report.verified)
+    return report
+
+
+def _open(
+    db: str | os.PathLike[str],
+    target: str | TargetSpec,
+    *,
+    create: bool = False,
+    device: str | None = None,
+    repair: bool = False,
+) -> tuple[ms.database.JSONDatabase, CheckReport]:
+    report = check_database_dir(db, target, create=create, device=device, repair=repair)
     try:
-        return ms.database.JSONDatabase(work_dir=str(path), module_equality="structural")
-    except Exception as e:  # a line that is JSON but not a MetaSchedule record
-        raise TargetError(f"corrupt tuning database in {str(path)!r}: {_first_line(e)}") from None
+        database = ms.database.JSONDatabase(work_dir=str(db), module_equality="structural")
+    except Exception as e:  # checked line by line above: not expected
+        raise TuningDatabaseError(
+            f"corrupt tuning database in {str(db)!r}: {_first_line(e)}; {REPAIR_HINT}"
+        ) from None
+    return database, report
 
 
-def merge_databases(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> Path:
+def open_database(
+    db: str | os.PathLike[str],
+    target: str | TargetSpec = "cpu",
+    *,
+    create: bool = False,
+    device: str | None = None,
+    repair: bool = False,
+) -> ms.database.JSONDatabase:
+    """Open (or with ``create`` make) the tuning database directory ``db`` for ``target``.
+
+    Every line is checked before TVM reads it (:func:`check_database_dir`); ``repair`` drops the
+    bad ones (logged with how many). Raises a one-line :class:`TargetError` when the directory is
+    missing (without ``create``) or belongs to another target, a :class:`TuningDatabaseError`
+    (file, line, what is wrong, the repair hint) for a bad line.
+    """
+    return _open(db, target, create=create, device=device, repair=repair)[0]
+
+
+def merge_databases(
+    dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, repair: bool = False
+) -> Path:
     """Merge the records of several database directories (same target) into ``out``.
 
-    Records already in ``out`` are not duplicated; different targets are a TargetError.
+    Records already in ``out`` are not duplicated; different targets are a TargetError; every
+    database is checked first (``repair``: bad lines of the inputs and of ``out`` are dropped).
     """
     if not dirs:
         raise OptionError("merge_databases needs at least one database directory")
@@ -285,14 +336,20 @@ def merge_databases(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     if out_meta is None:
         devices = sorted({m.get("device", "?") for m in metas})
         _write_json(outp / META_FILE, {**metas[0], "device": " + ".join(devices)})
-    for name in (WORKLOAD_FILE, RECORD_FILE):
-        _check_lines(outp / name)
+    sources = []
+    for d, meta in zip(dirs, metas, strict=True):
+        report = check_database(
+            Path(d), meta["target"], repair=repair, verified=meta.get("verified")
+        )
+        _remember_verified(Path(d), report.verified)
+        sources.append(ms.database.JSONDatabase(work_dir=str(d), module_equality="structural"))
+    out_check = check_database(
+        outp, json.loads(key), repair=repair, verified=(_read_meta(outp) or {}).get("verified")
+    )
+    _remember_verified(outp, out_check.verified)
     dst = ms.database.JSONDatabase(work_dir=str(outp), module_equality="structural")
     seen = {_record_key(r) for r in dst.get_all_tuning_records()}
-    for d in dirs:
-        for name in (WORKLOAD_FILE, RECORD_FILE):
-            _check_lines(Path(d) / name)
-        src = ms.database.JSONDatabase(work_dir=str(d), module_equality="structural")
+    for src in sources:
         for rec in src.get_all_tuning_records():
             k = _record_key(rec)
             if k in seen:
@@ -302,6 +359,7 @@ def merge_databases(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLi
             dst.commit_tuning_record(
                 ms.database.TuningRecord(rec.trace, wl, rec.run_secs, rec.target, rec.args_info)
             )
+    _trust_database_files(outp)
     return outp
 
 
@@ -615,6 +673,7 @@ def tune(
     strategy: Any = "evolutionary",
     trials_per_iter: int = 64,
     scheduler: str = "committing",
+    repair: bool = False,
 ) -> TuneReport:
     """Tune the kernels of ``graph`` for ``target`` with ``trials`` measurements in total.
 
@@ -626,6 +685,8 @@ def tune(
     ``strategy``: ``"evolutionary"``, ``"replay-trace"`` or a MetaSchedule SearchStrategy.
     ``scheduler``: ``"committing"`` (:class:`CommittingScheduler`: every record is saved
     before the next batch) or MetaSchedule's ``"gradient"`` / ``"round-robin"``.
+    ``repair``: drop the bad lines of an existing ``db`` (else they are a one-line
+    :class:`TuningDatabaseError`); the report's ``repaired`` says how many were dropped.
     """
     if scheduler not in ("committing", "gradient", "round-robin"):
         raise OptionError(f"scheduler must be committing, gradient or round-robin: {scheduler!r}")
@@ -647,7 +708,7 @@ def tune(
         check_tracker(rpc, key)
     t0 = time.perf_counter()
     tasks = extract_tasks(tuning_module(graph, spec), spec)
-    database = open_database(db, spec, create=True, device=device)
+    database, checked = _open(db, spec, create=True, device=device, repair=repair)
     names = [t.task_name for t in tasks]
     wls = [t.dispatched[0] for t in tasks]
     before = [_task_records(database, wl)[0] for wl in wls]
@@ -731,24 +792,31 @@ def tune(
         results.append(
             TaskResult(t.task_name, int(t.weight), template_of(wl["main"]), n, after, best)
         )
+    _trust_database_files(Path(db))  # what TVM appended in this run is known good
     return TuneReport(
-        spec.name, device, Path(db), results, done, trials, time.perf_counter() - t0, cost_model
-    )
+        spec.name, device, Path(db), results, done, trials, time.perf_counter() - t0, cost_model,
+        checked.message(),
+    )  # fmt: skip
 
 
 def apply_database(
-    mod: tvm.IRModule, db: str | os.PathLike[str], target: str | TargetSpec = "cpu"
+    mod: tvm.IRModule,
+    db: str | os.PathLike[str],
+    target: str | TargetSpec = "cpu",
+    *,
+    repair: bool = False,
 ) -> tuple[tvm.IRModule, ApplyReport]:
     """Install the best record of every task of a fused, unscheduled module (the build
     pipeline after fusion, before its default schedules) and report the tasks without records.
 
     Template functions without records get the untuned template schedule; other unscheduled
     functions are left for the default schedule pass. A database for another target is a
-    one-line TargetError.
+    one-line TargetError, a bad line a TuningDatabaseError (``repair``: dropped, said in the
+    report's message).
     """
     spec = get_target(target)
     tgt = spec.tvm_target()
-    database = open_database(db, spec)
+    database, checked = _open(db, spec, repair=repair)
     funcs = {
         gv.name_hint: f
         for gv, f in mod.functions_items()
@@ -766,7 +834,7 @@ def apply_database(
             best = _task_records(database, wl)[1]
             if key in base and best is not None and best >= base[key]:
                 slower.append(wl["main"].without_attr("global_symbol"))
-    report = ApplyReport()
+    report = ApplyReport(repaired=checked.message())
     for name, f in funcs.items():
         plain = f.without_attr("global_symbol")
         if _is_scheduled(out[name]) and any(tvm_ffi.structural_equal(plain, w) for w in slower):
@@ -815,12 +883,17 @@ def task_summary(
 
 
 def build_with_database(
-    graph: Graph, db: str | os.PathLike[str], target: str | TargetSpec = "cpu"
+    graph: Graph,
+    db: str | os.PathLike[str],
+    target: str | TargetSpec = "cpu",
+    *,
+    repair: bool = False,
 ) -> tuple[Any, ApplyReport]:
     """Compile ``graph`` with the records of ``db``: fuse, :func:`apply_database`, the default
     schedule for the rest, ``tvm.compile``. Returns ``(CompiledModel, ApplyReport)``.
 
     (What ``builder.build(graph, target, db=DIR)`` does once wired; kept here for benchmarks.)
+    ``repair``: drop the database's bad lines first (else they are a TuningDatabaseError).
     """
     from mcopt.targets.builder import CompiledModel, lowering_choices
     from mcopt.targets.schedule import cpu_schedule_pass
@@ -828,7 +901,7 @@ def build_with_database(
     spec = get_target(target)
     fused = tuning_module(graph, spec)
     choices = lowering_choices(fused)
-    mod, report = apply_database(fused, db, spec)
+    mod, report = apply_database(fused, db, spec, repair=repair)
     try:
         with spec.tvm_target():
             mod = cpu_schedule_pass(spec.vector_lanes(32), spec.num_cores)(mod)
@@ -862,6 +935,7 @@ __all__ = [
     "TuneReport",
     "apply_database",
     "build_with_database",
+    "check_database_dir",
     "database_pass",
     "extract_tasks",
     "host_device",
