@@ -29,7 +29,12 @@ DEFAULT_PASSES: tuple[str, ...] = ("cleanup",)
 ModelLike = str | os.PathLike | bytes | Graph | Any  # Any: onnx.ModelProto (onnx imported lazily)
 
 
-def load(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Any:
+def load(
+    model: ModelLike,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    allow_nonfinite: bool = False,
+) -> Any:
     """Anything a user may hand us -> a verified IR graph (a Graph is copied, never mutated).
 
     A directory written by :meth:`OptimizeResult.save` (``mcopt optimize -o DIR``) reopens as a
@@ -42,7 +47,11 @@ def load(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = No
     else:
         from mcopt.onnx_io import import_model
 
-        g = import_model(model, input_shapes=dict(input_shapes) if input_shapes else None)
+        g = import_model(
+            model,
+            input_shapes=dict(input_shapes) if input_shapes else None,
+            allow_nonfinite=allow_nonfinite,
+        )
     verify(g)
     return g
 
@@ -343,6 +352,7 @@ def optimize(
     objective: str = "latency",
     eval_fn: Callable[[Graph], float] | None = None,
     search_epochs: int = 5,
+    allow_nonfinite: bool = False,
 ) -> OptimizeResult:
     """Import `model` (path, ONNX bytes/ModelProto or IR Graph), run `passes` (names, "name:opt=v"
     specs or Pass instances; default: lossless cleanup), check the output error against the original
@@ -371,11 +381,16 @@ def optimize(
     (default 0.01) on held-out data or by `eval_fn(graph) -> score` (higher is better); every
     candidate and the Pareto front are in ``result.pareto`` (see :mod:`mcopt.search`).
 
-    `on_pass(index, total, name, done)` is called around every pass (e.g. a progress bar)."""
+    `on_pass(index, total, name, done)` is called around every pass (e.g. a progress bar).
+
+    `allow_nonfinite`: import weights holding NaN / Inf or a negative batch-norm variance with a
+    warning instead of a NonFiniteError naming the tensor."""
     say = progress or (lambda msg: None)
     if isinstance(passes, str) and passes == "auto":
         from mcopt.search import auto_search
 
+        if allow_nonfinite and not isinstance(model, Graph):
+            model = load(model, input_shapes, allow_nonfinite=True)  # the search loads a Graph
         budget = 0.01 if max_accuracy_drop is None else max_accuracy_drop
         t0 = time.perf_counter()
         best, cands = auto_search(
@@ -410,7 +425,7 @@ def optimize(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     say("importing model")
-    original = load(model, input_shapes)
+    original = load(model, input_shapes, allow_nonfinite=allow_nonfinite)
     timings["import"] = time.perf_counter() - t0
     graph = original.copy()
     feeds = load_calibration(calib, original)

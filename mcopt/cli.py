@@ -129,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_shape_arg(o)
     o.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="import a model whose weights hold NaN/Inf, a negative BatchNorm variance or a zero "
+        "constant divisor (a warning names each tensor) instead of refusing it",
+    )
+    o.add_argument(
         "--db", default=None, help="tuning database written by `mcopt tune` (no re-tuning)"
     )
     o.add_argument(
@@ -170,6 +176,12 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="per-layer table of params, bytes, MACs and activation memory")
     s.add_argument("model", help="ONNX model")
     _add_shape_arg(s)
+    s.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="import a model whose weights hold NaN/Inf, a negative BatchNorm variance or a zero "
+        "constant divisor (a warning names each tensor) instead of refusing it",
+    )
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     r = sub.add_parser("report", help="print the report of an `mcopt optimize` output directory")
@@ -297,6 +309,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             max_accuracy_drop=pick("max_accuracy_drop"),
             max_output_error=pick("max_output_error"),
             objective=args.objective or cfg.get("objective", "latency"),
+            allow_nonfinite=args.allow_nonfinite,
         )
         bar.update(task, description="writing outputs")
         written = result.save(out)
@@ -340,7 +353,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from mcopt.analysis.cost import analyze
     from mcopt.api import load
 
-    graph = load(args.model, _shapes(args.input_shape))
+    graph = load(args.model, _shapes(args.input_shape), allow_nonfinite=args.allow_nonfinite)
     report = analyze(graph)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))

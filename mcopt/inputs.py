@@ -49,7 +49,7 @@ def bind_arrays(
         raise ShapeError(f"{who} takes {len(specs)} input(s), got {len(args)}")
     arrays = []
     for i, a in enumerate(args):
-        a = np.ascontiguousarray(np.asarray(a))
+        a = np.asarray(a, order="C")  # contiguous; np.ascontiguousarray would make 0-d 1-d
         if specs:
             name, shape, dtype = specs[i]
             if a.shape != tuple(shape):

@@ -39,8 +39,20 @@ def _ints(a: np.ndarray | Sequence[int] | None) -> list[int]:
     return [] if a is None else [int(v) for v in np.asarray(a).reshape(-1)]
 
 
-def _axes(axes: Sequence[int], rank: int) -> tuple[int, ...]:
-    return tuple(sorted(int(a) % rank if rank else int(a) for a in axes))
+def _axis(c: NodeCtx, axis: int, rank: int, what: str = "axis") -> int:
+    """`axis` in [-rank, rank) made non-negative; out of range is an error naming the node (never
+    wrapped around)."""
+    a = int(axis)
+    if not -rank <= a < max(rank, 1):
+        raise c.fail(f"{what} {a} is out of range [{-rank}, {rank - 1}] for a rank-{rank} tensor")
+    return a + rank if a < 0 else a
+
+
+def _axes(c: NodeCtx, axes: Sequence[int], rank: int, what: str = "axes") -> tuple[int, ...]:
+    out = sorted(_axis(c, a, rank, what) for a in axes) if rank else [int(a) for a in axes]
+    if len(set(out)) != len(out):
+        raise c.fail(f"{what} {list(axes)} name an axis twice")
+    return tuple(out)
 
 
 # --- convolution and pooling ----------------------------------------------------------------------
@@ -239,7 +251,7 @@ def softmax(c: NodeCtx) -> None:
     if c.opset >= 13:
         c.set_out(0, c.emit("softmax", [x], {"axis": int(c.attr("axis", -1))}))
         return
-    axis = int(c.attr("axis", 1)) % max(r, 1)
+    axis = _axis(c, c.attr("axis", 1), r)
     if axis == r - 1:  # coerce-to-2-D on the last axis is the same as softmax on it
         c.set_out(0, c.emit("softmax", [x], {"axis": -1}))
         return
@@ -345,7 +357,7 @@ def sum_(c: NodeCtx) -> None:
 @handles("Concat")
 def concat(c: NodeCtx) -> None:
     xs = [v for v in c.inputs if v is not None]
-    axis = int(c.attr("axis")) % xs[0].type.rank
+    axis = _axis(c, c.attr("axis"), xs[0].type.rank)
     xs = [v for v in xs if v.type.size > 0] or xs[:1]  # ONNX allows empty pieces
     c.set_out(0, c.emit("concat", xs, {"axis": axis}) if len(xs) > 1 else c.emit("identity", xs))
 
@@ -372,7 +384,10 @@ def reshape(c: NodeCtx) -> None:
 def flatten(c: NodeCtx) -> None:
     x = c.x(0)
     axis = int(c.attr("axis", 1))
-    axis = axis + x.type.rank if axis < 0 else axis
+    r = x.type.rank
+    if not -r <= axis <= r:
+        raise c.fail(f"axis {axis} is out of range [{-r}, {r}] for input {x.type}")
+    axis = axis + r if axis < 0 else axis
     c.set_out(0, c.emit("flatten", [x], {"axis": axis}))
 
 
@@ -397,7 +412,7 @@ def squeeze(c: NodeCtx) -> None:
     x = c.x(0)
     axes = _axes_arg(c)
     ax = (
-        _axes(axes, x.type.rank)
+        _axes(c, axes, x.type.rank)
         if axes is not None
         else tuple(i for i, d in enumerate(x.shape) if d == 1)
     )
@@ -410,7 +425,7 @@ def unsqueeze(c: NodeCtx) -> None:
     axes = _axes_arg(c)
     if not axes:
         raise c.fail("Unsqueeze needs axes")
-    c.set_out(0, c.emit("unsqueeze", [x], {"axes": _axes(axes, x.type.rank + len(axes))}))
+    c.set_out(0, c.emit("unsqueeze", [x], {"axes": _axes(c, axes, x.type.rank + len(axes))}))
 
 
 @handles("Pad")
@@ -428,7 +443,7 @@ def pad(c: NodeCtx) -> None:
             float(c.need_const(2, "constant_value").reshape(-1)[0]) if c.inp(2) is not None else 0.0
         )
         if c.inp(3) is not None:
-            axes = [a % r for a in _ints(c.need_const(3, "axes"))]
+            axes = [_axis(c, a, r, "Pad axis") for a in _ints(c.need_const(3, "axes"))]
             full = [0] * (2 * r)
             for j, a in enumerate(axes):
                 full[a], full[a + r] = pads[j], pads[j + len(axes)]
@@ -447,14 +462,14 @@ def reduce_mean(c: NodeCtx) -> None:
             c.set_out(0, c.emit("identity", [x]))
             return
         axes = list(range(x.type.rank))
-    attrs = {"axes": _axes(axes, x.type.rank), "keepdims": int(c.attr("keepdims", 1))}
+    attrs = {"axes": _axes(c, axes, x.type.rank), "keepdims": int(c.attr("keepdims", 1))}
     c.set_out(0, c.emit("reduce_mean", [x], attrs))
 
 
 @handles("Split")
 def split(c: NodeCtx) -> None:
     x = c.x(0)
-    axis = int(c.attr("axis", 0)) % x.type.rank
+    axis = _axis(c, c.attr("axis", 0), x.type.rank)
     n, dim = len(c.node.output), x.shape[axis]
     sizes = _ints(c.attr("split")) if "split" in c.attrs else None
     if sizes is None and c.inp(1) is not None:
@@ -487,7 +502,7 @@ def slice_(c: NodeCtx) -> None:
     for st, en, ax, sp in zip(starts, ends, axes, steps):
         if sp == 0:
             raise c.fail("Slice step 0 is invalid")
-        ax = ax % r
+        ax = _axis(c, ax, r, "Slice axis")
         b, e, s = slice(st, en, sp).indices(x.shape[ax])  # ONNX clamping == Python's
         if (
             e < 0

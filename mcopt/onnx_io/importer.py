@@ -1,6 +1,8 @@
 """ONNX -> mcopt IR.
 
-`import_model` loads a model (see :mod:`mcopt.onnx_io.loader`), fixes every input shape (a dynamic
+`import_model` loads a model (see :mod:`mcopt.onnx_io.loader`), validates it
+(:mod:`mcopt.onnx_io.validate`: every problem a one-line error naming the tensor / node /
+attribute; non-finite weights refused unless ``allow_nonfinite``), fixes every input shape (a dynamic
 first dim becomes `default_batch`; any other unknown dim must come from `input_shapes`), then walks the
 ONNX nodes in topological order. Each node is either
 
@@ -40,7 +42,7 @@ from onnx import helper, numpy_helper
 from mcopt.errors import MCoptError, ModelLoadError, ShapeError, UnsupportedOpError
 from mcopt.ir.core import Graph, Value
 from mcopt.ir.types import DTYPES, TensorType
-from mcopt.onnx_io import folding
+from mcopt.onnx_io import folding, validate
 from mcopt.onnx_io.loader import ModelSource, load_onnx
 
 MIN_OPSET, MAX_OPSET = 9, 21
@@ -318,31 +320,10 @@ class _Importer:
     def live_nodes(self) -> list[onnx.NodeProto]:
         """Nodes some graph output depends on, in a topological order (stable)."""
         nodes = list(self.model.graph.node)
-        producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-        live: set[int] = set()
-        stack = [producer[o.name] for o in self.model.graph.output if o.name in producer]
-        while stack:
-            i = stack.pop()
-            if i in live:
-                continue
-            live.add(i)
-            stack.extend(producer[n] for n in nodes[i].input if n in producer)
-        order: list[int] = []
-        placed: set[int] = set()
-        pending = sorted(live)
-        while pending:
-            rest = []
-            for i in pending:
-                if all(n not in producer or producer[n] in placed for n in nodes[i].input if n):
-                    order.append(i)
-                    placed.add(i)
-                else:
-                    rest.append(i)
-            if len(rest) == len(pending):
-                raise UnsupportedOpError(
-                    f"{self.source}: the graph has a cycle through node '{nodes[rest[0]].name}'"
-                )
-            pending = rest
+        try:
+            order = validate.import_order(self.model.graph)
+        except ModelLoadError as e:
+            raise ModelLoadError(f"{self.source}: {e}") from None
         return [nodes[i] for i in order]
 
     def convert_node(self, node: onnx.NodeProto, name: str) -> None:
@@ -435,8 +416,27 @@ class _Importer:
                 v = self.graph.add_node(
                     "identity", [v], name=f"{o.name}_identity", out_names=[o.name]
                 ).output
+            self._check_output_type(o, v)
             self.graph.outputs.append(v)
         return self.graph
+
+    def _check_output_type(self, o: onnx.ValueInfoProto, v: Value) -> None:
+        """A graph output declared with an element type other than what mcopt computes is an error
+        (onnxruntime refuses such a model)."""
+        if not o.type.HasField("tensor_type") or not o.type.tensor_type.elem_type:
+            return
+        declared = o.type.tensor_type.elem_type
+        try:
+            name = np.dtype(helper.tensor_dtype_to_np_dtype(declared)).name
+        except (KeyError, TypeError, ValueError):
+            name = None
+        if name != v.dtype:
+            by = f"node '{v.producer.name}'" if v.producer is not None else "its definition"
+            raise ModelLoadError(
+                f"{self.source}: graph output '{o.name}' is declared "
+                f"{validate.dtype_label(declared)}, but {by} produces {v.dtype}; fix the "
+                "output's type in the model (onnxruntime refuses it too)"
+            )
 
 
 def _fmt_dims(dims: Sequence[int | str]) -> str:
@@ -494,18 +494,27 @@ def import_model(
     model: ModelSource,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     default_batch: int = 1,
+    *,
+    allow_nonfinite: bool = False,
 ) -> Graph:
     """Import an ONNX model (path, bytes or ModelProto) into an mcopt Graph with static shapes.
 
     - `input_shapes`: {input name: shape} for inputs whose dims are dynamic (or to override them).
     - `default_batch`: the size given to a dynamic first dim when `input_shapes` does not name it.
+    - `allow_nonfinite`: import a model whose weights hold NaN / Inf, a negative BatchNormalization
+      variance or a constant zero divisor, with a :class:`~mcopt.errors.NonFiniteWarning` naming
+      each tensor, instead of raising :class:`~mcopt.errors.NonFiniteError`.
 
-    A model in an opset below MIN_OPSET is upgraded to UPGRADE_OPSET first, one above MAX_OPSET
-    downgraded to MAX_OPSET (see :func:`convert_opset`); the input is never modified.
+    The model is validated first (:mod:`mcopt.onnx_io.validate`: tensor bytes vs dims x dtype,
+    names, cycles, attribute types and ranges, output types, finite weights; then
+    ``onnx.checker.check_model(full_check=True)``). A model in an opset below MIN_OPSET is upgraded
+    to UPGRADE_OPSET first, one above MAX_OPSET downgraded to MAX_OPSET (see
+    :func:`convert_opset`); the input is never modified.
 
-    Raises ModelLoadError (unreadable file, failed opset conversion), UnsupportedOpError
-    (op/domain mcopt does not import), ShapeError (an unknown dim without `input_shapes`, or bad
-    `input_shapes`).
+    Raises ModelLoadError (unreadable file, invalid model, failed opset conversion; NonFiniteError
+    for non-finite weights), UnsupportedOpError (op/domain mcopt does not import), ShapeError (an
+    unknown dim without `input_shapes`, bad `input_shapes`, a negative or zero input dim); every
+    message is one line naming the tensor / node / attribute.
     """
     if isinstance(model, str | os.PathLike):
         source = f"model file '{os.fspath(model)}'"
@@ -519,11 +528,13 @@ def import_model(
             proto = onnx.inliner.inline_local_functions(proto)
         except Exception as e:
             raise UnsupportedOpError(f"{source}: cannot inline its local functions: {e}") from None
+    validate.check_model(proto, source, allow_nonfinite=allow_nonfinite, input_shapes=input_shapes)
     file_opset = default_opset(proto)
     if 0 < file_opset < MIN_OPSET:
         proto = convert_opset(proto, source, UPGRADE_OPSET)
     elif file_opset > MAX_OPSET:
         proto = convert_opset(proto, source, MAX_OPSET)
+    validate.run_checker(proto, source, input_shapes)
     graph = _Importer(proto, source, input_shapes, default_batch, file_opset).run()
     if 0 < file_opset < MIN_OPSET:
         graph.metadata["upgraded_from_opset"] = file_opset

@@ -77,6 +77,9 @@ def load_onnx(model: ModelSource) -> onnx.ModelProto:
         ) from None
     proto = _parse(data, where)
     if _uses_external_data(proto):
+        from mcopt.onnx_io.validate import check_external_data
+
+        check_external_data(proto, path.parent, where)
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as e:

@@ -310,6 +310,17 @@ def _pad_check(t: InTypes, a: Attrs) -> str | None:
         return f"pads {a['pads']} crop more than input {x} has"
     if a["mode"] != "constant" and any(p > 0 and d == 0 for d, p in zip(x.shape * 2, a["pads"])):
         return f"mode {a['mode']!r} cannot pad an empty axis of {x}"
+    if a["mode"] == "reflect":
+        # ONNX (and onnxruntime) reflect within the axis: at most length - 1 values per side,
+        # counted after any cropping (numpy's np.pad would reflect again, ONNX is undefined there)
+        r, p = x.rank, a["pads"]
+        for i, d in enumerate(x.shape):
+            kept = d + min(p[i], 0) + min(p[i + r], 0)
+            if max(p[i], p[i + r]) > kept - 1:
+                return (
+                    f"mode 'reflect' pads axis {i} of {x} by {max(p[i], p[i + r])}, but reflection "
+                    f"gives at most {max(kept - 1, 0)} values per side there"
+                )
     return None
 
 
