@@ -575,7 +575,9 @@ class PassReport:
         "max rel err",
     )
 
-    def _rows(self) -> list[list[str]]:
+    def rows(self) -> list[list[str]]:
+        """The table's rows as strings: the input, then one per pass (see :attr:`headers`)."""
+
         def err(x: float | None) -> str:
             return "" if x is None else f"{x:.3g}"
 
@@ -618,7 +620,7 @@ class PassReport:
         t = Table(title=f"passes ({self.seconds:.2f} s)")
         for i, h in enumerate(self.headers):
             t.add_column(h, justify="left" if i < 2 else "right")
-        for row in self._rows():
+        for row in self.rows():
             t.add_row(*row)
         return t
 
@@ -630,7 +632,7 @@ class PassReport:
             "| " + " | ".join(self.headers) + " |",
             "|" + "|".join(["---"] * 2 + ["---:"] * (len(self.headers) - 2)) + "|",
         ]
-        lines += ["| " + " | ".join(row) + " |" for row in self._rows()]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
         if self.metric_name is not None:
             lines += [
                 "",

@@ -574,60 +574,16 @@ def _fmt_detail(v: Any) -> str:
 
 
 def _pass_table(report: Any) -> str:
-    """The pass table of a PassReport (same columns as its Markdown, plus each pass's details)."""
-    initial = _attr(report, "initial")
+    """The pass table of a PassReport (its own columns and rows, :meth:`PassReport.rows`, plus
+    each pass's details)."""
     records = list(_attr(report, "records", []) or [])
     metric_name = _attr(report, "metric_name")
-    headers = [
-        "pass",
-        "changed",
-        "time",
-        "nodes",
-        "params",
-        "weights",
-        "MACs",
-        "max abs err",
-        "max rel err",
+    headers = [*report.headers, "details"]
+    base = report.rows()
+    rows = [[*base[0], ""]] + [
+        [*row, "; ".join(f"{k} {_fmt_detail(v)}" for k, v in (r.details or {}).items())]
+        for row, r in zip(base[1:], records)
     ]
-    if metric_name is not None:
-        headers.append(f"held-out {metric_name}")
-    headers.append("details")
-
-    def err(x: Any) -> str:
-        return "" if x is None else f"{x:.3g}"
-
-    rows: list[list[str]] = []
-    if initial is not None:
-        row = [
-            "(input)",
-            "",
-            "",
-            str(initial.nodes),
-            human_count(initial.params),
-            human_bytes(initial.weight_bytes),
-            human_count(initial.macs),
-            "",
-            "",
-        ]
-        if metric_name is not None:
-            row.append(err(_attr(report, "initial_metric")))
-        rows.append([*row, ""])
-    for r in records:
-        row = [
-            r.spec,
-            "yes" if r.changed else "no",
-            f"{r.seconds * 1e3:.1f} ms",
-            str(r.after.nodes),
-            human_count(r.after.params),
-            human_bytes(r.after.weight_bytes),
-            human_count(r.after.macs),
-            err(r.max_abs_err),
-            err(r.max_rel_err),
-        ]
-        if metric_name is not None:
-            row.append(err(r.metric))
-        details = "; ".join(f"{k} {_fmt_detail(v)}" for k, v in (r.details or {}).items())
-        rows.append([*row, details])
     text = _table(headers, rows, numeric_from=2)
     if metric_name is not None:
         text += (

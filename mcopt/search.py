@@ -230,11 +230,11 @@ def auto_search(
         else:  # a stream: its own held-out split is the audit
             audit, data = (full.val_x, full.val_y), full
         ref_pred = predictions(original, audit[0]) if len(audit[0]) and len(audit[0][0]) else None
-        try:
-            import torch  # noqa: F401
+        import importlib.util
 
+        if importlib.util.find_spec("torch") is not None:
             train = data.labelled
-        except ImportError:
+        else:
             log("auto: PyTorch is not installed: candidates are not fine-tuned")
     feed = [v.shape for v in original.inputs]
     x0 = [np.zeros(s, np.dtype(v.dtype)) for s, v in zip(feed, original.inputs)]

@@ -165,7 +165,7 @@ def test_html_report_with_pareto_and_sensitivity(result, tmp_path: Path) -> None
     page = _parse(path)
     assert "Accuracy budget search: Pareto front" in page.headings
     assert "Layer sensitivity" in page.headings
-    assert len(page.imgs) == 6  # 3 per-layer + energy + Pareto + sensitivity (no latency here)
+    assert len(page.imgs) == 6  # 3 per-layer + energy + Pareto + sensitivity (none for timing)
     text = path.read_text(encoding="utf-8")
     assert "chosen" in text and "prune-weights:sparsity=0.3,quantize-int8" in text
     assert "diverged" in text
