@@ -46,7 +46,9 @@ def _to_numpy(obj: Any) -> list[np.ndarray]:
         return [obj]
     if hasattr(obj, "__dlpack__") and hasattr(obj, "shape"):
         try:
-            return [np.from_dlpack(obj).copy()]
+            # a view that keeps the runtime tensor alive: the VM allocates each output anew, so
+            # nothing else writes to it (no copy)
+            return [np.from_dlpack(obj)]
         except (BufferError, TypeError, RuntimeError):  # not on the CPU, or an odd dtype
             return [obj.numpy()]
     if hasattr(obj, "numpy"):
@@ -84,10 +86,25 @@ class CompiledModel(CompiledBase):
         refilled through a numpy view of their memory (DLPack): ~0.4 us, against ~9 us for
         ``Tensor.copyfrom`` and ~27 us for a new tensor — which matters for LeNet-sized models
         whose whole run is tens of microseconds."""
+        cache: list[Any] | None = getattr(self._local, "inputs", None)
+        if cache is not None and not named and len(args) == len(cache):
+            # the common call: the same arrays' kind as last time -> refill, no re-checking
+            out = []
+            for a, slot in zip(args, cache):
+                if (
+                    slot is None
+                    or type(a) is not np.ndarray
+                    or a.shape != slot[1].shape
+                    or a.dtype != slot[1].dtype
+                ):
+                    break
+                slot[1][...] = a
+                out.append(slot[0])
+            else:
+                return out
         from mcopt.targets.bind import bind_inputs
 
         arrays = bind_inputs(self.input_specs, args, named)
-        cache: list[Any] | None = getattr(self._local, "inputs", None)
         if cache is None or len(cache) != len(arrays):
             cache = [None] * len(arrays)
             self._local.inputs = cache
@@ -117,7 +134,10 @@ class CompiledModel(CompiledBase):
         main = getattr(self._local, "main", None)
         if main is None:
             main = self._local.main = self._vm["main"]
-        return _to_numpy(main(*args))
+        outs = _to_numpy(main(*args))
+        # an output that is (a view of) an input buffer would change with the next call's input
+        slots = [s[1] for s in getattr(self._local, "inputs", None) or [] if s is not None]
+        return [o.copy() if any(np.may_share_memory(o, v) for v in slots) else o for o in outs]
 
     __call__ = run
 
