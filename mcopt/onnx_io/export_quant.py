@@ -1,4 +1,5 @@
-"""QDQ (QuantizeLinear / DequantizeLinear) ONNX export and import of the quantization ops.
+"""QDQ (QuantizeLinear / DequantizeLinear) ONNX export of the quantization ops (their import is
+:mod:`mcopt.onnx_io.import_quant`).
 
 Export (the "QDQ format" onnxruntime fuses into QLinearConv / MatMulInteger kernels):
 
@@ -9,13 +10,6 @@ Export (the "QDQ format" onnxruntime fuses into QLinearConv / MatMulInteger kern
   (the fused activation) -> ``QuantizeLinear(out_scale, out_zero_point)`` when the output is
   requantized; ``qdense`` the same with ``Gemm`` (``transB=1``). The weights stay int8 in the
   file (1 byte each) and the bias int32.
-
-Import: ``QuantizeLinear`` -> ``quantize``, ``DequantizeLinear`` -> ``dequantize`` (scales and zero
-points must be constants). A ``DequantizeLinear`` of a constant (a QDQ weight) is folded to the
-float weight at import; ``quantize-int8`` then re-derives the int8 codes (per-channel symmetric
-scales reproduce the same grid) and reuses the activation parameters of the imported
-``dequantize`` nodes. Outputs equal mcopt's reference up to the float rounding of the epilogue:
-requantized codes may differ by one step where ``acc * M`` lies on a rounding boundary.
 """
 
 from __future__ import annotations
@@ -27,8 +21,6 @@ import numpy as np
 from mcopt.ir.core import Node
 from mcopt.onnx_io.export_ops import _io, exports
 from mcopt.onnx_io.exporter import _Exporter
-from mcopt.onnx_io.import_ops import handles
-from mcopt.onnx_io.importer import NodeCtx
 
 
 def _qparams(e: _Exporter, n: Node, scale: tuple, zp: tuple, dtype: str, hint: str) -> list[str]:
@@ -140,40 +132,4 @@ def qdense(e: _Exporter, n: Node) -> None:
     _qlayer(e, n)
 
 
-# --- import ---------------------------------------------------------------------------------------
-def _import_qparams(c: NodeCtx) -> tuple[tuple, tuple, int]:
-    scale = np.asarray(c.need_const(1, "scale"), np.float64).reshape(-1)
-    zp_arr = c.const(2)
-    zp = np.zeros(scale.size, np.int64) if zp_arr is None else np.asarray(zp_arr).reshape(-1)
-    if int(c.attr("block_size", 0) or 0):
-        raise c.fail("blocked quantization (block_size) is not supported")
-    axis = int(c.attr("axis", 1))
-    return tuple(float(v) for v in scale), tuple(int(v) for v in zp), axis
-
-
-@handles("QuantizeLinear")
-def import_quantize(c: NodeCtx) -> None:
-    scale, zp, axis = _import_qparams(c)
-    zp_arr = c.const(2)
-    dtype = "uint8" if zp_arr is None else np.asarray(zp_arr).dtype.name
-    if dtype not in ("uint8", "int8"):
-        raise c.fail(f"QuantizeLinear to {dtype} is not supported (uint8, int8)")
-    attrs = {"scale": scale, "zero_point": zp, "axis": axis, "dtype": dtype}
-    c.set_out(0, c.emit("quantize", [c.x(0)], attrs))
-
-
-@handles("DequantizeLinear")
-def import_dequantize(c: NodeCtx) -> None:
-    scale, zp, axis = _import_qparams(c)
-    q = c.const(0)
-    if q is not None:  # a QDQ weight/bias (onnx.reference folds DequantizeLinear only at opset 19+)
-        from mcopt.ops.quant import dequantize_array
-
-        arr = dequantize_array(q, scale, zp, axis if len(scale) > 1 else None)
-        c.set_out(0, c.new_const(arr, "dq"))
-        return
-    attrs = {"scale": scale, "zero_point": zp, "axis": axis}
-    c.set_out(0, c.emit("dequantize", [c.x(0)], attrs))
-
-
-__all__ = ["import_dequantize", "import_quantize"]
+__all__ = ["dequantize", "qconv2d", "qdense", "quantize"]

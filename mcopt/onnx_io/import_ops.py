@@ -524,4 +524,4 @@ def cast(c: NodeCtx) -> None:
 
 __all__ = ["HANDLERS", "supported_ops"]
 
-from mcopt.onnx_io import export_quant  # noqa: E402,F401  (QuantizeLinear/DequantizeLinear import)
+from mcopt.onnx_io import import_quant  # noqa: E402,F401  (QuantizeLinear/DequantizeLinear import)
