@@ -274,7 +274,9 @@ class SavedModel:
     def run(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
         """Run on inputs (positional or by name) with the compiled library, else the interpreter.
         Inputs with a larger batch than the model's are run sample by sample and concatenated."""
-        arrays = _feed_arrays(self.graph, inputs, named)
+        from mcopt.inputs import bind_arrays
+
+        arrays = bind_arrays(self.input_specs, inputs, named, any_batch=True)
         b = self.graph.inputs[0].shape[0] if self.graph.inputs[0].shape else 1
         n = arrays[0].shape[0] if arrays and arrays[0].ndim else b
         if n != b and n % b == 0:
@@ -283,21 +285,6 @@ class SavedModel:
         if self.compiled is not None:
             return self.compiled.run(*arrays)
         return interpreter.run(self.graph, arrays)
-
-
-def _feed_arrays(graph: Graph, inputs: Sequence[Any], named: Mapping[str, Any]) -> list[np.ndarray]:
-    if named:
-        missing = [v.name for v in graph.inputs if v.name not in named]
-        if missing:
-            raise OptionError(
-                f"missing input(s) {missing}; the model takes {[v.name for v in graph.inputs]}"
-            )
-        return [np.asarray(named[v.name]) for v in graph.inputs]
-    if len(inputs) == 1 and isinstance(inputs[0], Mapping):
-        return _feed_arrays(graph, (), inputs[0])
-    if len(inputs) != len(graph.inputs):
-        raise OptionError(f"the model takes {len(graph.inputs)} input(s), got {len(inputs)}")
-    return [np.asarray(a) for a in inputs]
 
 
 def load_saved(outdir: str | os.PathLike) -> SavedModel:

@@ -383,14 +383,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mcopt.api import load_saved
 
     saved = load_saved(args.outdir)
-    path = Path(args.inputs)
-    if not path.exists():
-        raise OptionError(f"--inputs {args.inputs!r} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise OptionError(f"--inputs {args.inputs!r} is not a readable .npz: {e}") from None
+    from mcopt.inputs import read_arrays
+
+    arrays = read_arrays(args.inputs, "--inputs")
+    if not isinstance(arrays, dict):
+        arrays = {"x": arrays}
     names = [n for n, _, _ in saved.input_specs]
     if len(names) == 1 and names[0] not in arrays and len(arrays) == 1:
         arrays = {names[0]: next(iter(arrays.values()))}

@@ -24,11 +24,13 @@ def bind_arrays(
     named: Mapping[str, Any] | None = None,
     *,
     who: str = "the model",
+    any_batch: bool = False,
 ) -> list[np.ndarray]:
     """User inputs (positional, one dict, or keywords) -> contiguous numpy arrays in ``specs``
     order (``(name, shape, dtype)`` each), checked against the shapes and dtypes (same-kind dtypes
     are cast; empty ``specs``: unchecked). The one binder: the reference interpreter and every
-    compiled model kind (host, arm, cuda, fpga, remote) call it."""
+    compiled model kind (host, arm, cuda, fpga, remote) call it. ``any_batch``: dim 0 may differ
+    from the spec's (callers that split a batch into the model's own)."""
     named = dict(named or {})
     if len(args) == 1 and isinstance(args[0], Mapping) and not named:
         named, args = dict(args[0]), ()
@@ -52,7 +54,9 @@ def bind_arrays(
         a = np.asarray(a, order="C")  # contiguous; np.ascontiguousarray would make 0-d 1-d
         if specs:
             name, shape, dtype = specs[i]
-            if a.shape != tuple(shape):
+            if (a.shape[1:] if any_batch and a.ndim else a.shape) != (
+                tuple(shape)[1:] if any_batch and a.ndim else tuple(shape)
+            ):
                 raise ShapeError(
                     f"input {name!r}: expected shape {list(shape)}, got {list(a.shape)}"
                 )
@@ -62,6 +66,21 @@ def bind_arrays(
                 a = a.astype(dtype)
         arrays.append(a)
     return arrays
+
+
+def read_arrays(path: str | os.PathLike[str], what: str) -> Any:
+    """The arrays of an ``.npz`` (a dict name -> array) or ``.npy`` (one array) file; a missing or
+    unreadable file is a one-line OptionError naming `what` and the path."""
+    p = Path(path)
+    if not p.exists():
+        raise OptionError(f"{what} {str(p)!r} does not exist")
+    try:
+        if p.suffix == ".npy":
+            return np.load(p, allow_pickle=False)
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # corrupt file
+        raise OptionError(f"{what} {str(p)!r} is not a readable .npz/.npy: {e}") from None
 
 
 def parse_input_shape(spec: str) -> tuple[str, list[int]]:
@@ -107,16 +126,7 @@ def load_calibration(calib: Any, graph: Graph, limit: int | None = None) -> list
         path = Path(calib)
         if not path.exists():
             raise OptionError(f"calibration file {str(path)!r} does not exist")
-        try:
-            if path.suffix == ".npy":
-                calib = np.load(path, allow_pickle=False)
-            else:
-                with np.load(path, allow_pickle=False) as z:
-                    calib = {k: z[k] for k in z.files}
-        except Exception as e:  # corrupt file
-            raise OptionError(
-                f"calibration file {str(path)!r} is not a readable .npz/.npy: {e}"
-            ) from None
+        calib = read_arrays(path, "calibration file")
         if isinstance(calib, dict) and len(graph.inputs) == 1 and graph.inputs[0].name not in calib:
             # a single-input model with an npz whose key differs (e.g. 'x'): take the first array
             if len(calib) >= 1:

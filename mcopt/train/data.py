@@ -23,7 +23,6 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -215,17 +214,10 @@ def _as_train_data(
     names = [v.name for v in graph.inputs]
     source = type(data).__name__
     if isinstance(data, str | os.PathLike):
-        path = Path(data)
-        if not path.exists():
-            raise OptionError(f"training data file {str(path)!r} does not exist")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except Exception as e:
-            raise OptionError(
-                f"training data file {str(path)!r} is not a readable .npz: {e}"
-            ) from None
-        source = str(path)
+        from mcopt.inputs import read_arrays
+
+        source = str(data)
+        data = read_arrays(data, "training data file")
     xs: list[np.ndarray] | None = None
     y: Any = None
     if isinstance(data, Mapping):

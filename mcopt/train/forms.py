@@ -510,23 +510,24 @@ def _codebook(node: Node, b: Builder) -> Callable[..., Any]:
 
 
 # --- uniform quantization (QAT) --------------------------------------------------------------------
-def _axis_view(vals: Any, ndim: int, axis: int | None, n: int) -> list[int]:
-    if n == 1 or axis is None:
-        return [1] * ndim
-    shape = [1] * ndim
-    shape[axis % ndim] = n
-    return shape
+def _qparams(node: Node) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(scale, zero point, broadcast shape) of a quantize / dequantize node (per tensor or per
+    axis), as the reference applies them."""
+    a = node.attrs
+    v = node.inputs[0]
+    assert v is not None
+    s = torch.as_tensor(np.asarray(a["scale"], np.float32))
+    z = torch.as_tensor(np.asarray(a["zero_point"], np.float32))
+    shape = [1] * v.type.rank
+    if s.numel() > 1:
+        shape[a["axis"] % v.type.rank] = s.numel()
+    return s, z, shape
 
 
 @form("quantize")
 def _quantize(node: Node, b: Builder) -> Callable[..., Any]:
-    a = node.attrs
-    x = node.inputs[0]
-    assert x is not None
-    s = torch.as_tensor(np.asarray(a["scale"], np.float32))
-    z = torch.as_tensor(np.asarray(a["zero_point"], np.float32))
-    shp = _axis_view(None, x.type.rank, a["axis"] if s.numel() > 1 else None, s.numel())
-    lo, hi = qrange(a["dtype"])
+    s, z, shp = _qparams(node)
+    lo, hi = qrange(node.attrs["dtype"])
 
     def fwd(t: torch.Tensor) -> torch.Tensor:
         q = round_ste(t / s.to(t.dtype).reshape(shp)) + z.to(t.dtype).reshape(shp)
@@ -537,12 +538,7 @@ def _quantize(node: Node, b: Builder) -> Callable[..., Any]:
 
 @form("dequantize")
 def _dequantize(node: Node, b: Builder) -> Callable[..., Any]:
-    a = node.attrs
-    q = node.inputs[0]
-    assert q is not None
-    s = torch.as_tensor(np.asarray(a["scale"], np.float32))
-    z = torch.as_tensor(np.asarray(a["zero_point"], np.float32))
-    shp = _axis_view(None, q.type.rank, a["axis"] if s.numel() > 1 else None, s.numel())
+    s, z, shp = _qparams(node)
     return lambda t: (t - z.to(t.dtype).reshape(shp)) * s.to(t.dtype).reshape(shp)
 
 

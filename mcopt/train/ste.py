@@ -19,34 +19,22 @@ from typing import Any
 import torch
 
 
-class _Round(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return torch.round(x)
+def _identity_grad(fn: Any) -> Any:
+    """An autograd Function computing `fn` forward and passing the gradient straight through."""
 
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        return g
+    class _STE(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            return fn(x)
 
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+            return g
 
-class _Floor(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return torch.floor(x)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        return g
+    return _STE
 
 
-class _Trunc(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return torch.trunc(x)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        return g
+_Round, _Floor, _Trunc = (_identity_grad(f) for f in (torch.round, torch.floor, torch.trunc))
 
 
 class _Sign(torch.autograd.Function):
