@@ -80,6 +80,12 @@ class OptimizeResult:
     #: passes="auto": every candidate evaluated (mcopt.search.Candidate.to_dict rows)
     pareto: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def planned_graph(self) -> Graph | None:
+        """The planned graph the default CPU build lowered: ``fused_conv2d`` / ``fused_dense``
+        with their kernels, values kept blocked (``@NCHW16c``); None when not compiled so."""
+        return getattr(self.compiled, "planned", None)
+
     def run(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
         """Run the optimized model: the compiled module when there is one, else the interpreter.
 
@@ -167,6 +173,8 @@ class OptimizeResult:
                 "model.mcz": "weights in their real encoding, Huffman-coded (mcopt.load)",
                 "model.so": f"compiled library for {self.target}",
                 "model.ir.txt": "the printed IR",
+                "model.planned.ir.txt": "the planned graph the build lowered (fused ops, layouts, "
+                "kernels)",
             }
             for name, size in self.artifacts.items():
                 lines.append(f"| {name} | {size:,} | {what.get(name, '')} |")
@@ -238,6 +246,11 @@ class OptimizeResult:
         written["ir"] = _atomic_write(
             out / "model.ir.txt", lambda p: Path(p).write_text(str(self.graph) + "\n")
         )
+        planned = self.planned_graph
+        if planned is not None:
+            written["planned_ir"] = _atomic_write(
+                out / "model.planned.ir.txt", lambda p: Path(p).write_text(str(planned) + "\n")
+            )
         if self.compiled is not None:
             written["library"] = _atomic_write(
                 out / "model.so", self.compiled.export_library, suffix=".so"

@@ -147,6 +147,12 @@ def _parser() -> argparse.ArgumentParser:
         "--no-check", action="store_true", help="skip the output-error check against the original"
     )
     o.add_argument("--no-measure", action="store_true", help="skip measuring the compiled latency")
+    o.add_argument(
+        "--print-ir",
+        action="store_true",
+        help="print the optimized IR and, when compiled for a CPU, the planned graph the build "
+        "lowered (fused ops, NCHW[x]c layouts, chosen kernels)",
+    )
     o.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
     t = sub.add_parser(
@@ -313,6 +319,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         )
         bar.update(task, description="writing outputs")
         written = result.save(out)
+    if args.print_ir:
+        print(f"# optimized IR\n{result.graph}")
+        if result.planned_graph is not None:
+            print(
+                f"\n# planned graph (what the {result.target} build lowered)\n{result.planned_graph}"
+            )
     if not args.quiet:
         from rich.markdown import Markdown
 

@@ -76,6 +76,8 @@ class CompiledModel(CompiledBase):
     ) -> None:
         super().__init__(executable, target, input_specs, output_names, pipeline)
         self.choices: dict[str, int] = {}  # per-layer choices of the lowering (see build)
+        #: the planned graph the default build lowered (fused ops, layouts, kernels; None otherwise)
+        self.planned: Graph | None = None
         self.device = tvm.cpu()
         self._vm = relax.VirtualMachine(executable, self.device)
         self._local = threading.local()
@@ -282,8 +284,16 @@ def lower_for(graph: Graph, spec: TargetSpec, pipeline: str = "mcopt") -> tvm.IR
     if pipeline == "mcopt" and spec.kind == "llvm":
         from mcopt.targets.planned import lower_planned
 
-        return lower_planned(graph, spec.tvm_target())
+        return lower_planned(plan_for(graph, spec), spec.tvm_target())
     return lower(graph)
+
+
+def plan_for(graph: Graph, spec: TargetSpec) -> Graph:
+    """The planned graph the default (``"mcopt"``) build of an llvm ``spec`` lowers
+    (:func:`mcopt.targets.cpu.planning.plan_cpu`): fusion, layouts and kernel choices in the IR."""
+    from mcopt.targets.cpu.planning import plan_cpu
+
+    return plan_cpu(graph, spec.tvm_target())
 
 
 def build(
@@ -295,12 +305,14 @@ def build(
         raise TargetError(
             f"target {spec.name!r} cannot run in this process; use its own build path"
         )
-    mod = lower_for(graph, spec, pipeline)
+    planned = plan_for(graph, spec) if pipeline == "mcopt" and spec.kind == "llvm" else None
+    mod = lower_for(planned or graph, spec, pipeline)
     choices = lowering_choices(mod)
     ex = compile_module(mod, spec, pipeline)
     specs = [(v.name, tuple(v.shape), v.dtype) for v in graph.inputs]
     model = CompiledModel(ex, spec.name, specs, [v.name for v in graph.outputs], pipeline)
     model.choices = choices
+    model.planned = planned
     return model
 
 
@@ -321,5 +333,6 @@ __all__ = [
     "load_library",
     "lowering_choices",
     "lower_for",
+    "plan_for",
     "mcopt_pipeline",
 ]

@@ -73,26 +73,22 @@ def _bias_arg(ctx: LowerContext, node: Node, a: list[Any], n: int) -> Any:
     return a[2]
 
 
-def emit_planned_sparse_dense(
+def emit_sparse_dense(
     ctx: LowerContext,
     x: Any,
     weight: np.ndarray,
     bias: np.ndarray | None,
     activation: str | None,
     clip: tuple[float, float],
-) -> Any | None:
-    """The planned (default) CPU build's hook: ``act(x @ W.T + b)`` on the sparse kernel when the
-    fused dense layer's (folded) weight is sparse enough that the sparse kernel wins (the measured
-    crossover, :func:`~mcopt.targets.kernels.sparse.sparse_wins`, or :data:`POLICY`); None to let
-    the caller emit the dense kernel. The residual case stays dense (the sparse kernel has no fused
-    residual)."""
+) -> Any:
+    """``act(x @ W.T + b)`` on the block-CSR kernel (the planned build's ``fused_dense`` with
+    ``kernel="sparse"``: the planner chose it where the sparse kernel wins,
+    :func:`~mcopt.targets.kernels.sparse.sparse_wins`)."""
     from mcopt.targets.kernels.sparse import choose_block, sparse_dense, to_bsr
 
     w = np.asarray(weight, np.float32)
     lanes = _lanes()
     block = choose_block(w, lanes)
-    if not _wanted("dense", w, block):
-        return None
     rows, k = LowerContext.shape_of(x)
     n_out = w.shape[0]
     bsr = to_bsr(w, block)

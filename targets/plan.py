@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mcopt.ir.core import Graph, Node, Value
+from mcopt.ir.types import BlockedLayout
 from mcopt.ops import get_schema, ops_with
 from mcopt.ops.nn import bn_affine
 
@@ -71,22 +72,8 @@ BLOCKED_POOLS = ops_with("pool")
 FUSE_GROUPED_SHUFFLE = True
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Blocked ``NCHW[bn]c`` layout of a 4-d tensor with ``channels`` logical channels stored as
-    ``padded`` (a multiple of ``bn``); the extra channels hold finite don't-care values."""
-
-    bn: int
-    channels: int
-    padded: int
-
-    @property
-    def is_padded(self) -> bool:
-        return self.padded != self.channels
-
-    def blocked_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int, int]:
-        n, _, h, w = shape
-        return (n, self.padded // self.bn, h, w, self.bn)
+#: the home layout of a blocked activation (the IR type's layout, :class:`mcopt.ir.BlockedLayout`)
+Layout = BlockedLayout
 
 
 #: an odd number of channel blocks (SqueezeNet's 1000 classes: 125 blocks of 8) leaves the conv

@@ -1,24 +1,24 @@
-"""Planned lowering: mcopt IR -> Relax with mcopt's CPU kernels, fused epilogues, blocked layouts.
+"""Planned lowering: a planned graph -> Relax with mcopt's CPU kernels, decision-free.
 
-:func:`lower_planned` follows a :class:`~mcopt.targets.plan.Plan` (fusion groups and home
-layouts, decided TVM-free in :mod:`mcopt.targets.plan`):
+:func:`lower_planned` lowers the graph :func:`mcopt.targets.cpu.planning.plan_cpu` produced (it
+plans an unplanned graph first). Every choice is already in the IR; this module is a table keyed
+by (op, kernel attribute / layout):
 
-- a fused ``conv``/``depthwise`` group becomes one ``emit_conv2d`` / ``emit_depthwise_conv2d`` call
-  (scheduled NCHW[x]c PrimFunc, weights folded and packed in numpy, epilogue
-  ``act(acc + bias (+ residual))``); a ``grouped`` conv one ``emit_grouped_conv2d`` (the windowed
-  reduction kernel of :mod:`~mcopt.targets.kernels.grouped`), or, where the conv over the
-  block-diagonal weight is estimated faster (``groups <= MAX_DENSE_GROUPS``), an ``emit_conv2d``
-  over that weight (a channel shuffle the plan absorbed into the group runs in the grouped
-  kernel's epilogue, permutes the block-diagonal weight's rows, or is a ``take`` on the plain
-  path); a ``dense`` group one ``emit_dense``; any conv whose
-  kernel cannot be built (with a logged warning) the plain Relax conv with the same folded weights
-  and epilogue ops;
-- per-channel ops on a blocked tensor (elementwise with per-channel constants, pooling with
-  ``layout="NCHW{bn}c"``, channel concat, channel shuffle) run on the blocked tensor;
-- every other op uses its ordinary lowering from :data:`~mcopt.targets.lower.LOWERINGS` on NCHW
-  inputs. Layout transforms are emitted on demand at the boundaries and cached per (value,
-  layout), so a value is converted at most once per layout; a blocked ``(N, C/bn, 1, 1, bn)``
-  tensor (after global pooling) is already in NCHW order and only reshaped.
+- ``fused_conv2d``: ``kernel`` ``direct`` -> ``emit_conv2d``, ``depthwise`` ->
+  ``emit_depthwise_conv2d``, ``winograd`` -> ``emit_winograd_conv2d`` (tile ``tile``),
+  ``grouped`` -> ``emit_grouped_conv2d`` (its epilogue runs ``out_perm``), ``block_diagonal`` ->
+  ``emit_conv2d`` over :func:`~mcopt.targets.plan.block_diagonal` of the weight (rows permuted by
+  ``out_perm``), ``plain`` -> Relax ``conv2d`` + epilogue ops. Weights and bias are padded to the
+  output's layout and packed in numpy; a kernel that fails to build (a shape the templates do not
+  cover, logged) falls back to the plain ops with the same result;
+- ``fused_dense``: ``dense`` -> ``emit_dense``, ``sparse`` -> the block-CSR kernel;
+- an op whose output type carries a :class:`~mcopt.ir.BlockedLayout` (per-channel elementwise ops,
+  pooling, channel concat, ``permute_channels``) runs on blocked tensors;
+- every other op uses its ordinary lowering from :data:`~mcopt.targets.lower.LOWERINGS` on NCHW.
+
+Layout transforms are emitted at the boundaries between blocked and plain values, once per (value,
+layout); a blocked ``(N, C/bn, 1, 1, bn)`` tensor (after global pooling) is already in NCHW order
+and only reshaped.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from mcopt.errors import OptionError, TargetError
+from mcopt.errors import TargetError
 from mcopt.ir.core import Graph, Node, Value
-from mcopt.ir.types import Sparse
+from mcopt.ir.types import BlockedLayout
 from mcopt.targets import kernels as K
+from mcopt.targets.cpu.planning import plan_cpu, planned_choices
 from mcopt.targets.lower import (
     LOWERINGS,
     LowerContext,
@@ -46,23 +47,15 @@ from mcopt.targets.plan import (
     BLOCKED_BINARY,
     BLOCKED_POOLS,
     BLOCKED_UNARY,
-    MAX_DENSE_GROUPS,
     PASSTHROUGH,
-    FusedOp,
-    Layout,
-    Plan,
     _channel_const,
     block_diagonal,
     block_for,
-    plan_graph,
 )
 
 R = relax.op
 log = logging.getLogger(__name__)
-
-#: a grouped conv whose kernel would execute more than this many times its MACs (tiny groups in
-#: 8/16-lane blocks) is not run by the grouped kernel (see ``_lower_fused_grouped``)
-MAX_GROUPED_WASTE = 8.0
+Layout = BlockedLayout
 
 
 class _Values:
@@ -73,8 +66,7 @@ class _Values:
         self.lanes = lanes
         self.plain: dict[int, relax.Expr] = {}
         self.blocked: dict[int, dict[Layout, relax.Expr]] = {}
-        self.home: dict[int, Layout] = {}
-        #: what the lowering chose where it had a choice, e.g. {"3x3 conv: winograd F(4x4)": 6}
+        #: kernel fallbacks taken while lowering, e.g. {"conv: plain Relax ops": 1}
         self.choices: dict[str, int] = {}
 
     def chose(self, what: str) -> None:
@@ -85,24 +77,17 @@ class _Values:
 
     def set_blocked(self, v: Value, e: relax.Expr, lay: Layout) -> None:
         self.blocked.setdefault(id(v), {})[lay] = e
-        self.home[id(v)] = lay
-
-    def home_layout(self, v: Value) -> Layout | None:
-        return self.home.get(id(v))
 
     def plain_of(self, v: Value | None) -> relax.Expr | None:
         if v is None:
             return None
-        if v.const is not None:
-            e = self.plain.get(id(v))
-            if e is None:
-                e = self.plain[id(v)] = self.ctx.const(v.const)
-            return e
         e = self.plain.get(id(v))
         if e is not None:
             return e
-        lay = self.home[id(v)]
-        src = self.blocked[id(v)][lay]
+        if v.const is not None:
+            e = self.plain[id(v)] = self.ctx.const(v.const)
+            return e
+        lay, src = next(iter(self.blocked[id(v)].items()))
         n, _, h, w = v.shape
         bb = self.ctx.bb
         if h == 1 and w == 1 and not lay.is_padded:  # same memory order: a free reshape
@@ -113,13 +98,9 @@ class _Values:
         return e
 
     def blocked_of(self, v: Value, want: Layout | None = None) -> tuple[relax.Expr, Layout]:
-        """``v`` blocked: in its home layout when ``want`` is None, else in ``want``."""
+        """``v`` blocked: in its planned layout (its type's) when ``want`` is None, else ``want``."""
         have = self.blocked.get(id(v), {})
-        home = self.home.get(id(v))
-        if want is None:
-            if home is not None:
-                return have[home], home
-            want = block_for(v.shape[1], self.lanes)
+        want = want or v.type.layout or block_for(v.shape[1], self.lanes)
         if want in have:
             return have[want], want
         x = self.plain_of(v)
@@ -134,190 +115,125 @@ def _pad_to(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _lower_fused_conv(vals: _Values, f: FusedOp, target: Any) -> None:
-    node = f.node
+def _epilogue(node: Node) -> dict[str, Any]:
     at = node.attrs
+    act = None if at["activation"] == "none" else str(at["activation"])
+    return {"activation": act, "clip": (float(at["clip_min"]), float(at["clip_max"]))}
+
+
+def _arrays(node: Node) -> tuple[np.ndarray, np.ndarray | None, Value | None]:
+    """The constant weight and bias (float32) of a fused node and its residual input."""
+    ins = list(node.inputs) + [None] * (4 - len(node.inputs))
+    w_v, b_v, r_v = ins[1], ins[2], ins[3]
+    assert w_v is not None and w_v.const is not None
+    if b_v is not None and b_v.const is None:
+        raise TargetError(f"node {node.name!r} ({node.op}): the bias must be a constant")
+    bias = None if b_v is None else np.asarray(b_v.const, np.float32)
+    return np.asarray(w_v.const, np.float32), bias, r_v
+
+
+def _check_shape(node: Node, y: relax.Expr, lout: Layout) -> None:
+    got = LowerContext.shape_of(y)
+    if got != lout.blocked_shape(tuple(node.output.shape)):
+        raise TargetError(
+            f"node {node.name!r}: kernel output {list(got)} does not match the planned "
+            f"layout {lout} of {list(node.output.shape)}"
+        )
+
+
+def _lower_fused_conv(vals: _Values, node: Node, target: Any) -> None:
+    """A ``fused_conv2d`` with a blocked output on the kernel its ``kernel`` attribute names."""
+    at = node.attrs
+    kernel = at["kernel"]
+    lout = node.output.type.layout
+    assert lout is not None
     x_v = node.inputs[0]
     assert x_v is not None
     x, lx = vals.blocked_of(x_v)
+    weight, bias, r_v = _arrays(node)
+    res = None if r_v is None else vals.blocked_of(r_v, lout)[0]
     geom = {
         "strides": tuple(at["strides"]),
         "padding": tuple(at["pads"]),
         "dilation": tuple(at["dilations"]),
-        "activation": f.activation,
-        "clip": f.clip,
         "target": target,
+        **_epilogue(node),
     }
-    oc = f.weight.shape[0]
-    if f.kind == "grouped":
-        _lower_fused_grouped(vals, f, x, lx, geom)
-        return
-    if f.kind == "depthwise":
-        lout = lx
-        w = _pad_to(f.weight, (lx.padded, 1, *f.weight.shape[2:]))
-    else:
-        lout = block_for(oc, vals.lanes)
-        w = _pad_to(f.weight, (lout.padded, lx.padded, *f.weight.shape[2:]))
-    bias = None if f.bias is None else _pad_to(f.bias, (lout.padded,))
-    res = None
-    if f.residual is not None:
-        res, _ = vals.blocked_of(f.residual, lout)
-    m = _winograd_tile(f, w, x, lx, lout, res is not None, target, vals.lanes)
-    if m == 0:
-        vals.chose("3x3 conv: direct (measured faster than Winograd)")
-    if m:
-        vals.chose(f"3x3 conv: Winograd F({m}x{m},3x3)")
-        geom.pop("strides"), geom.pop("dilation"), geom.pop("target")
-        y = K.emit_winograd_conv2d(vals.ctx.bb, x, w, bias, m, residual=res, **geom)
-    else:
-        emit = K.emit_depthwise_conv2d if f.kind == "depthwise" else K.emit_conv2d
-        y = emit(vals.ctx.bb, x, w, bias, residual=res, **geom)
-    got = LowerContext.shape_of(y)
-    if got != lout.blocked_shape(tuple(f.output.shape)):
-        raise TargetError(
-            f"node {node.name!r}: kernel output {list(got)} does not match the planned "
-            f"layout {lout} of {list(f.output.shape)}"
-        )
-    vals.set_blocked(f.output, y, lout)
+    pbias = None if bias is None else _pad_to(bias, (lout.padded,))
+    if kernel == "grouped":
+        from mcopt.targets.kernels.relax_ops import emit_grouped_conv2d
 
-
-def _winograd_tile(
-    f: FusedOp,
-    w: np.ndarray,
-    x: relax.Expr,
-    lx: Layout,
-    lout: Layout,
-    residual: bool,
-    target: Any,
-    lanes: int,
-) -> int | None:
-    """The Winograd tile (2 / 4) for a fused 3x3 stride-1 conv where it measured faster than
-    the direct template on this target (:func:`~mcopt.targets.kernels.winograd_nchwc.choose_tile`),
-    0 where it was measured slower, None where it does not apply (or is switched off). Needs both
-    layouts blocked by ``lanes`` (the kernel's vectors run over channels)."""
-    from mcopt.targets.kernels import winograd_nchwc as wn
-    from mcopt.targets.kernels.epilogue import Epilogue
-
-    if f.kind != "conv" or lx.bn != lanes or lout.bn != lanes:
-        return None
-    at = f.node.attrs
-    n, _, h, wd, _ = LowerContext.shape_of(x)
-    data_shape = (n, lx.padded, h, wd)
-    if not wn.is_candidate(data_shape, w.shape, at["strides"], at["dilations"], lanes):
-        return None
-    ep = Epilogue(f.bias is not None, residual, f.activation, *f.clip)
-    try:
-        m = wn.choose_tile(data_shape, w.shape[0], tuple(at["pads"]), ep, target, lanes)
-    except OptionError:
-        raise
-    except Exception as e:  # a failed measurement keeps the direct conv
-        log.warning("node %r: Winograd not measured (%s); direct conv", f.node.name, _first_line(e))
-        return None
-    return 0 if m is None and wn.mode() == "auto" and wn.measurable_here(target) else m
-
-
-def _lower_fused_grouped(
-    vals: _Values, f: FusedOp, x: relax.Expr, lx: Layout, geom: dict[str, Any]
-) -> None:
-    """A ``grouped`` group: the grouped kernel when it executes at most ``MAX_GROUPED_WASTE``
-    times the MACs and (``groups <= MAX_DENSE_GROUPS``) is estimated faster than the blocked conv
-    over the block-diagonal weight, else that conv (``groups <= MAX_DENSE_GROUPS``); otherwise
-    raises (the caller takes the plain path)."""
-    from mcopt.targets.kernels.relax_ops import emit_grouped_conv2d
-
-    node = f.node
-    groups = int(node.attrs["groups"])
-    oc = f.weight.shape[0]
-    lout = block_for(oc, vals.lanes)
-    res = None
-    if f.residual is not None:
-        res, _ = vals.blocked_of(f.residual, lout)
-    bias = None if f.bias is None else f.bias.astype(np.float32)
-    w = f.weight.astype(np.float32)
-    try:
+        perm = [int(p) for p in at["out_perm"]] or None
         y = emit_grouped_conv2d(
-            vals.ctx.bb,
-            x,
-            w,
-            bias,
-            groups=groups,
-            oc_bn=lout.bn,
-            residual=res,
-            max_waste=MAX_GROUPED_WASTE,
-            max_relative_cost=1.0 if groups <= MAX_DENSE_GROUPS else None,
-            out_perm=None if f.out_perm is None else [int(p) for p in f.out_perm],
-            **geom,
-        )
-    except ValueError as e:
-        if groups > MAX_DENSE_GROUPS:
-            raise
-        log.info("node %r: grouped kernel not used (%s); block-diagonal conv", node.name, e)
-        dense, b = block_diagonal(w, groups), bias
-        if f.out_perm is not None:  # the fused channel shuffle permutes the dense rows
-            dense, b = dense[f.out_perm], None if b is None else b[f.out_perm]
-        dense = _pad_to(dense, (lout.padded, lx.padded, *w.shape[2:]))
+            vals.ctx.bb, x, weight, bias, groups=int(at["groups"]), oc_bn=lout.bn,
+            residual=res, out_perm=perm, **geom,
+        )  # fmt: skip
+    elif kernel == "block_diagonal":
+        dense, b = block_diagonal(weight, int(at["groups"])), bias
+        if at["out_perm"]:  # the fused channel shuffle permutes the dense rows
+            perm = np.asarray(at["out_perm"], np.int64)
+            dense, b = dense[perm], None if b is None else b[perm]
+        dense = _pad_to(dense, (lout.padded, lx.padded, *weight.shape[2:]))
         b = None if b is None else _pad_to(b, (lout.padded,))
         y = K.emit_conv2d(vals.ctx.bb, x, dense, b, residual=res, **geom)
-    got = LowerContext.shape_of(y)
-    if got != lout.blocked_shape(tuple(f.output.shape)):
-        raise TargetError(
-            f"node {node.name!r}: kernel output {list(got)} does not match the planned "
-            f"layout {lout} of {list(f.output.shape)}"
-        )
-    vals.set_blocked(f.output, y, lout)
+    elif kernel == "depthwise":
+        w = _pad_to(weight, (lx.padded, 1, *weight.shape[2:]))
+        y = K.emit_depthwise_conv2d(vals.ctx.bb, x, w, pbias, residual=res, **geom)
+    else:
+        w = _pad_to(weight, (lout.padded, lx.padded, *weight.shape[2:]))
+        if kernel == "winograd":
+            for k in ("strides", "dilation", "target"):
+                geom.pop(k)
+            y = K.emit_winograd_conv2d(
+                vals.ctx.bb, x, w, pbias, int(at["tile"]), residual=res, **geom
+            )
+        else:
+            y = K.emit_conv2d(vals.ctx.bb, x, w, pbias, residual=res, **geom)
+    _check_shape(node, y, lout)
+    vals.set_blocked(node.output, y, lout)
 
 
-def _lower_fused_plain(vals: _Values, f: FusedOp, target: Any) -> None:
-    """``dense`` through its kernel; ``grouped`` conv as plain Relax ops (same folded epilogue)."""
+def _lower_fused_dense(vals: _Values, node: Node, target: Any) -> None:
     ctx = vals.ctx
-    x = vals.plain_of(f.node.inputs[0])
-    res = vals.plain_of(f.residual)
-    if f.kind == "dense":
-        bias = None if f.bias is None else f.bias.astype(np.float32)
-        w_in = f.node.inputs[1]
-        if res is None and w_in is not None and isinstance(w_in.type.encoding, Sparse):
-            # a pruned weight (CSR in the IR) runs on the sparse kernel where that is faster
-            from mcopt.targets.lower_sparse import emit_planned_sparse_dense
+    x = vals.plain_of(node.inputs[0])
+    weight, bias, r_v = _arrays(node)
+    ep = _epilogue(node)
+    if node.attrs["kernel"] == "sparse":
+        from mcopt.targets.lower_sparse import emit_sparse_dense
 
-            y = emit_planned_sparse_dense(ctx, x, f.weight, bias, f.activation, f.clip)
-            if y is not None:
-                vals.set_plain(f.output, ctx.emit(y))
-                vals.chose("dense layer: sparse kernel (pruned weight)")
-                return
-        y = K.emit_dense(
-            ctx.bb,
-            x,
-            f.weight.astype(np.float32),
-            bias,
-            activation=f.activation,
-            clip=f.clip,
-            residual=res,
-            target=target,
-        )
-        vals.set_plain(f.output, y)
+        vals.set_plain(node.output, ctx.emit(emit_sparse_dense(ctx, x, weight, bias, **ep)))
         return
-    at = f.node.attrs
-    groups = int(at["groups"]) if f.weight.shape[1] != x.ty.shape[1] else 1  # block-diagonal
+    y = K.emit_dense(ctx.bb, x, weight, bias, residual=vals.plain_of(r_v), target=target, **ep)
+    vals.set_plain(node.output, y)
+
+
+def _lower_fused_plain(vals: _Values, node: Node) -> None:
+    """A ``fused_conv2d`` as plain Relax ops (same folded epilogue)."""
+    ctx = vals.ctx
+    at = node.attrs
+    x = vals.plain_of(node.inputs[0])
+    weight, bias, r_v = _arrays(node)
     y = ctx.emit(
         R.nn.conv2d(
             x,
-            ctx.const(f.weight.astype(np.float32)),
+            ctx.const(weight),
             strides=tuple(at["strides"]),
             padding=tuple(at["pads"]),
             dilation=tuple(at["dilations"]),
-            groups=groups,
+            groups=int(at["groups"]),
         )
     )
-    if f.bias is not None:
-        y = ctx.emit(R.add(y, ctx.const(f.bias.astype(np.float32).reshape(1, -1, 1, 1))))
-    if res is not None:
-        y = ctx.emit(R.add(y, res))
-    if f.activation is not None:
-        lo, hi = (0.0, None) if f.activation == "relu" else f.clip
+    if bias is not None:
+        y = ctx.emit(R.add(y, ctx.const(bias.reshape(1, -1, 1, 1))))
+    if r_v is not None:
+        y = ctx.emit(R.add(y, vals.plain_of(r_v)))
+    ep = _epilogue(node)
+    if ep["activation"] is not None:
+        lo, hi = (0.0, None) if ep["activation"] == "relu" else ep["clip"]
         y = ctx.emit(R.nn.relu(y) if hi is None else R.clip(y, lo, hi))
-    if f.out_perm is not None:  # a channel shuffle absorbed by a grouped group
-        y = ctx.emit(R.take(y, ctx.const(f.out_perm.astype(np.int64)), axis=1))
-    vals.set_plain(f.output, y)
+    if at["out_perm"]:  # a channel shuffle absorbed by a grouped group
+        y = ctx.emit(R.take(y, ctx.const(np.asarray(at["out_perm"], np.int64)), axis=1))
+    vals.set_plain(node.output, y)
 
 
 def _packed_channel_const(ctx: LowerContext, v: Value, lay: Layout) -> relax.Expr:
@@ -398,6 +314,11 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
                 y = R.nn.avg_pool2d(
                     x, count_include_pad=bool(at.get("count_include_pad", 0)), **common
                 )
+    elif op == "permute_channels":
+        x, _ = vals.blocked_of(ins[0], lay)
+        y = K.emit_permute_channels(bb, x, [int(p) for p in node.attrs["perm"]])
+        vals.set_blocked(out, y, lay)
+        return
     elif op == "concat":
         parts = [vals.blocked_of(v)[0] for v in ins]
         y = R.concat(parts, axis=1)
@@ -412,28 +333,25 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
     vals.set_blocked(out, e, lay)
 
 
-def lower_planned(
-    graph: Graph, target: Any, func_name: str = "main", plan: Plan | None = None
-) -> tvm.IRModule:
-    """Lower ``graph`` with the kernels for llvm ``target`` (a ``tvm.target.Target``)."""
-    missing_lowerings(graph)
+def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRModule:
+    """Lower ``graph`` (planned by :func:`~mcopt.targets.cpu.planning.plan_cpu` first unless it
+    is) with the kernels for llvm ``target`` (a ``tvm.target.Target``)."""
     info = K.cpu_info(target)
-    plan = plan or plan_graph(graph, info.lanes)
+    graph = plan_cpu(graph, target, info.lanes)
+    missing_lowerings(graph)
     bb = relax.BlockBuilder()
     ctx = LowerContext(bb, graph, target)
     params = [
         relax.Var(_rx_name(v.name), relax.TensorType(tuple(v.shape), v.dtype)) for v in graph.inputs
     ]
-    vals = _Values(ctx, info.lanes)
+    vals = _Values(ctx, int(graph.metadata.get("mcopt.plan.lanes", info.lanes)))
     for v, p in zip(graph.inputs, params):
         vals.set_plain(v, p)
     with bb.function(func_name, params):
         with bb.dataflow():
             for node in graph.nodes:
-                if id(node) in plan.absorbed:
-                    continue
                 try:
-                    _lower_node(vals, plan, node, target)
+                    _lower_node(vals, node, target)
                 except TargetError:
                     raise
                 except Exception as e:
@@ -445,30 +363,29 @@ def lower_planned(
             gv = bb.emit_output(out)
         bb.emit_func_output(gv)
     mod = bb.get()
-    if vals.choices:
-        mod = mod.with_attr("mcopt.choices", {k: int(v) for k, v in sorted(vals.choices.items())})
+    choices = planned_choices(graph)
+    for what, n in vals.choices.items():
+        choices[what] = choices.get(what, 0) + n
+    if choices:
+        mod = mod.with_attr("mcopt.choices", {k: int(v) for k, v in sorted(choices.items())})
     return mod
 
 
-def _lower_node(vals: _Values, plan: Plan, node: Node, target: Any) -> None:
-    f = plan.fused.get(id(node))
-    if f is not None:
-        if f.kind in ("conv", "depthwise", "grouped"):
+def _lower_node(vals: _Values, node: Node, target: Any) -> None:
+    if node.op == "fused_conv2d":
+        if node.attrs["kernel"] != "plain" and node.output.type.layout is not None:
             try:
-                _lower_fused_conv(vals, f, target)
+                _lower_fused_conv(vals, node, target)
                 return
             except Exception as e:  # a shape the kernels do not cover: plain Relax, same result
                 log.warning("node %r: conv kernel not used (%s); plain path", node.name, e)
-        _lower_fused_plain(vals, f, target)
+                vals.chose("conv: plain Relax ops (kernel not built)")
+        _lower_fused_plain(vals, node)
         return
-    shuffle = plan.shuffles.get(id(node))
-    if shuffle is not None:
-        src, perm, _ = shuffle
-        x, lay = vals.blocked_of(src)
-        y = K.emit_permute_channels(vals.ctx.bb, x, [int(p) for p in perm])
-        vals.set_blocked(node.output, y, lay)
+    if node.op == "fused_dense":
+        _lower_fused_dense(vals, node, target)
         return
-    lay = plan.layout_of(node.output) if len(node.outputs) == 1 else None
+    lay = node.output.type.layout if len(node.outputs) == 1 else None
     if lay is not None:
         _lower_blocked_node(vals, node, lay)
         return

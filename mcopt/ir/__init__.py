@@ -4,6 +4,7 @@ from mcopt.ir.core import Graph, Node, Value, consumers
 from mcopt.ir.printer import format_node, print_graph
 from mcopt.ir.types import (
     Binary,
+    BlockedLayout,
     Codebook,
     Encoding,
     FixedPoint,
@@ -17,6 +18,7 @@ from mcopt.ir.verify import verify, verify_problems
 
 __all__ = [
     "Binary",
+    "BlockedLayout",
     "Codebook",
     "Encoding",
     "FixedPoint",

@@ -127,12 +127,40 @@ class Sparse(Encoding):
 
 
 @dataclass(frozen=True)
+class BlockedLayout:
+    """Blocked ``NCHW[bn]c`` memory layout of a 4-d activation with ``channels`` logical channels
+    stored as ``padded`` (a multiple of ``bn``; the extra channels hold finite don't-care values):
+    ``x_b[n, c // bn, h, w, c % bn] = x[n, c, h, w]``.
+
+    Only a target-planned graph carries layouts (the CPU planner puts them on the types of the
+    values it keeps blocked); shapes stay logical NCHW, so the interpreter and the verifier read a
+    planned graph like any other: a layout changes where values live, not what they are."""
+
+    bn: int
+    channels: int
+    padded: int
+
+    @property
+    def is_padded(self) -> bool:
+        return self.padded != self.channels
+
+    def blocked_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int, int]:
+        n, _, h, w = shape
+        return (n, self.padded // self.bn, h, w, self.bn)
+
+    def __str__(self) -> str:
+        return f"NCHW{self.bn}c" + (f"(pad {self.padded})" if self.is_padded else "")
+
+
+@dataclass(frozen=True)
 class TensorType:
-    """Static shape (all dims known) and dtype; `encoding` is set only on compressed constants."""
+    """Static shape (all dims known) and dtype; `encoding` is set only on compressed constants,
+    `layout` only on the blocked activations of a target-planned graph."""
 
     shape: tuple[int, ...]
     dtype: str = "float32"
     encoding: Encoding | None = None
+    layout: BlockedLayout | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
@@ -161,6 +189,8 @@ class TensorType:
         s = f"{DTYPES[self.dtype]}[{','.join(map(str, self.shape))}]"
         if self.encoding is not None:
             s += f"<{self.encoding.describe()}>"
+        if self.layout is not None:
+            s += f"@{self.layout}"
         return s
 
 

@@ -36,7 +36,13 @@ Form = Callable[[Node, Builder], Callable[..., Any]]
 TRAIN_FORMS: dict[str, Form] = {}
 
 #: ops without a training form, and why (train before the pass that introduces them)
-WAIVED: dict[str, str] = {}
+_PLANNED = (
+    "a target-planned op: the CPU build plans a copy of the graph after every pass, training "
+    "included, so a planned graph is never trained (train the graph it was planned from)"
+)
+WAIVED: dict[str, str] = {
+    op: _PLANNED for op in ("fused_conv2d", "fused_dense", "permute_channels")
+}
 
 
 def form(*ops: str) -> Callable[[Form], Form]:

@@ -185,6 +185,42 @@ def grouped_geometry(
     )
 
 
+def grouped_fit(
+    data_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    groups: int,
+    blocks: tuple[int, int, int, int],
+    attrs: dict[str, Any],
+    target: Any,
+    max_waste: float | None,
+    max_relative_cost: float | None,
+) -> str | None:
+    """Why the grouped kernel should not run this conv (None when it should): it would execute
+    more than ``max_waste`` times the MACs, or its estimated time exceeds ``max_relative_cost``
+    times that of the conv over the block-diagonal weight (:func:`relative_cost`). ``blocks``:
+    ``(ic_bn, in_blocks, oc_bn, out_blocks)`` of the home layouts."""
+    try:
+        _, geom = choose_grouped_params(
+            data_shape,
+            weight_shape,
+            groups,
+            *blocks,
+            attrs["strides"],
+            attrs["pads"],
+            attrs["dilations"],
+            target,
+        )
+    except ValueError as e:
+        return str(e)
+    ic, oc = int(data_shape[1]), int(weight_shape[0])
+    if max_waste is not None and geom.waste > max_waste:
+        return f"grouped conv {ic}->{oc} (groups={groups}) would run {geom.waste:.1f}x its MACs"
+    cost = relative_cost(geom, tuple(weight_shape[2:]))
+    if max_relative_cost is not None and cost > max_relative_cost:
+        return f"the block-diagonal conv is estimated faster ({cost:.2f}x its time)"
+    return None
+
+
 def choose_grouped_params(
     data_shape: Sequence[int],
     weight_shape: Sequence[int],

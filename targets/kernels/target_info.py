@@ -33,10 +33,13 @@ class CPUInfo:
 
 
 def cpu_info(target: Any) -> CPUInfo:
-    """The :class:`CPUInfo` of a ``tvm.target.Target`` (or of a dict accepted by it)."""
+    """The :class:`CPUInfo` of a ``tvm.target.Target`` (or of a dict accepted by it; None: this
+    host)."""
     import tvm
     from tvm.target.codegen import target_has_features
 
+    if target is None:
+        target = host_target()
     if not isinstance(target, tvm.target.Target):
         target = tvm.target.Target(target)
     attrs = target.attrs if target.attrs is not None else {}

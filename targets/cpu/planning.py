@@ -1,0 +1,287 @@
+"""CPU planning as an IR rewrite: fusion, layouts and kernel choices written into the graph.
+
+:func:`plan_cpu` returns a *planned graph*, a copy of the input in which everything the CPU build
+decides is visible in the IR (``mcopt optimize --print-ir``, ``result.planned_graph``), checked by
+the verifier and run by the interpreter:
+
+1. **Fusion** (found by :func:`mcopt.targets.plan.plan_graph`): every ``conv2d`` / ``dense`` with
+   the batch norm, per-channel affine ops, residual ``add``, activation (and, after a grouped conv,
+   channel shuffle) it absorbs becomes one ``fused_conv2d`` / ``fused_dense`` node
+   (:mod:`mcopt.ops.planned`) with the folded weights as new constants. A ``winograd_conv2d`` from
+   the ``winograd`` pass becomes a ``fused_conv2d`` with ``kernel="winograd"`` over its 3x3 weight
+   (``G+ U G+^T``), so there is one Winograd kernel (the blocked one) for both routes.
+2. **Layouts**: the type of every value kept blocked gets its :class:`~mcopt.ir.BlockedLayout`
+   (printed ``f32[1,64,56,56]@NCHW16c``); the lowering converts exactly at the boundaries between a
+   blocked and a plain value.
+3. **Kernel choice**, one attribute per node, with one measurement cache: ``winograd`` (tile 2 or
+   4) where the blocked Winograd kernel measured faster than the direct template on this machine
+   (:func:`mcopt.targets.kernels.winograd_nchwc.choose_tile`, cached per machine), ``grouped`` /
+   ``block_diagonal`` / ``plain`` for grouped convs by the grouped kernel's cost model, ``sparse``
+   for a pruned (CSR) dense weight where the sparse kernel wins
+   (:func:`mcopt.targets.kernels.sparse.sparse_wins`).
+
+The lowering (:func:`mcopt.targets.planned.lower_planned`) then reads the planned graph and decides
+nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from mcopt.errors import OptionError
+from mcopt.ir.core import Graph, Node, Value
+from mcopt.ir.types import BlockedLayout, Sparse, TensorType
+from mcopt.ops.winograd import winograd_weight_inverse
+from mcopt.targets.plan import MAX_DENSE_GROUPS, FusedOp, Plan, block_for, plan_graph
+
+log = logging.getLogger(__name__)
+
+#: a grouped conv whose kernel would execute more than this many times its MACs (tiny groups in
+#: 8/16-lane blocks) is not run by the grouped kernel
+MAX_GROUPED_WASTE = 8.0
+
+#: graph.metadata key of the planned graph's choice counts ({"3x3 conv: Winograd F(4x4,3x3)": 6})
+CHOICES = "mcopt.plan.choices"
+#: graph.metadata key marking a planned graph (its value: the SIMD lanes it was planned for)
+PLANNED = "mcopt.plan.lanes"
+
+
+def is_planned(graph: Graph) -> bool:
+    return PLANNED in graph.metadata
+
+
+def _unwinograd(graph: Graph) -> dict[str, int]:
+    """``winograd_conv2d`` -> ``conv2d`` over the recovered 3x3 weight; returns {node: tile}."""
+    forced: dict[str, int] = {}
+    for node in graph.iter_nodes():
+        if node.op != "winograd_conv2d":
+            continue
+        u = node.inputs[1]
+        if u is None or u.const is None or u.dtype != "float32":
+            continue
+        m = int(node.attrs["m"])
+        w = graph.const(winograd_weight_inverse(np.asarray(u.const), m), name=f"{u.name}_3x3")
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        conv = Node(
+            "conv2d",
+            [node.inputs[0], w, b],
+            [],
+            {"strides": (1, 1), "pads": node.attrs["pads"], "dilations": (1, 1), "groups": 1},
+            node.name,
+        )
+        _swap(graph, [node], conv)
+        forced[node.name] = m
+    return forced
+
+
+def _swap(graph: Graph, old: list[Node], new: Node) -> None:
+    """Put the detached node ``new`` in place of the chain ``old`` (in graph order; the outputs of
+    its last node become ``new``'s, so their consumers and names stay); ``new`` keeps its name."""
+    last = old[-1]
+    outs, last.outputs = list(last.outputs), []
+    for o in outs:
+        o.producer = new
+    new.outputs = outs
+    idx = graph._index(last)
+    nxt = graph.nodes[idx + 1] if idx + 1 < len(graph.nodes) else None
+    for n in old:
+        graph.remove_node(n, force=True)
+        graph._node_names.discard(n.name)
+    new.name = graph.unique_node_name(new.name)
+    graph.insert_node(new, before=nxt)
+
+
+def _same(a: np.ndarray, v: Value | None) -> bool:
+    return (
+        v is not None
+        and v.const is not None
+        and v.dtype == "float32"
+        and np.array_equal(a, v.const)
+    )
+
+
+def _weight_const(graph: Graph, f: FusedOp, w: np.ndarray) -> Value:
+    src = f.node.inputs[1]
+    assert src is not None
+    if _same(w, src):  # nothing folded into it: the weight as it was (and its encoding)
+        return src
+    arr = np.ascontiguousarray(w, dtype=np.float32)
+    v = graph.const(arr, name=f"{src.name}_folded" if f.absorbed else src.name)
+    if isinstance(src.type.encoding, Sparse):  # folding scales rows: the zero pattern stays
+        nnz = int(np.count_nonzero(arr))
+        rows = arr.shape[0]
+        v.type = TensorType(v.shape, v.dtype, Sparse(nnz, rows, src.type.encoding.index_bits))
+    return v
+
+
+class _Planner:
+    def __init__(self, graph: Graph, plan: Plan, target: Any, forced: dict[str, int]) -> None:
+        self.graph, self.plan, self.target, self.forced = graph, plan, target, forced
+        self.lanes = plan.lanes
+        self.choices: dict[str, int] = {}
+
+    def chose(self, what: str) -> None:
+        self.choices[what] = self.choices.get(what, 0) + 1
+
+    def layout_in(self, v: Value | None) -> BlockedLayout:
+        assert v is not None
+        return self.plan.layout_of(v) or block_for(v.shape[1], self.lanes)
+
+    # --- kernel choice -----------------------------------------------------------------------
+    def conv_kernel(self, f: FusedOp) -> tuple[str, int]:
+        if f.kind == "depthwise":
+            return "depthwise", 0
+        if f.kind == "grouped":
+            return self.grouped_kernel(f), 0
+        m = self.winograd_tile(f)
+        if m:
+            self.chose(f"3x3 conv: Winograd F({m}x{m},3x3)")
+            return "winograd", m
+        if m == 0:
+            self.chose("3x3 conv: direct (measured faster than Winograd)")
+        return "direct", 0
+
+    def winograd_tile(self, f: FusedOp) -> int | None:
+        """2 / 4 where Winograd is forced (``winograd`` pass) or measured faster, 0 where measured
+        slower, None where it does not apply. Both layouts must be blocked by ``lanes``."""
+        from mcopt.targets.kernels import winograd_nchwc as wn
+        from mcopt.targets.kernels.epilogue import Epilogue
+
+        lx, lout = self.layout_in(f.node.inputs[0]), block_for(f.weight.shape[0], self.lanes)
+        if lx.bn != self.lanes or lout.bn != self.lanes:
+            return None
+        at = f.node.attrs
+        x = f.node.inputs[0]
+        assert x is not None
+        n, _, h, wd = x.shape
+        data_shape = (n, lx.padded, h, wd)
+        w_shape = (lout.padded, lx.padded, *f.weight.shape[2:])
+        if not wn.is_candidate(data_shape, w_shape, at["strides"], at["dilations"], self.lanes):
+            return self.forced.get(f.node.name) if f.weight.shape[2:] == (3, 3) else None
+        if f.node.name in self.forced:
+            return self.forced[f.node.name]
+        ep = Epilogue(f.bias is not None, f.residual is not None, f.activation, *f.clip)
+        try:
+            m = wn.choose_tile(
+                data_shape, lout.padded, tuple(at["pads"]), ep, self.target, self.lanes
+            )
+        except OptionError:
+            raise
+        except Exception as e:  # a failed measurement keeps the direct conv
+            log.warning("node %r: Winograd not measured (%s); direct conv", f.node.name, e)
+            return None
+        measured = wn.mode() == "auto" and wn.measurable_here(self.target)
+        return 0 if m is None and measured else m
+
+    def grouped_kernel(self, f: FusedOp) -> str:
+        """``grouped`` when the grouped kernel runs at most MAX_GROUPED_WASTE times the MACs and
+        (groups <= MAX_DENSE_GROUPS) is estimated faster than the block-diagonal conv."""
+        from mcopt.targets.kernels.grouped import grouped_fit
+
+        groups = int(f.node.attrs["groups"])
+        lx = self.layout_in(f.node.inputs[0])
+        lout = block_for(f.weight.shape[0], self.lanes)
+        x = f.node.inputs[0]
+        assert x is not None
+        why = grouped_fit(
+            (x.shape[0], groups * f.weight.shape[1], *x.shape[2:]),
+            f.weight.shape,
+            groups,
+            (lx.bn, lx.padded // lx.bn, lout.bn, lout.padded // lout.bn),
+            f.node.attrs,
+            self.target,
+            MAX_GROUPED_WASTE,
+            1.0 if groups <= MAX_DENSE_GROUPS else None,
+        )
+        if why is None:
+            return "grouped"
+        log.info("node %r: grouped kernel not used (%s)", f.node.name, why)
+        return "block_diagonal" if groups <= MAX_DENSE_GROUPS else "plain"
+
+    def dense_kernel(self, f: FusedOp) -> str:
+        from mcopt.targets.kernels.sparse import choose_block
+        from mcopt.targets.lower_sparse import _wanted
+
+        w_in = f.node.inputs[1]
+        if f.residual is None and w_in is not None and isinstance(w_in.type.encoding, Sparse):
+            w = np.asarray(f.weight, np.float32)
+            if _wanted("dense", w, choose_block(w, self.lanes)):
+                self.chose("dense layer: sparse kernel (pruned weight)")
+                return "sparse"
+        return "dense"
+
+    # --- rewriting ---------------------------------------------------------------------------
+    def fuse(self, f: FusedOp) -> None:
+        g = self.graph
+        w = _weight_const(g, f, f.weight)
+        b_in = f.node.inputs[2] if len(f.node.inputs) > 2 else None
+        if f.bias is None:
+            b = None
+        elif _same(f.bias, b_in):
+            b = b_in
+        else:
+            b = g.const(np.asarray(f.bias, np.float32), name=f"{f.node.name}_bias")
+        act = f.activation or "none"
+        lo, hi = f.clip if act == "clip" else (0.0, 6.0)
+        common = {"activation": act, "clip_min": float(lo), "clip_max": float(hi)}
+        if f.kind == "dense":
+            op, attrs = "fused_dense", {**common, "kernel": self.dense_kernel(f)}
+        else:
+            kernel, tile = self.conv_kernel(f)
+            at = f.node.attrs
+            attrs = {
+                **{k: at[k] for k in ("strides", "pads", "dilations", "groups")},
+                **common,
+                "out_perm": () if f.out_perm is None else tuple(int(p) for p in f.out_perm),
+                "kernel": kernel,
+                "tile": tile,
+            }
+            op = "fused_conv2d"
+        from mcopt.ops import get_schema
+
+        attrs = get_schema(op).normalize_attrs(attrs, f.node.name)
+        new = Node(op, [f.node.inputs[0], w, b, f.residual], [], attrs, f.node.name)
+        _swap(g, [f.node, *f.absorbed], new)
+
+    def shuffle(self, src: Value, perm: np.ndarray, nodes: list[Node]) -> None:
+        new = Node(
+            "permute_channels", [src], [], {"perm": tuple(int(p) for p in perm)}, nodes[-1].name
+        )
+        _swap(self.graph, nodes, new)
+
+
+def plan_cpu(graph: Graph, target: Any = None, lanes: int | None = None) -> Graph:
+    """The planned copy of ``graph`` for the llvm CPU ``target`` (a ``tvm.target.Target``; None:
+    this host). ``lanes`` overrides the fp32 SIMD width (tests)."""
+    from mcopt.targets.kernels import cpu_info
+
+    if is_planned(graph):
+        return graph
+    lanes = lanes or cpu_info(target).lanes
+    g = graph.copy()
+    forced = _unwinograd(g)
+    plan = plan_graph(g, lanes)
+    planner = _Planner(g, plan, target, forced)
+    layouts = {vid: lay for vid, lay in plan.layouts.items() if lay is not None}
+    values = {id(v): v for v in g.values()}
+    for f in list(plan.fused.values()):
+        planner.fuse(f)
+    for src, perm, nodes in list(plan.shuffles.values()):
+        planner.shuffle(src, perm, nodes)
+    for vid, lay in layouts.items():
+        v = values.get(vid)
+        if v is not None and len(v.shape) == 4:
+            v.type = TensorType(v.shape, v.dtype, v.type.encoding, lay)
+    g.metadata[PLANNED] = lanes
+    g.metadata[CHOICES] = dict(sorted(planner.choices.items()))
+    return g
+
+
+def planned_choices(graph: Graph) -> dict[str, int]:
+    return dict(graph.metadata.get(CHOICES, {}))
+
+
+__all__ = ["CHOICES", "MAX_GROUPED_WASTE", "PLANNED", "is_planned", "plan_cpu", "planned_choices"]

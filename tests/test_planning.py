@@ -1,0 +1,156 @@
+"""CPU planning as an IR rewrite (mcopt.targets.cpu.planning): the planned graph verifies, the
+interpreter computes on it what it computes on the original, the printed plan is snapshotted, and
+the lowering follows the plan's attributes instead of deciding anything itself."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+from mcopt import zoo  # noqa: E402
+from mcopt.api import load  # noqa: E402
+from mcopt.errors import VerifyError  # noqa: E402
+from mcopt.interpreter import run  # noqa: E402
+from mcopt.ir import verify  # noqa: E402
+from mcopt.pass_manager import PassContext, run_passes  # noqa: E402
+from mcopt.targets.cpu.planning import is_planned, plan_cpu, planned_choices  # noqa: E402
+
+SNAP = Path(__file__).parent / "snapshots"
+RNG = np.random.default_rng(0)
+
+
+def _feeds(g):  # type: ignore[no-untyped-def]
+    return {v.name: RNG.standard_normal(v.shape).astype(np.float32) for v in g.inputs}
+
+
+def _model(name: str):  # type: ignore[no-untyped-def]
+    if name == "tiny_cnn":
+        return load(zoo.tiny_cnn(seed=0))
+    if name == "resnet18_like":
+        return load(zoo.resnet18_like())
+    if name == "mobilenet_v2":
+        return load(zoo.mobilenet_v2())
+    if name == "lenet5":
+        return load(zoo.lenet5_path())
+    return load(zoo.light_model(name))
+
+
+@pytest.fixture(autouse=True)
+def _no_winograd_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCOPT_WINOGRAD", "off")  # plans independent of this machine's timings
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny_cnn", "lenet5", "resnet18_like", "mobilenet_v2", "shufflenet", "squeezenet"]
+)
+def test_planned_graph_verifies_and_computes_the_same(name: str) -> None:
+    g = _model(name)
+    p = plan_cpu(g, lanes=8)
+    verify(p)
+    assert is_planned(p) and not is_planned(g)
+    assert {"conv2d", "batch_norm"} & {n.op for n in g.nodes}
+    assert not {"conv2d", "batch_norm"} & {n.op for n in p.nodes}, "every conv was planned"
+    assert [v.name for v in p.outputs] == [v.name for v in g.outputs]
+    feeds = _feeds(g)
+    for a, b in zip(run(g, feeds), run(p, feeds)):
+        np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-4 * float(np.abs(a).max()))
+    assert any(v.type.layout is not None for n in p.nodes for v in n.outputs)
+    assert plan_cpu(p) is p, "planning a planned graph changes nothing"
+
+
+def test_shufflenet_shuffles_are_planned_into_grouped_kernels() -> None:
+    p = plan_cpu(_model("shufflenet"), lanes=8)
+    kernels = {n.attrs["kernel"] for n in p.nodes if n.op == "fused_conv2d"}
+    assert "grouped" in kernels or "block_diagonal" in kernels
+    assert any(n.attrs["out_perm"] for n in p.nodes if n.op == "fused_conv2d")
+    assert not {"transpose"} & {n.op for n in p.nodes}
+
+
+def test_winograd_pass_output_runs_on_the_one_blocked_winograd_kernel() -> None:
+    g, _ = run_passes(_model("tiny_cnn"), ["cleanup", "winograd:tile=4"], PassContext())
+    assert g.nodes_of("winograd_conv2d")
+    p = plan_cpu(g, lanes=8)
+    wino = [n for n in p.nodes if n.op == "fused_conv2d" and n.attrs["kernel"] == "winograd"]
+    assert wino and all(n.attrs["tile"] == 4 for n in wino)
+    assert not p.nodes_of("winograd_conv2d")
+    feeds = _feeds(g)
+    np.testing.assert_allclose(run(p, feeds)[0], run(g, feeds)[0], rtol=1e-3, atol=1e-4)
+
+
+def test_pruned_dense_layers_are_planned_on_the_sparse_kernel() -> None:
+    g, _ = run_passes(
+        load(zoo.lenet300_path()),
+        ["cleanup", "prune-weights:sparsity=0.95,encode=always"],
+        PassContext(),
+    )
+    p = plan_cpu(g, lanes=8)
+    kernels = [n.attrs["kernel"] for n in p.nodes if n.op == "fused_dense"]
+    assert "sparse" in kernels
+    assert planned_choices(p)["dense layer: sparse kernel (pruned weight)"] == kernels.count(
+        "sparse"
+    )
+
+
+def test_the_verifier_checks_planned_attributes() -> None:
+    p = plan_cpu(_model("tiny_cnn"), lanes=8)
+    node = next(n for n in p.nodes if n.op == "fused_conv2d")
+    node.attrs["kernel"] = "magic"
+    with pytest.raises(VerifyError, match=r"kernel='magic'; valid: direct"):
+        verify(p)
+
+
+def test_layouts_print_on_the_types() -> None:
+    text = str(plan_cpu(_model("tiny_cnn"), lanes=8))
+    assert "@NCHW8c" in text and "fused_conv2d(" in text
+
+
+def test_the_lowering_follows_the_planned_kernel_attributes() -> None:
+    """Rewriting a plan's kernel attribute changes the lowered module: the lowering decides nothing."""
+    from mcopt.targets import build
+    from mcopt.targets.planned import lower_planned
+    from mcopt.targets.registry import get_target
+
+    g = _model("tiny_cnn")
+    target = get_target("cpu").tvm_target()
+    p = plan_cpu(g, target)
+    direct = str(lower_planned(p, target))
+    for n in p.nodes:
+        if n.op == "fused_conv2d":
+            n.attrs["kernel"] = "plain"
+    plain = str(lower_planned(p, target))
+    assert "conv2d_nchwc" in direct and "conv2d_nchwc" not in plain
+    feeds = _feeds(g)
+    compiled = build(g, "cpu")
+    assert compiled.planned is not None and is_planned(compiled.planned)
+    np.testing.assert_allclose(compiled.run(feeds)[0], run(g, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+PLANNED_SNAPSHOTS = {
+    "planned-tiny_cnn": ("tiny_cnn", ["cleanup"]),
+    "planned-winograd": ("tiny_cnn", ["cleanup", "winograd:tile=2"]),
+    "planned-lenet300-pruned": (
+        "lenet300",
+        ["cleanup", "prune-weights:sparsity=0.95,encode=always"],
+    ),
+}
+
+
+@pytest.mark.parametrize("snap", sorted(PLANNED_SNAPSHOTS))
+def test_planned_graph_snapshot(snap: str) -> None:
+    from test_snapshots import masked
+
+    model, passes = PLANNED_SNAPSHOTS[snap]
+    g = load(zoo.lenet300_path()) if model == "lenet300" else _model(model)
+    g, _ = run_passes(g, passes, PassContext())
+    text = masked(str(plan_cpu(g, lanes=8))) + "\n"
+    path = SNAP / f"{snap}.txt"
+    if os.environ.get("MCOPT_UPDATE_SNAPSHOTS"):
+        path.write_text(text)
+    if not path.exists():
+        pytest.fail(f"no snapshot {path.name}: run with MCOPT_UPDATE_SNAPSHOTS=1 and review it")
+    assert text == path.read_text(), f"{snap}: the printed plan changed (see {path})"
