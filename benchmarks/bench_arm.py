@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _models(names: list[str]) -> dict[str, object]:
-    from mcopt import zoo
+    from mcopt.testing import zoo
 
     builders = {
         "resnet50": lambda: zoo.light_model("resnet50", seed=0),

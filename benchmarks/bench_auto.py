@@ -88,8 +88,8 @@ def prepare(name: str, tmp: Path, log: Any) -> tuple[Path, tuple[np.ndarray, ...
     import onnx
 
     import mcopt
-    from mcopt import zoo
     from mcopt.onnx_io import export_model
+    from mcopt.testing import zoo
     from mcopt.train import as_train_data
 
     if name in ("lenet5", "lenet300"):

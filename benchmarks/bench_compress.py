@@ -49,11 +49,11 @@ def _acc(graph: Any, x: np.ndarray, y: np.ndarray, batch: int) -> float:
 
 
 def deep_compression(sparsity: float, refit: bool) -> tuple[str, dict[str, Any]]:
-    from mcopt import zoo
     from mcopt.analysis.cost import graph_stats
     from mcopt.huffman import save_compressed
     from mcopt.onnx_io import import_model
     from mcopt.pass_manager import PassContext, get_pass
+    from mcopt.testing import zoo
 
     x, y = zoo.mnist_test_set()
     xc, xe, ye = x[0::2], x[1::2], y[1::2]
@@ -202,10 +202,10 @@ def kernels(rounds: int, quick: bool) -> tuple[str, dict[str, Any]]:
 
 
 def binary_lenet() -> tuple[str, dict[str, Any]]:
-    from mcopt import zoo
     from mcopt.analysis.cost import graph_stats
     from mcopt.onnx_io import import_model
     from mcopt.pass_manager import PassContext, get_pass
+    from mcopt.testing import zoo
 
     x, y = zoo.mnist_test_set()
     xe, ye = x[1::2], y[1::2]

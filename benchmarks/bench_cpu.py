@@ -51,7 +51,7 @@ MODELS = [
 def load_model(name: str) -> Any:
     import onnx
 
-    from mcopt import zoo
+    from mcopt.testing import zoo
 
     if name == "lenet5":
         return onnx.load(zoo.lenet5_path())

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from common import markdown_table, write_outputs
 
-import mcopt.zoo as zoo
+import mcopt.testing.zoo as zoo
 from mcopt import interpreter
 from mcopt.api import load
 from mcopt.ir.core import Graph

@@ -56,11 +56,11 @@ def _kernel_timer(lib: Any, args: list[Any]) -> Any:
 
 # --- 1. channel pruning on whole models ----------------------------------------------------------
 def bench_models(budget: float) -> list[dict[str, Any]]:
-    from mcopt import zoo
     from mcopt.analysis.cost import graph_stats
     from mcopt.onnx_io import export_model, import_model
     from mcopt.pass_manager import PassContext, get_pass
     from mcopt.targets import build
+    from mcopt.testing import zoo
 
     rows = []
     for name, proto in [
@@ -292,7 +292,7 @@ def bench_default_build(budget: float) -> list[dict[str, Any]]:
     import onnx
 
     import mcopt
-    from mcopt import zoo
+    from mcopt.testing import zoo
 
     rows = []
     for name, proto in (

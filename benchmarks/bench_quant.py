@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from common import THREADS, markdown_table, ort_session, time_fn, write_outputs  # noqa: E402
 
-from mcopt import zoo  # noqa: E402
+from mcopt.testing import zoo  # noqa: E402
 
 MODELS = ("lenet5", "lenet300", "resnet50", "mobilenet_v2")
 

@@ -12,10 +12,10 @@ the lossless ``cleanup`` pipeline (the "unrewritten" baseline is that cleaned gr
   onnxruntime running the ORIGINAL model, and onnxruntime on the rewritten graph exported to ONNX
   (Winograd exports back to a standard Conv, so that column is the original's);
 * the error against the original: on held-out seeded N(0,1) inputs for the random-weight VGG-19 /
-  AlexNet copies (``mcopt.zoo.light_model``) the max abs and max rel (to the largest output magnitude)
+  AlexNet copies (``mcopt.testing.zoo.light_model``) the max abs and max rel (to the largest output magnitude)
   error of the softmax output, the max rel error of the logits (the softmax input) and top-1
-  agreement; for LeNet-5 (``mcopt.zoo.lenet5_path``) top-1 accuracy on the odd-index half of the real
-  MNIST test digits (``mcopt.zoo.mnist_test_set``, sorted by digit, so split by index parity) and
+  agreement; for LeNet-5 (``mcopt.testing.zoo.lenet5_path``) top-1 accuracy on the odd-index half of the real
+  MNIST test digits (``mcopt.testing.zoo.mnist_test_set``, sorted by digit, so split by index parity) and
   top-1 agreement with the original. Errors come from the reference interpreter (the oracle); the
   compiled module and the onnxruntime export are each checked against it (JSON: ``tvm_vs_ir``,
   ``ort_vs_ir``).
@@ -119,9 +119,9 @@ def load_case(name: str, n_calib: int = 8, n_eval: int = 4, n_digits: int | None
     calibrate, odd digits evaluate; `n_digits` limits the eval digits), the others seeded N(0,1)."""
     import onnx
 
-    from mcopt import zoo
     from mcopt.onnx_io import import_model
     from mcopt.pass_manager import PassContext, PassManager
+    from mcopt.testing import zoo
 
     if name == "lenet5":
         proto = onnx.load(str(zoo.lenet5_path()))

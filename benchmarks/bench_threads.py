@@ -37,7 +37,7 @@ DEFAULT_THRESHOLDS = "0,50000,100000,200000,400000,1000000"
 
 def _model(name: str) -> Any:
     if name == "resnet18_like":
-        from mcopt import zoo
+        from mcopt.testing import zoo
 
         return zoo.resnet18_like()
     return model_set([name])[name]

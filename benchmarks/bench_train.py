@@ -61,7 +61,7 @@ SECTIONS = (
 
 class Bench:
     def __init__(self, quick: bool, log: bool) -> None:
-        from mcopt import zoo
+        from mcopt.testing import zoo
 
         self.quick = quick
         self.verbose = log
@@ -221,7 +221,7 @@ class Bench:
     def distill(self) -> None:
         import onnx
 
-        from mcopt import zoo
+        from mcopt.testing import zoo
 
         self.row(
             "distill",

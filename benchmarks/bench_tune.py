@@ -53,7 +53,7 @@ DEFAULT_MODELS = "lenet5,resnet18_like,mobilenet_v2"
 
 
 def _model(name: str) -> Any:
-    from mcopt import zoo
+    from mcopt.testing import zoo
 
     if name == "resnet18_like":
         return zoo.resnet18_like()

@@ -20,7 +20,7 @@ def model_set(names: list[str] | None = None) -> dict[str, Any]:
     """name -> onnx.ModelProto for the benchmark model set (seeded random weights except LeNet)."""
     import onnx
 
-    from mcopt import zoo
+    from mcopt.testing import zoo
 
     builders: dict[str, Callable[[], Any]] = {
         "lenet5": lambda: onnx.load(zoo.lenet5_path()),

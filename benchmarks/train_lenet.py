@@ -6,7 +6,7 @@ stratified: 400 train / 100 test images per digit -> 4,000 train / 1,000 test.
 
 Preprocessing (NOT baked into the models): ``x = (pixel / 255 - 0.1307) / 0.3081``, shape
 (N, 1, 28, 28) float32 for both models (LeNet-300-100 flattens internally). The test split is stored
-as raw uint8 pixels + int64 labels in ``mcopt/data/mnist_test.npz``; ``mcopt.zoo.mnist_test_set()``
+as raw uint8 pixels + int64 labels in ``mcopt/data/mnist_test.npz``; ``mcopt.testing.zoo.mnist_test_set()``
 normalizes it.
 
 Outputs (commit-sized):
@@ -42,7 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mcopt.zoo import MNIST_MEAN, MNIST_STD, save_model  # noqa: E402
+from mcopt.testing.zoo import MNIST_MEAN, MNIST_STD, save_model  # noqa: E402
 
 SEED = 0
 TRAIN_PER_CLASS = 400

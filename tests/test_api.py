@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 
 import mcopt
-from mcopt import zoo
 from mcopt.errors import MCoptError, OptionError, ShapeError
+from mcopt.testing import zoo
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from mcopt import interpreter, zoo
+from mcopt import interpreter
 from mcopt.analysis.cost import analyze
 from mcopt.ir import Graph, TensorType, Value, verify
 from mcopt.onnx_io import export_model, import_model
 from mcopt.pass_manager import PassContext, get_pass
 from mcopt.passes.architecture import find_head, fit_head
+from mcopt.testing import zoo
 
 RNG = np.random.default_rng(0)
 

@@ -19,9 +19,9 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 import mcopt.targets.arm  # noqa: E402,F401  (registers the arm targets)
-from mcopt import zoo  # noqa: E402
 from mcopt.api import load  # noqa: E402
 from mcopt.errors import TargetError  # noqa: E402
+from mcopt.testing import zoo  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 

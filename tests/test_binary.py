@@ -107,8 +107,8 @@ def test_xnor_integer_reference_is_popcount() -> None:
 
 
 def test_binarize_passes_on_lenet5() -> None:
-    from mcopt import zoo
     from mcopt.onnx_io import import_model
+    from mcopt.testing import zoo
 
     x, y = zoo.mnist_test_set()
     g0 = import_model(str(zoo.lenet5_path()), {"input": [200, 1, 28, 28]})

@@ -10,8 +10,8 @@ from onnx import TensorProto, helper
 pytest.importorskip("tvm")
 
 import mcopt  # noqa: E402
-from mcopt import zoo  # noqa: E402
 from mcopt.errors import ShapeError  # noqa: E402
+from mcopt.testing import zoo  # noqa: E402
 
 
 def _single(op: str):  # type: ignore[no-untyped-def]

@@ -9,8 +9,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from mcopt import zoo
 from mcopt.cli import main
+from mcopt.testing import zoo
 
 
 @pytest.fixture(scope="module")

@@ -205,7 +205,7 @@ def test_imported_bvlc_alexnet_counts() -> None:
     224x224 (not Caffe's 227), so conv1 yields 54x54 and the MACs are 0.655 G instead of 0.724 G."""
     try:
         from mcopt.onnx_io import import_model
-        from mcopt.zoo import light_model
+        from mcopt.testing.zoo import light_model
     except ImportError:
         pytest.skip("ONNX import / zoo not available")
     rep = analyze(import_model(light_model("bvlc_alexnet")))

@@ -10,9 +10,10 @@ import onnxruntime as ort
 import pytest
 
 import mcopt
-from mcopt import interpreter, zoo
+from mcopt import interpreter
 from mcopt.errors import OptionError
 from mcopt.onnx_io import export_model
+from mcopt.testing import zoo
 
 PIPELINES = {
     "lossless": ["cleanup"],

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from mcopt import zoo
 from mcopt.analysis.cost import analyze
 from mcopt.analysis.energy import (
     HOROWITZ_45NM,
@@ -19,6 +18,7 @@ from mcopt.analysis.energy import (
 from mcopt.api import load
 from mcopt.ir.core import Graph
 from mcopt.pass_manager import PassContext, run_passes
+from mcopt.testing import zoo
 
 _COMPONENTS = ("compute_pj", "rf_pj", "sram_pj", "dram_pj")
 

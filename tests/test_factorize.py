@@ -8,10 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from mcopt import interpreter, zoo
+from mcopt import interpreter
 from mcopt.ir import Graph, TensorType, verify
 from mcopt.onnx_io import export_model, import_model
 from mcopt.pass_manager import PassContext, get_pass
+from mcopt.testing import zoo
 
 METHODS = [
     "factorize-spatial",

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mcopt.zoo as zoo
+import mcopt.testing.zoo as zoo
 from mcopt import interpreter
 from mcopt.analysis.cost import analyze
 from mcopt.api import load

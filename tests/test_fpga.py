@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mcopt
-import mcopt.zoo as zoo
+import mcopt.testing.zoo as zoo
 from mcopt import interpreter
 from mcopt.api import load
 from mcopt.errors import TargetError

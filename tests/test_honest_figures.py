@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import mcopt
-from mcopt import zoo
 from mcopt.errors import MCoptError, PassError
 from mcopt.huffman import load_compressed, save_compressed
 from mcopt.pass_manager import Pass, output_errors, run_passes
+from mcopt.testing import zoo
 
 X, Y = zoo.mnist_test_set()
 

@@ -17,7 +17,8 @@ _CHILD = r"""
 import json, sys
 import numpy as np
 import tvm
-from mcopt import interpreter, zoo
+from mcopt import interpreter
+from mcopt.testing import zoo
 from mcopt.api import load
 from mcopt.targets import build
 

@@ -42,8 +42,8 @@ def test_kraft_and_length_limit() -> None:
 
 
 def test_mcz_roundtrip_lenet300(tmp_path) -> None:
-    from mcopt import zoo
     from mcopt.onnx_io import import_model
+    from mcopt.testing import zoo
 
     x, _ = zoo.mnist_test_set()
     g = import_model(str(zoo.lenet300_path()), {"input": [8, 1, 28, 28]})

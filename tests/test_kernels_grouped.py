@@ -309,9 +309,9 @@ def test_fallbacks_keep_the_fused_shuffle() -> None:
 @pytest.mark.tvm
 def test_shufflenet_end_to_end_matches_interpreter() -> None:
     pytest.importorskip("tvm")
-    from mcopt import zoo
     from mcopt.onnx_io import import_model
     from mcopt.targets import build
+    from mcopt.testing import zoo
 
     g = import_model(zoo.light_model("shufflenet", seed=0))
     x = _rand(*g.inputs[0].shape)

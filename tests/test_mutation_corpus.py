@@ -81,11 +81,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from mcopt import zoo
 from mcopt.errors import MCoptError, NonFiniteWarning
 from mcopt.interpreter import run
 from mcopt.ir import verify
 from mcopt.onnx_io import import_model
+from mcopt.testing import zoo
 
 # --- the models -------------------------------------------------------------------------------------
 

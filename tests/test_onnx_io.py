@@ -536,7 +536,7 @@ def test_dynamic_dims(tmp_path: Path) -> None:
 
 # --- real models -----------------------------------------------------------------------------------
 def _zoo() -> Any:
-    return pytest.importorskip("mcopt.zoo")
+    return pytest.importorskip("mcopt.testing.zoo")
 
 
 def _check_model(

@@ -244,7 +244,7 @@ def _onnx_check(model: object, rtol: float = 3e-4) -> None:
 def test_small_zoo_models_match_interpreter_and_onnxruntime(
     make: Callable[[object], object],
 ) -> None:
-    from mcopt import zoo
+    from mcopt.testing import zoo
 
     _onnx_check(make(zoo))
 
@@ -266,6 +266,6 @@ def test_small_zoo_models_match_interpreter_and_onnxruntime(
     ],
 )
 def test_light_models_match(name: str) -> None:
-    from mcopt import zoo
+    from mcopt.testing import zoo
 
     _onnx_check(zoo.light_model(name, seed=0))

@@ -12,13 +12,13 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from mcopt import zoo  # noqa: E402
 from mcopt.api import load  # noqa: E402
 from mcopt.errors import VerifyError  # noqa: E402
 from mcopt.interpreter import run  # noqa: E402
 from mcopt.ir import verify  # noqa: E402
 from mcopt.pass_manager import PassContext, run_passes  # noqa: E402
 from mcopt.targets.cpu.planning import is_planned, plan_cpu, planned_choices  # noqa: E402
+from mcopt.testing import zoo  # noqa: E402
 
 SNAP = Path(__file__).parent / "snapshots"
 RNG = np.random.default_rng(0)

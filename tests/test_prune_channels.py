@@ -7,13 +7,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcopt import zoo
 from mcopt.analysis.channels import analyze_channels, select_keep, unit_scores
 from mcopt.analysis.cost import graph_stats
 from mcopt.interpreter import run
 from mcopt.ir import Graph, ttype, verify
 from mcopt.onnx_io import export_model, import_model
 from mcopt.pass_manager import PassContext, get_pass
+from mcopt.testing import zoo
 
 
 def _x(g: Graph, seed: int = 0) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcopt import zoo
 from mcopt.analysis.cost import graph_stats
 from mcopt.analysis.sensitivity import global_fraction, layer_sensitivity, relative_error
 from mcopt.interpreter import run
@@ -13,6 +12,7 @@ from mcopt.ir import verify
 from mcopt.onnx_io import import_model
 from mcopt.pass_manager import PassContext, PassManager, get_pass
 from mcopt.passes.prune_layers import block_effects, find_residual_blocks
+from mcopt.testing import zoo
 
 
 @pytest.fixture(scope="module")

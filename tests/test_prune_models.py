@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcopt import zoo
 from mcopt.analysis.channels import analyze_channels
 from mcopt.analysis.cost import graph_stats
 from mcopt.interpreter import run
 from mcopt.ir import verify
 from mcopt.onnx_io import export_model, import_model
 from mcopt.pass_manager import PassContext, get_pass
+from mcopt.testing import zoo
 
 MODELS = {
     "resnet50": lambda: zoo.light_model("resnet50"),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcopt import zoo
 from mcopt.analysis.cost import graph_stats
 from mcopt.interpreter import run
 from mcopt.ir import Sparse, verify
 from mcopt.onnx_io import export_model, import_model
 from mcopt.pass_manager import PassContext, get_pass
+from mcopt.testing import zoo
 
 
 @pytest.fixture(scope="module")

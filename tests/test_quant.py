@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import pytest
 
-from mcopt import zoo
 from mcopt.errors import OptionError
 from mcopt.interpreter import run
 from mcopt.ir.types import UniformQuant
@@ -15,6 +14,7 @@ from mcopt.onnx_io import export_model, import_model
 from mcopt.ops.quant import dequantize_array, qconv2d_ref, quantize_array
 from mcopt.pass_manager import PassContext, PassManager
 from mcopt.passes.gptq import HessianAccumulator, gptq_quantize, im2col, layer_loss
+from mcopt.testing import zoo
 
 ort = pytest.importorskip("onnxruntime")
 

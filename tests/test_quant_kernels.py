@@ -141,11 +141,11 @@ def test_dot_product_instructions_in_asm(target, isa, lanes, instr):
 
 
 def test_quantized_model_compiles_exactly():
-    from mcopt import zoo
     from mcopt.interpreter import run
     from mcopt.onnx_io import import_model
     from mcopt.pass_manager import PassContext, PassManager
     from mcopt.targets.builder import build
+    from mcopt.testing import zoo
 
     g = import_model(zoo.tiny_cnn())
     inp = g.inputs[0]

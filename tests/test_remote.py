@@ -9,9 +9,10 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 import mcopt.targets.arm  # noqa: E402,F401  (registers the arm targets)
-from mcopt import interpreter, zoo  # noqa: E402
+from mcopt import interpreter  # noqa: E402
 from mcopt.api import load  # noqa: E402
 from mcopt.errors import TargetError  # noqa: E402
+from mcopt.testing import zoo  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import mcopt
-from mcopt import zoo
 from mcopt.analysis.energy import LayerEnergy, estimate_energy
 from mcopt.analysis.sensitivity import SensitivityReport
 from mcopt.report_html import (
@@ -25,6 +24,7 @@ from mcopt.report_html import (
     pareto_front,
     write_html_report,
 )
+from mcopt.testing import zoo
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -166,9 +166,9 @@ def test_pass_results_are_typed_and_reach_the_report() -> None:
     """run() returns a bool or a PassResult (its details in the report row); None is an error
     naming the pass; a pass's per-layer summary (ranks, skip reasons) reaches the report."""
     import mcopt
-    from mcopt import zoo
     from mcopt.errors import PassError
     from mcopt.pass_manager import Pass, PassResult, run_passes
+    from mcopt.testing import zoo
 
     class Noisy(Pass):
         name = "noisy-test-pass"

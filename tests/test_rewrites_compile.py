@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcopt import interpreter, zoo
+from mcopt import interpreter
 from mcopt.ir import verify
 from mcopt.onnx_io import import_model
 from mcopt.pass_manager import PassContext, get_pass
+from mcopt.testing import zoo
 
 tvm = pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm

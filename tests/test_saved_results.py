@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import mcopt
-from mcopt import interpreter, zoo
+from mcopt import interpreter
 from mcopt.cli import main
 from mcopt.errors import BudgetError, OptionError
+from mcopt.testing import zoo
 
 X, Y = zoo.mnist_test_set()
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mcopt import zoo
 from mcopt.api import load
 from mcopt.pass_manager import PassContext, run_passes
+from mcopt.testing import zoo
 
 SNAP = Path(__file__).parent / "snapshots"
 X, _ = zoo.mnist_test_set()

@@ -291,19 +291,19 @@ def _onnx_check(model: object, shape: tuple[int, ...]) -> None:
 
 
 def test_zoo_tiny_cnn_import_build_matches() -> None:
-    zoo = pytest.importorskip("mcopt.zoo")
+    zoo = pytest.importorskip("mcopt.testing.zoo")
     _onnx_check(zoo.tiny_cnn(), (1, 3, 32, 32))
 
 
 def test_zoo_mobilenet_v2_small_import_build_matches() -> None:
-    zoo = pytest.importorskip("mcopt.zoo")
+    zoo = pytest.importorskip("mcopt.testing.zoo")
     _onnx_check(zoo.mobilenet_v2(width_mult=0.35, resolution=32), (1, 3, 32, 32))
 
 
 def test_tvm_baseline_matches_onnxruntime() -> None:
     import onnxruntime as ort
 
-    zoo = pytest.importorskip("mcopt.zoo")
+    zoo = pytest.importorskip("mcopt.testing.zoo")
     from mcopt.targets import build_tvm_baseline
 
     model = zoo.tiny_cnn()

@@ -12,12 +12,13 @@ tvm = pytest.importorskip("tvm")
 
 from tvm import te  # noqa: E402
 
-from mcopt import interpreter, zoo  # noqa: E402
+from mcopt import interpreter  # noqa: E402
 from mcopt.api import load  # noqa: E402
 from mcopt.targets import build  # noqa: E402
 from mcopt.targets.builder import lower_for, mcopt_pipeline  # noqa: E402
 from mcopt.targets.kernels import threads  # noqa: E402
 from mcopt.targets.registry import get_target  # noqa: E402
+from mcopt.testing import zoo  # noqa: E402
 
 
 def _matmul(m: int, n: int, k: int) -> tvm.tirx.PrimFunc:

@@ -108,7 +108,8 @@ def test_no_toolchain_needed() -> None:
 
 def test_build_checks_before_compiling(no_compilers: Path) -> None:
     """mcopt.targets.build (what optimize() calls) refuses before lowering or compiling."""
-    from mcopt import targets, zoo
+    from mcopt import targets
+    from mcopt.testing import zoo
 
     graph = load(zoo.tiny_cnn())
     for name, program in (("cpu", "g++"), ("arm", "aarch64-linux-gnu-g++"), ("fpga", "gcc")):
@@ -124,8 +125,8 @@ def test_export_without_compiler_is_one_line(
     """A model built while a compiler was there, exported after it is gone (TVM would otherwise
     fail with "expected str, bytes or os.PathLike object, not NoneType")."""
     pytest.importorskip("tvm")
-    from mcopt import zoo
     from mcopt.targets.builder import build
+    from mcopt.testing import zoo
 
     graph = load(zoo.tiny_cnn())
     compiled = build(graph, "cpu")

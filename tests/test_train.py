@@ -10,13 +10,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mcopt import interpreter, zoo  # noqa: E402
+from mcopt import interpreter  # noqa: E402
 from mcopt.api import load  # noqa: E402
 from mcopt.errors import OptionError, UnsupportedOpError  # noqa: E402
 from mcopt.ir.types import Sparse  # noqa: E402
 from mcopt.ops import all_ops  # noqa: E402
 from mcopt.ops.codebook import decode  # noqa: E402
 from mcopt.pass_manager import PassContext, run_passes  # noqa: E402
+from mcopt.testing import zoo  # noqa: E402
 from mcopt.train import as_train_data, from_torch, to_torch  # noqa: E402
 from mcopt.train.forms import TRAIN_FORMS, WAIVED  # noqa: E402
 from mcopt.train.ste import round_ste, sign_ste  # noqa: E402

@@ -12,10 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import mcopt  # noqa: E402
-from mcopt import interpreter, zoo  # noqa: E402
+from mcopt import interpreter  # noqa: E402
 from mcopt.api import load  # noqa: E402
 from mcopt.cli import main  # noqa: E402
 from mcopt.pass_manager import PassContext, get_pass, run_passes, split_pipeline  # noqa: E402
+from mcopt.testing import zoo  # noqa: E402
 from mcopt.train import as_train_data, to_torch  # noqa: E402
 from mcopt.train.tsrelu import apply_gates, install_gates, merge_linear  # noqa: E402
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import mcopt
-from mcopt import interpreter, zoo
+from mcopt import interpreter
 from mcopt.cli import main
+from mcopt.testing import zoo
 
 tvm = pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm

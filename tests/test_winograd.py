@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from mcopt import interpreter, zoo
+from mcopt import interpreter
 from mcopt.analysis.cost import analyze, graph_stats
 from mcopt.ir import Graph, TensorType, verify
 from mcopt.onnx_io import export_model, import_model
@@ -19,6 +19,7 @@ from mcopt.ops.winograd import (
     winograd_weight_inverse,
 )
 from mcopt.pass_manager import PassContext, PassManager, get_pass
+from mcopt.testing import zoo
 
 RNG = np.random.default_rng(0)
 

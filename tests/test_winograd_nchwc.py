@@ -11,7 +11,7 @@ import pytest
 pytestmark = pytest.mark.tvm
 tvm = pytest.importorskip("tvm")
 
-from mcopt import interpreter, zoo  # noqa: E402
+from mcopt import interpreter  # noqa: E402
 from mcopt.api import load  # noqa: E402
 from mcopt.targets import build  # noqa: E402
 from mcopt.targets.builder import lower_for  # noqa: E402
@@ -20,6 +20,7 @@ from mcopt.targets.kernels.epilogue import Epilogue  # noqa: E402
 from mcopt.targets.kernels.layout import pack_nchwc, unpack_nchwc  # noqa: E402
 from mcopt.targets.kernels.target_info import cpu_info, host_target  # noqa: E402
 from mcopt.targets.registry import get_target  # noqa: E402
+from mcopt.testing import zoo  # noqa: E402
 
 TARGET = host_target()
 

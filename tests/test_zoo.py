@@ -1,4 +1,4 @@
-"""Tests for mcopt.zoo: light models, generated CNNs, trained LeNets, save_model."""
+"""Tests for mcopt.testing.zoo: light models, generated CNNs, trained LeNets, save_model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from mcopt import zoo
+from mcopt.testing import zoo
 
 CHEAP_LIGHT = ["squeezenet", "shufflenet"]
 

@@ -102,7 +102,7 @@ LIGHT_MODELS: list[str] = [
 MNIST_MEAN: float = 0.1307
 MNIST_STD: float = 0.3081
 
-_DATA_DIR = Path(__file__).resolve().parent / "data"
+_DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # mcopt/data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -766,7 +766,7 @@ def light_model(
     model = helper.make_model(
         graph,
         opset_imports=list(src.opset_import),
-        producer_name="mcopt.zoo",
+        producer_name="mcopt.testing.zoo",
         doc_string=f"light_{name}.onnx from the onnx wheel with seeded random weights (seed={seed})",
     )
     model.ir_version = 7
@@ -900,7 +900,7 @@ class _Builder:
         model = helper.make_model(
             graph,
             opset_imports=[helper.make_opsetid("", 13)],
-            producer_name="mcopt.zoo",
+            producer_name="mcopt.testing.zoo",
             doc_string=doc,
         )
         model.ir_version = 8
