@@ -305,11 +305,12 @@ def bench_model(
         row: dict[str, Any] = {"model": name, "rewrite": label, "spec": spec}
         rows.append(row)
         g = case.base.copy()
-        ctx = PassContext(calib=case.calib, seed=0, log=lambda m: None)
+        target = None
         if compile:
-            from mcopt.targets.kernels.winograd import cached_measurement
+            from mcopt.targets.services import services_for
 
-            ctx.shared["measure_winograd"] = cached_measurement
+            target = services_for("cpu")
+        ctx = PassContext(calib=case.calib, seed=0, log=lambda m: None, target=target)
         t = time.perf_counter()
         try:
             g, report = PassManager([spec]).run(g, ctx)

@@ -64,9 +64,11 @@ class WinogradConv(Pass):
     to float rounding. Options: ``tile`` (m: 2 or 4), ``layers`` (conv node names; empty = all),
     ``min_channels`` (skip convs with fewer input channels, e.g. an RGB stem), ``only_if_faster``
     (substitute a layer only where the compiled Winograd kernel beat the direct conv template on this
-    machine: measured once per layer shape with :func:`mcopt.targets.kernels.winograd.measure_layer`
-    and cached in the JSON file ``table``, keyed by target + shape; needs TVM, imported only then),
-    ``table`` (default ``~/.cache/mcopt/winograd_table.json``)."""
+    machine: measured once per layer shape with the blocked Winograd kernel and the direct template
+    the CPU build runs, :func:`mcopt.targets.kernels.winograd_nchwc.cached_measurement`, cached in
+    the JSON file ``table``, keyed by target + shape; needs TVM, imported only then), ``table``
+    (default: the CPU build's own table, ``~/.cache/mcopt/winograd_nchwc.json`` or
+    ``MCOPT_WINOGRAD_TABLE``: one measurement cache for the pass and the build)."""
 
     name = "winograd"
     lossless = True
@@ -82,16 +84,14 @@ class WinogradConv(Pass):
         The measurement compiles kernels, which only targets/ may do: the caller that compiles
         (``mcopt.optimize(..., target=...)``) puts a measuring function into
         ``ctx.target.measure_winograd`` (signature of
-        ``mcopt.targets.kernels.winograd.cached_measurement``)."""
-        from pathlib import Path
-
+        ``mcopt.targets.kernels.winograd_nchwc.cached_measurement``)."""
         target = ctx.target if ctx is not None else None
         measure = target.measure_winograd if target is not None else None
         if measure is None:
             return (
                 "only_if_faster needs a target to measure on: use mcopt.optimize(..., target=...)"
             )
-        path = self.table or str(Path.home() / ".cache" / "mcopt" / "winograd_table.json")
+        path = self.table or None  # None: the build's table
         x, w = node.inputs[0], node.inputs[1]
         assert x is not None and w is not None
         row = measure(path, x.shape, w.shape[0], node.attrs["pads"], tiles=(self.tile,))

@@ -1,12 +1,15 @@
-"""Lowering of ``winograd_conv2d`` (Lavin & Gray 2016, F(2x2,3x3) / F(4x4,3x3)) to mcopt's Winograd
-kernel (:mod:`mcopt.targets.kernels.winograd`): input transform, alpha^2 register-tiled GEMMs,
-output transform with the bias fused — one scheduled PrimFunc per layer, NCHW in and out.
+"""Plain lowering of ``winograd_conv2d`` (Lavin & Gray 2016, F(2x2,3x3) / F(4x4,3x3)) on mcopt's one
+Winograd kernel, the blocked one (:mod:`mcopt.targets.kernels.winograd_nchwc`): the NCHW input is
+blocked by the target's lanes (channels zero-padded), the kernel runs the input transform, the
+alpha^2 register-tiled GEMMs and the output transform with the bias fused, and the result is
+converted back to NCHW. (The default CPU build never comes here: its planner turns the node into a
+``fused_conv2d`` with ``kernel="winograd"`` and keeps the activations blocked across layers.)
 
-The op's weight input is U = G g G^T laid out ``(alpha, alpha, C_in, C_out)`` (transformed at
-compile time by the ``winograd`` pass); the kernel packs it to ``(alpha^2, C_out / ro, C_in, ro)``
-reading the axes by name, so ``C_in == C_out`` cannot be confused (TOPI's weight transform writes
-``(alpha, alpha, C_out, C_in)``, the silent bug DESIGN.md warns about; TOPI is not used here).
-Lossless up to float rounding.
+The op's weight input is U = G g G^T ``(alpha, alpha, C_in, C_out)``; the kernel packs its own U
+from the 3x3 weight, recovered here as ``G+ U G+^T`` (exact up to float rounding,
+:func:`mcopt.ops.winograd.winograd_weight_inverse`). The axes are read by name, so
+``C_in == C_out`` cannot be confused (TOPI's weight transform writes ``(alpha, alpha, C_out,
+C_in)``, the silent bug DESIGN.md warns about; TOPI is not used here).
 """
 
 from __future__ import annotations
@@ -17,49 +20,40 @@ import numpy as np
 
 from mcopt.errors import TargetError
 from mcopt.ir.core import Node
-from mcopt.targets.kernels.epilogue import Epilogue
+from mcopt.ops.winograd import winograd_weight_inverse
 from mcopt.targets.lower import LowerContext, LowerResult, register_lowering
 
 
-def _call(ctx: LowerContext, func: Any, name: str, args: list[Any], shape: tuple[int, ...]) -> Any:
-    from mcopt.targets.kernels.relax_ops import call_kernel
-
-    return call_kernel(ctx.bb, func, name, args, shape, "float32")
-
-
-def _bias_arg(ctx: LowerContext, node: Node, a: list[Any], n: int) -> Any:
-    b = node.inputs[2] if len(node.inputs) > 2 else None
-    if b is None:
-        return ctx.const(np.zeros(n, np.float32))
-    if b.const is not None:
-        return ctx.const(np.asarray(b.const, np.float32))
-    return a[2]
+def _padded(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros(shape, np.float32)
+    out[tuple(slice(0, s) for s in a.shape)] = a
+    return out
 
 
 @register_lowering("winograd_conv2d")
 def _winograd_conv2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
-    from mcopt.targets.kernels.winograd import pack_winograd_weight, winograd_conv2d
+    from mcopt.targets import kernels as K
 
-    u = node.inputs[1]
+    u, b = node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else None
     if u is None or u.const is None:
         raise TargetError(
             f"node {node.name!r} (winograd_conv2d): the transformed weight U must be a constant"
         )
-    if u.dtype != "float32":
+    if u.dtype != "float32" or (b is not None and b.const is None):
         raise TargetError(
-            f"node {node.name!r} (winograd_conv2d): only float32 is lowered, U is {u.dtype}"
+            f"node {node.name!r} (winograd_conv2d): only float32 with a constant bias is lowered"
         )
     m = int(node.attrs["m"])
-    pads = tuple(int(p) for p in node.attrs["pads"])
-    xshape = LowerContext.shape_of(a[0])
-    o = int(u.shape[3])
-    func, plan = winograd_conv2d(xshape, o, m, pads, Epilogue(bias=True))
-    args = [
-        a[0],
-        ctx.const(pack_winograd_weight(np.asarray(u.const, np.float32), plan.ro)),
-        _bias_arg(ctx, node, a, o),
-    ]
-    return _call(ctx, func, "winograd_conv2d", args, (xshape[0], o, plan.oh, plan.ow))
+    bn = K.cpu_info(ctx.target).lanes
+    w = winograd_weight_inverse(np.asarray(u.const, np.float32), m)
+    o, c = w.shape[:2]
+    cp, op = -(-c // bn) * bn, -(-o // bn) * bn
+    bias = None if b is None else _padded(np.asarray(b.const, np.float32), (op,))
+    xb = K.emit_to_blocked(ctx.bb, a[0], bn, cp)
+    y = K.emit_winograd_conv2d(
+        ctx.bb, xb, _padded(w, (op, cp, 3, 3)), bias, m, padding=tuple(node.attrs["pads"])
+    )
+    return K.emit_from_blocked(ctx.bb, y, o)
 
 
 __all__: list[str] = []

@@ -150,6 +150,9 @@ def _lower_fused_conv(vals: _Values, node: Node, target: Any) -> None:
     x_v = node.inputs[0]
     assert x_v is not None
     x, lx = vals.blocked_of(x_v)
+    if kernel == "winograd" and lx.bn != lout.bn:  # the Winograd kernel reads the output's block
+        c = x_v.shape[1]
+        x, lx = vals.blocked_of(x_v, BlockedLayout(lout.bn, c, -(-c // lout.bn) * lout.bn))
     weight, bias, r_v = _arrays(node)
     res = None if r_v is None else vals.blocked_of(r_v, lout)[0]
     geom = {

@@ -151,18 +151,23 @@ class _Planner:
         from mcopt.targets.kernels.epilogue import Epilogue
 
         lx, lout = self.layout_in(f.node.inputs[0]), block_for(f.weight.shape[0], self.lanes)
+        at = f.node.attrs
+        if f.node.name in self.forced:  # the winograd pass chose it: blocked by lanes in and out
+            if lout.bn != self.lanes:
+                oc = f.weight.shape[0]
+                self.plan.layouts[id(f.output)] = BlockedLayout(
+                    self.lanes, oc, -(-oc // self.lanes) * self.lanes
+                )
+            return self.forced[f.node.name]
         if lx.bn != self.lanes or lout.bn != self.lanes:
             return None
-        at = f.node.attrs
         x = f.node.inputs[0]
         assert x is not None
         n, _, h, wd = x.shape
         data_shape = (n, lx.padded, h, wd)
         w_shape = (lout.padded, lx.padded, *f.weight.shape[2:])
         if not wn.is_candidate(data_shape, w_shape, at["strides"], at["dilations"], self.lanes):
-            return self.forced.get(f.node.name) if f.weight.shape[2:] == (3, 3) else None
-        if f.node.name in self.forced:
-            return self.forced[f.node.name]
+            return None
         ep = Epilogue(f.bias is not None, f.residual is not None, f.activation, *f.clip)
         try:
             m = wn.choose_tile(
@@ -265,10 +270,10 @@ def plan_cpu(graph: Graph, target: Any = None, lanes: int | None = None) -> Grap
     forced = _unwinograd(g)
     plan = plan_graph(g, lanes)
     planner = _Planner(g, plan, target, forced)
-    layouts = {vid: lay for vid, lay in plan.layouts.items() if lay is not None}
     values = {id(v): v for v in g.values()}
     for f in list(plan.fused.values()):
         planner.fuse(f)
+    layouts = {vid: lay for vid, lay in plan.layouts.items() if lay is not None}
     for src, perm, nodes in list(plan.shuffles.values()):
         planner.shuffle(src, perm, nodes)
     for vid, lay in layouts.items():

@@ -38,13 +38,87 @@ import numpy as np
 
 from mcopt.ops.winograd import TRANSFORMS, winograd_weight
 from mcopt.targets.kernels.epilogue import Epilogue
-from mcopt.targets.kernels.winograd import (
-    cached_row,
-    epilogue_text,
-    scratch_tasks,
-    separable,
-    time_kernel,
-)
+from mcopt.targets.kernels.timing import cached_row, time_kernel
+
+
+# --- TVMScript text of the transforms (only their nonzero terms) ------------------------------
+def _terms(mat: np.ndarray, row: int) -> list[tuple[int, float]]:
+    return [(int(j), float(v)) for j, v in enumerate(mat[row]) if v != 0.0]
+
+
+def _lin(pairs: list[tuple[float, str]]) -> str:
+    """TVMScript text of ``sum coef * value`` (+-1 coefficients as add / subtract)."""
+    out = ""
+    for coef, val in pairs:
+        if coef == 1.0:
+            term, sign = val, "+"
+        elif coef == -1.0:
+            term, sign = val, "-"
+        elif coef < 0:
+            term, sign = f"T.float32({-coef!r}) * {val}", "-"
+        else:
+            term, sign = f"T.float32({coef!r}) * {val}", "+"
+        out = (f"-{term}" if sign == "-" else term) if not out else f"{out} {sign} {term}"
+    return f"({out})" if out else "T.float32(0.0)"
+
+
+def _vec_width(n: int, lanes: int) -> int:
+    """The largest of lanes, lanes/2, ..., 2 dividing ``n`` (1 = no vectorization)."""
+    v = lanes
+    while v > 1 and n % v:
+        v //= 2
+    return v
+
+
+def epilogue_text(val: str, epilogue: Epilogue, bias: str, residual: str = "") -> str:
+    """TVMScript text of ``act(val + bias (+ residual))`` for ``epilogue`` (``bias`` /
+    ``residual``: the indexed buffer loads)."""
+    lo, hi = epilogue.bounds()
+    if epilogue.bias:
+        val = f"{val} + {bias}"
+    if epilogue.residual:
+        val = f"{val} + {residual}"
+    if lo is not None:
+        val = f"T.max({val}, T.float32({float(lo)!r}))"
+    if hi is not None:
+        val = f"T.min({val}, T.float32({float(hi)!r}))"
+    return val
+
+
+def scratch_tasks(name: str, tasks: int, rows: int, lanes: int, var: str = "t") -> list[str]:
+    """TVMScript lines opening ``for var in T.parallel(tasks)`` with a per-task scratch buffer
+    ``name`` of ``(rows, lanes)`` floats (a slice of one ``NAME`` allocation: the transforms'
+    intermediate pass, written and read inside one task)."""
+    big = name.upper()
+    return [
+        f'    {big} = T.alloc_buffer(({tasks}, {rows}, {lanes}), "float32")',
+        f"    for {var} in T.parallel({tasks}):",
+        f'        {name} = T.decl_buffer(({rows}, {lanes}), "float32", data={big}.data, '
+        f"elem_offset={var} * {rows * lanes})",
+    ]
+
+
+def separable(
+    mat: np.ndarray, src: Any, a: int, tmp: str
+) -> tuple[list[tuple[int, str]], list[tuple[int, int, str]]]:
+    """The two passes of the separable transform ``Y = mat D mat^T`` (D is ``a x a``, read through
+    ``src(i, j)``) as TVMScript expressions with only the nonzero terms: the first pass
+    ``[(r * a + j, expr of tmp[r * a + j, l])]`` with ``tmp[r, j] = sum_i mat[r, i] D[i, j]``, the
+    second ``[(r, s, expr of Y[r, s])]`` with ``Y[r, s] = sum_j mat[s, j] tmp[r, j]`` (a scratch
+    buffer, not lets: TVM's vectorizer mis-handles let-bound vectors)."""
+    rows = mat.shape[0]
+    first = [
+        (r * a + j, _lin([(ci, src(i, j)) for i, ci in _terms(mat, r)]))
+        for r in range(rows)
+        for j in range(a)
+    ]
+    second = [
+        (r, s, _lin([(cj, f"{tmp}[{r * a + j}, l]") for j, cj in _terms(mat, s)]))
+        for r in range(rows)
+        for s in range(rows)
+    ]
+    return first, second
+
 
 #: (rp, rv) register tiles of the GEMM: rp tile positions x rv vectors of output channels. At
 #: most 12 accumulators + rv weight vectors + a broadcast in AVX2's 16 registers: 3 x 4 (17) made
@@ -319,7 +393,7 @@ def table_path() -> Path:
 
 
 def _key(target: Any, data_shape: Sequence[int], o: int, pads: Sequence[int], ep: Epilogue) -> str:
-    from mcopt.targets.kernels.winograd import target_key
+    from mcopt.targets.kernels.timing import target_key
 
     shape = "x".join(str(int(d)) for d in data_shape)
     tail = f"{'b' if ep.bias else ''}{'r' if ep.residual else ''}"
@@ -395,8 +469,47 @@ def choose_tile(
     return best if float(row["direct"]) >= MIN_GAIN * float(row[f"f{best}"]) else None
 
 
+def cached_measurement(
+    table: str | os.PathLike[str] | None,
+    data_shape: Sequence[int],
+    out_channels: int,
+    pads: Sequence[int],
+    target: Any = None,
+    tiles: Sequence[int] = (2, 4),
+) -> dict[str, float]:
+    """``{"direct": ms, "f2": ms, "f4": ms}`` of a 3x3 conv with a bias, channels padded to the
+    target's block, from the same per-machine table (``table``, default :func:`table_path`) and
+    the same kernels as the CPU build's own choice (:func:`choose_tile`): what the ``winograd``
+    pass's ``only_if_faster`` reads."""
+    from mcopt.targets.kernels.target_info import host_target
+
+    target = target or host_target()
+    bn = _lanes(target)
+    key, shape, o = measurement_key(data_shape, out_channels, pads, target)
+    return cached_row(
+        table or table_path(),
+        key,
+        ("direct", *(f"f{m}" for m in tiles)),
+        lambda: measure(shape, o, pads, Epilogue(bias=True), target, tiles=tiles, bn=bn),
+    )
+
+
+def measurement_key(
+    data_shape: Sequence[int], out_channels: int, pads: Sequence[int], target: Any
+) -> tuple[str, tuple[int, int, int, int], int]:
+    """The table key of a biased 3x3 conv (channels padded to ``target``'s block), with the
+    padded data shape and output channels it is measured at."""
+    bn = _lanes(target)
+    n, c, h, w = (int(d) for d in data_shape)
+    shape = (n, -(-c // bn) * bn, h, w)
+    o = -(-int(out_channels) // bn) * bn
+    return _key(target, shape, o, pads, Epilogue(bias=True)), shape, o
+
+
 __all__ = [
     "MIN_WINOGRAD_MACS",
+    "cached_measurement",
+    "measurement_key",
     "WinogradNCHWcPlan",
     "choose_tile",
     "is_candidate",
