@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from mcopt import interpreter
     from mcopt.api import load
-    from mcopt.targets.arm import build_arm
-    from mcopt.targets.emulate import run_emulated, unavailable_reason
+    from mcopt.targets.arm.builder import build_arm
+    from mcopt.targets.arm.emulate import run_emulated, unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 "timings_are": "qemu-user emulation (meaningless for real hardware)",
             }
             if args.rpc:
-                from mcopt.targets.emulate import start_emulated_rpc_server
-                from mcopt.targets.remote import run_remote
+                from mcopt.targets.arm.emulate import start_emulated_rpc_server
+                from mcopt.targets.tune.rpc import run_remote
 
                 with start_emulated_rpc_server(max_lifetime_s=1800) as server:
                     routs, rt = run_remote(

@@ -116,7 +116,7 @@ def kernels(rounds: int, quick: bool) -> tuple[str, dict[str, Any]]:
     from mcopt.ir import Graph, ttype
     from mcopt.ops.binary import binarize_weight
     from mcopt.pass_manager import PassContext, get_pass
-    from mcopt.targets.builder import build
+    from mcopt.targets.relax.builder import build
 
     rng = np.random.default_rng(0)
     layers: list[tuple[str, tuple]] = [
@@ -237,9 +237,9 @@ def codebook_kernels(rounds: int) -> tuple[str, dict[str, Any]]:
 
     from mcopt.ir import Graph, ttype
     from mcopt.pass_manager import PassContext, get_pass
-    from mcopt.targets.builder import build
-    from mcopt.targets.lower_codebook import lut_dense_func
     from mcopt.targets.registry import get_target
+    from mcopt.targets.relax.builder import build
+    from mcopt.targets.relax.lower_codebook import lut_dense_func
 
     rng = np.random.default_rng(1)
     rows = []

@@ -69,7 +69,7 @@ def bench_model(name: str, proto, budget: float, skip_tvm: bool) -> dict:  # typ
     row["ref_err"] = max_rel_err(ref, interpreter.run(graph, feeds))
 
     if not skip_tvm:
-        from mcopt.targets.baseline import build_tvm_baseline
+        from mcopt.targets.relax.baseline import build_tvm_baseline
 
         t0 = time.perf_counter()
         base = build_tvm_baseline(proto, {k: v.shape for k, v in feeds.items()})

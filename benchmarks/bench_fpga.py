@@ -26,8 +26,8 @@ from mcopt import interpreter
 from mcopt.api import load
 from mcopt.ir.core import Graph
 from mcopt.pass_manager import PassContext, PassManager
-from mcopt.targets.fpga import build_fpga
-from mcopt.targets.fpga_folding import FpgaDevice
+from mcopt.targets.fpga.builder import build_fpga
+from mcopt.targets.fpga.folding import FpgaDevice
 
 MODELS = {
     "lenet5": lambda: zoo.lenet5_path(),

@@ -173,12 +173,12 @@ def mcopt_layer(
     """Compile, check and time mcopt's kernel for ``layer`` (plus its layout conversions)."""
     import tvm
 
-    from mcopt.targets.kernels import layout
-    from mcopt.targets.kernels.conv2d import conv2d_nchwc
-    from mcopt.targets.kernels.dense import choose_dense_params, dense_packed
-    from mcopt.targets.kernels.depthwise import choose_depthwise_params, depthwise_conv2d_nchwc
-    from mcopt.targets.kernels.epilogue import Epilogue
-    from mcopt.targets.kernels.params import choose_conv_params
+    from mcopt.targets.cpu.kernels import layout
+    from mcopt.targets.cpu.kernels.conv2d import conv2d_nchwc
+    from mcopt.targets.cpu.kernels.dense import choose_dense_params, dense_packed
+    from mcopt.targets.cpu.kernels.depthwise import choose_depthwise_params, depthwise_conv2d_nchwc
+    from mcopt.targets.cpu.kernels.epilogue import Epilogue
+    from mcopt.targets.cpu.kernels.params import choose_conv_params
 
     ep = Epilogue(bias=True, activation=layer.act)
     dev = tvm.cpu()
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="", help="directory for kernels.json / kernels.md")
     opts = ap.parse_args(argv)
 
-    from mcopt.targets.kernels.target_info import cpu_info, host_target
+    from mcopt.targets.cpu.kernels.target_info import cpu_info, host_target
 
     target = host_target(THREADS)
     info = cpu_info(target)

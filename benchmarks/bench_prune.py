@@ -8,7 +8,7 @@ Three tables (machine shared: contenders timed in alternating rounds, min and me
    same graphs exported to ONNX.
 2. ``--crossover``: the sparse kernels (CSR, and 8x1 BSR on block-pruned weights) vs mcopt's dense
    templates at 50-98% sparsity: dense 4096x4096 and 1024x1024 at batch 1 and a 3x3 conv 256->256
-   @14x14 — the crossover sparsity on this CPU (what :data:`mcopt.targets.kernels.sparse.CROSSOVER`
+   @14x14 — the crossover sparsity on this CPU (what :data:`mcopt.targets.cpu.kernels.sparse.CROSSOVER`
    encodes).
 3. ``--resnet-layers``: the same at 80/90/95% on ResNet-50's FC (2048->1000) and convs.
 4. ``--default-build``: whole models through the default ``cpu`` build (``mcopt.optimize``):
@@ -134,7 +134,7 @@ def _prune(w: np.ndarray, s: float, block_rows: int = 1) -> np.ndarray:
 def _dense_libs(m: int, n: int, k: int, w: np.ndarray, x: np.ndarray, target: Any):
     import tvm
 
-    from mcopt.targets.kernels import Epilogue, choose_dense_params, dense_packed, layout
+    from mcopt.targets.cpu.kernels import Epilogue, choose_dense_params, dense_packed, layout
 
     dev = tvm.cpu()
     bn, reg_m = choose_dense_params(m, n, k, target)
@@ -154,8 +154,8 @@ def _dense_libs(m: int, n: int, k: int, w: np.ndarray, x: np.ndarray, target: An
 def _sparse_dense_lib(m: int, n: int, k: int, w: np.ndarray, x: np.ndarray, block, target: Any):
     import tvm
 
-    from mcopt.targets.kernels import Epilogue
-    from mcopt.targets.kernels.sparse import sparse_dense, to_bsr
+    from mcopt.targets.cpu.kernels import Epilogue
+    from mcopt.targets.cpu.kernels.sparse import sparse_dense, to_bsr
 
     dev = tvm.cpu()
     bsr = to_bsr(w, block)
@@ -173,7 +173,7 @@ def _sparse_dense_lib(m: int, n: int, k: int, w: np.ndarray, x: np.ndarray, bloc
 def _conv_libs(c: int, o: int, hw: int, k: int, w: np.ndarray, x: np.ndarray, target: Any):
     import tvm
 
-    from mcopt.targets.kernels import Epilogue, choose_conv_params, conv2d_nchwc, layout
+    from mcopt.targets.cpu.kernels import Epilogue, choose_conv_params, conv2d_nchwc, layout
 
     dev = tvm.cpu()
     pad = k // 2
@@ -193,8 +193,8 @@ def _conv_libs(c: int, o: int, hw: int, k: int, w: np.ndarray, x: np.ndarray, ta
 def _sparse_conv_lib(w: np.ndarray, x: np.ndarray, r: int, target: Any):
     import tvm
 
-    from mcopt.targets.kernels import Epilogue
-    from mcopt.targets.kernels.sparse import (
+    from mcopt.targets.cpu.kernels import Epilogue
+    from mcopt.targets.cpu.kernels.sparse import (
         conv_csr_arrays,
         run_conv_numpy,
         sparse_conv2d,
@@ -219,7 +219,7 @@ def _sparse_conv_lib(w: np.ndarray, x: np.ndarray, r: int, target: Any):
 
 def bench_sparse(layers: list[tuple], sparsities: list[float], budget: float) -> list[dict]:
     """``layers``: ("dense", name, n, k) or ("conv", name, c, o, hw, k)."""
-    from mcopt.targets.kernels.target_info import host_target
+    from mcopt.targets.cpu.kernels.target_info import host_target
 
     target = host_target()
     rng = np.random.default_rng(0)

@@ -90,7 +90,7 @@ def bench_model(name: str, spec: str) -> list[dict[str, Any]]:
     from mcopt.analysis.cost import graph_stats
     from mcopt.onnx_io import import_model
     from mcopt.pass_manager import PassContext, PassManager
-    from mcopt.targets.builder import build
+    from mcopt.targets.relax.builder import build
 
     proto, calib, test, labels = load(name)
     rows: list[dict[str, Any]] = []
@@ -165,11 +165,11 @@ def bench_kernels() -> list[dict[str, Any]]:
     import tvm
 
     from mcopt.ops.quant import output_bounds, requant_multiplier
-    from mcopt.targets.kernels import conv2d_nchwc, dense_packed, int8_conv, int8_dense, layout
-    from mcopt.targets.kernels.epilogue import Epilogue
-    from mcopt.targets.kernels.int8_intrin import ISAS, choose_isa
-    from mcopt.targets.kernels.params import choose_conv_params
-    from mcopt.targets.kernels.target_info import host_target
+    from mcopt.targets.cpu.kernels import conv2d_nchwc, dense_packed, int8_conv, int8_dense, layout
+    from mcopt.targets.cpu.kernels.epilogue import Epilogue
+    from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa
+    from mcopt.targets.cpu.kernels.params import choose_conv_params
+    from mcopt.targets.cpu.kernels.target_info import host_target
 
     tgt = host_target(THREADS)
     dev = tvm.cpu()
@@ -211,7 +211,7 @@ def bench_kernels() -> list[dict[str, Any]]:
         else:
             lanes = ISAS[isa][0] if isa else 8
             w = rng.standard_normal((oc, ic)).astype(np.float32)
-            from mcopt.targets.kernels.dense import choose_dense_params
+            from mcopt.targets.cpu.kernels.dense import choose_dense_params
 
             bn, _ = choose_dense_params(1, oc, ic, tgt)
             f32 = dense_packed(1, oc, ic, tgt, Epilogue(True, False, "relu"))

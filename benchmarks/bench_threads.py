@@ -1,5 +1,5 @@
 """Which kernels should run on the thread pool: whole-model latency for several values of the
-"small kernel" threshold (:data:`mcopt.targets.kernels.threads.MIN_PARALLEL_WORK`), side by side
+"small kernel" threshold (:data:`mcopt.targets.cpu.kernels.threads.MIN_PARALLEL_WORK`), side by side
 with onnxruntime.
 
 A kernel whose function does fewer block iterations than the threshold keeps its loops serial

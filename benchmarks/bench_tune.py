@@ -72,7 +72,7 @@ def _snapshots(db_root: Path, name: str, budgets: list[int]) -> list[tuple[int, 
 # --- phase 1: tuning --------------------------------------------------------------------------
 def tune_model(name: str, budgets: list[int], db_root: Path, seed: int) -> None:
     from mcopt.api import load
-    from mcopt.targets.tune import tune
+    from mcopt.targets.tune.tuner import tune
 
     graph = load(_model(name))
     work = db_root / name / "work"
@@ -100,7 +100,7 @@ def tune_model(name: str, budgets: list[int], db_root: Path, seed: int) -> None:
 def reuse_only(name: str, db: str) -> None:
     """Fresh-process check: build from the database alone, time, print one JSON line."""
     from mcopt.api import load
-    from mcopt.targets.tune import build_with_database
+    from mcopt.targets.tune.tuner import build_with_database
 
     graph = load(_model(name))
     x = _feeds(graph)
@@ -116,7 +116,7 @@ def measure_model(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from mcopt.api import load
     from mcopt.targets import build
-    from mcopt.targets.tune import build_with_database, task_summary
+    from mcopt.targets.tune.tuner import build_with_database, task_summary
 
     proto = _model(name)
     graph = load(proto)
@@ -138,7 +138,7 @@ def measure_model(
     stats = interleaved(engines, args.rounds, args.budget, args.max_runs)
     tvm_ms = None
     if not args.skip_tvm:
-        from mcopt.targets.baseline import build_tvm_baseline
+        from mcopt.targets.relax.baseline import build_tvm_baseline
 
         base = build_tvm_baseline(proto, {k: v.shape for k, v in feeds.items()})
         tvm_ms = time_fn(lambda: base.run(feeds), budget_s=args.budget * 3, min_runs=3)["median_ms"]

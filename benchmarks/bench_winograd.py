@@ -1,8 +1,8 @@
 """Winograd F(2x2,3x3) / F(4x4,3x3) vs the direct conv template on the 3x3 layers of ResNet-50 and VGG.
 
 For every layer (batch 1, C_in = C_out, stride 1, pad 1): mcopt's direct blocked-NCHWc template
-(:func:`mcopt.targets.kernels.conv2d_nchwc`, kernel only: activations already blocked), mcopt's
-blocked Winograd kernel (:mod:`mcopt.targets.kernels.winograd_nchwc`: mcopt's one Winograd kernel,
+(:func:`mcopt.targets.cpu.kernels.conv2d_nchwc`, kernel only: activations already blocked), mcopt's
+blocked Winograd kernel (:mod:`mcopt.targets.cpu.kernels.winograd_nchwc`: mcopt's one Winograd kernel,
 what the CPU build picks per layer and what a ``winograd_conv2d`` from the ``winograd`` pass runs
 on; same layouts, transforms included), all with a fused bias, compiled once each and timed in
 alternating rounds (the machine is shared): min and median ms, the speedup of each over direct
@@ -35,8 +35,8 @@ def _compile_layer(c: int, hw: int, target: Any) -> tuple[dict[str, Any], dict[s
     """name -> (lib, args) for direct / f2 / f4, and the max relative errors of each."""
     import tvm
 
-    from mcopt.targets.kernels import Epilogue, choose_conv_params, conv2d_nchwc, layout
-    from mcopt.targets.kernels.sparse import run_conv_numpy
+    from mcopt.targets.cpu.kernels import Epilogue, choose_conv_params, conv2d_nchwc, layout
+    from mcopt.targets.cpu.kernels.sparse import run_conv_numpy
 
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
@@ -65,7 +65,7 @@ def _compile_layer(c: int, hw: int, target: Any) -> tuple[dict[str, Any], dict[s
         lib["main"](*args)
         got = layout.unpack_nchwc(out.numpy())
         errs["direct"] = float(np.abs(got - ref).max() / np.abs(ref).max())
-    from mcopt.targets.kernels import winograd_nchwc as wn
+    from mcopt.targets.cpu.kernels import winograd_nchwc as wn
 
     for m in (2, 4):  # the blocked kernel the CPU build uses
         bn = p.ic_bn
@@ -100,8 +100,8 @@ def main() -> None:
     ap.add_argument("--table", default=None, help="measurement table (default: the build's)")
     ap.add_argument("--out", default="bench-out")
     args = ap.parse_args()
-    from mcopt.targets.kernels.target_info import host_target
-    from mcopt.targets.kernels.winograd_nchwc import measurement_key, table_path
+    from mcopt.targets.cpu.kernels.target_info import host_target
+    from mcopt.targets.cpu.kernels.winograd_nchwc import measurement_key, table_path
 
     target = host_target()
     layers = {"resnet": RESNET, "vgg": VGG, "all": RESNET + VGG}[args.layers]

@@ -325,7 +325,7 @@ def load_saved(outdir: str | os.PathLike) -> SavedModel:
 
         spec = get_target(target)
         if spec.host_runnable and spec.builder is None:
-            from mcopt.targets.builder import load_library
+            from mcopt.targets.relax.builder import load_library
 
             compiled = load_library(so, specs, target=target)
     return SavedModel(d, graph, report, specs, compiled)
@@ -587,12 +587,12 @@ def compile_into(
         result.output_error["compiled_vs_reference_max_rel"] = err[1]
     elif check:
         result.notes.append(
-            f"the {target} module was not run here (no emulator/device): see `mcopt.targets.remote.run_remote`"
+            f"the {target} module was not run here (no emulator/device): see `mcopt.targets.tune.rpc.run_remote`"
         )
     if measure and not getattr(compiled, "host_runnable", True):
         result.notes.append(
             f"no latency measured: {target} code runs under emulation or on the device, where "
-            "emulated timings mean nothing; time it on the device with `mcopt.targets.remote.run_remote`"
+            "emulated timings mean nothing; time it on the device with `mcopt.targets.tune.rpc.run_remote`"
         )
     elif measure:
         say("measuring latency")
@@ -664,7 +664,7 @@ def tune(
     records in the database directory `db` (one per device; resumable; `rpc="host:port"` + `key`
     measure on a remote device). Run the same `passes` you will give `optimize(..., db=db)`, so the
     tuned kernels are the ones that get built. Returns the tuning report."""
-    from mcopt.targets.tune import tune as tune_graph  # TVM is imported only here
+    from mcopt.targets.tune.tuner import tune as tune_graph  # TVM is imported only here
 
     graph = load(model, input_shapes)
     feeds = load_calibration(calib, graph) or random_feeds(graph, n=1, seed=seed)

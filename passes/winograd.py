@@ -65,7 +65,7 @@ class WinogradConv(Pass):
     ``min_channels`` (skip convs with fewer input channels, e.g. an RGB stem), ``only_if_faster``
     (substitute a layer only where the compiled Winograd kernel beat the direct conv template on this
     machine: measured once per layer shape with the blocked Winograd kernel and the direct template
-    the CPU build runs, :func:`mcopt.targets.kernels.winograd_nchwc.cached_measurement`, cached in
+    the CPU build runs, :func:`mcopt.targets.cpu.kernels.winograd_nchwc.cached_measurement`, cached in
     the JSON file ``table``, keyed by target + shape; needs TVM, imported only then), ``table``
     (default: the CPU build's own table, ``~/.cache/mcopt/winograd_nchwc.json`` or
     ``MCOPT_WINOGRAD_TABLE``: one measurement cache for the pass and the build)."""
@@ -84,7 +84,7 @@ class WinogradConv(Pass):
         The measurement compiles kernels, which only targets/ may do: the caller that compiles
         (``mcopt.optimize(..., target=...)``) puts a measuring function into
         ``ctx.target.measure_winograd`` (signature of
-        ``mcopt.targets.kernels.winograd_nchwc.cached_measurement``)."""
+        ``mcopt.targets.cpu.kernels.winograd_nchwc.cached_measurement``)."""
         target = ctx.target if ctx is not None else None
         measure = target.measure_winograd if target is not None else None
         if measure is None:

@@ -9,24 +9,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mcopt.targets.host_threads import configure_threads
+from mcopt.targets.cpu.host_threads import configure_threads
 from mcopt.targets.registry import TargetSpec, get_target, register_target, target_names
 
 configure_threads()  # TVM's default pool is half the cores on x86 without SMT (host_threads.py)
 
 _LAZY: dict[str, str] = {
-    "CompiledModel": "mcopt.targets.builder",
-    "load_library": "mcopt.targets.builder",
-    "compile_module": "mcopt.targets.builder",
-    "lower": "mcopt.targets.lower",
-    "register_lowering": "mcopt.targets.lower",
-    "LOWERINGS": "mcopt.targets.lower",
-    "build_tvm_baseline": "mcopt.targets.baseline",
-    "tune": "mcopt.targets.tune",
-    "apply_database": "mcopt.targets.tune",
-    "merge_databases": "mcopt.targets.tune",
-    "check_database_dir": "mcopt.targets.tune",
-    "run_remote": "mcopt.targets.remote",
+    "CompiledModel": "mcopt.targets.relax.builder",
+    "load_library": "mcopt.targets.relax.builder",
+    "compile_module": "mcopt.targets.relax.builder",
+    "lower": "mcopt.targets.relax.lower",
+    "register_lowering": "mcopt.targets.relax.lower",
+    "LOWERINGS": "mcopt.targets.relax.lower",
+    "build_tvm_baseline": "mcopt.targets.relax.baseline",
+    "tune": "mcopt.targets.tune.tuner",
+    "apply_database": "mcopt.targets.tune.tuner",
+    "merge_databases": "mcopt.targets.tune.tuner",
+    "check_database_dir": "mcopt.targets.tune.tuner",
+    "run_remote": "mcopt.targets.tune.rpc",
 }
 
 
@@ -39,7 +39,7 @@ def build(
     **options: Any,
 ) -> Any:
     """Compile `graph` for `target`. Targets with their own builder (e.g. `fpga`, which emits C)
-    dispatch to it; every other target goes through TVM (`mcopt.targets.builder.build`). With `db`
+    dispatch to it; every other target goes through TVM (`mcopt.targets.relax.builder.build`). With `db`
     (a tuning database directory written by `mcopt.tune`), tuned schedules replace the defaults
     wherever they are faster; the report of what was applied is `compiled.tuning_report`.
     Every line of `db` is checked before TVM reads it: a bad one is a one-line
@@ -53,12 +53,12 @@ def build(
     if custom is not None:
         return custom(graph, **options)
     if db is not None:
-        from mcopt.targets.tune import build_with_database
+        from mcopt.targets.tune.tuner import build_with_database
 
         compiled, report = build_with_database(graph, db, spec, repair=repair_db)
         compiled.tuning_report = report
         return compiled
-    from mcopt.targets.builder import build as tvm_build
+    from mcopt.targets.relax.builder import build as tvm_build
 
     return tvm_build(graph, target=spec, **options)
 

@@ -75,7 +75,7 @@ class TargetSpec:
 
 def _host_cpu() -> tvm.target.Target:
     # A dict target is required in TVM 0.27; a bare {"kind": "llvm"} means generic x86-64 (SSE2).
-    from mcopt.targets.kernels.target_info import host_target
+    from mcopt.targets.cpu.kernels.target_info import host_target
 
     return host_target()
 
@@ -93,7 +93,11 @@ def register_target(spec: TargetSpec, *aliases: str, replace: bool = False) -> T
 
 
 #: modules that register further targets when imported (none imports TVM at import time)
-TARGET_MODULES = ("mcopt.targets.fpga", "mcopt.targets.arm", "mcopt.targets.cuda")
+TARGET_MODULES = (
+    "mcopt.targets.fpga.builder",
+    "mcopt.targets.arm.builder",
+    "mcopt.targets.cuda.builder",
+)
 _modules_loaded = False
 
 

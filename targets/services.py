@@ -13,7 +13,7 @@ class TargetServices:
     name: str
 
     def measure_winograd(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        from mcopt.targets.kernels.winograd_nchwc import cached_measurement
+        from mcopt.targets.cpu.kernels.winograd_nchwc import cached_measurement
 
         return cached_measurement(*args, **kwargs)
 

@@ -13,7 +13,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-import mcopt.targets.arm  # noqa: E402,F401  (registers the arm targets)
+import mcopt.targets.arm.builder  # noqa: E402,F401  (registers the arm targets)
 from mcopt import interpreter  # noqa: E402
 from mcopt.api import load  # noqa: E402
 from mcopt.errors import OptionError, TargetError  # noqa: E402
@@ -33,7 +33,7 @@ def _elf_machine(path: Path) -> int:
 def _cross_reason() -> str | None:
     import shutil
 
-    from mcopt.targets.arm import CROSS_CXX
+    from mcopt.targets.arm.builder import CROSS_CXX
 
     return (
         None if shutil.which(CROSS_CXX) else f"{CROSS_CXX} not installed (scripts/setup_aarch64.sh)"
@@ -41,7 +41,7 @@ def _cross_reason() -> str | None:
 
 
 def _emu_reason() -> str | None:
-    from mcopt.targets.emulate import unavailable_reason
+    from mcopt.targets.arm.emulate import unavailable_reason
 
     return unavailable_reason()
 
@@ -55,7 +55,7 @@ def tiny() -> tuple[object, np.ndarray, list[np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def arm_model(tiny):  # type: ignore[no-untyped-def]
-    from mcopt.targets.arm import build_arm
+    from mcopt.targets.arm.builder import build_arm
 
     return build_arm(tiny[0], "arm:cortex-a76")
 
@@ -93,7 +93,7 @@ def test_arm_registry(name: str, mcpu: str | None, has: list[str], lacks: list[s
 
 def test_arm_custom_target_and_errors() -> None:
     from mcopt.targets import get_target, register_target
-    from mcopt.targets.arm import arm_target
+    from mcopt.targets.arm.builder import arm_target
 
     spec = register_target(arm_target("test-board", "cortex-a72", num_cores=2), replace=True)
     assert get_target("test-board") is spec
@@ -105,7 +105,7 @@ def test_arm_custom_target_and_errors() -> None:
 
 
 def test_arm_build_rejects_other_targets(tiny) -> None:  # type: ignore[no-untyped-def]
-    from mcopt.targets.arm import build_arm
+    from mcopt.targets.arm.builder import build_arm
 
     with pytest.raises(TargetError, match="not an aarch64 target"):
         build_arm(tiny[0], "cpu")
@@ -140,7 +140,7 @@ def test_arm_runs_under_emulation(arm_model, tiny) -> None:  # type: ignore[no-u
     reason = _emu_reason()
     if reason:
         pytest.skip(reason)
-    from mcopt.targets.emulate import run_emulated
+    from mcopt.targets.arm.emulate import run_emulated
 
     _, x, ref = tiny
     outs, timing = run_emulated(arm_model.library_path(), arm_model.bind(x), number=1, repeat=1)
@@ -156,7 +156,7 @@ def test_arm_emulated_errors_are_one_line(tmp_path: Path) -> None:
     reason = _emu_reason()
     if reason:
         pytest.skip(reason)
-    from mcopt.targets.emulate import run_emulated
+    from mcopt.targets.arm.emulate import run_emulated
 
     with pytest.raises(TargetError, match="no compiled library"):
         run_emulated(tmp_path / "missing.so", [])

@@ -18,7 +18,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-import mcopt.targets.arm  # noqa: E402,F401  (registers the arm targets)
+import mcopt.targets.arm.builder  # noqa: E402,F401  (registers the arm targets)
 from mcopt.api import load  # noqa: E402
 from mcopt.errors import TargetError  # noqa: E402
 from mcopt.testing import zoo  # noqa: E402
@@ -67,7 +67,7 @@ def models() -> dict[str, tuple[Any, np.ndarray, list[np.ndarray]]]:
 
 @pytest.fixture(scope="module")
 def arm_builds(models: dict[str, Any]) -> dict[tuple[str, str], Any]:
-    from mcopt.targets.arm import build_arm
+    from mcopt.targets.arm.builder import build_arm
 
     return {(m, t): build_arm(models[m][0], t) for m, t in BUILDS}
 
@@ -75,7 +75,7 @@ def arm_builds(models: dict[str, Any]) -> dict[tuple[str, str], Any]:
 def _intrinsics(model: Any) -> set[str]:
     import re
 
-    from mcopt.targets.codegen_guard import llvm_modules
+    from mcopt.targets.arm.codegen_guard import llvm_modules
 
     names: set[str] = set()
     for lm in llvm_modules(model.executable.mod):
@@ -96,7 +96,7 @@ def test_int8_matches_the_host_under_emulation(
 ) -> None:
     """Every build runs on qemu's model of its core (one emulated process per core) and gives
     the host int8 build's outputs (integer arithmetic: equal up to float rounding)."""
-    from mcopt.targets.emulate import run_emulated_many, unavailable_reason
+    from mcopt.targets.arm.emulate import run_emulated_many, unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -119,7 +119,7 @@ def test_int8_matches_the_host_under_emulation(
 def test_dotprod_build_dies_on_a53_model_as_on_the_device(arm_builds: dict[Any, Any]) -> None:
     """Why the CPU is pinned: the sdot library on qemu's Cortex-A53 model is an illegal
     instruction (with qemu's default ``max`` CPU it would pass)."""
-    from mcopt.targets.emulate import run_emulated, unavailable_reason
+    from mcopt.targets.arm.emulate import run_emulated, unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -134,8 +134,8 @@ def test_dotprod_build_dies_on_a53_model_as_on_the_device(arm_builds: dict[Any, 
 def test_qemu_command_line_pins_the_core(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """ArmCompiledModel.run starts ``qemu-aarch64-static -L SYSROOT -cpu <core> ...`` and sets
     ``QEMU_CPU`` (qemu is not needed: the command is captured)."""
-    from mcopt.targets import emulate
-    from mcopt.targets.arm import ArmCompiledModel
+    from mcopt.targets.arm import emulate
+    from mcopt.targets.arm.builder import ArmCompiledModel
 
     seen: list[tuple[list[str], dict[str, str]]] = []
 
@@ -182,7 +182,7 @@ def test_qemu_command_line_pins_the_core(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_qemu_cpu_choice() -> None:
-    from mcopt.targets.emulate import qemu_cpu_for
+    from mcopt.targets.arm.emulate import qemu_cpu_for
 
     newer = (*QEMU_72, "cortex-a55", "neoverse-v1", "neoverse-n2")
     assert qemu_cpu_for("cortex-a55", ["+neon", "+dotprod", "+fullfp16"], QEMU_72) == "cortex-a76"
@@ -198,12 +198,12 @@ def test_llvm_abort_is_a_one_line_target_error(
     """The old bug on purpose: int8 lowered for the host (x86 dot-product intrinsics) and built for
     aarch64. The IR check refuses it before code generation; with the check bypassed, LLVM's
     abort happens in the code-generation child and this process gets a TargetError."""
-    from mcopt.targets import builder
-    from mcopt.targets.arm import ArmCompiledModel
-    from mcopt.targets.kernels.int8_intrin import choose_isa
-    from mcopt.targets.kernels.target_info import host_target
-    from mcopt.targets.lower import lower
+    from mcopt.targets.arm.builder import ArmCompiledModel
+    from mcopt.targets.cpu.kernels.int8_intrin import choose_isa
+    from mcopt.targets.cpu.kernels.target_info import host_target
     from mcopt.targets.registry import get_target
+    from mcopt.targets.relax import builder
+    from mcopt.targets.relax.lower import lower
 
     if choose_isa(host_target(), True) is None:
         pytest.skip("this host has no x86 dot-product instruction to misuse")

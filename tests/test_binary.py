@@ -174,7 +174,7 @@ tvm = pytest.importorskip("tvm")
     ],
 )
 def test_xnor_conv_integer_path_exact(shape) -> None:
-    from mcopt.targets.builder import build
+    from mcopt.targets.relax.builder import build
 
     g = conv_graph(*shape, beta="none", bias=False, ones=True)
     x = np.random.default_rng(2).standard_normal(g.inputs[0].shape).astype(np.float32)
@@ -184,7 +184,7 @@ def test_xnor_conv_integer_path_exact(shape) -> None:
 @pytest.mark.tvm
 @pytest.mark.parametrize("beta", ["position", "tensor", "none"])
 def test_xnor_conv_scaled_close(beta: str) -> None:
-    from mcopt.targets.builder import build
+    from mcopt.targets.relax.builder import build
 
     g = conv_graph(2, 40, 10, 24, 3, 2, 1, beta=beta)
     x = np.random.default_rng(3).standard_normal(g.inputs[0].shape).astype(np.float32)
@@ -195,7 +195,7 @@ def test_xnor_conv_scaled_close(beta: str) -> None:
 @pytest.mark.tvm
 @pytest.mark.parametrize("m,k,o", [(1, 100, 24), (16, 1024, 64), (3, 64, 10)])
 def test_xnor_dense_exact_and_close(m: int, k: int, o: int) -> None:
-    from mcopt.targets.builder import build
+    from mcopt.targets.relax.builder import build
 
     x = np.random.default_rng(4).standard_normal((m, k)).astype(np.float32)
     g = dense_graph(m, k, o, beta="none", ones=True)
@@ -207,7 +207,7 @@ def test_xnor_dense_exact_and_close(m: int, k: int, o: int) -> None:
 
 @pytest.mark.tvm
 def test_bwn_lowers_to_float_conv() -> None:
-    from mcopt.targets.builder import build
+    from mcopt.targets.relax.builder import build
 
     g = conv_graph(1, 16, 8, 8, 3, 1, 1, binary_input=0)
     x = np.random.default_rng(5).standard_normal(g.inputs[0].shape).astype(np.float32)

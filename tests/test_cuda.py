@@ -10,7 +10,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-import mcopt.targets.cuda  # noqa: E402,F401  (registers the cuda targets)
+import mcopt.targets.cuda.builder  # noqa: E402,F401  (registers the cuda targets)
 from mcopt import interpreter  # noqa: E402
 from mcopt.api import load  # noqa: E402
 from mcopt.errors import OptionError, TargetError  # noqa: E402
@@ -28,7 +28,7 @@ def tiny() -> tuple[object, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def cuda_model(tiny):  # type: ignore[no-untyped-def]
-    from mcopt.targets.cuda import build_cuda
+    from mcopt.targets.cuda.builder import build_cuda
 
     return build_cuda(tiny[0], "cuda:sm_80")
 
@@ -49,7 +49,7 @@ def test_cuda_registry(name: str, arch: str) -> None:
 
 
 def test_cuda_custom_target_and_bad_arch() -> None:
-    from mcopt.targets.cuda import cuda_target
+    from mcopt.targets.cuda.builder import cuda_target
 
     assert str(cuda_target("jetson", arch="sm_87").tvm_target().attrs["arch"]) == "sm_87"
     with pytest.raises(OptionError, match="sm_XX"):
@@ -69,15 +69,15 @@ def test_cuda_build_binds_every_kernel(cuda_model, tmp_path: Path) -> None:  # t
 def test_unbound_primfuncs_detects_host_code(tiny) -> None:  # type: ignore[no-untyped-def]
     from tvm import relax
 
-    from mcopt.targets.cuda import unbound_primfuncs
-    from mcopt.targets.lower import lower
+    from mcopt.targets.cuda.builder import unbound_primfuncs
+    from mcopt.targets.relax.lower import lower
 
     legalized = relax.transform.LegalizeOps()(lower(tiny[0]))  # no DLight: plain loops
     assert unbound_primfuncs(legalized)
 
 
 def test_cuda_run_without_gpu_is_clear(cuda_model, tiny) -> None:  # type: ignore[no-untyped-def]
-    from mcopt.targets.cuda import gpu_available
+    from mcopt.targets.cuda.builder import gpu_available
 
     if gpu_available():
         pytest.skip("a GPU is present")
@@ -87,7 +87,7 @@ def test_cuda_run_without_gpu_is_clear(cuda_model, tiny) -> None:  # type: ignor
 
 @pytest.mark.gpu
 def test_cuda_matches_reference_on_gpu(cuda_model, tiny) -> None:  # type: ignore[no-untyped-def]
-    from mcopt.targets.cuda import gpu_available
+    from mcopt.targets.cuda.builder import gpu_available
 
     if not gpu_available():
         pytest.skip("no CUDA GPU (tvm.cuda().exist is False)")

@@ -17,8 +17,8 @@ from mcopt.api import load
 from mcopt.errors import TargetError
 from mcopt.ir.core import Graph
 from mcopt.pass_manager import PassContext, PassManager
-from mcopt.targets.fpga import FPGA, build_fpga
-from mcopt.targets.fpga_folding import FpgaDevice, bram36_blocks, plan_folding
+from mcopt.targets.fpga.builder import FPGA, build_fpga
+from mcopt.targets.fpga.folding import FpgaDevice, bram36_blocks, plan_folding
 from mcopt.targets.registry import get_target
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")

@@ -1,4 +1,4 @@
-"""The thread pool size mcopt sets for TVM (targets/host_threads.py)."""
+"""The thread pool size mcopt sets for TVM (targets/cpu/host_threads.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mcopt.targets.host_threads import THREAD_ENV, configure_threads, physical_cores
+from mcopt.targets.cpu.host_threads import THREAD_ENV, configure_threads, physical_cores
 
 pytest.importorskip("tvm")
 

@@ -1,4 +1,4 @@
-"""mcopt.targets.kernels: the scheduled fp32 CPU kernels against numpy (rel. error <= 1e-5)."""
+"""mcopt.targets.cpu.kernels: the scheduled fp32 CPU kernels against numpy (rel. error <= 1e-5)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ import pytest
 pytestmark = pytest.mark.tvm
 tvm = pytest.importorskip("tvm")
 
-from mcopt.targets.kernels import layout  # noqa: E402
-from mcopt.targets.kernels.conv2d import conv2d_nchwc  # noqa: E402
-from mcopt.targets.kernels.dense import choose_dense_params, dense_packed  # noqa: E402
-from mcopt.targets.kernels.depthwise import depthwise_conv2d_nchwc  # noqa: E402
-from mcopt.targets.kernels.epilogue import Epilogue  # noqa: E402
-from mcopt.targets.kernels.params import (  # noqa: E402
+from mcopt.targets.cpu.kernels import layout  # noqa: E402
+from mcopt.targets.cpu.kernels.conv2d import conv2d_nchwc  # noqa: E402
+from mcopt.targets.cpu.kernels.dense import choose_dense_params, dense_packed  # noqa: E402
+from mcopt.targets.cpu.kernels.depthwise import depthwise_conv2d_nchwc  # noqa: E402
+from mcopt.targets.cpu.kernels.epilogue import Epilogue  # noqa: E402
+from mcopt.targets.cpu.kernels.params import (  # noqa: E402
     ConvParams,
     channel_block,
     choose_conv_params,
     choose_register_tile,
     tile_score,
 )
-from mcopt.targets.kernels.target_info import CPUInfo, cpu_info, host_target  # noqa: E402
+from mcopt.targets.cpu.kernels.target_info import CPUInfo, cpu_info, host_target  # noqa: E402
 
 TARGET = host_target()
 RTOL = 1e-5
@@ -269,7 +269,7 @@ def test_relax_integration():
     """The emit_* helpers build a module that tvm.compile's default pipeline keeps as scheduled."""
     from tvm import relax
 
-    from mcopt.targets.kernels.relax_ops import (
+    from mcopt.targets.cpu.kernels.relax_ops import (
         OPAQUE,
         emit_conv2d,
         emit_dense,
@@ -323,8 +323,8 @@ def test_conv_is_emitted_as_a_tunable_template():
     the template schedule pass gives it the analytic schedule, with the same numbers."""
     from tvm import relax
 
-    from mcopt.targets.kernels.relax_ops import emit_conv2d, emit_from_blocked, emit_to_blocked
-    from mcopt.targets.tune_space import template_of, template_schedule_pass
+    from mcopt.targets.cpu.kernels.relax_ops import emit_conv2d, emit_from_blocked, emit_to_blocked
+    from mcopt.targets.tune.space import template_of, template_schedule_pass
 
     rng = np.random.default_rng(6)
     w = (rng.standard_normal((16, 8, 3, 3)) / 8).astype("float32")

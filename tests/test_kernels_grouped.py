@@ -1,4 +1,4 @@
-"""The blocked grouped-conv kernel (targets/kernels/grouped.py) and its routing in the planned build.
+"""The blocked grouped-conv kernel (targets/cpu/kernels/grouped.py) and its routing in the planned build.
 
 Geometry and weight packing are checked in numpy (no TVM); the scheduled PrimFunc against a float64
 grouped conv; small graphs (several groups, per-group channels that are / are not multiples of the
@@ -15,14 +15,14 @@ import pytest
 
 from mcopt import interpreter
 from mcopt.ir import Graph, Value, ttype
-from mcopt.targets.kernels.grouped import (
+from mcopt.targets.cpu.kernels.grouped import (
     grouped_geometry,
     output_source,
     pack_grouped_weight,
     relative_cost,
 )
-from mcopt.targets.kernels.layout import pack_nchwc, unpack_nchwc
-from mcopt.targets.plan import block_diagonal, block_for, plan_graph
+from mcopt.targets.cpu.kernels.layout import pack_nchwc, unpack_nchwc
+from mcopt.targets.cpu.plan import block_diagonal, block_for, plan_graph
 
 RNG = np.random.default_rng(7)
 
@@ -167,10 +167,10 @@ def test_plan_keeps_grouped_weights_compact_and_fuses_residual() -> None:
 )
 def test_kernel_matches_float64_reference(ic, oc, groups, k, stride, pad, act) -> None:
     tvm = pytest.importorskip("tvm")
-    from mcopt.targets.kernels.epilogue import Epilogue
-    from mcopt.targets.kernels.grouped import choose_grouped_params, grouped_conv2d_nchwc
-    from mcopt.targets.kernels.layout import pack_bias
-    from mcopt.targets.kernels.target_info import host_target
+    from mcopt.targets.cpu.kernels.epilogue import Epilogue
+    from mcopt.targets.cpu.kernels.grouped import choose_grouped_params, grouped_conv2d_nchwc
+    from mcopt.targets.cpu.kernels.layout import pack_bias
+    from mcopt.targets.cpu.kernels.target_info import host_target
 
     target = host_target(2)
     li, lo = block_for(ic, 8), block_for(oc, 8)
@@ -226,7 +226,7 @@ def _kernel_calls(graph: Graph) -> list[str]:
     import tvm
 
     from mcopt.targets import get_target
-    from mcopt.targets.planned import lower_planned
+    from mcopt.targets.cpu.lower_planned import lower_planned
 
     mod = lower_planned(graph, get_target("cpu").tvm_target())
     return [

@@ -9,7 +9,7 @@ import pytest
 
 from mcopt import interpreter
 from mcopt.ir import Graph, Value, ttype
-from mcopt.targets.plan import Layout, block_for, plan_graph
+from mcopt.targets.cpu.plan import Layout, block_for, plan_graph
 
 RNG = np.random.default_rng(1)
 
@@ -182,7 +182,7 @@ def test_odd_channels_grouped_shuffle_concat_pools_lrn() -> None:
 def test_conv_chain_has_one_layout_transform_each_way() -> None:
     tvm = pytest.importorskip("tvm")
     from mcopt.targets import get_target
-    from mcopt.targets.planned import lower_planned
+    from mcopt.targets.cpu.lower_planned import lower_planned
 
     def body(g: Graph, x: Value) -> list[Value]:
         h = _op(g, "relu", _bn(g, _conv(g, x, 16)))

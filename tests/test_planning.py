@@ -112,7 +112,7 @@ def test_layouts_print_on_the_types() -> None:
 def test_the_lowering_follows_the_planned_kernel_attributes() -> None:
     """Rewriting a plan's kernel attribute changes the lowered module: the lowering decides nothing."""
     from mcopt.targets import build
-    from mcopt.targets.planned import lower_planned
+    from mcopt.targets.cpu.lower_planned import lower_planned
     from mcopt.targets.registry import get_target
 
     g = _model("tiny_cnn")

@@ -1,4 +1,4 @@
-"""targets/kernels/pool.py: blocked max / average pooling against the op references (padding,
+"""targets/cpu/kernels/pool.py: blocked max / average pooling against the op references (padding,
 ceil mode, dilation, count_include_pad), and its use in planned builds."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from mcopt import interpreter  # noqa: E402
 from mcopt.ir import Graph  # noqa: E402
 from mcopt.ops.pool import _geometry, avg_pool_ref, max_pool_ref  # noqa: E402
 from mcopt.targets import build  # noqa: E402
-from mcopt.targets.kernels.layout import pack_nchwc, unpack_nchwc  # noqa: E402
-from mcopt.targets.kernels.pool import pool2d_nchwc  # noqa: E402
-from mcopt.targets.kernels.target_info import host_target  # noqa: E402
+from mcopt.targets.cpu.kernels.layout import pack_nchwc, unpack_nchwc  # noqa: E402
+from mcopt.targets.cpu.kernels.pool import pool2d_nchwc  # noqa: E402
+from mcopt.targets.cpu.kernels.target_info import host_target  # noqa: E402
 
 CASES = [
     # kernel, strides, pads (t, l, b, r), dilations, ceil_mode, count_include_pad
@@ -60,8 +60,8 @@ def test_planned_build_uses_the_pool_kernel() -> None:
     """conv -> max_pool (stem) -> conv -> avg_pool(ceil) in a planned build: the pools run as
     mcopt's kernels on blocked tensors and the result matches the interpreter."""
     from mcopt.ir import ttype
-    from mcopt.targets.builder import lower_for
     from mcopt.targets.registry import get_target
+    from mcopt.targets.relax.builder import lower_for
 
     rng = np.random.default_rng(1)
     g = Graph("pools")

@@ -1,4 +1,4 @@
-"""int8 kernels (targets/kernels/int8_*.py, targets/lower_quant.py): compiled == numpy reference bit
+"""int8 kernels (targets/cpu/kernels/int8_*.py, targets/relax/lower_quant.py): compiled == numpy reference bit
 for bit on the integer paths, and the dot-product instructions really appear in the assembly."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ tvm = pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm
 
 from mcopt.ops.quant import output_bounds, qconv2d_ref, qdense_ref, requant_multiplier  # noqa: E402
-from mcopt.targets.kernels import int8_conv, int8_dense  # noqa: E402
-from mcopt.targets.kernels.int8_intrin import choose_isa  # noqa: E402
-from mcopt.targets.kernels.target_info import host_target  # noqa: E402
+from mcopt.targets.cpu.kernels import int8_conv, int8_dense  # noqa: E402
+from mcopt.targets.cpu.kernels.int8_intrin import choose_isa  # noqa: E402
+from mcopt.targets.cpu.kernels.target_info import host_target  # noqa: E402
 
 HOST = host_target(2)
 
@@ -144,7 +144,7 @@ def test_quantized_model_compiles_exactly():
     from mcopt.interpreter import run
     from mcopt.onnx_io import import_model
     from mcopt.pass_manager import PassContext, PassManager
-    from mcopt.targets.builder import build
+    from mcopt.targets.relax.builder import build
     from mcopt.testing import zoo
 
     g = import_model(zoo.tiny_cnn())

@@ -8,7 +8,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-import mcopt.targets.arm  # noqa: E402,F401  (registers the arm targets)
+import mcopt.targets.arm.builder  # noqa: E402,F401  (registers the arm targets)
 from mcopt import interpreter  # noqa: E402
 from mcopt.api import load  # noqa: E402
 from mcopt.errors import TargetError  # noqa: E402
@@ -35,8 +35,8 @@ def _close(outs: list[np.ndarray], ref: list[np.ndarray]) -> None:
 def test_run_remote_host_server(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A loopback host server: a compiled model and an exported library are uploaded, run and
     timed (the stock ``python -m tvm.exec.rpc_server``)."""
-    from mcopt.targets.builder import build
-    from mcopt.targets.remote import LocalRPCServer, run_remote
+    from mcopt.targets.relax.builder import build
+    from mcopt.targets.tune.rpc import LocalRPCServer, run_remote
 
     g, x, ref = tiny
     model = build(g)
@@ -55,7 +55,7 @@ def test_run_remote_through_tracker(tiny) -> None:  # type: ignore[no-untyped-de
     """A server registered with a local tracker under a key, like a device in a farm; a Graph
     is built for the host CPU and run on the device the tracker hands out (inputs by name)."""
     pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
-    from mcopt.targets.remote import LocalRPCServer, LocalTracker, run_remote
+    from mcopt.targets.tune.rpc import LocalRPCServer, LocalTracker, run_remote
 
     g, x, ref = tiny
     with LocalTracker(max_lifetime_s=300).start() as tracker:
@@ -71,7 +71,7 @@ def test_run_remote_through_tracker(tiny) -> None:  # type: ignore[no-untyped-de
 
 
 def test_run_remote_unreachable_is_one_line() -> None:
-    from mcopt.targets.remote import connect, free_port
+    from mcopt.targets.tune.rpc import connect, free_port
 
     with pytest.raises(TargetError, match="cannot reach the RPC server"):
         connect("127.0.0.1", free_port(), session_timeout=5)
@@ -80,12 +80,12 @@ def test_run_remote_unreachable_is_one_line() -> None:
 def test_emulated_aarch64_rpc_server(tiny) -> None:  # type: ignore[no-untyped-def]
     """The emulated aarch64 runtime as an RPC server (the way a phone is used): mcopt builds for
     ARM, uploads, runs and times the model there; outputs match the host reference."""
-    from mcopt.targets.emulate import start_emulated_rpc_server, unavailable_reason
+    from mcopt.targets.arm.emulate import start_emulated_rpc_server, unavailable_reason
 
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    from mcopt.targets.remote import run_remote
+    from mcopt.targets.tune.rpc import run_remote
 
     g, x, ref = tiny
     with start_emulated_rpc_server(max_lifetime_s=600) as server:
@@ -102,13 +102,13 @@ def test_emulated_stock_rpc_server_via_tracker(tiny) -> None:  # type: ignore[no
     """``python -m tvm.exec.rpc_server`` itself under qemu (its worker re-launches the wrapper via
     sys.executable), registered with a tracker like a device in a farm."""
     pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
-    from mcopt.targets.emulate import start_emulated_rpc_server, unavailable_reason
+    from mcopt.targets.arm.emulate import start_emulated_rpc_server, unavailable_reason
 
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    from mcopt.targets.arm import build_arm
-    from mcopt.targets.remote import LocalTracker, run_remote
+    from mcopt.targets.arm.builder import build_arm
+    from mcopt.targets.tune.rpc import LocalTracker, run_remote
 
     g, x, ref = tiny
     model = build_arm(g, "arm:a53")

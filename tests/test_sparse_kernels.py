@@ -12,8 +12,8 @@ tvm = pytest.importorskip("tvm")
 from mcopt import interpreter  # noqa: E402
 from mcopt.ir import Graph, TensorType, verify  # noqa: E402
 from mcopt.pass_manager import PassContext, get_pass  # noqa: E402
-from mcopt.targets.kernels.epilogue import Epilogue  # noqa: E402
-from mcopt.targets.kernels.sparse import (  # noqa: E402
+from mcopt.targets.cpu.kernels.epilogue import Epilogue  # noqa: E402
+from mcopt.targets.cpu.kernels.sparse import (  # noqa: E402
     block_fill,
     choose_block,
     conv_csr_arrays,
@@ -40,7 +40,7 @@ def prune(w: np.ndarray, s: float) -> np.ndarray:
 
 
 def _run(func, arrays, out_shape):
-    from mcopt.targets.kernels import host_target
+    from mcopt.targets.cpu.kernels import host_target
 
     lib = tvm.compile(tvm.IRModule({"main": func}), target=host_target())
     dev = tvm.cpu()
@@ -120,7 +120,8 @@ def _pruned_graph() -> Graph:
 
 @pytest.mark.parametrize("mode", ["always", "never"])
 def test_build_pruned_graph_matches_interpreter(mode: str) -> None:
-    from mcopt.targets import build, lower_sparse
+    from mcopt.targets import build
+    from mcopt.targets.relax import lower_sparse
 
     g = _pruned_graph()
     assert get_pass("prune-weights", sparsity=0.9, encode="always").run(g, PassContext())
@@ -130,7 +131,7 @@ def test_build_pruned_graph_matches_interpreter(mode: str) -> None:
     old = lower_sparse.POLICY["mode"]
     lower_sparse.POLICY["mode"] = mode
     try:
-        from mcopt.targets.lower import lower
+        from mcopt.targets.relax.lower import lower
 
         text = str(lower(g))  # the plain lowering (mcopt-plain)
         assert ("sparse_conv2d" in text) == ("sparse_dense" in text) == (mode == "always")

@@ -257,7 +257,7 @@ def test_op_without_lowering_is_target_error() -> None:
 
 def test_lowering_failure_names_node() -> None:
     from mcopt.targets import build
-    from mcopt.targets.lower import LOWERINGS, register_lowering
+    from mcopt.targets.relax.lower import LOWERINGS, register_lowering
 
     def bad(ctx: object, node: object, args: list[object]) -> object:
         raise RuntimeError("boom\nsecond line")

@@ -1,4 +1,4 @@
-"""Small kernels stay serial (targets/kernels/threads.py) and the compiled model's input/output
+"""Small kernels stay serial (targets/cpu/kernels/threads.py) and the compiled model's input/output
 fast path (DLPack views) returns fresh, correct outputs run after run."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from tvm import te  # noqa: E402
 from mcopt import interpreter  # noqa: E402
 from mcopt.api import load  # noqa: E402
 from mcopt.targets import build  # noqa: E402
-from mcopt.targets.builder import lower_for, mcopt_pipeline  # noqa: E402
-from mcopt.targets.kernels import threads  # noqa: E402
+from mcopt.targets.cpu.kernels import threads  # noqa: E402
 from mcopt.targets.registry import get_target  # noqa: E402
+from mcopt.targets.relax.builder import lower_for, mcopt_pipeline  # noqa: E402
 from mcopt.testing import zoo  # noqa: E402
 
 

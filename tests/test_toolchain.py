@@ -81,7 +81,7 @@ def test_compiler_variable_names_a_missing_program(
 
 
 def test_missing_cross_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mcopt.targets.arm import CROSS_CXX
+    from mcopt.targets.arm.builder import CROSS_CXX
 
     real_which = shutil.which
     monkeypatch.setattr(
@@ -125,7 +125,7 @@ def test_export_without_compiler_is_one_line(
     """A model built while a compiler was there, exported after it is gone (TVM would otherwise
     fail with "expected str, bytes or os.PathLike object, not NoneType")."""
     pytest.importorskip("tvm")
-    from mcopt.targets.builder import build
+    from mcopt.targets.relax.builder import build
     from mcopt.testing import zoo
 
     graph = load(zoo.tiny_cnn())

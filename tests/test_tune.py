@@ -1,4 +1,4 @@
-"""Autotuning (targets/tune.py, targets/tune_space.py): MetaSchedule tasks from the fused graph,
+"""Autotuning (targets/tune/tuner.py, targets/tune/space.py): MetaSchedule tasks from the fused graph,
 the per-device JSON database (reuse, target check, corrupt files, interrupted runs, merging),
 applying records at build time, the conv2d_nchwc template as design space, RPC on loopback.
 
@@ -56,9 +56,9 @@ def _build_with_db(g: Graph, db: Path) -> tuple[Any, Any]:
     """What builder.build(graph, db=...) does: fuse, apply the records, schedule the rest."""
     from tvm import relax
 
+    from mcopt.targets.cpu.schedule import cpu_schedule_pass
     from mcopt.targets.registry import get_target
-    from mcopt.targets.schedule import cpu_schedule_pass
-    from mcopt.targets.tune import apply_database, tuning_module
+    from mcopt.targets.tune.tuner import apply_database, tuning_module
 
     spec = get_target("cpu")
     mod, report = apply_database(tuning_module(g, spec), db, spec)
@@ -70,7 +70,7 @@ def _build_with_db(g: Graph, db: Path) -> tuple[Any, Any]:
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from mcopt.targets.tune import tune
+    from mcopt.targets.tune.tuner import tune
 
     g = _conv_graph()
     db = tmp_path_factory.mktemp("tune") / "db"
@@ -123,7 +123,7 @@ def test_apply_database_builds_correct_code(tuned: dict[str, Any]) -> None:
 def test_records_slower_than_the_default_schedule_are_not_used(
     tuned: dict[str, Any], tmp_path: Path
 ) -> None:
-    from mcopt.targets.tune import apply_database, tuning_module
+    from mcopt.targets.tune.tuner import apply_database, tuning_module
 
     db = tmp_path / "db"
     shutil.copytree(tuned["db"], db)
@@ -140,7 +140,7 @@ def test_records_slower_than_the_default_schedule_are_not_used(
 
 
 def test_rerun_with_the_same_database_skips_finished_work(tuned: dict[str, Any]) -> None:
-    from mcopt.targets.tune import tune
+    from mcopt.targets.tune.tuner import tune
 
     again = tune(tuned["graph"], "cpu", trials=4, db=tuned["db"], progress=False, **FAST)
     assert again.skipped and again.trials == 0  # nothing measured again
@@ -148,7 +148,7 @@ def test_rerun_with_the_same_database_skips_finished_work(tuned: dict[str, Any])
 
 
 def test_missing_records_are_reported(tuned: dict[str, Any]) -> None:
-    from mcopt.targets.tune import apply_database, tuning_module
+    from mcopt.targets.tune.tuner import apply_database, tuning_module
 
     other = _conv_graph(channels=16)  # different shapes: no records
     _, report = apply_database(tuning_module(other), tuned["db"], "cpu")
@@ -171,7 +171,7 @@ def _other_cpu() -> Any:
 
 
 def test_database_of_another_target_is_a_one_line_error(tuned: dict[str, Any]) -> None:
-    from mcopt.targets.tune import apply_database, open_database, tune, tuning_module
+    from mcopt.targets.tune.tuner import apply_database, open_database, tune, tuning_module
 
     spec = _other_cpu()
     with pytest.raises(TargetError, match="holds records for target .*haswell") as ei:
@@ -184,14 +184,14 @@ def test_database_of_another_target_is_a_one_line_error(tuned: dict[str, Any]) -
 
 
 def test_missing_database_directory(tmp_path: Path) -> None:
-    from mcopt.targets.tune import open_database
+    from mcopt.targets.tune.tuner import open_database
 
     with pytest.raises(TargetError, match="no tuning database in"):
         open_database(tmp_path / "nope", "cpu")
 
 
 def test_corrupt_files_name_the_file(tuned: dict[str, Any], tmp_path: Path) -> None:
-    from mcopt.targets.tune import open_database
+    from mcopt.targets.tune.tuner import open_database
 
     db = tmp_path / "db"
     shutil.copytree(tuned["db"], db)
@@ -208,7 +208,7 @@ def test_corrupt_files_name_the_file(tuned: dict[str, Any], tmp_path: Path) -> N
 def test_truncated_last_line_of_an_interrupted_run_is_dropped(
     tuned: dict[str, Any], tmp_path: Path
 ) -> None:
-    from mcopt.targets.tune import open_database
+    from mcopt.targets.tune.tuner import open_database
 
     db = tmp_path / "db"
     shutil.copytree(tuned["db"], db)
@@ -221,7 +221,7 @@ def test_truncated_last_line_of_an_interrupted_run_is_dropped(
 
 
 def test_merge_databases(tuned: dict[str, Any], tmp_path: Path) -> None:
-    from mcopt.targets.tune import merge_databases, open_database
+    from mcopt.targets.tune.tuner import merge_databases, open_database
 
     copy = tmp_path / "copy"
     shutil.copytree(tuned["db"], copy)
@@ -238,7 +238,7 @@ def test_merge_databases(tuned: dict[str, Any], tmp_path: Path) -> None:
 
 
 def test_rpc_options_are_checked_before_any_work(tmp_path: Path) -> None:
-    from mcopt.targets.tune import tune
+    from mcopt.targets.tune.tuner import tune
 
     g = _conv_graph()
     with pytest.raises(OptionError, match="host:port"):
@@ -255,7 +255,7 @@ def test_rpc_options_are_checked_before_any_work(tmp_path: Path) -> None:
 def test_light_tensor_intrin_import_registers_x86_only() -> None:
     from tvm.s_tir import TensorIntrin
 
-    from mcopt.targets.tune_space import install_tensor_intrin
+    from mcopt.targets.tune.space import install_tensor_intrin
 
     full = "tvm.s_tir.tensor_intrin.cuda" in sys.modules  # another test imported it all
     install_tensor_intrin("llvm")
@@ -273,11 +273,11 @@ def _template_module() -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, Any]:
     """A Relax module calling the unscheduled (template-marked) blocked conv + bias + relu."""
     from tvm import relax
 
-    from mcopt.targets.kernels import layout
-    from mcopt.targets.kernels.epilogue import Epilogue
-    from mcopt.targets.kernels.params import choose_conv_params
-    from mcopt.targets.kernels.target_info import host_target
-    from mcopt.targets.tune_space import template_conv_workload
+    from mcopt.targets.cpu.kernels import layout
+    from mcopt.targets.cpu.kernels.epilogue import Epilogue
+    from mcopt.targets.cpu.kernels.params import choose_conv_params
+    from mcopt.targets.cpu.kernels.target_info import host_target
+    from mcopt.targets.tune.space import template_conv_workload
 
     ds, ws, s, p = CONV
     params = choose_conv_params(ds, ws, s, p, 1, host_target())
@@ -311,11 +311,11 @@ def _conv_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_template_space_reproduces_the_template_and_samples_tiles() -> None:
     from tvm import s_tir
 
-    from mcopt.targets.kernels.conv2d import conv2d_nchwc
-    from mcopt.targets.kernels.epilogue import Epilogue
-    from mcopt.targets.kernels.layout import pack_nchwc, unpack_nchwc
-    from mcopt.targets.kernels.target_info import host_target
-    from mcopt.targets.tune_space import template_seed_trace
+    from mcopt.targets.cpu.kernels.conv2d import conv2d_nchwc
+    from mcopt.targets.cpu.kernels.epilogue import Epilogue
+    from mcopt.targets.cpu.kernels.layout import pack_nchwc, unpack_nchwc
+    from mcopt.targets.cpu.kernels.target_info import host_target
+    from mcopt.targets.tune.space import template_seed_trace
 
     mod, w, b, x, params = _template_module()
     wl = tvm.IRModule({"main": mod["conv2d_nchwc"]})
@@ -351,7 +351,7 @@ def test_template_space_reproduces_the_template_and_samples_tiles() -> None:
     )
     lib = tvm.compile(sch2.mod, target=host_target())
     dev = tvm.cpu()
-    from mcopt.targets.kernels import layout
+    from mcopt.targets.cpu.kernels import layout
 
     args = [
         pack_nchwc(x, params.ic_bn),
@@ -371,9 +371,9 @@ def test_template_space_reproduces_the_template_and_samples_tiles() -> None:
 def test_untuned_template_is_scheduled_by_the_template_pass() -> None:
     from tvm import relax
 
-    from mcopt.targets.kernels.layout import pack_nchwc, unpack_nchwc
-    from mcopt.targets.tune import extract_tasks, tuning_module
-    from mcopt.targets.tune_space import template_schedule_pass
+    from mcopt.targets.cpu.kernels.layout import pack_nchwc, unpack_nchwc
+    from mcopt.targets.tune.space import template_schedule_pass
+    from mcopt.targets.tune.tuner import extract_tasks, tuning_module
 
     mod, w, b, x, params = _template_module()
     fused = tuning_module(mod)
@@ -390,8 +390,8 @@ def test_untuned_template_is_scheduled_by_the_template_pass() -> None:
 def test_template_task_is_seeded_and_tuned(tmp_path: Path) -> None:
     from tvm import relax
 
-    from mcopt.targets.kernels.layout import pack_nchwc, unpack_nchwc
-    from mcopt.targets.tune import apply_database, tune, tuning_module
+    from mcopt.targets.cpu.kernels.layout import pack_nchwc, unpack_nchwc
+    from mcopt.targets.tune.tuner import apply_database, tune, tuning_module
 
     mod, w, b, x, params = _template_module()
     report = tune(mod, "cpu", trials=2, db=tmp_path, progress=False, **FAST)
@@ -412,7 +412,7 @@ import sys
 from mcopt.ir import Graph
 sys.path.insert(0, {tests!r})
 from test_tune import _conv_graph, FAST
-from mcopt.targets.tune import tune
+from mcopt.targets.tune.tuner import tune
 r = tune(_conv_graph(), "cpu", trials=int(sys.argv[2]), db=sys.argv[1], progress=False,
          trials_per_iter=2, **FAST)
 print("TRIALS", r.trials, sum(t.records_before for t in r.tasks))
@@ -465,7 +465,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_rpc_tuning_on_loopback(tmp_path: Path) -> None:
-    from mcopt.targets.tune import check_tracker, tune
+    from mcopt.targets.tune.tuner import check_tracker, tune
 
     port = _free_port()
     procs = [

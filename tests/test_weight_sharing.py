@@ -103,7 +103,7 @@ tvm = pytest.importorskip("tvm")
 
 @pytest.mark.tvm
 def test_codebook_compiles_decoded() -> None:
-    from mcopt.targets.builder import build
+    from mcopt.targets.relax.builder import build
 
     g = mlp()
     get_pass("prune-weights", sparsity=0.5)(g, PassContext())

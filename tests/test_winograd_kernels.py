@@ -109,8 +109,8 @@ def test_build_winograd_graph_matches_interpreter() -> None:
 def test_only_if_faster_reads_the_build_s_measurement_table(tmp_path) -> None:
     import json
 
-    from mcopt.targets.kernels import host_target
-    from mcopt.targets.kernels.winograd_nchwc import measurement_key
+    from mcopt.targets.cpu.kernels import host_target
+    from mcopt.targets.cpu.kernels.winograd_nchwc import measurement_key
 
     g = Graph("two")
     x = g.add_input("x", TensorType((1, 8, 10, 10), "float32"))

@@ -1,4 +1,4 @@
-"""Winograd on the blocked layout (targets/kernels/winograd_nchwc.py): the kernel against a
+"""Winograd on the blocked layout (targets/cpu/kernels/winograd_nchwc.py): the kernel against a
 float64 reference with every epilogue, the per-layer choice, and planned builds using it."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ tvm = pytest.importorskip("tvm")
 from mcopt import interpreter  # noqa: E402
 from mcopt.api import load  # noqa: E402
 from mcopt.targets import build  # noqa: E402
-from mcopt.targets.builder import lower_for  # noqa: E402
-from mcopt.targets.kernels import winograd_nchwc as wn  # noqa: E402
-from mcopt.targets.kernels.epilogue import Epilogue  # noqa: E402
-from mcopt.targets.kernels.layout import pack_nchwc, unpack_nchwc  # noqa: E402
-from mcopt.targets.kernels.target_info import cpu_info, host_target  # noqa: E402
+from mcopt.targets.cpu.kernels import winograd_nchwc as wn  # noqa: E402
+from mcopt.targets.cpu.kernels.epilogue import Epilogue  # noqa: E402
+from mcopt.targets.cpu.kernels.layout import pack_nchwc, unpack_nchwc  # noqa: E402
+from mcopt.targets.cpu.kernels.target_info import cpu_info, host_target  # noqa: E402
 from mcopt.targets.registry import get_target  # noqa: E402
+from mcopt.targets.relax.builder import lower_for  # noqa: E402
 from mcopt.testing import zoo  # noqa: E402
 
 TARGET = host_target()

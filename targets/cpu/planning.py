@@ -4,7 +4,7 @@
 decides is visible in the IR (``mcopt optimize --print-ir``, ``result.planned_graph``), checked by
 the verifier and run by the interpreter:
 
-1. **Fusion** (found by :func:`mcopt.targets.plan.plan_graph`): every ``conv2d`` / ``dense`` with
+1. **Fusion** (found by :func:`mcopt.targets.cpu.plan.plan_graph`): every ``conv2d`` / ``dense`` with
    the batch norm, per-channel affine ops, residual ``add``, activation (and, after a grouped conv,
    channel shuffle) it absorbs becomes one ``fused_conv2d`` / ``fused_dense`` node
    (:mod:`mcopt.ops.planned`) with the folded weights as new constants. A ``winograd_conv2d`` from
@@ -15,12 +15,12 @@ the verifier and run by the interpreter:
    blocked and a plain value.
 3. **Kernel choice**, one attribute per node, with one measurement cache: ``winograd`` (tile 2 or
    4) where the blocked Winograd kernel measured faster than the direct template on this machine
-   (:func:`mcopt.targets.kernels.winograd_nchwc.choose_tile`, cached per machine), ``grouped`` /
+   (:func:`mcopt.targets.cpu.kernels.winograd_nchwc.choose_tile`, cached per machine), ``grouped`` /
    ``block_diagonal`` / ``plain`` for grouped convs by the grouped kernel's cost model, ``sparse``
    for a pruned (CSR) dense weight where the sparse kernel wins
-   (:func:`mcopt.targets.kernels.sparse.sparse_wins`).
+   (:func:`mcopt.targets.cpu.kernels.sparse.sparse_wins`).
 
-The lowering (:func:`mcopt.targets.planned.lower_planned`) then reads the planned graph and decides
+The lowering (:func:`mcopt.targets.cpu.lower_planned.lower_planned`) then reads the planned graph and decides
 nothing.
 """
 
@@ -35,7 +35,7 @@ from mcopt.errors import OptionError
 from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import BlockedLayout, Sparse, TensorType
 from mcopt.ops.winograd import winograd_weight_inverse
-from mcopt.targets.plan import MAX_DENSE_GROUPS, FusedOp, Plan, block_for, plan_graph
+from mcopt.targets.cpu.plan import MAX_DENSE_GROUPS, FusedOp, Plan, block_for, plan_graph
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,8 @@ class _Planner:
     def winograd_tile(self, f: FusedOp) -> int | None:
         """2 / 4 where Winograd is forced (``winograd`` pass) or measured faster, 0 where measured
         slower, None where it does not apply. Both layouts must be blocked by ``lanes``."""
-        from mcopt.targets.kernels import winograd_nchwc as wn
-        from mcopt.targets.kernels.epilogue import Epilogue
+        from mcopt.targets.cpu.kernels import winograd_nchwc as wn
+        from mcopt.targets.cpu.kernels.epilogue import Epilogue
 
         lx, lout = self.layout_in(f.node.inputs[0]), block_for(f.weight.shape[0], self.lanes)
         at = f.node.attrs
@@ -184,7 +184,7 @@ class _Planner:
     def grouped_kernel(self, f: FusedOp) -> str:
         """``grouped`` when the grouped kernel runs at most MAX_GROUPED_WASTE times the MACs and
         (groups <= MAX_DENSE_GROUPS) is estimated faster than the block-diagonal conv."""
-        from mcopt.targets.kernels.grouped import grouped_fit
+        from mcopt.targets.cpu.kernels.grouped import grouped_fit
 
         groups = int(f.node.attrs["groups"])
         lx = self.layout_in(f.node.inputs[0])
@@ -207,8 +207,8 @@ class _Planner:
         return "block_diagonal" if groups <= MAX_DENSE_GROUPS else "plain"
 
     def dense_kernel(self, f: FusedOp) -> str:
-        from mcopt.targets.kernels.sparse import choose_block
-        from mcopt.targets.lower_sparse import _wanted
+        from mcopt.targets.cpu.kernels.sparse import choose_block
+        from mcopt.targets.relax.lower_sparse import _wanted
 
         w_in = f.node.inputs[1]
         if f.residual is None and w_in is not None and isinstance(w_in.type.encoding, Sparse):
@@ -261,7 +261,7 @@ class _Planner:
 def plan_cpu(graph: Graph, target: Any = None, lanes: int | None = None) -> Graph:
     """The planned copy of ``graph`` for the llvm CPU ``target`` (a ``tvm.target.Target``; None:
     this host). ``lanes`` overrides the fp32 SIMD width (tests)."""
-    from mcopt.targets.kernels import cpu_info
+    from mcopt.targets.cpu.kernels import cpu_info
 
     if is_planned(graph):
         return graph

@@ -1,0 +1,158 @@
+"""Blocked layouts: compile-time weight packing in numpy and NCHW <-> NCHW[x]c PrimFuncs.
+
+Layouts (``bn`` = channel block, see :func:`.params.channel_block`):
+
+- activations ``NCHW[bn]c``: ``x_b[n, c // bn, h, w, c % bn] = x[n, c, h, w]``;
+- conv kernels ``OIHW[ic_bn]i[oc_kbn]o``:
+  ``k_b[o // oc_kbn, i // ic_bn, y, x, i % ic_bn, o % oc_kbn] = k[o, i, y, x]``;
+- depthwise kernels ``[C/bn, KH, KW, bn]``; biases ``[C/bn, bn]``;
+- dense weights ``[N/bn, K, bn]``: ``w_b[j // bn, k, j % bn] = w[j, k]``.
+
+The weights are constants, so they are packed once in numpy when the model is compiled; only the
+graph's input and output go through the PrimFuncs below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mcopt.targets.cpu.kernels.threads import parallel
+
+
+def pack_nchwc(x: np.ndarray, bn: int) -> np.ndarray:
+    """``(N, C, H, W) -> (N, C/bn, H, W, bn)``."""
+    n, c, h, w = x.shape
+    if c % bn:
+        raise ValueError(f"{c} channels do not divide into blocks of {bn}")
+    return np.ascontiguousarray(x.reshape(n, c // bn, bn, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def unpack_nchwc(x: np.ndarray) -> np.ndarray:
+    """``(N, C/bn, H, W, bn) -> (N, C, H, W)``."""
+    n, cc, h, w, bn = x.shape
+    return np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3).reshape(n, cc * bn, h, w))
+
+
+def pack_conv_weight(w: np.ndarray, ic_bn: int, oc_kbn: int) -> np.ndarray:
+    """``(OC, IC, KH, KW) -> (OC/oc_kbn, IC/ic_bn, KH, KW, ic_bn, oc_kbn)``."""
+    oc, ic, kh, kw = w.shape
+    if oc % oc_kbn or ic % ic_bn:
+        raise ValueError(f"weight {w.shape} does not divide into blocks {ic_bn}/{oc_kbn}")
+    w6 = w.reshape(oc // oc_kbn, oc_kbn, ic // ic_bn, ic_bn, kh, kw)
+    return np.ascontiguousarray(w6.transpose(0, 2, 4, 5, 3, 1))
+
+
+def pack_depthwise_weight(w: np.ndarray, bn: int) -> np.ndarray:
+    """``(C, 1, KH, KW) -> (C/bn, KH, KW, bn)``."""
+    c, one, kh, kw = w.shape
+    if one != 1 or c % bn:
+        raise ValueError(f"depthwise weight {w.shape} does not divide into blocks of {bn}")
+    return np.ascontiguousarray(w.reshape(c // bn, bn, kh, kw).transpose(0, 2, 3, 1))
+
+
+def pack_bias(b: np.ndarray, bn: int) -> np.ndarray:
+    """``(C,) -> (C/bn, bn)``."""
+    return np.ascontiguousarray(b.reshape(-1, bn))
+
+
+def pack_dense_weight(w: np.ndarray, bn: int) -> np.ndarray:
+    """``(N, K) -> (N/bn, K, bn)`` (``w`` as in ``x @ w.T``)."""
+    n, k = w.shape
+    if n % bn:
+        raise ValueError(f"dense weight {w.shape}: {n} outputs do not divide into blocks of {bn}")
+    return np.ascontiguousarray(w.reshape(n // bn, bn, k).transpose(0, 2, 1))
+
+
+def _schedule_copy(func: Any, vector_axis: int) -> Any:
+    """Parallel over the outer three axes, vectorize ``vector_axis`` if it is the innermost."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    blk = sch.get_sblock("T_layout")
+    loops = sch.get_loops(blk)
+    parallel(sch, sch.fuse(*loops[:3]))
+    if vector_axis == len(loops) - 1:
+        sch.vectorize(loops[-1])
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def nchw_to_nchwc(
+    shape: Sequence[int], bn: int, dtype: str = "float32", padded: int | None = None
+) -> Any:
+    """A scheduled PrimFunc ``(x: (N, C, H, W), y: (N, Cp/bn, H, W, bn))``; ``padded`` = ``Cp``
+    (default ``C``): channels ``C..Cp-1`` are written as zeros."""
+    import tvm
+    from tvm import s_tir, te
+
+    n, c, h, w = (int(d) for d in shape)
+    cp = int(padded or c)
+    if cp % bn or cp < c:
+        raise ValueError(f"{cp} (padded from {c}) channels do not divide into blocks of {bn}")
+    x = te.placeholder((n, c, h, w), dtype, name="x")
+    if cp == c:
+
+        def fn(i, j, y_, x_, k):
+            return x[i, j * bn + k, y_, x_]
+    else:
+
+        def fn(i, j, y_, x_, k):
+            ch = j * bn + k
+            return tvm.tirx.if_then_else(
+                ch < c, x[i, tvm.te.min(ch, c - 1), y_, x_], tvm.tirx.const(0.0, dtype)
+            )
+
+    y = te.compute((n, cp // bn, h, w, bn), fn, name="T_layout")
+    # the source is strided along the block: loop over the block outside the (contiguous) width
+    sch = s_tir.Schedule(te.create_prim_func([x, y]))
+    blk = sch.get_sblock("T_layout")
+    i, j, yy, xx, k = sch.get_loops(blk)
+    sch.reorder(i, j, yy, k, xx)
+    parallel(sch, sch.fuse(i, j, yy))
+    sch.unroll(k)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def nchwc_to_nchw(
+    shape: Sequence[int], bn: int, dtype: str = "float32", padded: int | None = None
+) -> Any:
+    """A scheduled PrimFunc ``(x: (N, Cp/bn, H, W, bn), y: (N, C, H, W))`` (``shape`` is NCHW,
+    ``padded`` = ``Cp``, default ``C``: the padding channels are dropped)."""
+    from tvm import te
+
+    n, c, h, w = (int(d) for d in shape)
+    cp = int(padded or c)
+    x = te.placeholder((n, cp // bn, h, w, bn), dtype, name="x")
+    y = te.compute(
+        (n, c, h, w), lambda i, j, y_, x_: x[i, j // bn, y_, x_, j % bn], name="T_layout"
+    )
+    return _schedule_copy(te.create_prim_func([x, y]), 3)
+
+
+def permute_channels_nchwc(
+    shape: Sequence[int], bn: int, perm: Sequence[int], dtype: str = "float32"
+) -> Any:
+    """A scheduled PrimFunc ``(x, perm, y)`` on blocked ``(N, C/bn, H, W, bn)`` tensors with
+    ``y[:, c] = x[:, perm[c]]`` in logical channels (ShuffleNet's channel shuffle without leaving
+    the blocked layout); ``perm`` is an int32 ``(C,)`` input. Parallel over ``(n, c_outer, h)``."""
+    from tvm import s_tir, te
+
+    n, c, h, w = (int(d) for d in shape)
+    if c % bn or len(perm) != c:
+        raise ValueError(f"channel permutation of {len(perm)} for {c} channels in blocks of {bn}")
+    x = te.placeholder((n, c // bn, h, w, bn), dtype, name="x")
+    p = te.placeholder((c,), "int32", name="perm")
+
+    def fn(i, j, y_, x_, k):
+        src = p[j * bn + k]
+        return x[i, src // bn, y_, x_, src % bn]
+
+    y = te.compute((n, c // bn, h, w, bn), fn, name="T_layout")
+    sch = s_tir.Schedule(te.create_prim_func([x, p, y]))
+    blk = sch.get_sblock("T_layout")
+    i, j, yy, xx, k = sch.get_loops(blk)
+    parallel(sch, sch.fuse(i, j, yy))
+    sch.unroll(k)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -1,0 +1,169 @@
+"""Analytic block sizes for the CPU templates (no tuning): derived from SIMD width and registers.
+
+The rule (after Liu et al., USENIX ATC 2019, section 3.1, and the register-blocking analysis of
+Goto & van de Geijn's GEMM kernels):
+
+- ``oc_bn = ic_bn = lanes`` (8 fp32 on AVX2, 16 on AVX-512, 4 on NEON) when the channel count is a
+  multiple; otherwise the largest divisor of the channel count not above ``lanes`` (e.g. the RGB
+  stem: ``ic_bn = 3``). One block size per tensor across the graph avoids layout transforms.
+- register tile ``reg_n`` (output columns) x ``reg_c`` (output-channel blocks of ``oc_bn``) held in
+  ``reg_n * reg_c`` vector accumulators, at most ``vregs - 4`` (AVX2: 12 of 16; the weight vectors
+  can be FMA memory operands, the broadcasts need 1-3 registers). Each reduction step loads
+  ``reg_n`` broadcasts and ``reg_c`` weight vectors for ``reg_n * reg_c`` FMAs; the tile maximises
+  ``reg_n * reg_c / (reg_n + reg_c) * OW / OWp`` (FMAs per load, times the useful fraction when
+  the width is rounded up to ``OWp``, a multiple of ``reg_n``), with ``reg_c <= 4`` dividing
+  ``OC / oc_bn`` and, when ``reg_c > 1``, ``reg_n <= vregs / 3`` (wider tiles made LLVM spill).
+  On AVX2 that is 3 x 4 (12 accumulators, 1.71 FMAs per load; measured 85-94 GFLOP/s on one
+  znver3 core, above OpenBLAS's 74 for sgemm).
+- cache blocking: the weights of one tile are ``oc_bn * reg_c * IC * KH * KW * 4`` bytes. Above
+  half the L2 they would be streamed from L3 once per output row, so the reduction over input
+  channels is split into chunks of ``ic_chunk`` blocks whose weights fit in the L1
+  (``ic_chunk``), and the output rows move inside the chunk loop (``oh_inner``): each weight
+  chunk is then read from memory once and reused over the whole output plane, the accumulators of
+  the plane living in a small buffer.
+- small planes (``OW`` not a multiple of ``reg_n``, ``OH * OW <= 1024``): the tile may run along
+  the flattened plane ``q = oh * OW + ow`` instead (``flat``), rounding ``OH * OW`` up instead of
+  every row (7x7: 51 instead of 63 positions for ``reg_n = 3``) when that scores > 2% better and
+  ``N * OC / (oc_bn * reg_c) >= 4 * cores`` (the tasks are then ``n x oc tiles``).
+- no rounding copy: rounding the width up needs a zero-padded copy of the input. A conv with
+  padding makes that copy anyway; for one without (1x1 convs) the copy is an extra pass over the
+  input, which for MobileNet's narrow 1x1 convs cost more than the better tile saved (32 -> 16
+  channels at 112x112: 5 x 2 tile with rounding 0.249 ms, 4 x 2 without 0.144 ms, one thread).
+  There, unless every input element feeds ``COPY_NEGLIGIBLE_MACS`` (256) MACs or more, a
+  rounding tile's score is multiplied by ``ROUNDING_COPY_PENALTY`` (0.6).
+- ``unroll_kw``: unroll the ``kw`` loop when the channel block is shorter than the lanes (the RGB
+  stem: ``ic_bn = 3``) so that the short ``icb`` loop does not dominate.
+- enough parallel work: ``reg_c`` shrinks while there are fewer than ``4 * cores`` tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mcopt.targets.cpu.kernels.target_info import CPUInfo, cpu_info
+
+
+@dataclass(frozen=True)
+class ConvParams:
+    """Block sizes of the conv template: layout blocks, register tile, ``kw`` unrolling."""
+
+    ic_bn: int
+    oc_bn: int
+    reg_n: int
+    reg_c: int = 1
+    unroll_kw: bool = False
+    ic_chunk: int = 0  # ic blocks per L1 block of the reduction (0 = all: no ic split)
+    oh_inner: bool = False  # output rows inside the ic split (weights reused over the plane)
+    ow_block: int = 0  # register tiles per cache block of a row under the ic split (0 = row)
+    flat: bool = False  # tile the flattened output plane (OH*OW) instead of each row
+
+    @property
+    def oc_kbn(self) -> int:
+        """Output channels per block of the packed kernel (``reg_c * oc_bn``)."""
+        return self.reg_c * self.oc_bn
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def channel_block(channels: int, lanes: int) -> int:
+    """The block size of a channel axis: ``lanes`` when it divides, else the largest divisor of
+    ``channels`` that is at most ``lanes``."""
+    if channels % lanes == 0:
+        return lanes
+    return max(d for d in _divisors(channels) if d <= lanes)
+
+
+def _info(target: Any) -> CPUInfo:
+    if isinstance(target, CPUInfo):
+        return target
+    if target is None:
+        from mcopt.targets.cpu.kernels.target_info import host_target
+
+        target = host_target()
+    return cpu_info(target)
+
+
+#: score factor of a tile that rounds the width up when the conv has no padding of its own: the
+#: rounding then adds a zero-padded copy of the whole input (see the module docstring)
+ROUNDING_COPY_PENALTY = 0.6
+
+#: MACs per input element from which the rounding copy is not worth avoiding (ResNet-50's 7x7
+#: 512 -> 2048 conv keeps its 3 x 4 tile)
+COPY_NEGLIGIBLE_MACS = 256
+
+
+def tile_score(ow: int, reg_n: int, reg_c: int, copy_free: bool = True) -> float:
+    """FMAs per load of a ``reg_n x reg_c`` tile times the useful fraction of the rounded width;
+    times :data:`ROUNDING_COPY_PENALTY` when the width is rounded and ``copy_free`` is False."""
+    rounded = -(-ow // reg_n) * reg_n
+    score = reg_n * reg_c / (reg_n + reg_c) * ow / rounded
+    return score if copy_free or rounded == ow else score * ROUNDING_COPY_PENALTY
+
+
+def choose_register_tile(
+    ow: int, occ: int, vregs: int, max_reg_c: int = 4, copy_free: bool = True
+) -> tuple[int, int]:
+    """``(reg_n, reg_c)`` by the rule in the module docstring (``copy_free``: the input is
+    padded anyway, so rounding the width up costs no extra copy)."""
+    best: tuple[float, int, int] = (-1.0, 1, 1)
+    for rc in _divisors(occ):
+        if rc > max_reg_c:
+            break
+        for rn in range(1, min(ow, vregs) + 1):
+            acc = rn * rc
+            if acc > vregs - 4 or (rc > 1 and rn > vregs // 3):
+                continue
+            score = tile_score(ow, rn, rc, copy_free)
+            if score > best[0] + 1e-9:
+                best = (score, rn, rc)
+    return best[1], best[2]
+
+
+def choose_conv_params(
+    data_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    target: Any = None,
+) -> ConvParams:
+    """Block sizes for a conv2d of logical NCHW ``data_shape`` and OIHW ``weight_shape``."""
+    from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size
+
+    info = _info(target)
+    n, ic, h, w = (int(d) for d in data_shape)
+    oc, _, kh, kw = (int(d) for d in weight_shape)
+    sh, sw = _pair(strides)
+    dh, dw = _pair(dilation)
+    pt, pl, pb, pr = _pads(padding)
+    oh = conv_out_size(h, kh, sh, pt, pb, dh)
+    ow = conv_out_size(w, kw, sw, pl, pr, dw)
+    ic_bn = channel_block(ic, info.lanes)
+    oc_bn = channel_block(oc, info.lanes)
+    occ, icc = oc // oc_bn, ic // ic_bn
+    max_rc = 4
+    while max_rc > 1 and n * (occ // min(max_rc, occ)) * oh < 4 * info.cores:
+        max_rc //= 2
+    # rounding the width is free when the input is padded anyway, and negligible when every input
+    # element feeds many MACs (the copy is one load + store per element)
+    padded = any((pt, pl, pb, pr)) or oc * kh * kw >= COPY_NEGLIGIBLE_MACS * sh * sw
+    reg_n, reg_c = choose_register_tile(ow, occ, info.vregs, max_rc, padded)
+    flat = False
+    if ow % reg_n and oh * ow <= 32 * 32:
+        # tile the flattened plane when that wastes less (parallel over n x oc tiles only)
+        frn, frc = choose_register_tile(oh * ow, occ, info.vregs, max_rc, padded)
+        better = tile_score(oh * ow, frn, frc, padded) > 1.02 * tile_score(ow, reg_n, reg_c, padded)
+        if better and n * occ // frc >= 4 * info.cores:
+            reg_n, reg_c, flat = frn, frc, True
+    tile_bytes = reg_c * oc_bn * ic * kh * kw * 4
+    ic_chunk, oh_inner = 0, flat
+    if tile_bytes > info.l2_bytes // 2 and icc > 1:
+        per_block = reg_c * oc_bn * ic_bn * kh * kw * 4
+        ic_chunk = max([d for d in _divisors(icc) if d * per_block <= info.l1_bytes] or [1])
+        oh_inner = n * occ // reg_c >= 2 * info.cores
+    unroll_kw = kw > 1 and ic_bn < info.lanes
+    return ConvParams(ic_bn, oc_bn, reg_n, reg_c, unroll_kw, ic_chunk, oh_inner, 0, flat)

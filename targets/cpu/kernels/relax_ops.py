@@ -1,0 +1,397 @@
+"""Relax integration: emit the scheduled kernels into a module being built with a BlockBuilder.
+
+Each ``emit_*`` packs the (constant) weights in numpy, builds the scheduled PrimFunc for the static
+shapes, adds it to the module with ``bb.add_func`` and emits ``relax.call_tir``. The PrimFuncs
+carry ``tirx.is_scheduled`` (DLight, MetaSchedule's ``relax_integration`` and mcopt's
+``cpu_schedule_pass`` leave them alone) and ``op_pattern = kOpaque`` (8): ``FuseOps`` then never
+fuses them with a neighbour, which would send them through ``FuseTIR`` and lose the schedule.
+The epilogue (bias, residual add, activation) is already inside the kernel.
+
+Activations between blocked convs stay in the blocked layout: convert once at the graph input
+(:func:`emit_to_blocked`) and once at the output (:func:`emit_from_blocked`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mcopt.targets.cpu.kernels import layout
+from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv2d_nchwc, conv_out_size
+from mcopt.targets.cpu.kernels.dense import choose_dense_params, dense_packed
+from mcopt.targets.cpu.kernels.depthwise import choose_depthwise_params, depthwise_conv2d_nchwc
+from mcopt.targets.cpu.kernels.epilogue import Epilogue
+from mcopt.targets.cpu.kernels.params import ConvParams, choose_conv_params
+
+#: ``relay.op.OpPattern.OPAQUE``: FuseOps never fuses such a function
+OPAQUE = 8
+
+
+def finalize_kernel(func: Any) -> Any:
+    """Mark a kernel PrimFunc so that no later pass fuses it (``op_pattern`` opaque) and, unless it
+    is a tunable template (scheduled later by ``template_schedule_pass`` or from a tuning
+    database), so that no later pass re-schedules it."""
+    from mcopt.targets.tune.space import template_of
+
+    func = func.with_attr("op_pattern", OPAQUE)
+    if template_of(func) is not None:
+        return func
+    return func.with_attr("tirx.is_scheduled", True)
+
+
+def _shape(expr: Any) -> tuple[int, ...]:
+    ty = expr.ty
+    if ty.shape is None:
+        raise ValueError("the kernels need static shapes")
+    return tuple(int(d) for d in ty.shape)
+
+
+def _add_kernel(bb: Any, func: Any, name: str) -> Any:
+    """Add ``func`` to the module once: layers with identical shapes, parameters and epilogue
+    (ResNet's repeated blocks) share one PrimFunc, which keeps compile time and code size down."""
+    import tvm_ffi
+
+    func = finalize_kernel(func)
+    table = getattr(bb, "_mcopt_kernels", None)
+    if table is None:  # structural hash -> [(PrimFunc, GlobalVar)], kept on the builder itself
+        table = {}
+        bb._mcopt_kernels = table
+    key = tvm_ffi.structural_hash(func)
+    for cand, gv in table.get(key, []):
+        if tvm_ffi.structural_equal(cand, func):
+            return gv
+    fname = bb.get_unique_name(name)
+    gv = bb.add_func(func.with_attr("global_symbol", fname), fname)
+    table.setdefault(key, []).append((func, gv))
+    return gv
+
+
+def call_kernel(
+    bb: Any, func: Any, name: str, args: list[Any], out_shape: Sequence[int], dtype: str
+) -> Any:
+    """Add the kernel PrimFunc ``func`` to the module (once per distinct kernel, marked opaque and
+    scheduled: :func:`finalize_kernel`) and emit a ``call_tir`` to it. Every lowering that emits
+    one of mcopt's own kernels goes through here."""
+    from tvm import relax
+
+    gv = _add_kernel(bb, func, name)
+    out_ty = relax.TensorType([int(d) for d in out_shape], dtype)
+    return bb.emit(relax.call_tir(gv, args, out_ty), name_hint=name)
+
+
+_call = call_kernel  # the name older lowerings import
+
+
+def emit_to_blocked(bb: Any, x: Any, bn: int, padded: int | None = None) -> Any:
+    """``NCHW -> NCHW[bn]c`` (for the graph input); ``padded``: channels rounded up (zeros)."""
+    n, c, h, w = _shape(x)
+    cp = int(padded or c)
+    dtype = str(x.ty.dtype)
+    return call_kernel(
+        bb,
+        layout.nchw_to_nchwc((n, c, h, w), bn, dtype, cp),
+        "to_nchwc",
+        [x],
+        (n, cp // bn, h, w, bn),
+        dtype,
+    )
+
+
+def emit_from_blocked(bb: Any, x: Any, channels: int | None = None) -> Any:
+    """``NCHW[bn]c -> NCHW`` (for the graph output); ``channels``: the logical channel count
+    when the blocked tensor is zero-padded (the padding is dropped)."""
+    n, cc, h, w, bn = _shape(x)
+    c = int(channels or cc * bn)
+    dtype = str(x.ty.dtype)
+    return call_kernel(
+        bb,
+        layout.nchwc_to_nchw((n, c, h, w), bn, dtype, cc * bn),
+        "from_nchwc",
+        [x],
+        (n, c, h, w),
+        dtype,
+    )
+
+
+def emit_permute_channels(bb: Any, x: Any, perm: Sequence[int]) -> Any:
+    """``y[:, c] = x[:, perm[c]]`` on a blocked ``x`` (a channel shuffle), staying blocked."""
+    from tvm import relax
+
+    n, cc, h, w, bn = _shape(x)
+    dtype = str(x.ty.dtype)
+    func = layout.permute_channels_nchwc((n, cc * bn, h, w), bn, perm, dtype)
+    p = relax.const(np.asarray(perm, dtype=np.int32))
+    return call_kernel(bb, func, "shuffle_nchwc", [x, p], (n, cc, h, w, bn), dtype)
+
+
+def emit_conv2d(
+    bb: Any,
+    x: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    activation: str | None = None,
+    clip: tuple[float, float] = (0.0, 6.0),
+    residual: Any = None,
+    target: Any = None,
+    params: ConvParams | None = None,
+    tunable: bool = True,
+) -> Any:
+    """``act(conv2d(x, weight) + bias (+ residual))`` on a blocked ``x (N, IC/bn, H, W, bn)``.
+
+    ``weight`` is the logical OIHW numpy array (batch norm already folded in); the result is
+    blocked ``(N, OC/oc_bn, OH, OW, oc_bn)`` with ``oc_bn`` from :func:`choose_conv_params`
+    (read it from the result's shape). ``residual`` must have the result's blocked shape.
+
+    ``tunable`` (default) emits the conv as an unscheduled template task
+    (:func:`mcopt.targets.tune.space.template_conv_workload`): the build pipeline schedules it
+    with the analytic parameters, or a tuning database replaces that schedule with a tuned one;
+    ``tunable=False`` emits the pre-scheduled kernel.
+    """
+    from tvm import relax
+
+    n, icc, h, w, ic_bn = _shape(x)
+    dtype = str(x.ty.dtype)
+    oc, ic, kh, kw = weight.shape
+    if ic != icc * ic_bn:
+        raise ValueError(
+            f"weight {weight.shape} does not match blocked input {(n, icc, h, w, ic_bn)}"
+        )
+    data_shape = (n, ic, h, w)
+    if params is None:
+        params = choose_conv_params(data_shape, weight.shape, strides, padding, dilation, target)
+    if params.ic_bn != ic_bn:
+        params = dataclasses.replace(params, ic_bn=ic_bn)
+    ep = Epilogue(bias is not None, residual is not None, activation, *clip)
+    if tunable:
+        from mcopt.targets.tune.space import template_conv_workload
+
+        func = template_conv_workload(
+            data_shape, weight.shape, strides, padding, dilation, target, params, ep, dtype
+        )
+    else:
+        func = conv2d_nchwc(
+            data_shape, weight.shape, strides, padding, dilation, target, params, ep, dtype
+        )
+    args = [x, relax.const(layout.pack_conv_weight(weight.astype(dtype), ic_bn, params.oc_kbn))]
+    if bias is not None:
+        args.append(relax.const(layout.pack_bias(bias.astype(dtype), params.oc_bn)))
+    if residual is not None:
+        args.append(residual)
+    pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
+    oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
+    ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
+    return call_kernel(
+        bb, func, "conv2d_nchwc", args, (n, oc // params.oc_bn, oh, ow, params.oc_bn), dtype
+    )
+
+
+def emit_winograd_conv2d(
+    bb: Any,
+    x: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    m: int,
+    *,
+    padding: int | Sequence[int] = 1,
+    activation: str | None = None,
+    clip: tuple[float, float] = (0.0, 6.0),
+    residual: Any = None,
+) -> Any:
+    """``act(conv3x3(x, weight) + bias (+ residual))`` by Winograd F(m x m, 3 x 3) on a blocked
+    ``x (N, C/bn, H, W, bn)`` (:mod:`.winograd_nchwc`); the result is blocked with the same
+    ``bn``. ``weight`` is the logical OIHW 3x3 numpy array (C and O multiples of ``bn``)."""
+    from tvm import relax
+
+    from mcopt.targets.cpu.kernels.winograd_nchwc import pack_weight, winograd_conv2d_nchwc
+
+    n, cb, h, w, bn = _shape(x)
+    dtype = str(x.ty.dtype)
+    o = int(weight.shape[0])
+    pads = _pads(padding)
+    ep = Epilogue(bias is not None, residual is not None, activation, *clip)
+    func, plan = winograd_conv2d_nchwc((n, cb * bn, h, w), o, m, pads, ep, bn)
+    args = [x, relax.const(pack_weight(weight, m, plan.rv, bn))]
+    if bias is not None:
+        args.append(relax.const(layout.pack_bias(bias.astype(dtype), bn)))
+    if residual is not None:
+        args.append(residual)
+    return call_kernel(
+        bb, func, f"winograd{m}_nchwc", args, (n, o // bn, plan.oh, plan.ow, bn), dtype
+    )
+
+
+def emit_depthwise_conv2d(
+    bb: Any,
+    x: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    activation: str | None = None,
+    clip: tuple[float, float] = (0.0, 6.0),
+    residual: Any = None,
+    target: Any = None,
+) -> Any:
+    """Depthwise conv (``weight (C, 1, KH, KW)``) on a blocked ``x``; the result keeps ``x``'s
+    block."""
+    from tvm import relax
+
+    n, cc, h, w, bn = _shape(x)
+    dtype = str(x.ty.dtype)
+    c, _, kh, kw = weight.shape
+    data_shape = (n, cc * bn, h, w)
+    _, reg_n = choose_depthwise_params(data_shape, (kh, kw), strides, padding, dilation, target)
+    ep = Epilogue(bias is not None, residual is not None, activation, *clip)
+    func = depthwise_conv2d_nchwc(
+        data_shape,
+        (kh, kw),
+        strides,
+        padding,
+        dilation,
+        target,
+        ep,
+        bn=bn,
+        reg_n=reg_n,
+        dtype=dtype,
+    )
+    args = [x, relax.const(layout.pack_depthwise_weight(weight.astype(dtype), bn))]
+    if bias is not None:
+        args.append(relax.const(layout.pack_bias(bias.astype(dtype), bn)))
+    if residual is not None:
+        args.append(residual)
+    pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
+    oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
+    ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
+    return call_kernel(bb, func, "dwconv2d_nchwc", args, (n, cc, oh, ow, bn), dtype)
+
+
+def emit_dense(
+    bb: Any,
+    x: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    activation: str | None = None,
+    clip: tuple[float, float] = (0.0, 6.0),
+    residual: Any = None,
+    target: Any = None,
+) -> Any:
+    """``act(x @ weight.T + bias (+ residual))`` for ``x (M, K)``, ``weight (N, K)``."""
+    from tvm import relax
+
+    m, k = _shape(x)
+    dtype = str(x.ty.dtype)
+    n = weight.shape[0]
+    bn, reg_m = choose_dense_params(m, n, k, target)
+    np_ = -(-n // bn) * bn
+    w = np.zeros((np_, k), dtype)
+    w[:n] = weight
+    ep = Epilogue(bias is not None, residual is not None, activation, *clip)
+    func = dense_packed(m, n, k, target, ep, bn=bn, reg_m=reg_m, dtype=dtype)
+    args = [x, relax.const(layout.pack_dense_weight(w, bn))]
+    if bias is not None:
+        args.append(relax.const(np.ascontiguousarray(bias.astype(dtype))))
+    if residual is not None:
+        args.append(residual)
+    return call_kernel(bb, func, "dense_packed", args, (m, n), dtype)
+
+
+def emit_grouped_conv2d(
+    bb: Any,
+    x: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    groups: int,
+    oc_bn: int | None = None,
+    strides: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    activation: str | None = None,
+    clip: tuple[float, float] = (0.0, 6.0),
+    residual: Any = None,
+    target: Any = None,
+    max_waste: float | None = None,
+    max_relative_cost: float | None = None,
+    out_perm: Sequence[int] | None = None,
+) -> Any:
+    """``act(grouped_conv2d(x, weight) + bias (+ residual))`` on a blocked ``x (N, ICB, H, W,
+    ic_bn)`` (channels ``>= IC`` = ``groups * weight.shape[1]``, extra ones zero-padded) with the
+    kernel of :mod:`.grouped`.
+
+    ``weight`` is the grouped OIHW numpy array ``(OC, IC/groups, KH, KW)``. The result is blocked
+    ``(N, ceil(OC/oc_bn), OH, OW, oc_bn)`` (zero-padded channels beyond ``OC``); ``oc_bn``
+    defaults to the plan's home block (:func:`mcopt.targets.cpu.plan.block_for`). ``residual`` must
+    have the result's shape. ``max_waste``: raise ``ValueError`` when the kernel would execute
+    more than that many times the grouped conv's MACs (see :class:`.grouped.GroupedGeometry`);
+    ``max_relative_cost``: when its estimated time exceeds that fraction of the conv over the
+    block-diagonal weight (:func:`.grouped.relative_cost`). ``out_perm``: permute the output
+    channels, ``y[:, c] = act(...)[:, out_perm[c]]`` (a channel shuffle fused into the epilogue;
+    ``residual`` is then in the permuted order).
+    """
+    from tvm import relax
+
+    from mcopt.targets.cpu.kernels.grouped import (
+        choose_grouped_params,
+        grouped_conv2d_nchwc,
+        output_source,
+        pack_grouped_weight,
+        relative_cost,
+    )
+    from mcopt.targets.cpu.kernels.params import _info
+    from mcopt.targets.cpu.plan import block_for
+
+    n, icb, h, w, ic_bn = _shape(x)
+    dtype = str(x.ty.dtype)
+    oc, icg, kh, kw = weight.shape
+    ic = icg * groups
+    if ic > icb * ic_bn:
+        raise ValueError(
+            f"grouped weight {weight.shape} (groups={groups}) does not match blocked input "
+            f"{(n, icb, h, w, ic_bn)}"
+        )
+    if oc_bn is None:
+        oc_bn = block_for(oc, _info(target).lanes).bn
+    ocb = -(-oc // oc_bn)
+    data_shape = (n, ic, h, w)
+    blocks = (ic_bn, icb, oc_bn, ocb)
+    params, geom = choose_grouped_params(
+        data_shape, weight.shape, groups, *blocks, strides, padding, dilation, target
+    )
+    if max_waste is not None and geom.waste > max_waste:
+        raise ValueError(
+            f"grouped conv {ic}->{oc} (groups={groups}) in blocks {ic_bn}/{oc_bn} would run "
+            f"{geom.waste:.1f}x its MACs (limit {max_waste})"
+        )
+    if max_relative_cost is not None and relative_cost(geom, (kh, kw)) > max_relative_cost:
+        raise ValueError(
+            f"grouped conv {ic}->{oc} (groups={groups}): the block-diagonal conv is estimated "
+            f"faster ({relative_cost(geom, (kh, kw)):.2f}x its time)"
+        )
+    ep = Epilogue(bias is not None, residual is not None, activation, *clip)
+    permuted = out_perm is not None
+    func = grouped_conv2d_nchwc(
+        data_shape, weight.shape, geom, strides, padding, dilation, params, ep, dtype, permuted
+    )
+    args = [x, relax.const(pack_grouped_weight(weight.astype(dtype), geom, params.oc_kbn))]
+    if out_perm is not None:
+        args.append(relax.const(output_source(geom, out_perm)))
+    if bias is not None:
+        b = np.zeros(ocb * oc_bn, dtype)
+        b[:oc] = bias if out_perm is None else bias[np.asarray(out_perm)]
+        args.append(relax.const(layout.pack_bias(b, oc_bn)))
+    if residual is not None:
+        args.append(residual)
+    pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
+    oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
+    ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
+    return call_kernel(bb, func, "gconv2d_nchwc", args, (n, ocb, oh, ow, oc_bn), dtype)

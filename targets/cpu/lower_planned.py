@@ -1,0 +1,401 @@
+"""Planned lowering: a planned graph -> Relax with mcopt's CPU kernels, decision-free.
+
+:func:`lower_planned` lowers the graph :func:`mcopt.targets.cpu.planning.plan_cpu` produced (it
+plans an unplanned graph first). Every choice is already in the IR; this module is a table keyed
+by (op, kernel attribute / layout):
+
+- ``fused_conv2d``: ``kernel`` ``direct`` -> ``emit_conv2d``, ``depthwise`` ->
+  ``emit_depthwise_conv2d``, ``winograd`` -> ``emit_winograd_conv2d`` (tile ``tile``),
+  ``grouped`` -> ``emit_grouped_conv2d`` (its epilogue runs ``out_perm``), ``block_diagonal`` ->
+  ``emit_conv2d`` over :func:`~mcopt.targets.cpu.plan.block_diagonal` of the weight (rows permuted by
+  ``out_perm``), ``plain`` -> Relax ``conv2d`` + epilogue ops. Weights and bias are padded to the
+  output's layout and packed in numpy; a kernel that fails to build (a shape the templates do not
+  cover, logged) falls back to the plain ops with the same result;
+- ``fused_dense``: ``dense`` -> ``emit_dense``, ``sparse`` -> the block-CSR kernel;
+- an op whose output type carries a :class:`~mcopt.ir.BlockedLayout` (per-channel elementwise ops,
+  pooling, channel concat, ``permute_channels``) runs on blocked tensors;
+- every other op uses its ordinary lowering from :data:`~mcopt.targets.relax.lower.LOWERINGS` on NCHW.
+
+Layout transforms are emitted at the boundaries between blocked and plain values, once per (value,
+layout); a blocked ``(N, C/bn, 1, 1, bn)`` tensor (after global pooling) is already in NCHW order
+and only reshaped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from mcopt.errors import TargetError
+from mcopt.ir.core import Graph, Node, Value
+from mcopt.ir.types import BlockedLayout
+from mcopt.targets.cpu import kernels as K
+from mcopt.targets.cpu.plan import (
+    BLOCKED_BINARY,
+    BLOCKED_POOLS,
+    BLOCKED_UNARY,
+    PASSTHROUGH,
+    _channel_const,
+    block_diagonal,
+    block_for,
+)
+from mcopt.targets.cpu.planning import plan_cpu, planned_choices
+from mcopt.targets.relax.lower import (
+    LOWERINGS,
+    LowerContext,
+    _emit_outputs,
+    _first_line,
+    _rx_name,
+    missing_lowerings,
+)
+
+R = relax.op
+log = logging.getLogger(__name__)
+Layout = BlockedLayout
+
+
+class _Values:
+    """The Relax expressions of IR values, per layout (``None`` = the IR's own layout)."""
+
+    def __init__(self, ctx: LowerContext, lanes: int) -> None:
+        self.ctx = ctx
+        self.lanes = lanes
+        self.plain: dict[int, relax.Expr] = {}
+        self.blocked: dict[int, dict[Layout, relax.Expr]] = {}
+        #: kernel fallbacks taken while lowering, e.g. {"conv: plain Relax ops": 1}
+        self.choices: dict[str, int] = {}
+
+    def chose(self, what: str) -> None:
+        self.choices[what] = self.choices.get(what, 0) + 1
+
+    def set_plain(self, v: Value, e: relax.Expr) -> None:
+        self.plain[id(v)] = e
+
+    def set_blocked(self, v: Value, e: relax.Expr, lay: Layout) -> None:
+        self.blocked.setdefault(id(v), {})[lay] = e
+
+    def plain_of(self, v: Value | None) -> relax.Expr | None:
+        if v is None:
+            return None
+        e = self.plain.get(id(v))
+        if e is not None:
+            return e
+        if v.const is not None:
+            e = self.plain[id(v)] = self.ctx.const(v.const)
+            return e
+        lay, src = next(iter(self.blocked[id(v)].items()))
+        n, _, h, w = v.shape
+        bb = self.ctx.bb
+        if h == 1 and w == 1 and not lay.is_padded:  # same memory order: a free reshape
+            e = bb.emit(R.reshape(src, tuple(v.shape)), name_hint=_rx_name(v.name) + "_nchw")
+        else:
+            e = K.emit_from_blocked(bb, src, lay.channels)
+        self.plain[id(v)] = e
+        return e
+
+    def blocked_of(self, v: Value, want: Layout | None = None) -> tuple[relax.Expr, Layout]:
+        """``v`` blocked: in its planned layout (its type's) when ``want`` is None, else ``want``."""
+        have = self.blocked.get(id(v), {})
+        want = want or v.type.layout or block_for(v.shape[1], self.lanes)
+        if want in have:
+            return have[want], want
+        x = self.plain_of(v)
+        e = K.emit_to_blocked(self.ctx.bb, x, want.bn, want.padded)
+        self.blocked.setdefault(id(v), {})[want] = e
+        return e, want
+
+
+def _pad_to(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros(shape, dtype=np.float32)
+    out[tuple(slice(0, s) for s in a.shape)] = a
+    return out
+
+
+def _epilogue(node: Node) -> dict[str, Any]:
+    at = node.attrs
+    act = None if at["activation"] == "none" else str(at["activation"])
+    return {"activation": act, "clip": (float(at["clip_min"]), float(at["clip_max"]))}
+
+
+def _arrays(node: Node) -> tuple[np.ndarray, np.ndarray | None, Value | None]:
+    """The constant weight and bias (float32) of a fused node and its residual input."""
+    ins = list(node.inputs) + [None] * (4 - len(node.inputs))
+    w_v, b_v, r_v = ins[1], ins[2], ins[3]
+    assert w_v is not None and w_v.const is not None
+    if b_v is not None and b_v.const is None:
+        raise TargetError(f"node {node.name!r} ({node.op}): the bias must be a constant")
+    bias = None if b_v is None else np.asarray(b_v.const, np.float32)
+    return np.asarray(w_v.const, np.float32), bias, r_v
+
+
+def _check_shape(node: Node, y: relax.Expr, lout: Layout) -> None:
+    got = LowerContext.shape_of(y)
+    if got != lout.blocked_shape(tuple(node.output.shape)):
+        raise TargetError(
+            f"node {node.name!r}: kernel output {list(got)} does not match the planned "
+            f"layout {lout} of {list(node.output.shape)}"
+        )
+
+
+def _lower_fused_conv(vals: _Values, node: Node, target: Any) -> None:
+    """A ``fused_conv2d`` with a blocked output on the kernel its ``kernel`` attribute names."""
+    at = node.attrs
+    kernel = at["kernel"]
+    lout = node.output.type.layout
+    assert lout is not None
+    x_v = node.inputs[0]
+    assert x_v is not None
+    x, lx = vals.blocked_of(x_v)
+    if kernel == "winograd" and lx.bn != lout.bn:  # the Winograd kernel reads the output's block
+        c = x_v.shape[1]
+        x, lx = vals.blocked_of(x_v, BlockedLayout(lout.bn, c, -(-c // lout.bn) * lout.bn))
+    weight, bias, r_v = _arrays(node)
+    res = None if r_v is None else vals.blocked_of(r_v, lout)[0]
+    geom = {
+        "strides": tuple(at["strides"]),
+        "padding": tuple(at["pads"]),
+        "dilation": tuple(at["dilations"]),
+        "target": target,
+        **_epilogue(node),
+    }
+    pbias = None if bias is None else _pad_to(bias, (lout.padded,))
+    if kernel == "grouped":
+        from mcopt.targets.cpu.kernels.relax_ops import emit_grouped_conv2d
+
+        perm = [int(p) for p in at["out_perm"]] or None
+        y = emit_grouped_conv2d(
+            vals.ctx.bb, x, weight, bias, groups=int(at["groups"]), oc_bn=lout.bn,
+            residual=res, out_perm=perm, **geom,
+        )  # fmt: skip
+    elif kernel == "block_diagonal":
+        dense, b = block_diagonal(weight, int(at["groups"])), bias
+        if at["out_perm"]:  # the fused channel shuffle permutes the dense rows
+            perm = np.asarray(at["out_perm"], np.int64)
+            dense, b = dense[perm], None if b is None else b[perm]
+        dense = _pad_to(dense, (lout.padded, lx.padded, *weight.shape[2:]))
+        b = None if b is None else _pad_to(b, (lout.padded,))
+        y = K.emit_conv2d(vals.ctx.bb, x, dense, b, residual=res, **geom)
+    elif kernel == "depthwise":
+        w = _pad_to(weight, (lx.padded, 1, *weight.shape[2:]))
+        y = K.emit_depthwise_conv2d(vals.ctx.bb, x, w, pbias, residual=res, **geom)
+    else:
+        w = _pad_to(weight, (lout.padded, lx.padded, *weight.shape[2:]))
+        if kernel == "winograd":
+            for k in ("strides", "dilation", "target"):
+                geom.pop(k)
+            y = K.emit_winograd_conv2d(
+                vals.ctx.bb, x, w, pbias, int(at["tile"]), residual=res, **geom
+            )
+        else:
+            y = K.emit_conv2d(vals.ctx.bb, x, w, pbias, residual=res, **geom)
+    _check_shape(node, y, lout)
+    vals.set_blocked(node.output, y, lout)
+
+
+def _lower_fused_dense(vals: _Values, node: Node, target: Any) -> None:
+    ctx = vals.ctx
+    x = vals.plain_of(node.inputs[0])
+    weight, bias, r_v = _arrays(node)
+    ep = _epilogue(node)
+    if node.attrs["kernel"] == "sparse":
+        from mcopt.targets.relax.lower_sparse import emit_sparse_dense
+
+        vals.set_plain(node.output, ctx.emit(emit_sparse_dense(ctx, x, weight, bias, **ep)))
+        return
+    y = K.emit_dense(ctx.bb, x, weight, bias, residual=vals.plain_of(r_v), target=target, **ep)
+    vals.set_plain(node.output, y)
+
+
+def _lower_fused_plain(vals: _Values, node: Node) -> None:
+    """A ``fused_conv2d`` as plain Relax ops (same folded epilogue)."""
+    ctx = vals.ctx
+    at = node.attrs
+    x = vals.plain_of(node.inputs[0])
+    weight, bias, r_v = _arrays(node)
+    y = ctx.emit(
+        R.nn.conv2d(
+            x,
+            ctx.const(weight),
+            strides=tuple(at["strides"]),
+            padding=tuple(at["pads"]),
+            dilation=tuple(at["dilations"]),
+            groups=int(at["groups"]),
+        )
+    )
+    if bias is not None:
+        y = ctx.emit(R.add(y, ctx.const(bias.reshape(1, -1, 1, 1))))
+    if r_v is not None:
+        y = ctx.emit(R.add(y, vals.plain_of(r_v)))
+    ep = _epilogue(node)
+    if ep["activation"] is not None:
+        lo, hi = (0.0, None) if ep["activation"] == "relu" else ep["clip"]
+        y = ctx.emit(R.nn.relu(y) if hi is None else R.clip(y, lo, hi))
+    if at["out_perm"]:  # a channel shuffle absorbed by a grouped group
+        y = ctx.emit(R.take(y, ctx.const(np.asarray(at["out_perm"], np.int64)), axis=1))
+    vals.set_plain(node.output, y)
+
+
+def _packed_channel_const(ctx: LowerContext, v: Value, lay: Layout) -> relax.Expr:
+    vec = _channel_const(v, lay.channels, 4)
+    assert vec is not None
+    full = np.zeros(lay.padded, dtype=np.float32)
+    full[: lay.channels] = vec
+    return ctx.const(full.reshape(1, lay.padded // lay.bn, 1, 1, lay.bn))
+
+
+def _blocked_pool_kernel(bb: Any, node: Node, x: relax.Expr, lay: Layout) -> relax.Expr | None:
+    """max_pool / avg_pool on a blocked tensor with mcopt's pool kernel (no padded copy); None
+    where the kernel does not apply (the Relax pool op is used instead)."""
+    from mcopt.targets.cpu.kernels.pool import pool2d_nchwc
+    from mcopt.targets.cpu.kernels.relax_ops import _call
+
+    at = node.attrs
+    if node.op not in ("max_pool", "avg_pool") or x.ty.dtype != "float32":
+        return None
+    in_shape = LowerContext.shape_of(x)
+    out_shape = lay.blocked_shape(tuple(node.output.shape))
+    func = pool2d_nchwc(
+        in_shape,
+        out_shape[2:4],
+        "max" if node.op == "max_pool" else "avg",
+        at["kernel"],
+        at["strides"],
+        at["pads"],
+        at.get("dilations", (1, 1)),
+        bool(at.get("count_include_pad", 0)),
+    )
+    return _call(bb, func, f"{node.op}_nchwc", [x], out_shape, "float32")
+
+
+def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
+    """A per-channel op on blocked tensors (the plan put its output in ``lay``)."""
+    ctx, bb = vals.ctx, vals.ctx.bb
+    op = node.op
+    ins = [v for v in node.inputs if v is not None]
+    out = node.output
+    if op in PASSTHROUGH:
+        x, _ = vals.blocked_of(ins[0], lay)
+        vals.set_blocked(out, x, lay)
+        return
+    if op in BLOCKED_UNARY:
+        x, _ = vals.blocked_of(ins[0], lay)
+        y = LOWERINGS[op](ctx, node, [x])
+    elif op in BLOCKED_BINARY:
+        fn = {"add": R.add, "sub": R.subtract, "mul": R.multiply}[op]
+        a_v, b_v = node.inputs[0], node.inputs[1]
+        assert a_v is not None and b_v is not None
+        a = _packed_channel_const(ctx, a_v, lay) if a_v.const is not None else None
+        b = _packed_channel_const(ctx, b_v, lay) if b_v.const is not None else None
+        a = a if a is not None else vals.blocked_of(a_v, lay)[0]
+        b = b if b is not None else vals.blocked_of(b_v, lay)[0]
+        y = fn(a, b)
+    elif op in BLOCKED_POOLS:
+        x, _ = vals.blocked_of(ins[0], lay)
+        at = node.attrs
+        if op == "global_avg_pool":
+            y = R.mean(x, axis=[2, 3], keepdims=True)
+        elif op == "global_max_pool":
+            y = R.max(x, axis=[2, 3], keepdims=True)
+        elif (y := _blocked_pool_kernel(bb, node, x, lay)) is not None:
+            vals.set_blocked(out, y, lay)
+            return
+        else:
+            common = {
+                "pool_size": tuple(at["kernel"]),
+                "strides": tuple(at["strides"]),
+                "padding": tuple(at["pads"]),
+                "ceil_mode": bool(at.get("ceil_mode", 0)),
+                "layout": f"NCHW{lay.bn}c",
+            }
+            if op == "max_pool":
+                y = R.nn.max_pool2d(x, dilation=tuple(at.get("dilations", (1, 1))), **common)
+            else:
+                y = R.nn.avg_pool2d(
+                    x, count_include_pad=bool(at.get("count_include_pad", 0)), **common
+                )
+    elif op == "permute_channels":
+        x, _ = vals.blocked_of(ins[0], lay)
+        y = K.emit_permute_channels(bb, x, [int(p) for p in node.attrs["perm"]])
+        vals.set_blocked(out, y, lay)
+        return
+    elif op == "concat":
+        parts = [vals.blocked_of(v)[0] for v in ins]
+        y = R.concat(parts, axis=1)
+    else:  # pragma: no cover - the plan only marks the ops above
+        raise TargetError(f"node {node.name!r} ({op}): no blocked lowering")
+    e = bb.emit(y, name_hint=_rx_name(out.name))
+    if LowerContext.shape_of(e) != lay.blocked_shape(tuple(out.shape)):
+        raise TargetError(
+            f"node {node.name!r} ({op}): blocked result {list(LowerContext.shape_of(e))} does "
+            f"not match {lay} of {list(out.shape)}"
+        )
+    vals.set_blocked(out, e, lay)
+
+
+def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRModule:
+    """Lower ``graph`` (planned by :func:`~mcopt.targets.cpu.planning.plan_cpu` first unless it
+    is) with the kernels for llvm ``target`` (a ``tvm.target.Target``)."""
+    info = K.cpu_info(target)
+    graph = plan_cpu(graph, target, info.lanes)
+    missing_lowerings(graph)
+    bb = relax.BlockBuilder()
+    ctx = LowerContext(bb, graph, target)
+    params = [
+        relax.Var(_rx_name(v.name), relax.TensorType(tuple(v.shape), v.dtype)) for v in graph.inputs
+    ]
+    vals = _Values(ctx, int(graph.metadata.get("mcopt.plan.lanes", info.lanes)))
+    for v, p in zip(graph.inputs, params):
+        vals.set_plain(v, p)
+    with bb.function(func_name, params):
+        with bb.dataflow():
+            for node in graph.nodes:
+                try:
+                    _lower_node(vals, node, target)
+                except TargetError:
+                    raise
+                except Exception as e:
+                    raise TargetError(
+                        f"cannot lower node {node.name!r} ({node.op}): {_first_line(e)}"
+                    ) from None
+            results = [vals.plain_of(v) for v in graph.outputs]
+            out = results[0] if len(results) == 1 else relax.Tuple(results)
+            gv = bb.emit_output(out)
+        bb.emit_func_output(gv)
+    mod = bb.get()
+    choices = planned_choices(graph)
+    for what, n in vals.choices.items():
+        choices[what] = choices.get(what, 0) + n
+    if choices:
+        mod = mod.with_attr("mcopt.choices", {k: int(v) for k, v in sorted(choices.items())})
+    return mod
+
+
+def _lower_node(vals: _Values, node: Node, target: Any) -> None:
+    if node.op == "fused_conv2d":
+        if node.attrs["kernel"] != "plain" and node.output.type.layout is not None:
+            try:
+                _lower_fused_conv(vals, node, target)
+                return
+            except Exception as e:  # a shape the kernels do not cover: plain Relax, same result
+                log.warning("node %r: conv kernel not used (%s); plain path", node.name, e)
+                vals.chose("conv: plain Relax ops (kernel not built)")
+        _lower_fused_plain(vals, node)
+        return
+    if node.op == "fused_dense":
+        _lower_fused_dense(vals, node, target)
+        return
+    lay = node.output.type.layout if len(node.outputs) == 1 else None
+    if lay is not None:
+        _lower_blocked_node(vals, node, lay)
+        return
+    args = [vals.plain_of(v) for v in node.inputs]
+    outs = _emit_outputs(vals.ctx, node, LOWERINGS[node.op](vals.ctx, node, args))
+    for v, e in zip(node.outputs, outs):
+        vals.set_plain(v, e)
+
+
+__all__ = ["lower_planned"]

@@ -1,0 +1,427 @@
+"""Graph-level planning for the CPU kernels: operator fusion and activation layouts (TVM-free).
+
+Two decisions are taken on the mcopt IR before anything is lowered (:func:`plan_graph`):
+
+1. **Fusion** (:class:`FusedOp`). A ``conv2d`` (or ``dense``) with constant weights absorbs the
+   single-use chain that follows it: ``batch_norm`` / ``mul`` / ``add`` by per-channel constants
+   are folded into the weights and bias in numpy (``w' = w * k``, ``b' = b * k + c`` with
+   ``k = gamma / sqrt(var + eps)``, ``c = beta - mean * k`` -- Ioffe & Szegedy 2015, inference
+   form; lossless up to float rounding), then one ``add`` of a same-shape tensor becomes the
+   kernel's residual input, then ``relu`` / ``clip`` its activation. The kernel's epilogue
+   computes ``act(conv(x, w') + b' (+ residual))`` while the accumulators are still in registers
+   (the conv + bias + BN + residual + activation fusion of Liu et al., USENIX ATC 2019).
+
+2. **Layouts** (:class:`Layout`). Every 4-d activation gets a *home* layout: plain ``NCHW`` or
+   blocked ``NCHW[bn]c`` (``x_b[n, c // bn, h, w, c % bn] = x[n, c, h, w]``), the layout of the
+   kernel templates. Convolutions pull their input into the blocked layout (one transform at the
+   first conv); ops that work per channel (elementwise, pooling, channel concat, channel shuffle)
+   keep whatever layout their input has; everything else (reshape, softmax, LRN, plain fallback
+   ops) works on NCHW, and the lowering converts at exactly those boundaries (once per value and
+   layout). The block of a tensor with ``C`` channels is :func:`block_for`: ``lanes`` when it
+   divides ``C``, ``C`` itself for ``C <= lanes``, otherwise ``lanes`` with the channels
+   zero-padded to a multiple of ``lanes`` (pruned models have arbitrary channel counts). The
+   padding channels hold finite values that no consumer reads: conv weights are zero-padded along
+   their input channels, and the conversion back to NCHW drops them; ops that could turn them
+   into inf/NaN (``div``, ``pow``, ``exp``, ...) are not run blocked.
+
+Grouped convolutions (AlexNet ``groups=2``, ShuffleNet ``groups=4``, ResNeXt ``groups=32``) are
+``grouped`` groups with their compact ``(OC, IC/groups, KH, KW)`` weight: the lowering runs them with
+the blocked grouped kernel (:mod:`mcopt.targets.cpu.kernels.grouped`: the conv template whose reduction
+is restricted to a window of the group's input blocks; activations keep their home layout, group
+boundaries need not fall on block boundaries). Where that kernel would waste too much (tiny groups),
+a conv over the :func:`block_diagonal` weight (zero blocks between groups, ``groups`` times the MACs)
+when ``groups <= MAX_DENSE_GROUPS``, else the plain Relax conv. A channel shuffle (Zhang et al.,
+ShuffleNet, CVPR 2018) right after a grouped group without residual is absorbed into it
+(``out_perm``): the grouped kernel's epilogue reads each output channel from its source
+accumulator, so the shuffle costs no pass over memory (lossless: a permutation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mcopt.ir.core import Graph, Node, Value
+from mcopt.ir.types import BlockedLayout
+from mcopt.ops import get_schema, ops_with
+from mcopt.ops.nn import bn_affine
+
+#: grouped convs the grouped kernel does not take run as one blocked conv with block-diagonal
+#: weights when they have at most this many groups (else as a plain Relax conv)
+MAX_DENSE_GROUPS = 4
+
+#: elementwise ops that map finite inputs to finite outputs: safe on zero-padded channel blocks
+#: (from the op traits, mcopt.ops.TRAITS; "finite_preserving" = safe on zero-padded blocks)
+BLOCKED_UNARY = frozenset(
+    op
+    for op in ops_with("channelwise", "finite_preserving", "elementwise") - ops_with("view")
+    if get_schema(op).max_inputs == 1
+)
+BLOCKED_BINARY = frozenset(
+    op
+    for op in ops_with("elementwise", "finite_preserving") - ops_with("channelwise")
+    if get_schema(op).min_inputs == 2
+)
+PASSTHROUGH = ops_with("view", "channelwise")
+BLOCKED_POOLS = ops_with("pool")
+
+#: fuse a channel shuffle that follows a grouped conv into that kernel's epilogue (False keeps it
+#: a separate blocked permutation, e.g. to measure what the fusion saves)
+FUSE_GROUPED_SHUFFLE = True
+
+
+#: the home layout of a blocked activation (the IR type's layout, :class:`mcopt.ir.BlockedLayout`)
+Layout = BlockedLayout
+
+
+#: an odd number of channel blocks (SqueezeNet's 1000 classes: 125 blocks of 8) leaves the conv
+#: template a one-block-wide register tile (``reg_c = 1``: ~0.9 FMAs per load instead of 1.7 for
+#: 3 x 4); from this many blocks on, the channels are padded to a multiple of 4 blocks when that
+#: adds at most 1/16 of them (SqueezeNet's conv10: 1000 -> 1024 channels, 2.40 -> 1.92 ms)
+PAD_ODD_BLOCKS_FROM = 16
+
+
+def block_for(channels: int, lanes: int) -> Layout:
+    """The home block of a tensor with ``channels`` channels (see the module docstring)."""
+    if channels <= lanes and channels % lanes:
+        return Layout(channels, channels, channels)
+    padded = -(-channels // lanes) * lanes
+    blocks = padded // lanes
+    if blocks % 2 and blocks >= PAD_ODD_BLOCKS_FROM:
+        four = -(-blocks // 4) * 4 * lanes
+        if (four - channels) * 16 <= channels:
+            padded = four
+    return Layout(lanes, channels, padded)
+
+
+@dataclass
+class FusedOp:
+    """A conv2d / dense with the chain it absorbed (see the module docstring).
+
+    ``kind``: ``conv`` (groups = 1), ``depthwise`` (one input channel per group, multiplier 1),
+    ``grouped`` (any other ``groups > 1``; ``weight`` stays ``(OC, IC/groups, KH, KW)``),
+    ``dense``. ``weight``/``bias`` are the folded numpy arrays (OIHW / (N, K); ``bias`` None when
+    there is none), ``residual`` the added tensor, ``activation`` None/"relu"/"relu6"/"clip" with
+    ``clip`` bounds. ``out_perm`` (``grouped`` only): a channel shuffle absorbed after the
+    activation, ``out[:, c] = act(...)[:, out_perm[c]]``.
+    """
+
+    kind: str
+    node: Node
+    weight: np.ndarray
+    bias: np.ndarray | None
+    absorbed: list[Node] = field(default_factory=list)
+    residual: Value | None = None
+    activation: str | None = None
+    clip: tuple[float, float] = (0.0, 6.0)
+    out_perm: np.ndarray | None = None
+
+    @property
+    def last(self) -> Node:
+        return self.absorbed[-1] if self.absorbed else self.node
+
+    @property
+    def output(self) -> Value:
+        return self.last.output
+
+    def describe(self) -> str:
+        parts = [self.node.op if self.kind != "depthwise" else "depthwise"]
+        parts += [n.op for n in self.absorbed]
+        return "+".join(parts)
+
+
+def _single_use(v: Value, graph_outputs: set[int]) -> Node | None:
+    """The only consumer of ``v`` (None if it has several uses or is a graph output)."""
+    if id(v) in graph_outputs or len(v.uses) != 1:
+        return None
+    return v.uses[0][0]
+
+
+def _channel_const(v: Value | None, channels: int, rank: int) -> np.ndarray | None:
+    """``v``'s constant as a per-channel vector (C,) when it broadcasts along axis 1 of a rank-
+    ``rank`` tensor (shapes (), (1,), (C,1,1), (1,C,1,1), ...); None otherwise."""
+    if v is None or v.const is None:
+        return None
+    a = np.asarray(v.const)
+    if a.size == 1:
+        return np.full(channels, float(a.reshape(())), dtype=np.float64)
+    if rank == 2:  # dense output (M, N): a (N,) or (1, N) vector
+        if a.shape in {(channels,), (1, channels)}:
+            return a.reshape(-1).astype(np.float64)
+        return None
+    shp = a.shape
+    if len(shp) > rank:
+        return None
+    full = (1,) * (rank - len(shp)) + tuple(shp)
+    if full[1] == channels and all(d == 1 for i, d in enumerate(full) if i != 1):
+        return a.reshape(-1).astype(np.float64)
+    return None
+
+
+def _activation(node: Node) -> tuple[str, tuple[float, float]] | None:
+    if node.op == "relu":
+        return "relu", (0.0, 6.0)
+    if node.op == "clip":
+        lo = float(node.attrs.get("min", -math.inf))
+        hi = float(node.attrs.get("max", math.inf))
+        if lo == 0.0 and hi == 6.0:
+            return "relu6", (0.0, 6.0)
+        if lo == 0.0 and math.isinf(hi):
+            return "relu", (0.0, 6.0)
+        if math.isfinite(lo) and math.isfinite(hi):
+            return "clip", (lo, hi)
+    return None
+
+
+def _conv_kind(node: Node) -> str | None:
+    x, w = node.inputs[0], node.inputs[1]
+    if x is None or w is None or w.const is None or len(x.shape) != 4:
+        return None
+    if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].const is None:
+        return None
+    if x.dtype != "float32" or w.dtype != "float32":
+        return None
+    groups = int(node.attrs.get("groups", 1))
+    c_in, c_out = x.shape[1], w.shape[0]
+    if groups == 1:
+        return "conv"
+    if groups == c_in == c_out and w.shape[1] == 1:
+        return "depthwise"
+    return "grouped"
+
+
+def block_diagonal(weight: np.ndarray, groups: int) -> np.ndarray:
+    """The dense ``(OC, IC, KH, KW)`` weight of a grouped ``(OC, IC/groups, KH, KW)`` one: group
+    ``g``'s filters in the diagonal block ``[g*OC/groups : (g+1)*OC/groups, g*IC/groups : ...]``,
+    zeros elsewhere (the same conv, ``groups`` times the MACs)."""
+    oc, icg = weight.shape[:2]
+    full = np.zeros((oc, icg * groups, *weight.shape[2:]), dtype=weight.dtype)
+    ocg = oc // groups
+    for g in range(groups):
+        full[g * ocg : (g + 1) * ocg, g * icg : (g + 1) * icg] = weight[g * ocg : (g + 1) * ocg]
+    return full
+
+
+def _start_fusion(node: Node) -> FusedOp | None:
+    if node.op == "conv2d":
+        kind = _conv_kind(node)
+        if kind is None:
+            return None
+    elif node.op == "dense":
+        x, w = node.inputs[0], node.inputs[1]
+        if x is None or w is None or w.const is None or len(x.shape) != 2 or x.dtype != "float32":
+            return None
+        if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].const is None:
+            return None
+        kind = "dense"
+    else:
+        return None
+    w = np.asarray(node.inputs[1].const, dtype=np.float64)  # type: ignore[union-attr]
+    b_in = node.inputs[2] if len(node.inputs) > 2 else None
+    b = None if b_in is None else np.asarray(b_in.const, dtype=np.float64)
+    return FusedOp(kind, node, w, b)
+
+
+def _fuse_chain(f: FusedOp, graph_outputs: set[int], claimed: set[int]) -> None:
+    """Absorb the single-use chain after ``f.node`` (affine constants, residual, activation)."""
+    rank = 2 if f.kind == "dense" else 4
+    channels = f.weight.shape[0]
+    cur = f.node.output
+    while True:
+        user = _single_use(cur, graph_outputs)
+        if user is None or f.activation is not None or id(user) in claimed:
+            return
+        idx = next(i for i, v in enumerate(user.inputs) if v is cur)
+        if user.op == "batch_norm" and idx == 0 and f.residual is None:
+            stats = [v.const if v is not None else None for v in user.inputs[1:5]]
+            if any(s is None for s in stats):
+                return
+            k, c = bn_affine(*(np.reshape(s, -1) for s in stats), user.attrs["epsilon"])  # type: ignore[arg-type]
+            f.weight = f.weight * k.reshape((-1,) + (1,) * (f.weight.ndim - 1))
+            f.bias = (f.bias if f.bias is not None else 0.0) * k + c
+        elif user.op in ("mul", "add", "sub") and f.residual is None:
+            other = user.inputs[1 - idx] if len(user.inputs) == 2 else None
+            vec = _channel_const(other, channels, rank)
+            if vec is not None and tuple(user.output.shape) == tuple(cur.shape):
+                if user.op == "mul":
+                    f.weight = f.weight * vec.reshape((-1,) + (1,) * (f.weight.ndim - 1))
+                    f.bias = None if f.bias is None else f.bias * vec
+                elif user.op == "add":
+                    f.bias = (f.bias if f.bias is not None else 0.0) + vec
+                elif idx == 0:  # cur - c
+                    f.bias = (f.bias if f.bias is not None else 0.0) - vec
+                else:
+                    return
+            elif (
+                user.op == "add"
+                and other is not None
+                and other.const is None
+                and tuple(other.shape) == tuple(cur.shape)
+                and other.dtype == cur.dtype
+            ):
+                f.residual = other
+            else:
+                return
+        else:
+            act = _activation(user)
+            if act is None:
+                return
+            f.activation, f.clip = act
+        f.absorbed.append(user)
+        cur = user.output
+
+
+@dataclass
+class Plan:
+    """The planning result: fused groups (keyed by their last node), absorbed nodes, layouts."""
+
+    lanes: int
+    fused: dict[int, FusedOp] = field(default_factory=dict)  # id(last node) -> group
+    absorbed: set[int] = field(default_factory=set)  # ids of nodes emitted inside a group
+    layouts: dict[int, Layout | None] = field(default_factory=dict)  # id(value) -> home layout
+    shuffles: dict[int, tuple[Value, np.ndarray, list[Node]]] = field(default_factory=dict)
+
+    def layout_of(self, v: Value) -> Layout | None:
+        return self.layouts.get(id(v))
+
+    def blocked_values(self) -> int:
+        return sum(1 for lay in self.layouts.values() if lay is not None)
+
+    def summary(self) -> dict[str, int]:
+        kinds: dict[str, int] = {}
+        for f in self.fused.values():
+            kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        return {**kinds, "absorbed": len(self.absorbed), "blocked_values": self.blocked_values()}
+
+
+def _channel_permutation(
+    start: Value, graph_outputs: set[int]
+) -> tuple[np.ndarray, list[Node]] | None:
+    """A single-use chain of reshape/transpose nodes from 4-d ``start`` back to its own shape that
+    only permutes channels (ShuffleNet's channel shuffle): ``(perm, nodes)`` with
+    ``out[:, c] = in[:, perm[c]]``."""
+    shape = tuple(start.shape)
+    if len(shape) != 4:
+        return None
+    n, c, h, w = shape
+    idx = np.arange(n * c * h * w, dtype=np.int64).reshape(shape)
+    nodes: list[Node] = []
+    cur, arr = start, idx
+    while True:
+        user = _single_use(cur, graph_outputs)
+        if user is None or user.op not in ("reshape", "transpose", "flatten") or len(nodes) > 4:
+            return None
+        if user.inputs[0] is not cur:
+            return None
+        if user.op == "transpose":
+            arr = arr.transpose([int(p) for p in user.attrs["perm"]])
+        else:
+            arr = arr.reshape(user.output.shape)
+        nodes.append(user)
+        cur = user.output
+        if tuple(cur.shape) == shape and len(nodes) > 1:
+            break
+    src = arr.reshape(n, c, h * w)
+    chan = src[0, :, 0] // (h * w)
+    expect = (chan.reshape(1, c, 1) * (h * w)) + np.arange(h * w).reshape(1, 1, -1)
+    expect = expect + (np.arange(n) * c * h * w).reshape(n, 1, 1)
+    if not np.array_equal(src, expect):
+        return None
+    return chan.astype(np.int64), nodes
+
+
+def plan_graph(graph: Graph, lanes: int = 8) -> Plan:
+    """Fusion groups and home layouts for ``graph`` (see the module docstring)."""
+    plan = Plan(lanes)
+    outs = {id(v) for v in graph.outputs}
+    claimed: set[int] = set()  # nodes already inside a group
+    # 1. fusion
+    for node in graph.nodes:
+        if id(node) in plan.absorbed:
+            continue
+        f = _start_fusion(node)
+        if f is None:
+            continue
+        _fuse_chain(f, outs, claimed)
+        claimed.update(id(n) for n in f.absorbed)
+        plan.fused[id(f.last)] = f
+        plan.absorbed.update(id(n) for n in f.absorbed)
+        plan.absorbed.discard(id(f.last))
+        if f.absorbed:
+            plan.absorbed.add(id(f.node))
+    # 2. layouts, in topological order
+    lay = plan.layouts
+    for node in graph.nodes:
+        if id(node) in plan.absorbed:
+            continue
+        f = plan.fused.get(id(node))
+        if f is not None:
+            if f.kind in ("conv", "grouped"):
+                lay[id(f.output)] = block_for(f.weight.shape[0], lanes)
+            elif f.kind == "depthwise":
+                src = lay.get(id(f.node.inputs[0]))  # type: ignore[arg-type]
+                lay[id(f.output)] = src or block_for(f.weight.shape[0], lanes)
+            continue
+        ins = [v for v in node.inputs if v is not None]
+        if not ins or len(node.outputs) != 1:
+            continue
+        out = node.output
+        x0 = lay.get(id(ins[0]))
+        if node.op in PASSTHROUGH or node.op in BLOCKED_UNARY or node.op in BLOCKED_POOLS:
+            if x0 is not None and len(ins) == 1:
+                lay[id(out)] = x0
+        elif node.op in BLOCKED_BINARY and len(ins) == 2 and len(out.shape) == 4:
+            a, b = ins
+            la, lb = lay.get(id(a)), lay.get(id(b))
+            c = out.shape[1]
+            if a.const is None and b.const is None:
+                if tuple(a.shape) == tuple(b.shape) == tuple(out.shape) and (la or lb):
+                    lay[id(out)] = la or lb
+            else:
+                t, k, lt = (a, b, la) if b.const is not None else (b, a, lb)
+                if lt is not None and tuple(t.shape) == tuple(out.shape):
+                    if _channel_const(k, c, 4) is not None:
+                        lay[id(out)] = lt
+        elif node.op == "concat" and int(node.attrs.get("axis", 1)) in (1, -3):
+            ls = [lay.get(id(v)) for v in ins]
+            if all(x is not None and not x.is_padded for x in ls) and len({x.bn for x in ls}) == 1:  # type: ignore[union-attr]
+                bn = ls[0].bn  # type: ignore[union-attr]
+                c = out.shape[1]
+                lay[id(out)] = Layout(bn, c, c)
+        elif node.op in ("reshape", "transpose") and x0 is not None and not x0.is_padded:
+            perm = _channel_permutation(ins[0], outs)
+            if perm is not None:
+                p, nodes = perm
+                plan.shuffles[id(nodes[-1])] = (ins[0], p, nodes)
+                plan.absorbed.update(id(n) for n in nodes[:-1])
+                lay[id(nodes[-1].output)] = x0
+    # 3. a channel shuffle right after a grouped conv runs in that kernel's epilogue
+    for key, (src, perm, nodes) in list(plan.shuffles.items()):
+        if not FUSE_GROUPED_SHUFFLE:
+            break
+        f = plan.fused.get(id(src.producer)) if src.producer is not None else None
+        if f is None or f.kind != "grouped" or f.residual is not None or f.output is not src:
+            continue
+        del plan.shuffles[key], plan.fused[id(f.last)]
+        plan.absorbed.update((id(f.node), id(f.last)))
+        f.absorbed.extend(nodes)
+        f.out_perm = perm
+        plan.fused[id(f.last)] = f
+        plan.absorbed.discard(id(f.last))
+    return plan
+
+
+__all__ = [
+    "BLOCKED_BINARY",
+    "BLOCKED_POOLS",
+    "BLOCKED_UNARY",
+    "MAX_DENSE_GROUPS",
+    "FusedOp",
+    "Layout",
+    "Plan",
+    "block_diagonal",
+    "block_for",
+    "plan_graph",
+]

@@ -1,0 +1,1 @@
+"""CUDA GPU targets: the GPU build and compiled model (:mod:`.builder`)."""

@@ -1,0 +1,1 @@
+"""Lowering the mcopt IR to Relax: the lowering table (:data:`.lower.LOWERINGS`, one entry per op, plain NCHW), the lowering families of compressed ops (``lower_*.py``), the build pipeline (:mod:`.builder`) and the TVM-only baseline (:mod:`.baseline`)."""

@@ -1,0 +1,514 @@
+"""Lowering: mcopt IR Graph -> ``tvm.IRModule`` with a Relax ``main`` built by ``relax.BlockBuilder``.
+
+Graph inputs become the parameters of ``main`` (static shapes), constants become ``relax.const``
+(embedded in the module, so ``FoldConstant`` can pre-compute weight transforms), every node is
+lowered by the function registered for its op in :data:`LOWERINGS`. Later issues add compressed
+ops (qconv2d, binary_conv2d, winograd_conv2d, ...) with :func:`register_lowering`.
+
+A lowering function gets the context, the node and its inputs as Relax expressions (``None`` for an
+absent optional input) and returns one Relax expression per node output (a single expression, a
+list, or a Relax tuple for multi-output ops).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from mcopt.errors import TargetError
+from mcopt.ir.core import Graph, Node, Value
+from mcopt.ops.nn import bn_affine
+
+R = relax.op
+LowerResult = Any  # relax.Expr | Sequence[relax.Expr]
+LowerFn = Callable[["LowerContext", Node, list[Any]], LowerResult]
+
+#: op name -> lowering function
+LOWERINGS: dict[str, LowerFn] = {}
+
+
+def register_lowering(op: str, fn: LowerFn | None = None, *, replace: bool = False) -> Any:
+    """Register ``fn`` as the lowering of ``op`` (usable as a decorator: ``@register_lowering("x")``)."""
+
+    def deco(f: LowerFn) -> LowerFn:
+        if op in LOWERINGS and not replace:
+            raise ValueError(f"op {op!r} already has a lowering")
+        LOWERINGS[op] = f
+        return f
+
+    return deco(fn) if fn is not None else deco
+
+
+def _rx_name(name: str) -> str:
+    """A Relax-friendly name hint (letters, digits, underscores)."""
+    s = re.sub(r"[^0-9A-Za-z_]", "_", name) or "v"
+    return s if not s[0].isdigit() else "v" + s
+
+
+class LowerContext:
+    """What a lowering function may use: the block builder, helpers for constants, and the
+    ``target`` the module is lowered for (a ``tvm.target.Target``, or None: the current one /
+    the host). Lowerings that pick instructions (the int8 dot products) must build for it: a
+    cross build lowered for the host would hand LLVM the host's intrinsics."""
+
+    def __init__(self, bb: relax.BlockBuilder, graph: Graph, target: Any = None) -> None:
+        self.bb = bb
+        self.graph = graph
+        self.target = target
+
+    def const(self, array: Any, dtype: str | None = None) -> relax.Constant:
+        arr = np.asarray(array, dtype=dtype)
+        return relax.const(np.ascontiguousarray(arr), str(arr.dtype))
+
+    def scalar(self, value: float, dtype: str) -> relax.Constant:
+        return relax.const(np.array(value, dtype=dtype), dtype)
+
+    def emit(self, expr: relax.Expr, name: str = "") -> relax.Var:
+        return self.bb.emit(expr, name_hint=_rx_name(name) if name else "")
+
+    @staticmethod
+    def shape_of(expr: relax.Expr) -> tuple[int, ...]:
+        return tuple(int(d) for d in expr.ty.shape)
+
+    @staticmethod
+    def dtype_of(expr: relax.Expr) -> str:
+        return str(expr.ty.dtype)
+
+
+def _channel_vector(ctx: LowerContext, v: Value | None, arg: Any, rank: int) -> Any:
+    """A per-channel vector (C,) reshaped to broadcast over NCHW-like axis 1 of a rank-`rank` tensor."""
+    if v is not None and v.const is not None:
+        return ctx.const(v.const.reshape((1, -1) + (1,) * (rank - 2)))
+    n = int(np.prod(v.shape)) if v is not None else -1
+    return R.reshape(arg, (1, n) + (1,) * (rank - 2))
+
+
+def _const_of(v: Value | None) -> np.ndarray | None:
+    return None if v is None else v.const
+
+
+# --- nn ---------------------------------------------------------------------------------------------
+@register_lowering("conv2d")
+def _conv2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    at = node.attrs
+    y = R.nn.conv2d(
+        a[0],
+        a[1],
+        strides=tuple(at["strides"]),
+        padding=tuple(at["pads"]),  # (top, left, bottom, right) in both mcopt and TVM
+        dilation=tuple(at["dilations"]),
+        groups=int(at["groups"]),
+    )
+    if len(a) > 2 and a[2] is not None:
+        y = R.add(ctx.emit(y), _channel_vector(ctx, node.inputs[2], a[2], 4))
+    return y
+
+
+@register_lowering("dense")
+def _dense(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    w = _const_of(node.inputs[1])
+    wt = ctx.const(np.ascontiguousarray(w.T)) if w is not None else R.permute_dims(a[1], (1, 0))
+    y = R.matmul(a[0], wt)
+    if len(a) > 2 and a[2] is not None:
+        y = R.add(ctx.emit(y), a[2])
+    return y
+
+
+@register_lowering("matmul")
+def _matmul(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return R.matmul(a[0], a[1])
+
+
+@register_lowering("batch_norm")
+def _batch_norm(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """Inference BN as y = x * k + c with k = scale / sqrt(var + eps), c = bias - mean * k
+    (pre-computed in numpy when the statistics are constants, which they are after import)."""
+    x = a[0]
+    rank = len(node.inputs[0].shape)  # type: ignore[union-attr]
+    eps = float(node.attrs["epsilon"])
+    consts = [_const_of(v) for v in node.inputs[1:5]]
+    dtype = ctx.dtype_of(x)
+    if all(c is not None for c in consts):
+        k, c = bn_affine(*consts, eps)  # type: ignore[arg-type]
+        shp = (1, -1) + (1,) * (rank - 2)
+        return R.add(
+            ctx.emit(R.multiply(x, ctx.const(k.reshape(shp).astype(dtype)))),
+            ctx.const(c.reshape(shp).astype(dtype)),
+        )
+    scale, bias, mean, var = (
+        _channel_vector(ctx, v, e, rank) for v, e in zip(node.inputs[1:5], a[1:5])
+    )
+    k = ctx.emit(R.divide(scale, R.sqrt(R.add(var, ctx.scalar(eps, dtype)))))
+    return R.add(R.multiply(R.subtract(x, mean), k), bias)
+
+
+def _pool_common(node: Node) -> dict[str, Any]:
+    at = node.attrs
+    return {
+        "pool_size": tuple(at["kernel"]),
+        "strides": tuple(at["strides"]),
+        "padding": tuple(at["pads"]),
+        "ceil_mode": bool(at.get("ceil_mode", 0)),
+    }
+
+
+@register_lowering("max_pool")
+def _max_pool(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return R.nn.max_pool2d(
+        a[0], dilation=tuple(node.attrs.get("dilations", (1, 1))), **_pool_common(node)
+    )
+
+
+@register_lowering("avg_pool")
+def _avg_pool(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return R.nn.avg_pool2d(
+        a[0], count_include_pad=bool(node.attrs.get("count_include_pad", 0)), **_pool_common(node)
+    )
+
+
+@register_lowering("global_avg_pool")
+def _global_avg_pool(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    rank = len(ctx.shape_of(a[0]))
+    return R.mean(a[0], axis=list(range(2, rank)), keepdims=True)
+
+
+@register_lowering("global_max_pool")
+def _global_max_pool(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    rank = len(ctx.shape_of(a[0]))
+    return R.max(a[0], axis=list(range(2, rank)), keepdims=True)
+
+
+@register_lowering("lrn")
+def _lrn(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """ONNX LRN: y = x / (bias + alpha/size * sum_{window over C} x^2) ** beta, with the channel
+    window sum computed as a zero-padded (size x 1) average pool over a (N, 1, C, rest) view."""
+    x = a[0]
+    shape = ctx.shape_of(x)
+    dtype = ctx.dtype_of(x)
+    size = int(node.attrs["size"])
+    alpha, beta, bias = (float(node.attrs[k]) for k in ("alpha", "beta", "bias"))
+    lo, hi = (size - 1) // 2, math.ceil((size - 1) / 2)
+    rest = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    sq = ctx.emit(R.reshape(R.multiply(x, x), (shape[0], 1, shape[1], rest)))
+    avg = ctx.emit(
+        R.nn.avg_pool2d(
+            sq, pool_size=(size, 1), strides=(1, 1), padding=(lo, 0, hi, 0), count_include_pad=True
+        )
+    )
+    avg = ctx.emit(R.reshape(avg, shape))
+    den = R.power(
+        R.add(ctx.scalar(bias, dtype), R.multiply(avg, ctx.scalar(alpha, dtype))),
+        ctx.scalar(beta, dtype),
+    )
+    return R.divide(x, ctx.emit(den))
+
+
+@register_lowering("softmax")
+def _softmax(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return R.nn.softmax(a[0], axis=int(node.attrs.get("axis", -1)))
+
+
+# --- elementwise ------------------------------------------------------------------------------------
+_UNARY: dict[str, Callable[[Any], Any]] = {
+    "relu": R.nn.relu,
+    "sigmoid": R.sigmoid,
+    "tanh": R.tanh,
+    "exp": R.exp,
+    "sqrt": R.sqrt,
+    "neg": R.negative,
+}
+for _op, _fn in _UNARY.items():
+    register_lowering(_op, lambda ctx, node, a, _f=_fn: _f(a[0]))
+
+_BINARY: dict[str, Callable[[Any, Any], Any]] = {
+    "add": R.add,
+    "sub": R.subtract,
+    "mul": R.multiply,
+    "div": R.divide,
+    "pow": R.power,
+}
+for _op, _fn in _BINARY.items():
+    register_lowering(_op, lambda ctx, node, a, _f=_fn: _f(a[0], a[1]))
+
+
+def _passthrough(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return a[0]
+
+
+register_lowering("identity", _passthrough)
+register_lowering("dropout", _passthrough)
+
+
+@register_lowering("clip")
+def _clip(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    x, dtype = a[0], ctx.dtype_of(a[0])
+    lo, hi = float(node.attrs.get("min", -math.inf)), float(node.attrs.get("max", math.inf))
+    if math.isfinite(lo) and math.isfinite(hi):
+        return R.clip(
+            x,
+            lo,
+            hi,
+        )
+    if math.isfinite(lo):
+        x = R.maximum(x, ctx.scalar(lo, dtype))
+    if math.isfinite(hi):
+        x = R.minimum(x, ctx.scalar(hi, dtype))
+    return x
+
+
+@register_lowering("leaky_relu")
+def _leaky_relu(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return R.nn.leakyrelu(a[0], alpha=float(node.attrs.get("alpha", 0.01)))
+
+
+@register_lowering("prelu")
+def _prelu(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """max(x, 0) + slope * min(x, 0): the slope broadcasts against x (numpy rules, as in ONNX)."""
+    x, dtype = a[0], ctx.dtype_of(a[0])
+    zero = ctx.scalar(0.0, dtype)
+    return R.add(R.maximum(x, zero), R.multiply(a[1], R.minimum(x, zero)))
+
+
+@register_lowering("hard_sigmoid")
+def _hard_sigmoid(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    x, dtype = a[0], ctx.dtype_of(a[0])
+    alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
+    lin = R.add(R.multiply(x, ctx.scalar(alpha, dtype)), ctx.scalar(beta, dtype))
+    return R.clip(
+        lin,
+        0.0,
+        1.0,
+    )
+
+
+@register_lowering("hard_swish")
+def _hard_swish(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """x * relu6(x + 3) / 6."""
+    x, dtype = a[0], ctx.dtype_of(a[0])
+    r6 = R.clip(
+        R.add(x, ctx.scalar(3.0, dtype)),
+        0.0,
+        6.0,
+    )
+    return R.multiply(x, R.multiply(r6, ctx.scalar(1.0 / 6.0, dtype)))
+
+
+# --- tensor -----------------------------------------------------------------------------------------
+def _reshape_to_output(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return R.reshape(a[0], tuple(node.output.shape))
+
+
+for _op in ("reshape", "flatten", "squeeze", "unsqueeze"):
+    register_lowering(_op, _reshape_to_output)
+
+
+@register_lowering("transpose")
+def _transpose(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return R.permute_dims(a[0], [int(p) for p in node.attrs["perm"]])
+
+
+@register_lowering("concat")
+def _concat(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return R.concat([e for e in a if e is not None], axis=int(node.attrs["axis"]))
+
+
+@register_lowering("split")
+def _split(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    sizes = [int(s) for s in node.attrs["sizes"]]
+    axis = int(node.attrs.get("axis", 0))
+    if len(sizes) == 1:
+        return [a[0]]
+    indices = [int(i) for i in np.cumsum(sizes)[:-1]]
+    return R.split(a[0], indices, axis=axis)
+
+
+def _onnx_slice_indices(dim: int, start: int, end: int, step: int) -> range:
+    """The indices ONNX Slice selects on an axis of size ``dim`` (negative indices, clamping)."""
+    from mcopt.ops.tensor import slice_bounds
+
+    return range(*slice_bounds(dim, start, end, step), step)
+
+
+@register_lowering("slice")
+def _slice(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """ONNX Slice: positive steps become one strided_slice; a negative step a ``take`` with the
+    explicit index list."""
+    x = a[0]
+    shape = ctx.shape_of(x)
+    at = node.attrs
+    axes_, begin, end, strides = [], [], [], []
+    for st, en, ax, sp in zip(at["starts"], at["ends"], at["axes"], at["steps"]):
+        ax = int(ax) % len(shape)
+        idx = _onnx_slice_indices(shape[ax], int(st), int(en), int(sp))
+        if sp > 0 or len(idx) <= 1:
+            b = idx.start if len(idx) else 0
+            axes_.append(ax)
+            begin.append(b)
+            end.append(idx[-1] + 1 if len(idx) else 0)
+            strides.append(abs(idx.step) if len(idx) else 1)
+        else:
+            x = ctx.emit(R.take(x, ctx.const(np.asarray(idx, dtype=np.int64)), axis=ax))
+    if axes_:
+        x = R.strided_slice(
+            x, axes=axes_, begin=begin, end=end, strides=strides, assume_inbound=True
+        )
+    return x
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+
+
+@register_lowering("pad")
+def _pad(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    pads = [int(p) for p in node.attrs["pads"]]
+    rank = len(pads) // 2
+    width: list[int] = []
+    for i in range(rank):
+        width += [pads[i], pads[rank + i]]
+    mode = str(node.attrs.get("mode", "constant"))
+    if mode not in _PAD_MODES:
+        raise TargetError(f"node {node.name!r} (pad): mode {mode!r} has no lowering")
+    return R.nn.pad(
+        a[0], width, pad_mode=_PAD_MODES[mode], pad_value=float(node.attrs.get("value", 0.0))
+    )
+
+
+@register_lowering("reduce_mean")
+def _reduce_mean(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    rank = len(ctx.shape_of(a[0]))
+    axes = sorted(int(ax) % rank for ax in node.attrs["axes"])
+    return R.mean(a[0], axis=axes, keepdims=bool(node.attrs.get("keepdims", 1)))
+
+
+@register_lowering("cast")
+def _cast(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return R.astype(a[0], str(np.dtype(node.attrs["to"]).name))
+
+
+# --- driver -----------------------------------------------------------------------------------------
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Traceback", "File ", "  ")):
+            return line[:300]
+    return type(e).__name__
+
+
+def _emit_outputs(ctx: LowerContext, node: Node, result: LowerResult) -> list[relax.Expr]:
+    outs: list[relax.Expr]
+    if isinstance(result, list | tuple):
+        outs = [
+            ctx.emit(e, v.name) if not isinstance(e, relax.Var) else e
+            for e, v in zip(result, node.outputs)
+        ]
+    else:
+        var = (
+            ctx.emit(result, node.outputs[0].name) if not isinstance(result, relax.Var) else result
+        )
+        if isinstance(var.ty, relax.TupleType):
+            outs = [
+                ctx.emit(relax.TupleGetItem(var, i), v.name) for i, v in enumerate(node.outputs)
+            ]
+        else:
+            outs = [var]
+    if len(outs) != len(node.outputs):
+        raise TargetError(
+            f"node {node.name!r} ({node.op}): lowering gave {len(outs)} output(s), the op has {len(node.outputs)}"
+        )
+    for e, v in zip(outs, node.outputs):
+        got_shape, got_dtype = LowerContext.shape_of(e), LowerContext.dtype_of(e)
+        if got_shape != tuple(v.shape) or got_dtype != v.dtype:
+            raise TargetError(
+                f"node {node.name!r} ({node.op}): lowered to {got_dtype}{list(got_shape)}, "
+                f"the IR says %{v.name} is {v.dtype}{list(v.shape)}"
+            )
+    return outs
+
+
+def missing_lowerings(graph: Graph) -> None:
+    """Raise a one-line TargetError naming the first node whose op has no lowering."""
+    missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
+    if missing:
+        node = next(n for n in graph.nodes if n.op in missing)
+        if node.op.startswith("fx_"):
+            raise TargetError(
+                f"node {node.name!r} ({node.op}): a fixed-point graph is an integer-only FPGA "
+                "design: build it with target='fpga' (HLS C + resource estimate); for cpu / arm / "
+                "cuda quantize with quantize-int8 instead of fixed-point"
+            )
+        raise TargetError(
+            f"node {node.name!r} uses op {node.op!r}, which has no TVM lowering "
+            f"(ops without one: {', '.join(missing)})"
+        )
+
+
+def lower(graph: Graph, func_name: str = "main", target: Any = None) -> tvm.IRModule:
+    """Lower ``graph`` to an IRModule whose ``func_name`` Relax function takes the graph inputs
+    (every op with its plain NCHW lowering; :func:`mcopt.targets.cpu.lower_planned.lower_planned` is the
+    fused, blocked-layout path that :func:`mcopt.targets.build` uses by default). ``target``:
+    what the target-specific kernels are built for (default: the current target, else the
+    host)."""
+    missing_lowerings(graph)
+    bb = relax.BlockBuilder()
+    ctx = LowerContext(bb, graph, target)
+    params = [
+        relax.Var(_rx_name(v.name), relax.TensorType(tuple(v.shape), v.dtype)) for v in graph.inputs
+    ]
+    env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params)}
+
+    def arg(v: Value | None) -> relax.Expr | None:
+        if v is None:
+            return None
+        if v.const is not None:
+            e = env.get(id(v))
+            if e is None:
+                e = env[id(v)] = ctx.const(v.const)
+            return e
+        return env[id(v)]
+
+    with bb.function(func_name, params):
+        with bb.dataflow():
+            for node in graph.nodes:
+                args = [arg(v) for v in node.inputs]
+                try:
+                    result = LOWERINGS[node.op](ctx, node, args)
+                    outs = _emit_outputs(ctx, node, result)
+                except TargetError:
+                    raise
+                except Exception as e:
+                    raise TargetError(
+                        f"cannot lower node {node.name!r} ({node.op}): {_first_line(e)}"
+                    ) from None
+                for v, e in zip(node.outputs, outs):
+                    env[id(v)] = e
+            results = [arg(v) for v in graph.outputs]
+            out = results[0] if len(results) == 1 else relax.Tuple(results)
+            gv = bb.emit_output(out)
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+__all__ = ["LOWERINGS", "LowerContext", "lower", "missing_lowerings", "register_lowering"]
+
+
+def _load_lowering_families() -> None:
+    """Lowerings of compressed-op families live in ``targets/relax/lower_*.py`` (quantized,
+    sparse, winograd, planned ops, ...); importing them registers their entries in LOWERINGS."""
+    import importlib
+    import pkgutil
+
+    import mcopt.targets.relax as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.startswith("lower_"):
+            importlib.import_module(f"mcopt.targets.relax.{info.name}")
+
+
+_load_lowering_families()

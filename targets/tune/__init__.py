@@ -1,0 +1,1 @@
+"""Autotuning per device: the tuner and scheduler (:mod:`.tuner`), the tuning database and its validation (:mod:`.db`), the schedule search space (:mod:`.space`) and remote devices over TVM RPC (:mod:`.rpc`)."""
