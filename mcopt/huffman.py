@@ -390,7 +390,11 @@ def load_compressed(path: str | os.PathLike[str]) -> Graph:
         g.reserve_name(v.name)
         env[v.name] = v
     for d in header["tensors"]:
-        v = Value(d["name"], _type_from(d), _decode_tensor(d, payload))
+        arr = _decode_tensor(d, payload)
+        t = _type_from(d)
+        if isinstance(t.encoding, Sparse):  # the CSR structure is rebuilt from the values
+            t = TensorType(t.shape, t.dtype, Sparse.of(arr, t.encoding.index_bits), t.layout)
+        v = Value(d["name"], t, arr)
         g.reserve_name(v.name)
         env[v.name] = v
     for d in header["nodes"]:

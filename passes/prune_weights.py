@@ -29,20 +29,9 @@ from mcopt.ir.types import Sparse, TensorType
 from mcopt.pass_manager import Pass, PassContext, register_pass
 
 
-def csr_index_bits(cols: int) -> int:
-    """Smallest of 8 / 16 / 32 bits that holds a column index below `cols`."""
-    for bits in (8, 16):
-        if cols <= 1 << bits:
-            return bits
-    return 32
-
-
 def sparse_type(arr: np.ndarray, dtype: str) -> TensorType:
     """The CSR-encoded type of `arr` viewed as a (rows = axis 0, cols = rest) matrix."""
-    rows = arr.shape[0] if arr.ndim else 1
-    cols = arr.size // max(rows, 1)
-    enc = Sparse(int(np.count_nonzero(arr)), rows, csr_index_bits(cols))
-    return TensorType(arr.shape, dtype, enc)
+    return TensorType(arr.shape, dtype, Sparse.of(arr))
 
 
 def weight_layers(graph: Graph, ops: tuple[str, ...], skip: tuple[str, ...]) -> list[Node]:
@@ -73,6 +62,14 @@ def set_pruned_weight(graph: Graph, node: Node, arr: np.ndarray, encode: str = "
         return
     base = w.name if w.name.endswith("_sparse") else f"{w.name}_sparse"
     node.set_input(1, Value(graph.unique_name(base), t, const=arr))
+
+
+def _refit_type(t: TensorType, arr: np.ndarray) -> TensorType:
+    """``t`` for the refitted ``arr``: a CSR encoding is rebuilt (a refit weight can come out
+    exactly zero, e.g. on an input that is always zero, and storage must count what is stored)."""
+    if isinstance(t.encoding, Sparse):
+        return TensorType(t.shape, t.dtype, Sparse.of(arr, t.encoding.index_bits))
+    return t
 
 
 def refit_masked(
@@ -147,7 +144,7 @@ def refit_masked(
         node.replace_inputs(
             [
                 x_val,
-                Value(graph.unique_name(f"{w.name}_refit"), w.type, arr),
+                Value(graph.unique_name(f"{w.name}_refit"), _refit_type(w.type, arr), arr),
                 graph.const(b2.astype(w.dtype), name=f"{name}_b_refit"),
             ]
         )

@@ -105,7 +105,7 @@ def refit_node(
     b_new = sol[-1].astype(w.dtype)
     enc = w.type.encoding
     if isinstance(enc, Sparse):  # keep the sparsity pattern's storage honest
-        enc = Sparse(int(np.count_nonzero(w_new)), enc.rows, enc.index_bits)
+        enc = Sparse.of(w_new, enc.index_bits)
     wv = Value(graph.unique_name(f"{w.name}_refit"), TensorType(w.shape, w.dtype, enc), w_new)
     bv = graph.const(b_new, name=f"{node.name}_b_refit")
     node.replace_inputs([node.inputs[0], wv, bv])

@@ -238,8 +238,7 @@ class ChannelAnalysis:
             enc = old.type.encoding
             arr = np.ascontiguousarray(arr)
             if isinstance(enc, Sparse):
-                rows = arr.shape[0] if arr.ndim else 1
-                enc = Sparse(int(np.count_nonzero(arr)), rows, enc.index_bits)
+                enc = Sparse.of(arr, enc.index_bits)
             t = TensorType(arr.shape, old.dtype, enc)
             node.set_input(index, Value(g.unique_name(hint), t, const=arr))
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from mcopt.ir.types import TensorType, dtype_name
+from mcopt.errors import VerifyError
+from mcopt.ir.types import Encoding, TensorType, dtype_name
 
 
 class Value:
@@ -194,13 +195,22 @@ class Graph:
         self.inputs.append(v)
         return v
 
-    def const(self, array: Any, name: str = "const", dtype: object | None = None) -> Value:
+    def const(
+        self,
+        array: Any,
+        name: str = "const",
+        dtype: object | None = None,
+        encoding: Encoding | None = None,
+    ) -> Value:
         """A new constant value holding `array` (as a C-contiguous numpy array; a 0-d array stays
-        0-d, which ``np.ascontiguousarray`` would turn into shape (1,))."""
+        0-d, which ``np.ascontiguousarray`` would turn into shape (1,)), stored with `encoding`
+        (e.g. ``Sparse.of(array)``), which must describe the array."""
         arr = np.asarray(array, dtype=dtype, order="C")
         if arr.dtype == np.float64 and dtype is None:
             arr = arr.astype(np.float32)
-        t = TensorType(arr.shape, dtype_name(arr.dtype))
+        t = TensorType(arr.shape, dtype_name(arr.dtype), encoding)
+        if encoding is not None and (why := encoding.problem(arr)) is not None:
+            raise VerifyError(f"constant {name!r}: its {encoding.describe()} {why}")
         return Value(self.unique_name(name), t, const=arr)
 
     def add_node(

@@ -46,6 +46,11 @@ class Encoding:
     def describe(self) -> str:
         return self.kind
 
+    def problem(self, array: np.ndarray) -> str | None:
+        """Why this encoding does not describe the constant ``array`` (None when it does); the
+        verifier calls it for every encoded constant."""
+        return None
+
 
 @dataclass(frozen=True)
 class UniformQuant(Encoding):
@@ -109,14 +114,77 @@ class Codebook(Encoding):
         return f"codebook<k={self.k}>"
 
 
+def csr_index_bits(cols: int) -> int:
+    """Smallest of 8 / 16 / 32 bits that holds a column index below `cols`."""
+    for bits in (8, 16):
+        if cols <= 1 << bits:
+            return bits
+    return 32
+
+
 @dataclass(frozen=True)
 class Sparse(Encoding):
-    """Compressed sparse rows: nnz values + nnz column indices + row pointers."""
+    """Compressed sparse rows of the weight viewed as a ``(rows, cols)`` matrix (rows = axis 0):
+    nnz values + nnz column indices + row pointers.
+
+    The encoding carries the sparsity structure itself (``indptr``, ``indices``: int32 arrays of
+    the CSR format, built by :meth:`of`); the values are the constant's nonzeros in that order
+    (:meth:`values`), so structure and values cannot disagree. The verifier checks that the
+    structure is exactly the constant's nonzero pattern; the sparse kernels and the ``.mcz``
+    writer read it from here instead of re-deriving it."""
 
     nnz: int
     rows: int
     index_bits: int = 32
     kind: str = field(default="sparse", init=False)
+    indptr: np.ndarray | None = field(default=None, init=False, compare=False, repr=False)
+    indices: np.ndarray | None = field(default=None, init=False, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, array: np.ndarray, index_bits: int | None = None) -> Sparse:
+        """The CSR encoding (with its structure) of ``array``'s nonzeros."""
+        import scipy.sparse as sp
+
+        a = np.asarray(array)
+        rows = a.shape[0] if a.ndim else 1
+        m = sp.csr_matrix(a.reshape(rows, -1) if a.size else np.zeros((rows, 0), a.dtype))
+        m.eliminate_zeros()
+        m.sort_indices()
+        cols = a.size // max(rows, 1)
+        enc = cls(int(m.nnz), rows, index_bits or csr_index_bits(cols))
+        object.__setattr__(enc, "indptr", m.indptr.astype(np.int32))
+        object.__setattr__(enc, "indices", m.indices.astype(np.int32))
+        return enc
+
+    def values(self, array: np.ndarray) -> np.ndarray:
+        """The ``nnz`` stored values of ``array`` in CSR order."""
+        assert self.indptr is not None and self.indices is not None
+        m = np.asarray(array).reshape(self.rows, -1)
+        row = np.repeat(np.arange(self.rows), np.diff(self.indptr))
+        return m[row, self.indices]
+
+    def problem(self, array: np.ndarray) -> str | None:
+        """Why this encoding does not describe ``array`` (None when it does)."""
+        if self.indptr is None or self.indices is None:
+            return "carries no CSR structure (build the type with Sparse.of(array))"
+        a = np.asarray(array)
+        if self.rows != (a.shape[0] if a.ndim else 1) or len(self.indptr) != self.rows + 1:
+            return f"has {self.rows} rows / {len(self.indptr) - 1} row pointers for shape {a.shape}"
+        if len(self.indices) != self.nnz or int(self.indptr[-1]) != self.nnz:
+            return f"says nnz={self.nnz} but stores {len(self.indices)} column indices"
+        d = np.diff(self.indices.astype(np.int64))
+        same_row = np.repeat(np.arange(self.rows), np.diff(self.indptr))
+        if np.any(np.diff(self.indptr) < 0) or np.any(d[same_row[1:] == same_row[:-1]] <= 0):
+            return "has row pointers or column indices out of order"
+        cols = a.size // max(self.rows, 1)
+        if self.nnz and (int(self.indices.max()) >= cols or int(self.indices.min()) < 0):
+            return f"has a column index outside 0..{cols - 1}"
+        if int(np.count_nonzero(a)) != self.nnz or np.any(self.values(a) == 0):
+            return (
+                f"does not match the constant's nonzeros ({int(np.count_nonzero(a))} nonzeros, "
+                f"nnz={self.nnz}): rebuild it with Sparse.of(array) after changing the values"
+            )
+        return None
 
     def storage_bits(self, shape: tuple[int, ...], dtype: str) -> int:
         value_bits = np.dtype(dtype).itemsize * 8

@@ -55,6 +55,12 @@ def verify_problems(graph: Graph) -> list[str]:
                     problems.append(
                         f"constant %{v.name}: array {v.const.dtype}{list(v.const.shape)} does not match type {v.type}"
                     )
+                elif v.type.encoding is not None:
+                    why = v.type.encoding.problem(v.const)
+                    if why is not None:
+                        problems.append(
+                            f"constant %{v.name}: its {v.type.encoding.describe()} {why}"
+                        )
             elif id(v) not in defined:
                 problems.append(
                     f"{where}: input %{v.name} is used before it is defined (or not in the graph)"

@@ -126,7 +126,7 @@ def _encode_sparse(arr: np.ndarray, v: Value) -> tuple[np.ndarray, TensorType]:
     old = v.type.encoding
     assert isinstance(old, Sparse)
     out = np.ascontiguousarray(arr.astype(v.dtype))
-    enc = Sparse(int(np.count_nonzero(out)), old.rows, old.index_bits)
+    enc = Sparse.of(out, old.index_bits)
     return out, TensorType(v.shape, v.dtype, enc)
 
 

@@ -204,7 +204,9 @@ def _lower_fused_dense(vals: _Values, node: Node, target: Any) -> None:
     if node.attrs["kernel"] == "sparse":
         from mcopt.targets.relax.lower_sparse import emit_sparse_dense
 
-        vals.set_plain(node.output, ctx.emit(emit_sparse_dense(ctx, x, weight, bias, **ep)))
+        enc = node.inputs[1].type.encoding  # type: ignore[union-attr]
+        y = emit_sparse_dense(ctx, x, weight, bias, encoding=enc, **ep)
+        vals.set_plain(node.output, ctx.emit(y))
         return
     y = K.emit_dense(ctx.bb, x, weight, bias, residual=vals.plain_of(r_v), target=target, **ep)
     vals.set_plain(node.output, y)

@@ -111,9 +111,7 @@ def _weight_const(graph: Graph, f: FusedOp, w: np.ndarray) -> Value:
     arr = np.ascontiguousarray(w, dtype=np.float32)
     v = graph.const(arr, name=f"{src.name}_folded" if f.absorbed else src.name)
     if isinstance(src.type.encoding, Sparse):  # folding scales rows: the zero pattern stays
-        nnz = int(np.count_nonzero(arr))
-        rows = arr.shape[0]
-        v.type = TensorType(v.shape, v.dtype, Sparse(nnz, rows, src.type.encoding.index_bits))
+        v.type = TensorType(v.shape, v.dtype, Sparse.of(arr, src.type.encoding.index_bits))
     return v
 
 

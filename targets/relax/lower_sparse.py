@@ -80,18 +80,19 @@ def emit_sparse_dense(
     bias: np.ndarray | None,
     activation: str | None,
     clip: tuple[float, float],
+    encoding: Any = None,
 ) -> Any:
     """``act(x @ W.T + b)`` on the block-CSR kernel (the planned build's ``fused_dense`` with
     ``kernel="sparse"``: the planner chose it where the sparse kernel wins,
     :func:`~mcopt.targets.cpu.kernels.sparse.sparse_wins`)."""
-    from mcopt.targets.cpu.kernels.sparse import choose_block, sparse_dense, to_bsr
+    from mcopt.targets.cpu.kernels.sparse import bsr_of, choose_block, sparse_dense
 
     w = np.asarray(weight, np.float32)
     lanes = _lanes()
     block = choose_block(w, lanes)
     rows, k = LowerContext.shape_of(x)
     n_out = w.shape[0]
-    bsr = to_bsr(w, block)
+    bsr = bsr_of(w, block, encoding)
     act = {"relu": "relu", "relu6": "relu6", "clip": "clip"}.get(activation or "", None)
     ep = Epilogue(bias=True, activation=act, clip_min=clip[0], clip_max=clip[1])
     func = sparse_dense(rows, n_out, k, bsr.nnzb, block, ep, lanes)
@@ -103,7 +104,7 @@ def emit_sparse_dense(
 @register_lowering("dense", replace=True)
 def _dense(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     """``y = x @ W.T + b`` with a CSR/BSR ``W`` (x of rank >= 2 is flattened to rows)."""
-    from mcopt.targets.cpu.kernels.sparse import choose_block, sparse_dense, to_bsr
+    from mcopt.targets.cpu.kernels.sparse import bsr_of, choose_block, sparse_dense
 
     w = _sparse_weight(node)
     lanes = _lanes()
@@ -120,7 +121,7 @@ def _dense(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     rows = int(np.prod(xshape[:-1])) if len(xshape) > 1 else 1
     if len(xshape) != 2:
         x = ctx.emit(relax.op.reshape(x, (rows, k)))
-    bsr = to_bsr(w, block)
+    bsr = bsr_of(w, block, node.inputs[1].type.encoding)  # type: ignore[union-attr]
     func = sparse_dense(rows, n_out, k, bsr.nnzb, block, Epilogue(bias=True), lanes)
     args = [
         x,

@@ -88,6 +88,17 @@ def to_bsr(w2d: np.ndarray, block: tuple[int, int] = (1, 1)) -> BSR:
     return BSR(data, indices, indptr, (r, c), (rows, cols))
 
 
+def bsr_of(w2d: np.ndarray, block: tuple[int, int], encoding: Any = None) -> BSR:
+    """:func:`to_bsr`, reading the CSR structure from the weight's IR encoding (a
+    :class:`~mcopt.ir.types.Sparse` with its ``indptr``/``indices``) when the blocks are
+    ``(1, 1)`` instead of deriving it again."""
+    enc = encoding
+    if block != (1, 1) or enc is None or getattr(enc, "indptr", None) is None or not enc.nnz:
+        return to_bsr(w2d, block)
+    data = np.ascontiguousarray(enc.values(w2d).reshape(-1, 1, 1)).astype(w2d.dtype)
+    return BSR(data, enc.indices, enc.indptr, (1, 1), tuple(w2d.shape))  # type: ignore[arg-type]
+
+
 def block_fill(w2d: np.ndarray, block: tuple[int, int]) -> float:
     """Fraction of the numbers in the stored ``block``s that are nonzero (1.0 = no stored zeros)."""
     nnz = int(np.count_nonzero(w2d))
@@ -422,6 +433,7 @@ def sparse_wins(
 
 
 __all__ = [
+    "bsr_of",
     "CROSSOVER",
     "sparse_wins",
     "BSR",
