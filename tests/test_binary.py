@@ -144,11 +144,6 @@ def test_binarize_passes_on_lenet5() -> None:
 def test_onnx_export_runs_in_onnxruntime(make) -> None:
     ort = pytest.importorskip("onnxruntime")
     from mcopt.onnx_io import export_model
-    from mcopt.onnx_io.exporter import EXPORTERS
-    from mcopt.ops.binary import export_binary_conv2d, export_binary_dense
-
-    EXPORTERS.setdefault("binary_conv2d", export_binary_conv2d)  # until export_ops.py wires them
-    EXPORTERS.setdefault("binary_dense", export_binary_dense)
     g = make()
     x = np.random.default_rng(0).standard_normal(g.inputs[0].shape).astype(np.float32)
     sess = ort.InferenceSession(

@@ -9,10 +9,13 @@ import numpy as np
 from onnx import helper
 
 from mcopt.ir.core import Node
+from mcopt.onnx_io.export_compressed import (
+    export_binary_conv2d,
+    export_binary_dense,
+    export_codebook_weight,
+    export_winograd_conv2d,
+)
 from mcopt.onnx_io.exporter import EXPORTERS, ExportFn, _Exporter
-from mcopt.ops.binary import export_binary_conv2d, export_binary_dense
-from mcopt.ops.codebook import export_codebook_weight
-from mcopt.ops.winograd import export_winograd_conv2d
 
 
 def exports(*ops: str) -> Callable[[ExportFn], ExportFn]:

@@ -181,16 +181,6 @@ def const_weight(v: Any) -> np.ndarray | None:
     return None
 
 
-def export_codebook_weight(e: Any, n: Any) -> None:
-    """ONNX export (an ``EXPORTERS`` entry): the decoded weight as an initializer (ONNX has no
-    codebook type; Gather on the codebook would be equivalent but no smaller)."""
-    idx, cb = n.inputs[0], n.inputs[1]
-    assert idx is not None and cb is not None and idx.const is not None and cb.const is not None
-    w = decode(idx.const, cb.const, tuple(n.attrs["shape"]))
-    name = e.init(w, f"{n.name}_decoded", dtype=w.dtype)
-    e.add("Identity", [name], [o.name for o in n.outputs], n.name)
-
-
 __all__ = [
     "CodebookIndices",
     "best_gap_bits",
@@ -198,7 +188,6 @@ __all__ = [
     "const_weight",
     "decode",
     "dense_from_entries",
-    "export_codebook_weight",
     "index_bits",
     "index_dtype",
     "sparse_entries",

@@ -23,8 +23,6 @@ stored in the IR.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -184,31 +182,8 @@ register_op(
 )
 
 
-def export_winograd_conv2d(e: Any, n: Any) -> None:
-    """ONNX export (an `EXPORTERS` entry): a standard Conv whose 3x3 weight is recovered from U."""
-    x, u = n.inputs[0], n.inputs[1]
-    b = n.inputs[2] if len(n.inputs) > 2 else None
-    assert u is not None and u.const is not None, "winograd_conv2d export needs a constant weight"
-    w = winograd_weight_inverse(u.const, int(n.attrs["m"]))
-    ins = [e.name_of(x), e.init(w, f"{u.name}_3x3", dtype=w.dtype)]
-    if b is not None:
-        ins.append(e.name_of(b))
-    e.add(
-        "Conv",
-        ins,
-        [o.name for o in n.outputs],
-        n.name,
-        kernel_shape=[3, 3],
-        strides=[1, 1],
-        pads=list(n.attrs["pads"]),
-        dilations=[1, 1],
-        group=1,
-    )
-
-
 __all__ = [
     "TRANSFORMS",
-    "export_winograd_conv2d",
     "winograd_conv2d_ref",
     "winograd_weight",
     "winograd_weight_inverse",
