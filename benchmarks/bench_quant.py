@@ -185,9 +185,9 @@ def bench_kernels() -> list[dict[str, Any]]:
 
     for name, kind, ic, oc, hw, k, s, p in KERNEL_LAYERS:
         isa = choose_isa(tgt, True)
-        at = dict(x_scale=0.02, x_zero_point=3, w_scale=(0.01,) * oc, out_dtype="uint8",
+        at = dict(x_scale=0.02, x_zero_point=3, out_dtype="uint8",
                   out_scale=0.1, out_zero_point=0, act_min=0.0, act_max=np.inf)  # fmt: skip
-        mult = requant_multiplier(at, oc)
+        mult = requant_multiplier(at, (0.01,) * oc, oc)
         if kind == "conv":
             ohw = (hw + 2 * p - k) // s + 1
             w = rng.standard_normal((oc, ic, k, k)).astype(np.float32)

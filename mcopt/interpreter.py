@@ -64,7 +64,8 @@ def run_values(
             else:
                 args.append(env[id(v)])
         try:
-            outs = schema.run_reference(args, node.attrs)
+            in_types = [None if v is None else v.type for v in node.inputs]
+            outs = schema.run_reference(args, node.attrs, in_types)
         except MCoptError:
             raise
         except Exception as e:  # a reference failing is a bug or a bad graph: name the node

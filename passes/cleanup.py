@@ -96,7 +96,8 @@ class ConstantFold(Pass):
                 continue
             schema = get_schema(node.op)
             args = [None if v is None else v.const for v in node.inputs]
-            results = schema.run_reference(args, node.attrs)
+            in_types = [None if v is None else v.type for v in node.inputs]
+            results = schema.run_reference(args, node.attrs, in_types)
             arrays = [
                 np.ascontiguousarray(np.asarray(r).astype(o.dtype))
                 for r, o in zip(results, node.outputs)

@@ -21,10 +21,10 @@ between min and max"):
   from the per-input-channel calibration means, is subtracted from the bias.
 - **graph**: every ``conv2d`` / ``dense`` with constant weights becomes ``quantize`` (one per
   activation tensor, shared) + ``qconv2d`` / ``qdense`` with int32 bias at scale
-  ``x_scale * w_scale``; a following ``relu`` / ``clip`` is fused as the output clamp; when a
-  layer's output feeds only ``quantize`` nodes of one set of parameters, the layer requantizes
-  directly to that uint8/int8 tensor (integer epilogue, QLinearConv), otherwise it dequantizes to
-  float32.
+  ``x_scale * w_scale`` (``w_scale`` kept only on the int8 weight's ``UniformQuant`` type); a
+  following ``relu`` / ``clip`` is fused as the output clamp; when a layer's output feeds only
+  ``quantize`` nodes of one set of parameters, the layer requantizes directly to that uint8/int8
+  tensor (integer epilogue, QLinearConv), otherwise it dequantizes to float32.
 - **mixed precision**: ``keep_float`` (node names) stay float; ``float_layers=N`` keeps the N
   layers whose quantization alone (weights + input) changes the first graph output most
   (relative L2 error on the calibration feeds) in float.
@@ -348,8 +348,7 @@ class QuantizeInt8(Pass):
         attrs = {
             "x_scale": float(sx),
             "x_zero_point": int(zx),
-            "w_scale": tuple(float(v) for v in s),
-        }
+        }  # the weight scales: on wq's type (UniformQuant) only
         if node.op == "conv2d":
             attrs.update({k: node.attrs[k] for k in ("strides", "pads", "dilations", "groups")})
         out = node.output

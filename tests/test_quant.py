@@ -11,7 +11,7 @@ from mcopt.errors import OptionError
 from mcopt.interpreter import run
 from mcopt.ir.types import UniformQuant
 from mcopt.onnx_io import export_model, import_model
-from mcopt.ops.quant import dequantize_array, qconv2d_ref, quantize_array
+from mcopt.ops.quant import dequantize_array, qconv2d_ref, quantize_array, weight_type
 from mcopt.pass_manager import PassContext, PassManager
 from mcopt.passes.gptq import HessianAccumulator, gptq_quantize, im2col, layer_loss
 from mcopt.testing import zoo
@@ -64,9 +64,9 @@ def test_qconv2d_reference_is_integer_conv():
     x = rng.integers(0, 256, (1, 4, 6, 6)).astype(np.uint8)
     w = rng.integers(-128, 128, (5, 4, 3, 3)).astype(np.int8)
     at = dict(strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1, x_scale=0.1,
-              x_zero_point=10, w_scale=(0.01,) * 5, out_dtype="float32", out_scale=1.0,
+              x_zero_point=10, out_dtype="float32", out_scale=1.0,
               out_zero_point=0, act_min=-np.inf, act_max=np.inf)  # fmt: skip
-    y = qconv2d_ref(x, w, None, **at)
+    y = qconv2d_ref(x, w, None, in_types=(None, weight_type(w.shape, (0.01,) * 5), None), **at)
     # the float conv of the dequantized tensors (padding = real zero)
     xf = (x.astype(np.float64) - 10) * 0.1
     xp = np.pad(xf, ((0, 0), (0, 0), (1, 1), (1, 1)))
@@ -76,6 +76,49 @@ def test_qconv2d_reference_is_integer_conv():
         for j in range(6):
             ref[0, :, i, j] = np.tensordot(wf, xp[0, :, i : i + 3, j : j + 3], 3)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_weight_scales_live_only_on_the_weight_type():
+    """qconv2d / qdense keep their weight scales in the weight operand's UniformQuant encoding
+    (no w_scale attribute); the interpreter hands the types to the reference; the verifier names
+    the node when the weight carries no valid scales."""
+    from mcopt.errors import VerifyError
+    from mcopt.ir import Graph, TensorType, verify
+    from mcopt.ir.verify import verify_problems
+
+    rng = np.random.default_rng(2)
+    xa = rng.integers(0, 256, (1, 4, 6, 6)).astype(np.uint8)
+    w = rng.integers(-128, 128, (5, 4, 3, 3)).astype(np.int8)
+    ws = tuple(rng.uniform(1e-3, 1e-2, 5))
+    g = Graph("q")
+    x = g.add_input("x", TensorType(xa.shape, "uint8"))
+    wv = g.const(w, "w")
+    wv.type = weight_type(w.shape, ws)
+    n = g.add_node("qconv2d", [x, wv], {"x_scale": 0.1, "x_zero_point": 10, "pads": (1,) * 4},
+                   name="qc")  # fmt: skip
+    g.outputs = [n.output]
+    verify(g)
+    assert "w_scale" not in n.attrs
+    y = run(g, {"x": xa})[0]
+    np.testing.assert_array_equal(y, qconv2d_ref(xa, w, None, in_types=(None, wv.type), **n.attrs))
+    one = weight_type(w.shape, (0.01,))  # one scale for the tensor == the same scale per channel
+    np.testing.assert_array_equal(
+        qconv2d_ref(xa, w, None, in_types=(None, one), **n.attrs),
+        qconv2d_ref(xa, w, None, in_types=(None, weight_type(w.shape, (0.01,) * 5)), **n.attrs),
+    )
+    with pytest.raises(VerifyError, match="unknown attribute"):
+        g.add_node("qconv2d", [x, wv], {"w_scale": ws})
+    bad = {
+        "UniformQuant encoding": TensorType(w.shape, "int8"),
+        "1 or 5 scales": weight_type(w.shape, ws[:3]),
+        "symmetric": TensorType(w.shape, "int8", UniformQuant(8, True, ws, (1,) * 5, axis=0)),
+        "axis 0": TensorType(w.shape, "int8", UniformQuant(8, True, ws, (0,) * 5, axis=1)),
+    }
+    for why, t in bad.items():
+        wv.type = t
+        problems = verify_problems(g)
+        assert len(problems) == 1 and "\n" not in problems[0], problems
+        assert problems[0].startswith("node 'qc' (qconv2d): ") and why in problems[0], problems
 
 
 def test_pass_quantizes_with_bounded_error_and_real_bytes():

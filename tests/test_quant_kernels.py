@@ -9,7 +9,13 @@ import pytest
 tvm = pytest.importorskip("tvm")
 pytestmark = pytest.mark.tvm
 
-from mcopt.ops.quant import output_bounds, qconv2d_ref, qdense_ref, requant_multiplier  # noqa: E402
+from mcopt.ops.quant import (  # noqa: E402
+    output_bounds,
+    qconv2d_ref,
+    qdense_ref,
+    requant_multiplier,
+    weight_type,
+)
 from mcopt.targets.cpu.kernels import int8_conv, int8_dense  # noqa: E402
 from mcopt.targets.cpu.kernels.int8_intrin import choose_isa  # noqa: E402
 from mcopt.targets.cpu.kernels.target_info import host_target  # noqa: E402
@@ -18,8 +24,10 @@ HOST = host_target(2)
 
 
 def _attrs(rng, oc, out_dtype, x_zp, act_min=-np.inf, **conv):
-    return dict(
-        x_scale=0.02, x_zero_point=x_zp, w_scale=tuple(rng.uniform(1e-3, 1e-2, oc)),
+    """The op's attributes and its weight scales (which live on the weight's type)."""
+    ws = tuple(rng.uniform(1e-3, 1e-2, oc))
+    return ws, dict(
+        x_scale=0.02, x_zero_point=x_zp,
         out_dtype=out_dtype, out_scale=0.3, out_zero_point=5 if out_dtype == "uint8" else 0,
         act_min=act_min, act_max=np.inf, **conv,
     )  # fmt: skip
@@ -51,9 +59,9 @@ def test_int8_conv_exact(ic, oc, hw, k, stride, pad, in_dtype, out_dtype, small)
     w = rng.integers(-wr, wr, (oc, ic, k, k)).astype(np.int8)
     b = rng.integers(-2000, 2000, oc).astype(np.int32)
     x_zp = 7 if in_dtype == "uint8" else 0
-    at = _attrs(rng, oc, out_dtype, x_zp, 0.0, strides=(stride, stride),
-                pads=(pad,) * 4, dilations=(1, 1), groups=1)  # fmt: skip
-    ref = qconv2d_ref(x, w, b, **at)
+    ws, at = _attrs(rng, oc, out_dtype, x_zp, 0.0, strides=(stride, stride),
+                    pads=(pad,) * 4, dilations=(1, 1), groups=1)  # fmt: skip
+    ref = qconv2d_ref(x, w, b, in_types=(None, weight_type(w.shape, ws), None), **at)
     isa = choose_isa(HOST, small)
     n, _, oh, ow = ref.shape
     p = int8_conv.choose_int8_conv_params(oc, ow, oh, n, isa, 2)
@@ -66,7 +74,7 @@ def test_int8_conv_exact(ic, oc, hw, k, stride, pad, in_dtype, out_dtype, small)
     ocp = kp.shape[0] * p.lanes
     be = int8_conv.conv_bias_eff(w, b, x_zp + int8_conv.zero_shift(isa, in_dtype), ocp)
     m = np.zeros(ocp, np.float32)
-    m[:oc] = requant_multiplier(at, oc)
+    m[:oc] = requant_multiplier(at, ws, oc)
     got = _run(func, HOST, [x, kp, be, m], ref.shape, ref.dtype)
     if out_dtype == "float32":
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
@@ -80,15 +88,15 @@ def test_int8_depthwise_exact():
     x = rng.integers(0, 256, (1, c, 10, 10)).astype(np.uint8)
     w = rng.integers(-128, 128, (c, 1, 3, 3)).astype(np.int8)
     b = rng.integers(-500, 500, c).astype(np.int32)
-    at = _attrs(rng, c, "uint8", 9, 0.0, strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1),
-                groups=c)  # fmt: skip
-    ref = qconv2d_ref(x, w, b, **at)
+    ws, at = _attrs(rng, c, "uint8", 9, 0.0, strides=(2, 2), pads=(1, 1, 1, 1),
+                    dilations=(1, 1), groups=c)  # fmt: skip
+    ref = qconv2d_ref(x, w, b, in_types=(None, weight_type(w.shape, ws), None), **at)
     func = int8_conv.int8_depthwise_conv2d(
         x.shape, w.shape, (2, 2), (1, 1, 1, 1), (1, 1), in_dtype="uint8", x_zero_point=9,
         out_dtype="uint8", out_zero_point=at["out_zero_point"], bounds=output_bounds(at),
     )  # fmt: skip
     be = int8_conv.conv_bias_eff(w, b, 9, c)
-    got = _run(func, HOST, [x, w[:, 0], be, requant_multiplier(at, c)], ref.shape, ref.dtype)
+    got = _run(func, HOST, [x, w[:, 0], be, requant_multiplier(at, ws, c)], ref.shape, ref.dtype)
     np.testing.assert_array_equal(got, ref)
 
 
@@ -99,8 +107,8 @@ def test_int8_dense_exact(m, n, k, small):
     wr = 64 if small else 128
     w = rng.integers(-wr, wr, (n, k)).astype(np.int8)
     b = rng.integers(-900, 900, n).astype(np.int32)
-    at = _attrs(rng, n, "uint8", 4, 0.0)
-    ref = qdense_ref(x, w, b, **at)
+    ws, at = _attrs(rng, n, "uint8", 4, 0.0)
+    ref = qdense_ref(x, w, b, in_types=(None, weight_type(w.shape, ws), None), **at)
     isa = choose_isa(HOST, small)
     lanes = 8 if isa in (None, "avx2", "vnni8") else (4 if isa == "sdot" else 16)
     func = int8_dense.int8_dense(m, n, k, isa=isa, lanes=lanes, in_dtype="uint8", x_zero_point=4,
@@ -110,7 +118,7 @@ def test_int8_dense_exact(m, n, k, small):
     np_ = kp.shape[0] * lanes
     be = int8_conv.conv_bias_eff(w, b, 4 + int8_conv.zero_shift(isa, "uint8"), np_)
     mult = np.zeros(np_, np.float32)
-    mult[:n] = requant_multiplier(at, n)
+    mult[:n] = requant_multiplier(at, ws, n)
     got = _run(func, HOST, [x, kp, be, mult], ref.shape, ref.dtype)
     np.testing.assert_array_equal(got, ref)
 

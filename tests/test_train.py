@@ -170,12 +170,12 @@ def test_trained_centroids_stay_shared() -> None:
 
 def test_int8_codes_stay_in_range_and_scales_fixed() -> None:
     g = lenet("int4-weights")
-    scales = {n.name: n.attrs["w_scale"] for n in g.nodes_of("qconv2d", "qdense")}
+    scales = {n.name: n.inputs[1].type.encoding.scale for n in g.nodes_of("qconv2d", "qdense")}
     _step(g, lr=5e-2)
     for n in g.nodes_of("qconv2d", "qdense"):
         w = n.inputs[1].const
         assert w.dtype == np.int8 and w.min() >= -8 and w.max() <= 7
-        assert n.attrs["w_scale"] == scales[n.name]
+        assert n.inputs[1].type.encoding.scale == scales[n.name]
 
 
 def test_binary_alpha_trains_and_bits_stay_packed() -> None:

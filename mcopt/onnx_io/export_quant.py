@@ -5,7 +5,8 @@ Export (the "QDQ format" onnxruntime fuses into QLinearConv / MatMulInteger kern
 
 - ``quantize`` / ``dequantize`` -> ``QuantizeLinear`` / ``DequantizeLinear`` (per-axis when the op
   has several scales);
-- ``qconv2d`` -> ``DequantizeLinear(x_q)``, ``DequantizeLinear(w_q int8, w_scale, axis=0)``,
+- ``qconv2d`` -> ``DequantizeLinear(x_q)``, ``DequantizeLinear(w_q int8, w_scale, axis=0)`` (the
+  scales of ``w_q``'s ``UniformQuant`` type),
   ``DequantizeLinear(bias_q int32, x_scale * w_scale, axis=0)`` -> ``Conv`` -> ``Relu`` / ``Clip``
   (the fused activation) -> ``QuantizeLinear(out_scale, out_zero_point)`` when the output is
   requantized; ``qdense`` the same with ``Gemm`` (``transB=1``). The weights stay int8 in the
@@ -21,6 +22,7 @@ import numpy as np
 from mcopt.ir.core import Node
 from mcopt.onnx_io.export_ops import _io, exports
 from mcopt.onnx_io.exporter import _Exporter
+from mcopt.ops.quant import weight_scales
 
 
 def _qparams(e: _Exporter, n: Node, scale: tuple, zp: tuple, dtype: str, hint: str) -> list[str]:
@@ -74,7 +76,7 @@ def _qlayer(e: _Exporter, n: Node) -> None:
     assert x is not None and w is not None and w.const is not None
     ins, outs = [e.name_of(x)], [o.name for o in n.outputs]  # weights: integer initializers only
     oc = w.shape[0]
-    ws = np.asarray(a["w_scale"], np.float64)
+    ws = np.asarray(weight_scales(w.type), np.float64)  # the scales live on the weight's type
     ws = np.full(oc, ws[0]) if ws.size == 1 else ws
     xf = e.fresh(f"{n.name}_x_dq")
     xqp = _qparams(e, n, (a["x_scale"],), (a["x_zero_point"],), x.dtype, f"{n.name}_x")

@@ -7,9 +7,11 @@ ONNX QuantizeLinear / DequantizeLinear / QLinearConv semantics).
 - ``quantize``: ``q = saturate(rint(x / scale) + zero_point)`` (round half to even, as ONNX);
   ``dequantize``: ``x = (q - zero_point) * scale``. Per-tensor (one scale) or per-axis (``axis``).
 - ``qconv2d`` / ``qdense``: ``x_q`` (uint8 or int8, one ``x_scale``/``x_zero_point``) times a
-  symmetric int8 weight ``w_q`` (per-output-channel ``w_scale``, zero point 0), accumulated in
-  int32: ``acc[o] = sum (x_q - x_zp) * w_q[o] + bias_q[o]`` with ``bias_q`` int32 at scale
-  ``x_scale * w_scale[o]``. The epilogue is either
+  symmetric int8 weight ``w_q`` (scales ``w_scale``: one per output channel or one for the tensor,
+  zero point 0), accumulated in int32: ``acc[o] = sum (x_q - x_zp) * w_q[o] + bias_q[o]`` with
+  ``bias_q`` int32 at scale ``x_scale * w_scale[o]``. The weight scales live only on the weight
+  operand's type, its :class:`~mcopt.ir.types.UniformQuant` encoding (:func:`weight_scales`; the
+  verifier checks it is there), so the references take ``in_types=``. The epilogue is either
 
   * ``out_dtype="float32"`` (dequantize): ``y = float32(acc) * float32(x_scale * w_scale[o])``,
     then the activation clamp (``act_min``/``act_max`` in real units); or
@@ -30,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mcopt.ir.types import TensorType
+from mcopt.ir.types import TensorType, UniformQuant
 from mcopt.ops._util import bad_ints, norm_axis
 from mcopt.ops.nn import _conv2d_infer, conv2d_ref
 from mcopt.ops.schema import Attrs, InTypes, OpSchema, register_op
@@ -89,11 +91,57 @@ def dequantize_array(
     )
 
 
-def requant_multiplier(attrs: Attrs, channels: int) -> np.ndarray:
+def weight_scales(w: TensorType | None) -> tuple[float, ...]:
+    """The scales of a ``qconv2d`` / ``qdense`` weight operand of type `w`: its ``UniformQuant``
+    encoding's (one per output channel, or one for the whole tensor), the only place they are kept."""
+    enc = None if w is None else w.encoding
+    if not isinstance(enc, UniformQuant):
+        raise ValueError(f"the int8 weight {w} carries no UniformQuant encoding (its scales)")
+    return enc.scale
+
+
+def weight_type(shape: Sequence[int], scale: Sequence[float], bits: int = 8) -> TensorType:
+    """The type of a ``qconv2d`` / ``qdense`` weight: int8 codes of `bits` bits, symmetric, with
+    one scale per output channel (axis 0) or, given one scale, one for the tensor."""
+    sc = tuple(float(v) for v in scale)
+    enc = UniformQuant(bits, True, sc, (0,) * len(sc), axis=0 if len(sc) > 1 else None)
+    return TensorType(tuple(int(d) for d in shape), "int8", enc)
+
+
+def _weight_problem(w: TensorType, out_channels: int) -> str | None:
+    """Why the weight type `w` does not carry valid scales (None when it does)."""
+    enc = w.encoding
+    if not isinstance(enc, UniformQuant):
+        got = "none" if enc is None else enc.describe()
+        return (
+            f"weight {w} must carry a UniformQuant encoding holding its scales (1 or "
+            f"{out_channels}), got encoding {got}"
+        )
+    ws = enc.scale
+    if len(ws) not in (1, out_channels):
+        return (
+            f"weight encoding {enc.describe()} must hold 1 or {out_channels} scales (per tensor or "
+            f"per output channel), got {len(ws)}"
+        )
+    if len(ws) > 1 and enc.axis != 0:
+        return f"weight encoding {enc.describe()}: per-channel scales must be on axis 0"
+    if not all(isinstance(v, float | int) and v > 0 and math.isfinite(v) for v in ws):
+        return f"weight encoding {enc.describe()}: scales must be positive and finite"
+    if not enc.signed or not 1 < enc.bits <= 8 or any(z != 0 for z in enc.zero_point):
+        return (
+            f"weight encoding {enc.describe()} must be symmetric (zero point 0), signed, <= 8 bits"
+        )
+    return None
+
+
+def requant_multiplier(
+    attrs: Attrs, w_scale: Sequence[float] | np.ndarray, channels: int
+) -> np.ndarray:
     """Per-channel float32 epilogue multipliers: ``x_scale * w_scale[o]`` (float output) or
     ``x_scale * w_scale[o] / out_scale`` (requantized output), computed in float64 then rounded
-    once to float32 (the references and the compiled kernels share these constants)."""
-    ws = np.asarray(attrs["w_scale"], np.float64).reshape(-1)
+    once to float32 (the references and the compiled kernels share these constants). `w_scale`:
+    the weight's scales (:func:`weight_scales`), one per channel or one for all."""
+    ws = np.asarray(w_scale, np.float64).reshape(-1)
     if ws.size == 1:
         ws = np.full(channels, ws[0])
     m = float(attrs["x_scale"]) * ws
@@ -117,10 +165,12 @@ def output_bounds(attrs: Attrs) -> tuple[float, float]:
     return float(qlo), float(qhi)
 
 
-def epilogue_ref(acc: np.ndarray, attrs: Attrs, axis: int) -> np.ndarray:
+def epilogue_ref(
+    acc: np.ndarray, attrs: Attrs, w_scale: Sequence[float] | np.ndarray, axis: int
+) -> np.ndarray:
     """The int32 accumulator -> output epilogue (float dequantize or integer requantize)."""
     c = acc.shape[axis]
-    m = requant_multiplier(attrs, c).reshape(_axis_shape(acc.ndim, axis, c))
+    m = requant_multiplier(attrs, w_scale, c).reshape(_axis_shape(acc.ndim, axis, c))
     lo, hi = output_bounds(attrs)
     y = acc.astype(np.int32).astype(np.float32) * m
     if attrs["out_dtype"] == "float32":
@@ -213,7 +263,6 @@ register_op(
 _Q_ATTRS = {
     "x_scale": 1.0,
     "x_zero_point": 0,
-    "w_scale": (1.0,),
     "out_dtype": "float32",
     "out_scale": 1.0,
     "out_zero_point": 0,
@@ -231,9 +280,9 @@ def _q_common_check(t: InTypes, a: Attrs, out_channels: int) -> str | None:
         return f"weight must be int8 (symmetric), got {w}"
     if len(t) > 2 and t[2] is not None and (t[2].dtype != "int32" or t[2].shape != (out_channels,)):
         return f"bias {t[2]} must be int32 of shape ({out_channels},)"
-    ws = a["w_scale"]
-    if not isinstance(ws, tuple) or len(ws) not in (1, out_channels) or min(ws) <= 0:
-        return f"w_scale must hold 1 or {out_channels} positive scales, got {len(ws)} values"
+    reason = _weight_problem(w, out_channels)
+    if reason:
+        return reason
     if not float(a["x_scale"]) > 0:
         return f"x_scale must be positive, got {a['x_scale']}"
     lo, hi = qrange(x.dtype)
@@ -285,8 +334,12 @@ def _check_int32(acc: np.ndarray) -> np.ndarray:
     return acc.astype(np.int32)
 
 
-def qconv2d_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attrs) -> np.ndarray:
-    return epilogue_ref(qconv2d_acc(x, w, b, attrs), attrs, axis=1)
+def qconv2d_ref(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, in_types: InTypes, **attrs
+) -> np.ndarray:
+    """`in_types`: the input types; the weight scales come from ``in_types[1]`` (its encoding)."""
+    ws = weight_scales(in_types[1])
+    return epilogue_ref(qconv2d_acc(x, w, b, attrs), attrs, ws, axis=1)
 
 
 register_op(
@@ -303,9 +356,11 @@ register_op(
         check=_qconv2d_check,
         infer=lambda t, a: [TensorType(_conv2d_infer(t, a)[0].shape, a["out_dtype"])],
         reference=qconv2d_ref,
+        reference_types=True,
         macs=lambda t, out, a: out[0].size * t[1].shape[1] * t[1].shape[2] * t[1].shape[3],  # type: ignore[union-attr]
         doc="int8 conv: int32 acc = conv(x_q - x_zp, w_q) + b_q; epilogue dequantizes to float32 "
-        "or requantizes to u8/i8 (per-channel w_scale), activation clamp fused.",
+        "or requantizes to u8/i8 (per-channel scales from w's UniformQuant type), activation clamp "
+        "fused.",
     )
 )
 
@@ -326,8 +381,12 @@ def qdense_acc(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: Attrs)
     return _check_int32(acc)
 
 
-def qdense_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attrs) -> np.ndarray:
-    return epilogue_ref(qdense_acc(x, w, b, attrs), attrs, axis=-1)
+def qdense_ref(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, in_types: InTypes, **attrs
+) -> np.ndarray:
+    """`in_types`: the input types; the weight scales come from ``in_types[1]`` (its encoding)."""
+    ws = weight_scales(in_types[1])
+    return epilogue_ref(qdense_acc(x, w, b, attrs), attrs, ws, axis=-1)
 
 
 register_op(
@@ -338,6 +397,7 @@ register_op(
         check=_qdense_check,
         infer=lambda t, a: [TensorType((*t[0].shape[:-1], t[1].shape[0]), a["out_dtype"])],  # type: ignore[union-attr]
         reference=qdense_ref,
+        reference_types=True,
         macs=lambda t, out, a: out[0].size * t[1].shape[1],  # type: ignore[union-attr]
         doc="int8 dense: int32 acc = (x_q - x_zp) @ w_q.T + b_q; dequantize or requantize "
         "epilogue as qconv2d.",
@@ -355,4 +415,6 @@ __all__ = [
     "qrange",
     "quantize_array",
     "requant_multiplier",
+    "weight_scales",
+    "weight_type",
 ]

@@ -39,6 +39,10 @@ class OpSchema:
     - ``attrs``: name -> default (or REQUIRED).
     - ``infer(in_types, attrs) -> list[TensorType]``: output types.
     - ``reference(*arrays, **attrs) -> ndarray | tuple[ndarray, ...]``: the numpy oracle.
+    - ``reference_types``: the reference also takes ``in_types=`` (the input types, encodings
+      included; None for a missing optional input), for ops whose operands' types carry what their
+      arrays do not, e.g. the scales of a quantized weight (``UniformQuant``). Call it through
+      :meth:`run_reference`, which passes them.
     - ``check(in_types, attrs) -> str | None``: why this node is invalid (None when valid).
     - ``macs(in_types, out_types, attrs) -> int``: multiply-accumulates of one run.
     - ``elementwise``: output[i] depends only on inputs[i] (after broadcasting).
@@ -57,6 +61,7 @@ class OpSchema:
     elementwise: bool = False
     doc: str = ""
     traits: frozenset[str] = frozenset()
+    reference_types: bool = False
 
     def __post_init__(self) -> None:
         traits = set(self.traits) | ({"elementwise"} if self.elementwise else set())
@@ -124,8 +129,22 @@ class OpSchema:
                 f"node {node_name or '?'!r} ({self.name}): cannot infer shapes: {e}"
             ) from None
 
-    def run_reference(self, arrays: Sequence[np.ndarray | None], attrs: Attrs) -> list[np.ndarray]:
-        out = self.reference(*arrays, **attrs)
+    def run_reference(
+        self,
+        arrays: Sequence[np.ndarray | None],
+        attrs: Attrs,
+        in_types: InTypes | None = None,
+    ) -> list[np.ndarray]:
+        """Run the reference on `arrays`; `in_types` (the inputs' types) is required by, and only
+        passed to, references with ``reference_types``."""
+        if self.reference_types:
+            if in_types is None:
+                raise TypeError(
+                    f"op {self.name!r}: its reference needs the input types (in_types=)"
+                )
+            out = self.reference(*arrays, in_types=tuple(in_types), **attrs)
+        else:
+            out = self.reference(*arrays, **attrs)
         return list(out) if isinstance(out, tuple | list) else [out]
 
     def count_macs(self, in_types: InTypes, out_types: list[TensorType], attrs: Attrs) -> int:

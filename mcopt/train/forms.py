@@ -27,7 +27,7 @@ from mcopt.ops import fixed as fxo
 from mcopt.ops._util import norm_axes, norm_axis
 from mcopt.ops.binary import PackedBinary, pack_bits, unpack_weight
 from mcopt.ops.pool import _geometry, _window_counts
-from mcopt.ops.quant import output_bounds, qrange, requant_multiplier
+from mcopt.ops.quant import output_bounds, qrange, requant_multiplier, weight_scales
 from mcopt.ops.winograd import TRANSFORMS, winograd_weight_inverse
 from mcopt.train.module import Builder, finalizer
 from mcopt.train.ste import floor_ste, round_ste, sign_ste, trunc_ste
@@ -550,13 +550,15 @@ def _dequantize(node: Node, b: Builder) -> Callable[..., Any]:
 
 def _q_weight(b: Builder, node: Node, out_channels: int) -> None:
     """int8 weight codes as a latent float weight in real units: w = clamp(round(latent / s), lo, hi)
-    (per output channel s = w_scale), bias codes at scale x_scale * w_scale."""
+    (per output channel s = w_scale, from the weight's UniformQuant type), bias codes at scale
+    x_scale * w_scale."""
     a = node.attrs
     w = node.inputs[1]
-    ws = np.asarray(a["w_scale"], np.float64).reshape(-1)
+    assert w is not None
+    ws = np.asarray(weight_scales(w.type), np.float64).reshape(-1)
     if ws.size == 1:
         ws = np.full(out_channels, ws[0])
-    if w is not None and w.is_const:
+    if w.is_const:
         enc = w.type.encoding
         bits = enc.bits if isinstance(enc, UniformQuant) else 8
         lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
@@ -586,7 +588,10 @@ def _q_epilogue(
     b: Builder, node: Node, channels: int, axis: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     a = node.attrs
-    m = torch.as_tensor(requant_multiplier(a, channels))  # float32 multipliers, as the reference
+    w = node.inputs[1]
+    assert w is not None
+    ws = weight_scales(w.type)
+    m = torch.as_tensor(requant_multiplier(a, ws, channels))  # float32, as the reference
     lo, hi = output_bounds(a)
     lo_ = None if math.isinf(lo) else lo
     hi_ = None if math.isinf(hi) else hi

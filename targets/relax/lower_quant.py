@@ -26,7 +26,7 @@ from tvm import relax, te, tirx
 
 from mcopt.errors import TargetError
 from mcopt.ir.core import Node
-from mcopt.ops.quant import output_bounds, qrange, requant_multiplier
+from mcopt.ops.quant import output_bounds, qrange, requant_multiplier, weight_scales
 from mcopt.targets.cpu.kernels import int8_conv, int8_dense
 from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa
 from mcopt.targets.cpu.kernels.relax_ops import _call
@@ -104,7 +104,7 @@ def _dequantize(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
 
 def _epilogue_consts(node: Node, oc: int, ocp: int) -> tuple[np.ndarray, tuple[float, float]]:
     mult = np.zeros(ocp, np.float32)
-    mult[:oc] = requant_multiplier(node.attrs, oc)
+    mult[:oc] = requant_multiplier(node.attrs, weight_scales(node.inputs[1].type), oc)
     return mult, output_bounds(node.attrs)
 
 
