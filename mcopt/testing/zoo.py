@@ -1,7 +1,7 @@
-"""A small model zoo for tests, examples and benchmarks.
+"""A small model zoo for tests, examples and benchmarks (not part of the compiler's API).
 
-Only ``onnx`` and ``numpy`` are used here (no TVM, no torch, no onnxruntime), so importing the zoo
-is cheap.
+The module imports only ``onnx`` and ``numpy`` (no TVM, no torch, no mcopt compiler module), so it is
+cheap; drawing data-dependent weights imports ``onnxruntime`` (see below).
 
 Three kinds of models:
 
@@ -39,11 +39,13 @@ looking through Reshape/Unsqueeze/... that only re-view a constant), never from 
   scaled so the logits have std :data:`LOGIT_STD` (3): softmax neither one-hot nor uniform.
 * Anything else (Clip bounds, reshape shapes, ...) keeps its value.
 
-Measured statistics come from one forward pass in numpy (a small built-in executor for the ops these
-CNNs use) on a seeded standard-normal input, done in graph order while the weights are drawn, so
+Measured statistics come from one forward pass with onnxruntime (CPU, one thread) on a seeded
+standard-normal input, done in graph order while the weights are drawn: the nodes up to the next
+draw that needs an activation (a BN's input, a fitted conv's output) run as one onnxruntime model, so
 each BN sees the already-normalized output of the BNs before it. Measured values are rounded to 4
 significant digits so BLAS differences between machines do not change the weights. Cost: about one
-inference of the model (~1-3 s for ResNet-50 at 224x224 on one core; VGG-19 ~10-20 s).
+inference of the model plus drawing the weights (~1 s for ResNet-50 at 224x224 on one core; VGG-19,
+mostly its 120 M fully-connected weights, ~7 s).
 
 The float parameters that the light models store as real initializers (a few biases and BN statistics)
 were fitted to the trained weights, which the wheel does not ship; they are re-drawn like the
@@ -63,9 +65,6 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
-from mcopt.ops.nn import conv2d_ref, lrn_ref
-from mcopt.ops.pool import avg_pool_ref, max_pool_ref
 
 __all__ = [
     "LIGHT_MODELS",
@@ -178,7 +177,7 @@ def lenet_metrics() -> dict[str, dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# data-dependent weight initialization (a numpy forward pass)
+# data-dependent weight initialization (a forward pass with onnxruntime)
 
 
 _PASS_THROUGH = {"Unsqueeze", "Squeeze", "Reshape", "Flatten", "Transpose", "Identity", "Cast"}
@@ -208,58 +207,6 @@ def _round_sig(x: np.ndarray, digits: int = 4) -> np.ndarray:
     return np.round(x / mag, digits - 1) * mag
 
 
-def _geometry(node: onnx.NodeProto, kernel: Sequence[int]) -> dict[str, Any]:
-    """The mcopt op attributes of an ONNX Conv/pool node (2-D, explicit pads only)."""
-    if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise NotImplementedError(f"{node.op_type} {node.output[0]!r}: auto_pad")
-    if len(kernel) != 2:
-        raise NotImplementedError(f"{node.op_type} {node.output[0]!r}: only 2-D spatial inputs")
-    pt, pl, pb, pr = list(_attr(node, "pads", [0, 0, 0, 0]))
-    return {
-        "strides": tuple(_attr(node, "strides", [1, 1])),
-        "pads": (pt, pl, pb, pr),
-        "ceil_mode": int(_attr(node, "ceil_mode", 0)),
-        "dilations": tuple(_attr(node, "dilations", [1, 1])),
-    }
-
-
-def _conv(x: np.ndarray, w: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-    g = _geometry(node, w.shape[2:])
-    return conv2d_ref(
-        x,
-        w,
-        None,
-        strides=g["strides"],
-        pads=g["pads"],
-        dilations=g["dilations"],
-        groups=int(_attr(node, "group", 1)),
-    )
-
-
-def _max_pool(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-    k = tuple(_attr(node, "kernel_shape"))
-    return max_pool_ref(x, kernel=k, **_geometry(node, k))
-
-
-def _avg_pool(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-    k = tuple(_attr(node, "kernel_shape"))
-    g = _geometry(node, k)
-    g.pop("dilations")
-    return avg_pool_ref(
-        x, kernel=k, count_include_pad=int(_attr(node, "count_include_pad", 0)), **g
-    )
-
-
-def _lrn(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-    return lrn_ref(
-        x,
-        size=int(_attr(node, "size")),
-        alpha=float(_attr(node, "alpha", 1e-4)),
-        beta=float(_attr(node, "beta", 0.75)),
-        bias=float(_attr(node, "bias", 1.0)),
-    )
-
-
 def _channel_stats(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-channel (axis 1) mean, variance and number of samples of an activation."""
     axes = (0,) + tuple(range(2, y.ndim))
@@ -268,21 +215,37 @@ def _channel_stats(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return y64.mean(axis=axes), y64.var(axis=axes), count
 
 
+def _session_options() -> Any:
+    import onnxruntime as ort  # imported here: importing the zoo stays cheap
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1  # one thread: the same sums on every machine
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
 class _Randomizer:
-    """Draws parameters in graph order, running the graph in numpy where a draw needs activations.
+    """Draws parameters in graph order, running the graph with onnxruntime where a draw needs
+    activations.
 
     BatchNormalization statistics are the measured per-channel mean/variance of the BN input (on a
     standard-normal input), so every BN really normalizes; a conv bias whose output goes straight
     into an activation centres that output (data-dependent init, Kraehenbuehl et al. 2016).
+
+    The walk is in graph order; nodes whose output no draw has needed yet are queued, and when a
+    draw needs an activation the queue runs as one onnxruntime model (the values it needs as inputs,
+    everything used later as outputs). So every BN sees the output of the BNs before it with their
+    drawn statistics, and the random stream is consumed in the same order whatever is measured.
     """
 
     def __init__(
         self, model: onnx.ModelProto, params: dict[str, np.ndarray], seed: int, batch: int = 1
     ) -> None:
         self.graph = model.graph
+        self.opset_import = list(model.opset_import)
         self.rng = np.random.default_rng(seed)
         self.batch = batch
-        self.opset = _opset(model)
         self.params = params  # name -> placeholder array (gives shape, dtype, fill value)
         self.out: dict[str, np.ndarray] = {}
         self.env: dict[str, np.ndarray] = {}
@@ -316,6 +279,12 @@ class _Randomizer:
                     for u, _ in self.consumers.get(o, [])
                 ):
                     self.upstream.add(o)
+        # the onnxruntime part: queued nodes, the activations computed so far
+        self.pending: list[onnx.NodeProto] = []
+        self.activations: set[str] = set()
+        self.last_use: dict[str, int] = {}
+        self.keep: set[str] = set()
+        self.so: Any = None
 
     # ---- roles
 
@@ -384,10 +353,10 @@ class _Randomizer:
         logits, tail = self._classifier()
         if tail is not None:
             last = len(nodes) - 1
-        last_use: dict[str, int] = {}
+            self.keep.add(logits)
         for k, node in enumerate(nodes):
             for x in node.input:
-                last_use[x] = k
+                self.last_use[x] = k
         if last >= 0:
             init_names = {i.name for i in self.graph.initializer}
             rng = np.random.default_rng(12345)  # calibration input, independent of the seed
@@ -404,19 +373,21 @@ class _Randomizer:
             for x in node.input:
                 if x in self.params and x not in self.out and not self._data_dependent(x):
                     self._set_param(x, self._draw(x))
-            if k <= last:
-                self._execute(node)
-                for x in node.input:
-                    if last_use.get(x) == k and x not in self.params and x in self.env:
-                        if x != logits and x not in {i.name for i in self.graph.input}:
-                            del self.env[x]
-            else:  # past the last data-dependent draw: only plain draws remain
+            if k > last:  # past the last data-dependent draw: only plain draws remain
                 for x in node.input:
                     if x in self.params and x not in self.out:
                         self._set_param(x, self._draw(x))
-        if tail is not None and logits in self.env:
+                continue
+            if node.op_type == "BatchNormalization":
+                self._batch_norm(k, node)
+            elif node.op_type == "Conv" and self._fitted_bias(node):
+                self._conv_with_fitted_bias(k, node)
+                continue  # its output is computed there
+            self._queue(node)
+        if tail is not None:
             # scale the classifier so the logits have std LOGIT_STD (the tail is homogeneous)
-            std = float(np.std(self.env[logits].astype(np.float64)))
+            y = self._values(len(nodes), [logits])[logits]
+            std = float(np.std(y.astype(np.float64)))
             if std > 0:
                 factor = float(_round_sig(np.array(LOGIT_STD / std)))
                 for x in tail:
@@ -424,6 +395,138 @@ class _Randomizer:
         for name, ph in self.params.items():  # never reached (dead code): keep the value
             self.out.setdefault(name, ph)
         return self.out
+
+    def _fitted_bias(self, node: onnx.NodeProto) -> bool:
+        """A Conv whose bias is drawn from its measured output (see :meth:`_data_dependent`)."""
+        if len(node.input) < 3 or not node.input[2]:
+            return False
+        return node.input[2] in self.params and node.input[2] not in self.out
+
+    def _batch_norm(self, k: int, node: onnx.NodeProto) -> None:
+        """Draw a BN's parameters, the running statistics from its measured input."""
+        todo = [x for x in node.input[1:5] if x in self.params and x not in self.out]
+        scale = self.env.get(node.input[1])
+        if todo or scale is None:
+            mean_in, var_in, _ = _channel_stats(self._values(k, [node.input[0]])[node.input[0]])
+        else:  # nothing to draw: consume the same random numbers, without running the graph
+            mean_in = var_in = np.zeros(scale.size)
+        c = mean_in.shape[0]
+        rng = self.rng
+        sd = np.sqrt(var_in)
+        drawn = [
+            rng.uniform(0.5, 1.5, c),  # scale
+            rng.standard_normal(c) * 0.1,  # bias
+            _round_sig(mean_in + 0.1 * sd * rng.standard_normal(c)),  # running mean
+            _round_sig(np.maximum(var_in * rng.uniform(0.8, 1.25, c), 1e-4)),  # running var
+        ]
+        for name, d in zip(node.input[1:5], drawn):
+            if name in self.params and name not in self.out:
+                self._set_param(name, d)
+
+    def _conv_with_fitted_bias(self, k: int, node: onnx.NodeProto) -> None:
+        """Run the conv without its bias, fit the bias (and a weight gain) to the output, and add
+        them to the measured output."""
+        w_name, b_name = node.input[1], node.input[2]
+        raw = onnx.NodeProto()
+        raw.CopyFrom(node)
+        del raw.input[2:]
+        raw.output[0] = f"{node.output[0]}/zoo_calibration.no_bias"
+        raw.name = raw.output[0]
+        self._queue(raw)
+        y = self._values(k, [raw.output[0]])[raw.output[0]]
+        del self.env[raw.output[0]]
+        self.activations.discard(raw.output[0])
+        mean, var, count = _channel_stats(y)
+        if count >= _MIN_POSITIONS:
+            # LSUV-style: one gain per layer for unit pre-activation variance, and a bias
+            # that centres every channel (so ReLU keeps about half of each channel)
+            gain = 1.0
+            if w_name in self.params and len(self.consumers.get(w_name, [])) == 1:
+                gain = float(_round_sig(np.array(1.0 / math.sqrt(max(var.mean(), 1e-12)))))
+                self._set_param(w_name, self.env[w_name] * np.float32(gain))
+                y = y * np.float32(gain)
+            sd = np.sqrt(var) * gain
+            bias = -mean * gain + 0.1 * sd * self.rng.standard_normal(mean.shape)
+            self._set_param(b_name, _round_sig(bias))
+        else:
+            self._set_param(b_name, self.rng.standard_normal(mean.shape) * 0.02)
+        b = self.env[b_name]
+        y = y + b.reshape((1, -1) + (1,) * (y.ndim - 2))
+        self.env[node.output[0]] = y.astype(np.float32)
+        self.activations.add(node.output[0])
+
+    def _queue(self, node: onnx.NodeProto) -> None:
+        if node.op_type == "Reshape" and self.batch != 1 and not int(_attr(node, "allowzero", 0)):
+            shape = self.env.get(node.input[1]) if len(node.input) > 1 else None
+            if shape is not None and shape.ndim == 1 and shape.size and shape[0] == 1:
+                # a fixed-batch reshape constant (the light models): keep the calibration batch
+                name = f"{node.input[1]}/zoo_calibration.any_batch"
+                self.env[name] = np.concatenate([[0], shape[1:]]).astype(shape.dtype)
+                copy = onnx.NodeProto()
+                copy.CopyFrom(node)
+                copy.input[1] = name
+                node = copy
+        self.pending.append(node)
+
+    def _values(self, k: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The activations ``names``, running the queued nodes (before node ``k``) if needed."""
+        if any(x not in self.env for x in names):
+            self._flush(k, names)
+        missing = [x for x in names if x not in self.env]
+        if missing:
+            raise ValueError(f"zoo weight init: value {missing[0]!r} is not computed")
+        return {x: self.env[x] for x in names}
+
+    def _flush(self, k: int, wanted: Sequence[str]) -> None:
+        """Run the queued nodes with onnxruntime; keep what node ``k`` and later nodes use."""
+        import onnxruntime as ort
+
+        if not self.pending:
+            return
+        produced: list[str] = []
+        inputs: list[str] = []
+        seen: set[str] = set()
+        for node in self.pending:
+            for x in node.input:
+                if x and x not in seen:
+                    seen.add(x)
+                    if x not in self.env:
+                        raise ValueError(f"zoo weight init: value {x!r} is not computed")
+                    inputs.append(x)
+            for o in node.output:
+                if o:
+                    seen.add(o)
+                    produced.append(o)
+        outputs = [
+            o for o in produced if o in wanted or self.last_use.get(o, -1) >= k or o in self.keep
+        ]
+        graph = helper.make_graph(
+            self.pending,
+            "mcopt_zoo_calibration",
+            [
+                helper.make_tensor_value_info(
+                    x, helper.np_dtype_to_tensor_dtype(self.env[x].dtype), None
+                )
+                for x in inputs
+            ],
+            [helper.make_empty_tensor_value_info(o) for o in outputs],
+        )
+        model = helper.make_model(graph, opset_imports=self.opset_import)
+        model.ir_version = 8
+        if self.so is None:
+            self.so = _session_options()
+        sess = ort.InferenceSession(
+            model.SerializeToString(), self.so, providers=["CPUExecutionProvider"]
+        )
+        results = sess.run(outputs, {x: self.env[x] for x in inputs})
+        self.pending = []
+        for o, v in zip(outputs, results):
+            self.env[o] = v
+            self.activations.add(o)
+        for x in list(self.activations):  # activations no node from k on reads
+            if self.last_use.get(x, -1) < k and x not in self.keep and x not in wanted:
+                del self.env[x]
+                self.activations.discard(x)
 
     def _source(self, name: str, producer: dict[str, onnx.NodeProto]) -> str:
         """The parameter a constant comes from through view ops (Reshape of a weight, ...)."""
@@ -458,211 +561,6 @@ class _Randomizer:
                 return logits, None
             name = node.input[0]
         return logits, None
-
-    def _get(self, name: str) -> np.ndarray:
-        if name not in self.env:
-            raise ValueError(f"zoo weight init: value {name!r} is not computed")
-        return self.env[name]
-
-    def _execute(self, node: onnx.NodeProto) -> None:
-        op = node.op_type
-        fn = getattr(self, f"_op_{op}", None)
-        if fn is None:
-            raise NotImplementedError(
-                f"zoo weight init: op {op!r} (node {node.name or node.output[0]!r}) is not "
-                "supported by the numpy calibration pass"
-            )
-        outs = fn(node)
-        if not isinstance(outs, tuple):
-            outs = (outs,)
-        for name, value in zip(node.output, outs):
-            if name:
-                self.env[name] = value
-
-    def _in(self, node: onnx.NodeProto, i: int) -> np.ndarray | None:
-        if i >= len(node.input) or not node.input[i]:
-            return None
-        return self._get(node.input[i])
-
-    # ---- ops (numpy reference semantics, enough for the zoo's CNNs)
-
-    def _op_Conv(self, node: onnx.NodeProto) -> np.ndarray:
-        x, w = self._get(node.input[0]), self._get(node.input[1])
-        y = _conv(x, w, node)
-        if len(node.input) > 2 and node.input[2]:
-            b_name = node.input[2]
-            if b_name in self.params and b_name not in self.out:
-                mean, var, count = _channel_stats(y)
-                w_name = node.input[1]
-                if count >= _MIN_POSITIONS:
-                    # LSUV-style: one gain per layer for unit pre-activation variance, and a bias
-                    # that centres every channel (so ReLU keeps about half of each channel)
-                    gain = 1.0
-                    if w_name in self.params and len(self.consumers.get(w_name, [])) == 1:
-                        gain = float(_round_sig(np.array(1.0 / math.sqrt(max(var.mean(), 1e-12)))))
-                        self._set_param(w_name, w * np.float32(gain))
-                        y = y * np.float32(gain)
-                    sd = np.sqrt(var) * gain
-                    bias = -mean * gain + 0.1 * sd * self.rng.standard_normal(mean.shape)
-                    self._set_param(b_name, _round_sig(bias))
-                else:
-                    self._set_param(b_name, self.rng.standard_normal(mean.shape) * 0.02)
-            b = self._get(b_name)
-            y = y + b.reshape((1, -1) + (1,) * (y.ndim - 2))
-        return y.astype(np.float32)
-
-    def _op_BatchNormalization(self, node: onnx.NodeProto) -> np.ndarray:
-        x = self._get(node.input[0])
-        mean_in, var_in, _ = _channel_stats(x)
-        c = mean_in.shape[0]
-        rng = self.rng
-        sd = np.sqrt(var_in)
-        drawn = [
-            rng.uniform(0.5, 1.5, c),  # scale
-            rng.standard_normal(c) * 0.1,  # bias
-            _round_sig(mean_in + 0.1 * sd * rng.standard_normal(c)),  # running mean
-            _round_sig(np.maximum(var_in * rng.uniform(0.8, 1.25, c), 1e-4)),  # running var
-        ]
-        vals = []
-        for name, d in zip(node.input[1:5], drawn):
-            if name in self.params and name not in self.out:
-                self._set_param(name, d)
-            vals.append(self._get(name).astype(np.float32).reshape(-1))
-        scale, bias, mean, var = vals
-        eps = float(_attr(node, "epsilon", 1e-5))
-        shp = (1, -1) + (1,) * (x.ndim - 2)
-        g = (scale / np.sqrt(var + np.float32(eps))).reshape(shp)
-        return ((x - mean.reshape(shp)) * g + bias.reshape(shp)).astype(np.float32)
-
-    def _op_Relu(self, node: onnx.NodeProto) -> np.ndarray:
-        return np.maximum(self._get(node.input[0]), np.float32(0))
-
-    def _op_LeakyRelu(self, node: onnx.NodeProto) -> np.ndarray:
-        x = self._get(node.input[0])
-        return np.where(x > 0, x, np.float32(_attr(node, "alpha", 0.01)) * x).astype(np.float32)
-
-    def _op_Sigmoid(self, node: onnx.NodeProto) -> np.ndarray:
-        return (1.0 / (1.0 + np.exp(-self._get(node.input[0])))).astype(np.float32)
-
-    def _op_Tanh(self, node: onnx.NodeProto) -> np.ndarray:
-        return np.tanh(self._get(node.input[0]))
-
-    def _op_HardSwish(self, node: onnx.NodeProto) -> np.ndarray:
-        x = self._get(node.input[0])
-        return (x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)).astype(np.float32)
-
-    def _op_Clip(self, node: onnx.NodeProto) -> np.ndarray:
-        lo, hi = _attr(node, "min", None), _attr(node, "max", None)
-        lo_t, hi_t = self._in(node, 1), self._in(node, 2)
-        lo = float(lo_t) if lo_t is not None else lo
-        hi = float(hi_t) if hi_t is not None else hi
-        return np.clip(self._get(node.input[0]), lo, hi).astype(np.float32)
-
-    def _op_Dropout(self, node: onnx.NodeProto) -> np.ndarray:
-        return self._get(node.input[0])
-
-    _op_Identity = _op_Dropout
-
-    def _op_LRN(self, node: onnx.NodeProto) -> np.ndarray:
-        return _lrn(self._get(node.input[0]), node)
-
-    def _op_MaxPool(self, node: onnx.NodeProto) -> np.ndarray:
-        if len(node.output) > 1 and node.output[1]:
-            raise NotImplementedError(f"MaxPool {node.output[0]!r} with indices output")
-        return _max_pool(self._get(node.input[0]), node)
-
-    def _op_AveragePool(self, node: onnx.NodeProto) -> np.ndarray:
-        return _avg_pool(self._get(node.input[0]), node)
-
-    def _op_GlobalAveragePool(self, node: onnx.NodeProto) -> np.ndarray:
-        x = self._get(node.input[0])
-        return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float32)
-
-    def _op_GlobalMaxPool(self, node: onnx.NodeProto) -> np.ndarray:
-        x = self._get(node.input[0])
-        return x.max(axis=tuple(range(2, x.ndim)), keepdims=True)
-
-    def _op_Add(self, node: onnx.NodeProto) -> np.ndarray:
-        out = self._get(node.input[0])
-        for x in node.input[1:]:
-            out = out + self._get(x)
-        return out.astype(np.float32)
-
-    _op_Sum = _op_Add
-
-    def _op_Sub(self, node: onnx.NodeProto) -> np.ndarray:
-        return (self._get(node.input[0]) - self._get(node.input[1])).astype(np.float32)
-
-    def _op_Mul(self, node: onnx.NodeProto) -> np.ndarray:
-        return (self._get(node.input[0]) * self._get(node.input[1])).astype(np.float32)
-
-    def _op_Div(self, node: onnx.NodeProto) -> np.ndarray:
-        return (self._get(node.input[0]) / self._get(node.input[1])).astype(np.float32)
-
-    def _op_Concat(self, node: onnx.NodeProto) -> np.ndarray:
-        return np.concatenate([self._get(x) for x in node.input], axis=int(_attr(node, "axis")))
-
-    def _op_Reshape(self, node: onnx.NodeProto) -> np.ndarray:
-        x = self._get(node.input[0])
-        shape = [int(s) for s in self._get(node.input[1]).reshape(-1)]
-        if not int(_attr(node, "allowzero", 0)):
-            shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
-        if self.batch != 1 and shape and shape[0] == 1 and x.shape[0] == self.batch:
-            shape[0] = self.batch  # fixed-batch reshape constants in the light models
-        return x.reshape(shape)
-
-    def _op_Flatten(self, node: onnx.NodeProto) -> np.ndarray:
-        x = self._get(node.input[0])
-        axis = int(_attr(node, "axis", 1)) % max(x.ndim, 1)
-        return x.reshape(int(np.prod(x.shape[:axis])), -1)
-
-    def _op_Transpose(self, node: onnx.NodeProto) -> np.ndarray:
-        return np.transpose(self._get(node.input[0]), _attr(node, "perm"))
-
-    def _axes(self, node: onnx.NodeProto) -> list[int] | None:
-        axes = _attr(node, "axes", None)
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            axes = self._get(node.input[1]).reshape(-1).tolist()
-        return None if axes is None else [int(a) for a in axes]
-
-    def _op_Unsqueeze(self, node: onnx.NodeProto) -> np.ndarray:
-        x = self._get(node.input[0])
-        axes = self._axes(node) or []
-        rank = x.ndim + len(axes)
-        return np.expand_dims(x, tuple(sorted(a % rank for a in axes)))
-
-    def _op_Squeeze(self, node: onnx.NodeProto) -> np.ndarray:
-        x = self._get(node.input[0])
-        axes = self._axes(node)
-        if axes is None:
-            return np.squeeze(x)
-        return np.squeeze(x, axis=tuple(a % x.ndim for a in axes))
-
-    def _op_Gemm(self, node: onnx.NodeProto) -> np.ndarray:
-        a, b = self._get(node.input[0]), self._get(node.input[1])
-        if int(_attr(node, "transA", 0)):
-            a = a.T
-        if int(_attr(node, "transB", 0)):
-            b = b.T
-        y = float(_attr(node, "alpha", 1.0)) * (a @ b)
-        c = self._in(node, 2)
-        if c is not None:
-            y = y + float(_attr(node, "beta", 1.0)) * c
-        return y.astype(np.float32)
-
-    def _op_MatMul(self, node: onnx.NodeProto) -> np.ndarray:
-        return np.matmul(self._get(node.input[0]), self._get(node.input[1])).astype(np.float32)
-
-    def _op_Softmax(self, node: onnx.NodeProto) -> np.ndarray:
-        x = self._get(node.input[0])
-        axis = int(_attr(node, "axis", 1 if self.opset < 13 else -1))
-        if self.opset < 13:  # coerced to 2-D
-            shape = x.shape
-            x2 = x.reshape(int(np.prod(shape[:axis])), -1)
-            e = np.exp(x2 - x2.max(axis=1, keepdims=True))
-            return (e / e.sum(axis=1, keepdims=True)).reshape(shape).astype(np.float32)
-        e = np.exp(x - x.max(axis=axis, keepdims=True))
-        return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
 def randomize_weights(
