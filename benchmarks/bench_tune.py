@@ -100,7 +100,7 @@ def tune_model(name: str, budgets: list[int], db_root: Path, seed: int) -> None:
 def reuse_only(name: str, db: str) -> None:
     """Fresh-process check: build from the database alone, time, print one JSON line."""
     from mcopt.api import load
-    from mcopt.targets.tune.tuner import build_with_database
+    from mcopt.targets.tune.apply import build_with_database
 
     graph = load(_model(name))
     x = _feeds(graph)
@@ -116,7 +116,7 @@ def measure_model(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from mcopt.api import load
     from mcopt.targets import build
-    from mcopt.targets.tune.tuner import build_with_database, task_summary
+    from mcopt.targets.tune.apply import build_with_database, task_summary
 
     proto = _model(name)
     graph = load(proto)

@@ -1,6 +1,7 @@
-"""Autotuning (targets/tune/tuner.py, targets/tune/space.py): MetaSchedule tasks from the fused graph,
-the per-device JSON database (reuse, target check, corrupt files, interrupted runs, merging),
-applying records at build time, the conv2d_nchwc template as design space, RPC on loopback.
+"""Autotuning (targets/tune/: tuner, scheduler, measure, progress, apply, dbdir, space):
+MetaSchedule tasks from the fused graph, the per-device JSON database (reuse, target check,
+corrupt files, interrupted runs, merging), applying records at build time, the conv2d_nchwc
+template as design space, RPC on loopback.
 
 Tuning runs use very few trials (replay-trace search, random cost model) so they stay fast;
 the interrupted-run, fresh-process and RPC tests are marked slow.
@@ -58,7 +59,8 @@ def _build_with_db(g: Graph, db: Path) -> tuple[Any, Any]:
 
     from mcopt.targets.cpu.schedule import cpu_schedule_pass
     from mcopt.targets.registry import get_target
-    from mcopt.targets.tune.tuner import apply_database, tuning_module
+    from mcopt.targets.tune.apply import apply_database
+    from mcopt.targets.tune.scheduler import tuning_module
 
     spec = get_target("cpu")
     mod, report = apply_database(tuning_module(g, spec), db, spec)
@@ -80,6 +82,28 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 # --- tuning and the database ----------------------------------------------------------------
+def test_tuner_still_exports_the_names_of_the_split_files() -> None:
+    """tuner.py was split by job: its public names import from it as before, and are the
+    objects of the files that now hold them (also through ``mcopt.targets``' lazy names)."""
+    import mcopt.targets as targets
+    from mcopt.targets.tune import apply, dbdir, measure, progress, scheduler, tuner
+
+    homes = {
+        apply: ["ApplyReport", "apply_database", "build_with_database", "database_pass",
+                "task_summary"],
+        dbdir: ["check_database_dir", "host_device", "merge_databases", "open_database"],
+        measure: ["check_tracker", "make_builder", "make_runner"],
+        progress: ["ProgressEvent", "RichProgress"],
+        scheduler: ["CommittingScheduler", "extract_tasks", "tuning_module"],
+    }  # fmt: skip
+    for mod, names in homes.items():
+        for name in names:
+            assert getattr(tuner, name) is getattr(mod, name), name
+    assert all(hasattr(tuner, name) for name in tuner.__all__)
+    for name in ("apply_database", "merge_databases", "check_database_dir"):
+        assert getattr(targets, name) is getattr(tuner, name)
+
+
 def test_tune_writes_a_database_per_device(tuned: dict[str, Any]) -> None:
     from mcopt.targets.registry import get_target
 
@@ -123,7 +147,8 @@ def test_apply_database_builds_correct_code(tuned: dict[str, Any]) -> None:
 def test_records_slower_than_the_default_schedule_are_not_used(
     tuned: dict[str, Any], tmp_path: Path
 ) -> None:
-    from mcopt.targets.tune.tuner import apply_database, tuning_module
+    from mcopt.targets.tune.apply import apply_database
+    from mcopt.targets.tune.scheduler import tuning_module
 
     db = tmp_path / "db"
     shutil.copytree(tuned["db"], db)
@@ -148,7 +173,8 @@ def test_rerun_with_the_same_database_skips_finished_work(tuned: dict[str, Any])
 
 
 def test_missing_records_are_reported(tuned: dict[str, Any]) -> None:
-    from mcopt.targets.tune.tuner import apply_database, tuning_module
+    from mcopt.targets.tune.apply import apply_database
+    from mcopt.targets.tune.scheduler import tuning_module
 
     other = _conv_graph(channels=16)  # different shapes: no records
     _, report = apply_database(tuning_module(other), tuned["db"], "cpu")
@@ -171,7 +197,10 @@ def _other_cpu() -> Any:
 
 
 def test_database_of_another_target_is_a_one_line_error(tuned: dict[str, Any]) -> None:
-    from mcopt.targets.tune.tuner import apply_database, open_database, tune, tuning_module
+    from mcopt.targets.tune.apply import apply_database
+    from mcopt.targets.tune.dbdir import open_database
+    from mcopt.targets.tune.scheduler import tuning_module
+    from mcopt.targets.tune.tuner import tune
 
     spec = _other_cpu()
     with pytest.raises(TargetError, match="holds records for target .*haswell") as ei:
@@ -184,14 +213,14 @@ def test_database_of_another_target_is_a_one_line_error(tuned: dict[str, Any]) -
 
 
 def test_missing_database_directory(tmp_path: Path) -> None:
-    from mcopt.targets.tune.tuner import open_database
+    from mcopt.targets.tune.dbdir import open_database
 
     with pytest.raises(TargetError, match="no tuning database in"):
         open_database(tmp_path / "nope", "cpu")
 
 
 def test_corrupt_files_name_the_file(tuned: dict[str, Any], tmp_path: Path) -> None:
-    from mcopt.targets.tune.tuner import open_database
+    from mcopt.targets.tune.dbdir import open_database
 
     db = tmp_path / "db"
     shutil.copytree(tuned["db"], db)
@@ -208,7 +237,7 @@ def test_corrupt_files_name_the_file(tuned: dict[str, Any], tmp_path: Path) -> N
 def test_truncated_last_line_of_an_interrupted_run_is_dropped(
     tuned: dict[str, Any], tmp_path: Path
 ) -> None:
-    from mcopt.targets.tune.tuner import open_database
+    from mcopt.targets.tune.dbdir import open_database
 
     db = tmp_path / "db"
     shutil.copytree(tuned["db"], db)
@@ -221,7 +250,7 @@ def test_truncated_last_line_of_an_interrupted_run_is_dropped(
 
 
 def test_merge_databases(tuned: dict[str, Any], tmp_path: Path) -> None:
-    from mcopt.targets.tune.tuner import merge_databases, open_database
+    from mcopt.targets.tune.dbdir import merge_databases, open_database
 
     copy = tmp_path / "copy"
     shutil.copytree(tuned["db"], copy)
@@ -372,8 +401,8 @@ def test_untuned_template_is_scheduled_by_the_template_pass() -> None:
     from tvm import relax
 
     from mcopt.targets.cpu.kernels.layout import pack_nchwc, unpack_nchwc
+    from mcopt.targets.tune.scheduler import extract_tasks, tuning_module
     from mcopt.targets.tune.space import template_schedule_pass
-    from mcopt.targets.tune.tuner import extract_tasks, tuning_module
 
     mod, w, b, x, params = _template_module()
     fused = tuning_module(mod)
@@ -391,7 +420,9 @@ def test_template_task_is_seeded_and_tuned(tmp_path: Path) -> None:
     from tvm import relax
 
     from mcopt.targets.cpu.kernels.layout import pack_nchwc, unpack_nchwc
-    from mcopt.targets.tune.tuner import apply_database, tune, tuning_module
+    from mcopt.targets.tune.apply import apply_database
+    from mcopt.targets.tune.scheduler import tuning_module
+    from mcopt.targets.tune.tuner import tune
 
     mod, w, b, x, params = _template_module()
     report = tune(mod, "cpu", trials=2, db=tmp_path, progress=False, **FAST)
@@ -465,7 +496,8 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_rpc_tuning_on_loopback(tmp_path: Path) -> None:
-    from mcopt.targets.tune.tuner import check_tracker, tune
+    from mcopt.targets.tune.measure import check_tracker
+    from mcopt.targets.tune.tuner import tune
 
     port = _free_port()
     procs = [

@@ -38,12 +38,8 @@ def make_valid_db(path: Path) -> Path:
 
     from mcopt.ir import Graph, ttype
     from mcopt.targets.registry import get_target
-    from mcopt.targets.tune.tuner import (
-        _trust_database_files,
-        extract_tasks,
-        open_database,
-        tuning_module,
-    )
+    from mcopt.targets.tune.dbdir import _trust_database_files, open_database
+    from mcopt.targets.tune.scheduler import extract_tasks, tuning_module
 
     g = Graph("tiny")
     x = g.add_input("x", ttype((1, 4, 6, 6)))
@@ -264,7 +260,8 @@ CASES: dict[str, tuple[Callable[[Path], None], tuple[Any, ...]]] = {
 def run_case(base: Path, work: Path, name: str) -> dict[str, Any]:
     """One corruption: open without repair (the error), with repair (what it dropped), reopen,
     and apply the database to the tuning module (TVM reads what is left)."""
-    from mcopt.targets.tune.tuner import _open, apply_database
+    from mcopt.targets.tune.apply import apply_database
+    from mcopt.targets.tune.dbdir import _open
 
     db = work / name.replace(" ", "_").replace("\\", "")
     shutil.copytree(base, db)
@@ -292,7 +289,7 @@ _MOD: list[Any] = []
 def _tuning_mod() -> Any:
     if not _MOD:
         from mcopt.ir import Graph, ttype
-        from mcopt.targets.tune.tuner import tuning_module
+        from mcopt.targets.tune.scheduler import tuning_module
 
         g = Graph("tiny")
         x = g.add_input("x", ttype((1, 4, 6, 6)))
@@ -364,14 +361,14 @@ def test_corrupted_database(name: str, outcomes: dict[str, Any]) -> None:
 
 
 def test_valid_database_is_not_decoded_again(valid_db: Path) -> None:
-    from mcopt.targets.tune.tuner import check_database_dir
+    from mcopt.targets.tune.dbdir import check_database_dir
 
     report = check_database_dir(valid_db, "cpu")
     assert (report.workloads, report.records, report.decoded, report.problems) == (2, 4, 0, [])
 
 
 def test_repair_renumbers_records_and_keeps_backups(valid_db: Path, tmp_path: Path) -> None:
-    from mcopt.targets.tune.tuner import check_database_dir
+    from mcopt.targets.tune.dbdir import check_database_dir
 
     db = tmp_path / "db"
     shutil.copytree(valid_db, db)
@@ -409,7 +406,7 @@ def test_decoding_child_that_crashes_names_the_line(tmp_path: Path) -> None:
 
 
 def test_tune_and_apply_database_pass_repair_through(valid_db: Path, tmp_path: Path) -> None:
-    from mcopt.targets.tune.tuner import apply_database
+    from mcopt.targets.tune.apply import apply_database
 
     db = tmp_path / "db"
     shutil.copytree(valid_db, db)
