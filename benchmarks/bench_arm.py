@@ -9,6 +9,8 @@ Per model: compile time, library size, max relative error vs the numpy reference
 under emulation. Emulated latency is labelled as such: qemu-user translates every aarch64
 instruction, so it says nothing about a real Cortex-A core (use ``run_remote`` on a board).
 With ``--rpc`` each model also goes through the emulated runtime started as an RPC server.
+For a figure that does mean something without a device, ``bench_arm_icount.py`` counts the
+instructions each inference executes (exactly, under qemu with a plugin), beside onnxruntime.
 """
 
 from __future__ import annotations
@@ -112,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['model']} | {r['target']} | {r['compile_s']} | {r['library_bytes'] / 1e6:.1f} MB "
             f"| {r['max_rel_err_vs_host_reference']:.2e} | {r['emulated_latency_ms']} |"
         )
-    print("\n*under qemu-user emulation on this x86 machine: not an ARM device's latency.")
+    print(
+        "\n*under qemu-user emulation on this x86 machine: not an ARM device's latency "
+        "(benchmarks/bench_arm_icount.py counts executed instructions instead)."
+    )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
     bad = [r["model"] for r in rows if r["max_rel_err_vs_host_reference"] > 1e-3]

@@ -20,7 +20,8 @@ pass here and die with SIGILL on the device. Where this qemu has no model of the
 compiled for (``cortex-a55`` -> ``cortex-a76`` on qemu 7.2; ``generic`` -> ``cortex-a53``).
 
 Timings under emulation are ~10-20x slower than native and say nothing about a device: every
-timing this module returns carries ``emulated=True``.
+timing this module returns carries ``emulated=True``. What can be measured exactly here is the
+number of instructions a run executes: :mod:`mcopt.targets.arm.icount` (``scripts/setup_icount.sh``).
 """
 
 from __future__ import annotations
