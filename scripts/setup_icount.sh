@@ -46,6 +46,7 @@ if ! command -v qemu-aarch64 >/dev/null || ! qemu-aarch64 -h 2>/dev/null | grep 
 fi
 QEMU_VER="$(dpkg-query -W -f='${Version}' qemu-user)"
 QEMU_SRC_VER="$(dpkg-query -W -f='${source:Version}' qemu-user)"
+QEMU_UPSTREAM="$(qemu-aarch64 --version | sed -n '1s/.*version \([0-9.]*\).*/\1/p')"
 command -v gcc >/dev/null || {
     log "apt-get install gcc"
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
@@ -121,8 +122,14 @@ open(sys.argv[1], "w").write("\n".join(dict.fromkeys(lines)) + "\n")
 EOF
     APTO=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o "Dir::Etc::SourceParts=$tmp/parts"
           -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o "APT::Sandbox::User=root")
-    apt-get "${APTO[@]}" update -qq >/dev/null
-    (cd "$tmp/src" && apt-get "${APTO[@]}" source --download-only -qq "qemu=$QEMU_SRC_VER" >/dev/null)
+    no_source() {
+        log "cannot download Debian's source package qemu=$QEMU_SRC_VER; set MCOPT_QEMU_PLUGIN_H to"
+        log "include/qemu/qemu-plugin.h of qemu's upstream tag v$QEMU_UPSTREAM and run this again"
+        exit 1
+    }
+    apt-get "${APTO[@]}" update -qq >/dev/null || no_source
+    (cd "$tmp/src" && apt-get "${APTO[@]}" source --download-only -qq "qemu=$QEMU_SRC_VER" >/dev/null) \
+        || no_source
     origs=("$tmp"/src/qemu_*.orig.tar.*)
     mkdir -p "$tmp/x" "$tmp/tree/include/qemu"
     tar -xf "${origs[0]}" -C "$tmp/x" --wildcards '*/include/qemu/qemu-plugin.h'
@@ -145,8 +152,8 @@ EOF
     cp "$tmp/tree/include/qemu/qemu-plugin.h" "$HDR"
 fi
 if [[ ! -f "$HDR" ]]; then
-    log "no qemu-plugin.h: set MCOPT_QEMU_PLUGIN_H to include/qemu/qemu-plugin.h of qemu's tag"
-    log "v${QEMU_VER#*:} (upstream) and run this again"
+    log "no qemu-plugin.h: set MCOPT_QEMU_PLUGIN_H to include/qemu/qemu-plugin.h of qemu's"
+    log "upstream tag v$QEMU_UPSTREAM and run this again"
     exit 1
 fi
 echo "$QEMU_SRC_VER" >"$IC/include/.version"
