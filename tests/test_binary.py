@@ -144,6 +144,7 @@ def test_binarize_passes_on_lenet5() -> None:
 def test_onnx_export_runs_in_onnxruntime(make) -> None:
     ort = pytest.importorskip("onnxruntime")
     from mcopt.onnx_io import export_model
+
     g = make()
     x = np.random.default_rng(0).standard_normal(g.inputs[0].shape).astype(np.float32)
     sess = ort.InferenceSession(

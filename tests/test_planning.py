@@ -63,6 +63,30 @@ def test_planned_graph_verifies_and_computes_the_same(name: str) -> None:
     assert plan_cpu(p) is p, "planning a planned graph changes nothing"
 
 
+def test_mobile_blocks_fuse_hard_swish_and_keep_se_gates_blocked() -> None:
+    """PP-LCNet-style blocks: hard-swish / hard-sigmoid run in the conv epilogues, the SE gate
+    multiplies the blocked tensor as it is, and the build computes what the interpreter does."""
+    from mcopt.targets import build
+    from mcopt.testing.lcnet import pp_lcnet
+
+    g = load(pp_lcnet(scale=0.25, resolution=64, num_classes=10))
+    p = plan_cpu(g, lanes=8)
+    verify(p)
+    ops = [n.op for n in p.nodes]
+    assert "hard_swish" not in ops and "hard_sigmoid" not in ops
+    acts = {n.attrs["activation"] for n in p.nodes if n.op == "fused_conv2d"}
+    assert {"hard_swish", "hard_sigmoid", "relu"} <= acts
+    gates = [n for n in p.nodes if n.op == "mul"]
+    assert gates and all(n.output.type.layout is not None for n in gates)
+    feeds = _feeds(g)
+    ref = run(g, feeds)[0]
+    np.testing.assert_allclose(
+        run(p, feeds)[0], ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max())
+    )
+    got = build(g, "cpu").run(feeds)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
 def test_shufflenet_shuffles_are_planned_into_grouped_kernels() -> None:
     p = plan_cpu(_model("shufflenet"), lanes=8)
     kernels = {n.attrs["kernel"] for n in p.nodes if n.op == "fused_conv2d"}

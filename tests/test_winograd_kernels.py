@@ -132,9 +132,30 @@ def test_only_if_faster_reads_the_build_s_measurement_table(tmp_path) -> None:
 
     no_target = PassContext()
     get_pass("winograd", tile=2, only_if_faster=True, table=str(path)).run(g.copy(), no_target)
-    assert "needs a target" in no_target.shared["winograd"]["skipped"]["c1"]
+    assert "needs a target" in no_target.summary.skipped["c1"]
     ctx = PassContext(target=services_for("cpu"))
     assert get_pass("winograd", tile=2, only_if_faster=True, table=str(path)).run(g, ctx)
-    assert [r["layer"] for r in ctx.shared["winograd"]["layers"]] == ["c2"]
-    assert "direct conv faster" in ctx.shared["winograd"]["skipped"]["c1"]
+    assert [r.layer for r in ctx.summary.layers] == ["c2"]
+    assert "direct conv faster" in ctx.summary.skipped["c1"]
     assert json.loads(path.read_text()) == table  # nothing had to be measured
+
+
+@pytest.mark.parametrize("act", ["hard_swish", "hard_sigmoid"])
+def test_winograd_kernel_fuses_mobile_activations(act: str) -> None:
+    """hard-swish / hard-sigmoid run in the Winograd kernel's output transform."""
+    from mcopt.targets import build
+
+    g = Graph("wino_act")
+    x = g.add_input("x", TensorType((1, 16, 12, 12), "float32"))
+    w = g.const(RNG.standard_normal((16, 16, 3, 3)).astype(np.float32) / 12, "w")
+    b = g.const(RNG.standard_normal(16).astype(np.float32), "b")
+    h = g.add_node("conv2d", [x, w, b], {"pads": (1, 1, 1, 1)}, name="c").output
+    attrs = {"alpha": 0.25, "beta": 0.4} if act == "hard_sigmoid" else {}
+    g.outputs.append(g.add_node(act, [h], attrs, name="a").output)
+    xin = RNG.standard_normal((1, 16, 12, 12)).astype(np.float32)
+    ref = interpreter.run(g, [xin])[0]
+    assert get_pass("winograd", tile=2).run(g, PassContext())
+    compiled = build(g, "cpu")
+    fused = [n for n in compiled.planned.nodes if n.op == "fused_conv2d"]
+    assert [(n.attrs["kernel"], n.attrs["activation"]) for n in fused] == [("winograd", act)]
+    assert rel(compiled.run(xin)[0], ref) < 1e-5

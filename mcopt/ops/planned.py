@@ -17,7 +17,8 @@ and run by the interpreter like every other op (the lowering only reads them):
 - ``permute_channels(x)``: ``y[:, c] = x[:, perm[c]]`` (a channel shuffle found as a
   reshape/transpose/reshape chain).
 
-Activations: ``none``, ``relu``, ``relu6`` (``clip(0, 6)``), ``clip`` (``clip_min``..``clip_max``).
+Activations: ``none``, ``relu``, ``relu6`` (``clip(0, 6)``), ``clip`` (``clip_min``..``clip_max``),
+``hard_swish`` (``y * clip(y + 3, 0, 6) / 6``), ``hard_sigmoid`` (``clip(alpha * y + beta, 0, 1)``).
 """
 
 from __future__ import annotations
@@ -36,12 +37,18 @@ from mcopt.ops.nn import (
 )
 from mcopt.ops.schema import REQUIRED, Attrs, InTypes, OpSchema, register_op
 
-ACTIVATIONS = ("none", "relu", "relu6", "clip")
+ACTIVATIONS = ("none", "relu", "relu6", "clip", "hard_swish", "hard_sigmoid")
 CONV_KERNELS = ("direct", "depthwise", "winograd", "grouped", "block_diagonal", "plain")
 DENSE_KERNELS = ("dense", "sparse")
 
 
-def apply_activation(y: np.ndarray, activation: str, lo: float, hi: float) -> np.ndarray:
+def apply_activation(
+    y: np.ndarray, activation: str, lo: float, hi: float, alpha: float = 0.2, beta: float = 0.5
+) -> np.ndarray:
+    if activation == "hard_swish":
+        return (y * np.clip(y + 3.0, 0.0, 6.0) / 6.0).astype(y.dtype, copy=False)
+    if activation == "hard_sigmoid":
+        return np.clip(alpha * y + beta, 0.0, 1.0).astype(y.dtype, copy=False)
     if activation == "relu":
         return np.maximum(y, 0, dtype=y.dtype)
     if activation == "relu6":
@@ -95,6 +102,8 @@ def fused_conv2d_ref(
     activation: str,
     clip_min: float,
     clip_max: float,
+    alpha: float,
+    beta: float,
     out_perm: tuple[int, ...],
     kernel: str,
     tile: int,
@@ -102,7 +111,7 @@ def fused_conv2d_ref(
     y = conv2d_ref(x, w, b, strides=strides, pads=pads, dilations=dilations, groups=groups)
     if residual is not None:
         y = y + residual
-    y = apply_activation(y, activation, clip_min, clip_max)
+    y = apply_activation(y, activation, clip_min, clip_max, alpha, beta)
     return y[:, list(out_perm)] if out_perm else y
 
 
@@ -118,6 +127,8 @@ register_op(
             "activation": "none",
             "clip_min": 0.0,
             "clip_max": 6.0,
+            "alpha": 0.2,
+            "beta": 0.5,
             "out_perm": (),
             "kernel": "direct",
             "tile": 0,
@@ -148,12 +159,14 @@ def fused_dense_ref(
     activation: str,
     clip_min: float,
     clip_max: float,
+    alpha: float,
+    beta: float,
     kernel: str,
 ) -> np.ndarray:
     y = dense_ref(x, w, b)
     if residual is not None:
         y = y + residual
-    return apply_activation(y, activation, clip_min, clip_max)
+    return apply_activation(y, activation, clip_min, clip_max, alpha, beta)
 
 
 def _dense_macs(t: InTypes, out: list[TensorType], a: Attrs) -> int:
@@ -166,7 +179,14 @@ register_op(
     OpSchema(
         name="fused_dense",
         inputs=("x", "w", "b?", "residual?"),
-        attrs={"activation": "none", "clip_min": 0.0, "clip_max": 6.0, "kernel": "dense"},
+        attrs={
+            "activation": "none",
+            "clip_min": 0.0,
+            "clip_max": 6.0,
+            "alpha": 0.2,
+            "beta": 0.5,
+            "kernel": "dense",
+        },
         check=_fused_dense_check,
         infer=lambda t, a: _dense_infer(t, a),
         reference=fused_dense_ref,

@@ -52,6 +52,7 @@ from mcopt.targets.relax.lower import (
     _rx_name,
     missing_lowerings,
 )
+from mcopt.targets.relax.lower_planned_ops import emit_activation
 
 R = relax.op
 log = logging.getLogger(__name__)
@@ -116,8 +117,12 @@ def _pad_to(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _epilogue(node: Node) -> dict[str, Any]:
+    """The kernels' epilogue arguments: the activation and its two parameters (clip bounds, or
+    ``(alpha, beta)`` for ``hard_sigmoid``; see :class:`~mcopt.targets.cpu.kernels.Epilogue`)."""
     at = node.attrs
     act = None if at["activation"] == "none" else str(at["activation"])
+    if act == "hard_sigmoid":
+        return {"activation": act, "clip": (float(at["alpha"]), float(at["beta"]))}
     return {"activation": act, "clip": (float(at["clip_min"]), float(at["clip_max"]))}
 
 
@@ -232,10 +237,8 @@ def _lower_fused_plain(vals: _Values, node: Node) -> None:
         y = ctx.emit(R.add(y, ctx.const(bias.reshape(1, -1, 1, 1))))
     if r_v is not None:
         y = ctx.emit(R.add(y, vals.plain_of(r_v)))
-    ep = _epilogue(node)
-    if ep["activation"] is not None:
-        lo, hi = (0.0, None) if ep["activation"] == "relu" else ep["clip"]
-        y = ctx.emit(R.nn.relu(y) if hi is None else R.clip(y, lo, hi))
+    act = emit_activation(ctx, node, y)
+    y = y if act is y else ctx.emit(act)
     if at["out_perm"]:  # a channel shuffle absorbed by a grouped group
         y = ctx.emit(R.take(y, ctx.const(np.asarray(at["out_perm"], np.int64)), axis=1))
     vals.set_plain(node.output, y)

@@ -103,8 +103,9 @@ class FusedOp:
     ``kind``: ``conv`` (groups = 1), ``depthwise`` (one input channel per group, multiplier 1),
     ``grouped`` (any other ``groups > 1``; ``weight`` stays ``(OC, IC/groups, KH, KW)``),
     ``dense``. ``weight``/``bias`` are the folded numpy arrays (OIHW / (N, K); ``bias`` None when
-    there is none), ``residual`` the added tensor, ``activation`` None/"relu"/"relu6"/"clip" with
-    ``clip`` bounds. ``out_perm`` (``grouped`` only): a channel shuffle absorbed after the
+    there is none), ``residual`` the added tensor, ``activation`` None/"relu"/"relu6"/"clip"/
+    "hard_swish"/"hard_sigmoid" with its two parameters in ``clip`` (the bounds of ``clip``,
+    ``(alpha, beta)`` of ``hard_sigmoid``). ``out_perm`` (``grouped`` only): a channel shuffle absorbed after the
     activation, ``out[:, c] = act(...)[:, out_perm[c]]``.
     """
 
@@ -161,8 +162,14 @@ def _channel_const(v: Value | None, channels: int, rank: int) -> np.ndarray | No
 
 
 def _activation(node: Node) -> tuple[str, tuple[float, float]] | None:
+    """The activation a kernel epilogue can run for ``node`` and its two parameters (clip bounds;
+    ``(alpha, beta)`` for ``hard_sigmoid``), or None."""
     if node.op == "relu":
         return "relu", (0.0, 6.0)
+    if node.op == "hard_swish":
+        return "hard_swish", (0.0, 6.0)
+    if node.op == "hard_sigmoid":
+        return "hard_sigmoid", (float(node.attrs["alpha"]), float(node.attrs["beta"]))
     if node.op == "clip":
         lo = float(node.attrs.get("min", -math.inf))
         hi = float(node.attrs.get("max", math.inf))
@@ -173,6 +180,18 @@ def _activation(node: Node) -> tuple[str, tuple[float, float]] | None:
         if math.isfinite(lo) and math.isfinite(hi):
             return "clip", (lo, hi)
     return None
+
+
+def _channel_gate(x: Value, g: Value, out: Value, lx: Layout | None, lg: Layout | None) -> bool:
+    """``x (N, C, H, W)`` times / plus a per-channel tensor ``g (N, C, 1, 1)`` (an SE gate), both
+    in the same blocked layout: the op broadcasts over the blocked tensors as it is."""
+    n, c = out.shape[0], out.shape[1]
+    return (
+        lx is not None
+        and lx == lg
+        and tuple(x.shape) == tuple(out.shape)
+        and tuple(g.shape) in ((n, c, 1, 1), (1, c, 1, 1))
+    )
 
 
 def _conv_kind(node: Node) -> str | None:
@@ -379,6 +398,9 @@ def plan_graph(graph: Graph, lanes: int = 8) -> Plan:
             if a.const is None and b.const is None:
                 if tuple(a.shape) == tuple(b.shape) == tuple(out.shape) and (la or lb):
                     lay[id(out)] = la or lb
+                elif _channel_gate(a, b, out, la, lb) or _channel_gate(b, a, out, lb, la):
+                    # squeeze-and-excitation: x * gate(N, C, 1, 1), both blocked alike
+                    lay[id(out)] = la if tuple(a.shape) == tuple(out.shape) else lb
             else:
                 t, k, lt = (a, b, la) if b.const is not None else (b, a, lb)
                 if lt is not None and tuple(t.shape) == tuple(out.shape):

@@ -209,7 +209,13 @@ class _Planner:
         from mcopt.targets.relax.lower_sparse import _wanted
 
         w_in = f.node.inputs[1]
-        if f.residual is None and w_in is not None and isinstance(w_in.type.encoding, Sparse):
+        clamp = f.activation in (None, "relu", "relu6", "clip")  # what the sparse kernel fuses
+        if (
+            clamp
+            and f.residual is None
+            and w_in is not None
+            and isinstance(w_in.type.encoding, Sparse)
+        ):
             w = np.asarray(f.weight, np.float32)
             if _wanted("dense", w, choose_block(w, self.lanes)):
                 self.chose("dense layer: sparse kernel (pruned weight)")
@@ -230,6 +236,8 @@ class _Planner:
         act = f.activation or "none"
         lo, hi = f.clip if act == "clip" else (0.0, 6.0)
         common = {"activation": act, "clip_min": float(lo), "clip_max": float(hi)}
+        if act == "hard_sigmoid":
+            common.update(alpha=float(f.clip[0]), beta=float(f.clip[1]))
         if f.kind == "dense":
             op, attrs = "fused_dense", {**common, "kernel": self.dense_kernel(f)}
         else:

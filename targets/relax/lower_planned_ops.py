@@ -16,16 +16,24 @@ from mcopt.targets.relax.lower import LOWERINGS, LowerContext, LowerResult, regi
 R = relax.op
 
 
+def emit_activation(ctx: LowerContext, node: Node, y: Any) -> Any:
+    """The fused node's activation on ``y`` as Relax ops (the ops' own lowerings: hard_swish,
+    hard_sigmoid read the node's ``alpha``/``beta``)."""
+    act = node.attrs["activation"]
+    if act in ("hard_swish", "hard_sigmoid"):
+        return LOWERINGS[act](ctx, node, [ctx.emit(y)])
+    if act == "relu":
+        return R.nn.relu(ctx.emit(y))
+    if act in ("relu6", "clip"):
+        lo, hi = (0.0, 6.0) if act == "relu6" else (node.attrs["clip_min"], node.attrs["clip_max"])
+        return R.clip(ctx.emit(y), float(lo), float(hi))
+    return y
+
+
 def _epilogue(ctx: LowerContext, node: Node, y: Any, a: list[Any]) -> Any:
     if len(a) > 3 and a[3] is not None:
         y = R.add(ctx.emit(y), a[3])
-    act = node.attrs["activation"]
-    if act == "relu":
-        y = R.nn.relu(ctx.emit(y))
-    elif act in ("relu6", "clip"):
-        lo, hi = (0.0, 6.0) if act == "relu6" else (node.attrs["clip_min"], node.attrs["clip_max"])
-        y = R.clip(ctx.emit(y), float(lo), float(hi))
-    return y
+    return emit_activation(ctx, node, y)
 
 
 @register_lowering("fused_conv2d")

@@ -93,8 +93,7 @@ def emit_sparse_dense(
     rows, k = LowerContext.shape_of(x)
     n_out = w.shape[0]
     bsr = bsr_of(w, block, encoding)
-    act = {"relu": "relu", "relu6": "relu6", "clip": "clip"}.get(activation or "", None)
-    ep = Epilogue(bias=True, activation=act, clip_min=clip[0], clip_max=clip[1])
+    ep = Epilogue(bias=True, activation=activation, clip_min=clip[0], clip_max=clip[1])
     func = sparse_dense(rows, n_out, k, bsr.nnzb, block, ep, lanes)
     b = np.zeros(n_out, np.float32) if bias is None else np.asarray(bias, np.float32)
     args = [x, ctx.const(bsr.data), ctx.const(bsr.indices), ctx.const(bsr.indptr), ctx.const(b)]

@@ -11,15 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-ACTIVATIONS = (None, "relu", "relu6", "clip")
+ACTIVATIONS = (None, "relu", "relu6", "clip", "hard_swish", "hard_sigmoid")
+#: activations that are a clamp of the value (what every kernel supports)
+CLAMPS = (None, "relu", "relu6", "clip")
 
 
 @dataclass(frozen=True)
 class Epilogue:
     """What follows the accumulation, in this order: ``+ bias``, ``+ residual``, activation.
 
-    ``activation`` is ``None``, ``"relu"``, ``"relu6"`` (clip to [0, 6]) or ``"clip"`` (to
-    ``[clip_min, clip_max]``). ``residual`` adds a tensor of the output's (blocked) shape.
+    ``activation`` is ``None``, ``"relu"``, ``"relu6"`` (clip to [0, 6]), ``"clip"`` (to
+    ``[clip_min, clip_max]``), ``"hard_swish"`` (``v * clip(v + 3, 0, 6) / 6``, MobileNetV3 /
+    PP-LCNet) or ``"hard_sigmoid"`` (``clip(alpha * v + beta, 0, 1)`` with ``alpha, beta =
+    clip_min, clip_max``: the two numbers parameterize whichever activation takes parameters).
+    ``residual`` adds a tensor of the output's (blocked) shape. Kernels whose tail is generated as
+    text (Winograd) or is a clamp only (the sparse kernels) check :attr:`is_clamp`.
     """
 
     bias: bool = True
@@ -31,6 +37,10 @@ class Epilogue:
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; valid: {ACTIVATIONS}")
+
+    @property
+    def is_clamp(self) -> bool:
+        return self.activation in CLAMPS
 
     @property
     def is_identity(self) -> bool:
@@ -85,11 +95,17 @@ class Epilogue:
             value = value + bias
         if self.residual:
             value = value + residual
+        c = lambda v: tvm.tirx.const(v, dtype)  # noqa: E731
+        if self.activation == "hard_swish":
+            return value * tvm.te.min(tvm.te.max(value + c(3.0), c(0.0)), c(6.0)) * c(1.0 / 6.0)
+        if self.activation == "hard_sigmoid":
+            v = value * c(self.clip_min) + c(self.clip_max)
+            return tvm.te.min(tvm.te.max(v, c(0.0)), c(1.0))
         lo, hi = self.bounds()
         if lo is not None:
-            value = tvm.te.max(value, tvm.tirx.const(lo, dtype))
+            value = tvm.te.max(value, c(lo))
         if hi is not None:
-            value = tvm.te.min(value, tvm.tirx.const(hi, dtype))
+            value = tvm.te.min(value, c(hi))
         return value
 
     def apply_numpy(self, value: Any, bias: Any = None, residual: Any = None) -> Any:
@@ -100,6 +116,10 @@ class Epilogue:
             value = value + bias
         if self.residual:
             value = value + residual
+        if self.activation == "hard_swish":
+            return value * np.clip(value + 3.0, 0.0, 6.0) / 6.0
+        if self.activation == "hard_sigmoid":
+            return np.clip(self.clip_min * value + self.clip_max, 0.0, 1.0)
         lo, hi = self.bounds()
         if lo is not None or hi is not None:
             value = np.clip(value, lo, hi)

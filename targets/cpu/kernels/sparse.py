@@ -118,6 +118,8 @@ _BIG = 3.0e38  # "no bound" for the clamp of the epilogue
 
 
 def _bounds(epilogue: Epilogue) -> tuple[float, float]:
+    if not epilogue.is_clamp:
+        raise ValueError(f"the sparse kernels fuse clamps only, not {epilogue.activation}")
     lo, hi = epilogue.bounds()
     return (-_BIG if lo is None else float(lo)), (_BIG if hi is None else float(hi))
 

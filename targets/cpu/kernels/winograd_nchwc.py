@@ -78,6 +78,11 @@ def epilogue_text(val: str, epilogue: Epilogue, bias: str, residual: str = "") -
         val = f"{val} + {bias}"
     if epilogue.residual:
         val = f"{val} + {residual}"
+    if epilogue.activation == "hard_swish":
+        return f"({val}) * T.min(T.max(({val}) + T.float32(3.0), T.float32(0.0)), T.float32(6.0)) * T.float32({1 / 6!r})"
+    if epilogue.activation == "hard_sigmoid":
+        a, b = float(epilogue.clip_min), float(epilogue.clip_max)
+        return f"T.min(T.max(({val}) * T.float32({a!r}) + T.float32({b!r}), T.float32(0.0)), T.float32(1.0))"
     if lo is not None:
         val = f"T.max({val}, T.float32({float(lo)!r}))"
     if hi is not None:
