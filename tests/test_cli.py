@@ -49,6 +49,20 @@ def test_optimize_no_compile_writes_outputs(
     assert "mcopt report" in capsys.readouterr().out
 
 
+def test_optimize_print_ir_shows_the_planned_graph(
+    tiny_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tvm")
+    out = tmp_path / "out"
+    rc = main(["optimize", str(tiny_path), "-o", str(out), "-q", "--no-measure", "--print-ir"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "# optimized IR" in text and "# planned graph (what the cpu build lowered)" in text
+    assert "fused_conv2d(" in text and "@NCHW" in text
+    planned = (out / "model.planned.ir.txt").read_text()
+    assert "fused_conv2d(" in planned
+
+
 def test_stats_prints_table(tiny_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["stats", str(tiny_path)]) == 0
     out = capsys.readouterr().out
