@@ -319,9 +319,9 @@ def bench_model(
             log(f"[{name}] {label}: {row['note']}")
             continue
         row["pass_s"] = time.perf_counter() - t
-        shared = ctx.shared.get(report.records[-1].name, {})
-        row["layers"] = shared.get("layers", [])
-        row["skipped"] = shared.get("skipped", {})
+        summary = ctx.summary  # the (one) pass's per-layer summary, None when it recorded none
+        row["layers"] = [r.to_dict() for r in summary.layers] if summary else []
+        row["skipped"] = dict(summary.skipped) if summary else {}
         ranks = sorted({r["rank"] for r in row["layers"] if r.get("rank") is not None})
         row["ranks"] = ranks
         if not report.changed:

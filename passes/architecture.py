@@ -146,7 +146,7 @@ class FcToGap(Pass):
     fit is underdetermined (``ridge`` regularizes it). Without ``ctx.calib`` it fits on ``synthetic``
     standard-normal inputs (data-free, usually much worse; a message says so). Reports params/MACs of
     the old and new head, the in-sample fit error and top-1 agreement with the teacher, and the
-    end-to-end output error in ``ctx.shared['fc-to-gap']``."""
+    end-to-end output error in its :class:`~mcopt.pass_manager.PassSummary` (``ctx.summary``)."""
 
     name = "fc-to-gap"
     lossless = False
@@ -166,7 +166,7 @@ class FcToGap(Pass):
         found = find_head(graph)
         if isinstance(found, str):
             ctx.info(f"fc-to-gap: no change: {found}")
-            ctx.shared[self.name] = summarize([], lossless=False, skipped={"head": found})
+            ctx.summarize(summarize([], lossless=False, skipped={"head": found}))
             return False
         flatten, logits, head = found
         fmap = flatten.inputs[0]
@@ -238,14 +238,16 @@ class FcToGap(Pass):
         ctx.info(f"fc-to-gap: {format_record(rec)}")
         n_eval = min(len(cap.feeds), 8)
         out_err = output_rel_error(cap.outputs[:n_eval], run_feeds(graph, cap.feeds[:n_eval]))
-        ctx.shared[self.name] = summarize(
-            [rec],
-            lossless=False,
-            output_rel_error=out_err if source == "calibration" else None,
-            fit_rel_error=fit_err,
-            top1_agreement=agree,
-            samples=len(phi),
-            data=source,
+        ctx.summarize(
+            summarize(
+                [rec],
+                lossless=False,
+                output_rel_error=out_err if source == "calibration" else None,
+                fit_rel_error=fit_err,
+                top1_agreement=agree,
+                samples=len(phi),
+                data=source,
+            )
         )
         return True
 
@@ -322,9 +324,7 @@ class LowRankDense(Pass):
         out_err = None
         if cap is not None and records:
             out_err = output_rel_error(cap.outputs, run_feeds(graph, cap.feeds))
-        ctx.shared[self.name] = summarize(
-            records, lossless=False, output_rel_error=out_err, skipped=skipped
-        )
+        ctx.summarize(summarize(records, lossless=False, output_rel_error=out_err, skipped=skipped))
         return bool(records)
 
     def _rewrite(

@@ -22,7 +22,8 @@ the weights' spectral energy -- among the ranks that remove at least ``min_savin
 parameters (a layer that needs more is left alone and listed in the report's ``skipped``). With
 calibration data the mean output shift of the approximation is folded into the last bias (bias
 correction). Each pass records per-layer params/MACs before and after and the error in
-``ctx.shared[pass name]`` and, with calibration data, the end-to-end output error it introduced.
+its :class:`~mcopt.pass_manager.PassSummary` (``ctx.summarize``: ``ctx.summary``, ranks and skipped
+layers in the report) and, with calibration data, the end-to-end output error it introduced.
 
 Exact cases: a kernel whose rank (in the sense of the method) is at most r is reproduced up to float
 rounding, e.g. separable kernels ``W[o,c,i,j] = a[o,c,i] b[o,c,j]`` summed over <= r terms by
@@ -495,9 +496,7 @@ class ConvFactorizePass(Pass):
             ctx.info(
                 f"{self.name}: output rel error on {len(cap.feeds)} calibration feed(s): {out_err:.3g}"
             )
-        ctx.shared[self.name] = summarize(
-            records, lossless=False, output_rel_error=out_err, skipped=skipped
-        )
+        ctx.summarize(summarize(records, lossless=False, output_rel_error=out_err, skipped=skipped))
         return bool(records)
 
     def _rewrite(

@@ -26,7 +26,8 @@ input quantize and the output dequantize. Weights become integer constants (int8
 :class:`~mcopt.ir.types.FixedPoint` encoding (real storage: ``bits`` per weight).
 
 Lossy: rounding and saturation. The pass reports the relative L2 error of the outputs against the float
-graph on the calibration data (``ctx.shared["fixed-point"]``).
+graph on the calibration data, with the formats it chose, in a
+:class:`~mcopt.pass_manager.FixedPointFormats` (``ctx.analyses.get(FixedPointFormats)``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from mcopt.interpreter import run_values
 from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import FixedPoint, TensorType
 from mcopt.ops.fixed import avg_pool_multiplier, qrange, storage_dtype
-from mcopt.pass_manager import Pass, PassContext, register_pass
+from mcopt.pass_manager import FixedPointFormats, Pass, PassContext, register_pass
 
 #: float ops that keep the fixed-point format of their input (pure data movement / monotone clamps)
 _FORMAT_KEEPING = ("relu", "max_pool", "flatten", "reshape", "dropout", "identity")
@@ -182,13 +183,18 @@ class FixedPointQuantize(Pass):
             for r, g in zip(ref, got):
                 den = float(np.linalg.norm(r)) or 1.0
                 errs.append(float(np.linalg.norm(np.asarray(g, np.float64) - r)) / den)
-        info["rel_error"] = max(errs) if errs else float("nan")
-        info["mode"] = "dynamic" if self.dynamic else "shared"
-        info["bits"], info["weight_bits"] = self.bits, wbits
-        ctx.shared["fixed-point"] = info
+        rec = ctx.analyses.put(
+            FixedPointFormats(
+                mode="dynamic" if self.dynamic else "shared",
+                bits=self.bits,
+                weight_bits=wbits,
+                layers=info["layers"],
+                rel_error=max(errs) if errs else float("nan"),
+            )
+        )
         ctx.info(
-            f"fixed-point ({info['mode']}, {self.bits}-bit activations, {wbits}-bit weights): "
-            f"{len(info['layers'])} integer layers, output rel. L2 error {info['rel_error']:.3g}"
+            f"fixed-point ({rec.mode}, {self.bits}-bit activations, {wbits}-bit weights): "
+            f"{len(rec.layers)} integer layers, output rel. L2 error {rec.rel_error:.3g}"
         )
         return True
 

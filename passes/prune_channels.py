@@ -25,7 +25,7 @@ from mcopt.analysis.channels import (
 )
 from mcopt.analysis.sensitivity import calib_or_random, capture_activations
 from mcopt.ir.core import Graph
-from mcopt.pass_manager import Pass, PassContext, register_pass
+from mcopt.pass_manager import ChannelPruningRecord, Pass, PassContext, register_pass
 
 Criterion = Literal["l1", "l2", "group-lasso", "activation"]
 
@@ -151,7 +151,7 @@ class PruneChannels(Pass):
                 sparsities=(0.2, 0.4, 0.6, 0.8),
             )
             layer_ratios = {**rep.pick_ratios(self.ratio), **layer_ratios}
-            ctx.shared["sensitivity"] = rep
+            ctx.analyses.put(rep)
         acts = None
         if self.criterion == "activation":
             a = analyze_channels(graph)
@@ -169,8 +169,10 @@ class PruneChannels(Pass):
         if not removed:
             return False
         ctx.info(f"prune-channels: removed {removed} channel(s) in {len(changed)} layer(s)")
-        rec = ctx.shared.setdefault("prune-channels", {"reference": reference, "nodes": {}})
-        nodes = rec["nodes"]
+        rec = ctx.analyses.get(ChannelPruningRecord) or ctx.analyses.put(
+            ChannelPruningRecord(reference=reference)
+        )
+        nodes = rec.nodes
         for name, (ik, ok) in changed.items():  # compose with an earlier prune-channels
             if name in nodes:
                 ik, ok = nodes[name][0][ik], nodes[name][1][ok]
@@ -178,7 +180,7 @@ class PruneChannels(Pass):
         if self.recover:
             from mcopt.passes.recovery import refit_consumers
 
-            n = refit_consumers(graph, rec["reference"], nodes, feeds, seed=ctx.seed)
+            n = refit_consumers(graph, rec.reference, nodes, feeds, seed=ctx.seed)
             ctx.info(f"prune-channels: refitted {n} layer(s) by least squares")
         return True
 

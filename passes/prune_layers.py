@@ -28,7 +28,7 @@ from mcopt.analysis.sensitivity import (
     run_outputs,
 )
 from mcopt.ir.core import Graph, Node, Value
-from mcopt.pass_manager import Pass, PassContext, register_pass
+from mcopt.pass_manager import LayerPruningRecord, Pass, PassContext, register_pass
 
 
 @dataclass
@@ -178,7 +178,7 @@ class PruneLayers(Pass):
             remove_block(graph, name)
             removed.append(name)
             ctx.info(f"prune-layers: removed residual block {name!r} (output error {err:.4f})")
-        ctx.shared["prune-layers"] = {"effects": effects, "removed": removed}
+        ctx.analyses.put(LayerPruningRecord(effects=effects, removed=removed))
         return changed or bool(removed)
 
     def _drop_identities(self, graph: Graph, feeds: Sequence[Feed], ctx: PassContext) -> bool:

@@ -228,7 +228,7 @@ class PruneWeights(Pass):
                     sparsities=(0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
                 )
                 per.update(rep.pick_ratios(self.sparsity))
-                ctx.shared["sensitivity"] = rep
+                ctx.analyses.put(rep)
             for n in layers:
                 w = n.inputs[1].const  # type: ignore[union-attr]
                 masks[n.name] = magnitude_mask(w, per[n.name])

@@ -210,9 +210,11 @@ class QuantizeInt8(Pass):
         feeds = calib_or_random(graph, ctx.feeds(self.num_calib), ctx.rng(5), n=4, log=ctx.info)
         stats, hess = self._calibrate(graph, layers, feeds, ctx)
         if self.float_layers > 0:
+            from mcopt.pass_manager import Int8FloatLayers
+
             kept = self._most_sensitive(graph, layers, stats, feeds[:2], self.float_layers)
             ctx.info(f"quantize-int8: keeping {len(kept)} most sensitive layer(s) float: {kept}")
-            ctx.shared["quantize_int8_float_layers"] = kept
+            ctx.analyses.put(Int8FloatLayers(kept))
             layers = [n for n in layers if n.name not in kept]
         # rewriting a layer replaces its output value: key the statistics by layer name
         lstats = {n.name: stats[id(n.inputs[0])] for n in layers}

@@ -27,7 +27,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from mcopt.analysis.sensitivity import Feed, calib_or_random, capture_activations
 from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import Sparse, TensorType
-from mcopt.pass_manager import Pass, PassContext, register_pass
+from mcopt.pass_manager import ChannelPruningRecord, Pass, PassContext, register_pass
 
 
 def im2col(x: np.ndarray, node: Node) -> np.ndarray:
@@ -167,9 +167,10 @@ class RefitAfterPrune(Pass):
 
     Refits every layer whose input channels an earlier ``prune-channels`` in the pipeline removed, on
     calibration data, so that its output matches the unpruned network's (formula in the module doc:
-    ridge-regularized least squares on im2col patches). Needs the record ``prune-channels`` leaves
-    in ``ctx.shared``; does nothing without one. Options: ``ridge``, ``max_samples`` (rows kept per
-    layer), ``sequential`` (re-run the graph after each refit so later layers see refitted inputs),
+    ridge-regularized least squares on im2col patches). Needs the
+    :class:`~mcopt.pass_manager.ChannelPruningRecord` ``prune-channels`` leaves in ``ctx.analyses``;
+    does nothing without one. Options: ``ridge``, ``max_samples`` (rows kept per layer),
+    ``sequential`` (re-run the graph after each refit so later layers see refitted inputs),
     ``calib_batches``. With ``sequential=False`` every layer is fitted on the unpruned network's
     inputs restricted to the kept channels (one graph run instead of one per layer, no compensation of
     upstream error). The refit is kept only where it lowers the output error on held-out inputs
@@ -184,8 +185,8 @@ class RefitAfterPrune(Pass):
     calib_batches: int = 8
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        rec = ctx.shared.get("prune-channels")
-        if not rec or rec.get("reference") is None or not rec.get("nodes"):
+        rec = ctx.analyses.get(ChannelPruningRecord)
+        if rec is None or not rec.nodes:
             ctx.info("refit-lstsq: no prune-channels record with a reference graph; nothing to do")
             return False
         feeds = calib_or_random(graph, ctx.feeds(self.calib_batches), ctx.rng(11), log=ctx.info)
@@ -193,8 +194,8 @@ class RefitAfterPrune(Pass):
         err_before = ctx.heldout_error(graph)
         n = refit_consumers(
             graph,
-            rec["reference"],
-            rec["nodes"],
+            rec.reference,
+            rec.nodes,
             feeds,
             ridge=self.ridge,
             max_samples=self.max_samples,

@@ -145,7 +145,7 @@ class WinogradConv(Pass):
             substitute(graph, node, new.output)
             records.append(rec)
             ctx.info(f"winograd: {format_record(rec)}")
-        ctx.shared[self.name] = summarize(records, lossless=True, skipped=skipped)
+        ctx.summarize(summarize(records, lossless=True, skipped=skipped))
         if self.layers:
             missing = sorted(set(self.layers) - {r.layer for r in records} - set(skipped))
             for name in missing:

@@ -127,11 +127,11 @@ def test_fc_to_gap_synthetic_fallback_and_export() -> None:
     ctx = PassContext()
     assert get_pass("fc-to-gap", synthetic=32).run(g, ctx)
     verify(g)
-    s = ctx.shared["fc-to-gap"]
-    assert s["data"].startswith("synthetic") and not s["lossless"]
+    s = ctx.summary
+    assert s.extra["data"].startswith("synthetic") and not s.lossless
     assert [n.op for n in g.nodes][-4:] == ["global_avg_pool", "flatten", "dense", "softmax"]
     assert g.outputs[0].name == "prob"
-    assert s["params_after"] == 8 * 5 + 5 and s["params_before"] == 512 * 32 + 32 * 5
+    assert s.params_after == 8 * 5 + 5 and s.params_before == 512 * 32 + 32 * 5
     feed = [RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)]
     np.testing.assert_allclose(
         ort_run(g, feed)[0], interpreter.run(g, feed)[0], rtol=1e-5, atol=1e-6
@@ -158,9 +158,13 @@ def test_lenet5_fc_to_gap(mnist: tuple[np.ndarray, np.ndarray]) -> None:
     ctx = PassContext(calib=calib)
     assert get_pass("fc-to-gap").run(g, ctx)
     verify(g)
-    s = ctx.shared["fc-to-gap"]
-    assert s["params_before"] == 59_134 and s["params_after"] == 170
-    assert s["samples"] == 500 and s["top1_agreement"] > 0.6 and s["output_rel_error"] is not None
+    s = ctx.summary
+    assert s.params_before == 59_134 and s.params_after == 170
+    assert (
+        s.extra["samples"] == 500
+        and s.extra["top1_agreement"] > 0.6
+        and s.output_rel_error is not None
+    )
     acc = accuracy(g, x[1::4], y[1::4])
     assert 0.5 < acc < 0.97
 
@@ -183,8 +187,8 @@ def test_lowrank_dense_exact_for_low_rank_weight() -> None:
     ctx = PassContext()
     assert get_pass("lowrank-dense", energy=0.9999, skip_last=False).run(g, ctx)
     verify(g)
-    s = ctx.shared["lowrank-dense"]
-    assert s["layers"][0]["rank"] == 5 and s["params_after"] == 5 * (64 + 96) + 64
+    s = ctx.summary
+    assert s.layers[0].rank == 5 and s.params_after == 5 * (64 + 96) + 64
     np.testing.assert_allclose(interpreter.run(g, feed)[0], ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ort_run(g, feed)[0], ref, rtol=1e-4, atol=1e-4)
 
@@ -207,9 +211,9 @@ def test_lowrank_dense_error_falls_with_rank_and_calib_budget() -> None:
         g = _dense_graph(w)
         ctx = PassContext(calib=calib)
         get_pass("lowrank-dense", max_rel_error=budget, skip_last=False).run(g, ctx)
-        layer = ctx.shared["lowrank-dense"]["layers"][0]
-        assert layer["error_kind"] == "calib" and layer["rel_error"] <= budget
-        ranks.append(layer["rank"])
+        layer = ctx.summary.layers[0]
+        assert layer.error_kind == "calib" and layer.rel_error <= budget
+        ranks.append(layer.rank)
     assert ranks[0] < ranks[1]
 
 
@@ -226,10 +230,10 @@ def test_fc_to_gap_and_lowrank_dense_on_light_models(name: str) -> None:
     ctx = PassContext(calib=calib)
     assert get_pass("fc-to-gap").run(g, ctx)
     verify(g)
-    s = ctx.shared["fc-to-gap"]
-    assert s["params_after"] < s["params_before"] / 200  # >100 M -> ~0.5 M params
+    s = ctx.summary
+    assert s.params_after < s.params_before / 200  # >100 M -> ~0.5 M params
     g = g0.copy()
     ctx = PassContext()
     assert get_pass("lowrank-dense", energy=0.5).run(g, ctx)
     verify(g)
-    assert ctx.shared["lowrank-dense"]["params_saved"] > 0
+    assert ctx.summary.params_saved > 0

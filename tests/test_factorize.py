@@ -11,7 +11,7 @@ import pytest
 from mcopt import interpreter
 from mcopt.ir import Graph, TensorType, verify
 from mcopt.onnx_io import export_model, import_model
-from mcopt.pass_manager import PassContext, get_pass
+from mcopt.pass_manager import PassContext, PassSummary, get_pass
 from mcopt.testing import zoo
 
 METHODS = [
@@ -52,11 +52,12 @@ def ort_run(g: Graph, feed: list[np.ndarray]) -> list[np.ndarray]:
     return sess.run(None, {v.name: a for v, a in zip(g.inputs, feed)})
 
 
-def apply(g: Graph, spec: str, ctx: PassContext | None = None, **opts: object) -> dict:
+def apply(g: Graph, spec: str, ctx: PassContext | None = None, **opts: object) -> PassSummary:
     ctx = ctx or PassContext()
     get_pass(spec, **opts).run(g, ctx)
     verify(g)
-    return ctx.shared[spec]
+    assert ctx.summary is not None
+    return ctx.summary
 
 
 # --- exact cases ------------------------------------------------------------------------------------------
@@ -71,12 +72,12 @@ def test_separable_kernel_rank1_is_exact() -> None:
     feed = feed_of(g)
     ref = interpreter.run(g, feed)[0]
     s = apply(g, "factorize-spatial", rank=r)
-    assert s["layers"][0]["rank"] == r
+    assert s.layers[0].rank == r
     assert [n.op for n in g.nodes] == ["conv2d", "conv2d", "relu"]
     assert g.nodes[0].inputs[1].shape == (r, c, 3, 1) and g.nodes[1].inputs[1].shape == (o, r, 1, 3)
     assert rel(interpreter.run(g, feed)[0], ref) < 1e-5
     assert rel(ort_run(g, feed)[0], ref) < 1e-5
-    assert s["params_after"] < s["params_before"] and s["macs_after"] < s["macs_before"]
+    assert s.params_after < s.params_before and s.macs_after < s.macs_before
 
 
 def test_rank1_separable_kernel_found_by_energy() -> None:
@@ -87,7 +88,7 @@ def test_rank1_separable_kernel_found_by_energy() -> None:
     feed = feed_of(g)
     ref = interpreter.run(g, feed)[0]
     s = apply(g, "factorize-spatial", energy=0.999)
-    assert s["layers"][0]["rank"] == 1 and s["layers"][0]["error_kind"] == "weights"
+    assert s.layers[0].rank == 1 and s.layers[0].error_kind == "weights"
     assert rel(interpreter.run(g, feed)[0], ref) < 1e-5
 
 
@@ -109,7 +110,7 @@ def test_low_rank_kernels_are_exact(spec: str, make) -> None:  # type: ignore[no
     ref = interpreter.run(g, feed)[0]
     rank = {"factorize-depthwise": 1, "factorize-tucker": 4, "factorize-flattened": 1}[spec]
     s = apply(g, spec, rank=rank)
-    assert s["params_after"] < s["params_before"]
+    assert s.params_after < s.params_before
     assert rel(interpreter.run(g, feed)[0], ref) < 1e-4
     assert rel(ort_run(g, feed)[0], ref) < 1e-4
 
@@ -124,7 +125,7 @@ def test_five_by_five_composite_is_recovered() -> None:
     ref = interpreter.run(g, feed)[0]
     s = apply(g, "factorize-5x5", rank=4)
     assert [n.inputs[1].shape[2:] for n in g.nodes[:2]] == [(3, 3), (3, 3)]
-    assert s["params_after"] < s["params_before"]
+    assert s.params_after < s.params_before
     assert rel(interpreter.run(g, feed)[0], ref) < 1e-3
 
 
@@ -158,8 +159,8 @@ def test_error_falls_as_rank_rises(spec: str) -> None:
         ref = interpreter.run(g, feed)[0]
         s = apply(g, spec, rank=r)
         errs.append(rel(interpreter.run(g, feed)[0], ref))
-        params.append(s["params_after"])
-        assert s["layers"][0]["rank"] == r and s["layers"][0]["rel_error"] is not None
+        params.append(s.params_after)
+        assert s.layers[0].rank == r and s.layers[0].rel_error is not None
     assert errs == sorted(errs, reverse=True) and errs[0] > 2 * errs[-1], errs
     assert params == sorted(params)
 
@@ -178,10 +179,10 @@ def test_rank_from_calibration_budget() -> None:
         g = conv_graph(w)
         ctx = PassContext(calib=calib)
         s = apply(g, "factorize-spatial", ctx, max_rel_error=budget, min_saving=0.0)
-        layer = s["layers"][0]
-        assert layer["error_kind"] == "calib" and layer["rel_error"] <= budget
-        assert s["output_rel_error"] is not None
-        chosen[budget] = layer["rank"]
+        layer = s.layers[0]
+        assert layer.error_kind == "calib" and layer.rel_error <= budget
+        assert s.output_rel_error is not None
+        chosen[budget] = layer.rank
     assert chosen[0.3] < chosen[0.1]
 
 
@@ -189,7 +190,7 @@ def test_layer_left_alone_when_budget_needs_too_high_rank() -> None:
     w = np.random.default_rng(7).standard_normal((16, 8, 3, 3))
     g = conv_graph(w)
     s = apply(g, "factorize-tucker", energy=0.999, min_saving=0.5)
-    assert not s["layers"] and "conv" in s["skipped"]
+    assert not s.layers and "conv" in s.skipped
     assert [n.op for n in g.nodes] == ["conv2d", "relu"]
 
 
@@ -212,8 +213,8 @@ def test_lenet5_factorized_keeps_accuracy(spec: str, mnist: tuple[np.ndarray, np
     xt, yt = x[1::4], y[1::4]
     acc0 = lenet_accuracy(g, xt, yt)
     s = apply(g, spec, PassContext(calib=calib), max_rel_error=0.05)
-    assert s["layers"] and s["params_saved"] > 0
-    assert all(r["rel_error"] <= 0.05 for r in s["layers"])
+    assert s.layers and s.params_saved > 0
+    assert all(r.rel_error <= 0.05 for r in s.layers)
     assert lenet_accuracy(g, xt, yt) >= acc0 - 0.02
 
 
@@ -226,7 +227,7 @@ def test_tiny_cnn_all_methods_run_and_verify() -> None:
         s = apply(g, spec, PassContext(calib=calib), max_rel_error=0.5, min_saving=0.0)
         out = interpreter.run(g, feed)[0]
         assert out.shape == interpreter.run(g0, feed)[0].shape
-        if s["layers"]:
+        if s.layers:
             np.testing.assert_allclose(ort_run(g, feed)[0], out, rtol=1e-4, atol=1e-4)
 
 
@@ -238,4 +239,4 @@ def test_alexnet_spatial_and_tucker() -> None:
         g = g0.copy()
         # random He weights have flat spectra: no rank meets an error budget, so fix the rank
         s = apply(g, spec, PassContext(calib=calib), rank=16, max_rel_error=None, min_saving=0.0)
-        assert s["layers"] and s["params_saved"] > 0 and s["output_rel_error"] is not None
+        assert s.layers and s.params_saved > 0 and s.output_rel_error is not None

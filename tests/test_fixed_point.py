@@ -23,7 +23,7 @@ from mcopt.ops.fixed import (
     requantize,
 )
 from mcopt.ops.nn import conv2d_ref
-from mcopt.pass_manager import PassContext, PassManager
+from mcopt.pass_manager import FixedPointFormats, PassContext, PassManager
 from mcopt.passes.fixed_point import assert_integer_only, choose_frac_bits
 
 
@@ -108,10 +108,12 @@ def mnist() -> tuple[np.ndarray, np.ndarray]:
     return zoo.mnist_test_set()
 
 
-def _fixed(g: Graph, spec: str, calib: list) -> tuple[Graph, dict]:
+def _fixed(g: Graph, spec: str, calib: list) -> tuple[Graph, FixedPointFormats]:
     ctx = PassContext(calib=calib)
     out, _ = PassManager([spec]).run(g.copy(), ctx=ctx)
-    return out, ctx.shared["fixed-point"]
+    formats = ctx.analyses.get(FixedPointFormats)
+    assert formats is not None
+    return out, formats
 
 
 def _calib(mnist: tuple[np.ndarray, np.ndarray], n: int = 32) -> list:
@@ -146,7 +148,7 @@ def test_pass_yields_integer_only_graph(lenet: Graph, mnist: tuple, spec: str) -
         # int32 unless the worst-case |acc| bound needs more (chosen per layer from the weights)
         wsum = int(np.abs(w.const.astype(np.int64)).reshape(w.shape[0], -1).sum(axis=1).max())
         assert n.attrs["acc_bits"] == (32 if wsum * 2 ** (bits - 1) < 2**30 else 64)
-    assert info["rel_error"] < (0.1 if bits == 8 else 0.01)
+    assert info.rel_error < (0.1 if bits == 8 else 0.01)
 
 
 def test_weights_shrink_physically(lenet: Graph, mnist: tuple) -> None:
@@ -161,8 +163,8 @@ def test_dynamic_beats_shared_format(lenet: Graph, mnist: tuple, bits: int) -> N
     calib = _calib(mnist, 16)
     _, shared = _fixed(lenet, f"fixed-point:bits={bits}", calib)
     _, dynamic = _fixed(lenet, f"fixed-point:bits={bits},dynamic=true", calib)
-    assert dynamic["rel_error"] < shared["rel_error"] / 5
-    fracs = {v["out_frac"] for v in dynamic["layers"].values()}
+    assert dynamic.rel_error < shared.rel_error / 5
+    fracs = {v["out_frac"] for v in dynamic.layers.values()}
     assert len(fracs) > 1  # per-layer formats
 
 
@@ -177,8 +179,8 @@ def test_dynamic_8bit_keeps_lenet_accuracy(lenet: Graph, mnist: tuple) -> None:
 
 def test_shared_frac_bits_option(lenet: Graph, mnist: tuple) -> None:
     _, info = _fixed(lenet, "fixed-point:bits=16,frac_bits=9", _calib(mnist, 2))
-    assert {v["out_frac"] for v in info["layers"].values()} == {9}
-    assert {v["weight_frac"] for v in info["layers"].values() if "weight_frac" in v} == {9}
+    assert {v["out_frac"] for v in info.layers.values()} == {9}
+    assert {v["weight_frac"] for v in info.layers.values() if "weight_frac" in v} == {9}
 
 
 def test_residual_network_with_global_pool() -> None:
@@ -189,7 +191,7 @@ def test_residual_network_with_global_pool() -> None:
     q, info = _fixed(g, "fixed-point:bits=16,dynamic=true", calib)
     assert_integer_only(q)
     assert {"fx_add", "fx_avg_pool"} <= {n.op for n in q.nodes}
-    assert info["rel_error"] < 0.01
+    assert info.rel_error < 0.01
 
 
 def test_assert_integer_only_rejects_float_op() -> None:

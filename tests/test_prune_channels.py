@@ -12,7 +12,7 @@ from mcopt.analysis.cost import graph_stats
 from mcopt.interpreter import run
 from mcopt.ir import Graph, ttype, verify
 from mcopt.onnx_io import export_model, import_model
-from mcopt.pass_manager import PassContext, get_pass
+from mcopt.pass_manager import ChannelPruningRecord, PassContext, get_pass
 from mcopt.testing import zoo
 
 
@@ -103,7 +103,8 @@ def test_activation_criterion_and_options() -> None:
     assert conv0.output.shape[1] == 8  # the residual-stream group of conv_0 was skipped
     conv1 = g.find_node("conv_1")
     assert conv1.output.shape[1] % 4 == 0 and conv1.output.shape[1] < 8
-    assert "prune-channels" in ctx.shared and "conv_3" in ctx.shared["prune-channels"]["nodes"]
+    record = ctx.analyses.get(ChannelPruningRecord)
+    assert record is not None and "conv_3" in record.nodes
     spec = get_pass("prune-channels", layer_ratios="[conv_1=0.75]", ratio=0.0)
     g2 = import_model(zoo.resnet18_like(32, 10, width=8))
     spec(g2, PassContext())

@@ -10,7 +10,7 @@ from mcopt.analysis.sensitivity import global_fraction, layer_sensitivity, relat
 from mcopt.interpreter import run
 from mcopt.ir import verify
 from mcopt.onnx_io import import_model
-from mcopt.pass_manager import PassContext, PassManager, get_pass
+from mcopt.pass_manager import LayerPruningRecord, PassContext, PassManager, get_pass
 from mcopt.passes.prune_layers import block_effects, find_residual_blocks
 from mcopt.testing import zoo
 
@@ -39,7 +39,9 @@ def test_find_and_remove_residual_blocks(resnet) -> None:
     verify(g)
     assert len(g.nodes) == len(resnet.nodes) - 12  # 2 x (5 branch nodes + the add)
     assert graph_stats(g).macs < graph_stats(resnet).macs
-    removed = ctx.shared["prune-layers"]["removed"]
+    record = ctx.analyses.get(LayerPruningRecord)
+    assert record is not None
+    removed = record.removed
     assert removed == sorted(eff, key=eff.get)[:2] or len(removed) == 2
     run(g, feeds[0])
 

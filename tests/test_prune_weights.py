@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mcopt.analysis.cost import graph_stats
+from mcopt.analysis.sensitivity import SensitivityReport
 from mcopt.interpreter import run
 from mcopt.ir import Sparse, verify
 from mcopt.onnx_io import export_model, import_model
@@ -87,7 +88,7 @@ def test_sensitivity_scope(graph) -> None:
     ws = _weights(g)
     zeros = sum(w.type.size - np.count_nonzero(w.const) for w in ws.values())
     assert zeros / sum(w.type.size for w in ws.values()) == pytest.approx(0.6, abs=0.03)
-    assert "sensitivity" in ctx.shared
+    assert SensitivityReport in ctx.analyses
     sp = [1 - np.count_nonzero(w.const) / w.type.size for w in ws.values()]
     assert max(sp) - min(sp) > 0.05  # per-layer ratios differ
 

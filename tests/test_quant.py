@@ -12,7 +12,7 @@ from mcopt.interpreter import run
 from mcopt.ir.types import UniformQuant
 from mcopt.onnx_io import export_model, import_model
 from mcopt.ops.quant import dequantize_array, qconv2d_ref, quantize_array, weight_type
-from mcopt.pass_manager import PassContext, PassManager
+from mcopt.pass_manager import Int8FloatLayers, PassContext, PassManager
 from mcopt.passes.gptq import HessianAccumulator, gptq_quantize, im2col, layer_loss
 from mcopt.testing import zoo
 
@@ -152,7 +152,9 @@ def test_mixed_precision_keep_float_and_sensitivity():
     g2 = g0.copy()
     ctx = PassContext(calib=feeds)
     PassManager(["quantize-int8:float_layers=2,weight_bits=4"]).run(g2, ctx)
-    kept = ctx.shared["quantize_int8_float_layers"]
+    record = ctx.analyses.get(Int8FloatLayers)
+    assert record is not None
+    kept = record.layers
     assert len(kept) == 2 and {n.name for n in g2.nodes if n.op in ("conv2d", "dense")} == set(kept)
     with pytest.raises(Exception, match="keep_float"):
         PassManager(["quantize-int8:keep_float=[nope]"]).run(g0.copy(), PassContext(calib=feeds))

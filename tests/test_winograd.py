@@ -102,11 +102,12 @@ def test_macs_and_params_accounting(m: int, ratio: float, growth: float) -> None
     after = analyze(g).rows[0]
     assert after.op == "winograd_conv2d"
     assert before.macs / after.macs == pytest.approx(ratio)
-    rec = ctx.shared["winograd"]["layers"][0]
-    assert rec["macs_before"] / rec["macs_after"] == pytest.approx(ratio)
-    w_before, w_after = rec["params_before"] - 32, rec["params_after"] - 32  # minus bias
+    assert ctx.summary is not None
+    rec = ctx.summary.layers[0]
+    assert rec.macs_before / rec.macs_after == pytest.approx(ratio)
+    w_before, w_after = rec.params_before - 32, rec.params_after - 32  # minus bias
     assert w_after / w_before == pytest.approx(growth)
-    assert ctx.shared["winograd"]["lossless"] is True
+    assert ctx.summary.lossless is True
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -117,9 +118,10 @@ def test_pass_on_tiny_cnn_is_lossless_and_exports(m: int) -> None:
     ctx = PassContext()
     g2, report = PassManager([f"winograd:tile={m}"]).run(g, ctx, inputs=feed, copy=True)
     verify(g2)
-    shared = ctx.shared["winograd"]
-    assert len(shared["layers"]) == 3  # stem, two residual 3x3 convs
-    assert "dw" in " ".join(shared["skipped"])  # depthwise 3x3 is skipped (groups != 1)
+    summary = ctx.summary
+    assert summary is not None
+    assert len(summary.layers) == 3  # stem, two residual 3x3 convs
+    assert "dw" in " ".join(summary.skipped)  # depthwise 3x3 is skipped (groups != 1)
     assert report.records[0].max_rel_err is not None and report.records[0].max_rel_err < 1e-4
     assert graph_stats(g2).macs < graph_stats(g).macs
     out = interpreter.run(g2, feed)[0]
@@ -131,13 +133,11 @@ def test_layers_and_min_channels_options() -> None:
     g = import_model(zoo.tiny_cnn())
     ctx = PassContext()
     get_pass("winograd", min_channels=4).run(g, ctx)
-    done = [r["layer"] for r in ctx.shared["winograd"]["layers"]]
-    assert len(done) == 2 and any(
-        "min_channels" in why for why in ctx.shared["winograd"]["skipped"].values()
-    )
+    done = [r.layer for r in ctx.summary.layers]
+    assert len(done) == 2 and any("min_channels" in why for why in ctx.summary.skipped.values())
     g = import_model(zoo.tiny_cnn())
     get_pass("winograd", layers=(done[0],)).run(g, ctx)
-    assert [r["layer"] for r in ctx.shared["winograd"]["layers"]] == [done[0]]
+    assert [r.layer for r in ctx.summary.layers] == [done[0]]
     with pytest.raises(Exception, match="tile"):
         get_pass("winograd", tile=3)
 
@@ -151,6 +151,6 @@ def test_vgg19_all_3x3_convs() -> None:
     ctx = PassContext()
     assert get_pass("winograd", tile=4).run(g, ctx)
     verify(g)
-    assert len(ctx.shared["winograd"]["layers"]) == 16
+    assert len(ctx.summary.layers) == 16
     assert graph_stats(g).macs < macs0 / 2.5
     assert rel(interpreter.run(g, feed)[0], ref) < 1e-3

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mcopt.ir.core import Graph, Node, Value
+from mcopt.pass_manager.analyses import PassSummary
 
 
 def energy_rank(s: np.ndarray, energy: float) -> int:
@@ -215,7 +216,7 @@ def substitute(graph: Graph, node: Node, new: Value) -> None:
 
 @dataclass
 class LayerRecord:
-    """What one rewrite did to one layer (a row of the pass's report in ``ctx.shared[pass name]``)."""
+    """What one rewrite did to one layer (a row of the pass's :class:`PassSummary`)."""
 
     layer: str
     method: str
@@ -257,26 +258,21 @@ def summarize(
     output_rel_error: float | None = None,
     skipped: Mapping[str, str] | None = None,
     **extra: Any,
-) -> dict[str, Any]:
-    """The dict a pass stores in ``ctx.shared[pass name]``: per-layer rows, totals and the end-to-end
-    output error on the calibration feeds it used (None without calibration data)."""
-    pb = sum(r.params_before for r in records)
-    pa = sum(r.params_after for r in records)
-    mb = sum(r.macs_before for r in records)
-    ma = sum(r.macs_after for r in records)
-    return {
-        "lossless": lossless,
-        "layers": [r.to_dict() for r in records],
-        "params_saved": pb - pa,
-        "macs_saved": mb - ma,
-        "params_before": pb,
-        "params_after": pa,
-        "macs_before": mb,
-        "macs_after": ma,
-        "output_rel_error": output_rel_error,
-        "skipped": dict(skipped or {}),
-        **extra,
-    }
+) -> PassSummary:
+    """The summary a pass records with ``ctx.summarize``: per-layer rows, totals and the end-to-end
+    output error on the calibration feeds it used (None without calibration data); `extra` holds
+    pass-specific figures."""
+    return PassSummary(
+        lossless=lossless,
+        layers=list(records),
+        skipped=dict(skipped or {}),
+        params_before=sum(r.params_before for r in records),
+        params_after=sum(r.params_after for r in records),
+        macs_before=sum(r.macs_before for r in records),
+        macs_after=sum(r.macs_after for r in records),
+        output_rel_error=output_rel_error,
+        extra=dict(extra),
+    )
 
 
 def format_record(r: LayerRecord) -> str:

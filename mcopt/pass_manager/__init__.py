@@ -17,6 +17,9 @@ every pass and records a :class:`PassReport`.
 
 What lives where (everything below is importable from ``mcopt.pass_manager``):
 
+- ``analyses.py``: typed results passes hand on: ``Analyses`` (the registry in ``PassContext.analyses``,
+  keyed by type), ``ChannelPruningRecord``, ``LayerPruningRecord``, ``FixedPointFormats``,
+  ``Int8FloatLayers``, and ``PassSummary`` (a rewrite pass's per-layer summary, ``ctx.summarize``).
 - ``base.py``: ``Pass``, ``PassResult``, the registry (``register_pass``, ``register_pipeline``,
   ``list_passes``, ``list_pipelines``, ``pass_class``) and ``describe_passes`` / ``describe_pass``.
 - ``context.py``: ``PassContext`` (what a pass may use besides the graph), ``TargetServices``, ``Feed``.
@@ -26,11 +29,19 @@ What lives where (everything below is importable from ``mcopt.pass_manager``):
 - ``manager.py``: ``PassManager`` (verify after each pass, measure against the original),
   ``run_passes``, ``rich_progress_callback``.
 
-Each module imports only the ones listed before it (report <- context <- base <- specs <- manager),
-so there are no cycles; the built-in passes (``mcopt.passes``), which import this package, are
-loaded lazily by the registry's lookups (``base._load_builtins``).
+Each module imports only the ones listed before it (analyses, report <- context <- base <- specs <-
+manager), so there are no cycles; the built-in passes (``mcopt.passes``), which import this package,
+are loaded lazily by the registry's lookups (``base._load_builtins``).
 """
 
+from mcopt.pass_manager.analyses import (
+    Analyses,
+    ChannelPruningRecord,
+    FixedPointFormats,
+    Int8FloatLayers,
+    LayerPruningRecord,
+    PassSummary,
+)
 from mcopt.pass_manager.base import (
     Pass,
     PassResult,
@@ -54,7 +65,12 @@ from mcopt.pass_manager.specs import (
 )
 
 __all__ = [
+    "Analyses",
+    "ChannelPruningRecord",
     "Feed",
+    "FixedPointFormats",
+    "Int8FloatLayers",
+    "LayerPruningRecord",
     "Pass",
     "PassContext",
     "PassLike",
@@ -62,6 +78,7 @@ __all__ = [
     "PassRecord",
     "PassReport",
     "PassResult",
+    "PassSummary",
     "TargetServices",
     "describe_pass",
     "describe_passes",

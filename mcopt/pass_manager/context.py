@@ -1,6 +1,7 @@
-"""``PassContext``: what a pass may use besides the graph (calibration feeds, seed, log, shared
-results, training data, teacher, held-out inputs, the target's services), and the
-``TargetServices`` protocol the compile target implements."""
+"""``PassContext``: what a pass may use besides the graph (calibration feeds, seed, log, the typed
+results earlier passes left (:class:`~mcopt.pass_manager.analyses.Analyses`), training data,
+teacher, held-out inputs, the target's services), and the ``TargetServices`` protocol the compile
+target implements."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mcopt.ir.core import Graph
+from mcopt.pass_manager.analyses import Analyses, PassSummary
 from mcopt.pass_manager.report import output_errors
 
 Feed = Mapping[str, np.ndarray] | Sequence[np.ndarray]
@@ -37,23 +39,28 @@ class PassContext:
     - ``seed``: seed for any randomness; use :meth:`rng`.
     - ``log``: message sink (default: the ``mcopt.passes`` logger at INFO).
     - ``progress``: ``progress(index, total, pass_name, done)`` called around every pass.
-    - ``shared``: results passes hand to later passes (e.g. a sensitivity analysis).
+    - ``analyses``: typed results passes hand to later passes, one per type
+      (``ctx.analyses.put(record)``, ``ctx.analyses.get(ChannelPruningRecord)``; see
+      :mod:`mcopt.pass_manager.analyses`).
     - ``data``: labelled (or unlabelled) training data with its held-out validation split
       (:class:`mcopt.train.TrainData`), for the training passes; None without.
     - ``teacher``: the model the pipeline started from (the original), the default teacher of
       distillation; set by :class:`PassManager` when None.
     - ``details``: what the running pass wants in its report row (:meth:`detail`); the manager
       resets it before each pass and keeps it in :attr:`PassRecord.details`.
+    - ``summary``: the running pass's per-layer summary (:meth:`summarize`), None when it recorded
+      none; the manager resets it before each pass (after a run: the last pass's).
     """
 
     calib: list[Feed] | None = None
     seed: int = 0
     log: Callable[[str], None] | None = None
     progress: Callable[[int, int, str, bool], None] | None = None
-    shared: dict[str, Any] = field(default_factory=dict)
+    analyses: Analyses = field(default_factory=Analyses)
     data: Any = None
     teacher: Graph | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    summary: PassSummary | None = None
     #: the compile target's services (None: not compiling), see :class:`TargetServices`
     target: TargetServices | None = None
     #: inputs no pass may fit (the output-error check's): passes that choose between methods by
@@ -78,6 +85,13 @@ class PassContext:
     def detail(self, key: str, value: Any) -> None:
         """Record `key: value` in the running pass's report row (JSON-serializable values)."""
         self.details[key] = value
+
+    def summarize(self, summary: PassSummary) -> None:
+        """Record the running pass's per-layer summary: kept in :attr:`summary`, its report-worthy
+        part (rank or method per layer, skipped layers: :meth:`PassSummary.report_details`) in the
+        pass's report row."""
+        self.summary = summary
+        self.details.update(summary.report_details())
 
     def rng(self, salt: int = 0) -> np.random.Generator:
         """A fresh generator seeded from ``seed`` (and `salt`, so passes draw independent streams)."""

@@ -17,7 +17,7 @@ from mcopt.ir.core import Graph
 from mcopt.ir.verify import verify
 from mcopt.pass_manager.base import PassResult
 from mcopt.pass_manager.context import Feed, PassContext
-from mcopt.pass_manager.report import PassRecord, PassReport, _summary_details, output_errors
+from mcopt.pass_manager.report import PassRecord, PassReport, output_errors
 from mcopt.pass_manager.specs import PassLike, resolve_passes
 
 
@@ -89,7 +89,7 @@ class PassManager:
             if ctx.progress is not None:
                 ctx.progress(i, total, p.name, False)
             before = report.final
-            ctx.details = {}
+            ctx.details, ctx.summary = {}, None
             t0 = time.perf_counter()
             try:
                 result = p.run(graph, ctx)
@@ -113,7 +113,6 @@ class PassManager:
             if isinstance(result, PassResult):
                 details.update(result.details)
                 result = result.changed
-            details.update(_summary_details(ctx.shared.get(p.name)))
             rec = PassRecord(
                 name=p.name,
                 spec=p.spec(),

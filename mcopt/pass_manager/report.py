@@ -180,24 +180,6 @@ class PassReport:
         return self.to_markdown()
 
 
-def _summary_details(summary: Any) -> dict[str, Any]:
-    """The report-worthy part of a pass's per-layer summary (``mcopt.analysis.lowrank.summarize``):
-    the rank (or method) chosen per layer and why layers were skipped."""
-    if not isinstance(summary, Mapping) or "layers" not in summary:
-        return {}
-    out: dict[str, Any] = {}
-    layers = {
-        str(r.get("layer")): (r.get("rank") if r.get("rank") is not None else r.get("method"))
-        for r in summary.get("layers") or []
-        if isinstance(r, Mapping)
-    }
-    if layers:
-        out["layers"] = layers
-    if summary.get("skipped"):
-        out["skipped"] = dict(summary["skipped"])
-    return out
-
-
 def _fmt_details(d: Mapping[str, Any]) -> str:
     parts = []
     for k, v in d.items():
