@@ -60,7 +60,7 @@ import numpy as np
 
 from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size, pad_nchwc
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
-from mcopt.targets.cpu.kernels.params import ConvParams, _info, tile_score
+from mcopt.targets.cpu.kernels.params import ConvParams, _info, max_accumulators, tile_score
 from mcopt.targets.cpu.kernels.threads import parallel
 
 
@@ -263,7 +263,7 @@ def choose_grouped_params(
         balance = tasks / (_cdiv(tasks, info.cores) * info.cores)
         useful = out_blocks / geom.internal_blocks * balance
         useful *= DIRECT_BONUS if geom.direct else 1.0
-        budget = info.vregs - 4
+        budget = max_accumulators(info.vregs)
         if geom.window * ic_bn * kh * kw <= SHORT_REDUCTION:
             budget = budget * SHORT_ACCUMULATORS // 12
         for rn in range(1, min(ow, info.vregs) + 1):

@@ -134,7 +134,7 @@ MIN_WINOGRAD_MACS = 20_000_000
 #: Winograd is taken when it is at least this much faster than the direct template
 MIN_GAIN = 1.05
 #: version of the measurement table's keys (bump when the kernels change materially)
-TABLE_VERSION = "nchwc3"
+TABLE_VERSION = "nchwc4"
 
 
 @dataclass(frozen=True)
