@@ -33,6 +33,7 @@ from tvm import relax
 from mcopt.errors import TargetError
 from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import BlockedLayout
+from mcopt.ops.nn import bn_affine
 from mcopt.targets.cpu import kernels as K
 from mcopt.targets.cpu.plan import (
     BLOCKED_BINARY,
@@ -244,8 +245,8 @@ def _lower_fused_plain(vals: _Values, node: Node) -> None:
     vals.set_plain(node.output, y)
 
 
-def _packed_channel_const(ctx: LowerContext, v: Value, lay: Layout) -> relax.Expr:
-    vec = _channel_const(v, lay.channels, 4)
+def _packed_channel_const(ctx: LowerContext, v: Value | np.ndarray, lay: Layout) -> relax.Expr:
+    vec = v if isinstance(v, np.ndarray) else _channel_const(v, lay.channels, 4)
     assert vec is not None
     full = np.zeros(lay.padded, dtype=np.float32)
     full[: lay.channels] = vec
@@ -322,6 +323,13 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
                 y = R.nn.avg_pool2d(
                     x, count_include_pad=bool(at.get("count_include_pad", 0)), **common
                 )
+    elif op == "batch_norm":
+        x, _ = vals.blocked_of(ins[0], lay)
+        stats = [np.reshape(np.asarray(v.const), -1) for v in node.inputs[1:5]]  # type: ignore[union-attr]
+        k, c = bn_affine(*stats, node.attrs["epsilon"])
+        y = R.add(
+            R.multiply(x, _packed_channel_const(ctx, k, lay)), _packed_channel_const(ctx, c, lay)
+        )
     elif op == "permute_channels":
         x, _ = vals.blocked_of(ins[0], lay)
         y = K.emit_permute_channels(bb, x, [int(p) for p in node.attrs["perm"]])

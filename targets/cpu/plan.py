@@ -406,6 +406,11 @@ def plan_graph(graph: Graph, lanes: int = 8) -> Plan:
                 if lt is not None and tuple(t.shape) == tuple(out.shape):
                     if _channel_const(k, c, 4) is not None:
                         lay[id(out)] = lt
+        elif node.op == "batch_norm" and x0 is not None and len(out.shape) == 4:
+            # a batch norm no conv absorbed (DenseNet's BN after a concat): a per-channel affine
+            # on the blocked tensor (its padding channels stay finite: scale 0, shift 0)
+            if all(v is not None and v.const is not None for v in node.inputs[1:5]):
+                lay[id(out)] = x0
         elif node.op == "concat" and int(node.attrs.get("axis", 1)) in (1, -3):
             ls = [lay.get(id(v)) for v in ins]
             if all(x is not None and not x.is_padded for x in ls) and len({x.bn for x in ls}) == 1:  # type: ignore[union-attr]
