@@ -109,6 +109,10 @@ def test_register_tile_rule():
     assert max_accumulators(16) == 12 and max_accumulators(32) == 24
     assert choose_register_tile(56, 8, 16) == (3, 4)
     assert choose_register_tile(56, 8, 32) != (7, 4)
+    # a short reduction (MobileNet-V2's 16->96 1x1) caps the tile at 2/3 of the budget
+    rn, rc = choose_register_tile(112, 6, 32, reduction=16)
+    assert rn * rc <= 16 and rc > 1
+    assert choose_register_tile(112, 6, 32, reduction=1024) != (rn, rc)
     assert channel_block(3, 8) == 3 and channel_block(144, 8) == 8 and channel_block(12, 8) == 6
 
 

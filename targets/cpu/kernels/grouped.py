@@ -60,7 +60,14 @@ import numpy as np
 
 from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size, pad_nchwc
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
-from mcopt.targets.cpu.kernels.params import ConvParams, _info, max_accumulators, tile_score
+from mcopt.targets.cpu.kernels.params import (
+    SHORT_ACCUMULATORS,
+    SHORT_REDUCTION,
+    ConvParams,
+    _info,
+    max_accumulators,
+    tile_score,
+)
 from mcopt.targets.cpu.kernels.threads import parallel
 
 
@@ -126,10 +133,6 @@ class GroupedGeometry:
 #: score factor of the ``direct`` schedule over the ``row`` one (fitted: 544->544 g=4 at 7x7 ran
 #: 1.33x faster direct with a 7x1 tile than in rows with 4x2)
 DIRECT_BONUS = 1.25
-#: reductions up to this length are "short": at most ``SHORT_ACCUMULATORS`` per 12 of the
-#: register budget (8 of 12 on AVX2) -- see :func:`choose_grouped_params`
-SHORT_REDUCTION = 256
-SHORT_ACCUMULATORS = 8
 
 #: per output vector, the accumulator handling of a schedule in FMA-equivalents: the template
 #: (``direct``) initialises and stores the register tile once; the ``row`` schedule also stores the

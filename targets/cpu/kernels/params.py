@@ -114,18 +114,36 @@ def max_accumulators(vregs: int) -> int:
     return vregs - 4 if vregs <= 16 else vregs * 3 // 4
 
 
+#: reductions up to this length are "short": a tile then holds at most ``SHORT_ACCUMULATORS`` per
+#: 12 of the accumulator budget (AVX2: 8 of 12, AVX-512: 16 of 24). Initialising and storing a big
+#: tile costs as much as a short reduction: ShuffleNet's grouped 1x1 layers (reductions of 40-136)
+#: ran 15-40 % slower with 12-accumulator tiles than with 8 (znver3); MobileNet-V2's 16->96 1x1 at
+#: 112x112 (reduction 16) 2.4x slower with 8 x 3 than with 7 x 2 (znver5)
+SHORT_REDUCTION = 256
+SHORT_ACCUMULATORS = 8
+
+
 def choose_register_tile(
-    ow: int, occ: int, vregs: int, max_reg_c: int = 4, copy_free: bool = True
+    ow: int,
+    occ: int,
+    vregs: int,
+    max_reg_c: int = 4,
+    copy_free: bool = True,
+    reduction: int | None = None,
 ) -> tuple[int, int]:
     """``(reg_n, reg_c)`` by the rule in the module docstring (``copy_free``: the input is
-    padded anyway, so rounding the width up costs no extra copy)."""
+    padded anyway, so rounding the width up costs no extra copy; ``reduction``: the length of
+    each output's sum, ``IC * KH * KW``, which caps the tile when short)."""
+    budget = max_accumulators(vregs)
+    if reduction is not None and reduction <= SHORT_REDUCTION:
+        budget = budget * SHORT_ACCUMULATORS // 12
     best: tuple[float, int, int] = (-1.0, 1, 1)
     for rc in _divisors(occ):
         if rc > max_reg_c:
             break
         for rn in range(1, min(ow, vregs) + 1):
             acc = rn * rc
-            if acc > max_accumulators(vregs) or (rc > 1 and rn > vregs // 3):
+            if acc > budget or (rc > 1 and rn > vregs // 3):
                 continue
             score = tile_score(ow, rn, rc, copy_free)
             if score > best[0] + 1e-9:
@@ -161,11 +179,12 @@ def choose_conv_params(
     # rounding the width is free when the input is padded anyway, and negligible when every input
     # element feeds many MACs (the copy is one load + store per element)
     padded = any((pt, pl, pb, pr)) or oc * kh * kw >= COPY_NEGLIGIBLE_MACS * sh * sw
-    reg_n, reg_c = choose_register_tile(ow, occ, info.vregs, max_rc, padded)
+    reduction = ic * kh * kw
+    reg_n, reg_c = choose_register_tile(ow, occ, info.vregs, max_rc, padded, reduction)
     flat = False
     if ow % reg_n and oh * ow <= 32 * 32:
         # tile the flattened plane when that wastes less (parallel over n x oc tiles only)
-        frn, frc = choose_register_tile(oh * ow, occ, info.vregs, max_rc, padded)
+        frn, frc = choose_register_tile(oh * ow, occ, info.vregs, max_rc, padded, reduction)
         better = tile_score(oh * ow, frn, frc, padded) > 1.02 * tile_score(ow, reg_n, reg_c, padded)
         if better and n * occ // frc >= 4 * info.cores:
             reg_n, reg_c, flat = frn, frc, True
