@@ -161,3 +161,20 @@ def test_encoded_sizes() -> None:
     s = TensorType((100, 200), encoding=Sparse(nnz=1000, rows=100))
     assert s.nbytes == (1000 * 64 + 101 * 32) // 8
     assert "quant<s8,axis=0>" in str(q)
+
+
+def test_replace_nodes_keeps_the_output_values_and_their_consumers() -> None:
+    from mcopt.ir import Graph, Node, TensorType, verify
+
+    g = Graph("chain")
+    x = g.add_input("x", TensorType((1, 4)))
+    a = g.add_node("relu", [x], name="a")
+    b = g.add_node("neg", [a.output], name="b")
+    c = g.add_node("exp", [b.output], name="c")
+    g.outputs.append(c.output)
+    kept = b.output
+    new = Node("sigmoid", [x], [], {}, "a")
+    g.replace_nodes([a, b], new)
+    verify(g)
+    assert [n.name for n in g.nodes] == ["a", "c"] and new.output is kept
+    assert c.inputs[0] is kept and kept.producer is new

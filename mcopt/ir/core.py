@@ -284,6 +284,25 @@ class Graph:
         self.nodes.pop(self._index(node))
         node.graph = None
 
+    def replace_nodes(self, old: Sequence[Node], new: Node) -> Node:
+        """Put the detached node ``new`` in place of the chain ``old`` (at the position of its last
+        node): ``new`` takes over the outputs of ``old[-1]`` -- the same values, so their consumers,
+        names and graph-output slots stay -- and the ``old`` nodes are removed (their other outputs
+        must be unused). ``new`` keeps its name when ``old`` held it (a fused node named after the
+        conv it replaces)."""
+        last = old[-1]
+        outs, last.outputs = list(last.outputs), []
+        for o in outs:
+            o.producer = new
+        new.outputs = outs
+        idx = self._index(last)
+        nxt = self.nodes[idx + 1] if idx + 1 < len(self.nodes) else None
+        for n in old:
+            self.remove_node(n, force=True)
+            self._node_names.discard(n.name)
+        new.name = self.unique_node_name(new.name)
+        return self.insert_node(new, before=nxt)
+
     def replace_all_uses_with(
         self, old: Value, new: Value, *, except_in: Iterable[Node] = ()
     ) -> None:

@@ -72,26 +72,9 @@ def _unwinograd(graph: Graph) -> dict[str, int]:
             {"strides": (1, 1), "pads": node.attrs["pads"], "dilations": (1, 1), "groups": 1},
             node.name,
         )
-        _swap(graph, [node], conv)
+        graph.replace_nodes([node], conv)
         forced[node.name] = m
     return forced
-
-
-def _swap(graph: Graph, old: list[Node], new: Node) -> None:
-    """Put the detached node ``new`` in place of the chain ``old`` (in graph order; the outputs of
-    its last node become ``new``'s, so their consumers and names stay); ``new`` keeps its name."""
-    last = old[-1]
-    outs, last.outputs = list(last.outputs), []
-    for o in outs:
-        o.producer = new
-    new.outputs = outs
-    idx = graph._index(last)
-    nxt = graph.nodes[idx + 1] if idx + 1 < len(graph.nodes) else None
-    for n in old:
-        graph.remove_node(n, force=True)
-        graph._node_names.discard(n.name)
-    new.name = graph.unique_node_name(new.name)
-    graph.insert_node(new, before=nxt)
 
 
 def _same(a: np.ndarray, v: Value | None) -> bool:
@@ -255,13 +238,13 @@ class _Planner:
 
         attrs = get_schema(op).normalize_attrs(attrs, f.node.name)
         new = Node(op, [f.node.inputs[0], w, b, f.residual], [], attrs, f.node.name)
-        _swap(g, [f.node, *f.absorbed], new)
+        g.replace_nodes([f.node, *f.absorbed], new)
 
     def shuffle(self, src: Value, perm: np.ndarray, nodes: list[Node]) -> None:
         new = Node(
             "permute_channels", [src], [], {"perm": tuple(int(p) for p in perm)}, nodes[-1].name
         )
-        _swap(self.graph, nodes, new)
+        self.graph.replace_nodes(nodes, new)
 
 
 def plan_cpu(graph: Graph, target: Any = None, lanes: int | None = None) -> Graph:
