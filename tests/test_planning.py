@@ -207,3 +207,32 @@ def test_a_batch_norm_no_conv_absorbs_stays_blocked() -> None:
     ref = run(g, feeds)[0]
     np.testing.assert_allclose(run(p, feeds)[0], ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(build(g, "cpu").run(feeds)[0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_channel_shuffle_on_a_padded_layout_stays_blocked() -> None:
+    """ShuffleNet's 136-channel stages are padded to whole blocks: the shuffle permutes the
+    logical channels on the blocked tensor, the padding channels map to themselves."""
+    from mcopt.ir import Graph, TensorType
+    from mcopt.targets import build
+
+    rng = np.random.default_rng(2)
+    g = Graph("shuffle")
+    x = g.add_input("x", TensorType((1, 8, 6, 6)))
+
+    def conv(v, o):  # type: ignore[no-untyped-def]
+        w = g.const(rng.standard_normal((o, v.shape[1], 1, 1)).astype(np.float32) / 3)
+        return g.add_node("conv2d", [v, w]).output
+
+    h = g.add_node("relu", [conv(x, 20)]).output  # 20 channels: padded in blocks of 8 and 16
+    h = g.add_node("reshape", [h], {"shape": (1, 4, 5, 6, 6)}).output
+    h = g.add_node("transpose", [h], {"perm": (0, 2, 1, 3, 4)}).output
+    h = g.add_node("reshape", [h], {"shape": (1, 20, 6, 6)}).output
+    g.outputs.append(conv(g.add_node("sigmoid", [h]).output, 8))
+    p = plan_cpu(g, lanes=8)
+    verify(p)
+    node = next(n for n in p.nodes if n.op == "permute_channels")
+    assert node.output.type.layout is not None and node.output.type.layout.is_padded
+    feeds = _feeds(g)
+    ref = run(g, feeds)[0]
+    np.testing.assert_allclose(run(p, feeds)[0], ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(build(g, "cpu").run(feeds)[0], ref, rtol=1e-4, atol=1e-5)

@@ -332,7 +332,8 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
         )
     elif op == "permute_channels":
         x, _ = vals.blocked_of(ins[0], lay)
-        y = K.emit_permute_channels(bb, x, [int(p) for p in node.attrs["perm"]])
+        perm = [int(p) for p in node.attrs["perm"]] + list(range(lay.channels, lay.padded))
+        y = K.emit_permute_channels(bb, x, perm)  # padding channels map to themselves
         vals.set_blocked(out, y, lay)
         return
     elif op == "concat":

@@ -417,7 +417,8 @@ def plan_graph(graph: Graph, lanes: int = 8) -> Plan:
                 bn = ls[0].bn  # type: ignore[union-attr]
                 c = out.shape[1]
                 lay[id(out)] = Layout(bn, c, c)
-        elif node.op in ("reshape", "transpose") and x0 is not None and not x0.is_padded:
+        elif node.op in ("reshape", "transpose") and x0 is not None:
+            # a channel shuffle, also on a padded layout (the padding channels map to themselves)
             perm = _channel_permutation(ins[0], outs)
             if perm is not None:
                 p, nodes = perm
@@ -431,6 +432,8 @@ def plan_graph(graph: Graph, lanes: int = 8) -> Plan:
         f = plan.fused.get(id(src.producer)) if src.producer is not None else None
         if f is None or f.kind != "grouped" or f.residual is not None or f.output is not src:
             continue
+        if (lay.get(id(src)) or Layout(1, 1, 1)).is_padded:
+            continue  # the grouped epilogue permutes logical channels only
         del plan.shuffles[key], plan.fused[id(f.last)]
         plan.absorbed.update((id(f.node), id(f.last)))
         f.absorbed.extend(nodes)
