@@ -236,3 +236,29 @@ def test_a_channel_shuffle_on_a_padded_layout_stays_blocked() -> None:
     ref = run(g, feeds)[0]
     np.testing.assert_allclose(run(p, feeds)[0], ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(build(g, "cpu").run(feeds)[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_concat_of_padded_blocks_stays_blocked() -> None:
+    """Channel counts that are not multiples of the block (20 + 36) concatenate on the blocked
+    tensors by logical channel; the output's padding channels are zero."""
+    from mcopt.ir import Graph, TensorType
+    from mcopt.targets import build
+
+    rng = np.random.default_rng(3)
+    g = Graph("cat")
+    x = g.add_input("x", TensorType((1, 8, 6, 6)))
+
+    def conv(v, o):  # type: ignore[no-untyped-def]
+        w = g.const(rng.standard_normal((o, v.shape[1], 1, 1)).astype(np.float32) / 3)
+        return g.add_node("conv2d", [v, w]).output
+
+    cat = g.add_node("concat", [conv(x, 20), conv(x, 36)], {"axis": 1}).output
+    g.outputs.append(conv(g.add_node("relu", [cat]).output, 8))
+    p = plan_cpu(g, lanes=8)
+    verify(p)
+    node = next(n for n in p.nodes if n.op == "concat")
+    assert node.output.type.layout is not None
+    feeds = _feeds(g)
+    ref = run(g, feeds)[0]
+    np.testing.assert_allclose(run(p, feeds)[0], ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(build(g, "cpu").run(feeds)[0], ref, rtol=1e-4, atol=1e-5)

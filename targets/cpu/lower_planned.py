@@ -337,8 +337,14 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
         vals.set_blocked(out, y, lay)
         return
     elif op == "concat":
-        parts = [vals.blocked_of(v)[0] for v in ins]
-        y = R.concat(parts, axis=1)
+        got = [vals.blocked_of(v) for v in ins]
+        if not any(lx.is_padded for _, lx in got) and not lay.is_padded:
+            y = R.concat([e for e, _ in got], axis=1)
+        else:  # padded inputs or output: a gather by logical channel, staying blocked
+            chans = [lx.channels for _, lx in got]
+            y = K.emit_concat_channels(bb, [e for e, _ in got], chans, lay.padded)
+            vals.set_blocked(out, y, lay)
+            return
     else:  # pragma: no cover - the plan only marks the ops above
         raise TargetError(f"node {node.name!r} ({op}): no blocked lowering")
     e = bb.emit(y, name_hint=_rx_name(out.name))

@@ -131,6 +131,45 @@ def nchwc_to_nchw(
     return _schedule_copy(te.create_prim_func([x, y]), 3)
 
 
+def concat_nchwc(
+    shapes: Sequence[Sequence[int]],
+    channels: Sequence[int],
+    bn: int,
+    padded: int,
+    dtype: str = "float32",
+) -> Any:
+    """A scheduled PrimFunc ``(x_0, ..., x_k, y)`` concatenating blocked ``(N, Cp_i/bn, H, W, bn)``
+    tensors along their *logical* channels (``channels[i]`` of each; the zero-padded channels of
+    an input are skipped) into a blocked ``(N, padded/bn, H, W, bn)`` output whose padding channels
+    are 0: the channel concat of ShuffleNet / DenseNet stages whose widths are not multiples of the
+    block, without a round trip through NCHW. Parallel over ``(n, c_outer, h)``."""
+    import tvm
+    from tvm import s_tir, te
+
+    n, _, h, w, _ = (int(d) for d in shapes[0])
+    xs = [
+        te.placeholder(tuple(int(d) for d in s), dtype, name=f"x{i}") for i, s in enumerate(shapes)
+    ]
+    offsets = [sum(channels[:i]) for i in range(len(channels))]
+
+    def fn(i, j, y_, x_, k):  # type: ignore[no-untyped-def]
+        c = j * bn + k
+        val = tvm.tirx.const(0, dtype)
+        for x, off, ch in reversed(list(zip(xs, offsets, channels))):
+            local = te.max(te.min(c - off, ch - 1), 0)  # clamped: no read outside x
+            inside = tvm.tirx.all(c >= off, c < off + ch)
+            val = tvm.tirx.if_then_else(inside, x[i, local // bn, y_, x_, local % bn], val)
+        return val
+
+    y = te.compute((n, padded // bn, h, w, bn), fn, name="T_layout")
+    sch = s_tir.Schedule(te.create_prim_func([*xs, y]))
+    blk = sch.get_sblock("T_layout")
+    i, j, yy, xx, k = sch.get_loops(blk)
+    parallel(sch, sch.fuse(i, j, yy))
+    sch.unroll(k)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
 def permute_channels_nchwc(
     shape: Sequence[int], bn: int, perm: Sequence[int], dtype: str = "float32"
 ) -> Any:

@@ -116,6 +116,16 @@ def emit_from_blocked(bb: Any, x: Any, channels: int | None = None) -> Any:
     )
 
 
+def emit_concat_channels(bb: Any, xs: Sequence[Any], channels: Sequence[int], padded: int) -> Any:
+    """The channel concat of blocked tensors with ``channels[i]`` logical channels each (inputs
+    may be zero-padded) into a blocked tensor of ``padded`` channels, staying blocked."""
+    shapes = [_shape(x) for x in xs]
+    n, _, h, w, bn = shapes[0]
+    dtype = str(xs[0].ty.dtype)
+    func = layout.concat_nchwc(shapes, channels, bn, padded, dtype)
+    return call_kernel(bb, func, "concat_nchwc", list(xs), (n, padded // bn, h, w, bn), dtype)
+
+
 def emit_permute_channels(bb: Any, x: Any, perm: Sequence[int]) -> Any:
     """``y[:, c] = x[:, perm[c]]`` on a blocked ``x`` (a channel shuffle), staying blocked."""
     from tvm import relax
