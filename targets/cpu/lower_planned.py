@@ -337,12 +337,12 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
         vals.set_blocked(out, y, lay)
         return
     elif op == "concat":
-        got = [vals.blocked_of(v) for v in ins]
-        if not any(lx.is_padded for _, lx in got) and not lay.is_padded:
+        got = [vals.blocked_of(v, v.type.layout) for v in ins]
+        if all(lx.bn == lay.bn and not lx.is_padded for _, lx in got) and not lay.is_padded:
             y = R.concat([e for e, _ in got], axis=1)
-        else:  # padded inputs or output: a gather by logical channel, staying blocked
+        else:  # padded inputs or other blocks: a gather by logical channel, staying blocked
             chans = [lx.channels for _, lx in got]
-            y = K.emit_concat_channels(bb, [e for e, _ in got], chans, lay.padded)
+            y = K.emit_concat_channels(bb, [e for e, _ in got], chans, lay.bn, lay.padded)
             vals.set_blocked(out, y, lay)
             return
     else:  # pragma: no cover - the plan only marks the ops above

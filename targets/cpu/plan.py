@@ -413,13 +413,13 @@ def plan_graph(graph: Graph, lanes: int = 8) -> Plan:
                 lay[id(out)] = x0
         elif node.op == "concat" and int(node.attrs.get("axis", 1)) in (1, -3):
             ls = [lay.get(id(v)) for v in ins]
-            if all(x is not None for x in ls) and len({x.bn for x in ls}) == 1:  # type: ignore[union-attr]
-                bn = ls[0].bn  # type: ignore[union-attr]
+            if all(x is not None for x in ls):
                 c = out.shape[1]
-                if not any(x.is_padded for x in ls):  # type: ignore[union-attr]
-                    lay[id(out)] = Layout(bn, c, c)  # the blocks line up: a plain concat
-                elif (home := block_for(c, lanes)).bn == bn:
-                    lay[id(out)] = home  # padded inputs: gathered by logical channel
+                bns = {x.bn for x in ls}  # type: ignore[union-attr]
+                if len(bns) == 1 and not any(x.is_padded for x in ls):  # type: ignore[union-attr]
+                    lay[id(out)] = Layout(bns.pop(), c, c)  # the blocks line up: a plain concat
+                else:  # padded inputs or other blocks: gathered by logical channel
+                    lay[id(out)] = block_for(c, lanes)
         elif node.op in ("reshape", "transpose") and x0 is not None:
             # a channel shuffle, also on a padded layout (the padding channels map to themselves)
             perm = _channel_permutation(ins[0], outs)

@@ -138,8 +138,8 @@ def concat_nchwc(
     padded: int,
     dtype: str = "float32",
 ) -> Any:
-    """A scheduled PrimFunc ``(x_0, ..., x_k, y)`` concatenating blocked ``(N, Cp_i/bn, H, W, bn)``
-    tensors along their *logical* channels (``channels[i]`` of each; the zero-padded channels of
+    """A scheduled PrimFunc ``(x_0, ..., x_k, y)`` concatenating blocked ``(N, Cp_i/bn_i, H, W,
+    bn_i)`` tensors (each in its own block) along their *logical* channels (``channels[i]`` of each; the zero-padded channels of
     an input are skipped) into a blocked ``(N, padded/bn, H, W, bn)`` output whose padding channels
     are 0: the channel concat of ShuffleNet / DenseNet stages whose widths are not multiples of the
     block, without a round trip through NCHW. Parallel over ``(n, c_outer, h)``."""
@@ -156,9 +156,10 @@ def concat_nchwc(
         c = j * bn + k
         val = tvm.tirx.const(0, dtype)
         for x, off, ch in reversed(list(zip(xs, offsets, channels))):
+            xb = int(x.shape[4])
             local = te.max(te.min(c - off, ch - 1), 0)  # clamped: no read outside x
             inside = tvm.tirx.all(c >= off, c < off + ch)
-            val = tvm.tirx.if_then_else(inside, x[i, local // bn, y_, x_, local % bn], val)
+            val = tvm.tirx.if_then_else(inside, x[i, local // xb, y_, x_, local % xb], val)
         return val
 
     y = te.compute((n, padded // bn, h, w, bn), fn, name="T_layout")

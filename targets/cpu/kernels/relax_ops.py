@@ -116,11 +116,15 @@ def emit_from_blocked(bb: Any, x: Any, channels: int | None = None) -> Any:
     )
 
 
-def emit_concat_channels(bb: Any, xs: Sequence[Any], channels: Sequence[int], padded: int) -> Any:
+def emit_concat_channels(
+    bb: Any, xs: Sequence[Any], channels: Sequence[int], out_bn: int, padded: int
+) -> Any:
     """The channel concat of blocked tensors with ``channels[i]`` logical channels each (inputs
-    may be zero-padded) into a blocked tensor of ``padded`` channels, staying blocked."""
+    may be zero-padded and in different blocks) into a blocked tensor of ``padded`` channels in
+    blocks of ``out_bn``, staying blocked."""
     shapes = [_shape(x) for x in xs]
-    n, _, h, w, bn = shapes[0]
+    n, _, h, w, _ = shapes[0]
+    bn = int(out_bn)
     dtype = str(xs[0].ty.dtype)
     func = layout.concat_nchwc(shapes, channels, bn, padded, dtype)
     return call_kernel(bb, func, "concat_nchwc", list(xs), (n, padded // bn, h, w, bn), dtype)
