@@ -49,8 +49,9 @@ from mcopt.targets.relax.lower import (
     LOWERINGS,
     LowerContext,
     _emit_outputs,
-    _first_line,
     _rx_name,
+    emit_function,
+    graph_params,
     missing_lowerings,
 )
 from mcopt.targets.relax.lower_planned_ops import emit_activation
@@ -362,30 +363,14 @@ def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRM
     info = K.cpu_info(target)
     graph = plan_cpu(graph, target, info.lanes)
     missing_lowerings(graph)
-    bb = relax.BlockBuilder()
-    ctx = LowerContext(bb, graph, target)
-    params = [
-        relax.Var(_rx_name(v.name), relax.TensorType(tuple(v.shape), v.dtype)) for v in graph.inputs
-    ]
+    ctx = LowerContext(relax.BlockBuilder(), graph, target)
+    params = graph_params(graph)
     vals = _Values(ctx, int(graph.metadata.get("mcopt.plan.lanes", info.lanes)))
     for v, p in zip(graph.inputs, params):
         vals.set_plain(v, p)
-    with bb.function(func_name, params):
-        with bb.dataflow():
-            for node in graph.nodes:
-                try:
-                    _lower_node(vals, node, target)
-                except TargetError:
-                    raise
-                except Exception as e:
-                    raise TargetError(
-                        f"cannot lower node {node.name!r} ({node.op}): {_first_line(e)}"
-                    ) from None
-            results = [vals.plain_of(v) for v in graph.outputs]
-            out = results[0] if len(results) == 1 else relax.Tuple(results)
-            gv = bb.emit_output(out)
-        bb.emit_func_output(gv)
-    mod = bb.get()
+    mod = emit_function(
+        ctx, func_name, params, lambda node: _lower_node(vals, node, target), vals.plain_of
+    )
     choices = planned_choices(graph)
     for what, n in vals.choices.items():
         choices[what] = choices.get(what, 0) + n

@@ -449,6 +449,43 @@ def missing_lowerings(graph: Graph) -> None:
         )
 
 
+def graph_params(graph: Graph) -> list[relax.Var]:
+    """The Relax parameters of ``graph``'s inputs (names sanitized, static shapes)."""
+    return [
+        relax.Var(_rx_name(v.name), relax.TensorType(tuple(v.shape), v.dtype)) for v in graph.inputs
+    ]
+
+
+def emit_function(
+    ctx: LowerContext,
+    func_name: str,
+    params: list[relax.Var],
+    lower_node: Callable[[Node], None],
+    result_of: Callable[[Value], relax.Expr],
+) -> tvm.IRModule:
+    """The one emitter of both lowerings: a Relax function ``func_name(params)`` whose dataflow
+    block lowers ``ctx.graph``'s nodes in order with ``lower_node`` (a failure is a one-line
+    TargetError naming the node) and returns ``result_of`` each graph output (a tuple for
+    several)."""
+    bb = ctx.bb
+    with bb.function(func_name, params):
+        with bb.dataflow():
+            for node in ctx.graph.nodes:
+                try:
+                    lower_node(node)
+                except TargetError:
+                    raise
+                except Exception as e:
+                    raise TargetError(
+                        f"cannot lower node {node.name!r} ({node.op}): {_first_line(e)}"
+                    ) from None
+            results = [result_of(v) for v in ctx.graph.outputs]
+            out = results[0] if len(results) == 1 else relax.Tuple(results)
+            gv = bb.emit_output(out)
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
 def lower(graph: Graph, func_name: str = "main", target: Any = None) -> tvm.IRModule:
     """Lower ``graph`` to an IRModule whose ``func_name`` Relax function takes the graph inputs
     (every op with its plain NCHW lowering; :func:`mcopt.targets.cpu.lower_planned.lower_planned` is the
@@ -456,11 +493,8 @@ def lower(graph: Graph, func_name: str = "main", target: Any = None) -> tvm.IRMo
     what the target-specific kernels are built for (default: the current target, else the
     host)."""
     missing_lowerings(graph)
-    bb = relax.BlockBuilder()
-    ctx = LowerContext(bb, graph, target)
-    params = [
-        relax.Var(_rx_name(v.name), relax.TensorType(tuple(v.shape), v.dtype)) for v in graph.inputs
-    ]
+    ctx = LowerContext(relax.BlockBuilder(), graph, target)
+    params = graph_params(graph)
     env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params)}
 
     def arg(v: Value | None) -> relax.Expr | None:
@@ -473,29 +507,25 @@ def lower(graph: Graph, func_name: str = "main", target: Any = None) -> tvm.IRMo
             return e
         return env[id(v)]
 
-    with bb.function(func_name, params):
-        with bb.dataflow():
-            for node in graph.nodes:
-                args = [arg(v) for v in node.inputs]
-                try:
-                    result = LOWERINGS[node.op](ctx, node, args)
-                    outs = _emit_outputs(ctx, node, result)
-                except TargetError:
-                    raise
-                except Exception as e:
-                    raise TargetError(
-                        f"cannot lower node {node.name!r} ({node.op}): {_first_line(e)}"
-                    ) from None
-                for v, e in zip(node.outputs, outs):
-                    env[id(v)] = e
-            results = [arg(v) for v in graph.outputs]
-            out = results[0] if len(results) == 1 else relax.Tuple(results)
-            gv = bb.emit_output(out)
-        bb.emit_func_output(gv)
-    return bb.get()
+    def lower_node(node: Node) -> None:
+        outs = _emit_outputs(
+            ctx, node, LOWERINGS[node.op](ctx, node, [arg(v) for v in node.inputs])
+        )
+        for v, e in zip(node.outputs, outs):
+            env[id(v)] = e
+
+    return emit_function(ctx, func_name, params, lower_node, arg)  # type: ignore[arg-type]
 
 
-__all__ = ["LOWERINGS", "LowerContext", "lower", "missing_lowerings", "register_lowering"]
+__all__ = [
+    "LOWERINGS",
+    "LowerContext",
+    "emit_function",
+    "graph_params",
+    "lower",
+    "missing_lowerings",
+    "register_lowering",
+]
 
 
 def _load_lowering_families() -> None:
