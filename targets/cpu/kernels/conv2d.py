@@ -256,18 +256,7 @@ def schedule_conv2d_nchwc(sch: Any, params: ConvParams, has_pad: bool) -> None:
         parallel(sch, sch.fuse(n, oc_o, oh))
     if outer_red:
         red = outer_red + red
-    if kw_unrolled:
-        sch.unroll(red[-1])
-    sch.unroll(oc_i)
-    sch.unroll(ow_i)
-    sch.vectorize(ob)
-    if red:
-        init = sch.decompose_reduction(conv, red[0])
-        iloops = sch.get_loops(init)
-        sch.vectorize(iloops[-1])
-        for lp in iloops[1:-1]:
-            if int(sch.get(lp).extent) <= 16:
-                sch.unroll(lp)
+    schedule_register_tile(sch, conv, red, oc_i, ow_i, ob, kw_unrolled, first_init_loop=1)
     out = sch.get_sblock("out")
     if outer_red:
         sch.reverse_compute_at(out, sch.get_loops(conv)[0 if ow_oo is None else 1])
@@ -278,6 +267,34 @@ def schedule_conv2d_nchwc(sch: Any, params: ConvParams, has_pad: bool) -> None:
     sch.vectorize(sch.get_loops(out)[-1])
     if has_pad:
         schedule_pad(sch)
+
+
+def schedule_register_tile(
+    sch: Any,
+    conv: Any,
+    red: list[Any],
+    oc_i: Any,
+    ow_i: Any,
+    ob: Any,
+    kw_unrolled: bool,
+    first_init_loop: int,
+) -> None:
+    """The register tile of the conv templates (direct and grouped): the ``oc_i x ow_i`` tile
+    unrolled, the channel block ``ob`` vectorized, the reduction's innermost loop unrolled where
+    the kernel width is, and the accumulators initialised by a vectorized block whose short loops
+    (from ``first_init_loop`` on, extent <= 16) are unrolled."""
+    if kw_unrolled:
+        sch.unroll(red[-1])
+    sch.unroll(oc_i)
+    sch.unroll(ow_i)
+    sch.vectorize(ob)
+    if red:
+        init = sch.decompose_reduction(conv, red[0])
+        iloops = sch.get_loops(init)
+        sch.vectorize(iloops[-1])
+        for lp in iloops[first_init_loop:-1]:
+            if int(sch.get(lp).extent) <= 16:
+                sch.unroll(lp)
 
 
 def conv2d_nchwc(

@@ -58,7 +58,13 @@ from typing import Any
 
 import numpy as np
 
-from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size, pad_nchwc
+from mcopt.targets.cpu.kernels.conv2d import (
+    _pads,
+    _pair,
+    conv_out_size,
+    pad_nchwc,
+    schedule_register_tile,
+)
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
 from mcopt.targets.cpu.kernels.params import (
     SHORT_ACCUMULATORS,
@@ -458,18 +464,7 @@ def schedule_grouped_rows(sch: Any, params: ConvParams, has_pad: bool) -> None:
     row = sch.merge(row, sch.fuse(on, oy))
     parallel(sch, row)
     sch.vectorize(ok)
-    if kw_unrolled:
-        sch.unroll(red[-1])
-    sch.unroll(oc_i)
-    sch.unroll(ow_i)
-    sch.vectorize(ob)
-    if red:
-        init = sch.decompose_reduction(conv, red[0])
-        iloops = sch.get_loops(init)
-        sch.vectorize(iloops[-1])
-        for lp in iloops[2:-1]:
-            if int(sch.get(lp).extent) <= 16:
-                sch.unroll(lp)
+    schedule_register_tile(sch, conv, red, oc_i, ow_i, ob, kw_unrolled, first_init_loop=2)
     if has_pad:
         schedule_pad(sch)
 
