@@ -1,0 +1,233 @@
+"""Blocked int8 conv2d: u8/s8 ``NCHW[ib]c`` in, ``NCHW[L]c`` out, the whole tail fused.
+
+The int8 counterpart of the fp32 template (:mod:`.conv2d`), for int8 graphs planned end to end
+(activations stay blocked 8-bit tensors from one layer to the next; no NCHW round trip, no int32
+intermediate in memory)::
+
+    conv[n, ocb, y, x, ob] = sum_{icb, kh, kw, icq, k} xq[n, icb, y*sh + kh*dh, x*sw + kw*dw, 4*icq + k]
+                                                     * kernel[ocb, icb*ib/4 + icq, kh, kw, ob, k]
+    out[n, ocb, y, x, ob]  = QEpilogue(conv + bias_eff[ocb, ob], mult[ocb, ob], residual[...])
+
+- ``xq`` is the input itself when the conv has no padding and the input needs no offset, else a
+  padded copy (value ``x_zp'``, the real zero) in the same blocked layout; inputs whose block is
+  not a multiple of 4 (the 3-channel image) are repacked in blocks of 4.
+- weights packed ``[OCp/L, ICp/4, KH, KW, L, 4]`` (:func:`~.int8_conv.pack_int8_conv_weight`);
+  ``bias_eff = bias_q - x_zp' * sum(w)`` (:func:`~.int8_conv.conv_bias_eff`) so padding with the
+  zero point needs no correction.
+- schedule: ``parallel(n, oc_outer, oh)`` / ``ow_outer`` / reduction / ``oc_inner x ow_inner``
+  (register tile, unrolled) / the ``L x 4`` dot product tensorized (VNNI ``vpdpbusd``, AVX2
+  ``vpmaddubsw``, AArch64 ``sdot``: :mod:`.int8_intrin`); the epilogue runs on the register tile
+  (``reverse_compute_at``). A 1x1 stride-1 conv runs over the flattened plane ``H*W`` (the caller
+  passes free reshapes), so its tile need not divide the width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size
+from mcopt.targets.cpu.kernels.int8_conv import a_dtype_of, zero_shift
+from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
+from mcopt.targets.cpu.kernels.threads import parallel
+
+
+@dataclass(frozen=True)
+class Int8NCHWcParams:
+    """ISA of the dot-product micro-kernel (None: plain vectorized code), output lanes ``L``,
+    register tile ``reg_n`` columns x ``reg_c`` channel blocks."""
+
+    isa: str | None
+    lanes: int
+    reg_n: int
+    reg_c: int
+
+
+def choose_params(
+    plane: int, occ: int, isa: str | None, lanes: int, rows: int, cores: int = 1
+) -> Int8NCHWcParams:
+    """Register tile: ``reg_n * reg_c`` int32 accumulators, at most 24 with 32 vector registers
+    (AVX-512, SVE/NEON) and 10 with 16 (AVX2); ``reg_n`` divides ``plane`` (the output width, or
+    the flattened plane of a 1x1 conv) so no tile needs a predicate; ``reg_c`` divides the output
+    blocks and leaves every core at least two tasks."""
+    vregs = 32 if isa in ("vnni16", "avx512", "sdot") else 16
+    budget = 24 if vregs == 32 else 10
+    best = (-1.0, 1, 1)
+    for rc in (4, 3, 2, 1):
+        if occ % rc or (rc > 1 and (occ // rc) * rows < 2 * cores):
+            continue
+        for rn in range(1, min(plane, 16) + 1):
+            if plane % rn or rn * rc > budget:
+                continue
+            # accumulators reused per loaded vector: rn*rc FMAs per (rn + rc) loads
+            score = rn * rc / (rn + rc) + 0.01 * rn
+            if score > best[0]:
+                best = (score, rn, rc)
+    return Int8NCHWcParams(isa, lanes, best[1], best[2])
+
+
+def int8_conv2d_nchwc(
+    in_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    *,
+    in_dtype: str = "uint8",
+    x_zero_point: int = 0,
+    epilogue: QEpilogue,
+    params: Int8NCHWcParams,
+) -> tuple[Any, bool]:
+    """The scheduled PrimFunc and whether it runs on the flattened plane.
+
+    ``in_shape``: the blocked input ``(N, ICb, H, W, ib)``; ``weight_shape``: ``(OCp, ICp, KH,
+    KW)`` with ``OCp`` a multiple of ``L`` and ``ICp = ICb * ib``. Arguments: ``x``, ``kernel``
+    ``(OCp/L, ICp4/4, KH, KW, L, 4)`` int8, ``bias (OCp/L, L)`` int32, ``mult (OCp/L, L)`` f32,
+    ``residual`` (output shape, dtype ``epilogue.residual``) when there is one, ``out``. When
+    flat, ``x`` is ``(N, ICb, H*W, ib)`` and the residual / output ``(N, OCb, H*W, L)``."""
+    from tvm import s_tir, te, tirx
+
+    n, icb_n, h, w, ib = (int(d) for d in in_shape)
+    ocp, icp, kh, kw = (int(d) for d in weight_shape)
+    if icp != icb_n * ib:
+        raise ValueError(f"weight has {icp} input channels, the input {icb_n} x {ib}")
+    sh, sw = _pair(tuple(strides))
+    dh, dw = _pair(tuple(dilations))
+    pt, pl, pb, pr = _pads(tuple(pads))
+    oh = conv_out_size(h, kh, sh, pt, pb, dh)
+    ow = conv_out_size(w, kw, sw, pl, pr, dw)
+    lanes = params.lanes
+    if ocp % (lanes * params.reg_c):
+        raise ValueError(f"{ocp} output channels do not divide into {params.reg_c} x {lanes}")
+    occ = ocp // lanes
+    shift = zero_shift(params.isa, in_dtype)
+    a_dtype = a_dtype_of(params.isa, in_dtype)
+    pad_val = x_zero_point + shift
+    flat = kh == kw == sh == sw == 1 and not any((pt, pl, pb, pr)) and ib % 4 == 0 and not shift
+    direct = flat or (not any((pt, pl, pb, pr)) and ib % 4 == 0 and not shift and ow % params.reg_n == 0)
+    out_dtype = epilogue.out_dtype
+
+    kernel_t = te.placeholder((occ, -(-icp // 4), kh, kw, lanes, 4), "int8", name="kernel")
+    bias = te.placeholder((occ, lanes), "int32", name="bias")
+    mult = te.placeholder((occ, lanes), "float32", name="mult")
+    if flat:
+        x = te.placeholder((n, icb_n, h * w, ib), in_dtype, name="x")
+        q4 = ib // 4
+        ricb = te.reduce_axis((0, icb_n), "icb")
+        ricq = te.reduce_axis((0, q4), "icq")
+        rk = te.reduce_axis((0, 4), "k")
+        conv = te.compute(
+            (n, occ, h * w, lanes),
+            lambda b, c, q, ob: te.sum(
+                x[b, ricb, q, ricq * 4 + rk].astype("int32")
+                * kernel_t[c, ricb * q4 + ricq, 0, 0, ob, rk].astype("int32"),
+                axis=[ricb, ricq, rk],
+            ),
+            name="conv",
+        )
+        out_shape: tuple[int, ...] = (n, occ, h * w, lanes)
+    else:
+        x = te.placeholder((n, icb_n, h, w, ib), in_dtype, name="x")
+        if direct:
+            src, pb_, q4 = x, ib, ib // 4
+        else:
+            pb_ = ib if ib % 4 == 0 else 4
+            owp = -(-ow // params.reg_n) * params.reg_n
+            wp_ = max(w + pl + pr, (owp - 1) * sw + (kw - 1) * dw + 1)
+            hp_ = h + pt + pb
+            cpad = -(-icp // pb_) * pb_
+
+            def pad_fn(b, cb, y, xx, k):
+                c = cb * pb_ + k
+                inside = tirx.all(y >= pt, y < h + pt, xx >= pl, xx < w + pl, c < icp)
+                cc = tirx.min(c, icp - 1)
+                val = x[b, cc // ib, tirx.min(tirx.max(y - pt, 0), h - 1),
+                        tirx.min(tirx.max(xx - pl, 0), w - 1), cc % ib]  # fmt: skip
+                if shift:
+                    val = (val.astype("int32") + shift).astype(a_dtype)
+                return tirx.if_then_else(inside, val, tirx.const(pad_val, a_dtype))
+
+            src = te.compute((n, cpad // pb_, hp_, wp_, pb_), pad_fn, name="data_pad")
+            q4 = pb_ // 4
+        ricb = te.reduce_axis((0, int(src.shape[1])), "icb")
+        rkh = te.reduce_axis((0, kh), "kh")
+        rkw = te.reduce_axis((0, kw), "kw")
+        ricq = te.reduce_axis((0, q4), "icq")
+        rk = te.reduce_axis((0, 4), "k")
+        owp = ow if direct else -(-ow // params.reg_n) * params.reg_n
+        conv = te.compute(
+            (n, occ, oh, owp, lanes),
+            lambda b, c, y, xx, ob: te.sum(
+                src[b, ricb, y * sh + rkh * dh, xx * sw + rkw * dw, ricq * 4 + rk].astype("int32")
+                * kernel_t[c, ricb * q4 + ricq, rkh, rkw, ob, rk].astype("int32"),
+                axis=[ricb, rkh, rkw, ricq, rk],
+            ),
+            name="conv",
+        )
+        out_shape = (n, occ, oh, ow, lanes)
+    tensors = [x, kernel_t, bias, mult]
+    res = None
+    if epilogue.residual is not None:
+        res = te.placeholder(out_shape, epilogue.residual, name="residual")
+        tensors.append(res)
+
+    def out_fn(*idx: Any) -> Any:
+        c, ob = idx[1], idx[-1]
+        acc = conv[idx] + bias[c, ob]
+        return epilogue.apply_te(acc, mult[c, ob], None if res is None else res[idx])
+
+    out = te.compute(out_shape, out_fn, name="out")
+    tensors.append(out)
+    sch = s_tir.Schedule(te.create_prim_func(tensors))
+    _schedule(sch, params, flat, not direct and not flat)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True), flat
+
+
+def _schedule(sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool) -> None:
+    from mcopt.targets.cpu.kernels.int8_intrin import intrin_name
+
+    if has_pad:
+        loops = sch.get_loops(sch.get_sblock("data_pad"))
+        parallel(sch, sch.fuse(*loops[:3]))
+        sch.vectorize(loops[-1])
+    blk = sch.get_sblock("conv")
+    loops = sch.get_loops(blk)
+    if flat:
+        b, c, q, ob, *red = loops
+        c_o, c_i = sch.split(c, [None, p.reg_c])
+        tiles = int(sch.get(q).extent) // p.reg_n
+        chunk = max(d for d in range(1, tiles + 1) if tiles % d == 0 and d * p.reg_n <= 256)
+        x_oo, x_o, x_i = sch.split(q, [None, chunk, p.reg_n])
+        outer = [b, c_o, x_oo, x_o]
+        par = [b, c_o, x_oo]
+    else:
+        b, c, y, xx, ob, *red = loops
+        c_o, c_i = sch.split(c, [None, p.reg_c])
+        x_o, x_i = sch.split(xx, [None, p.reg_n])
+        outer = [b, c_o, y, x_o]
+        par = [b, c_o, y]
+    r_k = red[-1]
+    if p.isa is not None:
+        sch.reorder(*outer, *red[:-1], c_i, x_i, ob, r_k)
+    else:  # exact generic code: LLVM widens to int32
+        sch.reorder(*outer, *red[:-1], c_i, x_i, r_k, ob)
+    parallel(sch, sch.fuse(*par))
+    out = sch.get_sblock("out")
+    sch.reverse_compute_at(out, x_o)
+    sch.vectorize(sch.get_loops(out)[-1])
+    if p.isa is None:
+        sch.unroll(r_k)
+        sch.vectorize(ob)
+    sch.unroll(c_i)
+    sch.unroll(x_i)
+    init = sch.decompose_reduction(blk, red[0])
+    iloops = sch.get_loops(init)
+    sch.vectorize(iloops[-1])
+    for lp in iloops[-3:-1]:
+        sch.unroll(lp)
+    if p.isa is not None:
+        sch.tensorize(ob, intrin_name(p.isa))
+
+
+__all__ = ["Int8NCHWcParams", "choose_params", "int8_conv2d_nchwc"]

@@ -1,0 +1,123 @@
+"""The tail of the blocked int8 kernels: what follows the int32 accumulation, fused in the kernel.
+
+A planned ``fused_qconv2d`` (:mod:`mcopt.ops.planned`) is a ``qconv2d`` followed by the nodes it
+absorbed; :class:`QEpilogue` is that sequence for one output element, in this order::
+
+    y = float32(acc + bias_eff[c]) * mult[c]            # the qconv2d epilogue (mult: requant_multiplier)
+    int base (qconv2d requantizes):  q = saturate(rint(y) + out_zp)        -> done
+    float base:
+        y = clamp(y, base bounds)                         # qconv2d's own act_min / act_max
+        y = y + float32(int32(r) - r_zp) * r_scale        # residual add of dequantize(r) (or y + r)
+        y = clamp(y, post bounds)                         # relu / clip after the add
+        q = saturate(rint(y / q_scale) + q_zp)            # the quantize that consumed it (if any)
+
+which is exactly the graph's ``qconv2d -> add(dequantize) -> relu -> quantize`` in float32
+(:meth:`apply_numpy` is that sequence in numpy; the kernels compute the same expressions, up to
+LLVM contracting ``a * b + c`` into one FMA, so a requantized code can differ by one step at a
+rounding tie).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_INF = (-math.inf, math.inf)
+
+
+def _qrange(dtype: str) -> tuple[float, float]:
+    info = np.iinfo(dtype)
+    return float(info.min), float(info.max)
+
+
+@dataclass(frozen=True)
+class QEpilogue:
+    """See the module docstring. ``base_dtype``: the qconv2d's own ``out_dtype``; ``base_bounds``:
+    its :func:`~mcopt.ops.quant.output_bounds` (codes for an int base, real units for a float
+    one); ``residual``: None, ``"float32"`` or the residual's int dtype; ``q_dtype``: None (float
+    output) or the requantized output dtype."""
+
+    base_dtype: str = "float32"
+    base_bounds: tuple[float, float] = _INF
+    base_zp: int = 0
+    residual: str | None = None
+    r_scale: float = 1.0
+    r_zp: int = 0
+    post_bounds: tuple[float, float] = _INF
+    q_dtype: str | None = None
+    q_scale: float = 1.0
+    q_zp: int = 0
+
+    def __post_init__(self) -> None:
+        if self.base_dtype != "float32" and (
+            self.residual is not None or self.q_dtype is not None or self.post_bounds != _INF
+        ):
+            raise ValueError("a requantizing qconv2d cannot absorb a residual, act or quantize")
+
+    @property
+    def out_dtype(self) -> str:
+        if self.base_dtype != "float32":
+            return self.base_dtype
+        return self.q_dtype or "float32"
+
+    def apply_te(self, acc: Any, mult: Any, residual: Any = None) -> Any:
+        """The TE expression for one element: ``acc`` int32 (bias already added), ``mult`` its
+        channel's float32 multiplier, ``residual`` the residual element (or None)."""
+        import tvm
+        from tvm import tirx
+
+        f = lambda v: tirx.const(float(v), "float32")  # noqa: E731
+
+        def clamp(y: Any, bounds: tuple[float, float]) -> Any:
+            lo, hi = bounds
+            if math.isfinite(lo):
+                y = tvm.te.max(y, f(lo))
+            if math.isfinite(hi):
+                y = tvm.te.min(y, f(hi))
+            return y
+
+        y = acc.astype("float32") * mult
+        if self.base_dtype != "float32":
+            y = tirx.nearbyint(y) + f(self.base_zp)
+            return clamp(y, self.base_bounds).astype(self.base_dtype)
+        y = clamp(y, self.base_bounds)
+        if self.residual is not None:
+            assert residual is not None
+            if self.residual == "float32":
+                y = y + residual
+            else:
+                r = (residual.astype("int32") - tirx.const(self.r_zp, "int32")).astype("float32")
+                y = y + r * f(self.r_scale)
+        y = clamp(y, self.post_bounds)
+        if self.q_dtype is None:
+            return y
+        y = tirx.nearbyint(y / f(self.q_scale)) + f(self.q_zp)
+        return clamp(y, _qrange(self.q_dtype)).astype(self.q_dtype)
+
+    def apply_numpy(
+        self, acc: np.ndarray, mult: np.ndarray, residual: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The same tail in numpy (``mult`` broadcastable to ``acc``), for references and tests."""
+        y = acc.astype(np.int32).astype(np.float32) * np.asarray(mult, np.float32)
+        if self.base_dtype != "float32":
+            y = np.rint(y) + np.float32(self.base_zp)
+            return np.clip(y, *self.base_bounds).astype(self.base_dtype)
+        y = np.clip(y, *self.base_bounds).astype(np.float32)
+        if self.residual is not None:
+            assert residual is not None
+            if self.residual == "float32":
+                y = (y + residual).astype(np.float32)
+            else:
+                r = (residual.astype(np.int32) - np.int32(self.r_zp)).astype(np.float32)
+                y = (y + r * np.float32(self.r_scale)).astype(np.float32)
+        y = np.clip(y, *self.post_bounds).astype(np.float32)
+        if self.q_dtype is None:
+            return y
+        q = np.rint(y / np.float32(self.q_scale)) + np.float32(self.q_zp)
+        return np.clip(q, *_qrange(self.q_dtype)).astype(self.q_dtype)
+
+
+__all__ = ["QEpilogue"]
