@@ -26,7 +26,7 @@ _PLANNED = (
 )
 FIXED_POINT = ["fx_add", "fx_avg_pool", "fx_clip", "fx_conv2d", "fx_dense", "fx_dequantize",
                "fx_max_pool", "fx_quantize", "fx_relu"]  # fmt: skip
-PLANNED = ["fused_conv2d", "fused_dense", "permute_channels"]
+PLANNED = ["fused_conv2d", "fused_dense", "fused_qconv2d", "permute_channels"]
 
 NO_EXPORTER: dict[str, str] = {op: _FIXED for op in FIXED_POINT} | {op: _PLANNED for op in PLANNED}
 NO_LOWERING: dict[str, str] = {op: _FIXED for op in FIXED_POINT}

@@ -23,6 +23,8 @@ Activations: ``none``, ``relu``, ``relu6`` (``clip(0, 6)``), ``clip`` (``clip_mi
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from mcopt.ir.types import TensorType
@@ -220,4 +222,101 @@ register_op(
 )
 
 
-__all__ = ["ACTIVATIONS", "CONV_KERNELS", "DENSE_KERNELS", "apply_activation"]
+# --- fused_qconv2d ---------------------------------------------------------------------------------
+QCONV_KERNELS = ("int8", "int8_depthwise", "plain")
+_QBASE = ("strides", "pads", "dilations", "groups", "x_scale", "x_zero_point", "out_dtype",
+          "out_scale", "out_zero_point", "act_min", "act_max")  # fmt: skip
+
+
+def _fused_qconv_check(t: InTypes, a: Attrs) -> str | None:
+    from mcopt.ops.quant import QDTYPES, _qconv2d_check
+
+    reason = _qconv2d_check(t[:3], {k: a[k] for k in _QBASE})
+    if reason is not None:
+        return reason
+    if a["kernel"] not in QCONV_KERNELS:
+        return f"kernel={a['kernel']!r}; valid: {', '.join(QCONV_KERNELS)}"
+    if a["q_dtype"] not in ("none", *QDTYPES):
+        return f"q_dtype must be none, uint8 or int8, got {a['q_dtype']!r}"
+    res = t[3] if len(t) > 3 else None
+    tail = res is not None or a["q_dtype"] != "none" or a["post_min"] > -math.inf
+    if a["out_dtype"] != "float32" and (tail or a["post_max"] < math.inf):
+        return "a requantizing qconv2d (out_dtype int) cannot absorb a residual, act or quantize"
+    if res is not None:
+        out_shape = tuple(_conv2d_infer(t, a)[0].shape)
+        if tuple(res.shape) != out_shape or res.dtype not in ("float32", *QDTYPES):
+            return f"residual {res} must be float32 or int8/uint8 of shape {list(out_shape)}"
+    if a["q_dtype"] != "none" and not a["q_scale"] > 0:
+        return f"q_scale must be positive, got {a['q_scale']}"
+    return None
+
+
+def _fused_qconv_dtype(a: Attrs) -> str:
+    return a["out_dtype"] if a["out_dtype"] != "float32" or a["q_dtype"] == "none" else a["q_dtype"]
+
+
+def fused_qconv2d_ref(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
+    *,
+    in_types: InTypes,
+    **a: object,
+) -> np.ndarray:
+    """``qconv2d`` then (float base) ``+ dequantize(residual)``, the post clamp, ``quantize``."""
+    from mcopt.ops.quant import dequantize_array, qconv2d_ref, quantize_array
+
+    y = qconv2d_ref(x, w, b, in_types=in_types, **{k: a[k] for k in _QBASE})
+    if a["out_dtype"] != "float32":
+        return y
+    if residual is not None:
+        if residual.dtype == np.float32:
+            r = residual
+        else:
+            r = dequantize_array(residual, [a["residual_scale"]], [a["residual_zero_point"]])
+        y = (y + r).astype(np.float32)
+    y = np.clip(y, a["post_min"], a["post_max"]).astype(np.float32)
+    if a["q_dtype"] == "none":
+        return y
+    return quantize_array(y, [a["q_scale"]], [a["q_zero_point"]], str(a["q_dtype"]))
+
+
+register_op(
+    OpSchema(
+        name="fused_qconv2d",
+        inputs=("x", "w", "b?", "residual?"),
+        attrs={
+            "strides": (1, 1),
+            "pads": (0, 0, 0, 0),
+            "dilations": (1, 1),
+            "groups": 1,
+            "x_scale": 1.0,
+            "x_zero_point": 0,
+            "out_dtype": "float32",
+            "out_scale": 1.0,
+            "out_zero_point": 0,
+            "act_min": -math.inf,
+            "act_max": math.inf,
+            "residual_scale": 1.0,
+            "residual_zero_point": 0,
+            "post_min": -math.inf,
+            "post_max": math.inf,
+            "q_dtype": "none",
+            "q_scale": 1.0,
+            "q_zero_point": 0,
+            "kernel": "int8",
+        },
+        check=_fused_qconv_check,
+        infer=lambda t, a: [TensorType(_conv2d_infer(t, a)[0].shape, _fused_qconv_dtype(a))],
+        reference=fused_qconv2d_ref,
+        reference_types=True,
+        macs=lambda t, out, a: out[0].size * t[1].shape[1] * t[1].shape[2] * t[1].shape[3],  # type: ignore[union-attr]
+        doc="a planned int8 conv: qconv2d, then (float base) + dequantize(residual), clamp to "
+        "[post_min, post_max] and quantize(q_scale, q_zero_point) -- the graph's int8 block as "
+        "one kernel.",
+    )
+)
+
+
+__all__ = ["ACTIVATIONS", "CONV_KERNELS", "DENSE_KERNELS", "QCONV_KERNELS", "apply_activation"]

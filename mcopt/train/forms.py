@@ -41,7 +41,7 @@ _PLANNED = (
     "included, so a planned graph is never trained (train the graph it was planned from)"
 )
 WAIVED: dict[str, str] = {
-    op: _PLANNED for op in ("fused_conv2d", "fused_dense", "permute_channels")
+    op: _PLANNED for op in ("fused_conv2d", "fused_dense", "fused_qconv2d", "permute_channels")
 }
 
 

@@ -288,7 +288,7 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
         x, _ = vals.blocked_of(ins[0], lay)
         vals.set_blocked(out, x, lay)
         return
-    if op in BLOCKED_UNARY:
+    if op in BLOCKED_UNARY or op in ("quantize", "dequantize"):  # the latter per-tensor
         x, _ = vals.blocked_of(ins[0], lay)
         y = LOWERINGS[op](ctx, node, [x])
     elif op in BLOCKED_BINARY:
@@ -392,6 +392,18 @@ def _lower_node(vals: _Values, node: Node, target: Any) -> None:
         return
     if node.op == "fused_dense":
         _lower_fused_dense(vals, node, target)
+        return
+    if node.op == "fused_qconv2d":
+        from mcopt.targets.cpu.lower_int8 import lower_fused_qconv, lower_fused_qconv_plain
+
+        if node.attrs["kernel"] != "plain" and node.output.type.layout is not None:
+            try:
+                lower_fused_qconv(vals, node, target)
+                return
+            except Exception as e:  # a shape the kernels do not cover: plain ops, same result
+                log.warning("node %r: int8 kernel not used (%s); plain path", node.name, e)
+                vals.chose("int8 conv: plain ops (kernel not built)")
+        lower_fused_qconv_plain(vals, node)
         return
     lay = node.output.type.layout if len(node.outputs) == 1 else None
     if lay is not None:

@@ -47,6 +47,7 @@ from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import BlockedLayout
 from mcopt.ops import get_schema, ops_with
 from mcopt.ops.nn import bn_affine
+from mcopt.targets.cpu.plan_int8 import QGroup, find_int8_groups
 
 #: grouped convs the grouped kernel does not take run as one blocked conv with block-diagonal
 #: weights when they have at most this many groups (else as a plain Relax conv)
@@ -301,6 +302,8 @@ class Plan:
     absorbed: set[int] = field(default_factory=set)  # ids of nodes emitted inside a group
     layouts: dict[int, Layout | None] = field(default_factory=dict)  # id(value) -> home layout
     shuffles: dict[int, tuple[Value, np.ndarray, list[Node]]] = field(default_factory=dict)
+    qgroups: dict[int, QGroup] = field(default_factory=dict)  # id(last node) -> int8 group
+    int8_lanes: int = 0  # the int8 kernels' output block (0: int8 layers are not blocked)
 
     def layout_of(self, v: Value) -> Layout | None:
         return self.layouts.get(id(v))
@@ -351,14 +354,21 @@ def _channel_permutation(
     return chan.astype(np.int64), nodes
 
 
-def plan_graph(graph: Graph, lanes: int = 8) -> Plan:
-    """Fusion groups and home layouts for ``graph`` (see the module docstring)."""
-    plan = Plan(lanes)
+def plan_graph(graph: Graph, lanes: int = 8, int8_lanes: int = 0) -> Plan:
+    """Fusion groups and home layouts for ``graph`` (see the module docstring). ``int8_lanes``:
+    the output block of the int8 conv kernel (0: int8 convs are not planned blocked)."""
+    plan = Plan(lanes, int8_lanes=int8_lanes)
     outs = {id(v) for v in graph.outputs}
     claimed: set[int] = set()  # nodes already inside a group
+    if int8_lanes:
+        for grp in find_int8_groups(graph.nodes, graph.outputs):
+            chain = grp.chain
+            plan.qgroups[id(chain[-1])] = grp
+            plan.absorbed.update(id(n) for n in chain[:-1])
+            claimed.update(id(n) for n in chain)
     # 1. fusion
     for node in graph.nodes:
-        if id(node) in plan.absorbed:
+        if id(node) in plan.absorbed or id(node) in claimed:
             continue
         f = _start_fusion(node)
         if f is None:
@@ -375,6 +385,15 @@ def plan_graph(graph: Graph, lanes: int = 8) -> Plan:
     for node in graph.nodes:
         if id(node) in plan.absorbed:
             continue
+        grp = plan.qgroups.get(id(node))
+        if grp is not None:
+            oc = grp.node.inputs[1].shape[0]  # type: ignore[union-attr]
+            src = lay.get(id(grp.node.inputs[0]))  # type: ignore[arg-type]
+            if grp.kind == "depthwise" and src is not None and src.bn == int8_lanes:
+                lay[id(node.output)] = src
+            else:
+                lay[id(node.output)] = Layout(int8_lanes, oc, -(-oc // int8_lanes) * int8_lanes)
+            continue
         f = plan.fused.get(id(node))
         if f is not None:
             if f.kind in ("conv", "grouped"):
@@ -388,7 +407,10 @@ def plan_graph(graph: Graph, lanes: int = 8) -> Plan:
             continue
         out = node.output
         x0 = lay.get(id(ins[0]))
-        if node.op in PASSTHROUGH or node.op in BLOCKED_UNARY or node.op in BLOCKED_POOLS:
+        if node.op in ("quantize", "dequantize") and len(node.attrs["scale"]) == 1:
+            if x0 is not None and len(ins) == 1:  # per-tensor: elementwise on any layout
+                lay[id(out)] = x0
+        elif node.op in PASSTHROUGH or node.op in BLOCKED_UNARY or node.op in BLOCKED_POOLS:
             if x0 is not None and len(ins) == 1:
                 lay[id(out)] = x0
         elif node.op in BLOCKED_BINARY and len(ins) == 2 and len(out.shape) == 4:

@@ -36,6 +36,10 @@ from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import BlockedLayout, Sparse, TensorType
 from mcopt.ops.winograd import winograd_weight_inverse
 from mcopt.targets.cpu.plan import MAX_DENSE_GROUPS, FusedOp, Plan, block_for, plan_graph
+from mcopt.targets.cpu.plan_int8 import QGroup, merge_duplicate_quantize, quantize_before_max_pool
+
+_QCONV_ATTRS = ("strides", "pads", "dilations", "groups", "x_scale", "x_zero_point", "out_dtype",
+                "out_scale", "out_zero_point", "act_min", "act_max")  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +244,44 @@ class _Planner:
         new = Node(op, [f.node.inputs[0], w, b, f.residual], [], attrs, f.node.name)
         g.replace_nodes([f.node, *f.absorbed], new)
 
+    def fuse_int8(self, grp: QGroup) -> None:
+        """A ``qconv2d`` group -> one ``fused_qconv2d`` (see :mod:`.plan_int8`)."""
+        from mcopt.ops import get_schema
+
+        node, at = grp.node, grp.node.attrs
+        attrs: dict[str, Any] = {k: at[k] for k in _QCONV_ATTRS}
+        attrs.update(post_min=grp.post[0], post_max=grp.post[1])
+        if grp.residual is not None and grp.residual.dtype != "float32":
+            attrs.update(residual_scale=grp.r_scale, residual_zero_point=grp.r_zp)
+        if grp.quantize:
+            qa = grp.quantize[0].attrs
+            attrs.update(
+                q_dtype=qa["dtype"],
+                q_scale=float(qa["scale"][0]),
+                q_zero_point=int(qa["zero_point"][0]),
+            )
+        attrs["kernel"] = "int8" if grp.kind == "conv" else "int8_depthwise"
+        self.chose(
+            f"int8 {grp.kind}: blocked int8 kernel" + (" + residual" if grp.residual else "")
+        )
+        attrs = get_schema("fused_qconv2d").normalize_attrs(attrs, node.name)
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        new = Node(
+            "fused_qconv2d", [node.inputs[0], node.inputs[1], b, grp.residual], [], attrs, node.name
+        )
+        deq = [n.inputs[i].producer for n in grp.absorbed if n.op == "add"
+               for i in (0, 1) if n.inputs[i] is not None and n.inputs[i].producer is not node]  # fmt: skip
+        self.graph.replace_nodes(grp.chain, new)
+        for d in deq:  # a dequantize whose only reader was the absorbed add
+            if (
+                d is not None
+                and d.op == "dequantize"
+                and d.graph is self.graph
+                and not d.output.uses
+            ):
+                if not any(o is d.output for o in self.graph.outputs):
+                    self.graph.remove_node(d)
+
     def shuffle(self, src: Value, perm: np.ndarray, nodes: list[Node]) -> None:
         new = Node(
             "permute_channels", [src], [], {"perm": tuple(int(p) for p in perm)}, nodes[-1].name
@@ -257,11 +299,18 @@ def plan_cpu(graph: Graph, target: Any = None, lanes: int | None = None) -> Grap
     lanes = lanes or cpu_info(target).lanes
     g = graph.copy()
     forced = _unwinograd(g)
-    plan = plan_graph(g, lanes)
+    int8_lanes = 0
+    if any(n.op == "qconv2d" for n in g.nodes):
+        int8_lanes = _int8_lanes(target)
+        merge_duplicate_quantize(g)
+        quantize_before_max_pool(g)
+    plan = plan_graph(g, lanes, int8_lanes)
     planner = _Planner(g, plan, target, forced)
     values = {id(v): v for v in g.values()}
     for f in list(plan.fused.values()):
         planner.fuse(f)
+    for grp in list(plan.qgroups.values()):
+        planner.fuse_int8(grp)
     layouts = {vid: lay for vid, lay in plan.layouts.items() if lay is not None}
     for src, perm, nodes in list(plan.shuffles.values()):
         planner.shuffle(src, perm, nodes)
@@ -272,6 +321,16 @@ def plan_cpu(graph: Graph, target: Any = None, lanes: int | None = None) -> Grap
     g.metadata[PLANNED] = lanes
     g.metadata[CHOICES] = dict(sorted(planner.choices.items()))
     return g
+
+
+def _int8_lanes(target: Any) -> int:
+    """The output block of the int8 conv kernel on ``target``: its dot-product instruction's
+    lanes (VNNI-512 16, AVX2 8, ``sdot`` 4), 8 for the generic vectorized code."""
+    from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa
+    from mcopt.targets.cpu.kernels.target_info import host_target
+
+    isa = choose_isa(target if target is not None else host_target(), True)
+    return ISAS[isa][0] if isa else 8
 
 
 def planned_choices(graph: Graph) -> dict[str, int]:

@@ -5,6 +5,7 @@ fused kernels instead (:mod:`mcopt.targets.cpu.lower_planned`)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,53 @@ def _fused_dense(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
 @register_lowering("permute_channels")
 def _permute_channels(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     return R.take(a[0], ctx.const(np.asarray(node.attrs["perm"], np.int64)), axis=1)
+
+
+_QBASE = ("strides", "pads", "dilations", "groups", "x_scale", "x_zero_point", "out_dtype",
+          "out_scale", "out_zero_point", "act_min", "act_max")  # fmt: skip
+
+
+@register_lowering("fused_qconv2d")
+def _fused_qconv2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """The ``qconv2d`` lowering, then (float base) ``+ dequantize(residual)``, the post clamp and
+    the ``quantize``, as Relax ops (the reference's sequence)."""
+    at = node.attrs
+    base = SimpleNamespace(
+        op="qconv2d",
+        name=node.name,
+        inputs=list(node.inputs[:3]),
+        attrs={k: at[k] for k in _QBASE},
+        output=SimpleNamespace(shape=tuple(node.output.shape)),
+    )
+    y = LOWERINGS["qconv2d"](ctx, base, a[:1])  # type: ignore[arg-type]
+    if at["out_dtype"] != "float32":
+        return y
+    y = ctx.emit(y)
+    if len(a) > 3 and a[3] is not None:
+        r = a[3]
+        if node.inputs[3].dtype != "float32":  # type: ignore[union-attr]
+            d = ctx.emit(
+                R.subtract(R.astype(r, "int32"), ctx.const(np.int32(at["residual_zero_point"])))
+            )
+            r = ctx.emit(
+                R.multiply(R.astype(d, "float32"), ctx.const(np.float32(at["residual_scale"])))
+            )
+        y = ctx.emit(R.add(y, r))
+    if at["post_min"] > -np.inf:
+        y = ctx.emit(R.maximum(y, ctx.const(np.float32(at["post_min"]))))
+    if at["post_max"] < np.inf:
+        y = ctx.emit(R.minimum(y, ctx.const(np.float32(at["post_max"]))))
+    if at["q_dtype"] == "none":
+        return y
+    qn = SimpleNamespace(
+        attrs={
+            "scale": (at["q_scale"],),
+            "zero_point": (at["q_zero_point"],),
+            "axis": 1,
+            "dtype": at["q_dtype"],
+        }  # fmt: skip
+    )
+    return LOWERINGS["quantize"](ctx, qn, [y])  # type: ignore[arg-type]
 
 
 __all__: list[str] = []

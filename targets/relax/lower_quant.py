@@ -82,7 +82,7 @@ def _quantize(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
                 if len(z_t.shape) == 0
                 else z_t[tuple(i if d != 1 else 0 for i, d in zip(idx, z_t.shape))]
             )
-            q = tirx.nearbyint(x_t[idx] / si) + zi
+            q = tirx.round(x_t[idx] / si) + zi  # tirx.round is LLVM nearbyint, vectorizable
             q = tvm.te.max(tvm.te.min(q, tirx.const(hi, "float32")), tirx.const(lo, "float32"))
             return q.astype(dtype)
 
@@ -185,7 +185,7 @@ def _epilogue_relax(ctx: LowerContext, node: Node, acc: Any, axis: int) -> Any:
     if out_dtype != "float32":
 
         def rnd(t: te.Tensor) -> te.Tensor:
-            return te.compute(t.shape, lambda *i: tirx.nearbyint(t[i]), name="rint")
+            return te.compute(t.shape, lambda *i: tirx.round(t[i]), name="rint")
 
         y = ctx.bb.emit_te(rnd, y, primfunc_name_hint="rint")
         y = ctx.emit(relax.op.add(y, ctx.scalar(float(node.attrs["out_zero_point"]), "float32")))

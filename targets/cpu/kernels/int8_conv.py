@@ -98,7 +98,7 @@ def epilogue_te(acc: Any, mult: Any, out_dtype: str, bounds: tuple[float, float]
     y = acc.astype("float32") * mult
     lo, hi = bounds
     if out_dtype != "float32":
-        y = tirx.nearbyint(y) + tirx.const(float(zp), "float32")
+        y = tirx.round(y) + tirx.const(float(zp), "float32")  # round: vectorizable nearbyint
     if math.isfinite(lo):
         y = tvm.te.max(y, tirx.const(lo, "float32"))
     if math.isfinite(hi):

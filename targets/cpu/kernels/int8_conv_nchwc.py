@@ -105,8 +105,9 @@ def int8_conv2d_nchwc(
     a_dtype = a_dtype_of(params.isa, in_dtype)
     pad_val = x_zero_point + shift
     flat = kh == kw == sh == sw == 1 and not any((pt, pl, pb, pr)) and ib % 4 == 0 and not shift
-    direct = flat or (not any((pt, pl, pb, pr)) and ib % 4 == 0 and not shift and ow % params.reg_n == 0)
-    out_dtype = epilogue.out_dtype
+    direct = flat or (
+        not any((pt, pl, pb, pr)) and ib % 4 == 0 and not shift and ow % params.reg_n == 0
+    )
 
     kernel_t = te.placeholder((occ, -(-icp // 4), kh, kw, lanes, 4), "int8", name="kernel")
     bias = te.placeholder((occ, lanes), "int32", name="bias")

@@ -1,0 +1,151 @@
+"""Lowering of the planned int8 conv (``fused_qconv2d``): the blocked int8 kernels or plain ops.
+
+``kernel="int8"`` runs :func:`~mcopt.targets.cpu.kernels.int8_conv_nchwc.int8_conv2d_nchwc`
+(``int8_depthwise``: :func:`~mcopt.targets.cpu.kernels.int8_depthwise_nchwc.int8_depthwise_nchwc`)
+on the blocked 8-bit input, with the node's whole tail (:class:`QEpilogue`) in the kernel; the
+constants (packed weights, ``bias_eff``, multipliers) are computed here in numpy. ``plain`` (and
+any shape a kernel does not build for) runs the NCHW ``qconv2d`` lowering followed by the tail as
+Relax ops: the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tvm import relax
+
+from mcopt.ir.core import Node
+from mcopt.ops.quant import output_bounds, requant_multiplier, weight_scales
+from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
+
+R = relax.op
+
+
+def q_epilogue(node: Node) -> QEpilogue:
+    """The :class:`QEpilogue` of a ``fused_qconv2d`` node."""
+    at = node.attrs
+    r = node.inputs[3] if len(node.inputs) > 3 else None
+    return QEpilogue(
+        base_dtype=str(at["out_dtype"]),
+        base_bounds=output_bounds(at),
+        base_zp=int(at["out_zero_point"]),
+        residual=None if r is None else str(r.dtype),
+        r_scale=float(at["residual_scale"]),
+        r_zp=int(at["residual_zero_point"]),
+        post_bounds=(float(at["post_min"]), float(at["post_max"])),
+        q_dtype=None if at["q_dtype"] == "none" else str(at["q_dtype"]),
+        q_scale=float(at["q_scale"]),
+        q_zp=int(at["q_zero_point"]),
+    )
+
+
+def _consts(node: Node, ocp: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    w_v, b_v = node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else None
+    assert w_v is not None and w_v.const is not None
+    w = np.asarray(w_v.const, np.int8)
+    b = None if b_v is None else np.asarray(b_v.const, np.int32)
+    oc = w.shape[0]
+    mult = np.zeros(ocp, np.float32)
+    mult[:oc] = requant_multiplier(node.attrs, weight_scales(w_v.type), oc)
+    return w, b, mult
+
+
+def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
+    """``fused_qconv2d`` on the blocked int8 kernel its ``kernel`` attribute names."""
+    from mcopt.targets.cpu.kernels import int8_conv
+    from mcopt.targets.cpu.kernels.int8_conv_nchwc import choose_params, int8_conv2d_nchwc
+    from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa
+    from mcopt.targets.cpu.kernels.relax_ops import call_kernel
+    from mcopt.targets.cpu.lower_planned import _check_shape
+    from mcopt.targets.relax.lower_quant import _cores, _is_7bit
+
+    at = node.attrs
+    lout = node.output.type.layout
+    assert lout is not None
+    x_v = node.inputs[0]
+    assert x_v is not None
+    bb = vals.ctx.bb
+    x, lx = vals.blocked_of(x_v)
+    ep = q_epilogue(node)
+    w, b, mult = _consts(node, lout.padded)
+    isa = choose_isa(target, _is_7bit(w))
+    lanes = ISAS[isa][0] if isa else 8
+    if lanes != lout.bn:
+        raise ValueError(f"the int8 kernel writes blocks of {lanes}, the plan wants {lout}")
+    oc, _, kh, kw = w.shape
+    occ = lout.padded // lanes
+    b_pad = np.zeros(lout.padded, np.int32)
+    if b is not None:
+        b_pad[:oc] = b
+    in_dtype = str(x_v.dtype)
+    shift = int8_conv.zero_shift(isa, in_dtype)
+    x_zp = int(at["x_zero_point"])
+    r_v = node.inputs[3] if len(node.inputs) > 3 else None
+    res = None if r_v is None else vals.blocked_of(r_v, lout)[0]
+    n, _, h, wd = x_v.shape
+    _, _, oh, ow = node.output.shape
+    cores = _cores(target)
+    if node.attrs["kernel"] == "int8_depthwise":
+        from mcopt.targets.cpu.kernels.int8_depthwise_nchwc import (
+            int8_depthwise_nchwc,
+            pack_int8_depthwise_weight,
+        )
+
+        if lx != lout:
+            x, lx = vals.blocked_of(x_v, lout)
+        wp = np.zeros((lout.padded, 1, kh, kw), np.int8)
+        wp[:oc] = w
+        func = int8_depthwise_nchwc(
+            lx.blocked_shape(tuple(x_v.shape)), (kh, kw), at["strides"], at["pads"],
+            at["dilations"], in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, cores=cores,
+        )  # fmt: skip
+        be = int8_conv.conv_bias_eff(wp, b_pad, x_zp, lout.padded).reshape(occ, lanes)
+        args = [x, vals.ctx.const(pack_int8_depthwise_weight(wp, lanes, lout.padded))]
+        args += [vals.ctx.const(be), vals.ctx.const(mult.reshape(occ, lanes))]
+        args += [] if res is None else [res]
+        out_shape = lout.blocked_shape(tuple(node.output.shape))
+        y = call_kernel(bb, func, "qdwconv2d_nchwc", args, out_shape, ep.out_dtype)
+        _check_shape(node, y, lout)
+        vals.set_blocked(node.output, y, lout)
+        return
+    wp = np.zeros((lout.padded, lx.padded, kh, kw), np.int8)
+    wp[:oc, : w.shape[1]] = w
+    flat = (
+        kh == kw == 1
+        and tuple(at["strides"]) == (1, 1)
+        and not any(at["pads"])
+        and lx.bn % 4 == 0
+        and not shift
+    )
+    params = choose_params(oh * ow if flat else ow, occ, isa, lanes, oh, cores)
+    in_shape = lx.blocked_shape(tuple(x_v.shape))
+    func, flat = int8_conv2d_nchwc(
+        in_shape, wp.shape, at["strides"], at["pads"], at["dilations"],
+        in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, params=params,
+    )  # fmt: skip
+    be = int8_conv.conv_bias_eff(wp, b_pad, x_zp + shift, lout.padded).reshape(occ, lanes)
+    ctx = vals.ctx
+    if flat:
+        x = bb.emit(R.reshape(x, (n, in_shape[1], h * wd, in_shape[4])))
+        if res is not None:
+            res = bb.emit(R.reshape(res, (n, occ, oh * ow, lanes)))
+    args = [x, ctx.const(int8_conv.pack_int8_conv_weight(wp, lanes)), ctx.const(be)]
+    args += [ctx.const(mult.reshape(occ, lanes))] + ([] if res is None else [res])
+    out_shape = (n, occ, oh * ow, lanes) if flat else (n, occ, oh, ow, lanes)
+    y = call_kernel(bb, func, "qconv2d_nchwc", args, out_shape, ep.out_dtype)
+    if flat:
+        y = bb.emit(R.reshape(y, (n, occ, oh, ow, lanes)))
+    _check_shape(node, y, lout)
+    vals.set_blocked(node.output, y, lout)
+
+
+def lower_fused_qconv_plain(vals: Any, node: Node) -> None:
+    """``fused_qconv2d`` on NCHW tensors: its plain lowering (``qconv2d`` + the tail as Relax ops)."""
+    from mcopt.targets.relax.lower import LOWERINGS
+
+    args = [vals.plain_of(v) for v in node.inputs]
+    vals.set_plain(node.output, vals.ctx.emit(LOWERINGS["fused_qconv2d"](vals.ctx, node, args)))
+
+
+__all__ = ["lower_fused_qconv", "lower_fused_qconv_plain", "q_epilogue"]
