@@ -255,7 +255,7 @@ def compile_module(mod: tvm.IRModule, spec: TargetSpec, pipeline: str = "mcopt")
         if pipeline in ("mcopt", "mcopt-plain"):
             with target:
                 mod = mcopt_pipeline(spec)(mod)
-        ex = tvm.compile(mod, target=target)
+        ex = tvm.compile(mod, target=target, relax_pipeline=relax_build_pipeline(target))
     except Exception as e:
         raise TargetError(f"TVM build for target {spec.name!r} failed: {_first_line(e)}") from None
     if _is_cross(target):  # its object code is generated later (export): refuse what LLVM cannot
@@ -263,6 +263,16 @@ def compile_module(mod: tvm.IRModule, spec: TargetSpec, pipeline: str = "mcopt")
 
         check_llvm_ir(ex, target, spec.name)
     return ex
+
+
+def relax_build_pipeline(target: tvm.target.Target) -> Any:
+    """The Relax pipeline ``tvm.compile`` runs for ``target``: TVM's default one, plus the
+    allocation-free ``main_bound`` (:mod:`mcopt.targets.relax.static_memory`) on llvm targets."""
+    if str(target.kind.name) != "llvm":
+        return "default"
+    from mcopt.targets.relax.static_memory import build_pipeline
+
+    return build_pipeline()
 
 
 def _is_cross(target: tvm.target.Target) -> bool:
