@@ -37,6 +37,8 @@ from mcopt.targets.relax.lower import _first_line, lower
 from mcopt.targets.runtime import CompiledBase
 
 PIPELINES = ("mcopt", "mcopt-plain", "default")
+_Tensor = tvm.runtime.Tensor
+_BOUND = "main_bound"  # mcopt.targets.relax.static_memory.BOUND (a test checks)
 
 
 def _to_numpy(obj: Any) -> list[np.ndarray]:
@@ -59,11 +61,60 @@ def _to_numpy(obj: Any) -> list[np.ndarray]:
     return out
 
 
+def _outputs(result: Any) -> list[np.ndarray]:
+    """:func:`_to_numpy` with the common case (one CPU tensor) first."""
+    if type(result) is _Tensor:
+        try:
+            return [np.from_dlpack(result)]
+        except (BufferError, TypeError, RuntimeError):
+            pass
+    return _to_numpy(result)
+
+
+def _input_buffers(arrays: Sequence[np.ndarray], device: Any) -> tuple[list[Any], list[Any]]:
+    """Device tensors shaped like ``arrays``, filled with them, and a numpy view of each tensor's
+    memory (DLPack; None where there is none: that input is copied in with ``copyfrom``)."""
+    tensors, views = [], []
+    for a in arrays:
+        t = tvm.runtime.empty(a.shape, str(a.dtype), device)
+        try:
+            view = np.from_dlpack(t)
+        except (BufferError, TypeError, RuntimeError):
+            view = None
+        if view is None:
+            t.copyfrom(a)
+        else:
+            view[...] = a
+        tensors.append(t)
+        views.append(view)
+    return tensors, views
+
+
+class _ThreadInputs:
+    """One thread's input tensors for :meth:`CompiledModel.run`: the tensors, numpy views of their
+    memory, and which outputs share memory with an input buffer (None until the first call)."""
+
+    __slots__ = ("alias", "slots", "tensors", "views")
+
+    def __init__(self, tensors: list[Any], views: list[Any]) -> None:
+        self.tensors = tensors
+        self.views = views
+        self.alias: tuple[bool, ...] | None = None
+        #: (view, shape, dtype) per input for the unchecked refill; None: no view of some input
+        self.slots = (
+            None if any(v is None for v in views) else [(v, v.shape, v.dtype) for v in views]
+        )
+
+
 class CompiledModel(CompiledBase):
     """A compiled model: run it, time it, export it.
 
     ``input_specs`` is ``[(name, shape, dtype), ...]`` (empty = unknown, e.g. for a model loaded
     from a library file: inputs are then passed through unchecked).
+
+    Calling it: :meth:`run` (numpy in, numpy out, every result its own array) costs a few
+    microseconds over the kernels; :meth:`prepare` returns a :class:`PreparedRun`, a call bound to
+    its own buffers that allocates nothing per call, for when those microseconds matter.
     """
 
     def __init__(
@@ -80,68 +131,85 @@ class CompiledModel(CompiledBase):
         self.planned: Graph | None = None
         self.device = tvm.cpu()
         self._vm = relax.VirtualMachine(executable, self.device)
+        self._main = self._vm["main"]
+        self._names = [n for n, _, _ in self.input_specs]
         self._local = threading.local()
 
     # --- inputs ---------------------------------------------------------------------------------
     def _bind(self, args: Sequence[Any], named: Mapping[str, Any]) -> list[Any]:
-        """Checked inputs as device tensors. The input tensors are allocated once per thread and
-        refilled through a numpy view of their memory (DLPack): ~0.4 us, against ~9 us for
-        ``Tensor.copyfrom`` and ~27 us for a new tensor — which matters for LeNet-sized models
-        whose whole run is tens of microseconds."""
-        cache: list[Any] | None = getattr(self._local, "inputs", None)
-        if cache is not None and not named and len(args) == len(cache):
-            # the common call: the same arrays' kind as last time -> refill, no re-checking
-            out = []
-            for a, slot in zip(args, cache):
-                if (
-                    slot is None
-                    or type(a) is not np.ndarray
-                    or a.shape != slot[1].shape
-                    or a.dtype != slot[1].dtype
-                ):
-                    break
-                slot[1][...] = a
-                out.append(slot[0])
-            else:
-                return out
+        """Checked inputs as device tensors (this thread's, see :meth:`_bind_state`)."""
+        return self._bind_state(args, named).tensors
+
+    def _bind_state(self, args: Sequence[Any], named: Mapping[str, Any]) -> _ThreadInputs:
+        """Checked inputs in this thread's input tensors. The tensors are allocated once per thread
+        (and again when an input's shape or dtype changes) and refilled through a numpy view of
+        their memory (DLPack): ~0.2 us, against ~9 us for ``Tensor.copyfrom`` and ~27 us for a new
+        tensor — which matters for LeNet-sized models whose whole run is ~10 microseconds."""
         from mcopt.targets.runtime import bind_inputs
 
         arrays = bind_inputs(self.input_specs, args, named)
-        if cache is None or len(cache) != len(arrays):
-            cache = [None] * len(arrays)
-            self._local.inputs = cache
-        out = []
-        for i, a in enumerate(arrays):
-            slot = cache[i]
-            if slot is None or slot[1].shape != a.shape or slot[1].dtype != a.dtype:
-                t = tvm.runtime.empty(a.shape, str(a.dtype), self.device)
-                try:
-                    view = np.from_dlpack(t)
-                except (BufferError, TypeError, RuntimeError):  # no view: copy in instead
-                    view = None
-                slot = cache[i] = (t, view if view is not None else a)
-                if view is None:
-                    t.copyfrom(a)
-                    out.append(t)
-                    cache[i] = None
-                    continue
-            slot[1][...] = a
-            out.append(slot[0])
-        return out
+        st: _ThreadInputs | None = getattr(self._local, "inputs", None)
+        if (
+            st is None
+            or len(st.views) != len(arrays)
+            or any(
+                v is None or v.shape != a.shape or v.dtype != a.dtype
+                for v, a in zip(st.views, arrays)
+            )
+        ):
+            st = self._local.inputs = _ThreadInputs(*_input_buffers(arrays, self.device))
+            return st
+        for v, a in zip(st.views, arrays):
+            v[...] = a
+        return st
 
     # --- running --------------------------------------------------------------------------------
     def run(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
-        """Run on numpy inputs (positional, a dict, or keywords by input name); outputs as numpy."""
-        args = self._bind(inputs, named)
-        main = getattr(self._local, "main", None)
-        if main is None:
-            main = self._local.main = self._vm["main"]
-        outs = _to_numpy(main(*args))
-        # an output that is (a view of) an input buffer would change with the next call's input
-        slots = [s[1] for s in getattr(self._local, "inputs", None) or [] if s is not None]
-        return [o.copy() if any(np.may_share_memory(o, v) for v in slots) else o for o in outs]
+        """Run on numpy inputs (positional, a dict, or keywords by input name); outputs as numpy.
+
+        Every output is its own array: the VM allocates outputs anew per call (each returned as a
+        DLPack view, no copy), and one that shares memory with an input buffer (an Identity, a
+        Reshape of an input) is copied. The common call — the same shapes and dtypes as this
+        thread's previous call, positional or one dict — skips the binder's checks."""
+        st: _ThreadInputs | None = getattr(self._local, "inputs", None)
+        if st is not None and st.slots is not None and not named:
+            slots = st.slots
+            arrays: Sequence[Any] = inputs
+            if len(inputs) == 1 and type(inputs[0]) is dict and len(inputs[0]) == len(slots):
+                feeds = inputs[0]
+                arrays = [feeds.get(n) for n in self._names]
+            if len(arrays) == len(slots):
+                for a, (v, shape, dtype) in zip(arrays, slots):
+                    # `is`: numpy's builtin dtypes are singletons; an equal other one is checked
+                    if type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape:
+                        break
+                    v[...] = a
+                else:
+                    return self._finish(st, self._main(*st.tensors))
+        st = self._bind_state(inputs, named)
+        return self._finish(st, self._main(*st.tensors))
 
     __call__ = run
+
+    @staticmethod
+    def _finish(st: _ThreadInputs, result: Any) -> list[np.ndarray]:
+        outs = _outputs(result)
+        alias = st.alias
+        if alias is None:  # which outputs are (views of) an input buffer: fixed by the program
+            alias = st.alias = tuple(
+                any(v is None or np.may_share_memory(o, v) for v in st.views) for o in outs
+            )
+        if True in alias:  # it would change with the next call's input
+            return [o.copy() if a else o for o, a in zip(outs, alias)]
+        return outs
+
+    def prepare(self, *example: Any, **named: Any) -> PreparedRun:
+        """A call bound to its own input and output buffers, for the least overhead per call
+        (see :class:`PreparedRun`). ``example`` inputs (like :meth:`run`'s) fill the input buffers
+        (zeros without them); they are needed only when the input specs are unknown (a library
+        loaded without them). Preparing runs the model two or three times (it checks that the
+        outputs stay in their buffers): prepare once, call many times."""
+        return PreparedRun(self, example, named)
 
     def benchmark(
         self,
@@ -211,6 +279,126 @@ class CompiledModel(CompiledBase):
     def __repr__(self) -> str:
         ins = ", ".join(f"{n}: {d}{list(s)}" for n, s, d in self.input_specs)
         return f"CompiledModel(target={self.target!r}, pipeline={self.pipeline!r}, inputs=[{ins}])"
+
+
+class PreparedRun:
+    """A :class:`CompiledModel` call bound to its own buffers: from :meth:`CompiledModel.prepare`.
+
+    ``prepared(x)`` copies ``x`` into the bound input buffer and runs; ``prepared()`` runs on
+    what the buffers hold (write into ``prepared.inputs[i]`` in place to skip even that copy).
+    Inputs are positional, one dict or keywords, as for :meth:`CompiledModel.run`; arrays of the
+    buffers' shape and dtype are copied in unchecked, anything else goes through the binder's checks.
+
+    Results are ``prepared.outputs``: the *same* arrays on every call, overwritten by the next call
+    (``.copy()`` what you keep). Where the build has the allocation-free entry
+    (``allocation_free``: every buffer of the model, outputs included, allocated once —
+    :mod:`mcopt.targets.relax.static_memory`), a call is one VM call that allocates nothing and
+    converts nothing; otherwise (a library built before it, a model that allocates nothing) it calls
+    ``main`` and returns fresh arrays, valid until the next call or until an input buffer they
+    alias is written.
+
+    Each PreparedRun has its own VM and buffers: use one per thread (calls on one PreparedRun must
+    not overlap).
+    """
+
+    __slots__ = (
+        "allocation_free", "inputs", "outputs",
+        "_args", "_call", "_copy_in", "_invoke", "_names", "_slots", "_specs", "_tensors", "_vm",
+    )  # fmt: skip
+
+    def __init__(self, model: CompiledModel, example: Sequence[Any], named: Mapping[str, Any]):
+        from mcopt.targets.relax.static_memory import BOUND, BOUND_ALLOC
+        from mcopt.targets.runtime import bind_inputs
+
+        if example or named:
+            arrays = bind_inputs(model.input_specs, example, named)
+        elif model.input_specs:
+            arrays = [np.zeros(s, d) for _, s, d in model.input_specs]
+        else:
+            raise TargetError(
+                "prepare() needs example inputs: this model's input shapes are unknown"
+            )
+        self._specs = model.input_specs or [
+            (f"input{i}", a.shape, str(a.dtype)) for i, a in enumerate(arrays)
+        ]
+        self._names = [n for n, _, _ in self._specs]
+        self._vm = vm = relax.VirtualMachine(model.executable, model.device)
+        self._tensors, views = _input_buffers(arrays, model.device)
+        #: numpy views of the input buffers (plain arrays copied in per call where no view exists)
+        self.inputs = [v if v is not None else a.copy() for v, a in zip(views, arrays)]
+        self._copy_in = [(t, a) for t, v, a in zip(self._tensors, views, self.inputs) if v is None]
+        self._slots = [(v, v.shape, v.dtype) for v in self.inputs]  # what a fast fill checks
+        self._invoke: Any = None
+        self._call = vm["main"]
+        #: True when calls go to the allocation-free entry (results in fixed output buffers)
+        self.allocation_free = False
+        #: the results of the last call (with ``allocation_free``: the output buffers themselves)
+        self.outputs: list[np.ndarray] = []
+        bound = _vm_function(vm, BOUND)
+        if bound is not None:
+            args = [*self._tensors, *_vm_function(vm, BOUND_ALLOC)()]
+            first = _to_numpy(bound(*args))
+            self.outputs = _to_numpy(bound(*args))  # while `first` lives: a fresh output moves
+            if [o.__array_interface__["data"] for o in first] == [
+                o.__array_interface__["data"] for o in self.outputs
+            ]:
+                vm.set_input(BOUND, *args)  # bound by reference: refilled buffers are seen
+                self._invoke = vm.module["invoke_stateful"]
+                self.allocation_free = True
+                self._args = args
+        if not self.allocation_free:
+            self.outputs = _outputs(self._call(*self._tensors))
+
+    def __call__(self, *args: Any, **named: Any) -> list[np.ndarray]:
+        if args or named:
+            arrays: Sequence[Any] = args
+            if len(args) == 1 and type(args[0]) is dict:
+                feeds = args[0]
+                arrays = (
+                    [feeds.get(n) for n in self._names] if len(feeds) == len(self._names) else ()
+                )
+            slots = self._slots
+            if named or len(arrays) != len(slots):
+                self._fill_checked(args, named)
+            else:
+                for a, (v, shape, dtype) in zip(arrays, slots):
+                    # `is`: numpy's builtin dtypes are singletons; an equal other one is checked
+                    if type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape:
+                        self._fill_checked(args, named)
+                        break
+                    v[...] = a
+        if self._copy_in:
+            for t, a in self._copy_in:
+                t.copyfrom(a)
+        if self._invoke is not None:
+            self._invoke(_BOUND)
+            return list(self.outputs)
+        self.outputs = _outputs(self._call(*self._tensors))
+        return list(self.outputs)
+
+    def _fill_checked(self, args: Sequence[Any], named: Mapping[str, Any]) -> None:
+        from mcopt.errors import ShapeError
+        from mcopt.targets.runtime import bind_inputs
+
+        arrays = bind_inputs(self._specs, args, named)
+        for a, v, (name, _, _) in zip(arrays, self.inputs, self._specs):
+            if a.shape != v.shape:
+                raise ShapeError(
+                    f"input {name!r}: this PreparedRun's buffer has shape {list(v.shape)}, "
+                    f"got {list(a.shape)} (prepare() another)"
+                )
+            v[...] = a
+
+    def __repr__(self) -> str:
+        return f"PreparedRun(allocation_free={self.allocation_free}, inputs={len(self.inputs)})"
+
+
+def _vm_function(vm: Any, name: str) -> Any:
+    """``vm[name]``, or None when the executable has no such function."""
+    try:
+        return vm[name]
+    except (AttributeError, KeyError, RuntimeError):
+        return None
 
 
 def load_library(
@@ -338,6 +526,7 @@ def lowering_choices(mod: tvm.IRModule) -> dict[str, int]:
 __all__ = [
     "PIPELINES",
     "CompiledModel",
+    "PreparedRun",
     "build",
     "compile_module",
     "load_library",
