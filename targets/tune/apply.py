@@ -151,7 +151,7 @@ def build_with_database(
     ``repair``: drop the database's bad lines first (else they are a TuningDatabaseError).
     """
     from mcopt.targets.cpu.schedule import cpu_schedule_pass
-    from mcopt.targets.relax.builder import CompiledModel, lowering_choices
+    from mcopt.targets.relax.builder import CompiledModel, lowering_choices, relax_build_pipeline
 
     spec = get_target(target)
     fused = tuning_module(graph, spec)
@@ -160,7 +160,8 @@ def build_with_database(
     try:
         with spec.tvm_target():
             mod = cpu_schedule_pass(spec.vector_lanes(32), spec.num_cores)(mod)
-        ex = tvm.compile(mod, target=spec.tvm_target())
+        target = spec.tvm_target()
+        ex = tvm.compile(mod, target=target, relax_pipeline=relax_build_pipeline(target))
     except Exception as e:
         raise TargetError(f"TVM build for target {spec.name!r} failed: {_first_line(e)}") from None
     specs = [(v.name, tuple(v.shape), v.dtype) for v in graph.inputs]
