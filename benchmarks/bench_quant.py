@@ -3,13 +3,17 @@ own int8 (``quantize_static``, QDQ, per-channel, same calibration feeds), side b
 plus int8 vs fp32 kernel speed on single layers.
 
 Models: trained LeNet-5 / LeNet-300-100 (calibrate on the even half of ``mnist_test_set``, test
-accuracy on the odd half), ResNet-50 and MobileNet-V2 (seeded random weights: calibrate on random
-normal inputs, top-1 agreement with the fp32 model on other random inputs). Size = weight bytes
+accuracy on the odd half), tiny_cnn, ResNet-50, MobileNet-V2, SqueezeNet (seeded random weights, any
+of ``zoo.LIGHT_MODELS`` works: calibrate on random normal inputs, top-1 agreement with the fp32 model
+on other random inputs). Size = weight bytes
 (mcopt: the IR's storage size; onnxruntime: the ONNX file). Latency: batch 1, min / median of
 alternating timed runs (the machine is shared: minima are the better estimate).
 
     python benchmarks/bench_quant.py                      # all models + kernels
     python benchmarks/bench_quant.py --models lenet5 --skip-kernels
+
+The "vs" columns are speed ratios from the minima (> 1: faster than onnxruntime fp32, onnxruntime
+int8, mcopt fp32 respectively).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from common import THREADS, markdown_table, ort_session, time_fn, write_outputs 
 
 from mcopt.testing import zoo  # noqa: E402
 
-MODELS = ("lenet5", "lenet300", "resnet50", "mobilenet_v2")
+MODELS = ("lenet5", "lenet300", "tiny_cnn", "resnet50", "mobilenet_v2", "squeezenet")
 
 
 def load(name: str) -> tuple[onnx.ModelProto, list[dict], list[dict], np.ndarray | None]:
@@ -40,7 +44,12 @@ def load(name: str) -> tuple[onnx.ModelProto, list[dict], list[dict], np.ndarray
         shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
         feeds = [{inp.name: x[i : i + 1].reshape(shape)} for i in range(1000)]
         return proto, feeds[0::2][:100], feeds[1::2], y[1::2]
-    proto = zoo.light_model("resnet50", seed=0) if name == "resnet50" else zoo.mobilenet_v2()
+    if name == "mobilenet_v2":
+        proto = zoo.mobilenet_v2()
+    elif name == "tiny_cnn":
+        proto = zoo.tiny_cnn()
+    else:
+        proto = zoo.light_model(name, seed=0)
     inp = proto.graph.input[0]
     shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
     rng = np.random.default_rng(0)
@@ -149,6 +158,13 @@ def bench_model(name: str, spec: str) -> list[dict[str, Any]]:
             "quantize_s": qtime,
         })  # fmt: skip
     rows[-1]["build_s"] = build_s
+    by = {r["runtime"]: r["min_ms"] for r in rows}
+    ort_fp32, ort_q = by["onnxruntime fp32"], by["onnxruntime int8 (QDQ, per-channel)"]
+    mc_fp32 = by["mcopt fp32 (TVM)"]
+    for r in rows:  # speed ratios (> 1: faster than the reference), from the minima
+        r["vs_ort_fp32"] = ort_fp32 / r["min_ms"]
+        r["vs_ort_int8"] = ort_q / r["min_ms"]
+        r["vs_mcopt_fp32"] = mc_fp32 / r["min_ms"]
     return rows
 
 
@@ -262,7 +278,9 @@ def main() -> None:
                 print(r, flush=True)
         cols = [("model", "model", ""), ("runtime", "runtime", ""), ("size_kb", "weights KB", ".0f"),
                 ("quality", "accuracy / top-1 agreement", ".3f"), ("min_ms", "latency min ms", ".3f"),
-                ("median_ms", "median ms", ".3f"), ("quantize_s", "quantize s", ".1f")]  # fmt: skip
+                ("median_ms", "median ms", ".3f"), ("vs_ort_fp32", "vs ort fp32", ".2f"),
+                ("vs_ort_int8", "vs ort int8", ".2f"), ("vs_mcopt_fp32", "vs mcopt fp32", ".2f"),
+                ("quantize_s", "quantize s", ".1f")]  # fmt: skip
         md = markdown_table(rows, cols)
         print(md)
         write_outputs(out, "models", rows, md)

@@ -157,37 +157,48 @@ def merge_duplicate_quantize(graph: Graph) -> int:
     return removed
 
 
-def quantize_before_max_pool(graph: Graph) -> int:
-    """``quantize(max_pool(y))`` -> ``max_pool(quantize(y))`` where ``y`` is a float ``qconv2d``
-    output read only by the pool: exact (a per-tensor quantize is monotone, so it commutes with
-    max; the pool's padding is the dtype's minimum either way), and the conv then requantizes in
-    its kernel and the pool runs on 8-bit data (ResNet's stem). Returns the number of pools moved."""
+#: ops a per-tensor quantize commutes with exactly: max (a quantize is monotone; the pool pads
+#: with the dtype's minimum either way) and channel concatenation
+COMMUTES_WITH_QUANTIZE = ("max_pool", "concat")
+
+
+def sink_quantize(graph: Graph) -> int:
+    """``quantize(P(y1, ..., yk))`` -> ``P(quantize(y1), ..., quantize(yk))`` for ``P`` a
+    ``max_pool`` or ``concat`` whose inputs are read only by ``P``: exact, and the layers that
+    produce the ``yi`` then requantize in their kernels, the pool or concat runs on 8-bit data
+    (ResNet's stem, SqueezeNet's fire modules, Inception's branches). Repeated until nothing
+    moves; returns how many ops moved."""
     moved = 0
     outs = {id(v) for v in graph.outputs}
-    for pool in graph.iter_nodes():
-        if pool.op != "max_pool" or pool.inputs[0] is None:
-            continue
-        y = pool.inputs[0]
-        src = y.producer
-        if src is None or src.op != "qconv2d" or src.attrs["out_dtype"] != "float32":
-            continue
-        if _single_use(y, outs) is not pool:
-            continue
-        q = _single_use(pool.output, outs)
-        if q is None or q.op != "quantize" or len(q.attrs["scale"]) != 1:
-            continue
-        # rewire: y -> quantize -> max_pool -> (the quantize's consumers)
-        q_out = q.output
-        new_q = graph.add_node("quantize", [y], dict(q.attrs), name=f"{src.name}_quant", after=src)
-        new_pool = graph.add_node("max_pool", [new_q.output], dict(pool.attrs), name=pool.name,
-                                  after=new_q)  # fmt: skip
-        graph.replace_all_uses_with(q_out, new_pool.output)
-        graph.remove_node(q)
-        graph.remove_node(pool)
-        moved += 1
+    changed = True
+    while changed:
+        changed = False
+        for q in graph.iter_nodes():
+            if q.graph is not graph or q.op != "quantize" or len(q.attrs["scale"]) != 1:
+                continue
+            v = q.inputs[0]
+            p = None if v is None else v.producer
+            if p is None or p.op not in COMMUTES_WITH_QUANTIZE or _single_use(v, outs) is not q:
+                continue
+            ins = [y for y in p.inputs if y is not None]
+            if any(y.const is not None or y.dtype != "float32" for y in ins):
+                continue
+            if any(_single_use(y, outs) is not p for y in ins):
+                continue
+            qs = [
+                graph.add_node("quantize", [y], dict(q.attrs), name=f"{y.name}_quant", after=p)
+                for y in ins
+            ]
+            new_p = graph.add_node(p.op, [n.output for n in qs], dict(p.attrs), name=p.name,
+                                   after=qs[-1])  # fmt: skip
+            graph.replace_all_uses_with(q.output, new_p.output)
+            graph.remove_node(q)
+            graph.remove_node(p)
+            moved += 1
+            changed = True
     if moved:
         graph.toposort()
     return moved
 
 
-__all__ = ["QGroup", "find_int8_groups", "merge_duplicate_quantize", "quantize_before_max_pool"]
+__all__ = ["QGroup", "find_int8_groups", "merge_duplicate_quantize", "sink_quantize"]

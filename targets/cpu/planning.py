@@ -36,7 +36,7 @@ from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import BlockedLayout, Sparse, TensorType
 from mcopt.ops.winograd import winograd_weight_inverse
 from mcopt.targets.cpu.plan import MAX_DENSE_GROUPS, FusedOp, Plan, block_for, plan_graph
-from mcopt.targets.cpu.plan_int8 import QGroup, merge_duplicate_quantize, quantize_before_max_pool
+from mcopt.targets.cpu.plan_int8 import QGroup, merge_duplicate_quantize, sink_quantize
 
 _QCONV_ATTRS = ("strides", "pads", "dilations", "groups", "x_scale", "x_zero_point", "out_dtype",
                 "out_scale", "out_zero_point", "act_min", "act_max")  # fmt: skip
@@ -303,7 +303,7 @@ def plan_cpu(graph: Graph, target: Any = None, lanes: int | None = None) -> Grap
     if any(n.op == "qconv2d" for n in g.nodes):
         int8_lanes = _int8_lanes(target)
         merge_duplicate_quantize(g)
-        quantize_before_max_pool(g)
+        sink_quantize(g)
     plan = plan_graph(g, lanes, int8_lanes)
     planner = _Planner(g, plan, target, forced)
     values = {id(v): v for v in g.values()}
