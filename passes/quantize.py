@@ -29,6 +29,11 @@ between min and max"):
   layers whose quantization alone (weights + input) changes the first graph output most
   (relative L2 error on the calibration feeds) in float.
 - a layer fed by ``dequantize(q)`` (an imported QDQ model) reuses ``q`` and its parameters.
+- **quantized residuals** (``quantized_residuals``, default on): a residual ``add(y, h)`` whose
+  skip input ``h`` is also quantized for the next layers reads ``dequantize(quantize(h))``, as
+  onnxruntime's QDQ ``Add`` does; the CPU planner then runs each ResNet / MobileNet-V2 block as
+  int8 kernels only (conv + add + relu + quantize in one ``fused_qconv2d``). Costs at most half a
+  quantization step of ``h`` per skip; ``quantized_residuals=false`` keeps the float skip.
 
 Lossy. Calibration uses ``ctx.calib`` (up to ``num_calib`` feeds); without it, random normal
 inputs (with a note) — fine for random-weight models, not for trained ones.
