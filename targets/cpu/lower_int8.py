@@ -99,6 +99,7 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         func = int8_depthwise_nchwc(
             lx.blocked_shape(tuple(x_v.shape)), (kh, kw), at["strides"], at["pads"],
             at["dilations"], in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, cores=cores,
+            isa=isa,
         )  # fmt: skip
         be = int8_conv.conv_bias_eff(wp, b_pad, x_zp, lout.padded).reshape(occ, lanes)
         args = [x, vals.ctx.const(pack_int8_depthwise_weight(wp, lanes, lout.padded))]
