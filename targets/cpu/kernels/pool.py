@@ -3,8 +3,8 @@
 Relax's ``max_pool2d`` legalizes to a padded copy of the whole input (``-inf`` border) followed
 by the reduction: for ResNet's stem pool (64 x 112 x 112) the copy alone moves 6.6 MB and the
 pool took 0.32 ms against onnxruntime's 0.09 ms. Here the border is handled in the reduction:
-an out-of-range tap reads a clamped (valid) address and is replaced by the reduction's identity
-(``-inf`` for max, 0 for the sum), so nothing is copied.
+an out-of-range tap is a guarded load (``if_then_else``, never an out-of-bounds read) replaced by
+the reduction's identity (``-inf`` for max, 0 for the sum), so nothing is copied.
 
     y[n, c, oh, ow, l] = max / mean over (kh, kw) of x[n, c, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw, l]
 
@@ -63,7 +63,7 @@ def pool2d_nchwc(
         ok = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
         cy = te.max(te.min(iy, h - 1), 0)
         cx = te.max(te.min(ix, w - 1), 0)
-        return tirx.Select(ok, x[i, c, cy, cx, lane], identity)
+        return tirx.if_then_else(ok, x[i, c, cy, cx, lane], identity)
 
     if kind == "max":
         lowest = tvm.tirx.min_value(dtype)
