@@ -24,7 +24,11 @@ from mcopt.targets.cpu.kernels.int8_conv import (  # noqa: E402
     pack_int8_conv_weight,
     zero_shift,
 )
-from mcopt.targets.cpu.kernels.int8_conv_nchwc import choose_params, int8_conv2d_nchwc  # noqa: E402
+from mcopt.targets.cpu.kernels.int8_conv_nchwc import (  # noqa: E402
+    choose_params,
+    int8_conv2d_nchwc,
+    pack_int8_window_weight,
+)
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue  # noqa: E402
 from mcopt.targets.cpu.kernels.target_info import host_target  # noqa: E402
 from mcopt.testing import zoo  # noqa: E402
@@ -53,6 +57,7 @@ def _unblocked(a: np.ndarray, c: int) -> np.ndarray:
 def _check_kernel(
     ic: int, oc: int, hw: int, k: int, stride: int, pad: int, ep: QEpilogue, *,
     ib: int = 16, isa: str | None = "vnni16", in_dtype: str = "uint8", zp: int = 3,
+    window: bool = False,
 ) -> None:  # fmt: skip
     lanes = 16 if isa in ("vnni16", "avx512") else 8
     rng = np.random.default_rng(ic * 131 + oc * 7 + k)
@@ -73,12 +78,13 @@ def _check_kernel(
         res = rng.integers(0, 256, (1, oc, oh, oh)).astype(ep.residual)
     ref = ep.apply_numpy(acc, mult.reshape(1, -1, 1, 1), res)
     flat = k == 1 and stride == 1 and pad == 0 and ib % 4 == 0 and in_dtype == "uint8"
+    flat = flat and not window
     params = choose_params(oh * oh if flat else oh, ocp // lanes, isa, lanes, oh, 2)
-    wp = np.zeros((ocp, icp, k, k), np.int8)
+    wp = np.zeros((ocp, ic if window else icp, k, k), np.int8)
     wp[:oc, :ic] = w
     func, got_flat = int8_conv2d_nchwc(
         (1, icp // ib, hw, hw, ib), wp.shape, (stride,) * 2, (pad,) * 4,
-        in_dtype=in_dtype, x_zero_point=zp, epilogue=ep, params=params,
+        in_dtype=in_dtype, x_zero_point=zp, epilogue=ep, params=params, window=window,
     )  # fmt: skip
     assert got_flat == flat
     bp = np.zeros(ocp, np.int32)
@@ -87,8 +93,9 @@ def _check_kernel(
     mp = np.zeros(ocp, np.float32)
     mp[:oc] = mult
     xb = _blocked(x, ib, icp)
+    pack = pack_int8_window_weight if window else pack_int8_conv_weight
     args = [xb.reshape(1, icp // ib, hw * hw, ib) if flat else xb,
-            pack_int8_conv_weight(wp, lanes), be, mp.reshape(-1, lanes)]  # fmt: skip
+            pack(wp, lanes), be, mp.reshape(-1, lanes)]  # fmt: skip
     if res is not None:
         rb = _blocked(res, lanes, ocp)
         args.append(rb.reshape(1, ocp // lanes, oh * oh, lanes) if flat else rb)
@@ -129,6 +136,16 @@ def test_int8_nchwc_kernel_generic_and_signed_input():
     _check_kernel(24, 16, 9, 3, 1, 1, RESIDUAL_Q, ib=8, isa=None)
     if _vnni_here():
         _check_kernel(16, 32, 10, 1, 1, 0, FLOAT_RES, in_dtype="int8", zp=-3)
+
+
+@pytest.mark.parametrize(
+    "ic,ib,k,stride,pad", [(1, 1, 5, 1, 2), (6, 16, 5, 1, 0), (3, 3, 7, 2, 3), (2, 8, 3, 2, 1)]
+)
+def test_int8_window_form_is_bit_exact(ic, ib, k, stride, pad):
+    """4 kernel columns per dot product (LeNet's 1- and 6-channel convs, a 7x7 stem)."""
+    isa = "vnni16" if _vnni_here() else None
+    _check_kernel(ic, 16, 17, k, stride, pad, REQUANT, ib=ib, isa=isa, window=True)
+    _check_kernel(ic, 24, 12, k, stride, pad, RESIDUAL_Q, ib=ib, isa=isa, window=True)
 
 
 def _quantized(name: str, spec: str = "quantize-int8") -> tuple:

@@ -223,7 +223,7 @@ register_op(
 
 
 # --- fused_qconv2d ---------------------------------------------------------------------------------
-QCONV_KERNELS = ("int8", "int8_depthwise", "plain")
+QCONV_KERNELS = ("int8", "int8_window", "int8_depthwise", "plain")
 _QBASE = ("strides", "pads", "dilations", "groups", "x_scale", "x_zero_point", "out_dtype",
           "out_scale", "out_zero_point", "act_min", "act_max")  # fmt: skip
 

@@ -54,7 +54,11 @@ def _consts(node: Node, ocp: int) -> tuple[np.ndarray, np.ndarray | None, np.nda
 def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     """``fused_qconv2d`` on the blocked int8 kernel its ``kernel`` attribute names."""
     from mcopt.targets.cpu.kernels import int8_conv
-    from mcopt.targets.cpu.kernels.int8_conv_nchwc import choose_params, int8_conv2d_nchwc
+    from mcopt.targets.cpu.kernels.int8_conv_nchwc import (
+        choose_params,
+        int8_conv2d_nchwc,
+        pack_int8_window_weight,
+    )
     from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa
     from mcopt.targets.cpu.kernels.relax_ops import call_kernel
     from mcopt.targets.cpu.lower_planned import _check_shape
@@ -110,9 +114,13 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         _check_shape(node, y, lout)
         vals.set_blocked(node.output, y, lout)
         return
-    wp = np.zeros((lout.padded, lx.padded, kh, kw), np.int8)
+    window = node.attrs["kernel"] == "int8_window"
+    if window:  # the logical weight, 4 kernel columns per dot product
+        wp = np.zeros((lout.padded, w.shape[1], kh, kw), np.int8)
+    else:
+        wp = np.zeros((lout.padded, lx.padded, kh, kw), np.int8)
     wp[:oc, : w.shape[1]] = w
-    flat = (
+    flat = not window and (
         kh == kw == 1
         and tuple(at["strides"]) == (1, 1)
         and not any(at["pads"])
@@ -123,7 +131,7 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     in_shape = lx.blocked_shape(tuple(x_v.shape))
     func, flat = int8_conv2d_nchwc(
         in_shape, wp.shape, at["strides"], at["pads"], at["dilations"],
-        in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, params=params,
+        in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, params=params, window=window,
     )  # fmt: skip
     be = int8_conv.conv_bias_eff(wp, b_pad, x_zp + shift, lout.padded).reshape(occ, lanes)
     ctx = vals.ctx
@@ -131,7 +139,8 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         x = bb.emit(R.reshape(x, (n, in_shape[1], h * wd, in_shape[4])))
         if res is not None:
             res = bb.emit(R.reshape(res, (n, occ, oh * ow, lanes)))
-    args = [x, ctx.const(int8_conv.pack_int8_conv_weight(wp, lanes)), ctx.const(be)]
+    pack = pack_int8_window_weight if window else int8_conv.pack_int8_conv_weight
+    args = [x, ctx.const(pack(wp, lanes)), ctx.const(be)]
     args += [ctx.const(mult.reshape(occ, lanes))] + ([] if res is None else [res])
     out_shape = (n, occ, oh * ow, lanes) if flat else (n, occ, oh, ow, lanes)
     y = call_kernel(bb, func, "qconv2d_nchwc", args, out_shape, ep.out_dtype)

@@ -158,8 +158,8 @@ def merge_duplicate_quantize(graph: Graph) -> int:
 
 
 #: ops a per-tensor quantize commutes with exactly: max (a quantize is monotone; the pool pads
-#: with the dtype's minimum either way) and channel concatenation
-COMMUTES_WITH_QUANTIZE = ("max_pool", "concat")
+#: with the dtype's minimum either way), concatenation and reshapes
+COMMUTES_WITH_QUANTIZE = ("max_pool", "concat", "flatten", "reshape")
 
 
 def sink_quantize(graph: Graph) -> int:
@@ -181,6 +181,8 @@ def sink_quantize(graph: Graph) -> int:
             if p is None or p.op not in COMMUTES_WITH_QUANTIZE or _single_use(v, outs) is not q:
                 continue
             ins = [y for y in p.inputs if y is not None]
+            if p.op in ("flatten", "reshape"):
+                ins = ins[:1]  # the data (a reshape's shape input is a constant)
             if any(y.const is not None or y.dtype != "float32" for y in ins):
                 continue
             if any(_single_use(y, outs) is not p for y in ins):
@@ -189,8 +191,8 @@ def sink_quantize(graph: Graph) -> int:
                 graph.add_node("quantize", [y], dict(q.attrs), name=f"{y.name}_quant", after=p)
                 for y in ins
             ]
-            new_p = graph.add_node(p.op, [n.output for n in qs], dict(p.attrs), name=p.name,
-                                   after=qs[-1])  # fmt: skip
+            new_ins = [n.output for n in qs] + list(p.inputs[len(qs) :])
+            new_p = graph.add_node(p.op, new_ins, dict(p.attrs), name=p.name, after=qs[-1])
             graph.replace_all_uses_with(q.output, new_p.output)
             graph.remove_node(q)
             graph.remove_node(p)

@@ -244,6 +244,26 @@ class _Planner:
         new = Node(op, [f.node.inputs[0], w, b, f.residual], [], attrs, f.node.name)
         g.replace_nodes([f.node, *f.absorbed], new)
 
+    def int8_kernel(self, grp: QGroup) -> str:
+        """``int8_depthwise`` for depthwise convs; ``int8_window`` (4 kernel columns per dot
+        product instead of 4 channels) where it needs clearly fewer dot products than the
+        channel-blocked form, i.e. inputs with few channels (LeNet's 1 and 6: the channel blocks
+        would leave most of each dot product on padding); else the blocked ``int8`` conv."""
+        from mcopt.targets.cpu.kernels.int8_conv_nchwc import window_groups
+
+        if grp.kind == "depthwise":
+            return "int8_depthwise"
+        x, w = grp.node.inputs[0], grp.node.inputs[1]
+        assert x is not None and w is not None
+        ic, (kh, kw) = w.shape[1], w.shape[2:]
+        lx = self.plan.layout_of(x) or block_for(ic, self.plan.int8_lanes)
+        icp = lx.padded if lx.bn % 4 == 0 else -(-lx.channels // 4) * 4
+        blocked_dots = icp // 4 * kh * kw
+        window_dots = ic * kh * window_groups(kw)
+        if kw > 1 and grp.node.attrs["dilations"][1] == 1 and window_dots * 5 < blocked_dots * 4:
+            return "int8_window"
+        return "int8"
+
     def fuse_int8(self, grp: QGroup) -> None:
         """A ``qconv2d`` group -> one ``fused_qconv2d`` (see :mod:`.plan_int8`)."""
         from mcopt.ops import get_schema
@@ -260,10 +280,10 @@ class _Planner:
                 q_scale=float(qa["scale"][0]),
                 q_zero_point=int(qa["zero_point"][0]),
             )
-        attrs["kernel"] = "int8" if grp.kind == "conv" else "int8_depthwise"
-        self.chose(
-            f"int8 {grp.kind}: blocked int8 kernel" + (" + residual" if grp.residual else "")
-        )
+        attrs["kernel"] = self.int8_kernel(grp)
+        what = {"int8": "blocked int8 kernel", "int8_window": "int8 kernel, 4 columns per dot",
+                "int8_depthwise": "blocked int8 kernel"}[attrs["kernel"]]  # fmt: skip
+        self.chose(f"int8 {grp.kind}: {what}" + (" + residual" if grp.residual else ""))
         attrs = get_schema("fused_qconv2d").normalize_attrs(attrs, node.name)
         b = node.inputs[2] if len(node.inputs) > 2 else None
         new = Node(

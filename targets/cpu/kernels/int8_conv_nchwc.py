@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size
 from mcopt.targets.cpu.kernels.int8_conv import a_dtype_of, zero_shift
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
@@ -78,8 +80,15 @@ def int8_conv2d_nchwc(
     x_zero_point: int = 0,
     epilogue: QEpilogue,
     params: Int8NCHWcParams,
+    window: bool = False,
 ) -> tuple[Any, bool]:
     """The scheduled PrimFunc and whether it runs on the flattened plane.
+
+    ``window``: the dot product's 4 bytes are 4 consecutive kernel columns of one channel instead
+    of 4 channels (a padded copy holds, per pixel, the 4 pixels to its right): for inputs with few
+    channels (LeNet's 1 and 6), whose channel blocks would leave most of each dot product on
+    padding. The weight is then the logical ``(OCp, C, KH, KW)`` packed by
+    :func:`pack_int8_window_weight`; needs ``dilations[1] == 1``.
 
     ``in_shape``: the blocked input ``(N, ICb, H, W, ib)``; ``weight_shape``: ``(OCp, ICp, KH,
     KW)`` with ``OCp`` a multiple of ``L`` and ``ICp = ICb * ib``. Arguments: ``x``, ``kernel``
@@ -90,7 +99,9 @@ def int8_conv2d_nchwc(
 
     n, icb_n, h, w, ib = (int(d) for d in in_shape)
     ocp, icp, kh, kw = (int(d) for d in weight_shape)
-    if icp != icb_n * ib:
+    if window and (icp > icb_n * ib or _pair(tuple(dilations))[1] != 1):
+        raise ValueError(f"window form: {icp} channels of {icb_n} x {ib}, dilations {dilations}")
+    if not window and icp != icb_n * ib:
         raise ValueError(f"weight has {icp} input channels, the input {icb_n} x {ib}")
     sh, sw = _pair(tuple(strides))
     dh, dw = _pair(tuple(dilations))
@@ -104,12 +115,17 @@ def int8_conv2d_nchwc(
     shift = zero_shift(params.isa, in_dtype)
     a_dtype = a_dtype_of(params.isa, in_dtype)
     pad_val = x_zero_point + shift
-    flat = kh == kw == sh == sw == 1 and not any((pt, pl, pb, pr)) and ib % 4 == 0 and not shift
-    direct = flat or (
-        not any((pt, pl, pb, pr)) and ib % 4 == 0 and not shift and ow % params.reg_n == 0
+    flat = (
+        kh == kw == sh == sw == 1 and not any((pt, pl, pb, pr)) and ib % 4 == 0 and not shift
+    ) and not window
+    direct = (
+        flat
+        or not window
+        and (not any((pt, pl, pb, pr)) and ib % 4 == 0 and not shift and ow % params.reg_n == 0)
     )
 
-    kernel_t = te.placeholder((occ, -(-icp // 4), kh, kw, lanes, 4), "int8", name="kernel")
+    kshape = (occ, icp, kh, window_groups(kw)) if window else (occ, -(-icp // 4), kh, kw)
+    kernel_t = te.placeholder((*kshape, lanes, 4), "int8", name="kernel")
     bias = te.placeholder((occ, lanes), "int32", name="bias")
     mult = te.placeholder((occ, lanes), "float32", name="mult")
     if flat:
@@ -130,7 +146,25 @@ def int8_conv2d_nchwc(
         out_shape: tuple[int, ...] = (n, occ, h * w, lanes)
     else:
         x = te.placeholder((n, icb_n, h, w, ib), in_dtype, name="x")
-        if direct:
+        kw_loop, kw_step = kw, dw
+        if window:
+            kw_loop, kw_step = window_groups(kw), 4
+            owp = -(-ow // params.reg_n) * params.reg_n
+            wp_ = (owp - 1) * sw + 4 * kw_loop
+            hp_ = h + pt + pb
+
+            def win_fn(b, c, y, xx, t):
+                iy, ix = y - pt, xx + t - pl
+                inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
+                val = x[b, c // ib, tirx.min(tirx.max(iy, 0), h - 1),
+                        tirx.min(tirx.max(ix, 0), w - 1), c % ib]  # fmt: skip
+                if shift:
+                    val = (val.astype("int32") + shift).astype(a_dtype)
+                return tirx.if_then_else(inside, val, tirx.const(pad_val, a_dtype))
+
+            src = te.compute((n, icp, hp_, wp_, 4), win_fn, name="data_pad")
+            q4 = 1
+        elif direct:
             src, pb_, q4 = x, ib, ib // 4
         else:
             pb_ = ib if ib % 4 == 0 else 4
@@ -153,14 +187,16 @@ def int8_conv2d_nchwc(
             q4 = pb_ // 4
         ricb = te.reduce_axis((0, int(src.shape[1])), "icb")
         rkh = te.reduce_axis((0, kh), "kh")
-        rkw = te.reduce_axis((0, kw), "kw")
+        rkw = te.reduce_axis((0, kw_loop), "kw")
         ricq = te.reduce_axis((0, q4), "icq")
         rk = te.reduce_axis((0, 4), "k")
         owp = ow if direct else -(-ow // params.reg_n) * params.reg_n
         conv = te.compute(
             (n, occ, oh, owp, lanes),
             lambda b, c, y, xx, ob: te.sum(
-                src[b, ricb, y * sh + rkh * dh, xx * sw + rkw * dw, ricq * 4 + rk].astype("int32")
+                src[b, ricb, y * sh + rkh * dh, xx * sw + rkw * kw_step, ricq * 4 + rk].astype(
+                    "int32"
+                )
                 * kernel_t[c, ricb * q4 + ricq, rkh, rkw, ob, rk].astype("int32"),
                 axis=[ricb, rkh, rkw, ricq, rk],
             ),
@@ -231,4 +267,27 @@ def _schedule(sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool) -> None:
         sch.tensorize(ob, intrin_name(p.isa))
 
 
-__all__ = ["Int8NCHWcParams", "choose_params", "int8_conv2d_nchwc"]
+def window_groups(kw: int) -> int:
+    """Groups of 4 kernel columns of the ``window`` form (``ceil(KW / 4)``)."""
+    return -(-kw // 4)
+
+
+def pack_int8_window_weight(w: np.ndarray, lanes: int) -> np.ndarray:
+    """``(OC, C, KH, KW) int8 -> (OCp/L, C, KH, G, L, 4)`` with ``G = ceil(KW/4)``: the weights of
+    the ``window`` form, 4 consecutive kernel columns per dot product (zero-padded)."""
+    oc, c, kh, kw = w.shape
+    g = window_groups(kw)
+    ocp = -(-oc // lanes) * lanes
+    wp = np.zeros((ocp, c, kh, 4 * g), np.int8)
+    wp[:oc, :, :, :kw] = w
+    w6 = wp.reshape(ocp // lanes, lanes, c, kh, g, 4)
+    return np.ascontiguousarray(w6.transpose(0, 2, 3, 4, 1, 5))
+
+
+__all__ = [
+    "Int8NCHWcParams",
+    "choose_params",
+    "int8_conv2d_nchwc",
+    "pack_int8_window_weight",
+    "window_groups",
+]
