@@ -53,7 +53,7 @@ def load(name: str) -> tuple[onnx.ModelProto, list[dict], list[dict], np.ndarray
     inp = proto.graph.input[0]
     shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
     rng = np.random.default_rng(0)
-    feeds = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(8 + 24)]
+    feeds = [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(8 + 100)]
     return proto, feeds[:8], feeds[8:], None
 
 
