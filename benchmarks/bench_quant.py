@@ -32,7 +32,7 @@ from common import THREADS, markdown_table, ort_session, time_fn, write_outputs 
 
 from mcopt.testing import zoo  # noqa: E402
 
-MODELS = ("lenet5", "lenet300", "tiny_cnn", "resnet50", "mobilenet_v2", "squeezenet")
+MODELS = ("lenet5", "lenet300", "tiny_cnn", "resnet50", "mobilenet_v2", "squeezenet", "pp_lcnet")
 
 
 def load(name: str) -> tuple[onnx.ModelProto, list[dict], list[dict], np.ndarray | None]:
@@ -48,6 +48,10 @@ def load(name: str) -> tuple[onnx.ModelProto, list[dict], list[dict], np.ndarray
         proto = zoo.mobilenet_v2()
     elif name == "tiny_cnn":
         proto = zoo.tiny_cnn()
+    elif name == "pp_lcnet":
+        from mcopt.testing.lcnet import pp_lcnet
+
+        proto = pp_lcnet()
     else:
         proto = zoo.light_model(name, seed=0)
     inp = proto.graph.input[0]

@@ -244,10 +244,13 @@ def _fused_qconv_check(t: InTypes, a: Attrs) -> str | None:
         return "a requantizing qconv2d (out_dtype int) cannot absorb a residual, act or quantize"
     if res is not None:
         out_shape = tuple(_conv2d_infer(t, a)[0].shape)
+    if a["post_act"] not in ("none", "hard_swish"):
+        return f"post_act must be none or hard_swish, got {a['post_act']!r}"
         if tuple(res.shape) != out_shape or res.dtype not in ("float32", *QDTYPES):
             return f"residual {res} must be float32 or int8/uint8 of shape {list(out_shape)}"
     if a["q_dtype"] != "none" and not a["q_scale"] > 0:
         return f"q_scale must be positive, got {a['q_scale']}"
+    tail = tail or a["post_act"] != "none"
     return None
 
 
@@ -285,6 +288,8 @@ def fused_qconv2d_ref(
 register_op(
     OpSchema(
         name="fused_qconv2d",
+    if a["post_act"] == "hard_swish":  # the hard_swish op's own formula
+        y = (y * np.clip(y / 6 + 0.5, 0, 1)).astype(np.float32)
         inputs=("x", "w", "b?", "residual?"),
         attrs={
             "strides": (1, 1),
@@ -310,11 +315,12 @@ register_op(
         check=_fused_qconv_check,
         infer=lambda t, a: [TensorType(_conv2d_infer(t, a)[0].shape, _fused_qconv_dtype(a))],
         reference=fused_qconv2d_ref,
+            "post_act": "none",
         reference_types=True,
         macs=lambda t, out, a: out[0].size * t[1].shape[1] * t[1].shape[2] * t[1].shape[3],  # type: ignore[union-attr]
         doc="a planned int8 conv: qconv2d, then (float base) + dequantize(residual), clamp to "
-        "[post_min, post_max] and quantize(q_scale, q_zero_point) -- the graph's int8 block as "
-        "one kernel.",
+        "[post_min, post_max], post_act (hard_swish) and quantize(q_scale, q_zero_point) -- the "
+        "graph's int8 block as one kernel.",
     )
 )
 

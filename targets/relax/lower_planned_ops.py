@@ -93,6 +93,8 @@ def _fused_qconv2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     if at["q_dtype"] == "none":
         return y
     qn = SimpleNamespace(
+    if at["post_act"] == "hard_swish":
+        y = ctx.emit(LOWERINGS["hard_swish"](ctx, node, [y]))
         attrs={
             "scale": (at["q_scale"],),
             "zero_point": (at["q_zero_point"],),

@@ -9,6 +9,7 @@ absorbed; :class:`QEpilogue` is that sequence for one output element, in this or
         y = clamp(y, base bounds)                         # qconv2d's own act_min / act_max
         y = y + float32(int32(r) - r_zp) * r_scale        # residual add of dequantize(r) (or y + r)
         y = clamp(y, post bounds)                         # relu / clip after the add
+        y = y * clamp(y / 6 + 1/2, 0, 1)                  # post_act="hard_swish" (MobileNet-V3)
         q = saturate(rint(y / q_scale) + q_zp)            # the quantize that consumed it (if any)
 
 which is exactly the graph's ``qconv2d -> add(dequantize) -> relu -> quantize`` in float32
@@ -63,13 +64,17 @@ class QEpilogue:
     r_scale: float = 1.0
     r_zp: int = 0
     post_bounds: tuple[float, float] = _INF
+    post_act: str = "none"
     q_dtype: str | None = None
     q_scale: float = 1.0
     q_zp: int = 0
 
     def __post_init__(self) -> None:
         if self.base_dtype != "float32" and (
-            self.residual is not None or self.q_dtype is not None or self.post_bounds != _INF
+            self.residual is not None
+            or self.q_dtype is not None
+            or self.post_bounds != _INF
+            or self.post_act != "none"
         ):
             raise ValueError("a requantizing qconv2d cannot absorb a residual, act or quantize")
 
@@ -108,6 +113,8 @@ class QEpilogue:
                 r = (residual.astype("int32") - tirx.const(self.r_zp, "int32")).astype("float32")
                 y = y + r * f(self.r_scale)
         y = clamp(y, self.post_bounds)
+        if self.post_act == "hard_swish":  # the hard_swish op's formula: y * clip(y/6 + 1/2, 0, 1)
+            y = y * tvm.te.min(tvm.te.max(y / f(6.0) + f(0.5), f(0.0)), f(1.0))
         if self.q_dtype is None:
             return y
         y = _rint(y / f(self.q_scale)) + f(self.q_zp)
@@ -130,6 +137,8 @@ class QEpilogue:
                 r = (residual.astype(np.int32) - np.int32(self.r_zp)).astype(np.float32)
                 y = (y + r * np.float32(self.r_scale)).astype(np.float32)
         y = np.clip(y, *self.post_bounds).astype(np.float32)
+        if self.post_act == "hard_swish":
+            y = (y * np.clip(y / np.float32(6) + np.float32(0.5), 0, 1)).astype(np.float32)
         if self.q_dtype is None:
             return y
         q = np.rint(y / np.float32(self.q_scale)) + np.float32(self.q_zp)
