@@ -39,6 +39,7 @@ RESIDUAL_Q = QEpilogue(
     residual="uint8", r_scale=0.3, r_zp=5, post_bounds=(0.0, INF), q_dtype="uint8", q_scale=40.0,
     q_zp=10,
 )  # fmt: skip
+HSWISH_Q = QEpilogue(post_act="hard_swish", q_dtype="uint8", q_scale=2.0, q_zp=3)
 FLOAT_RES = QEpilogue(base_bounds=(-50.0, INF), residual="float32", post_bounds=(0.0, 6.0))
 
 
@@ -123,6 +124,7 @@ def _vnni_here() -> bool:
         (32, 32, 13, 3, 1, 1, FLOAT_RES),  # padded 3x3, float residual, float out
         (3, 32, 23, 3, 2, 1, REQUANT),  # the 3-channel image: repacked in blocks of 4
         (32, 16, 14, 1, 2, 0, RESIDUAL_Q),  # strided 1x1 (a ResNet downsample)
+        (16, 32, 9, 3, 1, 1, HSWISH_Q),  # hard-swish then quantize (PP-LCNet)
     ],
 )
 def test_int8_nchwc_kernel_is_bit_exact(ic, oc, hw, k, stride, pad, ep):
