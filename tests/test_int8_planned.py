@@ -26,6 +26,7 @@ from mcopt.targets.cpu.kernels.int8_conv import (  # noqa: E402
 )
 from mcopt.targets.cpu.kernels.int8_conv_nchwc import (  # noqa: E402
     choose_params,
+    grouped_window_weight,
     int8_conv2d_nchwc,
     pack_int8_window_weight,
 )
@@ -58,17 +59,17 @@ def _unblocked(a: np.ndarray, c: int) -> np.ndarray:
 def _check_kernel(
     ic: int, oc: int, hw: int, k: int, stride: int, pad: int, ep: QEpilogue, *,
     ib: int = 16, isa: str | None = "vnni16", in_dtype: str = "uint8", zp: int = 3,
-    window: bool = False,
+    window: bool = False, groups: int = 1,
 ) -> None:  # fmt: skip
     lanes = 16 if isa in ("vnni16", "avx512") else 8
     rng = np.random.default_rng(ic * 131 + oc * 7 + k)
     icp, ocp = -(-ic // ib) * ib, -(-oc // lanes) * lanes
     lo, hi = (0, 255) if in_dtype == "uint8" else (-128, 127)
     x = rng.integers(lo, hi + 1, (1, ic, hw, hw)).astype(in_dtype)
-    w = rng.integers(-64, 64, (oc, ic, k, k)).astype(np.int8)
+    w = rng.integers(-64, 64, (oc, ic // groups, k, k)).astype(np.int8)
     b = rng.integers(-2000, 2000, oc).astype(np.int32)
     attrs = {"x_zero_point": zp, "strides": (stride,) * 2, "pads": (pad,) * 4,
-             "dilations": (1, 1), "groups": 1}  # fmt: skip
+             "dilations": (1, 1), "groups": groups}  # fmt: skip
     acc = qconv2d_acc(x, w, b, attrs)
     oh = acc.shape[2]
     mult = (rng.random(oc) * 0.05 + 0.005).astype(np.float32)
@@ -81,11 +82,16 @@ def _check_kernel(
     flat = k == 1 and stride == 1 and pad == 0 and ib % 4 == 0 and in_dtype == "uint8"
     flat = flat and not window
     params = choose_params(oh * oh if flat else oh, ocp // lanes, isa, lanes, oh, 2)
-    wp = np.zeros((ocp, ic if window else icp, k, k), np.int8)
-    wp[:oc, :ic] = w
+    gwin = None
+    if groups > 1:
+        wp, gwin = grouped_window_weight(w, groups, icp // ib, ib, lanes)
+    else:
+        wp = np.zeros((ocp, ic if window else icp, k, k), np.int8)
+        wp[:oc, :ic] = w
     func, got_flat = int8_conv2d_nchwc(
         (1, icp // ib, hw, hw, ib), wp.shape, (stride,) * 2, (pad,) * 4,
         in_dtype=in_dtype, x_zero_point=zp, epilogue=ep, params=params, window=window,
+        group_window=gwin,
     )  # fmt: skip
     assert got_flat == flat
     bp = np.zeros(ocp, np.int32)
@@ -148,6 +154,14 @@ def test_int8_window_form_is_bit_exact(ic, ib, k, stride, pad):
     isa = "vnni16" if _vnni_here() else None
     _check_kernel(ic, 16, 17, k, stride, pad, REQUANT, ib=ib, isa=isa, window=True)
     _check_kernel(ic, 24, 12, k, stride, pad, RESIDUAL_Q, ib=ib, isa=isa, window=True)
+
+
+@pytest.mark.parametrize("ic,oc,groups", [(136, 136, 4), (64, 64, 4), (24, 112, 4), (48, 48, 3)])
+def test_int8_grouped_window_is_bit_exact(ic, oc, groups):
+    """Grouped 1x1 convs (ShuffleNet: 34 channels per group across blocks of 16) and a 3x3."""
+    isa = "vnni16" if _vnni_here() else None
+    _check_kernel(ic, oc, 14, 1, 1, 0, RESIDUAL_Q, isa=isa, groups=groups)
+    _check_kernel(ic, oc, 9, 3, 2, 1, REQUANT, isa=isa, groups=groups)
 
 
 def _quantized(name: str, spec: str = "quantize-int8") -> tuple:

@@ -57,6 +57,7 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     from mcopt.targets.cpu.kernels import int8_conv
     from mcopt.targets.cpu.kernels.int8_conv_nchwc import (
         choose_params,
+        grouped_window_weight,
         int8_conv2d_nchwc,
         pack_int8_window_weight,
     )
@@ -116,11 +117,16 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         vals.set_blocked(node.output, y, lout)
         return
     window = node.attrs["kernel"] == "int8_window"
-    if window:  # the logical weight, 4 kernel columns per dot product
+    groups = int(at["groups"])
+    gwin = None
+    if groups > 1:  # each output block reduces over a window of blocks holding its groups
+        wp, gwin = grouped_window_weight(w, groups, lx.padded // lx.bn, lx.bn, lanes)
+    elif window:  # the logical weight, 4 kernel columns per dot product
         wp = np.zeros((lout.padded, w.shape[1], kh, kw), np.int8)
+        wp[:oc] = w
     else:
         wp = np.zeros((lout.padded, lx.padded, kh, kw), np.int8)
-    wp[:oc, : w.shape[1]] = w
+        wp[:oc, : w.shape[1]] = w
     flat = not window and (
         kh == kw == 1
         and tuple(at["strides"]) == (1, 1)
@@ -128,11 +134,14 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         and lx.bn % 4 == 0
         and not shift
     )
-    params = choose_params(oh * ow if flat else ow, occ, isa, lanes, oh, cores)
+    params = choose_params(
+        oh * ow if flat else ow, occ if gwin is None else 1, isa, lanes, oh, cores
+    )
     in_shape = lx.blocked_shape(tuple(x_v.shape))
     func, flat = int8_conv2d_nchwc(
         in_shape, wp.shape, at["strides"], at["pads"], at["dilations"],
         in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, params=params, window=window,
+        group_window=gwin,
     )  # fmt: skip
     be = int8_conv.conv_bias_eff(wp, b_pad, x_zp + shift, lout.padded).reshape(occ, lanes)
     ctx = vals.ctx

@@ -26,7 +26,7 @@ from mcopt.ir.core import Graph, Node, Value
 @dataclass
 class QGroup:
     """A ``qconv2d`` and what it absorbs (see the module docstring). ``kind``: ``conv``
-    (groups = 1) or ``depthwise``; ``residual``: the value the kernel reads (the 8-bit ``q`` of a
+    (groups = 1), ``depthwise`` or ``grouped``; ``residual``: the value the kernel reads (the 8-bit ``q`` of a
     ``dequantize(q)``, or a float tensor) with its scale / zero point; ``post``: the clamp after
     the add; ``quantize``: the absorbed quantize nodes (the first one's parameters)."""
 
@@ -64,7 +64,7 @@ def _kind(node: Node) -> str | None:
         return "conv"
     if g == x.shape[1] == w.shape[0] and w.shape[1] == 1:
         return "depthwise"
-    return None
+    return "grouped"
 
 
 def _clamp(node: Node) -> tuple[float, float] | None:
@@ -164,8 +164,8 @@ def merge_duplicate_quantize(graph: Graph) -> int:
 
 
 #: ops a per-tensor quantize commutes with exactly: max (a quantize is monotone; the pool pads
-#: with the dtype's minimum either way), concatenation and reshapes
-COMMUTES_WITH_QUANTIZE = ("max_pool", "concat", "flatten", "reshape")
+#: with the dtype's minimum either way), concatenation, reshapes and transposes (ShuffleNet's shuffle)
+COMMUTES_WITH_QUANTIZE = ("max_pool", "concat", "flatten", "reshape", "transpose")
 
 
 def sink_quantize(graph: Graph) -> int:
@@ -187,7 +187,7 @@ def sink_quantize(graph: Graph) -> int:
             if p is None or p.op not in COMMUTES_WITH_QUANTIZE or _single_use(v, outs) is not q:
                 continue
             ins = [y for y in p.inputs if y is not None]
-            if p.op in ("flatten", "reshape"):
+            if p.op in ("flatten", "reshape", "transpose"):
                 ins = ins[:1]  # the data (a reshape's shape input is a constant)
             if any(y.const is not None or y.dtype != "float32" for y in ins):
                 continue

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 #: 8/16-lane blocks) is not run by the grouped kernel
 MAX_GROUPED_WASTE = 8.0
 
+#: grouped int8 convs with more groups (tiny groups: the window of input blocks per output block
+#: would be mostly zeros) run as plain ops
+MAX_INT8_GROUPS = 8
+
 #: graph.metadata key of the planned graph's choice counts ({"3x3 conv: Winograd F(4x4,3x3)": 6})
 CHOICES = "mcopt.plan.choices"
 #: graph.metadata key marking a planned graph (its value: the SIMD lanes it was planned for)
@@ -262,6 +266,9 @@ class _Planner:
         window_dots = ic * kh * window_groups(kw)
         if kw > 1 and grp.node.attrs["dilations"][1] == 1 and window_dots * 5 < blocked_dots * 4:
             return "int8_window"
+        if grp.kind == "grouped":  # a window of input blocks per output block
+            g = int(grp.node.attrs["groups"])
+            return "int8" if lx.bn % 4 == 0 and g <= MAX_INT8_GROUPS else "plain"
         return "int8"
 
     def fuse_int8(self, grp: QGroup) -> None:
@@ -282,7 +289,8 @@ class _Planner:
             )
         attrs["kernel"] = self.int8_kernel(grp)
         what = {"int8": "blocked int8 kernel", "int8_window": "int8 kernel, 4 columns per dot",
-                "int8_depthwise": "blocked int8 kernel"}[attrs["kernel"]]  # fmt: skip
+                "int8_depthwise": "blocked int8 kernel",
+                "plain": "plain int8 ops"}[attrs["kernel"]]  # fmt: skip
         self.chose(f"int8 {grp.kind}: {what}" + (" + residual" if grp.residual else ""))
         attrs = get_schema("fused_qconv2d").normalize_attrs(attrs, node.name)
         b = node.inputs[2] if len(node.inputs) > 2 else None

@@ -81,6 +81,7 @@ def int8_conv2d_nchwc(
     epilogue: QEpilogue,
     params: Int8NCHWcParams,
     window: bool = False,
+    group_window: tuple[int, int, int] | None = None,
 ) -> tuple[Any, bool]:
     """The scheduled PrimFunc and whether it runs on the flattened plane.
 
@@ -89,6 +90,12 @@ def int8_conv2d_nchwc(
     channels (LeNet's 1 and 6), whose channel blocks would leave most of each dot product on
     padding. The weight is then the logical ``(OCp, C, KH, KW)`` packed by
     :func:`pack_int8_window_weight`; needs ``dilations[1] == 1``.
+
+    ``group_window = (W, OCg, ICg)``: a grouped conv (``OCg`` / ``ICg`` channels per group, e.g.
+    ShuffleNet's 1x1 convs): output block ``c`` reduces over the ``W`` input blocks from
+    ``min(c*L // OCg * ICg // ib, ICb - W)`` on, which hold its groups' input channels
+    (:func:`grouped_window_weight` builds the matching ``(OCp, W*ib, KH, KW)`` weight, zero
+    outside each channel's group); ``W*ib`` is ``ICg`` when the groups fill whole blocks.
 
     ``in_shape``: the blocked input ``(N, ICb, H, W, ib)``; ``weight_shape``: ``(OCp, ICp, KH,
     KW)`` with ``OCp`` a multiple of ``L`` and ``ICp = ICb * ib``. Arguments: ``x``, ``kernel``
@@ -101,7 +108,9 @@ def int8_conv2d_nchwc(
     ocp, icp, kh, kw = (int(d) for d in weight_shape)
     if window and (icp > icb_n * ib or _pair(tuple(dilations))[1] != 1):
         raise ValueError(f"window form: {icp} channels of {icb_n} x {ib}, dilations {dilations}")
-    if not window and icp != icb_n * ib:
+    if group_window is not None and (window or icp != group_window[0] * ib or ib % 4):
+        raise ValueError(f"group window {group_window}: weight of {icp} channels, blocks of {ib}")
+    if not window and group_window is None and icp != icb_n * ib:
         raise ValueError(f"weight has {icp} input channels, the input {icb_n} x {ib}")
     sh, sw = _pair(tuple(strides))
     dh, dw = _pair(tuple(dilations))
@@ -112,6 +121,15 @@ def int8_conv2d_nchwc(
     if ocp % (lanes * params.reg_c):
         raise ValueError(f"{ocp} output channels do not divide into {params.reg_c} x {lanes}")
     occ = ocp // lanes
+    ic_all = icb_n * ib if group_window is not None else icp  # the input's channels
+
+    def gbase(c: Any) -> Any:
+        """The first input block output block ``c`` reduces over."""
+        if group_window is None:
+            return 0
+        wb, ocg, icg = group_window
+        return tirx.min(c * lanes // ocg * icg // ib, icb_n - wb)
+
     shift = zero_shift(params.isa, in_dtype)
     a_dtype = a_dtype_of(params.isa, in_dtype)
     pad_val = x_zero_point + shift
@@ -131,13 +149,13 @@ def int8_conv2d_nchwc(
     if flat:
         x = te.placeholder((n, icb_n, h * w, ib), in_dtype, name="x")
         q4 = ib // 4
-        ricb = te.reduce_axis((0, icb_n), "icb")
+        ricb = te.reduce_axis((0, icp // ib), "icb")
         ricq = te.reduce_axis((0, q4), "icq")
         rk = te.reduce_axis((0, 4), "k")
         conv = te.compute(
             (n, occ, h * w, lanes),
             lambda b, c, q, ob: te.sum(
-                x[b, ricb, q, ricq * 4 + rk].astype("int32")
+                x[b, gbase(c) + ricb, q, ricq * 4 + rk].astype("int32")
                 * kernel_t[c, ricb * q4 + ricq, 0, 0, ob, rk].astype("int32"),
                 axis=[ricb, ricq, rk],
             ),
@@ -171,12 +189,12 @@ def int8_conv2d_nchwc(
             owp = -(-ow // params.reg_n) * params.reg_n
             wp_ = max(w + pl + pr, (owp - 1) * sw + (kw - 1) * dw + 1)
             hp_ = h + pt + pb
-            cpad = -(-icp // pb_) * pb_
+            cpad = -(-ic_all // pb_) * pb_
 
             def pad_fn(b, cb, y, xx, k):
                 c = cb * pb_ + k
-                inside = tirx.all(y >= pt, y < h + pt, xx >= pl, xx < w + pl, c < icp)
-                cc = tirx.min(c, icp - 1)
+                inside = tirx.all(y >= pt, y < h + pt, xx >= pl, xx < w + pl, c < ic_all)
+                cc = tirx.min(c, ic_all - 1)
                 val = x[b, cc // ib, tirx.min(tirx.max(y - pt, 0), h - 1),
                         tirx.min(tirx.max(xx - pl, 0), w - 1), cc % ib]  # fmt: skip
                 if shift:
@@ -185,7 +203,8 @@ def int8_conv2d_nchwc(
 
             src = te.compute((n, cpad // pb_, hp_, wp_, pb_), pad_fn, name="data_pad")
             q4 = pb_ // 4
-        ricb = te.reduce_axis((0, int(src.shape[1])), "icb")
+        red_blocks = group_window[0] if group_window is not None else int(src.shape[1])
+        ricb = te.reduce_axis((0, red_blocks), "icb")
         rkh = te.reduce_axis((0, kh), "kh")
         rkw = te.reduce_axis((0, kw_loop), "kw")
         ricq = te.reduce_axis((0, q4), "icq")
@@ -194,9 +213,9 @@ def int8_conv2d_nchwc(
         conv = te.compute(
             (n, occ, oh, owp, lanes),
             lambda b, c, y, xx, ob: te.sum(
-                src[b, ricb, y * sh + rkh * dh, xx * sw + rkw * kw_step, ricq * 4 + rk].astype(
-                    "int32"
-                )
+                src[
+                    b, gbase(c) + ricb, y * sh + rkh * dh, xx * sw + rkw * kw_step, ricq * 4 + rk
+                ].astype("int32")
                 * kernel_t[c, ricb * q4 + ricq, rkh, rkw, ob, rk].astype("int32"),
                 axis=[ricb, rkh, rkw, ricq, rk],
             ),
@@ -267,6 +286,31 @@ def _schedule(sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool) -> None:
         sch.tensorize(ob, intrin_name(p.isa))
 
 
+def grouped_window_weight(
+    w: np.ndarray, groups: int, in_blocks: int, ib: int, lanes: int
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The dense weight of a grouped conv for :func:`int8_conv2d_nchwc`'s ``group_window``: ``w``
+    ``(OC, ICg, KH, KW)`` -> ``(OCp, W*ib, KH, KW)`` where row ``o`` holds its group's filter at
+    the group's channels relative to its block's window start (zeros elsewhere), and ``(W, OCg,
+    ICg)``."""
+    oc, icg, kh, kw = w.shape
+    ocg = oc // groups
+    ocp = -(-oc // lanes) * lanes
+    occ = ocp // lanes
+    need = 1
+    for c in range(occ):
+        g0, g1 = c * lanes // ocg, min(((c + 1) * lanes - 1) // ocg, groups - 1)
+        need = max(need, -(-((g1 + 1) * icg) // ib) - g0 * icg // ib)
+    wb = min(need, in_blocks)
+    dense = np.zeros((ocp, wb * ib, kh, kw), w.dtype)
+    for o in range(oc):
+        c, g = o // lanes, o // ocg
+        base = min(c * lanes // ocg * icg // ib, in_blocks - wb) * ib
+        lo = g * icg - base
+        dense[o, lo : lo + icg] = w[o]
+    return dense, (wb, ocg, icg)
+
+
 def window_groups(kw: int) -> int:
     """Groups of 4 kernel columns of the ``window`` form (``ceil(KW / 4)``)."""
     return -(-kw // 4)
@@ -288,6 +332,7 @@ __all__ = [
     "Int8NCHWcParams",
     "choose_params",
     "int8_conv2d_nchwc",
+    "grouped_window_weight",
     "pack_int8_window_weight",
     "window_groups",
 ]
