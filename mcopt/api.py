@@ -653,6 +653,7 @@ def tune(
     *,
     passes: Sequence[Any] | None = None,
     calib: Any = None,
+    data: Any = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     rpc: str | None = None,
     key: str | None = None,
@@ -662,14 +663,22 @@ def tune(
 ) -> Any:
     """Autotune the kernels of `model` for `target` with MetaSchedule (`trials` in all) and store the
     records in the database directory `db` (one per device; resumable; `rpc="host:port"` + `key`
-    measure on a remote device). Run the same `passes` you will give `optimize(..., db=db)`, so the
-    tuned kernels are the ones that get built. Returns the tuning report."""
+    measure on a remote device; an ARM target without `rpc` is measured by executed instructions
+    under qemu, set up by scripts/setup_icount.sh). Run the same `passes` (with the same `calib` /
+    `data`) you will give `optimize(..., db=db)`, so the tuned kernels are the ones that get built.
+    Returns the tuning report."""
     from mcopt.targets.tune.tuner import tune as tune_graph  # TVM is imported only here
 
     graph = load(model, input_shapes)
     feeds = load_calibration(calib, graph) or random_feeds(graph, n=1, seed=seed)
+    train_data = None
+    if data is not None:  # for the training passes, as optimize() gives them
+        from mcopt.train.data import as_train_data
+
+        train_data = as_train_data(data, graph, seed=seed)
     pipeline = list(DEFAULT_PASSES if passes is None else passes)
-    graph, _ = PassManager(pipeline).run(graph, ctx=PassContext(calib=feeds, seed=seed))
+    ctx = PassContext(calib=feeds, seed=seed, data=train_data, teacher=graph.copy())
+    graph, _ = PassManager(pipeline).run(graph, ctx=ctx)
     return tune_graph(
         graph, target, trials, db, rpc=rpc, key=key, progress=progress, seed=seed, repair=repair
     )

@@ -173,7 +173,11 @@ def _parser() -> argparse.ArgumentParser:
         help="drop the database's bad lines (originals kept as *.bak) instead of failing",
     )
     t.add_argument(
-        "--rpc", default=None, metavar="HOST:PORT", help="measure on a device via a TVM RPC tracker"
+        "--rpc",
+        default=None,
+        metavar="HOST:PORT",
+        help="measure on a device via a TVM RPC tracker (without it, an arm target is measured by "
+        "executed instructions under qemu: bash scripts/setup_icount.sh)",
     )
     t.add_argument("--key", default=None, help="device key at the RPC tracker")
     t.add_argument("--seed", type=int, default=0)

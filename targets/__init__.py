@@ -7,6 +7,7 @@ TVM-free and the rest is loaded on first use of :func:`build`, :func:`lower`, ..
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from mcopt.targets.cpu.host_threads import configure_threads
@@ -51,6 +52,8 @@ def build(
     require_toolchain(spec)
     custom = getattr(spec, "builder", None)
     if custom is not None:
+        if db is not None and "db" in inspect.signature(custom).parameters:  # e.g. arm targets
+            options = {**options, "db": db, "repair_db": repair_db}
         return custom(graph, **options)
     if db is not None:
         from mcopt.targets.tune.tuner import build_with_database

@@ -3,7 +3,8 @@
 Method: the mcopt graph is lowered to Relax and compiled by TVM's LLVM backend for
 ``mtriple=aarch64-linux-gnu`` with the core's ``mcpu`` and an explicit ``mattr`` (NEON always;
 dot-product, fp16 arithmetic, i8mm, SVE where the core has them), through the same mcopt CPU
-pipeline as the host (fusion + default schedules with 128-bit NEON vectors). The object code is
+pipeline as the host (the planned graph: fusion, blocked layouts and mcopt's kernels, default
+schedules with 128-bit NEON vectors; or a tuning database of ``mcopt tune``). The object code is
 linked into a shared library by Debian's ``aarch64-linux-gnu-g++``
 (``tvm.support.cc.cross_compiler``).
 
@@ -135,8 +136,12 @@ def _spec_kwargs(holder: list[TargetSpec]) -> dict[str, Any]:
     """``builder=``: a closure over the spec itself, callable as ``builder(graph)`` or
     ``builder(graph, spec, pipeline=...)``."""
 
-    def builder(graph: Graph, spec: Any = None, pipeline: str = "mcopt") -> ArmCompiledModel:
-        return build_arm(graph, spec if spec is not None else holder[0], pipeline)
+    def builder(
+        graph: Graph, spec: Any = None, pipeline: str = "mcopt", db: Any = None,
+        repair_db: bool = False,
+    ) -> ArmCompiledModel:  # fmt: skip
+        target = spec if spec is not None else holder[0]
+        return build_arm(graph, target, pipeline, db=db, repair_db=repair_db)
 
     return {"builder": builder}
 
@@ -345,27 +350,47 @@ class ArmCompiledModel(CompiledBase):
 
 
 def build_arm(
-    graph: Graph, target: str | TargetSpec = "arm", pipeline: str = "mcopt"
+    graph: Graph,
+    target: str | TargetSpec = "arm",
+    pipeline: str = "mcopt",
+    *,
+    db: str | os.PathLike[str] | None = None,
+    repair_db: bool = False,
 ) -> ArmCompiledModel:
     """Lower ``graph`` for an aarch64 target, compile it and generate its code (no code runs
     here).
 
-    Uses the host build's ``compile_module`` (same Relax pipeline, fusion and default CPU
-    schedules, with the target's 128-bit NEON vector width and core count) on a graph lowered
-    for the ARM target; the LLVM IR is checked and the object code generated in a child process
-    (module docstring): what LLVM cannot compile is a one-line TargetError."""
-    from mcopt.targets.relax.builder import compile_module
-    from mcopt.targets.relax.lower import lower
+    The host build's path for the ARM target: the planned lowering of ``pipeline="mcopt"``
+    (:func:`~mcopt.targets.relax.builder.lower_for`: fusion, NCHW[x]c layouts and the blocked
+    fp32 / int8 kernels, ``sdot`` with ``+dotprod``; the plain lowering for other pipelines) and
+    ``compile_module`` (same Relax pipeline and default CPU schedules, with the target's 128-bit
+    NEON vector width and core count) -- the same tasks ``mcopt tune`` tunes for this target.
+    ``db``: a tuning database of this target (``mcopt tune``), applied as by
+    :func:`mcopt.targets.tune.apply.build_with_database`. The LLVM IR is checked and the object
+    code generated in a child process (module docstring): what LLVM cannot compile is a one-line
+    TargetError."""
+    from mcopt.targets.relax.builder import compile_module, lower_for, lowering_choices
 
     spec = get_target(target)
     if not is_arm_target(spec):
         raise TargetError(f"target {spec.name!r} is not an aarch64 target")
     tgt = spec.tvm_target()
-    with tgt:
-        mod = lower(graph, target=tgt)
-    ex = compile_module(mod, spec, pipeline)
+    report = None
+    if db is not None:
+        from mcopt.targets.tune.apply import compile_with_database
+
+        ex, choices, report = compile_with_database(graph, db, spec, repair=repair_db)
+        pipeline = "mcopt+db"
+    else:
+        with tgt:
+            mod = lower_for(graph, spec, pipeline)
+        choices = lowering_choices(mod)
+        ex = compile_module(mod, spec, pipeline)
     specs = [(v.name, tuple(v.shape), v.dtype) for v in graph.inputs]
     model = ArmCompiledModel(ex, spec.name, specs, [v.name for v in graph.outputs], pipeline)
+    model.choices = choices
+    if report is not None:
+        model.tuning_report = report
     model.generate_code()
     return model
 

@@ -46,6 +46,8 @@ QEMU = "qemu-aarch64"
 #: the syscall number that opens / closes a counting window (unused by Linux on aarch64)
 MARKER = 0x6D63
 GUEST = Path(__file__).with_name("icount_guest.py")
+#: what :class:`IcountJob` can count
+KINDS = ("tvm", "onnx", "kernel")
 
 
 def icount_root() -> Path:
@@ -162,8 +164,9 @@ def count_program(
 
 @dataclass
 class IcountJob:
-    """One model to count: ``kind`` "tvm" (an exported aarch64 Relax library) or "onnx" (an ONNX
-    file run by onnxruntime with one thread)."""
+    """One model to count: ``kind`` "tvm" (an exported aarch64 Relax library), "onnx" (an ONNX
+    file run by onnxruntime with one thread) or "kernel" (an exported library of one PrimFunc,
+    called with ``inputs`` as its buffers: a tuning candidate)."""
 
     name: str
     kind: str
@@ -179,16 +182,25 @@ def count_instructions(
     cpu: str | None = None,
     inline: bool = True,
     timeout: float = 3600.0,
+    partial: bool = False,
 ) -> list[dict[str, Any]]:
     """Count instructions per inference of each job in one guest process (the interpreter and the
     runtimes start once). Per job: ``{"name", "kind", "n", "window", "empty", "per_inference",
-    "cpu", "outputs"}`` (``outputs``: the warm-up run's, for checking the build)."""
+    "cpu", "outputs"}`` (``outputs``: the warm-up run's, for checking the build).
+
+    A failed guest run is a one-line TargetError naming the job; with ``partial`` it returns the
+    rows of the jobs counted before it, then ``{"name", "kind", "error"}`` for the job that failed
+    (the jobs after it did not run)."""
     _require()
     for job in jobs:
-        if job.kind not in ("tvm", "onnx"):
-            raise TargetError(f"job {job.name!r}: kind must be 'tvm' or 'onnx', not {job.kind!r}")
+        if job.kind not in KINDS:
+            raise TargetError(
+                f"job {job.name!r}: kind must be one of {', '.join(KINDS)}, not {job.kind!r}"
+            )
         if not Path(job.path).is_file():
             raise TargetError(f"job {job.name!r}: no file at {str(job.path)!r}")
+    if not jobs:
+        return []
     cpu = cpu or default_cpu()
     with tempfile.TemporaryDirectory(prefix="mcopt-icount-") as tmp:
         spec: dict[str, Any] = {"marker": MARKER, "jobs": []}
@@ -214,16 +226,14 @@ def count_instructions(
             proc = subprocess.run(
                 cmd, env=guest_env(), capture_output=True, text=True, timeout=timeout, cwd=tmp
             )
-        except subprocess.TimeoutExpired:
-            raise TargetError(f"counting instructions took over {timeout:.0f} s") from None
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MCOPT_ICOUNT ")]
-        if proc.returncode != 0 or len(lines) != len(jobs):
-            err = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-            failed = jobs[min(len(lines), len(jobs) - 1)].name
-            raise TargetError(
-                f"the counted aarch64 run failed at {failed} (exit {proc.returncode}): "
-                f"{err[-1] if err else 'no output'}"
-            )
+            stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
+            why = None
+        except subprocess.TimeoutExpired as e:
+            if not partial:
+                raise TargetError(f"counting instructions took over {timeout:.0f} s") from None
+            stdout = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else ""
+            stderr, rc, why = "", None, f"timed out after {timeout:.0f} s"
+        lines = [ln for ln in (stdout or "").splitlines() if ln.startswith("MCOPT_ICOUNT ")]
         results = []
         for job, ln, js in zip(jobs, lines, spec["jobs"]):
             row = json.loads(ln.split(" ", 1)[1])
@@ -232,6 +242,13 @@ def count_instructions(
             row["cpu"] = cpu
             row.update(job.extra)
             results.append(row)
+        if len(lines) < len(jobs) or (rc != 0 and not partial):
+            err = [ln for ln in (stderr or stdout or "").strip().splitlines() if ln.strip()]
+            failed = jobs[min(len(lines), len(jobs) - 1)]
+            why = why or f"exit {rc}: {err[-1] if err else 'no output'}"
+            if not partial:
+                raise TargetError(f"the counted aarch64 run failed at {failed.name} ({why})")
+            results.append({"name": failed.name, "kind": failed.kind, "error": why})
     return results
 
 

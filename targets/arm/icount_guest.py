@@ -3,10 +3,12 @@
 
     python3.11 icount_guest.py SPEC.json
 
-SPEC: ``{"marker": 28003, "jobs": [{"name", "kind": "tvm" | "onnx", "path", "inputs", "outputs",
-"n"}]}``. Per job: load the model (an exported TVM Relax library through the runtime's
-VirtualMachine, or an ONNX file in an onnxruntime session with one thread), run it once uncounted
-(warm-up; its outputs go to ``outputs`` as .npz), count an empty window (the marker calls alone),
+SPEC: ``{"marker": 28003, "jobs": [{"name", "kind": "tvm" | "onnx" | "kernel", "path", "inputs",
+"outputs", "n"}]}``. Per job: load the model (an exported TVM Relax library through the runtime's
+VirtualMachine, an ONNX file in an onnxruntime session with one thread, or a "kernel": one
+compiled PrimFunc, e.g. a MetaSchedule candidate, called with ``inputs`` as its buffers), run it
+once uncounted (warm-up; its outputs go to ``outputs`` as .npz; none for a kernel, whose outputs
+are buffers it writes), count an empty window (the marker calls alone),
 then a window around ``n`` inferences, and print one line
 ``MCOPT_ICOUNT {"name", "kind", "n", "window", "empty", "per_inference"}`` with
 ``per_inference = (window - empty) / n``.
@@ -64,6 +66,16 @@ def _tvm_runner(path, inputs):
     return (lambda: main(*args)), (lambda: _flat(main(*args)))
 
 
+def _kernel_runner(path, inputs):
+    import tvm
+
+    dev = tvm.cpu()
+    mod = tvm.runtime.load_module(path)
+    func = mod[getattr(mod, "entry_name", None) or "main"]
+    args = [tvm.runtime.tensor(a, dev) for a in inputs]
+    return (lambda: func(*args)), (lambda: [func(*args)][:0])
+
+
 def _onnx_runner(path, inputs):
     import onnxruntime as ort
 
@@ -84,7 +96,7 @@ def main(argv):
     for k, job in enumerate(spec["jobs"]):
         with np.load(job["inputs"]) as f:
             inputs = [f[f"arg{i}"] for i in range(len(f.files))]
-        make = {"tvm": _tvm_runner, "onnx": _onnx_runner}[job["kind"]]
+        make = {"tvm": _tvm_runner, "onnx": _onnx_runner, "kernel": _kernel_runner}[job["kind"]]
         run, run_outputs = make(job["path"], inputs)
         outs = run_outputs()  # warm-up, uncounted
         np.savez(job["outputs"], **{f"out{i}": np.asarray(o) for i, o in enumerate(outs)})

@@ -9,9 +9,15 @@ Directory ``db``:
   checked before TVM reads it (:mod:`mcopt.targets.tune.db`: a bad line is a one-line
   :class:`~mcopt.errors.TuningDatabaseError` naming file and line; ``repair=True`` drops it);
 - ``mcopt_tuning.json``: the target (TVM target JSON) and device the records were measured on
-  (opening the directory for another target is a one-line :class:`TargetError`) and
-  ``baseline_ms``: the measured latency of mcopt's default schedule of every task — a record is
-  installed only when it beats it, so a short tune never makes a kernel slower;
+  (opening the directory for another target is a one-line :class:`TargetError`), ``cost``: what
+  a record's ``run_secs`` hold (``{"measurer": "time", "unit": "seconds"}``: run times on this
+  host or an RPC device; ``{"measurer": "icount", "unit": "instructions", "qemu_cpu": ...}``:
+  executed aarch64 instructions per call counted under qemu, :class:`~.measure.IcountRunner`;
+  a database without it holds run times; tuning into a database of the other measurer is a
+  one-line :class:`TargetError`, a malformed entry a :class:`TuningDatabaseError`) and
+  ``baseline_ms`` (``baseline_instructions``): the measured cost of mcopt's default schedule of
+  every task — a record is installed only when it beats it, so a short tune never makes a kernel
+  slower;
 - ``logs/``: MetaSchedule's per-task logs.
 """
 
@@ -38,6 +44,44 @@ log = logging.getLogger(__name__)
 META_FILE = "mcopt_tuning.json"
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+
+
+#: ``cost["measurer"]`` -> (unit of ``run_secs``, unit shown, factor from ``run_secs`` to it)
+MEASURERS = {"time": ("seconds", "ms", 1e3), "icount": ("instructions", "instructions", 1.0)}
+
+
+def cost_info(measurer: str = "time", **extra: Any) -> dict[str, Any]:
+    """The ``cost`` entry of the metadata file for records measured by ``measurer``."""
+    return {"measurer": measurer, "unit": MEASURERS[measurer][0], **extra}
+
+
+def db_measurer(meta: dict[str, Any] | None) -> str:
+    """What measured the records of a database: "time" (also a database without ``cost``) or
+    "icount"."""
+    return str(((meta or {}).get("cost") or {}).get("measurer", "time"))
+
+
+def cost_unit(measurer: str) -> str:
+    """The unit costs are shown and kept in (``baseline_<unit>``): "ms" or "instructions"."""
+    return MEASURERS[measurer][1]
+
+
+def cost_scale(measurer: str) -> float:
+    """Factor from a record's ``run_secs`` to :func:`cost_unit`."""
+    return MEASURERS[measurer][2]
+
+
+def cost_key(meta: dict[str, Any] | None, what: str) -> str:
+    """The metadata entry of the untuned costs ``what`` ("baseline", "template") in the unit of
+    the database's measurer: ``baseline_ms`` / ``baseline_instructions``."""
+    return f"{what}_{cost_unit(db_measurer(meta))}"
+
+
+def _describe_cost(cost: dict[str, Any] | None) -> str:
+    cost = cost or cost_info("time")
+    if cost.get("measurer") == "icount":
+        return f"executed-instruction counts (qemu -cpu {cost.get('qemu_cpu', '?')})"
+    return "run times"
 
 
 def _target_key(target: tvm.target.Target) -> str:
@@ -69,6 +113,11 @@ def _read_meta(db: Path, *, repair: bool = False) -> dict[str, Any] | None:
             raise ValueError("no 'target' entry")
         if not isinstance(meta["target"], dict):
             raise ValueError("its 'target' is not a target object")
+        cost = meta.get("cost", {})
+        if not isinstance(cost, dict) or cost.get("measurer", "time") not in MEASURERS:
+            raise ValueError(f"its 'cost' is not one of the measurers {', '.join(MEASURERS)}")
+        if cost and cost.get("unit") != MEASURERS[cost.get("measurer", "time")][0]:
+            raise ValueError(f"its 'cost' unit {cost.get('unit')!r} is not its measurer's")
     except (ValueError, OSError) as e:
         if repair:
             log.warning("%s: corrupt (%s); written again", path, _first_line(e))
@@ -109,11 +158,14 @@ def check_database_dir(
     create: bool = False,
     device: str | None = None,
     repair: bool = False,
+    cost: dict[str, Any] | None = None,
 ) -> CheckReport:
     """Check (with ``repair``: repair) the database directory ``db`` for ``target`` before TVM
     reads it: the metadata file, the target, and every line of both JSON files
     (:func:`mcopt.targets.tune.db.check_database`). One-line errors: a missing directory (without
-    ``create``) or one for another target is a TargetError, a bad line a TuningDatabaseError."""
+    ``create``) or one for another target is a TargetError, a bad line a TuningDatabaseError.
+    ``cost`` (:func:`cost_info`; when tuning into ``db``): the measurer of the new records,
+    written into a new database; one whose records another measurer made is a TargetError."""
     spec = get_target(target)
     key = _target_key(spec.tvm_target())
     path = Path(db)
@@ -129,6 +181,11 @@ def check_database_dir(
             f"{json.dumps(meta['target'], sort_keys=True)} ({meta.get('device', '?')}), "
             f"not {key}; use a database directory per device"
         )
+    if meta is not None and cost is not None and db_measurer(meta) != cost["measurer"]:
+        raise TargetError(
+            f"tuning database {str(path / META_FILE)!r} holds {_describe_cost(meta.get('cost'))}, "
+            f"not {_describe_cost(cost)}; use a database directory per device and measurer"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         if meta is None:
@@ -138,6 +195,7 @@ def check_database_dir(
                 "target": json.loads(key),
                 "device": device or host_device(),
                 "tvm": tvm.__version__,
+                "cost": cost or cost_info("time"),
             }
             _write_json(path / META_FILE, meta)
     except OSError as e:
@@ -156,8 +214,9 @@ def _open(
     create: bool = False,
     device: str | None = None,
     repair: bool = False,
+    cost: dict[str, Any] | None = None,
 ) -> tuple[ms.database.JSONDatabase, CheckReport]:
-    report = check_database_dir(db, target, create=create, device=device, repair=repair)
+    report = check_database_dir(db, target, create=create, device=device, repair=repair, cost=cost)
     try:
         database = ms.database.JSONDatabase(work_dir=str(db), module_equality="structural")
     except Exception as e:  # checked line by line above: not expected
@@ -208,10 +267,20 @@ def merge_databases(
                 f"cannot merge {str(d)!r}: its records are for target "
                 f"{json.dumps(meta['target'], sort_keys=True)}, not {key}"
             )
+        if db_measurer(meta) != db_measurer(metas[0]):
+            raise TargetError(
+                f"cannot merge {str(d)!r}: its records are {_describe_cost(meta.get('cost'))}, "
+                f"not {_describe_cost(metas[0].get('cost'))}"
+            )
     outp = Path(out)
     out_meta = _read_meta(outp) if outp.is_dir() else None
     if out_meta is not None and json.dumps(out_meta["target"], sort_keys=True) != key:
         raise TargetError(f"cannot merge into {str(outp)!r}: it holds another target's records")
+    if out_meta is not None and db_measurer(out_meta) != db_measurer(metas[0]):
+        raise TargetError(
+            f"cannot merge into {str(outp)!r}: it holds "
+            f"{_describe_cost(out_meta.get('cost'))}, not {_describe_cost(metas[0].get('cost'))}"
+        )
     outp.mkdir(parents=True, exist_ok=True)
     if out_meta is None:
         devices = sorted({m.get("device", "?") for m in metas})
@@ -248,10 +317,16 @@ def _record_key(rec: Any) -> str:
 
 
 __all__ = [
+    "MEASURERS",
     "META_FILE",
     "RECORD_FILE",
     "WORKLOAD_FILE",
     "check_database_dir",
+    "cost_info",
+    "cost_key",
+    "cost_scale",
+    "cost_unit",
+    "db_measurer",
     "host_device",
     "merge_databases",
     "open_database",

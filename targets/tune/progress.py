@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ProgressEvent:
-    """Sent to the ``progress`` callback after every measured batch."""
+    """Sent to the ``progress`` callback after every measured batch. ``best_ms``: the best cost
+    so far per task, in ``unit``: milliseconds, or executed instructions ("instructions") when
+    the candidates are measured by instruction count (an ARM target without a device)."""
 
     task: str
     task_index: int
@@ -26,13 +28,29 @@ class ProgressEvent:
     trials_done: int
     trials_total: int
     best_ms: dict[str, float]
+    unit: str = "ms"
+
+
+def format_cost(value: float | None, unit: str = "ms") -> str:
+    """``0.1234 ms`` / ``1,234,567 instructions`` / ``-``."""
+    if value is None:
+        return "-"
+    return f"{value:.4f} ms" if unit == "ms" else f"{value:,.0f} {unit}"
 
 
 @derived_object
 class _ProgressCallback(ms.measure_callback.PyMeasureCallback):
-    """Counts measured trials and the best latency per task; forwards a ProgressEvent."""
+    """Counts measured trials and the best cost per task; forwards a ProgressEvent."""
 
-    def __init__(self, names: list[str], total: int, fn: Callable[[ProgressEvent], None]):
+    def __init__(
+        self,
+        names: list[str],
+        total: int,
+        fn: Callable[[ProgressEvent], None],
+        scale: float = 1e3,
+        unit: str = "ms",
+    ):
+        self.scale, self.unit = scale, unit
         self.names = names
         self.total = total
         self.fn = fn
@@ -51,10 +69,12 @@ class _ProgressCallback(ms.measure_callback.PyMeasureCallback):
                 self.first_error = lines[-1] if lines else str(err)
             if err is None and rr.run_secs:
                 self.ok += 1
-                ms_ = 1e3 * sum(float(s) for s in rr.run_secs) / len(rr.run_secs)
-                self.best[name] = min(self.best.get(name, math.inf), ms_)
+                cost = self.scale * sum(float(s) for s in rr.run_secs) / len(rr.run_secs)
+                self.best[name] = min(self.best.get(name, math.inf), cost)
         self.fn(
-            ProgressEvent(name, task_id, len(self.names), self.done, self.total, dict(self.best))
+            ProgressEvent(
+                name, task_id, len(self.names), self.done, self.total, dict(self.best), self.unit
+            )
         )
 
 
@@ -80,10 +100,8 @@ class RichProgress:
         if self._id is None:
             self._p.start()
             self._id = self._p.add_task("", total=ev.trials_total)
-        best = ev.best_ms.get(ev.task)
-        desc = f"{ev.task} ({ev.task_index + 1}/{ev.num_tasks}) best " + (
-            f"{best:.4f} ms" if best is not None else "-"
-        )
+        best = format_cost(ev.best_ms.get(ev.task), ev.unit)
+        desc = f"{ev.task} ({ev.task_index + 1}/{ev.num_tasks}) best {best}"
         self._p.update(self._id, completed=min(ev.trials_done, ev.trials_total), description=desc)
 
     def close(self) -> None:
@@ -92,10 +110,9 @@ class RichProgress:
 
 
 def _log_progress(ev: ProgressEvent) -> None:
-    best = ev.best_ms.get(ev.task)
     log.info(
-        "tuning %d/%d trials; %s best %s ms",
-        ev.trials_done, ev.trials_total, ev.task, "-" if best is None else f"{best:.4f}",
+        "tuning %d/%d trials; %s best %s",
+        ev.trials_done, ev.trials_total, ev.task, format_cost(ev.best_ms.get(ev.task), ev.unit),
     )  # fmt: skip
 
 

@@ -48,14 +48,18 @@ def extract_tasks(mod: tvm.IRModule, target: str | TargetSpec = "cpu") -> list[m
     return [t for t in tasks if not _is_scheduled(t.dispatched[0]["main"])]
 
 
-def _task_records(db: ms.database.Database, wl_mod: tvm.IRModule) -> tuple[int, float | None]:
+def _task_records(
+    db: ms.database.Database, wl_mod: tvm.IRModule, scale: float = 1e3
+) -> tuple[int, float | None]:
+    """Records of a task and its best mean cost times ``scale`` (``run_secs`` -> ms by default;
+    :func:`~.dbdir.cost_scale` of the database's measurer)."""
     if not db.has_workload(wl_mod):
         return 0, None
     recs = db.get_top_k(db.commit_workload(wl_mod), 1 << 20)
     best = None
     if recs:
         best = min(float(sum(float(s) for s in r.run_secs) / len(r.run_secs)) for r in recs)
-    return len(recs), None if best is None else best * 1e3
+    return len(recs), None if best is None else best * scale
 
 
 def _workload_key(db: ms.database.Database, wl_mod: tvm.IRModule) -> str:

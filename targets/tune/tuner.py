@@ -7,7 +7,10 @@ passes disabled (:func:`tuning_module`); each distinct unscheduled fused PrimFun
 tuned by MetaSchedule's evolutionary search (Shao et al., "Tensor Program Optimization with
 Probabilistic Programs", NeurIPS 2022) guided by its XGBoost cost model (``random`` when
 ``xgboost`` is absent), measured by ``LocalRunner`` or, with ``rpc="host:port"`` and ``key``,
-by ``RPCRunner`` through a TVM RPC tracker. mcopt's kernel templates (functions marked
+by ``RPCRunner`` through a TVM RPC tracker; for an ARM (aarch64) target without a device, by
+the instructions each candidate executes under qemu-user with the counting plugin
+(:class:`~mcopt.targets.tune.measure.IcountRunner`, ``scripts/setup_icount.sh``: a measured cost,
+lower is better, recorded as such in the database). mcopt's kernel templates (functions marked
 ``mcopt.template``) are tuned in the template's own design space, seeded with the template's
 analytic choice (:mod:`mcopt.targets.tune.space`). Tuning never changes numerics (lossless).
 
@@ -57,6 +60,10 @@ from mcopt.targets.tune.dbdir import (
     _read_meta,
     _trust_database_files,
     check_database_dir,
+    cost_info,
+    cost_key,
+    cost_scale,
+    cost_unit,
     host_device,
     merge_databases,
     open_database,
@@ -67,6 +74,7 @@ from mcopt.targets.tune.measure import (
     _parse_rpc,
     _seed_template,
     check_tracker,
+    icount_cost,
     make_builder,
     make_runner,
 )
@@ -75,6 +83,7 @@ from mcopt.targets.tune.progress import (
     RichProgress,
     _log_progress,
     _ProgressCallback,
+    format_cost,
 )
 from mcopt.targets.tune.scheduler import (
     CommittingScheduler,
@@ -88,7 +97,8 @@ from mcopt.targets.tune.space import install_tensor_intrin, space_for, template_
 
 @dataclass
 class TaskResult:
-    """One tuning task: its name, calls per inference, records before/after, best latency."""
+    """One tuning task: its name, calls per inference, records before/after, best latency
+    (``best_ms``) or, measured by instruction count, best executed instructions per call."""
 
     name: str
     weight: int
@@ -96,11 +106,13 @@ class TaskResult:
     records_before: int
     records_after: int
     best_ms: float | None
+    best_instructions: float | None = None
 
 
 @dataclass
 class TuneReport:
-    """What :func:`tune` did. ``trials`` counts the measurements of this run."""
+    """What :func:`tune` did. ``trials`` counts the measurements of this run; ``measurer``:
+    "time" (run times) or "icount" (executed instructions under qemu)."""
 
     target: str
     device: str
@@ -111,6 +123,7 @@ class TuneReport:
     seconds: float
     cost_model: str
     repaired: str = ""
+    measurer: str = "time"
 
     @property
     def skipped(self) -> bool:
@@ -124,11 +137,12 @@ class TuneReport:
             f"database {self.db}",
             *([self.repaired] if self.repaired else []),
             "",
-            "| task | calls | template | records | best ms |",
+            f"| task | calls | template | records | best {cost_unit(self.measurer)} |",
             "|---|---:|---|---:|---:|",
         ]
         for t in self.tasks:
-            best = "-" if t.best_ms is None else f"{t.best_ms:.4f}"
+            cost = t.best_ms if self.measurer == "time" else t.best_instructions
+            best = format_cost(cost, cost_unit(self.measurer)).split(" ")[0]
             lines.append(
                 f"| {t.name} | {t.weight} | {t.template or ''} | {t.records_after} | {best} |"
             )
@@ -155,7 +169,9 @@ def tune(
 
     ``db``: the database directory of this device (created; reused and extended by a rerun).
     ``rpc``/``key``: measure on remote devices registered under ``key`` at the tracker
-    ``rpc = "host:port"``. ``progress``: a callback taking :class:`ProgressEvent`, True for a
+    ``rpc = "host:port"``. Without ``rpc``, an ARM target (which this host cannot run) is
+    measured by executed instructions per candidate call under qemu-user (``scripts/
+    setup_icount.sh``; missing: a one-line TargetError); the database records which. ``progress``: a callback taking :class:`ProgressEvent`, True for a
     rich progress bar, False for none; None = a bar on a terminal, log lines otherwise.
     ``cost_model``: ``"xgb"``, ``"random"`` or ``"auto"`` (xgb when xgboost is installed).
     ``strategy``: ``"evolutionary"``, ``"replay-trace"`` or a MetaSchedule SearchStrategy.
@@ -176,33 +192,45 @@ def tune(
         cost_model = "xgb" if importlib.util.find_spec("xgboost") else "random"
     if cost_model not in ("xgb", "random"):
         raise OptionError(f"cost_model must be 'xgb', 'random' or 'auto', got {cost_model!r}")
-    device = f"rpc {key}@{rpc}" if rpc else host_device()
+    cost = cost_info("time")
+    if rpc is None and _counts_instructions(spec):  # checked before any work
+        cost = icount_cost(spec)
+    if rpc is not None:
+        device = f"rpc {key}@{rpc}"
+    elif cost["measurer"] == "icount":
+        device = f"qemu-aarch64 -cpu {cost['qemu_cpu']} (executed instructions)"
+    else:
+        device = host_device()
     if rpc is not None:  # validate before any work
         _parse_rpc(rpc)
         if not key:
             raise OptionError("remote tuning (--rpc) needs the device key (--key)")
         check_tracker(rpc, key)
+    cross = rpc is not None or cost["measurer"] == "icount"  # libraries cross-linked for aarch64
+    scale = cost_scale(cost["measurer"])
     t0 = time.perf_counter()
     tasks = extract_tasks(tuning_module(graph, spec), spec)
-    database, checked = _open(db, spec, create=True, device=device, repair=repair)
+    database, checked = _open(db, spec, create=True, device=device, repair=repair, cost=cost)
     names = [t.task_name for t in tasks]
     wls = [t.dispatched[0] for t in tasks]
     before = [_task_records(database, wl)[0] for wl in wls]
     remaining = max(0, trials - sum(before))
     done = 0
-    base = (_read_meta(Path(db)) or {}).get("baseline_ms", {})
+    meta = _read_meta(Path(db)) or {}
+    base = meta.get(cost_key(meta, "baseline"), {})
     no_base = any(
         template_of(wl["main"]) is None and _workload_key(database, wl) not in base for wl in wls
     )
     if tasks and remaining == 0 and no_base:  # e.g. a database made before baselines existed
-        builder = make_builder(tgt, remote=rpc is not None)
+        builder = make_builder(tgt, remote=cross)
         try:
-            _measure_baselines(database, Path(db), wls, spec, builder, make_runner(rpc, key))
+            runner = make_runner(rpc, key, cost=cost)
+            _measure_baselines(database, Path(db), wls, spec, builder, runner)
         finally:
             builder.shutdown()
     if tasks and remaining > 0:
-        builder = make_builder(tgt, remote=rpc is not None)
-        runner = make_runner(rpc, key)
+        builder = make_builder(tgt, remote=cross)
+        runner = make_runner(rpc, key, cost=cost)
         for wl, n in zip(wls, before, strict=True):
             if n == 0 and template_of(wl["main"]) is not None:
                 _seed_template(database, Path(db), wl, tgt, builder, runner)
@@ -211,7 +239,7 @@ def tune(
             progress = True if sys.stderr.isatty() else _log_progress
         bar = RichProgress() if progress is True else None
         fn = bar if bar is not None else (progress or (lambda ev: None))
-        cb = _ProgressCallback(names, remaining, fn)  # type: ignore[arg-type]
+        cb = _ProgressCallback(names, remaining, fn, scale, cost_unit(cost["measurer"]))  # type: ignore[arg-type]
         ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
         if ms_log.level == logging.NOTSET:  # its console handler copies this level
             ms_log.setLevel(logging.WARNING)
@@ -264,15 +292,34 @@ def tune(
             )
     results = []
     for t, wl, n in zip(tasks, wls, before, strict=True):
-        after, best = _task_records(database, wl)
+        after, best = _task_records(database, wl, scale)
+        timed = cost["measurer"] == "time"
         results.append(
-            TaskResult(t.task_name, int(t.weight), template_of(wl["main"]), n, after, best)
+            TaskResult(
+                t.task_name,
+                int(t.weight),
+                template_of(wl["main"]),
+                n,
+                after,
+                best if timed else None,
+                None if timed else best,
+            )
         )
     _trust_database_files(Path(db))  # what TVM appended in this run is known good
     return TuneReport(
         spec.name, device, Path(db), results, done, trials, time.perf_counter() - t0, cost_model,
-        checked.message(),
+        checked.message(), cost["measurer"],
     )  # fmt: skip
+
+
+def _counts_instructions(spec: TargetSpec) -> bool:
+    """Whether candidates for ``spec`` are measured by instruction count when no device is
+    attached: an aarch64 target on a host of another architecture."""
+    import platform
+
+    from mcopt.targets.arm.builder import is_arm_target
+
+    return is_arm_target(spec) and platform.machine().lower() not in ("aarch64", "arm64")
 
 
 __all__ = [
