@@ -16,6 +16,7 @@ import numpy as np
 from tvm import relax
 
 from mcopt.ir.core import Node
+from mcopt.ir.types import BlockedLayout
 from mcopt.ops.quant import output_bounds, requant_multiplier, weight_scales
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
 
@@ -72,7 +73,16 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     x_v = node.inputs[0]
     assert x_v is not None
     bb = vals.ctx.bb
-    x, lx = vals.blocked_of(x_v)
+    plain_in = (
+        x_v.type.layout is None
+        and node.attrs["kernel"] != "int8_depthwise"
+        and int(at["groups"]) == 1
+        and any(at["pads"])
+    )
+    if plain_in:  # the image: the kernel's padded copy reads NCHW and blocks it (no to_nchwc)
+        x, lx = vals.plain_of(x_v), BlockedLayout(1, x_v.shape[1], x_v.shape[1])
+    else:
+        x, lx = vals.blocked_of(x_v)
     ep = q_epilogue(node)
     w, b, mult = _consts(node, lout.padded)
     isa = choose_isa(target, _is_7bit(w))
@@ -137,7 +147,7 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     params = choose_params(
         oh * ow if flat else ow, occ if gwin is None else 1, isa, lanes, oh, cores
     )
-    in_shape = lx.blocked_shape(tuple(x_v.shape))
+    in_shape = tuple(x_v.shape) if plain_in else lx.blocked_shape(tuple(x_v.shape))
     func, flat = int8_conv2d_nchwc(
         in_shape, wp.shape, at["strides"], at["pads"], at["dilations"],
         in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, params=params, window=window,

@@ -97,14 +97,20 @@ def int8_conv2d_nchwc(
     (:func:`grouped_window_weight` builds the matching ``(OCp, W*ib, KH, KW)`` weight, zero
     outside each channel's group); ``W*ib`` is ``ICg`` when the groups fill whole blocks.
 
-    ``in_shape``: the blocked input ``(N, ICb, H, W, ib)``; ``weight_shape``: ``(OCp, ICp, KH,
+    ``in_shape``: the blocked input ``(N, ICb, H, W, ib)``, or a plain ``(N, C, H, W)`` one
+    (the image; only through the padded copy, which then also does the blocking); ``weight_shape``: ``(OCp, ICp, KH,
     KW)`` with ``OCp`` a multiple of ``L`` and ``ICp = ICb * ib``. Arguments: ``x``, ``kernel``
     ``(OCp/L, ICp4/4, KH, KW, L, 4)`` int8, ``bias (OCp/L, L)`` int32, ``mult (OCp/L, L)`` f32,
     ``residual`` (output shape, dtype ``epilogue.residual``) when there is one, ``out``. When
     flat, ``x`` is ``(N, ICb, H*W, ib)`` and the residual / output ``(N, OCb, H*W, L)``."""
     from tvm import s_tir, te, tirx
 
-    n, icb_n, h, w, ib = (int(d) for d in in_shape)
+    plain = len(in_shape) == 4  # an NCHW input (the image): read by the padded copy directly
+    if plain:
+        n, icb_n, h, w = (int(d) for d in in_shape)
+        ib = 1
+    else:
+        n, icb_n, h, w, ib = (int(d) for d in in_shape)
     ocp, icp, kh, kw = (int(d) for d in weight_shape)
     if window and (icp > icb_n * ib or _pair(tuple(dilations))[1] != 1):
         raise ValueError(f"window form: {icp} channels of {icb_n} x {ib}, dilations {dilations}")
@@ -163,7 +169,11 @@ def int8_conv2d_nchwc(
         )
         out_shape: tuple[int, ...] = (n, occ, h * w, lanes)
     else:
-        x = te.placeholder((n, icb_n, h, w, ib), in_dtype, name="x")
+        x = te.placeholder(tuple(int(d) for d in in_shape), in_dtype, name="x")
+
+        def xread(b: Any, c: Any, y: Any, xx: Any) -> Any:
+            return x[b, c, y, xx] if plain else x[b, c // ib, y, xx, c % ib]
+
         kw_loop, kw_step = kw, dw
         if window:
             kw_loop, kw_step = window_groups(kw), 4
@@ -174,8 +184,8 @@ def int8_conv2d_nchwc(
             def win_fn(b, c, y, xx, t):
                 iy, ix = y - pt, xx + t - pl
                 inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
-                val = x[b, c // ib, tirx.min(tirx.max(iy, 0), h - 1),
-                        tirx.min(tirx.max(ix, 0), w - 1), c % ib]  # fmt: skip
+                val = xread(b, c, tirx.min(tirx.max(iy, 0), h - 1),
+                            tirx.min(tirx.max(ix, 0), w - 1))  # fmt: skip
                 if shift:
                     val = (val.astype("int32") + shift).astype(a_dtype)
                 return tirx.if_then_else(inside, val, tirx.const(pad_val, a_dtype))
@@ -195,8 +205,8 @@ def int8_conv2d_nchwc(
                 c = cb * pb_ + k
                 inside = tirx.all(y >= pt, y < h + pt, xx >= pl, xx < w + pl, c < ic_all)
                 cc = tirx.min(c, ic_all - 1)
-                val = x[b, cc // ib, tirx.min(tirx.max(y - pt, 0), h - 1),
-                        tirx.min(tirx.max(xx - pl, 0), w - 1), cc % ib]  # fmt: skip
+                val = xread(b, cc, tirx.min(tirx.max(y - pt, 0), h - 1),
+                            tirx.min(tirx.max(xx - pl, 0), w - 1))  # fmt: skip
                 if shift:
                     val = (val.astype("int32") + shift).astype(a_dtype)
                 return tirx.if_then_else(inside, val, tirx.const(pad_val, a_dtype))
