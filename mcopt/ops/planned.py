@@ -37,7 +37,8 @@ from mcopt.ops.nn import (
     conv2d_ref,
     dense_ref,
 )
-from mcopt.ops.schema import REQUIRED, Attrs, InTypes, OpSchema, register_op
+from mcopt.ops.quant import QDTYPES, _qconv2d_check, dequantize_array, qconv2d_ref, quantize_array
+from mcopt.ops.schema import REQUIRED, Attrs, InTypes, OpSchema, get_schema, register_op
 
 ACTIVATIONS = ("none", "relu", "relu6", "clip", "hard_swish", "hard_sigmoid")
 CONV_KERNELS = ("direct", "depthwise", "winograd", "grouped", "block_diagonal", "plain")
@@ -229,8 +230,6 @@ _QBASE = ("strides", "pads", "dilations", "groups", "x_scale", "x_zero_point", "
 
 
 def _fused_qconv_check(t: InTypes, a: Attrs) -> str | None:
-    from mcopt.ops.quant import QDTYPES, _qconv2d_check
-
     reason = _qconv2d_check(t[:3], {k: a[k] for k in _QBASE})
     if reason is not None:
         return reason
@@ -268,8 +267,6 @@ def fused_qconv2d_ref(
     **a: object,
 ) -> np.ndarray:
     """``qconv2d`` then (float base) ``+ dequantize(residual)``, the post clamp, ``quantize``."""
-    from mcopt.ops.quant import dequantize_array, qconv2d_ref, quantize_array
-
     y = qconv2d_ref(x, w, b, in_types=in_types, **{k: a[k] for k in _QBASE})
     if a["out_dtype"] != "float32":
         return y
@@ -292,17 +289,7 @@ register_op(
         y = (y * np.clip(y / 6 + 0.5, 0, 1)).astype(np.float32)
         inputs=("x", "w", "b?", "residual?"),
         attrs={
-            "strides": (1, 1),
-            "pads": (0, 0, 0, 0),
-            "dilations": (1, 1),
-            "groups": 1,
-            "x_scale": 1.0,
-            "x_zero_point": 0,
-            "out_dtype": "float32",
-            "out_scale": 1.0,
-            "out_zero_point": 0,
-            "act_min": -math.inf,
-            "act_max": math.inf,
+            **get_schema("qconv2d").attrs,  # the base qconv2d's attributes, then its tail's
             "residual_scale": 1.0,
             "residual_zero_point": 0,
             "post_min": -math.inf,
@@ -317,7 +304,7 @@ register_op(
         reference=fused_qconv2d_ref,
             "post_act": "none",
         reference_types=True,
-        macs=lambda t, out, a: out[0].size * t[1].shape[1] * t[1].shape[2] * t[1].shape[3],  # type: ignore[union-attr]
+        macs=get_schema("qconv2d").macs,
         doc="a planned int8 conv: qconv2d, then (float base) + dequantize(residual), clamp to "
         "[post_min, post_max], post_act (hard_swish) and quantize(q_scale, q_zero_point) -- the "
         "graph's int8 block as one kernel.",
