@@ -14,6 +14,7 @@ by (op, kernel attribute / layout):
 - ``fused_dense``: ``dense`` -> ``emit_dense``, ``sparse`` -> the block-CSR kernel;
 - an op whose output type carries a :class:`~mcopt.ir.BlockedLayout` (per-channel elementwise ops,
   pooling, channel concat, ``permute_channels``) runs on blocked tensors;
+- ``fused_qconv2d``: the blocked int8 kernels (:mod:`mcopt.targets.cpu.lower_int8`);
 - every other op uses its ordinary lowering from :data:`~mcopt.targets.relax.lower.LOWERINGS` on NCHW.
 
 Layout transforms are emitted at the boundaries between blocked and plain values, once per (value,

@@ -19,6 +19,12 @@ the verifier and run by the interpreter:
    ``block_diagonal`` / ``plain`` for grouped convs by the grouped kernel's cost model, ``sparse``
    for a pruned (CSR) dense weight where the sparse kernel wins
    (:func:`mcopt.targets.cpu.kernels.sparse.sparse_wins`).
+4. **int8 end to end** (:mod:`mcopt.targets.cpu.plan_int8`): every ``qconv2d`` with the residual
+   add, clamp / hard-swish and quantize after it becomes one ``fused_qconv2d`` whose 8-bit output
+   stays blocked (``u8[...]@NCHW16c``); a quantize is first moved below max pools, concats,
+   reshapes and transposes (exact), so pools, concats and shuffles run on 8-bit data. Kernel:
+   ``int8`` (channel blocks), ``int8_window`` (4 kernel columns per dot product, few input
+   channels), ``int8_depthwise``, ``plain``.
 
 The lowering (:func:`mcopt.targets.cpu.lower_planned.lower_planned`) then reads the planned graph and decides
 nothing.
