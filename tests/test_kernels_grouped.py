@@ -23,6 +23,7 @@ from mcopt.targets.cpu.kernels.grouped import (
 )
 from mcopt.targets.cpu.kernels.layout import pack_nchwc, unpack_nchwc
 from mcopt.targets.cpu.plan import block_diagonal, block_for, plan_graph
+from mcopt.targets.cpu.planning import plan_cpu
 
 RNG = np.random.default_rng(7)
 
@@ -53,44 +54,56 @@ def _grouped_ref(x: np.ndarray, w: np.ndarray, groups: int, stride: int = 1, pad
     return out
 
 
-def _geom(ic: int, oc: int, groups: int, lanes: int = 8, reg_c: int = 1):
+def _geom(ic: int, oc: int, groups: int, lanes: int = 8, reg_c: int = 1, exact=None):
     li, lo = block_for(ic, lanes), block_for(oc, lanes)
     return grouped_geometry(
-        ic, oc, groups, li.bn, li.padded // li.bn, lo.bn, lo.padded // lo.bn, reg_c
+        ic, oc, groups, li.bn, li.padded // li.bn, lo.bn, lo.padded // lo.bn, reg_c, exact
     )
 
 
 # --- geometry and packing (numpy only) -------------------------------------------------------------
 def test_geometry_of_shufflenet_and_aligned_groups() -> None:
     g = _geom(136, 136, 4)  # 34 channels per group in blocks of 8: windows of 5 blocks
-    assert (g.window, g.nbi, g.copies, g.direct) == (5, 5, 2, False)
-    assert g.waste == pytest.approx(20 * 5 * 64 / (136 * 34))
-    assert g.waste < 1.5 < 4  # block-diagonal: 4x
+    assert (g.window, g.nbi, g.copies, g.direct, g.exact) == (5, 5, 2, False, True)
+    assert g.reduction == 34  # exact: the group's own 34 channels, not the 40 of its window
+    assert g.waste == pytest.approx(20 * 8 * 34 / (136 * 34))
+    blocks = _geom(136, 136, 4, exact=False)
+    assert blocks.reduction == 40 and blocks.waste == pytest.approx(20 * 5 * 64 / (136 * 34))
+    assert g.waste < blocks.waste < 1.5 < 4  # block-diagonal: 4x
     g = _geom(544, 544, 4, reg_c=1)  # 136 = 17 blocks per group: the internal space is the home one
-    assert (g.window, g.nbi, g.copies, g.direct, g.waste) == (17, 17, 1, True, 1.0)
+    assert (g.window, g.nbi, g.copies, g.direct, g.waste, g.exact) == (17, 17, 1, True, 1.0, False)
     assert not _geom(544, 544, 4, reg_c=3).direct  # nbi rounded up to 18
     g = _geom(20, 32, 4)  # input 20 channels padded to 24: icg = 5
-    assert (g.in_blocks, g.window, g.start(3)) == (3, 2, 1)
+    assert (g.in_blocks, g.window, g.start(3), g.reduction) == (3, 2, 1, 5)
     g = _geom(128, 128, 32)  # ResNeXt: 4 channels per group, 2 groups per block
-    assert (g.window, g.nbi, g.copies, g.waste) == (1, 1, 2, 4.0)
+    assert (g.window, g.nbi, g.copies, g.waste, g.reduction) == (1, 1, 2, 2.0, 4)
+    assert _geom(128, 128, 32, exact=False).waste == 4.0
     with pytest.raises(ValueError, match="groups"):
         grouped_geometry(30, 30, 4, 8, 4, 8, 4)
 
 
 def test_relative_cost_prefers_block_diagonal_only_for_tiny_reductions() -> None:
     assert relative_cost(_geom(272, 272, 4), (1, 1)) < 0.5
-    assert relative_cost(_geom(24, 112, 4), (1, 1)) > 1.0  # 6 input channels per group
+    # 6 input channels per group: the grouped kernel, unless a permuted epilogue's gather
+    # (a fused channel shuffle) makes the block-diagonal conv (rows permuted) faster
+    assert relative_cost(_geom(24, 112, 4), (1, 1)) < 1.0
+    assert relative_cost(_geom(24, 112, 4), (1, 1), permuted=True) > 1.0
+    assert relative_cost(_geom(24, 112, 4, exact=False), (1, 1)) > 1.0
 
 
+@pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize(
     ("ic", "oc", "groups", "reg_c"),
     [(136, 136, 4, 3), (112, 112, 4, 4), (20, 32, 4, 1), (32, 48, 8, 2), (64, 64, 2, 2)],
 )
-def test_internal_layout_reproduces_grouped_conv(ic: int, oc: int, groups: int, reg_c: int) -> None:
-    """Emulate the kernel in numpy: windowed reduction over the packed weight into the internal
-    blocks, then the epilogue's sum of copies, equals the grouped conv (1x1, all positions); the
-    permuted epilogue (``output_source``) reads a channel shuffle of it."""
-    geom = _geom(ic, oc, groups, reg_c=reg_c)
+def test_internal_layout_reproduces_grouped_conv(
+    ic: int, oc: int, groups: int, reg_c: int, exact: bool
+) -> None:
+    """Emulate the kernel in numpy: windowed (or exact: over the group's own channels) reduction
+    over the packed weight into the internal blocks, then the epilogue's sum of copies, equals the
+    grouped conv (1x1, all positions); the permuted epilogue (``output_source``) reads a channel
+    shuffle of it."""
+    geom = _geom(ic, oc, groups, reg_c=reg_c, exact=exact)
     w = _rand(oc, ic // groups, 1, 1)
     x = _rand(1, ic, 3, 3)
     ibn, obn = geom.ic_bn, geom.oc_bn
@@ -100,9 +113,15 @@ def test_internal_layout_reproduces_grouped_conv(ic: int, oc: int, groups: int, 
     kb = pack_grouped_weight(w, geom, obn * reg_c)  # (NI/reg_c, L, 1, 1, ibn, reg_c*obn)
     conv = np.zeros((1, geom.internal_blocks, 3, 3, obn))
     for i in range(geom.internal_blocks):
+        lanes = slice((i % reg_c) * obn, (i % reg_c + 1) * obn)
+        if exact:  # kb (NI/reg_c, icg, 1, 1, 1, reg_c*obn) over the group's channels of x
+            g = i // geom.nbi
+            xs = x[0, g * geom.icg : (g + 1) * geom.icg].astype(np.float64)  # (icg, 3, 3)
+            conv[0, i] = np.einsum("jyx,jo->yxo", xs, kb[i // reg_c, :, 0, 0, 0, lanes])
+            continue
         s = geom.start(i // geom.nbi)
         win = xb[0, s : s + geom.window].astype(np.float64)  # (L, 3, 3, ibn)
-        kt = kb[i // reg_c, :, 0, 0, :, (i % reg_c) * obn : (i % reg_c + 1) * obn]  # (L, ibn, obn)
+        kt = kb[i // reg_c, :, 0, 0, :, lanes]  # (L, ibn, obn)
         conv[0, i] = np.einsum("lyxc,lco->yxo", win, kt)
     out = np.zeros((1, geom.out_blocks, 3, 3, obn))
     for b in range(geom.out_blocks):
@@ -157,15 +176,19 @@ def test_plan_keeps_grouped_weights_compact_and_fuses_residual() -> None:
 # --- the scheduled kernel ---------------------------------------------------------------------------
 @pytest.mark.tvm
 @pytest.mark.parametrize(
-    ("ic", "oc", "groups", "k", "stride", "pad", "act"),
+    ("ic", "oc", "groups", "k", "stride", "pad", "act", "variant"),
     [
-        (136, 136, 4, 1, 1, 0, "relu"),  # ShuffleNet: 34 channels per group, straddling blocks
-        (64, 64, 2, 3, 1, 1, "relu6"),  # aligned groups: the direct (template) schedule
-        (20, 32, 4, 3, 2, 1, None),  # input padded 20 -> 24, stride 2, 5 channels per group
-        (32, 48, 8, 1, 1, 0, "relu"),  # tiny groups: 4 -> 6 channels
+        (136, 136, 4, 1, 1, 0, "relu", None),  # ShuffleNet: 34 per group, straddling blocks
+        (136, 136, 4, 1, 1, 0, "relu", "blocks"),  # the same over whole input blocks
+        (136, 136, 4, 1, 1, 0, "relu", "in_perm"),  # a channel shuffle sunk into the input
+        (64, 64, 2, 3, 1, 1, "relu6", None),  # aligned groups: the direct (template) schedule
+        (64, 64, 2, 3, 1, 1, "relu6", "in_perm"),  # aligned, input permuted (exact, 3x3)
+        (20, 32, 4, 3, 2, 1, None, None),  # input padded 20 -> 24, stride 2, 5 channels per group
+        (20, 32, 4, 3, 2, 1, None, "in_perm"),  # padded input read through a permutation
+        (32, 48, 8, 1, 1, 0, "relu", None),  # tiny groups: 4 -> 6 channels
     ],
 )
-def test_kernel_matches_float64_reference(ic, oc, groups, k, stride, pad, act) -> None:
+def test_kernel_matches_float64_reference(ic, oc, groups, k, stride, pad, act, variant) -> None:
     tvm = pytest.importorskip("tvm")
     from mcopt.targets.cpu.kernels.epilogue import Epilogue
     from mcopt.targets.cpu.kernels.grouped import choose_grouped_params, grouped_conv2d_nchwc
@@ -176,15 +199,20 @@ def test_kernel_matches_float64_reference(ic, oc, groups, k, stride, pad, act) -
     li, lo = block_for(ic, 8), block_for(oc, 8)
     h = 9
     x, w, b = _rand(1, ic, h, h), _rand(oc, ic // groups, k, k), _rand(oc)
-    conv = _grouped_ref(x, w, groups, stride, pad)
+    perm = np.arange(ic).reshape(groups, -1).T.reshape(-1)  # a channel shuffle of the input
+    conv = _grouped_ref(x[:, perm] if variant == "in_perm" else x, w, groups, stride, pad)
     res = _rand(*conv.shape)
     ep = Epilogue(True, True, act)
     ref = ep.apply_numpy(conv, b.reshape(1, -1, 1, 1), res)
+    exact = {"blocks": False, "in_perm": True}.get(variant)
     params, geom = choose_grouped_params(
         (1, ic, h, h), w.shape, groups, li.bn, li.padded // li.bn, lo.bn, lo.padded // lo.bn,
-        stride, pad, 1, target,
+        stride, pad, 1, target, exact,
     )  # fmt: skip
-    func = grouped_conv2d_nchwc((1, ic, h, h), w.shape, geom, stride, pad, 1, params, ep)
+    assert exact is None or geom.exact == exact
+    func = grouped_conv2d_nchwc(
+        (1, ic, h, h), w.shape, geom, stride, pad, 1, params, ep, in_permuted=variant == "in_perm"
+    )
     lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
 
     def blocked(a: np.ndarray, lay) -> np.ndarray:
@@ -194,8 +222,10 @@ def test_kernel_matches_float64_reference(ic, oc, groups, k, stride, pad, act) -
 
     bp = np.zeros(lo.padded, np.float32)
     bp[:oc] = b
-    args = [blocked(x, li), pack_grouped_weight(w, geom, params.oc_kbn), pack_bias(bp, lo.bn)]
-    args.append(blocked(res, lo))
+    args = [blocked(x, li), pack_grouped_weight(w, geom, params.oc_kbn)]
+    if variant == "in_perm":
+        args.append(perm.astype(np.int32))
+    args += [pack_bias(bp, lo.bn), blocked(res, lo)]
     dev = tvm.cpu()
     targs = [tvm.runtime.tensor(a, dev) for a in args]
     out = tvm.runtime.tensor(np.zeros(blocked(ref.astype(np.float32), lo).shape, np.float32), dev)
@@ -277,23 +307,22 @@ def test_grouped_graph_matches_interpreter() -> None:
         s = _op(g, "relu", _conv(g, q, 48, 1, 12))  # 12 groups of 4 (the plain path before)
         return [u, s]
 
-    from mcopt.targets.cpu.kernels import cpu_info, host_target
-
     calls = _check(body, (1, 136, 10, 10))
     assert calls.count("gconv2d_nchwc") >= 5 and "conv2d_nchwc" in calls
-    if 136 % cpu_info(host_target()).lanes == 0:  # AVX2: 17 blocks of 8
-        assert "shuffle_nchwc" not in calls  # the shuffle runs in the first kernel's epilogue
-    else:  # AVX-512: 136 channels padded to 144; the shuffle permutes the blocked tensor
-        assert "shuffle_nchwc" in calls
-    assert not any("transpose" in c for c in calls)  # never a round trip through NCHW
+    # shuffle -> depthwise -> grouped: the shuffle sinks into the grouped conv's input (also on
+    # AVX-512, where 136 channels are padded to 144)
+    assert "shuffle_nchwc" not in calls
+    assert not any("transpose" in c or "take" in c for c in calls)  # never through NCHW
 
 
 @pytest.mark.tvm
 def test_fallbacks_keep_the_fused_shuffle() -> None:
-    """24 -> 112 with 4 groups (6 input channels per group, ShuffleNet's first grouped conv): the
-    block-diagonal conv is estimated faster and used, the absorbed channel shuffle permutes its
-    rows; 16 -> 32 with 16 groups (a channel multiplier: 32x the MACs in 8-lane blocks) takes the
-    plain Relax path, the shuffle a ``take``. Same results as the interpreter."""
+    """24 -> 112 with 4 groups (6 input channels per group, ShuffleNet's first grouped conv) and
+    the channel shuffle fused into its epilogue (its output is a graph output: nothing to sink it
+    into): the block-diagonal conv is estimated faster than the grouped kernel's permuted
+    epilogue and used, the absorbed shuffle permutes its rows; 16 -> 32 with 16 groups (a channel
+    multiplier: 4x the MACs in 8-lane blocks with the exact reduction, 32x over whole blocks) runs
+    on the grouped kernel, the shuffle in its epilogue. Same results as the interpreter."""
     pytest.importorskip("tvm")
 
     def shuffle(g: Graph, v: Value, groups: int) -> Value:
@@ -307,8 +336,8 @@ def test_fallbacks_keep_the_fused_shuffle() -> None:
         return [h, m]
 
     calls = _check(body, (1, 24, 8, 8))
-    assert "gconv2d_nchwc" not in calls and "shuffle_nchwc" not in calls
-    assert calls.count("conv2d_nchwc") == 2
+    assert calls.count("gconv2d_nchwc") == 1 and "shuffle_nchwc" not in calls
+    assert calls.count("conv2d_nchwc") == 2  # the block-diagonal conv and the 1x1 conv
 
 
 @pytest.mark.slow
@@ -325,3 +354,31 @@ def test_shufflenet_end_to_end_matches_interpreter() -> None:
     got = build(g, "cpu").run(x)[0]
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
     assert _kernel_calls(g).count("gconv2d_nchwc") >= 30
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("groups", [4, 8])
+def test_sunk_shuffle_on_the_fallback_kernels(monkeypatch: pytest.MonkeyPatch, groups: int) -> None:
+    """A shuffle sunk into a grouped conv's input (``in_perm``) where the grouped kernel is not
+    used: the block-diagonal conv permutes its weight columns (4 groups), the plain path takes
+    the input channels (8 groups). Same results as the interpreter."""
+    pytest.importorskip("tvm")
+    from mcopt.targets.cpu import planning
+
+    monkeypatch.setattr(planning, "MAX_GROUPED_WASTE", 0.0)  # never the grouped kernel
+
+    def body(g: Graph, x: Value) -> list[Value]:
+        h = _op(g, "relu", _conv(g, x, 64, 1, groups))
+        n, c, hh, ww = h.shape
+        r = _op(g, "reshape", h, shape=(n, groups, c // groups, hh, ww))
+        r = _op(g, "transpose", r, perm=(0, 2, 1, 3, 4))
+        sh = _op(g, "reshape", r, shape=(n, c, hh, ww))
+        d = _bn(g, _conv(g, sh, 64, 3, 64))
+        return [_op(g, "relu", _conv(g, d, 64, 1, groups))]
+
+    calls = _check(body, (1, 32, 6, 6))
+    assert "shuffle_nchwc" not in calls and "gconv2d_nchwc" not in calls
+    g = Graph("t")
+    g.outputs = body(g, g.add_input("x", ttype((1, 32, 6, 6))))
+    sunk = [n for n in plan_cpu(g, lanes=8).nodes if n.op == "fused_conv2d" and n.attrs["in_perm"]]
+    assert [n.attrs["kernel"] for n in sunk] == ["block_diagonal" if groups == 4 else "plain"]

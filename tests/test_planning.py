@@ -88,11 +88,19 @@ def test_mobile_blocks_fuse_hard_swish_and_keep_se_gates_blocked() -> None:
 
 
 def test_shufflenet_shuffles_are_planned_into_grouped_kernels() -> None:
-    p = plan_cpu(_model("shufflenet"), lanes=8)
-    kernels = {n.attrs["kernel"] for n in p.nodes if n.op == "fused_conv2d"}
+    """Every ShuffleNet shuffle is followed by a depthwise and a grouped conv: it sinks into the
+    grouped conv's input (``in_perm``), the depthwise conv between reads the unshuffled tensor."""
+    g = _model("shufflenet")
+    p = plan_cpu(g, lanes=8)
+    fused = [n for n in p.nodes if n.op == "fused_conv2d"]
+    kernels = {n.attrs["kernel"] for n in fused}
     assert "grouped" in kernels or "block_diagonal" in kernels
-    assert any(n.attrs["out_perm"] for n in p.nodes if n.op == "fused_conv2d")
-    assert not {"transpose"} & {n.op for n in p.nodes}
+    sunk = [n for n in fused if n.attrs["in_perm"]]
+    assert sunk and all(n.attrs["groups"] > 1 for n in sunk)
+    assert all(n.inputs[0].producer.attrs["kernel"] == "depthwise" for n in sunk)
+    assert not {"transpose", "permute_channels"} & {n.op for n in p.nodes}
+    feeds = _feeds(g)
+    np.testing.assert_allclose(run(p, feeds)[0], run(g, feeds)[0], rtol=1e-4, atol=1e-6)
 
 
 def test_winograd_pass_output_runs_on_the_one_blocked_winograd_kernel() -> None:
@@ -262,3 +270,91 @@ def test_a_concat_of_padded_blocks_stays_blocked() -> None:
     ref = run(g, feeds)[0]
     np.testing.assert_allclose(run(p, feeds)[0], ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(build(g, "cpu").run(feeds)[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def _fire(seed: int):  # type: ignore[no-untyped-def]
+    """A SqueezeNet fire module: squeeze 1x1, expand 1x1 + 3x3, channel concat, then a pool and
+    a conv reading the concat."""
+    from mcopt.ir import Graph, TensorType
+
+    rng = np.random.default_rng(seed)
+    g = Graph("fire")
+    x = g.add_input("x", TensorType((1, 24, 9, 9)))
+
+    def conv(v, o, k):  # type: ignore[no-untyped-def]
+        w = g.const(rng.standard_normal((o, v.shape[1], k, k)).astype(np.float32) / (3 * k))
+        b = g.const(rng.standard_normal(o).astype(np.float32) / 10)
+        y = g.add_node("conv2d", [v, w, b], {"pads": (k // 2,) * 4}).output
+        return g.add_node("relu", [y]).output
+
+    s = conv(x, 16, 1)
+    cat = g.add_node("concat", [conv(s, 16, 1), conv(s, 32, 3)], {"axis": 1}).output
+    pool = g.add_node("max_pool", [cat], {"kernel": (3, 3), "strides": (2, 2)}).output
+    g.outputs.append(conv(pool, 8, 1))
+    return g
+
+
+def _calls(graph, target):  # type: ignore[no-untyped-def]
+    import tvm
+
+    from mcopt.targets.cpu.lower_planned import lower_planned
+
+    mod = lower_planned(graph, target)
+    return [
+        str(b.value.args[0].name_hint).rstrip("0123456789")
+        for blk in mod["main"].body.blocks
+        for b in blk.bindings
+        if isinstance(b.value, tvm.relax.Call)
+        and b.value.op.name in ("relax.call_tir", "relax.call_tir_inplace")
+    ]
+
+
+def test_fire_module_expand_convs_write_into_the_concat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two expand convs of a fire module write their channel blocks of the concat's buffer
+    (the second in place): no concat copy, same result. A member whose kernel does not build
+    (a fallback to plain ops) is copied into the buffer instead."""
+    from mcopt.targets import build
+    from mcopt.targets.cpu.kernels import relax_ops
+    from mcopt.targets.registry import get_target
+
+    g = _fire(4)
+    target = get_target("cpu").tvm_target()
+    calls = _calls(plan_cpu(g, target), target)
+    assert "concatenate" not in calls and "concat_nchwc" not in calls
+    assert calls.count("conv2d_nchwc") == 4
+    feeds = _feeds(g)
+    ref = run(g, feeds)[0]
+    np.testing.assert_allclose(build(g, "cpu").run(feeds)[0], ref, rtol=1e-4, atol=1e-5)
+
+    real = relax_ops.emit_conv2d
+
+    def failing(bb, x, weight, *args, **kw):  # type: ignore[no-untyped-def]
+        if kw.get("into") is not None and weight.shape[2] == 3:
+            raise ValueError("no kernel for this shape (test)")
+        return real(bb, x, weight, *args, **kw)
+
+    monkeypatch.setattr(relax_ops, "emit_conv2d", failing)
+    g = _fire(4)
+    assert "copy_nchwc" in _calls(plan_cpu(g, target), target)
+    np.testing.assert_allclose(build(g, "cpu").run(feeds)[0], ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_the_first_conv_reads_the_nchw_image(pad: int) -> None:
+    """A conv on the RGB image (one block of 3 channels) reads NCHW through its padded copy (or
+    directly when it has none): no separate to_nchwc pass; same result."""
+    from mcopt.ir import Graph, TensorType
+    from mcopt.targets import build
+    from mcopt.targets.registry import get_target
+
+    rng = np.random.default_rng(5)
+    g = Graph("stem")
+    x = g.add_input("x", TensorType((1, 3, 17, 17)))
+    w = g.const(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) / 5)
+    y = g.add_node("conv2d", [x, w], {"pads": (pad,) * 4, "strides": (2, 2)}).output
+    g.outputs.append(g.add_node("relu", [y]).output)
+    target = get_target("cpu").tvm_target()
+    calls = _calls(plan_cpu(g, target), target)
+    assert "to_nchwc" not in calls and "conv2d_nchwc" in calls
+    feeds = _feeds(g)
+    np.testing.assert_allclose(build(g, "cpu").run(feeds)[0], run(g, feeds)[0], rtol=1e-4, atol=1e-5)

@@ -6,7 +6,9 @@ and run by the interpreter like every other op (the lowering only reads them):
 
 - ``fused_conv2d(x, w, b?, residual?)``: ``y = act(conv2d(x, w) + b (+ residual))``, then the
   channel permutation ``out_perm`` when set (``y[:, c] = act(...)[:, out_perm[c]]``: a ShuffleNet
-  channel shuffle absorbed into the epilogue). ``w``/``b`` are the folded weights (a batch norm or
+  channel shuffle absorbed into the epilogue); ``in_perm`` permutes the input channels first
+  (``conv2d(x[:, in_perm], w)``: a channel shuffle the kernel reads through a table).
+  ``w``/``b`` are the folded weights (a batch norm or
   per-channel ``mul``/``add`` that followed the conv is already inside them: ``w' = w * k``,
   ``b' = b * k + c`` with ``k = gamma / sqrt(var + eps)``, ``c = beta - mean * k``; Ioffe & Szegedy
   2015). ``kernel`` names the kernel that runs it (``direct``, ``depthwise``, ``winograd`` with
@@ -87,6 +89,9 @@ def _fused_conv_check(t: InTypes, a: Attrs) -> str | None:
     perm = a["out_perm"]
     if perm and sorted(perm) != list(range(out.shape[1])):
         return f"out_perm must be a permutation of the {out.shape[1]} output channels"
+    perm = a["in_perm"]
+    if perm and sorted(perm) != list(range(t[0].shape[1])):
+        return f"in_perm must be a permutation of the {t[0].shape[1]} input channels"
     if a["kernel"] == "winograd" and a["tile"] not in (2, 4):
         return f"kernel=winograd needs tile 2 or 4, got {a['tile']}"
     return None
@@ -110,7 +115,10 @@ def fused_conv2d_ref(
     out_perm: tuple[int, ...],
     kernel: str,
     tile: int,
+    in_perm: tuple[int, ...] = (),
 ) -> np.ndarray:
+    if in_perm:
+        x = x[:, list(in_perm)]
     y = conv2d_ref(x, w, b, strides=strides, pads=pads, dilations=dilations, groups=groups)
     if residual is not None:
         y = y + residual
@@ -133,6 +141,7 @@ register_op(
             "alpha": 0.2,
             "beta": 0.5,
             "out_perm": (),
+            "in_perm": (),
             "kernel": "direct",
             "tile": 0,
         },
@@ -140,8 +149,8 @@ register_op(
         infer=lambda t, a: _conv2d_infer(t, a),
         reference=fused_conv2d_ref,
         macs=_conv2d_macs,
-        doc="y = act(conv(x, w) + b (+ residual))[:, out_perm]: a planned conv with its epilogue "
-        "and the kernel that runs it.",
+        doc="y = act(conv(x[:, in_perm], w) + b (+ residual))[:, out_perm]: a planned conv with "
+        "its epilogue and the kernel that runs it.",
     )
 )
 

@@ -6,15 +6,17 @@ by (op, kernel attribute / layout):
 
 - ``fused_conv2d``: ``kernel`` ``direct`` -> ``emit_conv2d``, ``depthwise`` ->
   ``emit_depthwise_conv2d``, ``winograd`` -> ``emit_winograd_conv2d`` (tile ``tile``),
-  ``grouped`` -> ``emit_grouped_conv2d`` (its epilogue runs ``out_perm``), ``block_diagonal`` ->
+  ``grouped`` -> ``emit_grouped_conv2d`` (its epilogue runs ``out_perm``, its reduction reads the
+  input through ``in_perm``), ``block_diagonal`` ->
   ``emit_conv2d`` over :func:`~mcopt.targets.cpu.plan.block_diagonal` of the weight (rows permuted by
-  ``out_perm``), ``plain`` -> Relax ``conv2d`` + epilogue ops. Weights and bias are padded to the
+  ``out_perm``, columns by ``in_perm``), ``plain`` -> Relax ``conv2d`` + epilogue ops (``in_perm``
+  a ``take`` before it). Weights and bias are padded to the
   output's layout and packed in numpy; a kernel that fails to build (a shape the templates do not
   cover, logged) falls back to the plain ops with the same result;
 - ``fused_dense``: ``dense`` -> ``emit_dense``, ``sparse`` -> the block-CSR kernel;
+- ``fused_qconv2d``: the blocked int8 kernels (:mod:`mcopt.targets.cpu.lower_int8`);
 - an op whose output type carries a :class:`~mcopt.ir.BlockedLayout` (per-channel elementwise ops,
   pooling, channel concat, ``permute_channels``) runs on blocked tensors;
-- ``fused_qconv2d``: the blocked int8 kernels (:mod:`mcopt.targets.cpu.lower_int8`);
 - every other op uses its ordinary lowering from :data:`~mcopt.targets.relax.lower.LOWERINGS` on NCHW.
 
 Layout transforms are emitted at the boundaries between blocked and plain values, once per (value,
@@ -72,6 +74,11 @@ class _Values:
         self.blocked: dict[int, dict[Layout, relax.Expr]] = {}
         #: kernel fallbacks taken while lowering, e.g. {"conv: plain Relax ops": 1}
         self.choices: dict[str, int] = {}
+        #: in-place channel concats (:func:`_inplace_concats`): member value -> (concat node,
+        #: first block, total blocks); the concat's buffer so far; the members written into it
+        self.into: dict[int, tuple[Node, int, int]] = {}
+        self.dest: dict[int, relax.Expr] = {}
+        self.written: set[int] = set()
 
     def chose(self, what: str) -> None:
         self.choices[what] = self.choices.get(what, 0) + 1
@@ -157,7 +164,18 @@ def _lower_fused_conv(vals: _Values, node: Node, target: Any) -> None:
     assert lout is not None
     x_v = node.inputs[0]
     assert x_v is not None
-    x, lx = vals.blocked_of(x_v)
+    lin = x_v.type.layout or block_for(x_v.shape[1], vals.lanes)
+    plain_in = (  # the RGB image: the direct kernel reads NCHW (one block), no to_nchwc pass
+        kernel == "direct"
+        and id(x_v) in vals.plain
+        and not vals.blocked.get(id(x_v))
+        and lin.bn == lin.channels == lin.padded
+        and int(at["groups"]) == 1
+    )
+    if plain_in:
+        x, lx = vals.plain_of(x_v), lin
+    else:
+        x, lx = vals.blocked_of(x_v)
     if kernel == "winograd" and lx.bn != lout.bn:  # the Winograd kernel reads the output's block
         c = x_v.shape[1]
         x, lx = vals.blocked_of(x_v, BlockedLayout(lout.bn, c, -(-c // lout.bn) * lout.bn))
@@ -171,16 +189,28 @@ def _lower_fused_conv(vals: _Values, node: Node, target: Any) -> None:
         **_epilogue(node),
     }
     pbias = None if bias is None else _pad_to(bias, (lout.padded,))
+    member = vals.into.get(id(node.output))
+    into = None
+    if member is not None and kernel in ("direct", "winograd"):
+        cat, offset, total = member
+        into = (vals.dest.get(id(cat)), total, offset)
+    in_perm = [int(p) for p in at["in_perm"]] or None
+    if in_perm is not None and kernel not in ("grouped", "block_diagonal"):
+        raise TargetError(f"kernel {kernel!r} does not read permuted input channels")
     if kernel == "grouped":
         from mcopt.targets.cpu.kernels.relax_ops import emit_grouped_conv2d
 
         perm = [int(p) for p in at["out_perm"]] or None
         y = emit_grouped_conv2d(
             vals.ctx.bb, x, weight, bias, groups=int(at["groups"]), oc_bn=lout.bn,
-            residual=res, out_perm=perm, **geom,
+            residual=res, out_perm=perm, in_perm=in_perm, **geom,
         )  # fmt: skip
     elif kernel == "block_diagonal":
         dense, b = block_diagonal(weight, int(at["groups"])), bias
+        if in_perm is not None:  # conv(x[:, p], w) = conv(x, w') with w'[:, p] = w
+            cols = np.zeros_like(dense)
+            cols[:, np.asarray(in_perm, np.int64)] = dense
+            dense = cols
         if at["out_perm"]:  # the fused channel shuffle permutes the dense rows
             perm = np.asarray(at["out_perm"], np.int64)
             dense, b = dense[perm], None if b is None else b[perm]
@@ -196,10 +226,16 @@ def _lower_fused_conv(vals: _Values, node: Node, target: Any) -> None:
             for k in ("strides", "dilation", "target"):
                 geom.pop(k)
             y = K.emit_winograd_conv2d(
-                vals.ctx.bb, x, w, pbias, int(at["tile"]), residual=res, **geom
+                vals.ctx.bb, x, w, pbias, int(at["tile"]), residual=res, into=into, **geom
             )
         else:
-            y = K.emit_conv2d(vals.ctx.bb, x, w, pbias, residual=res, **geom)
+            y = K.emit_conv2d(
+                vals.ctx.bb, x, w, pbias, residual=res, into=into, plain_input=plain_in, **geom
+            )
+    if into is not None:  # written into its concat's buffer: the concat costs no copy
+        vals.dest[id(member[0])] = y  # type: ignore[index]
+        vals.written.add(id(node.output))
+        return
     _check_shape(node, y, lout)
     vals.set_blocked(node.output, y, lout)
 
@@ -225,6 +261,8 @@ def _lower_fused_plain(vals: _Values, node: Node) -> None:
     ctx = vals.ctx
     at = node.attrs
     x = vals.plain_of(node.inputs[0])
+    if at["in_perm"]:  # a channel shuffle sunk into the conv's input
+        x = ctx.emit(R.take(x, ctx.const(np.asarray(at["in_perm"], np.int64)), axis=1))
     weight, bias, r_v = _arrays(node)
     y = ctx.emit(
         R.nn.conv2d(
@@ -338,6 +376,18 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
         y = K.emit_permute_channels(bb, x, perm)  # padding channels map to themselves
         vals.set_blocked(out, y, lay)
         return
+    elif op == "concat" and any(id(v) in vals.into for v in ins):
+        from mcopt.targets.cpu.kernels.relax_ops import emit_copy_into
+
+        dest = vals.dest.get(id(node))
+        for v in ins:  # a member no kernel wrote in place (a fallback): copied into the buffer
+            if id(v) not in vals.written:
+                _, offset, total = vals.into[id(v)]
+                dest = emit_copy_into(
+                    bb, vals.blocked_of(v, v.type.layout)[0], (dest, total, offset)
+                )
+        vals.set_blocked(out, dest, lay)
+        return
     elif op == "concat":
         got = [vals.blocked_of(v, v.type.layout) for v in ins]
         if all(lx.bn == lay.bn and not lx.is_padded for _, lx in got) and not lay.is_padded:
@@ -358,6 +408,48 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
     vals.set_blocked(out, e, lay)
 
 
+#: the kernels that can write their output into a channel concat's buffer (:func:`_inplace_concats`)
+INPLACE_CONCAT_KERNELS = ("direct", "winograd")
+
+
+def _inplace_concats(graph: Graph) -> dict[int, tuple[Node, int, int]]:
+    """Channel concats whose inputs the kernels can write in place: a blocked, unpadded concat of
+    batch 1 whose inputs are all ``fused_conv2d`` outputs on a kernel of
+    :data:`INPLACE_CONCAT_KERNELS`, in the concat's block, unpadded, read by the concat only.
+    Each such conv writes its channel blocks of the concat's buffer (SqueezeNet's fire modules:
+    the 1x1 and 3x3 expand convs); the concat itself then moves no data. Mechanical (always a
+    copy less), so the lowering does it. ``{id(input value): (concat, first block, blocks)}``."""
+    found: dict[int, tuple[Node, int, int]] = {}
+    outs = {id(v) for v in graph.outputs}
+    for node in graph.nodes:
+        lay = node.output.type.layout if len(node.outputs) == 1 else None
+        if node.op != "concat" or lay is None or lay.is_padded or node.output.shape[0] != 1:
+            continue
+        ins = list(node.inputs)
+        if any(v is None for v in ins) or len({id(v) for v in ins}) != len(ins):
+            continue
+        offsets, total = [], 0
+        for v in ins:
+            lv, p = v.type.layout, v.producer  # type: ignore[union-attr]
+            if (
+                lv is None
+                or lv.bn != lay.bn
+                or lv.is_padded
+                or p is None
+                or p.op != "fused_conv2d"
+                or p.attrs["kernel"] not in INPLACE_CONCAT_KERNELS
+                or len(v.uses) != 1  # type: ignore[union-attr]
+                or id(v) in outs
+            ):
+                break
+            offsets.append(total)
+            total += lv.padded // lv.bn
+        else:
+            for v, off in zip(ins, offsets):
+                found[id(v)] = (node, off, total)
+    return found
+
+
 def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRModule:
     """Lower ``graph`` (planned by :func:`~mcopt.targets.cpu.planning.plan_cpu` first unless it
     is) with the kernels for llvm ``target`` (a ``tvm.target.Target``)."""
@@ -367,6 +459,7 @@ def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRM
     ctx = LowerContext(relax.BlockBuilder(), graph, target)
     params = graph_params(graph)
     vals = _Values(ctx, int(graph.metadata.get("mcopt.plan.lanes", info.lanes)))
+    vals.into = _inplace_concats(graph)
     for v, p in zip(graph.inputs, params):
         vals.set_plain(v, p)
     mod = emit_function(

@@ -195,6 +195,8 @@ class _Planner:
             self.target,
             MAX_GROUPED_WASTE,
             1.0 if groups <= MAX_DENSE_GROUPS else None,
+            f.out_perm is not None,
+            f.in_perm is not None,
         )
         if why is None:
             return "grouped"
@@ -244,6 +246,7 @@ class _Planner:
                 **{k: at[k] for k in ("strides", "pads", "dilations", "groups")},
                 **common,
                 "out_perm": () if f.out_perm is None else tuple(int(p) for p in f.out_perm),
+                "in_perm": () if f.in_perm is None else tuple(int(p) for p in f.in_perm),
                 "kernel": kernel,
                 "tile": tile,
             }
@@ -251,8 +254,10 @@ class _Planner:
         from mcopt.ops import get_schema
 
         attrs = get_schema(op).normalize_attrs(attrs, f.node.name)
-        new = Node(op, [f.node.inputs[0], w, b, f.residual], [], attrs, f.node.name)
+        new = Node(op, [f.input, w, b, f.residual], [], attrs, f.node.name)
         g.replace_nodes([f.node, *f.absorbed], new)
+        for n in reversed(f.removed):  # a channel shuffle sunk into the next grouped conv
+            g.remove_node(n)
 
     def int8_kernel(self, grp: QGroup) -> str:
         """``int8_depthwise`` for depthwise convs; ``int8_window`` (4 kernel columns per dot

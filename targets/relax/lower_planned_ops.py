@@ -39,6 +39,9 @@ def _epilogue(ctx: LowerContext, node: Node, y: Any, a: list[Any]) -> Any:
 
 @register_lowering("fused_conv2d")
 def _fused_conv2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    if node.attrs.get("in_perm"):
+        x = R.take(a[0], ctx.const(np.asarray(node.attrs["in_perm"], np.int64)), axis=1)
+        a = [ctx.emit(x), *a[1:]]
     y = _epilogue(ctx, node, LOWERINGS["conv2d"](ctx, node, a[:3]), a)
     perm = node.attrs["out_perm"]
     if perm:

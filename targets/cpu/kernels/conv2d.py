@@ -91,11 +91,15 @@ def conv2d_nchwc_te(
     params: ConvParams | None = None,
     epilogue: Epilogue | None = None,
     dtype: str = "float32",
+    plain_input: bool = False,
 ) -> list[Any]:
     """TE tensors ``[data, kernel, (bias), (residual), out]`` of the blocked conv.
 
     ``data_shape`` is the logical NCHW shape, ``weight_shape`` the logical OIHW shape; the
     placeholders have the blocked shapes (see the module docstring and :mod:`.layout`).
+    ``plain_input``: ``data`` is NCHW (one input block, ``ic_bn == IC``: the RGB image), read
+    through the padded copy (which blocks it) or directly (the input is broadcast per element
+    anyway), so the graph input needs no separate ``to_nchwc`` pass.
     """
     from tvm import te
 
@@ -124,9 +128,15 @@ def conv2d_nchwc_te(
     extra_w = max(0, need_w - (w + pads[1] + pads[3]))
     extra_h = max(0, need_h - (h + pads[0] + pads[2]))
     pads = (pads[0], pads[1], pads[2] + extra_h, pads[3] + extra_w)
-    data = te.placeholder((n, ic // ic_bn, h, w, ic_bn), dtype, name="data")
+    if plain_input and ic_bn != ic:
+        raise ValueError(f"an NCHW input needs one block of its {ic} channels, not {ic_bn}")
     kernel = te.placeholder((oc // oc_kbn, ic // ic_bn, kh_, kw_, ic_bn, oc_kbn), dtype, "kernel")
-    dpad = pad_nchwc(data, pads)
+    if plain_input:
+        data = te.placeholder((n, ic, h, w), dtype, name="data")
+        dpad = pad_nchw_blocked(data, pads)
+    else:
+        data = te.placeholder((n, ic // ic_bn, h, w, ic_bn), dtype, name="data")
+        dpad = pad_nchwc(data, pads)
     # Only non-trivial reduction axes: a 1x1 conv has no kh/kw loops at all.
     icc = te.reduce_axis((0, ic // ic_bn), "icc") if ic // ic_bn > 1 else None
     rkh = te.reduce_axis((0, kh_), "kh") if kh_ > 1 else None
@@ -163,6 +173,35 @@ def conv2d_nchwc_te(
     tensors = [data, kernel]
     epilogue.blocked_output(acc, out_shape, dtype, tensors)
     return tensors
+
+
+def pad_nchw_blocked(data: Any, pads: tuple[int, int, int, int], name: str = "data_pad") -> Any:
+    """An NCHW ``data`` as one zero-padded channel block ``(N, 1, H + pt + pb, W + pl + pr, C)``
+    (the padded copy of :func:`pad_nchwc` that also blocks the input); without padding a
+    blocked view of ``data`` (no copy: the conv reads NCHW)."""
+    import tvm
+    from tvm import te
+
+    n, c, h, w = (int(d) for d in data.shape)
+    pt, pl, pb, pr = pads
+
+    class _View:  # dpad[b, 0, y, x, k] -> data[b, k, y, x]
+        shape = (n, 1, h, w, c)
+
+        def __getitem__(self, idx: Any) -> Any:
+            b, _, y, x, k = idx
+            return data[b, k, y, x]
+
+    if not any(pads):
+        return _View()
+
+    def fn(i, j, y, x, k):
+        cond = tvm.tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
+        return tvm.tirx.if_then_else(
+            cond, data[i, j * c + k, y - pt, x - pl], tvm.tirx.const(0.0, data.dtype)
+        )
+
+    return te.compute((n, 1, h + pt + pb, w + pl + pr, c), fn, name=name)
 
 
 def schedule_pad(sch: Any, block: str = "data_pad") -> None:
@@ -307,6 +346,7 @@ def conv2d_nchwc(
     params: ConvParams | None = None,
     epilogue: Epilogue | None = None,
     dtype: str = "float32",
+    plain_input: bool = False,
 ) -> Any:
     """A scheduled ``tvm.tirx.PrimFunc`` computing the blocked conv2d with a fused epilogue.
 
@@ -314,6 +354,7 @@ def conv2d_nchwc(
     (OC/oc_kbn, IC/ic_bn, KH, KW, ic_bn, oc_kbn)``, ``bias (OC/oc_bn, oc_bn)`` if
     ``epilogue.bias``, ``residual`` (output shape) if ``epilogue.residual``, ``out (N, OC/oc_bn,
     OH, OW, oc_bn)``. ``params`` defaults to :func:`choose_conv_params` for ``target``.
+    ``plain_input``: ``data`` is NCHW ``(N, IC, H, W)`` (see :func:`conv2d_nchwc_te`).
     """
     from tvm import s_tir, te
 
@@ -321,7 +362,7 @@ def conv2d_nchwc(
     if params is None:
         params = choose_conv_params(data_shape, weight_shape, strides, padding, dilation, target)
     tensors = conv2d_nchwc_te(
-        data_shape, weight_shape, strides, padding, dilation, params, epilogue, dtype
+        data_shape, weight_shape, strides, padding, dilation, params, epilogue, dtype, plain_input
     )
     func = te.create_prim_func(tensors)
     sch = s_tir.Schedule(func)

@@ -41,13 +41,27 @@ accumulators (``G*nbi*oc_bn*OWp`` floats, L1/L2-resident) are complete: one vect
 copy, no gathers (``Schedule.merge`` of the two row loops: ``reverse_compute_at`` cannot invert
 the epilogue's non-affine channel index).
 
+Exact reduction (``exact``, where the window of whole input blocks is longer than ``icg``): each
+internal block reduces over exactly its group's ``icg`` input channels, read by a scalar channel
+index ``c_in = g*icg + j`` (``data[n, c_in // ic_bn, ..., c_in % ic_bn]``: the input is
+broadcast per channel anyway, so it need not come in whole blocks), the weight packed
+``(G*nbi*oc_bn/oc_kbn, icg, KH, KW, 1, oc_kbn)``. ShuffleNet's 34 / 68 channels per group then
+reduce over 34 / 68 instead of 48 / 80 (waste 1.41x instead of 1.99x / 1.66x); one znver5
+thread: 136 channels at 28x28 77 -> 60 us, 272 at 14x14 58 -> 50 us, 112 at 28x28 71 -> 46 us.
+
 Output permutation (``permuted``): a channel shuffle after the conv (ShuffleNet) runs in the
 epilogue: output channel ``c`` reads the accumulator of channel ``perm[c]`` from its own group's
 internal block through an int32 table (:func:`output_source`), bias packed in the permuted order;
-the shuffle then costs a gather from the L1-resident row instead of a pass over memory.
+the shuffle then costs a gather from the L1-resident row instead of a pass over memory (scalar
+loads: ~0.2 ns per output, +20-37 % on ShuffleNet's layers, :data:`PERM_OVERHEAD`). Input
+permutation (``in_permuted``, exact only): a channel shuffle *before* the conv is read through
+an int32 table in the reduction (``c_in = in_perm[g*icg + j]``, +1-3 %): the planner sinks
+ShuffleNet's shuffles there (:func:`mcopt.targets.cpu.plan._sink_shuffles`).
 
 The register tile and block sizes follow :mod:`.params` (Liu et al., USENIX ATC 2019), scoring
-``tile_score * OCB / (G * nbi)`` (FMAs per load times the useful fraction of output blocks).
+``tile_score * OCB / (G * nbi)`` (FMAs per load times the useful fraction of output blocks);
+rounding the width up to the tile costs a padded copy of the input for an unpadded 1x1 conv
+(scored as in :func:`.params.choose_conv_params`).
 """
 
 from __future__ import annotations
@@ -67,6 +81,7 @@ from mcopt.targets.cpu.kernels.conv2d import (
 )
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
 from mcopt.targets.cpu.kernels.params import (
+    COPY_NEGLIGIBLE_MACS,
     SHORT_ACCUMULATORS,
     SHORT_REDUCTION,
     ConvParams,
@@ -75,6 +90,10 @@ from mcopt.targets.cpu.kernels.params import (
     tile_score,
 )
 from mcopt.targets.cpu.kernels.threads import parallel
+
+#: reduce each group over exactly its ``IC / G`` input channels (``exact``) where the window of
+#: whole input blocks would be longer (see the module docstring)
+EXACT_REDUCTION = True
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -100,6 +119,13 @@ class GroupedGeometry:
     window: int
     nbi: int
     copies: int
+    exact: bool = False
+
+    @property
+    def reduction(self) -> int:
+        """Input channels each internal block reduces over (per kernel tap): the group's ``icg``
+        when ``exact``, else the ``window * ic_bn`` channels of its block window."""
+        return self.icg if self.exact else self.window * self.ic_bn
 
     @property
     def icg(self) -> int:
@@ -132,7 +158,7 @@ class GroupedGeometry:
     @property
     def waste(self) -> float:
         """MACs executed / MACs of the grouped conv (1.0 = none wasted)."""
-        done = self.internal_blocks * self.oc_bn * self.window * self.ic_bn
+        done = self.internal_blocks * self.oc_bn * self.reduction
         return done / (self.out_channels * self.icg)
 
 
@@ -147,14 +173,25 @@ DIRECT_BONUS = 1.25
 TILE_OVERHEAD = 8
 ROW_OVERHEAD = 16
 
+#: per output vector, the gather of a permuted epilogue (``out_perm``: one scalar load per lane
+#: from the row buffer) in FMA-equivalents (fitted on ShuffleNet's layers, one znver5 thread:
+#: 17-29; 24->112 g=4 at 56x56 ran 138 us permuted, 78 us not, 100 us block-diagonal)
+PERM_OVERHEAD = 24
 
-def relative_cost(geom: GroupedGeometry, kernel_size: Sequence[int]) -> float:
+
+def relative_cost(
+    geom: GroupedGeometry, kernel_size: Sequence[int], permuted: bool = False
+) -> float:
     """Estimated time of the grouped kernel over that of the blocked conv over the block-diagonal
     weight: ``blocks x (reduction length + overhead)`` for both (``G*nbi`` blocks reducing over
-    ``L*ic_bn*KH*KW`` against ``OCB`` blocks reducing over ``ICB*ic_bn*KH*KW``)."""
+    ``reduction*KH*KW`` against ``OCB`` blocks reducing over ``ICB*ic_bn*KH*KW``), plus the
+    gather of a ``permuted`` epilogue per output block (the block-diagonal conv permutes its
+    weight rows instead)."""
     taps = int(kernel_size[0]) * int(kernel_size[1])
     over = TILE_OVERHEAD if geom.direct else ROW_OVERHEAD
-    grouped = geom.internal_blocks * (geom.window * geom.ic_bn * taps + over)
+    grouped = geom.internal_blocks * (geom.reduction * taps + over)
+    if permuted:
+        grouped += geom.out_blocks * PERM_OVERHEAD
     dense = geom.out_blocks * (geom.in_blocks * geom.ic_bn * taps + TILE_OVERHEAD)
     return grouped / dense
 
@@ -168,6 +205,7 @@ def grouped_geometry(
     oc_bn: int,
     out_blocks: int,
     reg_c: int = 1,
+    exact: bool | None = None,
 ) -> GroupedGeometry:
     """The :class:`GroupedGeometry` for home layouts ``(in_blocks, ic_bn)`` / ``(out_blocks,
     oc_bn)`` and a register tile of ``reg_c`` output blocks (``nbi`` is rounded up to it)."""
@@ -189,9 +227,12 @@ def grouped_geometry(
         lo, hi = b * oc_bn, min((b + 1) * oc_bn, out_channels)
         if lo < hi:
             copies = max(copies, (hi - 1) // ocg - lo // ocg + 1)
+    if exact is None:  # the block window would read channels of other groups
+        exact = EXACT_REDUCTION and window * ic_bn > icg
     return GroupedGeometry(
-        groups, in_channels, out_channels, ic_bn, oc_bn, in_blocks, out_blocks, window, nbi, copies
-    )
+        groups, in_channels, out_channels, ic_bn, oc_bn, in_blocks, out_blocks, window, nbi, copies,
+        exact,
+    )  # fmt: skip
 
 
 def grouped_fit(
@@ -203,11 +244,14 @@ def grouped_fit(
     target: Any,
     max_waste: float | None,
     max_relative_cost: float | None,
+    permuted: bool = False,
+    in_permuted: bool = False,
 ) -> str | None:
     """Why the grouped kernel should not run this conv (None when it should): it would execute
     more than ``max_waste`` times the MACs, or its estimated time exceeds ``max_relative_cost``
     times that of the conv over the block-diagonal weight (:func:`relative_cost`). ``blocks``:
-    ``(ic_bn, in_blocks, oc_bn, out_blocks)`` of the home layouts."""
+    ``(ic_bn, in_blocks, oc_bn, out_blocks)`` of the home layouts; ``permuted`` / ``in_permuted``:
+    the conv has an output / input channel permutation (``out_perm`` / ``in_perm``)."""
     try:
         _, geom = choose_grouped_params(
             data_shape,
@@ -218,13 +262,14 @@ def grouped_fit(
             attrs["pads"],
             attrs["dilations"],
             target,
+            True if in_permuted else None,
         )
     except ValueError as e:
         return str(e)
     ic, oc = int(data_shape[1]), int(weight_shape[0])
     if max_waste is not None and geom.waste > max_waste:
         return f"grouped conv {ic}->{oc} (groups={groups}) would run {geom.waste:.1f}x its MACs"
-    cost = relative_cost(geom, tuple(weight_shape[2:]))
+    cost = relative_cost(geom, tuple(weight_shape[2:]), permuted)
     if max_relative_cost is not None and cost > max_relative_cost:
         return f"the block-diagonal conv is estimated faster ({cost:.2f}x its time)"
     return None
@@ -242,6 +287,7 @@ def choose_grouped_params(
     padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1,
     target: Any = None,
+    exact: bool | None = None,
 ) -> tuple[ConvParams, GroupedGeometry]:
     """Register tile and cache blocking for a grouped conv (logical NCHW ``data_shape``, OIHW
     ``weight_shape`` with ``IC / groups`` input channels), see the module docstring.
@@ -253,7 +299,9 @@ def choose_grouped_params(
     :func:`.params.choose_register_tile` with at most ``SHORT_ACCUMULATORS`` of the ``vregs - 4``
     accumulators when the reduction is short (``L * ic_bn * KH * KW <= SHORT_REDUCTION``): on
     ShuffleNet's 1x1 layers (reductions of 40-136) 12-accumulator tiles (4x3, 3x4) ran 15-40%
-    slower than 4x2, 2x3 or 7x1 (measured on a znver3 core pair).
+    slower than 4x2, 2x3 or 7x1 (measured on a znver3 core pair). ``exact``: force (True) or
+    forbid (False) the exact reduction (None: where the block window is longer, see
+    :func:`grouped_geometry`).
     """
     info = _info(target)
     n, ic, h, w = (int(d) for d in data_shape)
@@ -263,9 +311,13 @@ def choose_grouped_params(
     pt, pl, pb, pr = _pads(padding)
     oh = conv_out_size(h, kh, sh, pt, pb, dh)
     ow = conv_out_size(w, kw, sw, pl, pr, dw)
+    # rounding the width up to the tile needs a zero-padded copy of the input unless the conv
+    # pads it anyway (as in :func:`.params.choose_conv_params`): ShuffleNet's 1x1 layers at 28x28
+    # ran 57 us with a 5x3 tile (width 30, a copy) and 47 us with 4x3 (one znver5 thread)
+    copy_free = any((pt, pl, pb, pr)) or oc // groups * kh * kw >= COPY_NEGLIGIBLE_MACS * sh * sw
     best: tuple[float, int, int, GroupedGeometry] | None = None
     for rc in (1, 2, 3, 4):
-        geom = grouped_geometry(ic, oc, groups, ic_bn, in_blocks, oc_bn, out_blocks, rc)
+        geom = grouped_geometry(ic, oc, groups, ic_bn, in_blocks, oc_bn, out_blocks, rc, exact)
         tasks = n * oh * (geom.internal_blocks // rc if geom.direct else 1)
         if geom.direct and tasks < 4 * info.cores and rc > 1:
             continue  # too few parallel tasks (the direct schedule runs parallel over oc tiles)
@@ -273,19 +325,19 @@ def choose_grouped_params(
         useful = out_blocks / geom.internal_blocks * balance
         useful *= DIRECT_BONUS if geom.direct else 1.0
         budget = max_accumulators(info.vregs)
-        if geom.window * ic_bn * kh * kw <= SHORT_REDUCTION:
+        if geom.reduction * kh * kw <= SHORT_REDUCTION:
             budget = budget * SHORT_ACCUMULATORS // 12
         for rn in range(1, min(ow, info.vregs) + 1):
             if rn * rc > budget or (rc > 1 and rn > info.vregs // 3):
                 continue
-            score = tile_score(ow, rn, rc) * useful
+            score = tile_score(ow, rn, rc, copy_free) * useful
             if best is None or score > best[0] + 1e-9:
                 best = (score, rn, rc, geom)
     assert best is not None
     _, reg_n, reg_c, geom = best
     ic_chunk, oh_inner = 0, False
-    tile_bytes = reg_c * oc_bn * geom.window * ic_bn * kh * kw * 4
-    if geom.direct and tile_bytes > info.l2_bytes // 2 and geom.window > 1:
+    tile_bytes = reg_c * oc_bn * geom.reduction * kh * kw * 4
+    if geom.direct and not geom.exact and tile_bytes > info.l2_bytes // 2 and geom.window > 1:
         per_block = reg_c * oc_bn * ic_bn * kh * kw * 4
         divs = [d for d in range(1, geom.window + 1) if geom.window % d == 0]
         ic_chunk = max([d for d in divs if d * per_block <= info.l1_bytes] or [1])
@@ -305,6 +357,12 @@ def pack_grouped_weight(w: np.ndarray, geom: GroupedGeometry, oc_kbn: int) -> np
     g_, bo, bi = geom.groups, geom.oc_bn, geom.ic_bn
     if oc != geom.out_channels or icg != geom.icg:
         raise ValueError(f"grouped weight {w.shape} does not match {geom}")
+    if geom.exact:  # (G*nbi*oc_bn/oc_kbn, icg, KH, KW, 1, oc_kbn)
+        full = np.zeros((geom.internal_blocks * bo, icg, kh, kw), dtype=w.dtype)
+        for g in range(g_):
+            rows = np.arange(g * geom.ocg, (g + 1) * geom.ocg)
+            full[g * geom.nbi * bo + rows - geom.home_first(g) * bo] = w[rows]
+        return pack_conv_weight(full, 1, oc_kbn)
     full = np.zeros((geom.internal_blocks * bo, geom.window * bi, kh, kw), dtype=w.dtype)
     ocg = geom.ocg
     for g in range(g_):
@@ -344,6 +402,7 @@ def grouped_conv2d_nchwc_te(
     epilogue: Epilogue | None = None,
     dtype: str = "float32",
     permuted: bool = False,
+    in_permuted: bool = False,
 ) -> list[Any]:
     """TE tensors ``[data, kernel, (source), (bias), (residual), out]`` of the blocked grouped
     conv.
@@ -354,7 +413,10 @@ def grouped_conv2d_nchwc_te(
     ``(N, OCB, OH, OW, oc_bn)``. ``permuted``: the output channels are permuted (a channel
     shuffle fused into the epilogue): the int32 ``source (OCB*oc_bn,)`` input holds, per output
     channel, the flat internal position ``block * oc_bn + lane`` of its accumulator
-    (:func:`output_source`); bias and residual are in the permuted order.
+    (:func:`output_source`); bias and residual are in the permuted order. ``in_permuted``: the
+    input channels are permuted (a channel shuffle before the conv, ``conv(x[:, in_perm], w)``):
+    the int32 ``in_source (IC,)`` input (after ``kernel``) holds ``in_perm``, the channel of
+    ``data`` that logical input channel ``k`` reads (``geom`` must be ``exact``).
     """
     import tvm
     from tvm import te
@@ -378,29 +440,51 @@ def grouped_conv2d_nchwc_te(
     pads = (pads[0], pads[1], pads[2], pads[3] + extra_w)
     ni, nbi, big_l = geom.internal_blocks, geom.nbi, geom.window
     data = te.placeholder((n, geom.in_blocks, h, w, ic_bn), dtype, name="data")
+    kb = (geom.icg, 1) if geom.exact else (big_l, ic_bn)
     kernel = te.placeholder(
-        (ni // reg_c, big_l, kh_, kw_, ic_bn, oc_bn * reg_c), dtype, name="kernel"
+        (ni // reg_c, kb[0], kh_, kw_, kb[1], oc_bn * reg_c), dtype, name="kernel"
     )
     dpad = pad_nchwc(data, pads)
-    icc = te.reduce_axis((0, big_l), "icc") if big_l > 1 else None
     rkh = te.reduce_axis((0, kh_), "kh") if kh_ > 1 else None
     rkw = te.reduce_axis((0, kw_), "kw") if kw_ > 1 else None
-    icb = te.reduce_axis((0, ic_bn), "icb") if ic_bn > 1 else None
-    axes = [a for a in (icc, rkh, rkw, icb) if a is not None]
     last_start = geom.in_blocks - big_l
 
     def v(a: Any) -> Any:
         return 0 if a is None else a
 
-    def start(c: Any) -> Any:
-        return te.min(tvm.tirx.floordiv(c // nbi * geom.icg, ic_bn), last_start)
+    tensors = [data, kernel]
+    if in_permuted and not geom.exact:
+        raise ValueError("an input channel permutation needs the exact reduction")
+    if in_permuted:
+        in_source = te.placeholder((ic,), "int32", name="in_source")
+        tensors.append(in_source)
+    if geom.exact:  # over the group's own input channels: a scalar index into the blocks
+        icj = te.reduce_axis((0, geom.icg), "icj")
+        axes = [a for a in (icj, rkh, rkw) if a is not None]
 
-    def conv_fn(b, c, y, x, k):
-        return te.sum(
-            dpad[b, start(c) + v(icc), y * sh + v(rkh) * dh, x * sw + v(rkw) * dw, v(icb)]
-            * kernel[c // reg_c, v(icc), v(rkh), v(rkw), v(icb), (c % reg_c) * oc_bn + k],
-            axis=axes,
-        )
+        def conv_fn(b, c, y, x, k):
+            ch = c // nbi * geom.icg + icj
+            if in_permuted:
+                ch = in_source[ch]
+            return te.sum(
+                dpad[b, ch // ic_bn, y * sh + v(rkh) * dh, x * sw + v(rkw) * dw, ch % ic_bn]
+                * kernel[c // reg_c, icj, v(rkh), v(rkw), 0, (c % reg_c) * oc_bn + k],
+                axis=axes,
+            )
+    else:
+        icc = te.reduce_axis((0, big_l), "icc") if big_l > 1 else None
+        icb = te.reduce_axis((0, ic_bn), "icb") if ic_bn > 1 else None
+        axes = [a for a in (icc, rkh, rkw, icb) if a is not None]
+
+        def start(c: Any) -> Any:
+            return te.min(tvm.tirx.floordiv(c // nbi * geom.icg, ic_bn), last_start)
+
+        def conv_fn(b, c, y, x, k):
+            return te.sum(
+                dpad[b, start(c) + v(icc), y * sh + v(rkh) * dh, x * sw + v(rkw) * dw, v(icb)]
+                * kernel[c // reg_c, v(icc), v(rkh), v(rkw), v(icb), (c % reg_c) * oc_bn + k],
+                axis=axes,
+            )
 
     conv = te.compute((n, ni, oh, owp, oc_bn), conv_fn, name="conv")
     ocb, ocg = geom.out_blocks, geom.ocg
@@ -422,7 +506,6 @@ def grouped_conv2d_nchwc_te(
         return total
 
     out_shape = (n, ocb, oh, ow, oc_bn)
-    tensors = [data, kernel]
     acc = acc_copies
     if permuted:
         source = te.placeholder((ocb * oc_bn,), "int32", name="source")
@@ -480,6 +563,7 @@ def grouped_conv2d_nchwc(
     epilogue: Epilogue | None = None,
     dtype: str = "float32",
     permuted: bool = False,
+    in_permuted: bool = False,
 ) -> Any:
     """A scheduled ``tvm.tirx.PrimFunc`` ``(data, kernel, [source], [bias], [residual], out)``
     of the blocked grouped conv (shapes in :func:`grouped_conv2d_nchwc_te`; ``params`` and
@@ -491,7 +575,7 @@ def grouped_conv2d_nchwc(
 
     tensors = grouped_conv2d_nchwc_te(
         data_shape, weight_shape, geom, strides, padding, dilation, params, epilogue, dtype,
-        permuted,
+        permuted, in_permuted,
     )  # fmt: skip
     sch = s_tir.Schedule(te.create_prim_func(tensors))
     assert params is not None

@@ -131,6 +131,16 @@ def nchwc_to_nchw(
     return _schedule_copy(te.create_prim_func([x, y]), 3)
 
 
+def copy_nchwc(shape: Sequence[int], dtype: str = "float32") -> Any:
+    """A scheduled PrimFunc ``(x, y)`` copying a blocked ``(N, CB, H, W, bn)`` tensor (parallel
+    over ``(n, c, h)``, vectorized over the block)."""
+    from tvm import te
+
+    x = te.placeholder(tuple(int(d) for d in shape), dtype, name="x")
+    y = te.compute(x.shape, lambda *i: x[i], name="T_layout")
+    return _schedule_copy(te.create_prim_func([x, y]), 4)
+
+
 def concat_nchwc(
     shapes: Sequence[Sequence[int]],
     channels: Sequence[int],

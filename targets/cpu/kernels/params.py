@@ -33,7 +33,8 @@ Goto & van de Geijn's GEMM kernels):
   There, unless every input element feeds ``COPY_NEGLIGIBLE_MACS`` (256) MACs or more, a
   rounding tile's score is multiplied by ``ROUNDING_COPY_PENALTY`` (0.6).
 - ``unroll_kw``: unroll the ``kw`` loop when the channel block is shorter than the lanes (the RGB
-  stem: ``ic_bn = 3``) so that the short ``icb`` loop does not dominate.
+  stem: ``ic_bn = 3``) so that the short ``icb`` loop does not dominate; such a stem's tile holds
+  at most ``STEM_ACCUMULATORS`` (12) accumulators when its outputs fill whole vectors.
 - enough parallel work: ``reg_c`` shrinks while there are fewer than ``4 * cores`` tasks.
 """
 
@@ -123,6 +124,13 @@ SHORT_REDUCTION = 256
 SHORT_ACCUMULATORS = 8
 
 
+#: accumulators of a stem conv's tile (a partial input block, ``kw`` unrolled, full output
+#: vectors): the RGB 3x3 stride-2 stem of ShuffleNet / MobileNet-V2 (3 -> 32 at 224x224) ran 138 us
+#: with 8 x 2, 110 us with 6 x 2 (one znver5 thread); tiny_cnn's 3 -> 16 5.0 -> 4.2 us with 12 x 1;
+#: the 7x7 stems of ResNet-50 / Inception did not change (3 x 4 or 4 x 4: 945 us)
+STEM_ACCUMULATORS = 12
+
+
 def choose_register_tile(
     ow: int,
     occ: int,
@@ -130,13 +138,17 @@ def choose_register_tile(
     max_reg_c: int = 4,
     copy_free: bool = True,
     reduction: int | None = None,
+    max_acc: int | None = None,
 ) -> tuple[int, int]:
     """``(reg_n, reg_c)`` by the rule in the module docstring (``copy_free``: the input is
     padded anyway, so rounding the width up costs no extra copy; ``reduction``: the length of
-    each output's sum, ``IC * KH * KW``, which caps the tile when short)."""
+    each output's sum, ``IC * KH * KW``, which caps the tile when short; ``max_acc``: a further
+    cap on the accumulators)."""
     budget = max_accumulators(vregs)
     if reduction is not None and reduction <= SHORT_REDUCTION:
         budget = budget * SHORT_ACCUMULATORS // 12
+    if max_acc is not None:
+        budget = min(budget, max_acc)
     best: tuple[float, int, int] = (-1.0, 1, 1)
     for rc in _divisors(occ):
         if rc > max_reg_c:
@@ -180,11 +192,13 @@ def choose_conv_params(
     # element feeds many MACs (the copy is one load + store per element)
     padded = any((pt, pl, pb, pr)) or oc * kh * kw >= COPY_NEGLIGIBLE_MACS * sh * sw
     reduction = ic * kh * kw
-    reg_n, reg_c = choose_register_tile(ow, occ, info.vregs, max_rc, padded, reduction)
+    stem = kw > 1 and ic_bn < info.lanes and oc_bn == info.lanes
+    cap = STEM_ACCUMULATORS if stem else None
+    reg_n, reg_c = choose_register_tile(ow, occ, info.vregs, max_rc, padded, reduction, cap)
     flat = False
     if ow % reg_n and oh * ow <= 32 * 32:
         # tile the flattened plane when that wastes less (parallel over n x oc tiles only)
-        frn, frc = choose_register_tile(oh * ow, occ, info.vregs, max_rc, padded, reduction)
+        frn, frc = choose_register_tile(oh * ow, occ, info.vregs, max_rc, padded, reduction, cap)
         better = tile_score(oh * ow, frn, frc, padded) > 1.02 * tile_score(ow, reg_n, reg_c, padded)
         if better and n * occ // frc >= 4 * info.cores:
             reg_n, reg_c, flat = frn, frc, True

@@ -69,20 +69,90 @@ def _add_kernel(bb: Any, func: Any, name: str) -> Any:
     return gv
 
 
+#: where a kernel writes into a bigger blocked buffer instead of its own output: ``(dest, total,
+#: offset)``, the buffer so far (None: the first writer allocates it), its channel blocks and the
+#: first block this kernel writes (see :func:`call_kernel`)
+Into = tuple[Any, int, int]
+
+
 def call_kernel(
-    bb: Any, func: Any, name: str, args: list[Any], out_shape: Sequence[int], dtype: str
+    bb: Any,
+    func: Any,
+    name: str,
+    args: list[Any],
+    out_shape: Sequence[int],
+    dtype: str,
+    into: Into | None = None,
 ) -> Any:
     """Add the kernel PrimFunc ``func`` to the module (once per distinct kernel, marked opaque and
     scheduled: :func:`finalize_kernel`) and emit a ``call_tir`` to it. Every lowering that emits
-    one of mcopt's own kernels goes through here."""
+    one of mcopt's own kernels goes through here.
+
+    ``into = (dest, total, offset)``: the kernel (its blocked ``(1, OCB, H, W, bn)`` output the
+    last parameter) writes channel blocks ``[offset, offset + OCB)`` of a ``(1, total, H, W,
+    bn)`` buffer instead (:func:`write_into`); the result is that buffer: a new one (its other
+    blocks unwritten) when ``dest`` is None, else ``dest`` updated in place
+    (``call_tir_inplace``). A channel concat of kernel outputs then costs no copy."""
     from tvm import relax
 
+    if into is not None:
+        dest, total, offset = into
+        func = write_into(func, total, offset)
+        gv = _add_kernel(bb, func, name)
+        n, _, *rest = (int(d) for d in out_shape)
+        out_ty = relax.TensorType([n, int(total), *rest], dtype)
+        if dest is None:
+            return bb.emit(relax.call_tir(gv, args, out_ty), name_hint=name)
+        call = relax.call_tir_inplace(gv, [*args, dest], len(args), out_ty)
+        return bb.emit(call, name_hint=name)
     gv = _add_kernel(bb, func, name)
     out_ty = relax.TensorType([int(d) for d in out_shape], dtype)
     return bb.emit(relax.call_tir(gv, args, out_ty), name_hint=name)
 
 
+def write_into(func: Any, total: int, offset: int) -> Any:
+    """``func`` (a scheduled PrimFunc whose last parameter is its blocked output ``(1, OCB, H, W,
+    bn)``) writing blocks ``[offset, offset + OCB)`` of a ``(1, total, H, W, bn)`` parameter
+    instead: the output becomes a view (``T.decl_buffer`` at element offset ``offset * H * W *
+    bn``; with batch 1 the blocks of a channel range are contiguous) of the bigger buffer. Done
+    on the TVMScript text (the signature and one declaration), so the body is untouched."""
+    from tvm.script import from_source
+
+    out = func.params[-1]
+    name, dtype = str(out.name), str(out.dtype)
+    shape = [int(d) for d in out.shape]
+    if len(shape) != 5 or shape[0] != 1 or not 0 <= offset <= total - shape[1]:
+        raise ValueError(f"cannot write a {shape} output at block {offset} of {total}")
+    text = func.script()
+    sig = f'{name}: T.Buffer(({", ".join(map(str, shape))}), "{dtype}")'
+    if text.count(sig) != 1:
+        raise ValueError(f"output parameter {sig!r} not found once in the kernel's script")
+    full = [1, int(total), *shape[2:]]
+    text = text.replace(sig, f'{name}_full: T.Buffer(({", ".join(map(str, full))}), "{dtype}")')
+    lines = text.split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("def ")) + 1
+    while lines[at].strip().startswith("T.func_attr"):
+        at += 1
+    plane = shape[2] * shape[3] * shape[4]
+    lines.insert(
+        at,
+        f'    {name} = T.decl_buffer(({", ".join(map(str, shape))}), "{dtype}", '
+        f"data={name}_full.data, elem_offset={int(offset) * plane})",
+    )
+    new = from_source("\n".join(lines))
+    return new if hasattr(new, "body") else new["main"]
+
+
 _call = call_kernel  # the name older lowerings import
+
+
+def emit_copy_into(bb: Any, x: Any, into: Into) -> Any:
+    """Copy the blocked ``x (1, CB, H, W, bn)`` into blocks ``[offset, offset + CB)`` of a bigger
+    buffer (``into``, see :func:`call_kernel`): the member of an in-place channel concat that no
+    kernel wrote there itself."""
+    shape = _shape(x)
+    dtype = str(x.ty.dtype)
+    return call_kernel(bb, layout.copy_nchwc(shape, dtype), "copy_nchwc", [x], shape, dtype, into)
 
 
 def emit_to_blocked(bb: Any, x: Any, bn: int, padded: int | None = None) -> Any:
@@ -156,8 +226,12 @@ def emit_conv2d(
     target: Any = None,
     params: ConvParams | None = None,
     tunable: bool = True,
+    into: Into | None = None,
+    plain_input: bool = False,
 ) -> Any:
-    """``act(conv2d(x, weight) + bias (+ residual))`` on a blocked ``x (N, IC/bn, H, W, bn)``.
+    """``act(conv2d(x, weight) + bias (+ residual))`` on a blocked ``x (N, IC/bn, H, W, bn)``
+    (``plain_input``: on an NCHW ``x`` as one block of all its channels, the RGB image; no
+    ``to_nchwc`` pass, see :func:`.conv2d.conv2d_nchwc_te`).
 
     ``weight`` is the logical OIHW numpy array (batch norm already folded in); the result is
     blocked ``(N, OC/oc_bn, OH, OW, oc_bn)`` with ``oc_bn`` from :func:`choose_conv_params`
@@ -166,11 +240,16 @@ def emit_conv2d(
     ``tunable`` (default) emits the conv as an unscheduled template task
     (:func:`mcopt.targets.tune.space.template_conv_workload`): the build pipeline schedules it
     with the analytic parameters, or a tuning database replaces that schedule with a tuned one;
-    ``tunable=False`` emits the pre-scheduled kernel.
+    ``tunable=False`` emits the pre-scheduled kernel (also with ``into``: the kernel writes into
+    a bigger buffer, see :func:`call_kernel`).
     """
     from tvm import relax
 
-    n, icc, h, w, ic_bn = _shape(x)
+    if plain_input:
+        n, icc, h, w = _shape(x)
+        icc, ic_bn = 1, icc
+    else:
+        n, icc, h, w, ic_bn = _shape(x)
     dtype = str(x.ty.dtype)
     oc, ic, kh, kw = weight.shape
     if ic != icc * ic_bn:
@@ -183,7 +262,7 @@ def emit_conv2d(
     if params.ic_bn != ic_bn:
         params = dataclasses.replace(params, ic_bn=ic_bn)
     ep = Epilogue(bias is not None, residual is not None, activation, *clip)
-    if tunable:
+    if tunable and into is None and not plain_input:
         from mcopt.targets.tune.space import template_conv_workload
 
         func = template_conv_workload(
@@ -191,8 +270,9 @@ def emit_conv2d(
         )
     else:
         func = conv2d_nchwc(
-            data_shape, weight.shape, strides, padding, dilation, target, params, ep, dtype
-        )
+            data_shape, weight.shape, strides, padding, dilation, target, params, ep, dtype,
+            plain_input,
+        )  # fmt: skip
     args = [x, relax.const(layout.pack_conv_weight(weight.astype(dtype), ic_bn, params.oc_kbn))]
     if bias is not None:
         args.append(relax.const(layout.pack_bias(bias.astype(dtype), params.oc_bn)))
@@ -202,7 +282,7 @@ def emit_conv2d(
     oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
     ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
     return call_kernel(
-        bb, func, "conv2d_nchwc", args, (n, oc // params.oc_bn, oh, ow, params.oc_bn), dtype
+        bb, func, "conv2d_nchwc", args, (n, oc // params.oc_bn, oh, ow, params.oc_bn), dtype, into
     )
 
 
@@ -217,10 +297,12 @@ def emit_winograd_conv2d(
     activation: str | None = None,
     clip: tuple[float, float] = (0.0, 6.0),
     residual: Any = None,
+    into: Into | None = None,
 ) -> Any:
     """``act(conv3x3(x, weight) + bias (+ residual))`` by Winograd F(m x m, 3 x 3) on a blocked
     ``x (N, C/bn, H, W, bn)`` (:mod:`.winograd_nchwc`); the result is blocked with the same
-    ``bn``. ``weight`` is the logical OIHW 3x3 numpy array (C and O multiples of ``bn``)."""
+    ``bn``. ``weight`` is the logical OIHW 3x3 numpy array (C and O multiples of ``bn``).
+    ``into``: write into a bigger buffer (:func:`call_kernel`)."""
     from tvm import relax
 
     from mcopt.targets.cpu.kernels.winograd_nchwc import pack_weight, winograd_conv2d_nchwc
@@ -237,7 +319,7 @@ def emit_winograd_conv2d(
     if residual is not None:
         args.append(residual)
     return call_kernel(
-        bb, func, f"winograd{m}_nchwc", args, (n, o // bn, plan.oh, plan.ow, bn), dtype
+        bb, func, f"winograd{m}_nchwc", args, (n, o // bn, plan.oh, plan.ow, bn), dtype, into
     )
 
 
@@ -337,6 +419,7 @@ def emit_grouped_conv2d(
     max_waste: float | None = None,
     max_relative_cost: float | None = None,
     out_perm: Sequence[int] | None = None,
+    in_perm: Sequence[int] | None = None,
 ) -> Any:
     """``act(grouped_conv2d(x, weight) + bias (+ residual))`` on a blocked ``x (N, ICB, H, W,
     ic_bn)`` (channels ``>= IC`` = ``groups * weight.shape[1]``, extra ones zero-padded) with the
@@ -350,7 +433,9 @@ def emit_grouped_conv2d(
     ``max_relative_cost``: when its estimated time exceeds that fraction of the conv over the
     block-diagonal weight (:func:`.grouped.relative_cost`). ``out_perm``: permute the output
     channels, ``y[:, c] = act(...)[:, out_perm[c]]`` (a channel shuffle fused into the epilogue;
-    ``residual`` is then in the permuted order).
+    ``residual`` is then in the permuted order). ``in_perm``: permute the input channels first,
+    ``grouped_conv2d(x[:, in_perm], weight)`` (a channel shuffle before the conv, read through a
+    table by the exact reduction: no pass over memory).
     """
     from tvm import relax
 
@@ -379,24 +464,31 @@ def emit_grouped_conv2d(
     data_shape = (n, ic, h, w)
     blocks = (ic_bn, icb, oc_bn, ocb)
     params, geom = choose_grouped_params(
-        data_shape, weight.shape, groups, *blocks, strides, padding, dilation, target
-    )
+        data_shape, weight.shape, groups, *blocks, strides, padding, dilation, target,
+        True if in_perm is not None else None,
+    )  # fmt: skip
     if max_waste is not None and geom.waste > max_waste:
         raise ValueError(
             f"grouped conv {ic}->{oc} (groups={groups}) in blocks {ic_bn}/{oc_bn} would run "
             f"{geom.waste:.1f}x its MACs (limit {max_waste})"
         )
-    if max_relative_cost is not None and relative_cost(geom, (kh, kw)) > max_relative_cost:
+    cost = relative_cost(geom, (kh, kw), out_perm is not None)
+    if max_relative_cost is not None and cost > max_relative_cost:
         raise ValueError(
             f"grouped conv {ic}->{oc} (groups={groups}): the block-diagonal conv is estimated "
-            f"faster ({relative_cost(geom, (kh, kw)):.2f}x its time)"
+            f"faster ({cost:.2f}x its time)"
         )
     ep = Epilogue(bias is not None, residual is not None, activation, *clip)
     permuted = out_perm is not None
     func = grouped_conv2d_nchwc(
-        data_shape, weight.shape, geom, strides, padding, dilation, params, ep, dtype, permuted
-    )
+        data_shape, weight.shape, geom, strides, padding, dilation, params, ep, dtype, permuted,
+        in_perm is not None,
+    )  # fmt: skip
     args = [x, relax.const(pack_grouped_weight(weight.astype(dtype), geom, params.oc_kbn))]
+    if in_perm is not None:
+        if sorted(int(p) for p in in_perm) != list(range(ic)):
+            raise ValueError(f"in_perm is not a permutation of the {ic} input channels")
+        args.append(relax.const(np.asarray(in_perm, np.int32)))
     if out_perm is not None:
         args.append(relax.const(output_source(geom, out_perm)))
     if bias is not None:

@@ -1,6 +1,7 @@
 """Timing compiled kernels and caching the measurements per machine (the Winograd tile choice,
-:mod:`.winograd_nchwc`): best-of-N milliseconds of one PrimFunc, and a JSON table keyed by target
-+ shape that is measured once per machine, tolerant of a missing or corrupt file."""
+:mod:`.winograd_nchwc`): best-of-N milliseconds of one PrimFunc or of alternatives timed in
+alternating rounds with cold weights, and a JSON table keyed by target + shape that is measured
+once per machine, tolerant of a missing or corrupt file."""
 
 from __future__ import annotations
 
@@ -27,6 +28,42 @@ def time_kernel(func: Any, arrays: list[np.ndarray], target: Any, repeat: int = 
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
     return _time_ms(lib, args, dev, repeat)
+
+
+#: preprocessing before every timed run of :func:`time_kernels`: flush every argument but the
+#: first (the input activation, which the layer before just wrote) from the caches, as in a model
+#: run, where a layer's weights are read once per inference and have left the caches since
+FLUSH_WEIGHTS = "cache_flush_cpu_non_first_arg"
+
+
+def time_kernels(
+    kernels: dict[str, tuple[Any, list[np.ndarray]]],
+    target: Any,
+    rounds: int = 5,
+    repeat: int = 3,
+    flush: bool = True,
+) -> dict[str, float]:
+    """Best ms of each PrimFunc of ``kernels`` (``{name: (func, arrays)}``) compiled for
+    ``target``, timed in ``rounds`` alternating rounds of ``repeat`` single runs each (a load
+    change on a shared host then hits every kernel alike), with the weights cold (``flush``:
+    :data:`FLUSH_WEIGHTS`; a 13x13 conv whose Winograd F(4x4) weights are 2.4 MB ran 1.9x its
+    warm-cache time inside SqueezeNet)."""
+    import tvm
+
+    dev = tvm.cpu()
+    evals = {}
+    for name, (func, arrays) in kernels.items():
+        lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+        args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
+        ev = lib.mod.time_evaluator(
+            "main", dev, number=1, repeat=repeat, f_preproc=FLUSH_WEIGHTS if flush else ""
+        )
+        evals[name] = (ev, args)
+    best = {name: float("inf") for name in kernels}
+    for _ in range(rounds):
+        for name, (ev, args) in evals.items():
+            best[name] = min(best[name], float(min(ev(*args).results)) * 1e3)
+    return best
 
 
 def target_key(target: Any) -> str:
@@ -68,4 +105,4 @@ def _read_table(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-__all__ = ["cached_row", "target_key", "time_kernel"]
+__all__ = ["FLUSH_WEIGHTS", "cached_row", "target_key", "time_kernel", "time_kernels"]

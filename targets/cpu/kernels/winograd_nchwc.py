@@ -38,7 +38,7 @@ import numpy as np
 
 from mcopt.ops.winograd import TRANSFORMS, winograd_weight
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
-from mcopt.targets.cpu.kernels.timing import cached_row, time_kernel
+from mcopt.targets.cpu.kernels.timing import cached_row, time_kernels
 
 
 # --- TVMScript text of the transforms (only their nonzero terms) ------------------------------
@@ -129,12 +129,13 @@ def separable(
 #: most 12 accumulators + rv weight vectors + a broadcast in AVX2's 16 registers: 3 x 4 (17) made
 #: LLVM spill accumulators to the stack (F(2x2) 64@56: 1.63 ms with 3 x 4, 0.98 ms with 6 x 2)
 _TILES = ((6, 2), (5, 2), (4, 2), (2, 4), (3, 3), (3, 2), (8, 1), (6, 1), (2, 2), (4, 1), (1, 4))
-#: convs with fewer MACs are never considered (their whole run is microseconds)
-MIN_WINOGRAD_MACS = 20_000_000
+#: convs with fewer MACs are never considered (their whole run is microseconds); SqueezeNet's
+#: 48 -> 192 at 13x13 (14 M MACs, one znver5 thread) ran 129 us direct, 77 us as F(2x2)
+MIN_WINOGRAD_MACS = 5_000_000
 #: Winograd is taken when it is at least this much faster than the direct template
 MIN_GAIN = 1.05
 #: version of the measurement table's keys (bump when the kernels change materially)
-TABLE_VERSION = "nchwc4"
+TABLE_VERSION = "nchwc5"
 
 
 @dataclass(frozen=True)
@@ -230,13 +231,15 @@ def script(
     add(f'    M = T.alloc_buffer(({a2}, {pp}, {o}), "float32")')
     # 1. zero padding, blocked
     add = L.append if "pad" in keep else _drop
-    add(f"    for t in T.parallel({n * cb}):")
-    add(f"        for yy, xx in T.grid({hp}, {wp}):")
+    # (parallel over rows, not channel blocks: one block of 16 channels is one task)
+    add(f"    for t in T.parallel({n * cb * hp}):")
+    add(f"        for xx in range({wp}):")
     add(f"            for l in T.vectorized({bn}):")
+    nn, cc, yy = f"t // {cb * hp}", f"t // {hp} % {cb}", f"t % {hp}"
     add(
-        f"                xpad[t // {cb}, t % {cb}, yy, xx, l] = T.if_then_else("
-        f"{pt} <= yy and yy < {h + pt} and {pl} <= xx and xx < {w + pl}, "
-        f"x[t // {cb}, t % {cb}, yy - {pt}, xx - {pl}, l], T.float32(0.0))"
+        f"                xpad[{nn}, {cc}, {yy}, xx, l] = T.if_then_else("
+        f"{pt} <= {yy} and {yy} < {h + pt} and {pl} <= xx and xx < {w + pl}, "
+        f"x[{nn}, {cc}, {yy} - {pt}, xx - {pl}, l], T.float32(0.0))"
     )
     add = L.append if "in" in keep else _drop
     # 2. input transform per (n, tile row), all channel blocks of a tile in turn (a task writes
@@ -341,7 +344,7 @@ def is_candidate(data_shape: Sequence[int], weight_shape: Sequence[int], strides
     o, c2, kh, kw = (int(d) for d in weight_shape)
     if (kh, kw) != (3, 3) or tuple(strides) != (1, 1) or tuple(dilations) != (1, 1):
         return False
-    if c != c2 or c % bn or o % bn or c < 2 * bn:
+    if c != c2 or c % bn or o % bn:
         return False
     return n * o * c * 9 * h * w >= MIN_WINOGRAD_MACS
 
@@ -357,7 +360,11 @@ def measure(
     bn: int | None = None,
 ) -> dict[str, float]:
     """ms of the direct template and of F(m) for each ``m`` in ``tiles``, same layouts and
-    epilogue, random data: ``{"direct": ms, "f2": ms, "f4": ms}``."""
+    epilogue, random data: ``{"direct": ms, "f2": ms, "f4": ms}``, timed in alternating rounds
+    with the weights cold (:func:`.timing.time_kernels`): inside a model a layer's weights come
+    from memory, and Winograd's are larger (``alpha^2 / 9`` times: 4x for F(4x4)), which decides
+    the small planes (SqueezeNet's 64 -> 256 at 13x13, one znver5 thread: F(4x4) 100 us with warm
+    weights, 188 us in the model, F(2x2) 133 us)."""
     from mcopt.targets.cpu.kernels import layout
     from mcopt.targets.cpu.kernels.conv2d import conv2d_nchwc
     from mcopt.targets.cpu.kernels.params import choose_conv_params
@@ -382,11 +389,11 @@ def measure(
         raise ValueError(f"direct template blocks {p.ic_bn}/{p.oc_bn} differ from {bn}")
     f = conv2d_nchwc((n, c, h, w), (o, c, 3, 3), 1, tuple(pads), 1, target, p, epilogue)
     wp = layout.pack_conv_weight(g, bn, p.oc_kbn)
-    res = {"direct": time_kernel(f, [x, wp, *extra, out], target)}
+    kernels = {"direct": (f, [x, wp, *extra, out])}
     for m in tiles:
         f, pl_ = winograd_conv2d_nchwc((n, c, h, w), o, m, pads, epilogue, bn)
-        res[f"f{m}"] = time_kernel(f, [x, pack_weight(g, m, pl_.rv, bn), *extra, out], target)
-    return res
+        kernels[f"f{m}"] = (f, [x, pack_weight(g, m, pl_.rv, bn), *extra, out])
+    return time_kernels(kernels, target)
 
 
 def table_path() -> Path:
