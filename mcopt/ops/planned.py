@@ -244,21 +244,21 @@ def _fused_qconv_check(t: InTypes, a: Attrs) -> str | None:
         return reason
     if a["kernel"] not in QCONV_KERNELS:
         return f"kernel={a['kernel']!r}; valid: {', '.join(QCONV_KERNELS)}"
+    if a["post_act"] not in ("none", "hard_swish"):
+        return f"post_act must be none or hard_swish, got {a['post_act']!r}"
     if a["q_dtype"] not in ("none", *QDTYPES):
         return f"q_dtype must be none, uint8 or int8, got {a['q_dtype']!r}"
     res = t[3] if len(t) > 3 else None
     tail = res is not None or a["q_dtype"] != "none" or a["post_min"] > -math.inf
+    tail = tail or a["post_act"] != "none"
     if a["out_dtype"] != "float32" and (tail or a["post_max"] < math.inf):
         return "a requantizing qconv2d (out_dtype int) cannot absorb a residual, act or quantize"
     if res is not None:
         out_shape = tuple(_conv2d_infer(t, a)[0].shape)
-    if a["post_act"] not in ("none", "hard_swish"):
-        return f"post_act must be none or hard_swish, got {a['post_act']!r}"
         if tuple(res.shape) != out_shape or res.dtype not in ("float32", *QDTYPES):
             return f"residual {res} must be float32 or int8/uint8 of shape {list(out_shape)}"
     if a["q_dtype"] != "none" and not a["q_scale"] > 0:
         return f"q_scale must be positive, got {a['q_scale']}"
-    tail = tail or a["post_act"] != "none"
     return None
 
 
@@ -286,6 +286,8 @@ def fused_qconv2d_ref(
             r = dequantize_array(residual, [a["residual_scale"]], [a["residual_zero_point"]])
         y = (y + r).astype(np.float32)
     y = np.clip(y, a["post_min"], a["post_max"]).astype(np.float32)
+    if a["post_act"] == "hard_swish":  # the hard_swish op's own formula
+        y = (y * np.clip(y / 6 + 0.5, 0, 1)).astype(np.float32)
     if a["q_dtype"] == "none":
         return y
     return quantize_array(y, [a["q_scale"]], [a["q_zero_point"]], str(a["q_dtype"]))
@@ -294,8 +296,6 @@ def fused_qconv2d_ref(
 register_op(
     OpSchema(
         name="fused_qconv2d",
-    if a["post_act"] == "hard_swish":  # the hard_swish op's own formula
-        y = (y * np.clip(y / 6 + 0.5, 0, 1)).astype(np.float32)
         inputs=("x", "w", "b?", "residual?"),
         attrs={
             **get_schema("qconv2d").attrs,  # the base qconv2d's attributes, then its tail's
@@ -303,6 +303,7 @@ register_op(
             "residual_zero_point": 0,
             "post_min": -math.inf,
             "post_max": math.inf,
+            "post_act": "none",
             "q_dtype": "none",
             "q_scale": 1.0,
             "q_zero_point": 0,
@@ -311,7 +312,6 @@ register_op(
         check=_fused_qconv_check,
         infer=lambda t, a: [TensorType(_conv2d_infer(t, a)[0].shape, _fused_qconv_dtype(a))],
         reference=fused_qconv2d_ref,
-            "post_act": "none",
         reference_types=True,
         macs=get_schema("qconv2d").macs,
         doc="a planned int8 conv: qconv2d, then (float base) + dequantize(residual), clamp to "

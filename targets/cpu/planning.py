@@ -272,14 +272,14 @@ class _Planner:
         assert x is not None and w is not None
         ic, (kh, kw) = w.shape[1], w.shape[2:]
         lx = self.plan.layout_of(x) or block_for(ic, self.plan.int8_lanes)
+        if grp.kind == "grouped":  # a window of input blocks per output block
+            g = int(grp.node.attrs["groups"])
+            return "int8" if lx.bn % 4 == 0 and g <= MAX_INT8_GROUPS else "plain"
         icp = lx.padded if lx.bn % 4 == 0 else -(-lx.channels // 4) * 4
         blocked_dots = icp // 4 * kh * kw
         window_dots = ic * kh * window_groups(kw)
         if kw > 1 and grp.node.attrs["dilations"][1] == 1 and window_dots * 5 < blocked_dots * 4:
             return "int8_window"
-        if grp.kind == "grouped":  # a window of input blocks per output block
-            g = int(grp.node.attrs["groups"])
-            return "int8" if lx.bn % 4 == 0 and g <= MAX_INT8_GROUPS else "plain"
         return "int8"
 
     def fuse_int8(self, grp: QGroup) -> None:

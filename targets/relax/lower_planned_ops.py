@@ -93,11 +93,11 @@ def _fused_qconv2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
         y = ctx.emit(R.maximum(y, ctx.const(np.float32(at["post_min"]))))
     if at["post_max"] < np.inf:
         y = ctx.emit(R.minimum(y, ctx.const(np.float32(at["post_max"]))))
+    if at["post_act"] == "hard_swish":
+        y = ctx.emit(LOWERINGS["hard_swish"](ctx, node, [y]))
     if at["q_dtype"] == "none":
         return y
     qn = SimpleNamespace(
-    if at["post_act"] == "hard_swish":
-        y = ctx.emit(LOWERINGS["hard_swish"](ctx, node, [y]))
         attrs={
             "scale": (at["q_scale"],),
             "zero_point": (at["q_zero_point"],),
