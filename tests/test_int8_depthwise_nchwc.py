@@ -1,6 +1,8 @@
 """Blocked int8 depthwise conv (targets/cpu/kernels/int8_depthwise_nchwc.py): the compiled kernels
 (VNNI and generic) against a numpy reference of ``sum((x - x_zp) * w) + bias_q`` followed by
-``QEpilogue.apply_numpy``.
+``QEpilogue.apply_numpy``. The AArch64 ``sdot`` kernel is built for a Neoverse-N1 and run on qemu's
+model of that core (all cases in one emulated process; skipped where ``scripts/setup_aarch64.sh``
+has not been run); its instructions are checked in the assembly without qemu.
 
 Exactness: every path is bit-exact except a float residual add followed by a requantize, where
 LLVM contracts ``y + r * r_scale`` into one FMA: that output may be one code off at a rounding tie
@@ -79,6 +81,20 @@ def _unblock(a, c):
 
 def _run_case(isa, bn, c, hw, k, stride, pads, ep, in_dtype="uint8", dil=1, n=1, seed=0, cores=2):
     """(kernel output, reference) in NCHW for one random case."""
+    func, args, ref = _make_case(isa, bn, c, hw, k, stride, pads, ep, in_dtype, dil, n, seed, cores)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=HOST)
+    dev = tvm.cpu()
+    targs = [tvm.runtime.tensor(a, dev) for a in args]
+    lib(*targs)
+    return _unblock(targs[-1].numpy(), c), ref
+
+
+def _make_case(
+    isa, bn, c, hw, k, stride, pads, ep, in_dtype="uint8", dil=1, n=1, seed=0, cores=2,
+    big_mult=False,
+):  # fmt: skip
+    """(PrimFunc, its arguments with a zero output last, NCHW reference) for one random case;
+    ``big_mult``: channels 0 and 1 get multipliers +-3e5 (products past the int32 range)."""
     rng = np.random.default_rng(seed)
     lo, hi = (0, 256) if in_dtype == "uint8" else (-128, 128)
     zp = 7 if in_dtype == "uint8" else -5
@@ -86,6 +102,8 @@ def _run_case(isa, bn, c, hw, k, stride, pads, ep, in_dtype="uint8", dil=1, n=1,
     w = rng.integers(-128, 128, (c, 1, k, k)).astype(np.int8)
     b = rng.integers(-20000, 20000, c).astype(np.int32)
     mult = rng.uniform(2e-4, 2e-3, c).astype(np.float32)
+    if big_mult:
+        mult[:2] = (3e5, -3e5)
     cp = -(-c // bn) * bn
     res = None
     if ep.residual is not None:
@@ -108,13 +126,8 @@ def _run_case(isa, bn, c, hw, k, stride, pads, ep, in_dtype="uint8", dil=1, n=1,
     ]
     if res is not None:
         args.append(_block(res, bn, 0))
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=HOST)
-    dev = tvm.cpu()
-    targs = [tvm.runtime.tensor(a, dev) for a in args]
-    out = np.zeros((n, cp // bn, *ref.shape[2:], bn), ep.out_dtype)
-    targs.append(tvm.runtime.tensor(out, dev))
-    lib(*targs)
-    return _unblock(targs[-1].numpy(), c), ref
+    args.append(np.zeros((n, cp // bn, *ref.shape[2:], bn), ep.out_dtype))
+    return func, args, ref
 
 
 def _assert_exact(got, ref):
@@ -237,3 +250,162 @@ def test_generic_tail_vectorized():
     asm = _asm(None)
     assert "vrndscaleps" in asm or "vroundps" in asm
     assert "vroundss" not in asm and "vrndscaless" not in asm
+
+
+# ---- the AArch64 sdot kernel -------------------------------------------------------------------
+
+ARM_SDOT = {
+    "kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"],
+    "mcpu": "neoverse-n1",
+}  # fmt: skip
+#: bounds inside the dtype (smax / smin) and a zero point (with big_mult: int32 saturation)
+EP_U8_NARROW = QEpilogue(base_dtype="uint8", base_bounds=(3.0, 200.7), base_zp=5)
+EP_I8_NARROW = QEpilogue(base_dtype="int8", base_bounds=(-100.5, 90.2), base_zp=-7)
+#: id -> _make_case arguments after (isa, bn); the residual case may be one code off (FMA)
+SDOT_CASES = {
+    "u8-residual": dict(c=32, hw=15, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_RES_U8),
+    "u8-u8-batch2": dict(c=32, hw=14, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_U8, n=2),
+    "u8-f32": dict(c=16, hw=12, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_F32),
+    "i8-i8": dict(c=32, hw=11, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_I8, in_dtype="int8"),
+    "i8-u8": dict(c=32, hw=11, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_U8, in_dtype="int8"),
+    "s2-pads-a": dict(c=16, hw=17, k=3, stride=2, pads=(0, 1, 2, 1), ep=EP_U8),
+    "s2-pads-b": dict(c=16, hw=17, k=3, stride=2, pads=(1, 0, 0, 2), ep=EP_U8),
+    "5x5-s1": dict(c=16, hw=13, k=5, stride=1, pads=(2, 2, 2, 2), ep=EP_U8),
+    "5x5-s2": dict(c=16, hw=13, k=5, stride=2, pads=(2, 2, 2, 2), ep=EP_U8),
+    "channels-padded": dict(c=18, hw=10, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_U8),
+    "tiny": dict(c=16, hw=3, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_U8, in_dtype="int8"),
+    "narrower-than-a-load": dict(c=8, hw=2, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_U8),
+    "7x7": dict(c=16, hw=5, k=7, stride=1, pads=(3, 3, 3, 3), ep=EP_U8, in_dtype="int8"),
+    "4x4": dict(c=16, hw=9, k=4, stride=1, pads=(1, 2, 2, 1), ep=EP_U8, in_dtype="int8"),
+    "6x6-s3": dict(c=16, hw=20, k=6, stride=3, pads=(0, 2, 1, 0), ep=EP_U8),
+    "1x1": dict(c=16, hw=9, k=1, stride=1, pads=(0, 0, 0, 0), ep=EP_U8),
+    "wide": dict(c=16, hw=30, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_U8, in_dtype="int8"),
+    "wide-s2": dict(c=8, hw=37, k=3, stride=2, pads=(1, 1, 1, 1), ep=EP_U8),
+    "narrow-bounds-u8": dict(
+        c=16, hw=12, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_U8_NARROW, big_mult=True
+    ),
+    "narrow-bounds-i8": dict(
+        c=16, hw=12, k=3, stride=2, pads=(1, 1, 1, 1), ep=EP_I8_NARROW, big_mult=True
+    ),
+    "single-thread": dict(c=12, hw=9, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_U8, n=3, cores=1),
+    "dilation-generic": dict(c=8, hw=12, k=3, stride=1, pads=(2, 2, 2, 2), ep=EP_U8, dil=2),
+}
+#: built with MCOPT_MIN_PARALLEL_WORK=0: the interior rows split into pieces
+SDOT_POOL_CASES = {
+    "row-pieces-13": dict(c=4, hw=13, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_U8),
+    "row-pieces-40": dict(c=4, hw=40, k=3, stride=2, pads=(1, 1, 1, 1), ep=EP_U8),
+}
+_SDOT_DRIVER = r"""
+import json, sys
+import numpy as np
+import tvm
+
+for lib, inp, outp in json.loads(sys.argv[1]):
+    with np.load(inp) as f:
+        args = [tvm.runtime.tensor(f[f"arg{i}"]) for i in range(len(f.files))]
+    tvm.runtime.load_module(lib)["main"](*args)
+    np.save(outp, args[-1].numpy())
+"""
+
+
+@pytest.fixture(scope="module")
+def sdot_results(tmp_path_factory):
+    """case id -> (output, reference) of every sdot case, run in one emulated aarch64 process on
+    qemu's Neoverse-N1 model."""
+    import json
+    import subprocess
+
+    from mcopt.targets.arm import emulate
+    from mcopt.targets.arm.builder import cross_compiler
+
+    reason = emulate.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    tmp = tmp_path_factory.mktemp("sdot")
+    target = tvm.target.Target(ARM_SDOT)
+    jobs, refs = [], {}
+    cases = [(k, v, False) for k, v in SDOT_CASES.items()]
+    cases += [(k, v, True) for k, v in SDOT_POOL_CASES.items()]
+    for name, kw, pool in cases:
+        with pytest.MonkeyPatch.context() as mp:
+            if pool:
+                mp.setenv("MCOPT_MIN_PARALLEL_WORK", "0")
+            func, args, ref = _make_case("sdot", 4, **kw)
+        lib = tmp / f"{name}.so"
+        tvm.compile(tvm.IRModule({"main": func}), target=target).export_library(
+            str(lib), fcompile=cross_compiler()
+        )
+        inp = tmp / f"{name}.npz"
+        np.savez(inp, **{f"arg{i}": a for i, a in enumerate(args)})
+        jobs.append([str(lib), str(inp), str(tmp / f"{name}.npy")])
+        refs[name] = (ref, kw["c"])
+    cpu = emulate.qemu_cpu_for_target(target)
+    proc = subprocess.run(
+        [*emulate.emulator_command(cpu), "-c", _SDOT_DRIVER, json.dumps(jobs)],
+        env=emulate.emulator_env(2, cpu), capture_output=True, text=True, timeout=900, cwd=tmp,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {
+        name: (_unblock(np.load(tmp / f"{name}.npy"), c), ref) for name, (ref, c) in refs.items()
+    }
+
+
+@pytest.mark.parametrize("case", [*SDOT_CASES, *SDOT_POOL_CASES])
+def test_sdot_kernel_under_emulation(sdot_results, case):
+    """The sdot kernel on qemu's Neoverse-N1 gives the reference's codes (the residual case at most
+    one code off at a rounding tie, as on x86)."""
+    got, ref = sdot_results[case]
+    if case == "u8-residual":
+        diff = np.abs(got.astype(np.int32) - ref.astype(np.int32))
+        assert diff.max() <= 1
+        assert (diff > 0).mean() < 0.01
+    else:
+        _assert_exact(got, ref)
+
+
+def _arm_asm(ep=EP_U8, in_dtype="uint8", stride=1, dil=1):
+    func = int8_depthwise_nchwc(
+        (1, 2, 16, 16, 4), (3, 3), (stride, stride), (1, 1, 1, 1), (dil, dil),
+        in_dtype=in_dtype, epilogue=ep, x_zero_point=3, isa="sdot",
+    )  # fmt: skip
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(ARM_SDOT))
+    return lib.mod.inspect_source("s")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_sdot_instructions(stride):
+    """``sdot`` on ``tbl`` / two-register ``tbl`` windows (no widening multiply-adds), and the
+    integer requantize: ``fcvtns`` and saturating narrows, no float rounding or clamping."""
+    import re
+
+    asm = _arm_asm(stride=stride)
+    assert "sdot\tv" in asm
+    assert re.search(r"tbl\tv\d+\.16b, \{ v\d+\.16b, v\d+\.16b \}", asm)
+    assert "smlal" not in asm and "mla\t" not in asm
+    assert "fcvtns" in asm and "sqxtun" in asm and "uqxtn" in asm
+    assert "frinti" not in asm and "fmaxnm" not in asm
+
+
+def test_sdot_instructions_int8():
+    asm = _arm_asm(EP_I8, in_dtype="int8")
+    assert "sdot\tv" in asm and "sqxtn" in asm
+    assert "eor\tv" not in asm  # s8 inputs need no flip
+
+
+def test_sdot_float_tail_and_dilation():
+    """A float output keeps the QEpilogue tail; a horizontal dilation the generic kernel."""
+    assert "sdot\tv" in _arm_asm(EP_F32)
+    asm = _arm_asm(dil=2)
+    assert "sdot\tv" not in asm and "smlal" in asm
+
+
+def test_int_requantize_condition():
+    from mcopt.targets.cpu.kernels.int8_depthwise_nchwc import _int_requantize
+
+    assert _int_requantize(EP_U8) == (0, 255, 3)
+    assert _int_requantize(EP_I8) == (-128, 127, -3)
+    assert _int_requantize(EP_U8_NARROW) == (3, 200, 5)
+    assert _int_requantize(EP_I8_NARROW) == (-100, 90, -7)
+    assert _int_requantize(EP_F32) is None and _int_requantize(EP_RES_U8) is None
+    assert _int_requantize(QEpilogue(base_dtype="uint8")) is None  # unbounded: wraps
+    assert _int_requantize(QEpilogue(base_dtype="int8", base_bounds=(-300.0, 10.0))) is None
