@@ -357,4 +357,6 @@ def test_the_first_conv_reads_the_nchw_image(pad: int) -> None:
     calls = _calls(plan_cpu(g, target), target)
     assert "to_nchwc" not in calls and "conv2d_nchwc" in calls
     feeds = _feeds(g)
-    np.testing.assert_allclose(build(g, "cpu").run(feeds)[0], run(g, feeds)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        build(g, "cpu").run(feeds)[0], run(g, feeds)[0], rtol=1e-4, atol=1e-5
+    )
