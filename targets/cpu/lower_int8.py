@@ -77,7 +77,6 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         x_v.type.layout is None
         and node.attrs["kernel"] != "int8_depthwise"
         and int(at["groups"]) == 1
-        and any(at["pads"])
     )
     if plain_in:  # the image: the kernel's padded copy reads NCHW and blocks it (no to_nchwc)
         x, lx = vals.plain_of(x_v), BlockedLayout(1, x_v.shape[1], x_v.shape[1])

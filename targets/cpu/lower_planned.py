@@ -300,8 +300,9 @@ def _blocked_pool_kernel(bb: Any, node: Node, x: relax.Expr, lay: Layout) -> rel
     from mcopt.targets.cpu.kernels.relax_ops import _call
 
     at = node.attrs
-    if node.op not in ("max_pool", "avg_pool") or x.ty.dtype != "float32":
-        return None
+    dtype = str(x.ty.dtype)
+    if node.op not in ("max_pool", "avg_pool") or (dtype != "float32" and node.op != "max_pool"):
+        return None  # max pools of any dtype (8-bit ones in int8 graphs), float average pools
     in_shape = LowerContext.shape_of(x)
     out_shape = lay.blocked_shape(tuple(node.output.shape))
     func = pool2d_nchwc(
@@ -313,8 +314,9 @@ def _blocked_pool_kernel(bb: Any, node: Node, x: relax.Expr, lay: Layout) -> rel
         at["pads"],
         at.get("dilations", (1, 1)),
         bool(at.get("count_include_pad", 0)),
+        dtype,
     )
-    return _call(bb, func, f"{node.op}_nchwc", [x], out_shape, "float32")
+    return _call(bb, func, f"{node.op}_nchwc", [x], out_shape, dtype)
 
 
 def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
