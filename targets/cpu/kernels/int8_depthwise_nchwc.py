@@ -487,15 +487,10 @@ def _vnni_kernel(
                 def row(ys: list[Any], static_y: int | None) -> None:
                     """Output rows ``ys``: one static border row (``static_y``, its number) or
                     ``ROW_STEP`` interior rows."""
-                    rows = list(range(g.kh))
-                    row_start = start
-                    if static_y is not None:  # kernel rows outside the image: x_zp * w
-                        rows = [kh for kh in rows if 0 <= static_y * sh + kh * dh - pt < h]
-                        for kh in range(g.kh):
-                            if kh not in rows:
-                                for q in range(ngroups):
-                                    row_start = dot(row_start, to_kt(zp_window), wv[kh, q, jos[q]])
-                        row_start = T.bind(row_start)
+                    rows, row_start = _row_taps(
+                        static_y, start, g.kh, (sh, dh, pt, h), ngroups,
+                        lambda acc, kh, q: dot(acc, to_kt(zp_window), wv[kh, q, jos[q]]),
+                    )  # fmt: skip
                     for xo in static_cols:
                         if xo < loop_cols[0]:
                             column(ys, xo, rows, row_start, True)
@@ -507,30 +502,77 @@ def _vnni_kernel(
                         if xo >= loop_cols[1]:
                             column(ys, xo, rows, row_start, True)
 
-                def static_rows(ys: list[int], first: bool) -> None:
-                    if not ys:
-                        return
-                    cond = piece == (0 if first else pieces - 1)
-                    with T.If(cond):
-                        with T.Then():
-                            for y in ys:
-                                row([tirx.const(y, "int32")], y)
-
-                static_rows(top_rows, True)
-                if yb > ya:
-                    y0 = T.bind(ya + piece * piece_rows)
-                    nrows = T.bind(tirx.min(piece_rows, yb - y0))
-                    if ROW_STEP > 1:
-                        with T.serial(0, nrows // ROW_STEP) as i:
-                            y = y0 + i * ROW_STEP
-                            row([y + r for r in range(ROW_STEP)], None)
-                        with T.serial(nrows - nrows % ROW_STEP, nrows) as i:
-                            row([y0 + i], None)
-                    else:
-                        with T.serial(0, nrows) as i:
-                            row([y0 + i], None)
-                static_rows(bottom_rows, False)
+                _drive_rows(row, piece, pieces, top_rows, bottom_rows, ya, yb, piece_rows, ROW_STEP)
     return ib.get().with_attr("tirx.is_scheduled", True)
+
+
+def _row_taps(
+    static_y: int | None,
+    start: Any,
+    kh_n: int,
+    geom: tuple[int, int, int, int],
+    ngroups: int,
+    add_zp: Any,
+) -> tuple[list[int], Any]:
+    """The kernel rows an output row reads and its accumulators' start value. An interior row
+    (``static_y`` None) reads all ``kh_n`` rows from ``start``; a border row (its number
+    ``static_y``) skips the kernel rows outside the image, whose taps would read the zero point:
+    their ``x_zp * w`` is added to the start once (``add_zp(acc, kh, q)`` for every tap group
+    ``q``). ``geom`` = (stride, dilation, top pad, height). Shared by the VNNI and ``sdot`` forms."""
+    from tvm.script.ir_builder import tirx as T
+
+    rows = list(range(kh_n))
+    if static_y is None:
+        return rows, start
+    sh, dh, pt, h = geom
+    rows = [kh for kh in rows if 0 <= static_y * sh + kh * dh - pt < h]
+    acc = start
+    for kh in range(kh_n):
+        if kh not in rows:
+            for q in range(ngroups):
+                acc = add_zp(acc, kh, q)
+    return rows, T.bind(acc)
+
+
+def _drive_rows(
+    row: Any,
+    piece: Any,
+    pieces: int,
+    top_rows: list[int],
+    bottom_rows: list[int],
+    ya: int,
+    yb: int,
+    piece_rows: int,
+    row_step: int,
+) -> None:
+    """Run ``row(ys, static_y)`` over one thread piece's output rows: the static border rows on
+    the first / last piece, then the interior rows ``[ya, yb)`` of this piece ``row_step`` at a
+    time (the remainder one by one). Shared by the VNNI and ``sdot`` forms."""
+    from tvm import tirx
+    from tvm.script.ir_builder import tirx as T
+
+    def static_rows(ys: list[int], first: bool) -> None:
+        if not ys:
+            return
+        with T.If(piece == (0 if first else pieces - 1)):
+            with T.Then():
+                for y in ys:
+                    row([tirx.const(y, "int32")], y)
+
+    static_rows(top_rows, True)
+    if yb > ya:
+        y0 = T.bind(ya + piece * piece_rows)
+        nrows = T.bind(tirx.min(piece_rows, yb - y0))
+        if row_step > 1:
+            with T.serial(0, nrows // row_step) as i:
+                y = y0 + i * row_step
+                row([y + r for r in range(row_step)], None)
+            with T.serial(nrows - nrows % row_step, nrows) as i:
+                row([y0 + i], None)
+        else:
+            with T.serial(0, nrows) as i:
+                row([y0 + i], None)
+    static_rows(bottom_rows, False)
 
 
 def _int_requantize(ep: QEpilogue) -> tuple[int, int, int] | None:
@@ -869,15 +911,10 @@ def _sdot_kernel(
                         j += m
 
                 def row(ys: list[Any], static_y: int | None) -> None:
-                    rows = list(range(g.kh))
-                    row_start = start
-                    if static_y is not None:  # kernel rows outside the image: zp * w
-                        rows = [kh for kh in rows if 0 <= static_y * sh + kh * dh - pt < h]
-                        for kh in range(g.kh):
-                            if kh not in rows:
-                                for q in range(ngroups):
-                                    row_start = dot(row_start, zp_vec, wv[kh, q])
-                        row_start = T.bind(row_start)
+                    rows, row_start = _row_taps(
+                        static_y, start, g.kh, (sh, dh, pt, h), ngroups,
+                        lambda acc, kh, q: dot(acc, zp_vec, wv[kh, q]),
+                    )  # fmt: skip
                     for xo in static_cols:
                         if xo < chunk_cols[0]:
                             accs = column(ys, xo, rows, row_start)
@@ -899,29 +936,7 @@ def _sdot_kernel(
                             for r, y in enumerate(ys):
                                 store(y, xo, [accs[r]])
 
-                def static_rows(ys: list[int], first: bool) -> None:
-                    if not ys:
-                        return
-                    cond = piece == (0 if first else pieces - 1)
-                    with T.If(cond):
-                        with T.Then():
-                            for y in ys:
-                                row([tirx.const(y, "int32")], y)
-
-                static_rows(top_rows, True)
-                if yb > ya:
-                    y0 = T.bind(ya + piece * piece_rows)
-                    nrows = T.bind(tirx.min(piece_rows, yb - y0))
-                    if row_step > 1:
-                        with T.serial(0, nrows // row_step) as i:
-                            y = y0 + i * row_step
-                            row([y + r for r in range(row_step)], None)
-                        with T.serial(nrows - nrows % row_step, nrows) as i:
-                            row([y0 + i], None)
-                    else:
-                        with T.serial(0, nrows) as i:
-                            row([y0 + i], None)
-                static_rows(bottom_rows, False)
+                _drive_rows(row, piece, pieces, top_rows, bottom_rows, ya, yb, piece_rows, row_step)
     return ib.get().with_attr("tirx.is_scheduled", True)
 
 
