@@ -38,6 +38,7 @@ from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import BlockedLayout
 from mcopt.ops.nn import bn_affine
 from mcopt.targets.cpu import kernels as K
+from mcopt.targets.cpu.lower_int8 import lower_fused_qconv, lower_fused_qconv_plain
 from mcopt.targets.cpu.plan import (
     BLOCKED_BINARY,
     BLOCKED_POOLS,
@@ -475,31 +476,31 @@ def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRM
     return mod
 
 
+#: planned conv op -> (its kernel lowering, its plain lowering, its name in a warning, the choice
+#: counted when the kernel does not build)
+_CONV_KERNELS: dict[str, tuple[Any, Any, str, str]] = {
+    "fused_conv2d": (_lower_fused_conv, _lower_fused_plain, "conv",
+                     "conv: plain Relax ops (kernel not built)"),
+    "fused_qconv2d": (lower_fused_qconv, lower_fused_qconv_plain, "int8",
+                      "int8 conv: plain ops (kernel not built)"),
+}  # fmt: skip
+
+
 def _lower_node(vals: _Values, node: Node, target: Any) -> None:
-    if node.op == "fused_conv2d":
+    conv = _CONV_KERNELS.get(node.op)
+    if conv is not None:  # a planned conv: its kernel, or the plain ops where it does not build
+        kernel_fn, plain_fn, what, fallback = conv
         if node.attrs["kernel"] != "plain" and node.output.type.layout is not None:
             try:
-                _lower_fused_conv(vals, node, target)
+                kernel_fn(vals, node, target)
                 return
-            except Exception as e:  # a shape the kernels do not cover: plain Relax, same result
-                log.warning("node %r: conv kernel not used (%s); plain path", node.name, e)
-                vals.chose("conv: plain Relax ops (kernel not built)")
-        _lower_fused_plain(vals, node)
+            except Exception as e:  # a shape the kernels do not cover: plain ops, same result
+                log.warning("node %r: %s kernel not used (%s); plain path", node.name, what, e)
+                vals.chose(fallback)
+        plain_fn(vals, node)
         return
     if node.op == "fused_dense":
         _lower_fused_dense(vals, node, target)
-        return
-    if node.op == "fused_qconv2d":
-        from mcopt.targets.cpu.lower_int8 import lower_fused_qconv, lower_fused_qconv_plain
-
-        if node.attrs["kernel"] != "plain" and node.output.type.layout is not None:
-            try:
-                lower_fused_qconv(vals, node, target)
-                return
-            except Exception as e:  # a shape the kernels do not cover: plain ops, same result
-                log.warning("node %r: int8 kernel not used (%s); plain path", node.name, e)
-                vals.chose("int8 conv: plain ops (kernel not built)")
-        lower_fused_qconv_plain(vals, node)
         return
     lay = node.output.type.layout if len(node.outputs) == 1 else None
     if lay is not None:

@@ -400,17 +400,7 @@ def _vnni_kernel(
 
     with IRBuilder() as ib:
         with T.prim_func():
-            T.func_name("main")
-            x = T.arg("x", T.buffer((g.n, g.cb, h, w, bn), in_dtype))
-            kern = T.arg("kernel", T.buffer((g.cb, g.kh, g.kw, bn), "int8"))
-            bias = T.arg("bias", T.buffer((g.cb, bn), "int32"))
-            mult = T.arg("mult", T.buffer((g.cb, bn), "float32"))
-            out_shape = (g.n, g.cb, g.oh, g.ow, bn)
-            res = None
-            if epilogue.residual is not None:
-                res = T.arg("residual", T.buffer(out_shape, epilogue.residual))
-            out = T.arg("out", T.buffer(out_shape, epilogue.out_dtype))
-            T.func_attr({"tirx.noalias": True})
+            x, kern, bias, mult, res, out = _declare_args(g, h, w, bn, in_dtype, epilogue)
             loop = T.parallel if use_pool else T.serial
             with loop(0, g.n * g.cb * pieces) as task:
                 b_ = T.bind(task // (g.cb * pieces))
@@ -504,6 +494,27 @@ def _vnni_kernel(
 
                 _drive_rows(row, piece, pieces, top_rows, bottom_rows, ya, yb, piece_rows, ROW_STEP)
     return ib.get().with_attr("tirx.is_scheduled", True)
+
+
+def _declare_args(
+    g: Any, h: int, w: int, bn: int, in_dtype: str, epilogue: QEpilogue
+) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """The hand-written forms' PrimFunc signature (inside ``T.prim_func()``): ``x``, ``kernel``,
+    ``bias``, ``mult``, ``residual`` (None without one), ``out``, as in the module docstring."""
+    from tvm.script.ir_builder import tirx as T
+
+    T.func_name("main")
+    x = T.arg("x", T.buffer((g.n, g.cb, h, w, bn), in_dtype))
+    kern = T.arg("kernel", T.buffer((g.cb, g.kh, g.kw, bn), "int8"))
+    bias = T.arg("bias", T.buffer((g.cb, bn), "int32"))
+    mult = T.arg("mult", T.buffer((g.cb, bn), "float32"))
+    out_shape = (g.n, g.cb, g.oh, g.ow, bn)
+    res = None
+    if epilogue.residual is not None:
+        res = T.arg("residual", T.buffer(out_shape, epilogue.residual))
+    out = T.arg("out", T.buffer(out_shape, epilogue.out_dtype))
+    T.func_attr({"tirx.noalias": True})
+    return x, kern, bias, mult, res, out
 
 
 def _row_taps(
@@ -771,17 +782,7 @@ def _sdot_kernel(
 
     with IRBuilder() as ib:
         with T.prim_func():
-            T.func_name("main")
-            x = T.arg("x", T.buffer((g.n, g.cb, h, w, bn), in_dtype))
-            kern = T.arg("kernel", T.buffer((g.cb, g.kh, g.kw, bn), "int8"))
-            bias = T.arg("bias", T.buffer((g.cb, bn), "int32"))
-            mult = T.arg("mult", T.buffer((g.cb, bn), "float32"))
-            out_shape = (g.n, g.cb, g.oh, g.ow, bn)
-            res = None
-            if epilogue.residual is not None:
-                res = T.arg("residual", T.buffer(out_shape, epilogue.residual))
-            out = T.arg("out", T.buffer(out_shape, epilogue.out_dtype))
-            T.func_attr({"tirx.noalias": True})
+            x, kern, bias, mult, res, out = _declare_args(g, h, w, bn, in_dtype, epilogue)
             loop = T.parallel if use_pool else T.serial
             with loop(0, g.n * g.cb * pieces) as task:
                 b_ = T.bind(task // (g.cb * pieces))
