@@ -7,8 +7,11 @@ between min and max"):
 - **weights**: per-output-channel symmetric, ``scale[o] = max|W[o]| / qmax``, codes
   ``q = clip(rint(W / scale), -qmax-1, qmax)`` stored as real int8 bytes (``UniformQuant``
   encoding; ``weight_bits=4`` keeps codes in [-8, 7] and counts 4 bits each). ``reduce_range``
-  (default on) uses 7-bit codes [-64, 63] at 8 bits, as onnxruntime's ``reduce_range``: AVX2's
-  ``vpmaddubsw`` (no VNNI) is then exact; VNNI / ARM ``sdot`` targets may turn it off.
+  uses 7-bit codes [-64, 63] at 8 bits, as onnxruntime's ``reduce_range``: AVX2's ``vpmaddubsw``
+  (no VNNI) is then exact. The default ``"auto"`` asks the compile target
+  (``TargetServices.int8_reduce_range``): on at AVX2-only x86, off where the dot product
+  accumulates exactly in int32 (VNNI, ARM ``sdot``, CUDA, plain code) — there 7-bit codes only
+  double the weight rounding error; on (as onnxruntime) when no target is given.
   ``rounding="gptq"`` replaces round-to-nearest by second-order rounding (:mod:`.gptq`).
 - **activations**: per-tensor, ``activations="asymmetric"`` (uint8, ``scale = (hi - lo) / 255``,
   ``zero_point = rint(-lo / scale)``, ``lo <= 0 <= hi``) or ``"symmetric"`` (int8, zero point 0);
@@ -45,7 +48,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -144,7 +147,7 @@ class QuantizeInt8(Pass):
     lossless = False
 
     weight_bits: int = 8
-    reduce_range: bool = True
+    reduce_range: bool | Literal["auto"] = "auto"
     activations: str = "asymmetric"
     calibration: str = "minmax"
     percentile: float = 99.99
@@ -179,6 +182,10 @@ class QuantizeInt8(Pass):
     # --- driver ---------------------------------------------------------------------------------
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         self._check()
+        if self.reduce_range == "auto":
+            want = ctx.target.int8_reduce_range() if ctx.target is not None else True
+            ctx.detail("reduce_range", f"{want} (auto: target {getattr(ctx.target, 'name', None)})")
+            return dataclasses.replace(self, reduce_range=want).run(graph, ctx)
         if self.rounding == "gptq" and ctx.heldout and ctx.teacher is not None:
             # GPTQ fits its rounding to the calibration inputs: keep it only where it beats
             # round-to-nearest on inputs it did not see (both errors go to the report)

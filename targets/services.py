@@ -1,6 +1,6 @@
 """The target side of :class:`mcopt.pass_manager.TargetServices`: what a pass may ask of the
-compile target (today: time a 3x3 conv's direct and Winograd kernels). TVM is imported only when a
-service is used."""
+compile target (time a 3x3 conv's direct and Winograd kernels; whether its int8 dot product needs
+7-bit weights). TVM is imported only when a service is used."""
 
 from __future__ import annotations
 
@@ -16,6 +16,21 @@ class TargetServices:
         from mcopt.targets.cpu.kernels.winograd_nchwc import cached_measurement
 
         return cached_measurement(*args, **kwargs)
+
+    def int8_reduce_range(self) -> bool:
+        """Whether 8-bit weights should use 7-bit codes ([-64, 63]) on this target: only where
+        its fastest exact int8 dot product needs them (AVX2 / AVX-512BW ``vpmaddubsw`` saturates
+        int16 pairs). VNNI ``vpdpbusd``, AArch64 ``sdot``, CUDA ``dp4a`` and plain int32 code
+        accumulate exactly with full 8-bit weights, so quantizing to 7 bits there only adds error."""
+        from mcopt.targets.registry import get_target
+
+        spec = get_target(self.name)
+        if spec.kind != "llvm":
+            return False
+        from mcopt.targets.cpu.kernels.int8_intrin import choose_isa
+
+        target = spec.tvm_target()
+        return choose_isa(target, weight_7bit=True) != choose_isa(target, weight_7bit=False)
 
 
 def services_for(target: str) -> TargetServices:

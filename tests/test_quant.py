@@ -221,3 +221,41 @@ def test_qdq_export_runs_in_onnxruntime_and_reimports():
         assert {"qconv2d", "qdense"} <= {n.op for n in g2.nodes}
         for f in feeds:
             np.testing.assert_allclose(run(g2, f)[0], run(g, f)[0], rtol=1e-4, atol=1e-4)
+
+
+class _FakeTarget:
+    def __init__(self, reduce: bool) -> None:
+        self.name, self.reduce = "fake", reduce
+
+    def int8_reduce_range(self) -> bool:
+        return self.reduce
+
+
+@pytest.mark.parametrize(("target", "limit"), [(None, 63), (_FakeTarget(True), 63),
+                                               (_FakeTarget(False), 127)])  # fmt: skip
+def test_reduce_range_auto_asks_the_target(target, limit):
+    """``reduce_range="auto"``: 7-bit weight codes without a target (as onnxruntime) or where the
+    target asks for them; full 8-bit codes where its int8 dot product is exact with them."""
+    g0, feeds = _tiny(4)
+    g = g0.copy()
+    ctx = PassContext(calib=feeds, target=target)
+    PassManager(["cleanup", "quantize-int8"]).run(g, ctx)
+    codes = [np.abs(n.inputs[1].const.astype(np.int32)).max() for n in g.nodes if n.op == "qconv2d"]
+    assert codes and max(codes) == limit, codes  # the largest weight of a channel hits qmax
+    assert _rel(g, g0, feeds) < 0.08
+
+
+@pytest.mark.parametrize(("mcpu", "reduce"), [("haswell", True), ("cascadelake", False),
+                                              ("x86-64", False)])  # fmt: skip
+def test_target_services_reduce_range_follows_the_dot_product(mcpu, reduce):
+    """7-bit weights only where ``vpmaddubsw`` (saturating int16 pairs) is the fast path."""
+    tvm = pytest.importorskip("tvm")
+    from mcopt.targets.registry import TargetSpec, register_target
+    from mcopt.targets.services import TargetServices
+
+    name = f"test-x86-{mcpu}"
+    register_target(
+        TargetSpec(name, "llvm", lambda: tvm.target.Target({"kind": "llvm", "mcpu": mcpu})),
+        replace=True,
+    )
+    assert TargetServices(name).int8_reduce_range() is reduce

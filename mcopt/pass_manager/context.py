@@ -24,11 +24,15 @@ _log = logging.getLogger("mcopt.passes")
 class TargetServices(typing.Protocol):
     """What a pass may ask of the compile target (implemented in ``mcopt.targets``; the core
     defines only the protocol): ``measure_winograd(...) -> {"direct": ms, "f2": ms, "f4": ms}``
-    times a 3x3 conv's kernels on the target (see :mod:`mcopt.passes.winograd`)."""
+    times a 3x3 conv's kernels on the target (see :mod:`mcopt.passes.winograd`);
+    ``int8_reduce_range() -> bool`` says whether the target's int8 kernels want 7-bit weights
+    (see :mod:`mcopt.passes.quantize`)."""
 
     name: str
 
     def measure_winograd(self, *args: Any, **kwargs: Any) -> dict[str, float]: ...
+
+    def int8_reduce_range(self) -> bool: ...
 
 
 @dataclass
