@@ -81,13 +81,23 @@ class Candidate:
         }
 
 
+def _int8_spec(target: str | None) -> str:
+    """``quantize-int8`` as the target wants it: candidates are optimized without a target (it
+    compiles them once, for the latency), so its ``reduce_range`` choice is spelled out."""
+    if target is None:
+        return "quantize-int8"
+    from mcopt.targets.services import services_for
+
+    return f"quantize-int8:reduce_range={str(services_for(target).int8_reduce_range()).lower()}"
+
+
 def _families(
-    graph: Graph, objective: str, train: bool, epochs: int
+    graph: Graph, objective: str, train: bool, epochs: int, int8: str = "quantize-int8"
 ) -> list[tuple[str, list[list[str]]]]:
     ft = [f"finetune:epochs={epochs}"] if train else []
     qat = [f"finetune:epochs={max(1, epochs // 2)},lr=0.0002"] if train else []
     has_conv = any(n.op == "conv2d" for n in graph.nodes)
-    fams: list[tuple[str, list[list[str]]]] = [("int8", [["cleanup", "quantize-int8", *qat]])]
+    fams: list[tuple[str, list[list[str]]]] = [("int8", [["cleanup", int8, *qat]])]
     ratios = (0.25, 0.4, 0.55, 0.7) if has_conv else (0.3, 0.5, 0.7)
     fams.append(
         (
@@ -288,7 +298,8 @@ def auto_search(
 
     cands = [evaluate(["cleanup"], "baseline")]
     best_prune: Candidate | None = None
-    for family, ladder in _families(original, objective, train, epochs):
+    int8_spec = _int8_spec(target)
+    for family, ladder in _families(original, objective, train, epochs, int8_spec):
         for pipe in ladder:
             c = evaluate(pipe, family)
             cands.append(c)
@@ -298,7 +309,7 @@ def auto_search(
                 best_prune = c
     int8 = next((c for c in cands if c.family == "int8"), None)
     if best_prune is not None and int8 is not None and int8.feasible:
-        combo = [*best_prune.pipeline, "quantize-int8"]
+        combo = [*best_prune.pipeline, int8_spec]
         if train:
             combo.append(f"finetune:epochs={max(1, epochs // 2)},lr=0.0002")
         cands.append(evaluate(combo, "prune-channels+int8"))

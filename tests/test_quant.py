@@ -259,3 +259,18 @@ def test_target_services_reduce_range_follows_the_dot_product(mcpu, reduce):
         replace=True,
     )
     assert TargetServices(name).int8_reduce_range() is reduce
+
+
+def test_auto_search_spells_out_the_targets_reduce_range():
+    """``passes="auto"`` optimizes candidates without a target: the int8 candidate carries the
+    target's ``reduce_range`` in its pipeline (reproducible from the report)."""
+    pytest.importorskip("tvm")
+    from mcopt.pass_manager import get_pass
+    from mcopt.search import _int8_spec
+    from mcopt.targets.services import services_for
+
+    assert _int8_spec(None) == "quantize-int8"
+    name, _, opts = _int8_spec("cpu").partition(":")
+    key, _, val = opts.partition("=")
+    p = get_pass(name, **{key: val})
+    assert p.reduce_range is services_for("cpu").int8_reduce_range()
