@@ -32,6 +32,8 @@ from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
 
 #: int32 accumulators of the register tile (32 NEON registers: the rest hold the loads)
 MAX_ACCUMULATORS = 24
+#: input blocks per iteration of the reduction loop
+ICB_UNROLL = 2
 
 
 def pixel_groups(reg_n: int) -> list[int]:
@@ -196,6 +198,8 @@ def int8_pointwise_sdot(
     def intrin(dtype: str, name: str, *args: Any) -> Any:
         return T.call_llvm_pure_intrin(dtype, T.llvm_lookup_intrinsic_id(name), *args)
 
+    x80 = tirx.Broadcast(tirx.const(128, "uint8"), 16)
+
     def lane(a: Any, p: int) -> Any:
         """int8x16 whose four words are word ``p`` of ``a``."""
         a32 = T.reinterpret("int32x4", a)
@@ -232,7 +236,9 @@ def int8_pointwise_sdot(
                         for g in range(len(starts)):
                             for p in range(4):
                                 T.buffer_store(acc, start, [slot(ci, g, p)])
-                    with T.serial(0, icb) as k:
+
+                    def block(k: Any) -> None:
+                        """The dot products of input block ``k``."""
                         wv = [
                             T.bind(kern.vload([c0 + ci, k, 0, 0, 0, 0], "int8x16"))
                             for ci in range(reg_c)
@@ -241,12 +247,7 @@ def int8_pointwise_sdot(
                         for s in starts:
                             v = x.vload([b_, k, q0 + s, 0], f"{in_dtype}x16")
                             if flip:
-                                v = T.reinterpret(
-                                    "int8x16",
-                                    tirx.bitwise_xor(
-                                        v, tirx.Broadcast(tirx.const(128, "uint8"), 16)
-                                    ),
-                                )
+                                v = T.reinterpret("int8x16", tirx.bitwise_xor(v, x80))
                             av.append(T.bind(v))
                         for g in range(len(starts)):
                             for p in range(4):
@@ -258,6 +259,13 @@ def int8_pointwise_sdot(
                                         cur, wv[ci], ap,
                                     )  # fmt: skip
                                     T.buffer_store(acc, new, [slot(ci, g, p)])
+
+                    # two input blocks per iteration (half the loop's counter and pointer updates)
+                    with T.serial(0, icb // ICB_UNROLL) as k2:
+                        for u in range(ICB_UNROLL):
+                            block(k2 * ICB_UNROLL + u)
+                    for k in range(icb - icb % ICB_UNROLL, icb):
+                        block(tirx.const(k, "int32"))
                     for ci in range(reg_c):
                         c = c0 + ci
                         if fast is not None:
