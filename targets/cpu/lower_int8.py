@@ -63,6 +63,7 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         pack_int8_window_weight,
     )
     from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa
+    from mcopt.targets.cpu.kernels.int8_pointwise_sdot import sdot_pointwise_applies
     from mcopt.targets.cpu.kernels.relax_ops import call_kernel
     from mcopt.targets.cpu.lower_planned import _check_shape
     from mcopt.targets.relax.lower_quant import _cores, _is_7bit
@@ -143,6 +144,13 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         and lx.bn % 4 == 0
         and not shift
     )
+    flat = flat or (
+        not plain_in
+        and not window
+        and sdot_pointwise_applies(
+            isa, lx.bn, (kh, kw), at["strides"], at["pads"], oh * ow, gwin is not None
+        )
+    )
     params = choose_params(
         oh * ow if flat else ow, occ if gwin is None else 1, isa, lanes, oh, cores
     )
@@ -150,7 +158,7 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     func, flat = int8_conv2d_nchwc(
         in_shape, wp.shape, at["strides"], at["pads"], at["dilations"],
         in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, params=params, window=window,
-        group_window=gwin,
+        group_window=gwin, cores=cores,
     )  # fmt: skip
     be = int8_conv.conv_bias_eff(wp, b_pad, x_zp + shift, lout.padded).reshape(occ, lanes)
     ctx = vals.ctx

@@ -32,6 +32,10 @@ import numpy as np
 from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size
 from mcopt.targets.cpu.kernels.int8_conv import a_dtype_of, zero_shift
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
+from mcopt.targets.cpu.kernels.int8_pointwise_sdot import (
+    int8_pointwise_sdot,
+    sdot_pointwise_applies,
+)
 from mcopt.targets.cpu.kernels.threads import parallel
 
 
@@ -82,6 +86,7 @@ def int8_conv2d_nchwc(
     params: Int8NCHWcParams,
     window: bool = False,
     group_window: tuple[int, int, int] | None = None,
+    cores: int = 1,
 ) -> tuple[Any, bool]:
     """The scheduled PrimFunc and whether it runs on the flattened plane.
 
@@ -102,7 +107,11 @@ def int8_conv2d_nchwc(
     KW)`` with ``OCp`` a multiple of ``L`` and ``ICp = ICb * ib``. Arguments: ``x``, ``kernel``
     ``(OCp/L, ICp4/4, KH, KW, L, 4)`` int8, ``bias (OCp/L, L)`` int32, ``mult (OCp/L, L)`` f32,
     ``residual`` (output shape, dtype ``epilogue.residual``) when there is one, ``out``. When
-    flat, ``x`` is ``(N, ICb, H*W, ib)`` and the residual / output ``(N, OCb, H*W, L)``."""
+    flat, ``x`` is ``(N, ICb, H*W, ib)`` and the residual / output ``(N, OCb, H*W, L)``.
+
+    The AArch64 ``sdot`` 1x1 convs (:func:`.int8_pointwise_sdot.sdot_pointwise_applies`, u8 or
+    s8 input) are the hand-written :func:`.int8_pointwise_sdot.int8_pointwise_sdot` (own
+    register tile; ``cores`` > 1: on the thread pool), always flat."""
     from tvm import s_tir, te, tirx
 
     plain = len(in_shape) == 4  # an NCHW input (the image): read by the padded copy directly
@@ -121,6 +130,20 @@ def int8_conv2d_nchwc(
     sh, sw = _pair(tuple(strides))
     dh, dw = _pair(tuple(dilations))
     pt, pl, pb, pr = _pads(tuple(pads))
+    if (
+        not plain
+        and not window
+        and sdot_pointwise_applies(
+            params.isa, ib, (kh, kw), (sh, sw), (pt, pl, pb, pr), h * w, group_window is not None
+        )
+    ):
+        if ocp % params.lanes or icp != icb_n * ib:
+            raise ValueError(f"weight {weight_shape} for input {in_shape}")
+        func = int8_pointwise_sdot(
+            n, icb_n, h * w, ocp // params.lanes, in_dtype=in_dtype, epilogue=epilogue,
+            cores=cores,
+        )  # fmt: skip
+        return func, True
     oh = conv_out_size(h, kh, sh, pt, pb, dh)
     ow = conv_out_size(w, kw, sw, pl, pr, dw)
     lanes = params.lanes

@@ -86,7 +86,6 @@ on the others. Two threads: 2.1x, 1.5x, 1.0-1.2x, 1.05-1.2x, 1.04x.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +94,8 @@ import numpy as np
 
 from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
+from mcopt.targets.cpu.kernels.int8_pointwise_sdot import int_requantize as _int_requantize
+from mcopt.targets.cpu.kernels.int8_pointwise_sdot import sdot_requantize
 from mcopt.targets.cpu.kernels.threads import min_parallel_work, parallel
 
 #: most output columns in the generic kernel's register tile (int32 accumulators)
@@ -586,27 +587,6 @@ def _drive_rows(
     static_rows(bottom_rows, False)
 
 
-def _int_requantize(ep: QEpilogue) -> tuple[int, int, int] | None:
-    """``(lo, hi, zp)`` where ``ep``'s tail is an 8-bit requantize whose bounds, as the integers
-    the float clamp + truncation give for integral values, lie in the dtype's range; else None."""
-    if ep.base_dtype not in ("uint8", "int8"):
-        return None
-    lo, hi = ep.base_bounds
-    dmin, dmax = _qrange_int(ep.base_dtype)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return None
-    # for an integral v: clip(v, lo, hi) truncated is max(min(v, trunc(hi)), trunc(lo))
-    lo_i, hi_i = math.trunc(lo), math.trunc(hi)
-    if not dmin <= lo_i <= hi_i <= dmax:
-        return None
-    return lo_i, hi_i, int(ep.base_zp)
-
-
-def _qrange_int(dtype: str) -> tuple[int, int]:
-    info = np.iinfo(dtype)
-    return int(info.min), int(info.max)
-
-
 def _sdot_kernel(
     g: _Geometry, in_dtype: str, x_zp: int, epilogue: QEpilogue, cores: int, reg_n: int
 ) -> Any:
@@ -744,41 +724,10 @@ def _sdot_kernel(
     row_step = SDOT_ROW_STEP.get(sh, (1, 1))[0 if piece_rows >= 12 else 1]
 
     def requantize(accs: list[Any]) -> Any:
-        """``accs`` (1, 2 or 4 int32x4) -> the 8-bit codes, in integers (``fast``): ``fcvtns``
-        rounds half to even as ``rint``, the zero point is a saturating add, bounds inside the
-        dtype's range a ``smax`` / ``smin`` and the rest saturating narrows (``sqxtun`` /
-        ``sqxtn``, then ``uqxtn`` / ``sqxtn``): the same codes as the float clamp."""
+        """``accs`` (1, 2 or 4 int32x4) -> the 8-bit codes, in integers (``fast``):
+        :func:`.int8_pointwise_sdot.sdot_requantize`."""
         assert fast is not None
-        lo, hi, zp = fast
-        unsigned = epilogue.out_dtype == "uint8"
-        dmin, dmax = (0, 255) if unsigned else (-128, 127)
-        halves = []
-        for acc in accs:
-            f = acc.astype(f"float32x{bn}") * mult_v
-            v = intrin(i32v, "llvm.aarch64.neon.fcvtns.v4i32.v4f32", f)
-            if zp:
-                v = intrin(i32v, "llvm.aarch64.neon.sqadd.v4i32", v, const_vec(zp, "int32", bn))
-            if lo > dmin:
-                v = tirx.Max(v, const_vec(lo, "int32", bn))
-            if hi < dmax:
-                v = tirx.Min(v, const_vec(hi, "int32", bn))
-            narrow = "sqxtun" if unsigned else "sqxtn"
-            halves.append(intrin("int16x4", f"llvm.aarch64.neon.{narrow}.v4i16", v))
-        if len(halves) == 1:
-            halves.append(halves[0])
-        idx8 = [tirx.IntImm("int32", i) for i in range(8)]
-        bytes8 = []
-        for a, b in zip(halves[::2], halves[1::2]):
-            v16 = tirx.Shuffle([a, b], idx8)
-            narrow = "uqxtn" if unsigned else "sqxtn"
-            bytes8.append(
-                intrin(f"{epilogue.out_dtype}x8", f"llvm.aarch64.neon.{narrow}.v8i8", v16)
-            )
-        if len(accs) == 1:
-            return tirx.Shuffle([bytes8[0]], [tirx.IntImm("int32", i) for i in range(bn)])
-        if len(bytes8) == 1:
-            return bytes8[0]
-        return tirx.Shuffle(bytes8, [tirx.IntImm("int32", i) for i in range(16)])
+        return sdot_requantize(accs, mult_v, fast, epilogue.out_dtype)
 
     with IRBuilder() as ib:
         with T.prim_func():
