@@ -324,7 +324,9 @@ static int parse_spec(char* line, io_spec* s, const char* path, int lineno, char
   s->name = strdup(p);
   TVMFFIByteArray dt = {s->dtype, strlen(s->dtype)};
   if (s->name == NULL || TVMFFIDataTypeFromString(&dt, &s->dl_dtype) != 0) {
-    raised_err(err, errlen, "dtype");
+    char where[512];
+    snprintf(where, sizeof where, "%s line %d", path, lineno);
+    raised_err(err, errlen, where);
     return -1;
   }
   size_t count = 1;
@@ -426,6 +428,13 @@ static void configure_threads(void) {
 
 /* ---- loading ---------------------------------------------------------------------------------- */
 
+static void format_shape(char* buf, size_t n, const int64_t* shape, int ndim) {
+  size_t len = (size_t)snprintf(buf, n, "[");
+  for (int k = 0; k < ndim && len < n; ++k)
+    len += (size_t)snprintf(buf + len, n - len, k ? ",%lld" : "%lld", (long long)shape[k]);
+  if (len < n) snprintf(buf + len, n - len, "]");
+}
+
 /* The outputs of one call as owned tensors in out[0..n_out), checked against the I/O spec. */
 static int check_outputs(mcopt_model* m, TVMFFIAny* ret, TVMFFIObjectHandle* out, char* err,
                          size_t errlen) {
@@ -444,17 +453,22 @@ static int check_outputs(mcopt_model* m, TVMFFIAny* ret, TVMFFIObjectHandle* out
     const DLTensor* d = dltensor(out[i]);
     const io_spec* s = &m->outs[i];
     int same = d->ndim == s->info.ndim && d->dtype.code == s->dl_dtype.code &&
-               d->dtype.bits == s->dl_dtype.bits && d->dtype.lanes == s->dl_dtype.lanes &&
-               d->device.device_type == kDLCPU;
+               d->dtype.bits == s->dl_dtype.bits && d->dtype.lanes == s->dl_dtype.lanes;
+    int compact = d->device.device_type == kDLCPU;
     int64_t stride = 1;
-    for (int k = d->ndim - 1; same && k >= 0; --k) {
-      same = d->shape[k] == s->shape[k] && (d->strides == NULL || d->shape[k] == 1 ||
-                                            d->strides[k] == stride);
+    for (int k = d->ndim - 1; k >= 0; --k) {
+      same = same && d->shape[k] == s->shape[k];
+      compact = compact && (d->strides == NULL || d->shape[k] == 1 || d->strides[k] == stride);
       stride *= d->shape[k];
     }
-    if (!same) {
-      set_err(err, errlen, "output %d (%s): the library returns another shape, dtype or layout "
-              "than its I/O description (%s, %d dims)", i, s->name, s->dtype, s->info.ndim);
+    if (!same || !compact) {
+      char got[160], want[160];
+      format_shape(got, sizeof got, d->shape, d->ndim);
+      format_shape(want, sizeof want, s->shape, s->info.ndim);
+      set_err(err, errlen, "output %d (%s): the I/O description says %s%s, the library returns "
+              "%s (dtype code %d, %d bits%s)", i, s->name, s->dtype, want, got,
+              (int)d->dtype.code, (int)d->dtype.bits,
+              compact ? "" : ", not a dense host tensor");
       for (int k = 0; k < m->n_out; ++k) release(&out[k]);
       return -1;
     }
@@ -568,8 +582,13 @@ mcopt_model* mcopt_load_with_io(const char* so_path, const char* io_path, char* 
   fclose(probe);
   mcopt_model* m = (mcopt_model*)calloc(1, sizeof(mcopt_model));
   char* default_io = NULL;
-  if (m == NULL) {
-    set_err(err, errlen, "out of memory");
+  /* an absolute path: dlopen searches the library path, not the working directory, for a bare
+   * file name */
+  char* so_abs = realpath(so_path, NULL);
+  if (m == NULL || so_abs == NULL) {
+    set_err(err, errlen, m == NULL ? "out of memory" : "cannot resolve the path %s", so_path);
+    free(m);
+    free(so_abs);
     return NULL;
   }
   if (io_path == NULL) {
@@ -589,9 +608,11 @@ mcopt_model* mcopt_load_with_io(const char* so_path, const char* io_path, char* 
   /* the library and a VM on the CPU */
   TVMFFIObjectHandle load = global("ffi.ModuleLoadFromFile", err, errlen);
   if (load == NULL) goto fail;
-  TVMFFIAny args[3] = {any_str(so_path), any_none(), any_none()};
+  TVMFFIAny args[3] = {any_str(so_abs), any_none(), any_none()};
   TVMFFIAny ret;
-  int rc = call(load, args, 1, &ret, err, errlen, "loading the library");
+  char what[512];
+  snprintf(what, sizeof what, "loading %s", so_path);
+  int rc = call(load, args, 1, &ret, err, errlen, what);
   release(&load);
   if (rc != 0) goto fail;
   m->lib = ret.v_obj;
@@ -644,9 +665,11 @@ mcopt_model* mcopt_load_with_io(const char* so_path, const char* io_path, char* 
       goto fail;
   }
   free(default_io);
+  free(so_abs);
   return m;
 fail:
   free(default_io);
+  free(so_abs);
   mcopt_free(m);
   return NULL;
 }
