@@ -14,8 +14,9 @@
  *       vm["set_input"]("main_bound", *args); per call: vm["invoke_stateful"]("main_bound")
  *   else: per call vm["main"](*inputs) -> a tensor or a tuple of tensors
  *
- * Only the C ABI is used (no C++ headers), so any C99 compiler builds it. Object handles returned
- * by calls are owned (released with TVMFFIObjectDecRef); arguments are borrowed views.
+ * Only the C ABI is used (no C++ headers): any C11 compiler builds it (C11 for the anonymous unions
+ * of c_api.h; clean under -std=c11 -Wall -Wextra -pedantic). Object handles returned by calls are
+ * owned (released with TVMFFIObjectDecRef); arguments are borrowed views.
  */
 #define _GNU_SOURCE /* posix_memalign, strdup, setenv; sched_getaffinity on Linux */
 
@@ -157,7 +158,7 @@ static TVMFFIObjectHandle global(const char* name, char* err, size_t errlen) {
   }
   if (f == NULL)
     set_err(err, errlen,
-            "the TVM runtime has no global function %s (is libtvm_runtime.so linked in? link "
+            "the TVM runtime has no global function %s: is libtvm_runtime.so linked in? (link "
             "with -Wl,--no-as-needed -ltvm_runtime)",
             name);
   return f;
@@ -605,8 +606,11 @@ mcopt_model* mcopt_load_with_io(const char* so_path, const char* io_path, char* 
   }
   if (read_io(m, io_path, err, errlen) != 0) goto fail;
 
-  /* the library and a VM on the CPU */
-  TVMFFIObjectHandle load = global("ffi.ModuleLoadFromFile", err, errlen);
+  /* the library and a VM on the CPU (the VM's loader: registered by libtvm_runtime.so) */
+  TVMFFIObjectHandle load = global("ffi.Module.load_from_bytes.relax.VMExecutable", err, errlen);
+  if (load == NULL) goto fail;
+  release(&load);
+  load = global("ffi.ModuleLoadFromFile", err, errlen);
   if (load == NULL) goto fail;
   TVMFFIAny args[3] = {any_str(so_abs), any_none(), any_none()};
   TVMFFIAny ret;

@@ -31,8 +31,9 @@
  *
  * Loading prints TVM's "Warning: Scope Loaded:" lines on stderr (TVM's log, not an error).
  *
- * Implemented in mcopt_runtime.c over the tvm-ffi C ABI (tvm/ffi/c_api.h); link with
- * libtvm_ffi.so and libtvm_runtime.so (`mcopt capi DIR` prints the command for this machine).
+ * Implemented in mcopt_runtime.c (C11; compile it as C, this header also works from C++) over the
+ * tvm-ffi C ABI (tvm/ffi/c_api.h); link with libtvm_ffi.so and libtvm_runtime.so, the latter with
+ * -Wl,--no-as-needed (`mcopt capi DIR` prints the command for this machine).
  */
 #ifndef MCOPT_RUNTIME_H_
 #define MCOPT_RUNTIME_H_
