@@ -230,3 +230,15 @@ def test_cli_writes_sources(tmp_path: Path) -> None:
     assert main(["capi", str(tmp_path)]) == 0
     for name in ("mcopt_runtime.h", "mcopt_runtime.c", EXAMPLE):
         assert (tmp_path / name).exists()
+
+
+def test_sources_ship_as_package_data() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from mcopt.targets.capi import SOURCES, source_dir
+
+    root = Path(__file__).resolve().parent.parent
+    conf = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "mcopt.targets.capi" in conf["packages"]
+    assert {"*.h", "*.c"} <= set(conf["package-data"]["mcopt.targets.capi"])
+    for name in (*SOURCES, EXAMPLE):
+        assert (source_dir() / name).is_file()
