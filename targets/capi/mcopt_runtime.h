@@ -59,7 +59,8 @@ typedef struct {
 
 /*!
  * \brief Load a compiled model: `so_path` (model.so) and its I/O description, the file beside it
- *  with `.so` replaced by `.io.txt` (model.io.txt). Runs the model once on zeros to check it.
+ *  with `.so` replaced by `.io.txt` (model.io.txt). Runs the model on zeros (once, or twice for
+ *  the allocation-free entry) to check its outputs against that description.
  * \return the model, or NULL with a one-line message in `err`.
  */
 mcopt_model* mcopt_load(const char* so_path, char* err, size_t errlen);
@@ -86,6 +87,7 @@ int mcopt_allocation_free(const mcopt_model* model);
  * \brief Run the model: copy `inputs[i]` (mcopt_input(model, i)->nbytes bytes each) in, run,
  *  and copy each output into `outputs[i]` (mcopt_output(model, i)->nbytes bytes each).
  * \param num_inputs must equal mcopt_num_inputs(model); num_outputs mcopt_num_outputs(model).
+ * \param outputs may be NULL: run without copying the outputs out.
  * \return 0 on success, nonzero with a one-line message in `err`.
  */
 int mcopt_run(mcopt_model* model, const void* const* inputs, int num_inputs,
