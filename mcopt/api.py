@@ -101,6 +101,26 @@ class OptimizeResult:
             return self.compiled.run(*feed) if isinstance(feed, list) else self.compiled.run(feed)
         return interpreter.run(self.graph, feed)
 
+    def _io_description(self) -> str | None:
+        """model.io.txt for the C API (:mod:`mcopt.targets.capi`): for a Relax VM library on a CPU
+        (llvm) target with static shapes; None otherwise (a note says why when shapes are not
+        static)."""
+        from mcopt.targets import get_target
+        from mcopt.targets.capi import io_description
+
+        if self.target is None or get_target(self.target).kind != "llvm":
+            return None
+        try:
+            return io_description(
+                [(v.name, v.shape, v.dtype) for v in self.graph.inputs],
+                [(v.name, v.shape, v.dtype) for v in self.graph.outputs],
+            )
+        except TargetError as e:
+            note = f"model.io.txt (the C API's I/O description) not written: {e}"
+            if note not in self.notes:
+                self.notes.append(note)
+            return None
+
     # --- reporting -------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         b, a = self.cost_before.totals(), self.cost_after.totals()
@@ -172,6 +192,8 @@ class OptimizeResult:
                 "model.onnx": "ONNX, dense weights (onnxruntime / other tools run it)",
                 "model.mcz": "weights in their real encoding, Huffman-coded (mcopt.load)",
                 "model.so": f"compiled library for {self.target}",
+                "model.io.txt": "inputs and outputs (names, dtypes, shapes) for the C API "
+                "(`mcopt capi`)",
                 "model.ir.txt": "the printed IR",
                 "model.planned.ir.txt": "the planned graph the build lowered (fused ops, layouts, "
                 "kernels)",
@@ -218,7 +240,9 @@ class OptimizeResult:
         output names, symbolic batch where the input had one), model.mcz (the graph with every
         weight in its real encoding — CSR, codebook indices, packed bits, int8 / fixed-point codes —
         Huffman-coded; :func:`load` reopens it exactly), model.ir.txt (the printed IR), model.so
-        (the compiled library), report.json and report.md (which list each file's bytes on disk).
+        (the compiled library), model.io.txt (its inputs' and outputs' names, dtypes and shapes, for
+        the C API of :mod:`mcopt.targets.capi`; CPU targets), report.json and report.md (which list
+        each file's bytes on disk).
 
         Each file is written atomically (temp file + rename), so a crash never leaves half a file."""
         from mcopt.huffman import save_compressed
@@ -255,6 +279,11 @@ class OptimizeResult:
             written["library"] = _atomic_write(
                 out / "model.so", self.compiled.export_library, suffix=".so"
             )
+            io = self._io_description()
+            if io is not None:
+                written["io"] = _atomic_write(
+                    out / "model.io.txt", lambda p: Path(p).write_text(io)
+                )
         self.artifacts = {p.name: p.stat().st_size for p in written.values()}
         summary = self.summary()
         written["report_json"] = _atomic_write(

@@ -1,4 +1,4 @@
-"""The `mcopt` command line: optimize, stats, report, passes.
+"""The `mcopt` command line: optimize, tune, stats, report, passes, run, capi.
 
 Exit codes: 0 ok; 1 a problem with the input or options (one line on stderr: `mcopt: error: ...`);
 2 bad command-line usage (argparse); 3 an internal error (one line; `--debug` shows the traceback).
@@ -26,6 +26,7 @@ EPILOG = """examples:
   mcopt report out/
   mcopt optimize lenet5.onnx --passes auto --data train.npz --max-accuracy-drop 0.01 -o out/
   mcopt run out/ --inputs x.npz --time
+  mcopt capi out/ --compile
   mcopt passes
   mcopt passes finetune
 """
@@ -217,6 +218,20 @@ def _parser() -> argparse.ArgumentParser:
     rn.add_argument(
         "-o", "--output", default=None, metavar="OUT.npz", help="write the outputs here"
     )
+    c = sub.add_parser(
+        "capi",
+        help="write the C API (mcopt_runtime.h/.c + an example) into a directory and print the "
+        "compile command",
+    )
+    c.add_argument(
+        "outdir",
+        help="where to write them (e.g. the `mcopt optimize -o` directory, beside model.so)",
+    )
+    c.add_argument(
+        "--compile",
+        action="store_true",
+        help="also compile the example program (OUTDIR/mcopt_example)",
+    )
     return p
 
 
@@ -391,6 +406,40 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capi(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from mcopt.targets.capi import (
+        EXAMPLE,
+        IO_FILE,
+        command_line,
+        compile_command,
+        write_sources,
+    )
+    from mcopt.targets.toolchain import HOST_CC, find_compiler
+
+    out = Path(args.outdir)
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"{str(out)!r} exists and is not a directory")
+    paths = write_sources(out)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    exe = out / "mcopt_example"
+    cc = find_compiler(HOST_CC) or "cc"
+    cmd = compile_command([out / EXAMPLE, out / "mcopt_runtime.c"], exe, compiler=cc)
+    print(f"compile (your program in place of {EXAMPLE}):\n  {command_line(cmd)}")
+    if args.compile:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
+            first = next((ln for ln in lines if "error" in ln), lines[0])
+            raise OptionError(f"compiling the C API failed: {first}")
+        print(f"built {exe}")
+    model = out / "model.so"
+    if (out / IO_FILE).exists() and model.exists():
+        print(f"run:\n  {command_line([str(exe), str(model)])}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
@@ -471,6 +520,7 @@ COMMANDS = {
     "report": cmd_report,
     "passes": cmd_passes,
     "run": cmd_run,
+    "capi": cmd_capi,
 }
 
 
