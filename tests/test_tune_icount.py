@@ -38,6 +38,10 @@ def _conv_graph() -> Any:
     rng = np.random.default_rng(0)
     g = Graph("tiny")
     x = g.add_input("x", ttype((1, 4, 10, 10)))
+    # a first conv reads the NCHW image with a pre-scheduled kernel (not a tuning task): the
+    # 3x3 conv after it is the conv2d_nchwc template task (as in test_tune.py)
+    w0 = (rng.standard_normal((4, 4, 1, 1)) * 0.3).astype(np.float32)
+    x = g.add_node("conv2d", [x, g.const(w0)], {}).output
     w = g.const((rng.standard_normal((8, 4, 3, 3)) * 0.3).astype(np.float32))
     b = g.const(rng.standard_normal(8).astype(np.float32))
     c = g.add_node("conv2d", [x, w, b], {"pads": (1, 1, 1, 1)}).output
