@@ -156,3 +156,27 @@ def test_auto_mode_keeps_the_budget_and_reports_the_front() -> None:
     assert chosen[0]["size_bytes"] < rows[0]["size_bytes"]  # smaller than the original
     assert any(r["pareto"] for r in rows)
     assert "Auto search" in res.to_markdown()
+
+
+def test_auto_remeasures_the_feasible_candidates_alternating() -> None:
+    """The final ranking times every feasible candidate in the same alternating rounds and keeps
+    each one's fastest (a load spike during one candidate's first timing does not decide)."""
+    from mcopt.search import Candidate, _remeasure
+
+    calls: list[str] = []
+
+    class Fake:
+        def __init__(self, name: str, times: list[float]) -> None:
+            self.name, self.times = name, iter(times)
+
+        def benchmark(self, feed: object, number: int, repeat: int) -> dict[str, float]:
+            calls.append(self.name)
+            return {"min_ms": next(self.times)}
+
+    a, b = Candidate(["a"], "x"), Candidate(["b"], "y")
+    a.latency_ms, b.latency_ms = 0.5, 9.0  # b was timed during a load spike
+    a.compiled, b.compiled = Fake("a", [1.0, 1.1, 0.9]), Fake("b", [0.8, 0.7, 0.75])
+    _remeasure([a, b], feed=None, rounds=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert (a.latency_ms, b.latency_ms) == (0.9, 0.7)
+    assert a.latency_kind == b.latency_kind == "measured (alternating)"
