@@ -178,5 +178,7 @@ def test_auto_remeasures_the_feasible_candidates_alternating() -> None:
     a.compiled, b.compiled = Fake("a", [1.0, 1.1, 0.9]), Fake("b", [0.8, 0.7, 0.75])
     _remeasure([a, b], feed=None, rounds=3)
     assert calls == ["a", "b", "b", "a", "a", "b"]
-    assert (a.latency_ms, b.latency_ms) == (0.9, 0.7)
-    assert a.latency_kind == b.latency_kind == "measured (alternating)"
+    # fake, deterministic "timings": the test checks which round's figure is kept, not speed
+    kept = {c.pipeline[0]: c.objective("latency") for c in (a, b)}
+    kinds = {c.latency_kind for c in (a, b)}
+    assert kept == {"a": 0.9, "b": 0.7} and kinds == {"measured (alternating)"}
