@@ -295,35 +295,20 @@ SDOT_POOL_CASES = {
     "row-pieces-13": dict(c=4, hw=13, k=3, stride=1, pads=(1, 1, 1, 1), ep=EP_U8),
     "row-pieces-40": dict(c=4, hw=40, k=3, stride=2, pads=(1, 1, 1, 1), ep=EP_U8),
 }
-_SDOT_DRIVER = r"""
-import json, sys
-import numpy as np
-import tvm
-
-for lib, inp, outp in json.loads(sys.argv[1]):
-    with np.load(inp) as f:
-        args = [tvm.runtime.tensor(f[f"arg{i}"]) for i in range(len(f.files))]
-    tvm.runtime.load_module(lib)["main"](*args)
-    np.save(outp, args[-1].numpy())
-"""
 
 
 @pytest.fixture(scope="module")
 def sdot_results(tmp_path_factory):
     """case id -> (output, reference) of every sdot case, run in one emulated aarch64 process on
     qemu's Neoverse-N1 model."""
-    import json
-    import subprocess
-
     from mcopt.targets.arm import emulate
-    from mcopt.targets.arm.builder import cross_compiler
 
     reason = emulate.unavailable_reason()
     if reason:
         pytest.skip(reason)
     tmp = tmp_path_factory.mktemp("sdot")
     target = tvm.target.Target(ARM_SDOT)
-    jobs, refs = [], {}
+    kernels, refs = [], {}
     cases = [(k, v, False) for k, v in SDOT_CASES.items()]
     cases += [(k, v, True) for k, v in SDOT_POOL_CASES.items()]
     for name, kw, pool in cases:
@@ -331,23 +316,10 @@ def sdot_results(tmp_path_factory):
             if pool:
                 mp.setenv("MCOPT_MIN_PARALLEL_WORK", "0")
             func, args, ref = _make_case("sdot", 4, **kw)
-        lib = tmp / f"{name}.so"
-        tvm.compile(tvm.IRModule({"main": func}), target=target).export_library(
-            str(lib), fcompile=cross_compiler()
-        )
-        inp = tmp / f"{name}.npz"
-        np.savez(inp, **{f"arg{i}": a for i, a in enumerate(args)})
-        jobs.append([str(lib), str(inp), str(tmp / f"{name}.npy")])
+        kernels.append((name, func, args))
         refs[name] = (ref, kw["c"])
-    cpu = emulate.qemu_cpu_for_target(target)
-    proc = subprocess.run(
-        [*emulate.emulator_command(cpu), "-c", _SDOT_DRIVER, json.dumps(jobs)],
-        env=emulate.emulator_env(2, cpu), capture_output=True, text=True, timeout=900, cwd=tmp,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {
-        name: (_unblock(np.load(tmp / f"{name}.npy"), c), ref) for name, (ref, c) in refs.items()
-    }
+    outs = emulate.run_kernels_emulated(kernels, target, tmp)
+    return {name: (_unblock(outs[name], c), ref) for name, (ref, c) in refs.items()}
 
 
 @pytest.mark.parametrize("case", [*SDOT_CASES, *SDOT_POOL_CASES])

@@ -6,9 +6,7 @@ run), its tile choice, and the planned lowering picking it for ARM 1x1 convs.
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
 
 import numpy as np
 import pytest
@@ -60,17 +58,6 @@ CASES = {
     "residual-overlap": (8, 8, 3, "res", "uint8", (9, 1), False),
     "threads": (64, 32, 16, "req", "uint8", None, False),
 }
-_DRIVER = r"""
-import json, sys
-import numpy as np
-import tvm
-
-for lib, inp, outp in json.loads(sys.argv[1]):
-    with np.load(inp) as f:
-        args = [tvm.runtime.tensor(f[f"arg{i}"]) for i in range(len(f.files))]
-    tvm.runtime.load_module(lib)["main"](*args)
-    np.save(outp, args[-1].numpy())
-"""
 
 
 def _blocked_flat(a: np.ndarray, padded: int) -> np.ndarray:
@@ -122,35 +109,23 @@ def _make_case(ic, oc, hw, ep_name, in_dtype, tile, big_mult):
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     from mcopt.targets.arm import emulate
-    from mcopt.targets.arm.builder import cross_compiler
 
     reason = emulate.unavailable_reason()
     if reason:
         pytest.skip(reason)
     tmp = tmp_path_factory.mktemp("pw_sdot")
     target = tvm.target.Target(ARM_SDOT)
-    jobs, refs = [], {}
+    kernels, refs = [], {}
     for name, case in CASES.items():
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MCOPT_MIN_PARALLEL_WORK", "0")
             func, args, ref = _make_case(*case)
-        lib = tmp / f"{name}.so"
-        tvm.compile(tvm.IRModule({"main": func}), target=target).export_library(
-            str(lib), fcompile=cross_compiler()
-        )
-        inp = tmp / f"{name}.npz"
-        np.savez(inp, **{f"arg{i}": a for i, a in enumerate(args)})
-        jobs.append([str(lib), str(inp), str(tmp / f"{name}.npy")])
+        kernels.append((name, func, args))
         refs[name] = (ref, case[1], case[2])
-    cpu = emulate.qemu_cpu_for_target(target)
-    proc = subprocess.run(
-        [*emulate.emulator_command(cpu), "-c", _DRIVER, json.dumps(jobs)],
-        env=emulate.emulator_env(2, cpu), capture_output=True, text=True, timeout=900, cwd=tmp,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    outs = emulate.run_kernels_emulated(kernels, target, tmp)
     out = {}
     for name, (ref, oc, hw) in refs.items():
-        o = np.load(tmp / f"{name}.npy")
+        o = outs[name]
         got = o.reshape(1, -1, hw, hw, 4).transpose(0, 1, 4, 2, 3).reshape(1, -1, hw, hw)[:, :oc]
         out[name] = (got, ref)
     return out

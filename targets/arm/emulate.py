@@ -364,6 +364,59 @@ def start_emulated_rpc_server(
     ).start()
 
 
+_KERNEL_DRIVER = r"""
+import json, sys
+import numpy as np
+import tvm
+
+for lib, inp, outp in json.loads(sys.argv[1]):
+    with np.load(inp) as f:
+        args = [tvm.runtime.tensor(f[f"arg{i}"]) for i in range(len(f.files))]
+    tvm.runtime.load_module(lib)["main"](*args)
+    np.save(outp, args[-1].numpy())
+"""
+
+
+def run_kernels_emulated(
+    kernels: Sequence[tuple[str, Any, Sequence[np.ndarray]]],
+    target: Any,
+    workdir: str | os.PathLike[str],
+    *,
+    num_threads: int = 2,
+    timeout: float = 900.0,
+) -> dict[str, np.ndarray]:
+    """Cross-compile each ``(name, PrimFunc, args)`` for the aarch64 ``target``, call each on its
+    arguments in one emulated process on qemu's model of the target's core, and return
+    ``name -> the last argument after the call`` (the kernel's output buffer). For kernel tests:
+    the TVM runtime starts once for all of them."""
+    import tvm
+
+    from mcopt.targets.arm.builder import cross_compiler
+
+    _require()
+    tmp = Path(workdir)
+    jobs = []
+    for name, func, args in kernels:
+        lib = tmp / f"{name}.so"
+        tvm.compile(tvm.IRModule({"main": func}), target=target).export_library(
+            str(lib), fcompile=cross_compiler()
+        )
+        inp = tmp / f"{name}.npz"
+        np.savez(inp, **{f"arg{i}": np.ascontiguousarray(a) for i, a in enumerate(args)})
+        jobs.append([str(lib), str(inp), str(tmp / f"{name}.npy")])
+    cpu = qemu_cpu_for_target(target)
+    proc = subprocess.run(
+        [*emulator_command(cpu), "-c", _KERNEL_DRIVER, json.dumps(jobs)],
+        env=emulator_env(num_threads, cpu), capture_output=True, text=True, timeout=timeout,
+        cwd=tmp,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise TargetError(
+            "emulated kernels failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
+        )
+    return {name: np.load(tmp / f"{name}.npy") for name, _, _ in kernels}
+
+
 __all__ = [
     "DEFAULT_ROOT",
     "QEMU_CPU_FEATURES",
@@ -375,6 +428,7 @@ __all__ = [
     "qemu_cpu_for_target",
     "qemu_cpus",
     "run_emulated",
+    "run_kernels_emulated",
     "run_emulated_many",
     "start_emulated_rpc_server",
     "unavailable_reason",
