@@ -12,7 +12,10 @@ Engines, all numpy in and numpy out, the same feeds:
 - ``prepared()``: the same on inputs already in its buffers (no copy-in: the floor of the Python
   side);
 - ``VM main``: the bare ``vm["main"](*tensors)`` on bound device tensors, no numpy on either side
-  (what the kernels + the VM cost).
+  (what the kernels + the VM cost);
+- ``C mcopt_run``: the C API (``targets/capi``) from a C program, ``mcopt_example model.so --repeat
+  N``: host buffers in and out, no Python at all (its burst runs in its own process; each call is
+  timed on its own there too, and its minimum kept). Skipped, with a note, without a C compiler.
 
 Alternating bursts in one process (a pause and an untimed call before each, see
 ``../shared/DESIGN.md``, "Measuring speed on this machine"), each a :func:`common.time_fn` of
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +49,38 @@ from common import (  # noqa: E402
     write_outputs,
 )
 
-ENGINES = ["onnxruntime", "run", "prepared", "prepared_bound", "vm_main"]
+ENGINES = ["onnxruntime", "run", "prepared", "prepared_bound", "vm_main", "c_api"]
+
+
+class CBurst:
+    """The C API engine: a burst is one ``mcopt_example --repeat N`` process (load, then N calls
+    each timed in C); :meth:`burst_us` returns its per-call minimum in microseconds."""
+
+    def __init__(self, result: Any, workdir: Path) -> None:
+        import subprocess
+
+        from mcopt.targets.capi import compile_command, write_sources
+
+        self.so = workdir / "model.so"
+        result.compiled.export_library(str(self.so))
+        (workdir / "model.io.txt").write_text(result._io_description())  # noqa: SLF001
+        srcs = write_sources(workdir)
+        self.exe = workdir / "mcopt_example"
+        c_files = [p for p in srcs if p.suffix == ".c"]
+        subprocess.run(compile_command(c_files, self.exe), check=True, capture_output=True)
+
+    def burst_us(self, runs: int) -> float:
+        import re
+        import subprocess
+
+        proc = subprocess.run(
+            [str(self.exe), str(self.so), "--repeat", str(runs)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        m = re.search(r"min ([0-9.]+) us", proc.stderr)
+        if m is None:
+            raise RuntimeError(f"mcopt_example printed no timing: {proc.stderr[-300:]}")
+        return float(m.group(1))
 
 
 def relu_model() -> Any:
@@ -63,11 +98,12 @@ def relu_model() -> Any:
     return m
 
 
-def engines_for(proto: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def engines_for(proto: Any, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """name -> zero-argument call, and facts about the build (allocation-free, output error)."""
     import mcopt
 
-    compiled = mcopt.optimize(proto, target="cpu", measure=False, check=False).compiled
+    result = mcopt.optimize(proto, target="cpu", measure=False, check=False)
+    compiled = result.compiled
     sess = ort_session(proto)
     feeds = random_inputs(proto)
     arrays = [feeds[n] for n, _, _ in compiled.input_specs]
@@ -89,6 +125,10 @@ def engines_for(proto: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         "prepared_bound": lambda: prepared(),
         "vm_main": lambda: main(*tensors),
     }
+    try:
+        engines["c_api"] = CBurst(result, workdir)
+    except Exception as e:  # no C compiler here: the Python engines still run
+        print(f"C API engine skipped: {str(e).splitlines()[0][:200]}", file=sys.stderr)
     return engines, facts
 
 
@@ -99,6 +139,9 @@ def measure(engines: dict[str, Any], rounds: int, runs: int, pause_s: float) -> 
     for r in range(rounds):
         for k in list(engines) if r % 2 == 0 else list(reversed(engines)):
             time.sleep(pause_s)
+            if isinstance(engines[k], CBurst):
+                mins[k].append(engines[k].burst_us(runs))
+                continue
             stats = time_fn(engines[k], min_runs=runs, max_runs=runs, budget_s=60.0)
             mins[k].append(stats["min_ms"] * 1e3)
     out: dict[str, Any] = {}
@@ -120,11 +163,13 @@ def main() -> None:
     protos.update(model_set([n for n in names if n != "relu"]) if set(names) - {"relu"} else {})
     rows = []
     for name in names:
-        engines, facts = engines_for(protos[name])
-        row: dict[str, Any] = {"model": name, **facts}
-        row.update(measure(engines, args.rounds, args.runs, args.pause))
+        with tempfile.TemporaryDirectory(prefix="mcopt-overhead-") as tmp:
+            engines, facts = engines_for(protos[name], Path(tmp))
+            row: dict[str, Any] = {"model": name, **facts}
+            row.update(measure(engines, args.rounds, args.runs, args.pause))
         for k in ENGINES[1:]:
-            row[f"{k}_ratio"] = row["onnxruntime_us"] / row[f"{k}_us"]
+            if f"{k}_us" in row:
+                row[f"{k}_ratio"] = row["onnxruntime_us"] / row[f"{k}_us"]
         rows.append(row)
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     cols = [
@@ -134,9 +179,11 @@ def main() -> None:
         ("prepared_us", "mcopt prepared(feeds) µs", ".2f"),
         ("prepared_bound_us", "mcopt prepared() µs", ".2f"),
         ("vm_main_us", "VM main µs", ".2f"),
+        ("c_api_us", "C mcopt_run µs", ".2f"),
         ("run_ratio", "ort / run()", ".2f"),
         ("prepared_ratio", "ort / prepared(feeds)", ".2f"),
         ("prepared_bound_ratio", "ort / prepared()", ".2f"),
+        ("c_api_ratio", "ort / C", ".2f"),
         ("allocation_free", "allocation-free", ""),
     ]
     md = markdown_table(rows, cols)
