@@ -251,11 +251,12 @@ def int8_conv2d_nchwc(
 
 
 def _schedule(sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool) -> None:
-    from mcopt.targets.cpu.kernels.int8_intrin import intrin_name
+    from mcopt.targets.cpu.kernels.int8_intrin import intrin_name, macs_per_op
 
+    per_op = macs_per_op(p.isa)
     if has_pad:
         loops = sch.get_loops(sch.get_sblock("data_pad"))
-        parallel(sch, sch.fuse(*loops[:3]))
+        parallel(sch, sch.fuse(*loops[:3]), per_op)
         sch.vectorize(loops[-1])
     blk = sch.get_sblock("conv")
     loops = sch.get_loops(blk)
@@ -278,7 +279,7 @@ def _schedule(sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool) -> None:
         sch.reorder(*outer, *red[:-1], c_i, x_i, ob, r_k)
     else:  # exact generic code: LLVM widens to int32
         sch.reorder(*outer, *red[:-1], c_i, x_i, r_k, ob)
-    parallel(sch, sch.fuse(*par))
+    parallel(sch, sch.fuse(*par), per_op)
     out = sch.get_sblock("out")
     sch.reverse_compute_at(out, x_o)
     sch.vectorize(sch.get_loops(out)[-1])

@@ -167,6 +167,14 @@ def intrin_name(isa: str) -> str:
     return name
 
 
+def macs_per_op(isa: str | None) -> int:
+    """MACs per output lane of one instruction of ``isa``'s dot product: 4 for the one-instruction
+    forms (VNNI ``vpdpbusd``, ``sdot``), 1 for the others (``vpmaddubsw`` + ``vpmaddwd`` + add,
+    the generic code). The kernels scale their work by it when they decide whether to use the
+    thread pool (:func:`.threads.parallel`)."""
+    return 4 if isa is not None and (isa.startswith("vnni") or isa == "sdot") else 1
+
+
 def choose_isa(target: Any, weight_7bit: bool) -> str | None:
     """The dot-product micro-kernel for ``target`` (None: no exact one; use plain vectorized
     code). ``weight_7bit``: every weight lies in [-64, 63], so ``vpmaddubsw`` cannot saturate."""
