@@ -201,11 +201,16 @@ def emit_concat_channels(
 
 
 def emit_permute_channels(bb: Any, x: Any, perm: Sequence[int]) -> Any:
-    """``y[:, c] = x[:, perm[c]]`` on a blocked ``x`` (a channel shuffle), staying blocked."""
+    """``y[:, c] = x[:, perm[c]]`` on a blocked ``x`` (a channel shuffle), staying blocked: vector
+    shuffles with the permutation built in (:func:`.layout.shuffle_channels_nchwc`), else a
+    gather through the permutation as an input."""
     from tvm import relax
 
     n, cc, h, w, bn = _shape(x)
     dtype = str(x.ty.dtype)
+    func = layout.shuffle_channels_nchwc((n, cc * bn, h, w), bn, perm, dtype)
+    if func is not None:  # the permutation built into vector shuffles
+        return call_kernel(bb, func, "shuffle_nchwc", [x], (n, cc, h, w, bn), dtype)
     func = layout.permute_channels_nchwc((n, cc * bn, h, w), bn, perm, dtype)
     p = relax.const(np.asarray(perm, dtype=np.int32))
     return call_kernel(bb, func, "shuffle_nchwc", [x, p], (n, cc, h, w, bn), dtype)
