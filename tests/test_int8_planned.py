@@ -219,3 +219,37 @@ def test_int8_planned_build_matches_the_interpreter(name):
         # residual add in the kernel); it propagates, so compare the logits loosely and top-1
         np.testing.assert_allclose(got, ref, rtol=0, atol=0.05 * np.abs(ref).max())
         assert int(np.argmax(got)) == int(np.argmax(ref))
+
+
+def test_int8_narrow_block_kernels_are_bit_exact():
+    """The 256-bit VNNI form (8 output lanes) of the blocked, window and image-reading convs: the
+    block of layers with at most 8 output channels on a VNNI-512 machine."""
+    from mcopt.targets.cpu.kernels.int8_intrin import narrow_isa
+
+    if not _vnni_here() or narrow_isa("vnni16", 8, host_target()) != "vnni8":
+        pytest.skip("no AVX-512 VNNI with VL here")
+    _check_kernel(8, 16, 12, 1, 1, 0, REQUANT, ib=8, isa="vnni8")  # flat 1x1 from an 8-block
+    _check_kernel(3, 8, 15, 3, 2, 1, HSWISH_Q, ib=3, isa="vnni8")  # the image, 8 channels out
+    _check_kernel(1, 6, 16, 5, 1, 2, RESIDUAL_Q, ib=1, isa="vnni8", window=True)  # LeNet conv1
+
+
+def test_few_channel_int8_convs_are_planned_in_blocks_of_8():
+    """LeNet-5's 6-channel conv writes NCHW8c on a VNNI-512 target (16 lanes would leave most of
+    each dot product on padding), the 16-channel one NCHW16c; the build on this machine equals
+    the interpreter."""
+    import onnx
+
+    from mcopt.targets.cpu.planning import plan_cpu
+    from mcopt.targets.relax.builder import build
+
+    g = import_model(onnx.load(zoo.lenet5_path()))
+    x, _ = zoo.mnist_test_set()
+    feeds = [{g.inputs[0].name: x[i : i + 1].reshape(g.inputs[0].shape)} for i in range(4)]
+    PassManager(["cleanup", "quantize-int8"]).run(g, PassContext(calib=feeds[:2]))
+    pg = plan_cpu(g, tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+    verify(pg)
+    convs = [n for n in pg.nodes if n.op == "fused_qconv2d"]
+    assert [n.output.type.layout.bn for n in convs] == [8, 16]
+    cm = build(g, "cpu")
+    for f in feeds:
+        np.testing.assert_array_equal(cm.run(f)[0], run(g, f)[0])

@@ -62,7 +62,7 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         int8_conv2d_nchwc,
         pack_int8_window_weight,
     )
-    from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa
+    from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa, narrow_isa
     from mcopt.targets.cpu.kernels.relax_ops import call_kernel
     from mcopt.targets.cpu.lower_planned import _check_shape
     from mcopt.targets.relax.lower_quant import _cores, _is_7bit
@@ -85,6 +85,7 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     ep = q_epilogue(node)
     w, b, mult = _consts(node, lout.padded)
     isa = choose_isa(target, _is_7bit(w))
+    isa = narrow_isa(isa, lout.bn, target) or isa  # a narrower block: few output channels
     lanes = ISAS[isa][0] if isa else 8
     if lanes != lout.bn:
         raise ValueError(f"the int8 kernel writes blocks of {lanes}, the plan wants {lout}")

@@ -338,12 +338,12 @@ def plan_cpu(graph: Graph, target: Any = None, lanes: int | None = None) -> Grap
     lanes = lanes or cpu_info(target).lanes
     g = graph.copy()
     forced = _unwinograd(g)
-    int8_lanes = 0
+    int8_lanes = int8_narrow = 0
     if any(n.op == "qconv2d" for n in g.nodes):
-        int8_lanes = _int8_lanes(target)
+        int8_lanes, int8_narrow = _int8_lanes(target)
         merge_duplicate_quantize(g)
         sink_quantize(g)
-    plan = plan_graph(g, lanes, int8_lanes)
+    plan = plan_graph(g, lanes, int8_lanes, int8_narrow)
     planner = _Planner(g, plan, target, forced)
     values = {id(v): v for v in g.values()}
     for f in list(plan.fused.values()):
@@ -362,14 +362,19 @@ def plan_cpu(graph: Graph, target: Any = None, lanes: int | None = None) -> Grap
     return g
 
 
-def _int8_lanes(target: Any) -> int:
+def _int8_lanes(target: Any) -> tuple[int, int]:
     """The output block of the int8 conv kernel on ``target``: its dot-product instruction's
-    lanes (VNNI-512 16, AVX2 8, ``sdot`` 4), 8 for the generic vectorized code."""
-    from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa
+    lanes (VNNI-512 16, AVX2 8, ``sdot`` 4), 8 for the generic vectorized code; and the narrower
+    block of convs with few output channels (8 where the 512-bit form has a 256-bit one,
+    :func:`~mcopt.targets.cpu.kernels.int8_intrin.narrow_isa`; else 0)."""
+    from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa, narrow_isa
     from mcopt.targets.cpu.kernels.target_info import host_target
 
-    isa = choose_isa(target if target is not None else host_target(), True)
-    return ISAS[isa][0] if isa else 8
+    target = target if target is not None else host_target()
+    isa = choose_isa(target, True)
+    lanes = ISAS[isa][0] if isa else 8
+    narrow = lanes // 2 if lanes > 8 and narrow_isa(isa, lanes // 2, target) else 0
+    return lanes, narrow
 
 
 def planned_choices(graph: Graph) -> dict[str, int]:
