@@ -86,7 +86,9 @@ def int8_conv2d_nchwc(
     """The scheduled PrimFunc and whether it runs on the flattened plane.
 
     ``window``: the dot product's 4 bytes are 4 consecutive kernel columns of one channel instead
-    of 4 channels (a padded copy holds, per pixel, the 4 pixels to its right): for inputs with few
+    of 4 channels (the dot product reads them from a plain padded copy ``(N, C, H', W')`` of the
+    input, 4 bytes at column ``x + 4 * group``; a copy holding, per pixel, the 4 pixels to its
+    right took LeNet-5's first conv from 1.8 to 2.5 us): for inputs with few
     channels (LeNet's 1 and 6), whose channel blocks would leave most of each dot product on
     padding. The weight is then the logical ``(OCp, C, KH, KW)`` packed by
     :func:`pack_int8_window_weight`; needs ``dilations[1] == 1``.
@@ -175,14 +177,14 @@ def int8_conv2d_nchwc(
             return x[b, c, y, xx] if plain else x[b, c // ib, y, xx, c % ib]
 
         kw_loop, kw_step = kw, dw
-        if window:
+        if window:  # the plain padded image: window (x, t) is its column x + t
             kw_loop, kw_step = window_groups(kw), 4
             owp = -(-ow // params.reg_n) * params.reg_n
             wp_ = (owp - 1) * sw + 4 * kw_loop
             hp_ = h + pt + pb
 
-            def win_fn(b, c, y, xx, t):
-                iy, ix = y - pt, xx + t - pl
+            def win_fn(b, c, y, xx):
+                iy, ix = y - pt, xx - pl
                 inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
                 val = xread(b, c, tirx.min(tirx.max(iy, 0), h - 1),
                             tirx.min(tirx.max(ix, 0), w - 1))  # fmt: skip
@@ -190,7 +192,7 @@ def int8_conv2d_nchwc(
                     val = (val.astype("int32") + shift).astype(a_dtype)
                 return tirx.if_then_else(inside, val, tirx.const(pad_val, a_dtype))
 
-            src = te.compute((n, icp, hp_, wp_, 4), win_fn, name="data_pad")
+            src = te.compute((n, icp, hp_, wp_), win_fn, name="data_pad")
             q4 = 1
         elif direct:
             src, pb_, q4 = x, ib, ib // 4
@@ -220,12 +222,17 @@ def int8_conv2d_nchwc(
         ricq = te.reduce_axis((0, q4), "icq")
         rk = te.reduce_axis((0, 4), "k")
         owp = ow if direct else -(-ow // params.reg_n) * params.reg_n
+
+        def src_at(b: Any, c: Any, y: Any, xx: Any) -> Any:
+            if window:
+                return src[b, ricb, y * sh + rkh * dh, xx * sw + rkw * 4 + rk]
+            col = xx * sw + rkw * kw_step
+            return src[b, gbase(c) + ricb, y * sh + rkh * dh, col, ricq * 4 + rk]
+
         conv = te.compute(
             (n, occ, oh, owp, lanes),
             lambda b, c, y, xx, ob: te.sum(
-                src[
-                    b, gbase(c) + ricb, y * sh + rkh * dh, xx * sw + rkw * kw_step, ricq * 4 + rk
-                ].astype("int32")
+                src_at(b, c, y, xx).astype("int32")
                 * kernel_t[c, ricb * q4 + ricq, rkh, rkw, ob, rk].astype("int32"),
                 axis=[ricb, rkh, rkw, ricq, rk],
             ),
