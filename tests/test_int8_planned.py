@@ -253,3 +253,46 @@ def test_few_channel_int8_convs_are_planned_in_blocks_of_8():
     cm = build(g, "cpu")
     for f in feeds:
         np.testing.assert_array_equal(cm.run(f)[0], run(g, f)[0])
+
+
+@pytest.mark.parametrize(
+    "ic,oc,k,stride,pad,window", [(3, 16, 3, 2, 1, False), (1, 8, 5, 1, 2, True)]
+)
+def test_int8_conv_quantizes_the_float_image_inline(ic, oc, k, stride, pad, window):
+    """``in_quant``: the padded copy of a plain float input quantizes it as the ``quantize`` op
+    does (a PP-LCNet-like 3x3 stride-2 stem, LeNet's 5x5 window conv); bit-exact against numpy's
+    quantize followed by the integer conv."""
+    isa = "vnni16" if _vnni_here() else None
+    lanes = 16 if isa else 8
+    rng = np.random.default_rng(ic + k)
+    hw, scale, zp = 19, 0.0127, 33
+    x = (rng.standard_normal((1, ic, hw, hw)) * 1.5).astype(np.float32)
+    x[0, 0, 0, :4] = np.array([0.5, 1.5, -0.5, 2.5], np.float32) * scale  # ties: half to even
+    xq = np.clip(np.round(x / np.float32(scale)) + np.float32(zp), 0, 255).astype(np.uint8)
+    w = rng.integers(-64, 64, (oc, ic, k, k)).astype(np.int8)
+    b = rng.integers(-2000, 2000, oc).astype(np.int32)
+    attrs = {"x_zero_point": zp, "strides": (stride,) * 2, "pads": (pad,) * 4,
+             "dilations": (1, 1), "groups": 1}  # fmt: skip
+    acc = qconv2d_acc(xq, w, b, attrs)
+    oh = acc.shape[2]
+    mult = (rng.random(oc) * 0.05 + 0.005).astype(np.float32)
+    ref = HSWISH_Q.apply_numpy(acc, mult.reshape(1, -1, 1, 1), None)
+    ocp = -(-oc // lanes) * lanes
+    params = choose_params(oh, ocp // lanes, isa, lanes, oh, 2)
+    wp = np.zeros((ocp, ic, k, k), np.int8)
+    wp[:oc, :ic] = w
+    func, _ = int8_conv2d_nchwc(
+        x.shape, wp.shape, (stride,) * 2, (pad,) * 4, x_zero_point=zp, epilogue=HSWISH_Q,
+        params=params, window=window, in_quant=(scale, zp),
+    )  # fmt: skip
+    bp = np.zeros(ocp, np.int32)
+    bp[:oc] = b
+    be = conv_bias_eff(wp, bp, zp, ocp).reshape(-1, lanes)
+    mp = np.zeros(ocp, np.float32)
+    mp[:oc] = mult
+    pack = pack_int8_window_weight if window else pack_int8_conv_weight
+    out = np.zeros((1, ocp // lanes, oh, oh, lanes), HSWISH_Q.out_dtype)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=host_target())
+    targs = [tvm.runtime.tensor(a) for a in (x, pack(wp, lanes), be, mp.reshape(-1, lanes), out)]
+    lib["main"](*targs)
+    np.testing.assert_array_equal(_unblocked(targs[-1].numpy(), oc), ref)

@@ -78,8 +78,15 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         and node.attrs["kernel"] != "int8_depthwise"
         and int(at["groups"]) == 1
     )
+    in_quant = None
     if plain_in:  # the image: the kernel's padded copy reads NCHW and blocks it (no to_nchwc)
-        x, lx = vals.plain_of(x_v), BlockedLayout(1, x_v.shape[1], x_v.shape[1])
+        lx = BlockedLayout(1, x_v.shape[1], x_v.shape[1])
+        q = vals.deferred.get(id(x_v))
+        if q is not None and id(x_v) not in vals.plain:  # and quantizes it (no quantize pass)
+            x = vals.plain_of(q.inputs[0])
+            in_quant = (float(q.attrs["scale"][0]), int(q.attrs["zero_point"][0]))
+        else:
+            x = vals.plain_of(x_v)
     else:
         x, lx = vals.blocked_of(x_v)
     ep = q_epilogue(node)
@@ -151,7 +158,7 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     func, flat = int8_conv2d_nchwc(
         in_shape, wp.shape, at["strides"], at["pads"], at["dilations"],
         in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, params=params, window=window,
-        group_window=gwin,
+        group_window=gwin, in_quant=in_quant,
     )  # fmt: skip
     be = int8_conv.conv_bias_eff(wp, b_pad, x_zp + shift, lout.padded).reshape(occ, lanes)
     ctx = vals.ctx

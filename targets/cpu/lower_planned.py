@@ -80,6 +80,9 @@ class _Values:
         self.into: dict[int, tuple[Node, int, int]] = {}
         self.dest: dict[int, relax.Expr] = {}
         self.written: set[int] = set()
+        #: quantize nodes run inside the int8 convs that read their output (:func:`_fused_quantizes`),
+        #: by output value; lowered only when something else asks for that value
+        self.deferred: dict[int, Node] = {}
 
     def chose(self, what: str) -> None:
         self.choices[what] = self.choices.get(what, 0) + 1
@@ -98,6 +101,11 @@ class _Values:
             return e
         if v.const is not None:
             e = self.plain[id(v)] = self.ctx.const(v.const)
+            return e
+        q = self.deferred.get(id(v))
+        if q is not None:  # a conv that was to quantize it inline fell back to plain ops
+            res = LOWERINGS["quantize"](self.ctx, q, [self.plain_of(q.inputs[0])])
+            e = self.plain[id(v)] = _emit_outputs(self.ctx, q, res)[0]
             return e
         lay, src = next(iter(self.blocked[id(v)].items()))
         n, _, h, w = v.shape
@@ -453,6 +461,52 @@ def _inplace_concats(graph: Graph) -> dict[int, tuple[Node, int, int]]:
     return found
 
 
+#: int8 conv kernels whose padded copy quantizes a float NCHW input (:func:`_fused_quantizes`):
+#: the window form, whose copy runs along image rows; the blocked form's copy interleaves 4
+#: channels per pixel, so there the quantize would run on 4-lane gathers (PP-LCNet's 224x224 stem:
+#: 38 + 9 us with the quantize pass, 64 us inline)
+INLINE_QUANTIZE_KERNELS = ("int8_window",)
+
+
+def _fused_quantizes(graph: Graph) -> dict[int, Node]:
+    """Per-tensor ``quantize`` nodes of a plain float tensor (the image) read only by blocked int8
+    convs on a kernel of :data:`INLINE_QUANTIZE_KERNELS` that read it plain (no groups) with the
+    same zero point: those convs quantize the float tensor in their padded copy
+    (``int8_conv2d_nchwc(in_quant=...)``, the same expression), and the quantize pass and its
+    8-bit copy of the image are not emitted (LeNet-5: a kernel call and a copy less). Mechanical,
+    like :func:`_inplace_concats`. ``{id(quantized value): quantize node}``."""
+    found: dict[int, Node] = {}
+    outs = {id(v) for v in graph.outputs}
+    for node in graph.nodes:
+        if node.op != "quantize" or len(node.attrs["scale"]) != 1:
+            continue
+        x, q = node.inputs[0], node.output
+        if (
+            x is None
+            or x.const is not None
+            or x.dtype != "float32"
+            or len(x.shape) != 4
+            or x.type.layout is not None
+            or q.type.layout is not None
+            or q.dtype not in ("uint8", "int8")
+            or id(q) in outs
+            or not q.uses
+        ):
+            continue
+        zp = int(node.attrs["zero_point"][0])
+        if all(
+            u.op == "fused_qconv2d"
+            and i == 0
+            and u.attrs["kernel"] in INLINE_QUANTIZE_KERNELS
+            and int(u.attrs["groups"]) == 1
+            and int(u.attrs["x_zero_point"]) == zp
+            and u.output.type.layout is not None
+            for u, i in q.uses
+        ):
+            found[id(q)] = node
+    return found
+
+
 def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRModule:
     """Lower ``graph`` (planned by :func:`~mcopt.targets.cpu.planning.plan_cpu` first unless it
     is) with the kernels for llvm ``target`` (a ``tvm.target.Target``)."""
@@ -463,6 +517,7 @@ def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRM
     params = graph_params(graph)
     vals = _Values(ctx, int(graph.metadata.get("mcopt.plan.lanes", info.lanes)))
     vals.into = _inplace_concats(graph)
+    vals.deferred = _fused_quantizes(graph)
     for v, p in zip(graph.inputs, params):
         vals.set_plain(v, p)
     mod = emit_function(
@@ -487,6 +542,8 @@ _CONV_KERNELS: dict[str, tuple[Any, Any, str, str]] = {
 
 
 def _lower_node(vals: _Values, node: Node, target: Any) -> None:
+    if len(node.outputs) == 1 and id(node.output) in vals.deferred:
+        return  # a quantize the int8 convs reading its output run inline
     conv = _CONV_KERNELS.get(node.op)
     if conv is not None:  # a planned conv: its kernel, or the plain ops where it does not build
         kernel_fn, plain_fn, what, fallback = conv

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from mcopt.ops.quant import qrange
 from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size
 from mcopt.targets.cpu.kernels.int8_conv import a_dtype_of, zero_shift
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
@@ -82,6 +83,7 @@ def int8_conv2d_nchwc(
     params: Int8NCHWcParams,
     window: bool = False,
     group_window: tuple[int, int, int] | None = None,
+    in_quant: tuple[float, int] | None = None,
 ) -> tuple[Any, bool]:
     """The scheduled PrimFunc and whether it runs on the flattened plane.
 
@@ -104,10 +106,16 @@ def int8_conv2d_nchwc(
     KW)`` with ``OCp`` a multiple of ``L`` and ``ICp = ICb * ib``. Arguments: ``x``, ``kernel``
     ``(OCp/L, ICp4/4, KH, KW, L, 4)`` int8, ``bias (OCp/L, L)`` int32, ``mult (OCp/L, L)`` f32,
     ``residual`` (output shape, dtype ``epilogue.residual``) when there is one, ``out``. When
-    flat, ``x`` is ``(N, ICb, H*W, ib)`` and the residual / output ``(N, OCb, H*W, L)``."""
+    flat, ``x`` is ``(N, ICb, H*W, ib)`` and the residual / output ``(N, OCb, H*W, L)``.
+
+    ``in_quant = (scale, zero_point)``: the plain input is float32 and the padded copy quantizes
+    it to ``in_dtype`` as the ``quantize`` op does (``round(x / scale) + zero_point``, clamped):
+    the image's quantize runs inside the first conv instead of as a pass of its own."""
     from tvm import s_tir, te, tirx
 
     plain = len(in_shape) == 4  # an NCHW input (the image): read by the padded copy directly
+    if in_quant is not None and not plain:
+        raise ValueError("in_quant: only for a plain (NCHW) input")
     if plain:
         n, icb_n, h, w = (int(d) for d in in_shape)
         ib = 1
@@ -171,9 +179,16 @@ def int8_conv2d_nchwc(
         )
         out_shape: tuple[int, ...] = (n, occ, h * w, lanes)
     else:
-        x = te.placeholder(tuple(int(d) for d in in_shape), in_dtype, name="x")
+        x_dtype = "float32" if in_quant is not None else in_dtype
+        x = te.placeholder(tuple(int(d) for d in in_shape), x_dtype, name="x")
 
         def xread(b: Any, c: Any, y: Any, xx: Any) -> Any:
+            if in_quant is not None:  # the quantize op's expression (lower_quant._quantize)
+                lo, hi = qrange(in_dtype)
+                q = tirx.round(x[b, c, y, xx] / tirx.const(in_quant[0], "float32"))
+                q = q + tirx.const(float(in_quant[1]), "float32")
+                q = te.max(te.min(q, tirx.const(hi, "float32")), tirx.const(lo, "float32"))
+                return q.astype(in_dtype)
             return x[b, c, y, xx] if plain else x[b, c // ib, y, xx, c % ib]
 
         kw_loop, kw_step = kw, dw
