@@ -202,6 +202,8 @@ def test_plan_runs_resnet_blocks_as_int8_convs_only():
     u8 = [n for n in with_res if n.output.dtype == "uint8" and n.attrs["q_dtype"] == "uint8"]
     assert len(u8) == 7  # the last block's output stays float for the average pool
     assert planned_choices(pg)["int8 conv: blocked int8 kernel + residual"] == 8
+    # the stem reads the NCHW image with the window form (a row-wise padded copy)
+    assert fused[0].attrs["kernel"] == "int8_window" and fused[0].inputs[0].type.layout is None
     for f in feeds[:2]:
         np.testing.assert_array_equal(run(pg, f)[0], run(g, f)[0])
 
