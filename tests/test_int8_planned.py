@@ -298,3 +298,37 @@ def test_int8_conv_quantizes_the_float_image_inline(ic, oc, k, stride, pad, wind
     targs = [tvm.runtime.tensor(a) for a in (x, pack(wp, lanes), be, mp.reshape(-1, lanes), out)]
     lib["main"](*targs)
     np.testing.assert_array_equal(_unblocked(targs[-1].numpy(), oc), ref)
+
+
+def test_flat_1x1_kernel_on_blocked_views():
+    """The flat 1x1 kernel called on the blocked tensors themselves (its flattened-plane buffers
+    views of them, ``view_params``: no reshape in Relax) writes what it writes on reshaped ones."""
+    from mcopt.targets.cpu.kernels.relax_ops import view_params
+
+    isa = "vnni16" if _vnni_here() else None
+    lanes = 16 if isa else 8
+    h, ic, oc = 6, 32, 2 * lanes
+    params = choose_params(h * h, oc // lanes, isa, lanes, 1, 2)
+    func, flat = int8_conv2d_nchwc(
+        (1, ic // 16, h, h, 16), (oc, ic, 1, 1), epilogue=RESIDUAL_Q, params=params
+    )
+    assert flat
+    blocked = (1, oc // lanes, h, h, lanes)
+    viewed = view_params(func, {"x": ((1, ic // 16, h, h, 16), 0), "residual": (blocked, 0),
+                                "out": (blocked, 0)})  # fmt: skip
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (1, ic // 16, h, h, 16)).astype(np.uint8)
+    w = rng.integers(-64, 64, (oc // lanes, ic // 4, 1, 1, lanes, 4)).astype(np.int8)
+    b = rng.integers(-500, 500, (oc // lanes, lanes)).astype(np.int32)
+    m = (rng.random((oc // lanes, lanes)) * 0.05).astype(np.float32)
+    r = rng.integers(0, 256, blocked).astype(np.uint8)
+    outs = []
+    for f, flat_args in ((func, True), (viewed, False)):
+        lib = tvm.compile(tvm.IRModule({"main": f}), target=host_target())
+        shp = (lambda a: a.reshape(*a.shape[:2], -1, a.shape[-1])) if flat_args else (lambda a: a)
+        args = [shp(x), w, b, m, shp(r), shp(np.zeros(blocked, np.uint8))]
+        targs = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]
+        lib["main"](*targs)
+        outs.append(targs[-1].numpy().reshape(blocked))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert outs[0].any()

@@ -13,14 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tvm import relax
 
 from mcopt.ir.core import Node
 from mcopt.ir.types import BlockedLayout
 from mcopt.ops.quant import output_bounds, requant_multiplier, weight_scales
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
-
-R = relax.op
 
 
 def q_epilogue(node: Node) -> QEpilogue:
@@ -63,7 +60,7 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         pack_int8_window_weight,
     )
     from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa, narrow_isa
-    from mcopt.targets.cpu.kernels.relax_ops import call_kernel
+    from mcopt.targets.cpu.kernels.relax_ops import call_kernel, view_params
     from mcopt.targets.cpu.lower_planned import _check_shape
     from mcopt.targets.relax.lower_quant import _cores, _is_7bit
 
@@ -162,17 +159,16 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     )  # fmt: skip
     be = int8_conv.conv_bias_eff(wp, b_pad, x_zp + shift, lout.padded).reshape(occ, lanes)
     ctx = vals.ctx
-    if flat:
-        x = bb.emit(R.reshape(x, (n, in_shape[1], h * wd, in_shape[4])))
+    out_shape = (n, occ, oh, ow, lanes)
+    if flat:  # the kernel's flattened-plane buffers as views of the blocked tensors (no reshape)
+        views = {"x": (in_shape, 0), "out": (out_shape, 0)}
         if res is not None:
-            res = bb.emit(R.reshape(res, (n, occ, oh * ow, lanes)))
+            views["residual"] = (out_shape, 0)
+        func = view_params(func, views)
     pack = pack_int8_window_weight if window else int8_conv.pack_int8_conv_weight
     args = [x, ctx.const(pack(wp, lanes)), ctx.const(be)]
     args += [ctx.const(mult.reshape(occ, lanes))] + ([] if res is None else [res])
-    out_shape = (n, occ, oh * ow, lanes) if flat else (n, occ, oh, ow, lanes)
     y = call_kernel(bb, func, "qconv2d_nchwc", args, out_shape, ep.out_dtype)
-    if flat:
-        y = bb.emit(R.reshape(y, (n, occ, oh, ow, lanes)))
     _check_shape(node, y, lout)
     vals.set_blocked(node.output, y, lout)
 

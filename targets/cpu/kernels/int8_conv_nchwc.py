@@ -17,8 +17,9 @@ intermediate in memory)::
 - schedule: ``parallel(n, oc_outer, oh)`` / ``ow_outer`` / reduction / ``oc_inner x ow_inner``
   (register tile, unrolled) / the ``L x 4`` dot product tensorized (VNNI ``vpdpbusd``, AVX2
   ``vpmaddubsw``, AArch64 ``sdot``: :mod:`.int8_intrin`); the epilogue runs on the register tile
-  (``reverse_compute_at``). A 1x1 stride-1 conv runs over the flattened plane ``H*W`` (the caller
-  passes free reshapes), so its tile need not divide the width.
+  (``reverse_compute_at``). A 1x1 stride-1 conv runs over the flattened plane ``H*W`` (the
+  lowering calls it on the blocked tensors, its buffers views of them:
+  :func:`.relax_ops.view_params`), so its tile need not divide the width.
 """
 
 from __future__ import annotations
