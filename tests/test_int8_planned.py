@@ -332,3 +332,40 @@ def test_flat_1x1_kernel_on_blocked_views():
         outs.append(targs[-1].numpy().reshape(blocked))
     np.testing.assert_array_equal(outs[0], outs[1])
     assert outs[0].any()
+
+
+def test_int8_dense_reads_the_blocked_tensor_of_a_flatten():
+    """``flatten`` of a blocked tensor (6 channels in NCHW8c: 2 padding channels) into ``qdense``:
+    the dense reads the blocked tensor with its weight columns permuted, no unblocking copy; the
+    build equals the interpreter."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mcopt.targets.cpu.planning import plan_cpu
+    from mcopt.targets.relax.builder import build
+
+    rng = np.random.default_rng(9)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((6, 2, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal((10, 6 * 7 * 7)).astype(np.float32), "fw"),
+        numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "fb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "flat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 7, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits,
+    )  # fmt: skip
+    g = import_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    feeds = [{"x": rng.standard_normal((1, 2, 7, 7)).astype(np.float32)} for _ in range(4)]
+    PassManager(["cleanup", "quantize-int8"]).run(g, PassContext(calib=feeds[:2]))
+    pg = plan_cpu(g)
+    flat = next(n for n in pg.nodes if n.op == "flatten")
+    assert flat.inputs[0].type.layout is not None and flat.inputs[0].type.layout.is_padded
+    cm = build(g, "cpu")
+    for f in feeds:
+        np.testing.assert_array_equal(cm.run(f)[0], run(g, f)[0])

@@ -80,8 +80,9 @@ class _Values:
         self.into: dict[int, tuple[Node, int, int]] = {}
         self.dest: dict[int, relax.Expr] = {}
         self.written: set[int] = set()
-        #: quantize nodes run inside the int8 convs that read their output (:func:`_fused_quantizes`),
-        #: by output value; lowered only when something else asks for that value
+        #: nodes a kernel reading their output runs inline, by output value: quantizes in int8
+        #: convs (:func:`_fused_quantizes`), flattens of blocked tensors in int8 dense layers
+        #: (:func:`_blocked_flattens`); lowered only when something else asks for that value
         self.deferred: dict[int, Node] = {}
 
     def chose(self, what: str) -> None:
@@ -102,10 +103,10 @@ class _Values:
         if v.const is not None:
             e = self.plain[id(v)] = self.ctx.const(v.const)
             return e
-        q = self.deferred.get(id(v))
-        if q is not None:  # a conv that was to quantize it inline fell back to plain ops
-            res = LOWERINGS["quantize"](self.ctx, q, [self.plain_of(q.inputs[0])])
-            e = self.plain[id(v)] = _emit_outputs(self.ctx, q, res)[0]
+        d = self.deferred.get(id(v))
+        if d is not None:  # a kernel that was to run it inline fell back to plain ops
+            res = LOWERINGS[d.op](self.ctx, d, [self.plain_of(i) for i in d.inputs])
+            e = self.plain[id(v)] = _emit_outputs(self.ctx, d, res)[0]
             return e
         lay, src = next(iter(self.blocked[id(v)].items()))
         n, _, h, w = v.shape
@@ -507,6 +508,54 @@ def _fused_quantizes(graph: Graph) -> dict[int, Node]:
     return found
 
 
+def _blocked_flattens(graph: Graph) -> dict[int, Node]:
+    """``flatten`` nodes (axis 1) of a blocked 4-D tensor of batch 1 read only (as the data) by
+    ``qdense`` nodes with a constant weight: each dense reads the blocked tensor in its memory
+    order with its weight's columns permuted to match (:func:`_lower_blocked_qdense`), so neither
+    the flatten's unblocking copy nor a reshape is emitted (LeNet-5's first dense layer).
+    ``{id(flattened value): flatten node}``."""
+    found: dict[int, Node] = {}
+    outs = {id(v) for v in graph.outputs}
+    for node in graph.nodes:
+        if node.op != "flatten" or int(node.attrs.get("axis", 1)) != 1:
+            continue
+        x, f = node.inputs[0], node.output
+        if x is None or x.type.layout is None or len(x.shape) != 4 or x.shape[0] != 1:
+            continue
+        if id(f) in outs or not f.uses:
+            continue
+        if all(
+            u.op == "qdense"
+            and i == 0
+            and u.inputs[1] is not None
+            and u.inputs[1].const is not None
+            for u, i in f.uses
+        ):
+            found[id(f)] = node
+    return found
+
+
+def _lower_blocked_qdense(vals: _Values, node: Node, flat: Node) -> None:
+    """A ``qdense`` of ``flatten(x)`` with ``x`` blocked ``(1, C/bn, H, W, bn)``: the dense over
+    ``x``'s elements in memory order, the weight's column ``c*H*W + h*W + w`` moved to ``((c //
+    bn)*H*W + h*W + w)*bn + c % bn`` (zero columns for padding channels). Exact: the same products
+    summed (in int32)."""
+    from mcopt.targets.relax.lower_quant import _weights, emit_qdense
+
+    x_v = flat.inputs[0]
+    assert x_v is not None
+    x, lay = vals.blocked_of(x_v)
+    _, c, h, wd = x_v.shape
+    w, b = _weights(node)
+    n = w.shape[0]
+    cb = lay.padded // lay.bn
+    wb = np.zeros((n, cb, lay.bn, h, wd), w.dtype)
+    wb.reshape(n, lay.padded, h, wd)[:, :c] = w.reshape(n, c, h, wd)
+    wb = np.ascontiguousarray(wb.transpose(0, 1, 3, 4, 2)).reshape(n, -1)
+    y = emit_qdense(vals.ctx, node, x, wb, b, x_view=lay.blocked_shape(tuple(x_v.shape)))
+    vals.set_plain(node.output, vals.ctx.emit(y))
+
+
 def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRModule:
     """Lower ``graph`` (planned by :func:`~mcopt.targets.cpu.planning.plan_cpu` first unless it
     is) with the kernels for llvm ``target`` (a ``tvm.target.Target``)."""
@@ -517,7 +566,7 @@ def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRM
     params = graph_params(graph)
     vals = _Values(ctx, int(graph.metadata.get("mcopt.plan.lanes", info.lanes)))
     vals.into = _inplace_concats(graph)
-    vals.deferred = _fused_quantizes(graph)
+    vals.deferred = {**_fused_quantizes(graph), **_blocked_flattens(graph)}
     for v, p in zip(graph.inputs, params):
         vals.set_plain(v, p)
     mod = emit_function(
@@ -558,6 +607,11 @@ def _lower_node(vals: _Values, node: Node, target: Any) -> None:
         return
     if node.op == "fused_dense":
         _lower_fused_dense(vals, node, target)
+        return
+    x_v = node.inputs[0] if node.inputs else None
+    flat = None if x_v is None or id(x_v) in vals.plain else vals.deferred.get(id(x_v))
+    if node.op == "qdense" and flat is not None and flat.op == "flatten":
+        _lower_blocked_qdense(vals, node, flat)
         return
     lay = node.output.type.layout if len(node.outputs) == 1 else None
     if lay is not None:
