@@ -258,12 +258,18 @@ def test_few_channel_int8_convs_are_planned_in_blocks_of_8():
 
 
 @pytest.mark.parametrize(
-    "ic,oc,k,stride,pad,window", [(3, 16, 3, 2, 1, False), (1, 8, 5, 1, 2, True)]
+    "ic,oc,k,stride,pad,window",
+    [
+        (3, 16, 3, 2, 1, False),
+        (1, 8, 5, 1, 2, True),
+        (3, 24, 3, 2, 1, True),
+        (3, 16, 7, 2, 3, True),
+    ],
 )
 def test_int8_conv_quantizes_the_float_image_inline(ic, oc, k, stride, pad, window):
     """``in_quant``: the padded copy of a plain float input quantizes it as the ``quantize`` op
     does (a PP-LCNet-like 3x3 stride-2 stem, LeNet's 5x5 window conv); bit-exact against numpy's
-    quantize followed by the integer conv."""
+    quantize followed by the integer conv; the window form on the image is the stems' form."""
     isa = "vnni16" if _vnni_here() else None
     lanes = 16 if isa else 8
     rng = np.random.default_rng(ic + k)
