@@ -202,6 +202,8 @@ def test_plan_runs_resnet_blocks_as_int8_convs_only():
     u8 = [n for n in with_res if n.output.dtype == "uint8" and n.attrs["q_dtype"] == "uint8"]
     assert len(u8) == 7  # the last block's output stays float for the average pool
     assert planned_choices(pg)["int8 conv: blocked int8 kernel + residual"] == 8
+    # the stem reads the NCHW image with the window form (a row-wise padded copy)
+    assert fused[0].attrs["kernel"] == "int8_window" and fused[0].inputs[0].type.layout is None
     for f in feeds[:2]:
         np.testing.assert_array_equal(run(pg, f)[0], run(g, f)[0])
 
@@ -219,3 +221,157 @@ def test_int8_planned_build_matches_the_interpreter(name):
         # residual add in the kernel); it propagates, so compare the logits loosely and top-1
         np.testing.assert_allclose(got, ref, rtol=0, atol=0.05 * np.abs(ref).max())
         assert int(np.argmax(got)) == int(np.argmax(ref))
+
+
+def test_int8_narrow_block_kernels_are_bit_exact():
+    """The 256-bit VNNI form (8 output lanes) of the blocked, window and image-reading convs: the
+    block of layers with at most 8 output channels on a VNNI-512 machine."""
+    from mcopt.targets.cpu.kernels.int8_intrin import narrow_isa
+
+    if not _vnni_here() or narrow_isa("vnni16", 8, host_target()) != "vnni8":
+        pytest.skip("no AVX-512 VNNI with VL here")
+    _check_kernel(8, 16, 12, 1, 1, 0, REQUANT, ib=8, isa="vnni8")  # flat 1x1 from an 8-block
+    _check_kernel(3, 8, 15, 3, 2, 1, HSWISH_Q, ib=3, isa="vnni8")  # the image, 8 channels out
+    _check_kernel(1, 6, 16, 5, 1, 2, RESIDUAL_Q, ib=1, isa="vnni8", window=True)  # LeNet conv1
+
+
+def test_few_channel_int8_convs_are_planned_in_blocks_of_8():
+    """LeNet-5's 6-channel conv writes NCHW8c on a VNNI-512 target (16 lanes would leave most of
+    each dot product on padding), the 16-channel one NCHW16c; the build on this machine equals
+    the interpreter."""
+    import onnx
+
+    from mcopt.targets.cpu.planning import plan_cpu
+    from mcopt.targets.relax.builder import build
+
+    g = import_model(onnx.load(zoo.lenet5_path()))
+    x, _ = zoo.mnist_test_set()
+    feeds = [{g.inputs[0].name: x[i : i + 1].reshape(g.inputs[0].shape)} for i in range(4)]
+    PassManager(["cleanup", "quantize-int8"]).run(g, PassContext(calib=feeds[:2]))
+    pg = plan_cpu(g, tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+    verify(pg)
+    convs = [n for n in pg.nodes if n.op == "fused_qconv2d"]
+    assert [n.output.type.layout.bn for n in convs] == [8, 16]
+    cm = build(g, "cpu")
+    for f in feeds:
+        np.testing.assert_array_equal(cm.run(f)[0], run(g, f)[0])
+
+
+@pytest.mark.parametrize(
+    "ic,oc,k,stride,pad,window",
+    [
+        (3, 16, 3, 2, 1, False),
+        (1, 8, 5, 1, 2, True),
+        (3, 24, 3, 2, 1, True),
+        (3, 16, 7, 2, 3, True),
+    ],
+)
+def test_int8_conv_quantizes_the_float_image_inline(ic, oc, k, stride, pad, window):
+    """``in_quant``: the padded copy of a plain float input quantizes it as the ``quantize`` op
+    does (a PP-LCNet-like 3x3 stride-2 stem, LeNet's 5x5 window conv); bit-exact against numpy's
+    quantize followed by the integer conv; the window form on the image is the stems' form."""
+    isa = "vnni16" if _vnni_here() else None
+    lanes = 16 if isa else 8
+    rng = np.random.default_rng(ic + k)
+    hw, scale, zp = 19, 0.0127, 33
+    x = (rng.standard_normal((1, ic, hw, hw)) * 1.5).astype(np.float32)
+    x[0, 0, 0, :4] = np.array([0.5, 1.5, -0.5, 2.5], np.float32) * scale  # ties: half to even
+    xq = np.clip(np.round(x / np.float32(scale)) + np.float32(zp), 0, 255).astype(np.uint8)
+    w = rng.integers(-64, 64, (oc, ic, k, k)).astype(np.int8)
+    b = rng.integers(-2000, 2000, oc).astype(np.int32)
+    attrs = {"x_zero_point": zp, "strides": (stride,) * 2, "pads": (pad,) * 4,
+             "dilations": (1, 1), "groups": 1}  # fmt: skip
+    acc = qconv2d_acc(xq, w, b, attrs)
+    oh = acc.shape[2]
+    mult = (rng.random(oc) * 0.05 + 0.005).astype(np.float32)
+    ref = HSWISH_Q.apply_numpy(acc, mult.reshape(1, -1, 1, 1), None)
+    ocp = -(-oc // lanes) * lanes
+    params = choose_params(oh, ocp // lanes, isa, lanes, oh, 2)
+    wp = np.zeros((ocp, ic, k, k), np.int8)
+    wp[:oc, :ic] = w
+    func, _ = int8_conv2d_nchwc(
+        x.shape, wp.shape, (stride,) * 2, (pad,) * 4, x_zero_point=zp, epilogue=HSWISH_Q,
+        params=params, window=window, in_quant=(scale, zp),
+    )  # fmt: skip
+    bp = np.zeros(ocp, np.int32)
+    bp[:oc] = b
+    be = conv_bias_eff(wp, bp, zp, ocp).reshape(-1, lanes)
+    mp = np.zeros(ocp, np.float32)
+    mp[:oc] = mult
+    pack = pack_int8_window_weight if window else pack_int8_conv_weight
+    out = np.zeros((1, ocp // lanes, oh, oh, lanes), HSWISH_Q.out_dtype)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=host_target())
+    targs = [tvm.runtime.tensor(a) for a in (x, pack(wp, lanes), be, mp.reshape(-1, lanes), out)]
+    lib["main"](*targs)
+    np.testing.assert_array_equal(_unblocked(targs[-1].numpy(), oc), ref)
+
+
+def test_flat_1x1_kernel_on_blocked_views():
+    """The flat 1x1 kernel called on the blocked tensors themselves (its flattened-plane buffers
+    views of them, ``view_params``: no reshape in Relax) writes what it writes on reshaped ones."""
+    from mcopt.targets.cpu.kernels.relax_ops import view_params
+
+    isa = "vnni16" if _vnni_here() else None
+    lanes = 16 if isa else 8
+    h, ic, oc = 6, 32, 2 * lanes
+    params = choose_params(h * h, oc // lanes, isa, lanes, 1, 2)
+    func, flat = int8_conv2d_nchwc(
+        (1, ic // 16, h, h, 16), (oc, ic, 1, 1), epilogue=RESIDUAL_Q, params=params
+    )
+    assert flat
+    blocked = (1, oc // lanes, h, h, lanes)
+    viewed = view_params(func, {"x": ((1, ic // 16, h, h, 16), 0), "residual": (blocked, 0),
+                                "out": (blocked, 0)})  # fmt: skip
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (1, ic // 16, h, h, 16)).astype(np.uint8)
+    w = rng.integers(-64, 64, (oc // lanes, ic // 4, 1, 1, lanes, 4)).astype(np.int8)
+    b = rng.integers(-500, 500, (oc // lanes, lanes)).astype(np.int32)
+    m = (rng.random((oc // lanes, lanes)) * 0.05).astype(np.float32)
+    r = rng.integers(0, 256, blocked).astype(np.uint8)
+    outs = []
+    for f, flat_args in ((func, True), (viewed, False)):
+        lib = tvm.compile(tvm.IRModule({"main": f}), target=host_target())
+        shp = (lambda a: a.reshape(*a.shape[:2], -1, a.shape[-1])) if flat_args else (lambda a: a)
+        args = [shp(x), w, b, m, shp(r), shp(np.zeros(blocked, np.uint8))]
+        targs = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]
+        lib["main"](*targs)
+        outs.append(targs[-1].numpy().reshape(blocked))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert outs[0].any()
+
+
+def test_int8_dense_reads_the_blocked_tensor_of_a_flatten():
+    """``flatten`` of a blocked tensor (6 channels in NCHW8c: 2 padding channels) into ``qdense``:
+    the dense reads the blocked tensor with its weight columns permuted, no unblocking copy; the
+    build equals the interpreter."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mcopt.targets.cpu.planning import plan_cpu
+    from mcopt.targets.relax.builder import build
+
+    rng = np.random.default_rng(9)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((6, 2, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal((10, 6 * 7 * 7)).astype(np.float32), "fw"),
+        numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "fb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "flat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 7, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits,
+    )  # fmt: skip
+    g = import_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    feeds = [{"x": rng.standard_normal((1, 2, 7, 7)).astype(np.float32)} for _ in range(4)]
+    PassManager(["cleanup", "quantize-int8"]).run(g, PassContext(calib=feeds[:2]))
+    pg = plan_cpu(g)
+    flat = next(n for n in pg.nodes if n.op == "flatten")
+    assert flat.inputs[0].type.layout is not None and flat.inputs[0].type.layout.is_padded
+    cm = build(g, "cpu")
+    for f in feeds:
+        np.testing.assert_array_equal(cm.run(f)[0], run(g, f)[0])

@@ -275,6 +275,31 @@ def test_layout_primfuncs():
     np.testing.assert_array_equal(back, x)
 
 
+@pytest.mark.parametrize(
+    "c, bn, h, w, groups, dtype",
+    [
+        (144, 16, 7, 9, 3, "uint8"),  # ShuffleNet's shuffle, 63 pixels: 15 vectors of 4 + 3
+        (112, 16, 4, 4, 2, "int8"),
+        (48, 16, 3, 5, 3, "float32"),  # one pixel per 64-byte vector
+        (64, 8, 5, 5, 2, "uint8"),
+    ],
+)
+def test_shuffle_channels_nchwc(c, bn, h, w, groups, dtype):
+    """The channel shuffle with the permutation built into vector shuffles moves every channel
+    where the gather does; a permutation mixing too many blocks per output block has no such form."""
+    perm = np.arange(c).reshape(groups, -1).T.reshape(-1)
+    perm[:2] = perm[1::-1]  # not only a plain shuffle
+    x = np.random.default_rng(c).integers(-100, 100, (1, c // bn, h, w, bn)).astype(dtype)
+    func = layout.shuffle_channels_nchwc((1, c, h, w), bn, perm, dtype)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)
+    y = tvm.runtime.tensor(np.zeros_like(x))
+    lib["main"](tvm.runtime.tensor(x), y)
+    ref = layout.pack_nchwc(layout.unpack_nchwc(x)[:, perm], bn)
+    np.testing.assert_array_equal(y.numpy(), ref)
+    spread = np.arange(256).reshape(16, 16).T.reshape(-1)  # each block reads all 16 blocks
+    assert layout.shuffle_channels_nchwc((1, 256, 2, 2), 16, spread) is None
+
+
 def test_relax_integration():
     """The emit_* helpers build a module that tvm.compile's default pipeline keeps as scheduled."""
     from tvm import relax

@@ -53,6 +53,22 @@ def test_parallel_follows_the_threshold(
     assert ("T.parallel" in sch.mod.script()) is expect_parallel
 
 
+def test_parallel_counts_dot_product_instructions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``per_op``: a kernel whose reduction runs 4 MACs per lane in one instruction (int8 VNNI /
+    sdot) stays serial below 4x the threshold in block iterations."""
+    from mcopt.targets.cpu.kernels.int8_intrin import macs_per_op
+
+    work = threads.func_work(_matmul(64, 64, 64))
+    monkeypatch.setenv("MCOPT_MIN_PARALLEL_WORK", str(work // 2))
+    for per_op, expect in ((1, True), (4, False)):
+        sch = tvm.s_tir.Schedule(_matmul(64, 64, 64))
+        i = sch.get_loops(sch.get_sblock("c"))[0]
+        assert threads.parallel(sch, i, per_op) is expect
+    assert (macs_per_op("vnni16"), macs_per_op("sdot"), macs_per_op("avx2"), macs_per_op(None)) == (
+        4, 4, 1, 1,
+    )  # fmt: skip
+
+
 def test_bad_env_value_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from mcopt.errors import OptionError
 

@@ -13,14 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tvm import relax
 
 from mcopt.ir.core import Node
 from mcopt.ir.types import BlockedLayout
 from mcopt.ops.quant import output_bounds, requant_multiplier, weight_scales
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
-
-R = relax.op
 
 
 def q_epilogue(node: Node) -> QEpilogue:
@@ -62,9 +59,9 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         int8_conv2d_nchwc,
         pack_int8_window_weight,
     )
-    from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa
+    from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa, narrow_isa
     from mcopt.targets.cpu.kernels.int8_pointwise_sdot import sdot_pointwise_applies
-    from mcopt.targets.cpu.kernels.relax_ops import call_kernel
+    from mcopt.targets.cpu.kernels.relax_ops import call_kernel, view_params
     from mcopt.targets.cpu.lower_planned import _check_shape
     from mcopt.targets.relax.lower_quant import _cores, _is_7bit
 
@@ -79,13 +76,21 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         and node.attrs["kernel"] != "int8_depthwise"
         and int(at["groups"]) == 1
     )
+    in_quant = None
     if plain_in:  # the image: the kernel's padded copy reads NCHW and blocks it (no to_nchwc)
-        x, lx = vals.plain_of(x_v), BlockedLayout(1, x_v.shape[1], x_v.shape[1])
+        lx = BlockedLayout(1, x_v.shape[1], x_v.shape[1])
+        q = vals.deferred.get(id(x_v))
+        if q is not None and id(x_v) not in vals.plain:  # and quantizes it (no quantize pass)
+            x = vals.plain_of(q.inputs[0])
+            in_quant = (float(q.attrs["scale"][0]), int(q.attrs["zero_point"][0]))
+        else:
+            x = vals.plain_of(x_v)
     else:
         x, lx = vals.blocked_of(x_v)
     ep = q_epilogue(node)
     w, b, mult = _consts(node, lout.padded)
     isa = choose_isa(target, _is_7bit(w))
+    isa = narrow_isa(isa, lout.bn, target) or isa  # a narrower block: few output channels
     lanes = ISAS[isa][0] if isa else 8
     if lanes != lout.bn:
         raise ValueError(f"the int8 kernel writes blocks of {lanes}, the plan wants {lout}")
@@ -158,21 +163,20 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     func, flat = int8_conv2d_nchwc(
         in_shape, wp.shape, at["strides"], at["pads"], at["dilations"],
         in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, params=params, window=window,
-        group_window=gwin, cores=cores,
+        group_window=gwin, cores=cores, in_quant=in_quant,
     )  # fmt: skip
     be = int8_conv.conv_bias_eff(wp, b_pad, x_zp + shift, lout.padded).reshape(occ, lanes)
     ctx = vals.ctx
-    if flat:
-        x = bb.emit(R.reshape(x, (n, in_shape[1], h * wd, in_shape[4])))
+    out_shape = (n, occ, oh, ow, lanes)
+    if flat:  # the kernel's flattened-plane buffers as views of the blocked tensors (no reshape)
+        views = {"x": (in_shape, 0), "out": (out_shape, 0)}
         if res is not None:
-            res = bb.emit(R.reshape(res, (n, occ, oh * ow, lanes)))
+            views["residual"] = (out_shape, 0)
+        func = view_params(func, views)
     pack = pack_int8_window_weight if window else int8_conv.pack_int8_conv_weight
     args = [x, ctx.const(pack(wp, lanes)), ctx.const(be)]
     args += [ctx.const(mult.reshape(occ, lanes))] + ([] if res is None else [res])
-    out_shape = (n, occ, oh * ow, lanes) if flat else (n, occ, oh, ow, lanes)
     y = call_kernel(bb, func, "qconv2d_nchwc", args, out_shape, ep.out_dtype)
-    if flat:
-        y = bb.emit(R.reshape(y, (n, occ, oh, ow, lanes)))
     _check_shape(node, y, lout)
     vals.set_blocked(node.output, y, lout)
 

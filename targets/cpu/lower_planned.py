@@ -80,6 +80,10 @@ class _Values:
         self.into: dict[int, tuple[Node, int, int]] = {}
         self.dest: dict[int, relax.Expr] = {}
         self.written: set[int] = set()
+        #: nodes a kernel reading their output runs inline, by output value: quantizes in int8
+        #: convs (:func:`_fused_quantizes`), flattens of blocked tensors in int8 dense layers
+        #: (:func:`_blocked_flattens`); lowered only when something else asks for that value
+        self.deferred: dict[int, Node] = {}
 
     def chose(self, what: str) -> None:
         self.choices[what] = self.choices.get(what, 0) + 1
@@ -98,6 +102,11 @@ class _Values:
             return e
         if v.const is not None:
             e = self.plain[id(v)] = self.ctx.const(v.const)
+            return e
+        d = self.deferred.get(id(v))
+        if d is not None:  # a kernel that was to run it inline fell back to plain ops
+            res = LOWERINGS[d.op](self.ctx, d, [self.plain_of(i) for i in d.inputs])
+            e = self.plain[id(v)] = _emit_outputs(self.ctx, d, res)[0]
             return e
         lay, src = next(iter(self.blocked[id(v)].items()))
         n, _, h, w = v.shape
@@ -453,6 +462,100 @@ def _inplace_concats(graph: Graph) -> dict[int, tuple[Node, int, int]]:
     return found
 
 
+#: int8 conv kernels whose padded copy quantizes a float NCHW input (:func:`_fused_quantizes`):
+#: the window form, whose copy runs along image rows; the blocked form's copy interleaves 4
+#: channels per pixel, so there the quantize would run on 4-lane gathers (PP-LCNet's 224x224 stem:
+#: 38 + 9 us with the quantize pass, 64 us inline)
+INLINE_QUANTIZE_KERNELS = ("int8_window",)
+
+
+def _fused_quantizes(graph: Graph) -> dict[int, Node]:
+    """Per-tensor ``quantize`` nodes of a plain float tensor (the image) read only by blocked int8
+    convs on a kernel of :data:`INLINE_QUANTIZE_KERNELS` that read it plain (no groups) with the
+    same zero point: those convs quantize the float tensor in their padded copy
+    (``int8_conv2d_nchwc(in_quant=...)``, the same expression), and the quantize pass and its
+    8-bit copy of the image are not emitted (LeNet-5: a kernel call and a copy less). Mechanical,
+    like :func:`_inplace_concats`. ``{id(quantized value): quantize node}``."""
+    found: dict[int, Node] = {}
+    outs = {id(v) for v in graph.outputs}
+    for node in graph.nodes:
+        if node.op != "quantize" or len(node.attrs["scale"]) != 1:
+            continue
+        x, q = node.inputs[0], node.output
+        if (
+            x is None
+            or x.const is not None
+            or x.dtype != "float32"
+            or len(x.shape) != 4
+            or x.type.layout is not None
+            or q.type.layout is not None
+            or q.dtype not in ("uint8", "int8")
+            or id(q) in outs
+            or not q.uses
+        ):
+            continue
+        zp = int(node.attrs["zero_point"][0])
+        if all(
+            u.op == "fused_qconv2d"
+            and i == 0
+            and u.attrs["kernel"] in INLINE_QUANTIZE_KERNELS
+            and int(u.attrs["groups"]) == 1
+            and int(u.attrs["x_zero_point"]) == zp
+            and u.output.type.layout is not None
+            for u, i in q.uses
+        ):
+            found[id(q)] = node
+    return found
+
+
+def _blocked_flattens(graph: Graph) -> dict[int, Node]:
+    """``flatten`` nodes (axis 1) of a blocked 4-D tensor of batch 1 read only (as the data) by
+    ``qdense`` nodes with a constant weight: each dense reads the blocked tensor in its memory
+    order with its weight's columns permuted to match (:func:`_lower_blocked_qdense`), so neither
+    the flatten's unblocking copy nor a reshape is emitted (LeNet-5's first dense layer).
+    ``{id(flattened value): flatten node}``."""
+    found: dict[int, Node] = {}
+    outs = {id(v) for v in graph.outputs}
+    for node in graph.nodes:
+        if node.op != "flatten" or int(node.attrs.get("axis", 1)) != 1:
+            continue
+        x, f = node.inputs[0], node.output
+        if x is None or x.type.layout is None or len(x.shape) != 4 or x.shape[0] != 1:
+            continue
+        if id(f) in outs or not f.uses:
+            continue
+        if all(
+            u.op == "qdense"
+            and i == 0
+            and u.inputs[1] is not None
+            and u.inputs[1].const is not None
+            for u, i in f.uses
+        ):
+            found[id(f)] = node
+    return found
+
+
+def _lower_blocked_qdense(vals: _Values, node: Node, flat: Node) -> None:
+    """A ``qdense`` of ``flatten(x)`` with ``x`` blocked ``(1, C/bn, H, W, bn)``: the dense over
+    ``x``'s elements in memory order, the weight's column ``c*H*W + h*W + w`` moved to ``((c //
+    bn)*H*W + h*W + w)*bn + c % bn`` (zero columns for padding channels). Exact: the same products
+    summed (in int32)."""
+    from mcopt.targets.relax.lower_quant import _weights, emit_qdense
+
+    x_v = flat.inputs[0]
+    assert x_v is not None
+    x, lay = vals.blocked_of(x_v)
+    _, c, h, wd = x_v.shape
+    w, b = _weights(node)
+    n = w.shape[0]
+    cb = lay.padded // lay.bn
+    wb = np.zeros((n, cb, lay.bn, h, wd), w.dtype)
+    wb.reshape(n, lay.padded, h, wd)[:, :c] = w.reshape(n, c, h, wd)
+    wb = np.ascontiguousarray(wb.transpose(0, 1, 3, 4, 2)).reshape(n, -1)
+    y = emit_qdense(vals.ctx, node, x, wb, b, x_view=lay.blocked_shape(tuple(x_v.shape)))
+    vals.set_plain(node.output, vals.ctx.emit(y))
+
+
 def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRModule:
     """Lower ``graph`` (planned by :func:`~mcopt.targets.cpu.planning.plan_cpu` first unless it
     is) with the kernels for llvm ``target`` (a ``tvm.target.Target``)."""
@@ -463,6 +566,7 @@ def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRM
     params = graph_params(graph)
     vals = _Values(ctx, int(graph.metadata.get("mcopt.plan.lanes", info.lanes)))
     vals.into = _inplace_concats(graph)
+    vals.deferred = {**_fused_quantizes(graph), **_blocked_flattens(graph)}
     for v, p in zip(graph.inputs, params):
         vals.set_plain(v, p)
     mod = emit_function(
@@ -487,6 +591,8 @@ _CONV_KERNELS: dict[str, tuple[Any, Any, str, str]] = {
 
 
 def _lower_node(vals: _Values, node: Node, target: Any) -> None:
+    if len(node.outputs) == 1 and id(node.output) in vals.deferred:
+        return  # a quantize the int8 convs reading its output run inline
     conv = _CONV_KERNELS.get(node.op)
     if conv is not None:  # a planned conv: its kernel, or the plain ops where it does not build
         kernel_fn, plain_fn, what, fallback = conv
@@ -501,6 +607,11 @@ def _lower_node(vals: _Values, node: Node, target: Any) -> None:
         return
     if node.op == "fused_dense":
         _lower_fused_dense(vals, node, target)
+        return
+    x_v = node.inputs[0] if node.inputs else None
+    flat = None if x_v is None or id(x_v) in vals.plain else vals.deferred.get(id(x_v))
+    if node.op == "qdense" and flat is not None and flat.op == "flatten":
+        _lower_blocked_qdense(vals, node, flat)
         return
     lay = node.output.type.layout if len(node.outputs) == 1 else None
     if lay is not None:

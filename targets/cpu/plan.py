@@ -375,9 +375,11 @@ def _channel_permutation(
     return chan.astype(np.int64), nodes
 
 
-def plan_graph(graph: Graph, lanes: int = 8, int8_lanes: int = 0) -> Plan:
+def plan_graph(graph: Graph, lanes: int = 8, int8_lanes: int = 0, int8_narrow: int = 0) -> Plan:
     """Fusion groups and home layouts for ``graph`` (see the module docstring). ``int8_lanes``:
-    the output block of the int8 conv kernel (0: int8 convs are not planned blocked)."""
+    the output block of the int8 conv kernel (0: int8 convs are not planned blocked);
+    ``int8_narrow``: the block of int8 convs with at most that many output channels (0: none),
+    where the kernel has a narrower form (VNNI-512's 256-bit one: 8)."""
     plan = Plan(lanes, int8_lanes=int8_lanes)
     outs = {id(v) for v in graph.outputs}
     claimed: set[int] = set()  # nodes already inside a group
@@ -410,10 +412,11 @@ def plan_graph(graph: Graph, lanes: int = 8, int8_lanes: int = 0) -> Plan:
         if grp is not None:
             oc = grp.node.inputs[1].shape[0]  # type: ignore[union-attr]
             src = lay.get(id(grp.node.inputs[0]))  # type: ignore[arg-type]
-            if grp.kind == "depthwise" and src is not None and src.bn == int8_lanes:
+            if grp.kind == "depthwise" and src is not None and src.bn in (int8_lanes, int8_narrow):
                 lay[id(node.output)] = src
             else:
-                lay[id(node.output)] = Layout(int8_lanes, oc, -(-oc // int8_lanes) * int8_lanes)
+                bn = int8_narrow if oc <= int8_narrow else int8_lanes
+                lay[id(node.output)] = Layout(bn, oc, -(-oc // bn) * bn)
             continue
         f = plan.fused.get(id(node))
         if f is not None:

@@ -29,7 +29,7 @@ from mcopt.ir.core import Node
 from mcopt.ops.quant import output_bounds, qrange, requant_multiplier, weight_scales
 from mcopt.targets.cpu.kernels import int8_conv, int8_dense
 from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa
-from mcopt.targets.cpu.kernels.relax_ops import _call
+from mcopt.targets.cpu.kernels.relax_ops import _call, view_params
 from mcopt.targets.relax.lower import LowerContext, LowerResult, register_lowering
 
 
@@ -218,14 +218,30 @@ def _grouped_fallback(
 
 @register_lowering("qdense")
 def _qdense(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
-    at = node.attrs
     w, b = _weights(node)
     x = a[0]
     xshape = ctx.shape_of(x)
-    in_dtype = ctx.dtype_of(x)
     n, k = w.shape
     m = int(np.prod(xshape[:-1])) if len(xshape) > 1 else 1
     x2 = ctx.emit(relax.op.reshape(x, (m, k))) if len(xshape) != 2 else x
+    return emit_qdense(ctx, node, x2, w, b)
+
+
+def emit_qdense(
+    ctx: LowerContext,
+    node: Node,
+    x2: Any,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    x_view: tuple[int, ...] | None = None,
+) -> Any:
+    """The int8 dense kernel of ``node`` on ``x2`` ``(M, K)`` with the int8 weight ``w (N, K)``
+    and int32 bias ``b``; ``x_view``: ``x2`` is a tensor of that shape with the same elements
+    (the kernel reads its ``(M, K)`` as a view of it: :func:`.relax_ops.view_params`)."""
+    at = node.attrs
+    in_dtype = ctx.dtype_of(x2)
+    n, k = w.shape
+    m = int(np.prod(x_view)) // k if x_view is not None else ctx.shape_of(x2)[0]
     target = lowering_target(ctx)
     isa = choose_isa(target, _is_7bit(w))
     lanes = ISAS[isa][0] if isa else 8
@@ -237,6 +253,8 @@ def _qdense(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
         out_dtype=out_dtype, out_zero_point=int(at["out_zero_point"]), bounds=bounds,
         cores=_cores(target),
     )  # fmt: skip
+    if x_view is not None:
+        func = view_params(func, {"x": (x_view, 0)})
     shift = int8_conv.zero_shift(isa, in_dtype)
     be = int8_conv.conv_bias_eff(w, b, int(at["x_zero_point"]) + shift, np_)
     args = [
@@ -250,4 +268,4 @@ def _qdense(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     return relax.op.reshape(y, out_shape) if out_shape != (m, n) else y
 
 
-__all__ = ["int8_conv2d_params", "lowering_target"]
+__all__ = ["emit_qdense", "int8_conv2d_params", "lowering_target"]

@@ -17,8 +17,9 @@ intermediate in memory)::
 - schedule: ``parallel(n, oc_outer, oh)`` / ``ow_outer`` / reduction / ``oc_inner x ow_inner``
   (register tile, unrolled) / the ``L x 4`` dot product tensorized (VNNI ``vpdpbusd``, AVX2
   ``vpmaddubsw``, AArch64 ``sdot``: :mod:`.int8_intrin`); the epilogue runs on the register tile
-  (``reverse_compute_at``). A 1x1 stride-1 conv runs over the flattened plane ``H*W`` (the caller
-  passes free reshapes), so its tile need not divide the width.
+  (``reverse_compute_at``). A 1x1 stride-1 conv runs over the flattened plane ``H*W`` (the
+  lowering calls it on the blocked tensors, its buffers views of them:
+  :func:`.relax_ops.view_params`), so its tile need not divide the width.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mcopt.ops.quant import qrange
 from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size
 from mcopt.targets.cpu.kernels.int8_conv import a_dtype_of, zero_shift
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
@@ -87,11 +89,14 @@ def int8_conv2d_nchwc(
     window: bool = False,
     group_window: tuple[int, int, int] | None = None,
     cores: int = 1,
+    in_quant: tuple[float, int] | None = None,
 ) -> tuple[Any, bool]:
     """The scheduled PrimFunc and whether it runs on the flattened plane.
 
     ``window``: the dot product's 4 bytes are 4 consecutive kernel columns of one channel instead
-    of 4 channels (a padded copy holds, per pixel, the 4 pixels to its right): for inputs with few
+    of 4 channels (the dot product reads them from a plain padded copy ``(N, C, H', W')`` of the
+    input, 4 bytes at column ``x + 4 * group``; a copy holding, per pixel, the 4 pixels to its
+    right took LeNet-5's first conv from 1.8 to 2.5 us): for inputs with few
     channels (LeNet's 1 and 6), whose channel blocks would leave most of each dot product on
     padding. The weight is then the logical ``(OCp, C, KH, KW)`` packed by
     :func:`pack_int8_window_weight`; needs ``dilations[1] == 1``.
@@ -111,10 +116,16 @@ def int8_conv2d_nchwc(
 
     The AArch64 ``sdot`` 1x1 convs (:func:`.int8_pointwise_sdot.sdot_pointwise_applies`, u8 or
     s8 input) are the hand-written :func:`.int8_pointwise_sdot.int8_pointwise_sdot` (own
-    register tile; ``cores`` > 1: on the thread pool), always flat."""
+    register tile; ``cores`` > 1: on the thread pool), always flat.
+
+    ``in_quant = (scale, zero_point)``: the plain input is float32 and the padded copy quantizes
+    it to ``in_dtype`` as the ``quantize`` op does (``round(x / scale) + zero_point``, clamped):
+    the image's quantize runs inside the first conv instead of as a pass of its own."""
     from tvm import s_tir, te, tirx
 
     plain = len(in_shape) == 4  # an NCHW input (the image): read by the padded copy directly
+    if in_quant is not None and not plain:
+        raise ValueError("in_quant: only for a plain (NCHW) input")
     if plain:
         n, icb_n, h, w = (int(d) for d in in_shape)
         ib = 1
@@ -192,20 +203,27 @@ def int8_conv2d_nchwc(
         )
         out_shape: tuple[int, ...] = (n, occ, h * w, lanes)
     else:
-        x = te.placeholder(tuple(int(d) for d in in_shape), in_dtype, name="x")
+        x_dtype = "float32" if in_quant is not None else in_dtype
+        x = te.placeholder(tuple(int(d) for d in in_shape), x_dtype, name="x")
 
         def xread(b: Any, c: Any, y: Any, xx: Any) -> Any:
+            if in_quant is not None:  # the quantize op's expression (lower_quant._quantize)
+                lo, hi = qrange(in_dtype)
+                q = tirx.round(x[b, c, y, xx] / tirx.const(in_quant[0], "float32"))
+                q = q + tirx.const(float(in_quant[1]), "float32")
+                q = te.max(te.min(q, tirx.const(hi, "float32")), tirx.const(lo, "float32"))
+                return q.astype(in_dtype)
             return x[b, c, y, xx] if plain else x[b, c // ib, y, xx, c % ib]
 
         kw_loop, kw_step = kw, dw
-        if window:
+        if window:  # the plain padded image: window (x, t) is its column x + t
             kw_loop, kw_step = window_groups(kw), 4
             owp = -(-ow // params.reg_n) * params.reg_n
             wp_ = (owp - 1) * sw + 4 * kw_loop
             hp_ = h + pt + pb
 
-            def win_fn(b, c, y, xx, t):
-                iy, ix = y - pt, xx + t - pl
+            def win_fn(b, c, y, xx):
+                iy, ix = y - pt, xx - pl
                 inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
                 val = xread(b, c, tirx.min(tirx.max(iy, 0), h - 1),
                             tirx.min(tirx.max(ix, 0), w - 1))  # fmt: skip
@@ -213,7 +231,7 @@ def int8_conv2d_nchwc(
                     val = (val.astype("int32") + shift).astype(a_dtype)
                 return tirx.if_then_else(inside, val, tirx.const(pad_val, a_dtype))
 
-            src = te.compute((n, icp, hp_, wp_, 4), win_fn, name="data_pad")
+            src = te.compute((n, icp, hp_, wp_), win_fn, name="data_pad")
             q4 = 1
         elif direct:
             src, pb_, q4 = x, ib, ib // 4
@@ -243,12 +261,17 @@ def int8_conv2d_nchwc(
         ricq = te.reduce_axis((0, q4), "icq")
         rk = te.reduce_axis((0, 4), "k")
         owp = ow if direct else -(-ow // params.reg_n) * params.reg_n
+
+        def src_at(b: Any, c: Any, y: Any, xx: Any) -> Any:
+            if window:
+                return src[b, ricb, y * sh + rkh * dh, xx * sw + rkw * 4 + rk]
+            col = xx * sw + rkw * kw_step
+            return src[b, gbase(c) + ricb, y * sh + rkh * dh, col, ricq * 4 + rk]
+
         conv = te.compute(
             (n, occ, oh, owp, lanes),
             lambda b, c, y, xx, ob: te.sum(
-                src[
-                    b, gbase(c) + ricb, y * sh + rkh * dh, xx * sw + rkw * kw_step, ricq * 4 + rk
-                ].astype("int32")
+                src_at(b, c, y, xx).astype("int32")
                 * kernel_t[c, ricb * q4 + ricq, rkh, rkw, ob, rk].astype("int32"),
                 axis=[ricb, rkh, rkw, ricq, rk],
             ),
@@ -274,11 +297,12 @@ def int8_conv2d_nchwc(
 
 
 def _schedule(sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool) -> None:
-    from mcopt.targets.cpu.kernels.int8_intrin import intrin_name
+    from mcopt.targets.cpu.kernels.int8_intrin import intrin_name, macs_per_op
 
+    per_op = macs_per_op(p.isa)
     if has_pad:
         loops = sch.get_loops(sch.get_sblock("data_pad"))
-        parallel(sch, sch.fuse(*loops[:3]))
+        parallel(sch, sch.fuse(*loops[:3]), per_op)
         sch.vectorize(loops[-1])
     blk = sch.get_sblock("conv")
     loops = sch.get_loops(blk)
@@ -301,7 +325,7 @@ def _schedule(sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool) -> None:
         sch.reorder(*outer, *red[:-1], c_i, x_i, ob, r_k)
     else:  # exact generic code: LLVM widens to int32
         sch.reorder(*outer, *red[:-1], c_i, x_i, r_k, ob)
-    parallel(sch, sch.fuse(*par))
+    parallel(sch, sch.fuse(*par), per_op)
     out = sch.get_sblock("out")
     sch.reverse_compute_at(out, x_o)
     sch.vectorize(sch.get_loops(out)[-1])

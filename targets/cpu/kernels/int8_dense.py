@@ -60,7 +60,7 @@ def int8_dense(
     out (M, N))``."""
     from tvm import s_tir, te, tirx
 
-    from mcopt.targets.cpu.kernels.int8_intrin import intrin_name
+    from mcopt.targets.cpu.kernels.int8_intrin import intrin_name, macs_per_op
 
     np_, kp = -(-n // lanes) * lanes, -(-k // 4) * 4
     a_dtype = a_dtype_of(isa, in_dtype)
@@ -106,7 +106,7 @@ def int8_dense(
         sch.reorder(nb_o, i, r_kb, nb_i, r_k, ob)
         sch.unroll(r_k)
         sch.vectorize(ob)
-    parallel(sch, nb_o)
+    parallel(sch, nb_o, macs_per_op(isa))
     sch.unroll(nb_i)
     init = sch.decompose_reduction(blk, r_kb)
     sch.vectorize(sch.get_loops(init)[-1])

@@ -167,6 +167,31 @@ def intrin_name(isa: str) -> str:
     return name
 
 
+def macs_per_op(isa: str | None) -> int:
+    """MACs per output lane of one instruction of ``isa``'s dot product: 4 for the one-instruction
+    forms (VNNI ``vpdpbusd``, ``sdot``), 1 for the others (``vpmaddubsw`` + ``vpmaddwd`` + add,
+    the generic code). The kernels scale their work by it when they decide whether to use the
+    thread pool (:func:`.threads.parallel`)."""
+    return 4 if isa is not None and (isa.startswith("vnni") or isa == "sdot") else 1
+
+
+def narrow_isa(isa: str | None, lanes: int, target: Any) -> str | None:
+    """The form of ``isa`` whose output block is ``lanes`` (``isa`` itself when it is), or None:
+    ``vnni8`` (256-bit ``vpdpbusd``) for a ``vnni16`` target with AVX-512VL, where a layer with
+    at most 8 output channels (PP-LCNet's stem, LeNet-5's first conv) would leave half of each
+    512-bit dot product on padding."""
+    if isa is not None and ISAS[isa][0] == lanes:
+        return isa
+    if isa == "vnni16" and lanes == 8:
+        import tvm
+
+        if not isinstance(target, tvm.target.Target):
+            target = tvm.target.Target(target)
+        if _has(target, "avx512vl"):
+            return "vnni8"
+    return None
+
+
 def choose_isa(target: Any, weight_7bit: bool) -> str | None:
     """The dot-product micro-kernel for ``target`` (None: no exact one; use plain vectorized
     code). ``weight_7bit``: every weight lies in [-64, 63], so ``vpmaddubsw`` cannot saturate."""

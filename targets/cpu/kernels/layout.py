@@ -181,6 +181,81 @@ def concat_nchwc(
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
+#: at most this many source blocks per output block for :func:`shuffle_channels_nchwc`
+MAX_SHUFFLE_SOURCES = 8
+#: bytes one vector of :func:`shuffle_channels_nchwc` moves (a 512-bit register)
+SHUFFLE_BYTES = 64
+
+
+def shuffle_channels_nchwc(
+    shape: Sequence[int], bn: int, perm: Sequence[int], dtype: str = "float32"
+) -> Any | None:
+    """:func:`permute_channels_nchwc` with ``perm`` known when the kernel is built: a scheduled
+    PrimFunc ``(x, y)``, or None where an output block would gather from more than
+    :data:`MAX_SHUFFLE_SOURCES` input blocks. Each output block is one vector shuffle
+    (``tirx.Shuffle``, LLVM ``shufflevector`` with constant indices: ``vpermt2b`` / ``pshufb``
+    on x86, ``tbl`` on AArch64) of the same pixels of its source blocks, ``SHUFFLE_BYTES`` bytes of
+    pixels at a time (the rest one pixel at a time), instead of one indexed load per element (the
+    int8 ShuffleNet's 56x56 shuffle: 79 us). Tasks: chunks of pixels (every output block of a chunk
+    in one task), on the thread pool above :func:`.threads.min_parallel_work` elements."""
+    import tvm
+    from tvm import tirx
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+
+    from mcopt.targets.cpu.kernels.threads import min_parallel_work
+
+    n, c, h, w = (int(d) for d in shape)
+    if c % bn or sorted(int(p) for p in perm) != list(range(c)):
+        raise ValueError(f"channel permutation of {len(perm)} for {c} channels in blocks of {bn}")
+    blocks = []  # per output block: its source blocks and, per lane, (source index, lane)
+    for j in range(c // bn):
+        src = [int(perm[j * bn + k]) for k in range(bn)]
+        sb = list(dict.fromkeys(s // bn for s in src))
+        if len(sb) > MAX_SHUFFLE_SOURCES:
+            return None
+        blocks.append((sb, [(sb.index(s // bn), s % bn) for s in src]))
+    plane = h * w
+    vp = max(1, SHUFFLE_BYTES * 8 // (bn * tvm.DataType(dtype).bits))  # pixels per vector
+    main = plane // vp
+    tail = plane - main * vp
+    chunks = max(1, min(main, 4 * 8))
+    per = -(-main // chunks)
+    chunks = -(-main // per) if main else 0
+    use_pool = n * c * plane >= min_parallel_work() and chunks > 1
+
+    def pixels(b: Any, x: Any, y: Any, p0: Any, npix: int) -> None:
+        lanes = npix * bn
+        for j, (sb, lane_src) in enumerate(blocks):
+            vecs = [x.vload([b, s, p0 // w, p0 % w, 0], f"{dtype}x{lanes}") for s in sb]
+            idx = [
+                tirx.IntImm("int32", lane_src[k][0] * lanes + q * bn + lane_src[k][1])
+                for q in range(npix)
+                for k in range(bn)
+            ]
+            val = tirx.Shuffle(vecs, idx)
+            T.buffer_store(y, val, [b, j, p0 // w, p0 % w, tirx.Ramp(0, 1, lanes)])
+
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("main")
+            x = T.arg("x", T.buffer((n, c // bn, h, w, bn), dtype))
+            y = T.arg("y", T.buffer((n, c // bn, h, w, bn), dtype))
+            T.func_attr({"tirx.noalias": True})
+            with T.sblock("root"):  # Relax's reshape-pattern check wants a root block
+                if chunks:
+                    loop = T.parallel if use_pool else T.serial
+                    with loop(0, n * chunks) as task:
+                        b_ = T.bind(task // chunks)
+                        lo = T.bind(task % chunks * per)
+                        with T.serial(0, tirx.min(per, main - lo)) as i:
+                            pixels(b_, x, y, (lo + i) * vp, vp)
+                for t in range(tail):
+                    with T.serial(0, n) as b2:
+                        pixels(b2, x, y, main * vp + t, 1)
+    return ib.get().with_attr("tirx.is_scheduled", True)
+
+
 def permute_channels_nchwc(
     shape: Sequence[int], bn: int, perm: Sequence[int], dtype: str = "float32"
 ) -> Any:

@@ -116,29 +116,47 @@ def write_into(func: Any, total: int, offset: int) -> Any:
     instead: the output becomes a view (``T.decl_buffer`` at element offset ``offset * H * W *
     bn``; with batch 1 the blocks of a channel range are contiguous) of the bigger buffer. Done
     on the TVMScript text (the signature and one declaration), so the body is untouched."""
-    from tvm.script import from_source
-
     out = func.params[-1]
-    name, dtype = str(out.name), str(out.dtype)
     shape = [int(d) for d in out.shape]
     if len(shape) != 5 or shape[0] != 1 or not 0 <= offset <= total - shape[1]:
         raise ValueError(f"cannot write a {shape} output at block {offset} of {total}")
+    plane = shape[2] * shape[3] * shape[4]
+    return view_params(func, {str(out.name): ((1, int(total), *shape[2:]), int(offset) * plane)})
+
+
+def view_params(func: Any, params: dict[str, tuple[Sequence[int], int]]) -> Any:
+    """``func`` with each parameter named in ``params`` (``{name: (shape, element offset)}``)
+    taking a tensor of that shape instead, the body reading its old buffer as a view of it
+    (``T.decl_buffer`` on the new parameter's data at the offset): e.g. the flat 1x1 int8 conv,
+    written over ``(N, C, H*W, bn)``, called on the blocked ``(N, C, H, W, bn)`` tensors
+    themselves (a reshape in Relax is a VM call of its own). Done on the TVMScript text (the
+    signature and one declaration per parameter), so the body is untouched."""
+    from tvm.script import from_source
+
     text = func.script()
-    sig = f'{name}: T.Buffer(({", ".join(map(str, shape))}), "{dtype}")'
-    if text.count(sig) != 1:
-        raise ValueError(f"output parameter {sig!r} not found once in the kernel's script")
-    full = [1, int(total), *shape[2:]]
-    text = text.replace(sig, f'{name}_full: T.Buffer(({", ".join(map(str, full))}), "{dtype}")')
+    decls = []
+    for p in func.params:
+        name = str(p.name)
+        if name not in params:
+            continue
+        full, offset = params[name]
+        dtype, shape = str(p.dtype), [int(d) for d in p.shape]
+        if int(np.prod(full)) < int(offset) + int(np.prod(shape)):
+            raise ValueError(f"parameter {name} {shape} at {offset} does not fit in {list(full)}")
+        sig = f'{name}: T.Buffer(({", ".join(map(str, shape))}), "{dtype}")'
+        if text.count(sig) != 1:
+            raise ValueError(f"parameter {sig!r} not found once in the kernel's script")
+        new_sig = f'{name}_full: T.Buffer(({", ".join(str(int(d)) for d in full)}), "{dtype}")'
+        text = text.replace(sig, new_sig)
+        decls.append(
+            f'    {name} = T.decl_buffer(({", ".join(map(str, shape))}), "{dtype}", '
+            f"data={name}_full.data, elem_offset={int(offset)})"
+        )
     lines = text.split("\n")
     at = next(i for i, line in enumerate(lines) if line.startswith("def ")) + 1
     while lines[at].strip().startswith("T.func_attr"):
         at += 1
-    plane = shape[2] * shape[3] * shape[4]
-    lines.insert(
-        at,
-        f'    {name} = T.decl_buffer(({", ".join(map(str, shape))}), "{dtype}", '
-        f"data={name}_full.data, elem_offset={int(offset) * plane})",
-    )
+    lines[at:at] = decls
     new = from_source("\n".join(lines))
     return new if hasattr(new, "body") else new["main"]
 
@@ -201,11 +219,16 @@ def emit_concat_channels(
 
 
 def emit_permute_channels(bb: Any, x: Any, perm: Sequence[int]) -> Any:
-    """``y[:, c] = x[:, perm[c]]`` on a blocked ``x`` (a channel shuffle), staying blocked."""
+    """``y[:, c] = x[:, perm[c]]`` on a blocked ``x`` (a channel shuffle), staying blocked: vector
+    shuffles with the permutation built in (:func:`.layout.shuffle_channels_nchwc`), else a
+    gather through the permutation as an input."""
     from tvm import relax
 
     n, cc, h, w, bn = _shape(x)
     dtype = str(x.ty.dtype)
+    func = layout.shuffle_channels_nchwc((n, cc * bn, h, w), bn, perm, dtype)
+    if func is not None:  # the permutation built into vector shuffles
+        return call_kernel(bb, func, "shuffle_nchwc", [x], (n, cc, h, w, bn), dtype)
     func = layout.permute_channels_nchwc((n, cc * bn, h, w), bn, perm, dtype)
     p = relax.const(np.asarray(perm, dtype=np.int32))
     return call_kernel(bb, func, "shuffle_nchwc", [x, p], (n, cc, h, w, bn), dtype)

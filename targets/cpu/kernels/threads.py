@@ -91,9 +91,15 @@ def schedule_work(sch: s_tir.Schedule) -> int:
     return func_work(func)
 
 
-def parallel(sch: s_tir.Schedule, loop: Any) -> bool:
-    """``sch.parallel(loop)`` unless the function is below the threshold; True if marked."""
-    if schedule_work(sch) < min_parallel_work():
+def parallel(sch: s_tir.Schedule, loop: Any, per_op: int = 1) -> bool:
+    """``sch.parallel(loop)`` unless the function is below the threshold; True if marked.
+
+    ``per_op``: block iterations one vector-lane operation does in the compiled code (the work
+    compared with the threshold is the block iterations divided by it): 4 for the int8 kernels
+    whose reduction is tensorized to a 4-byte dot-product instruction (VNNI ``vpdpbusd``, ``sdot``:
+    4 MACs per lane), whose description counts every MAC; without it LeNet-5's int8 convs (0.5 M
+    MACs, ~3 us on one core) went to the thread pool and took 9 us there."""
+    if schedule_work(sch) < min_parallel_work() * per_op:
         return False
     sch.parallel(loop)
     return True
