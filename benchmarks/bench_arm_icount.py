@@ -37,6 +37,12 @@ from common import markdown_table, max_rel_err, ort_session, write_outputs  # no
 MODELS = ("tiny_cnn", "lenet5", "mobilenet_v2")
 
 
+def _pp_lcnet() -> onnx.ModelProto:
+    from mcopt.testing.lcnet import pp_lcnet
+
+    return pp_lcnet()
+
+
 def load(name: str) -> onnx.ModelProto:
     from mcopt.testing import zoo
 
@@ -45,6 +51,9 @@ def load(name: str) -> onnx.ModelProto:
         "lenet5": lambda: onnx.load(zoo.lenet5_path()),
         "mobilenet_v2": lambda: zoo.mobilenet_v2(),
         "resnet18_like": lambda: zoo.resnet18_like(),
+        "lenet300": lambda: onnx.load(zoo.lenet300_path()),
+        "pp_lcnet": _pp_lcnet,
+        **{m: (lambda m=m: zoo.light_model(m, seed=0)) for m in zoo.LIGHT_MODELS},
     }
     if name not in builders:
         raise SystemExit(f"unknown model {name!r}; choose from {sorted(builders)}")
@@ -68,6 +77,7 @@ def prepare(name: str, precisions: list[str], target: str, tmp: Path) -> list[di
     from mcopt.pass_manager import PassContext, PassManager
     from mcopt.targets.arm.builder import build_arm
     from mcopt.targets.arm.icount import IcountJob
+    from mcopt.targets.services import services_for
 
     proto = load(name)
     in_name, shape = _input(proto)
@@ -83,7 +93,9 @@ def prepare(name: str, precisions: list[str], target: str, tmp: Path) -> list[di
         passes = ["cleanup"] if prec == "fp32" else ["cleanup", "quantize-int8"]
         try:
             t0 = time.perf_counter()
-            g, _ = PassManager(passes).run(g, ctx=PassContext(calib=calib, seed=0))
+            # as optimize(target=...) quantizes: reduce_range="auto" asks the target
+            ctx = PassContext(calib=calib, seed=0, target=services_for(target))
+            g, _ = PassManager(passes).run(g, ctx=ctx)
             prep["macs"] = int(graph_stats(g).macs)
             lib = build_arm(g, target).export_library(tmp / f"{tag}.so")
             prep["mcopt_build_s"] = round(time.perf_counter() - t0, 1)
