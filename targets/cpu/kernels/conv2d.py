@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
-from mcopt.targets.cpu.kernels.params import ConvParams, choose_conv_params
+from mcopt.targets.cpu.kernels.params import ConvParams, _info, choose_conv_params
 from mcopt.targets.cpu.kernels.threads import parallel
 
 
@@ -336,6 +336,16 @@ def schedule_register_tile(
                 sch.unroll(lp)
 
 
+def uses_neon_kernel(target: Any, params: ConvParams, dtype: str, plain_input: bool) -> bool:
+    """Whether :func:`conv2d_nchwc` for ``target`` is the hand-written NEON kernel of
+    :mod:`.conv2d_neon` (an AArch64 target, fp32 blocks of 4) rather than the TE template."""
+    from mcopt.targets.cpu.kernels.conv2d_neon import neon_conv_applies
+
+    if target is None:
+        return False
+    return neon_conv_applies(_info(target).isa, params, dtype, plain_input)
+
+
 def conv2d_nchwc(
     data_shape: Sequence[int],
     weight_shape: Sequence[int],
@@ -353,7 +363,8 @@ def conv2d_nchwc(
     Arguments of the PrimFunc, in order: ``data (N, IC/ic_bn, H, W, ic_bn)``, ``kernel
     (OC/oc_kbn, IC/ic_bn, KH, KW, ic_bn, oc_kbn)``, ``bias (OC/oc_bn, oc_bn)`` if
     ``epilogue.bias``, ``residual`` (output shape) if ``epilogue.residual``, ``out (N, OC/oc_bn,
-    OH, OW, oc_bn)``. ``params`` defaults to :func:`choose_conv_params` for ``target``.
+    OH, OW, oc_bn)``. ``params`` defaults to :func:`choose_conv_params` for ``target``. On an
+    AArch64 target with blocks of 4 it is the NEON kernel (:func:`uses_neon_kernel`).
     ``plain_input``: ``data`` is NCHW ``(N, IC, H, W)`` (see :func:`conv2d_nchwc_te`).
     """
     from tvm import s_tir, te
@@ -361,6 +372,13 @@ def conv2d_nchwc(
     epilogue = epilogue or Epilogue()
     if params is None:
         params = choose_conv_params(data_shape, weight_shape, strides, padding, dilation, target)
+    if uses_neon_kernel(target, params, dtype, plain_input):
+        from mcopt.targets.cpu.kernels.conv2d_neon import conv2d_nchwc_neon
+
+        cores = _info(target).cores
+        return conv2d_nchwc_neon(
+            data_shape, weight_shape, strides, padding, dilation, params, epilogue, cores
+        )
     tensors = conv2d_nchwc_te(
         data_shape, weight_shape, strides, padding, dilation, params, epilogue, dtype, plain_input
     )

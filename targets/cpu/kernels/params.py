@@ -163,6 +163,50 @@ def choose_register_tile(
     return best[1], best[2]
 
 
+#: accumulators of a NEON tile (:func:`choose_neon_tile`): 6 x 4 (24) made LLVM spill
+NEON_MAX_ACCUMULATORS = 20
+
+
+def choose_neon_tile(
+    n: int,
+    oh: int,
+    ow: int,
+    occ: int,
+    steps: int,
+    max_reg_c: int,
+    copy_free: bool,
+    cores: int = 1,
+) -> tuple[int, int, bool]:
+    """``(reg_n, reg_c, flat)`` of the NEON conv (:mod:`.conv2d_neon`, blocks of 4 channels):
+    the fewest estimated instructions for the whole output. Per reduction step (``steps = IC/4 *
+    KH * KW``) a tile executes ``reg_n`` input loads, ``2 * reg_c`` weight loads (pairs), ``4 *
+    reg_n * reg_c`` FMAs and ~3 loop instructions; per tile ~4 per output vector and 10 more; at
+    most :data:`NEON_MAX_ACCUMULATORS` accumulators and ``reg_n * reg_c + reg_n + 2 <= 32``
+    registers. The width (or, ``flat``, the flattened plane up to 32 x 32) is rounded up to the
+    tile (``flat`` only with ``2 * cores`` tasks of ``n x channel tiles``); without padding of its
+    own (``copy_free`` False) rounding costs a copy of the input."""
+    best: tuple[float, int, int, bool] | None = None
+    for rc in _divisors(occ):
+        if rc > max_reg_c:
+            break
+        for rn in range(1, 17):
+            if rn * rc > NEON_MAX_ACCUMULATORS or rn * rc + rn + 2 > 32:
+                continue
+            per_tile = (rn + 2 * rc + 4 * rn * rc + 3) * steps + 4 * rn * rc + 10
+            for flat in (False, True):
+                if flat and (oh * ow > 32 * 32 or n * (occ // rc) < 2 * cores):
+                    continue
+                tiles = -(-(oh * ow) // rn) if flat else oh * -(-ow // rn)
+                cost = n * (occ // rc) * tiles * (per_tile + (3 * rn if flat else 0))
+                rounded = tiles * rn != oh * ow
+                if rounded and not copy_free:
+                    cost += n * steps * oh * ow * 2  # the padded copy of the input
+                if best is None or cost < best[0] * (1 - 1e-9):
+                    best = (cost, rn, rc, flat)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
 def choose_conv_params(
     data_shape: Sequence[int],
     weight_shape: Sequence[int],
@@ -194,6 +238,11 @@ def choose_conv_params(
     reduction = ic * kh * kw
     stem = kw > 1 and ic_bn < info.lanes and oc_bn == info.lanes
     cap = STEM_ACCUMULATORS if stem else None
+    if info.isa == "neon" and ic_bn == 4 and oc_bn == 4:
+        reg_n, reg_c, flat = choose_neon_tile(
+            n, oh, ow, occ, icc * kh * kw, max_rc, padded, info.cores
+        )
+        return ConvParams(ic_bn, oc_bn, reg_n, reg_c, False, 0, flat, 0, flat)
     reg_n, reg_c = choose_register_tile(ow, occ, info.vregs, max_rc, padded, reduction, cap)
     flat = False
     if ow % reg_n and oh * ow <= 32 * 32:
