@@ -10,8 +10,9 @@ here, per step ``(icc, kh, kw)`` of the reduction:
   (input channel, channel block) of the packed weights (contiguous: ``ldp`` pairs);
 - ``fmla v.4s, w.4s, x.s[i]`` (lane-indexed: an ``llvm.fma`` of a lane splat) for each of the 4
   input channels ``i``, column and channel block: ``4 * reg_n * reg_c`` FMAs;
-- the accumulators start at the bias (no add in the tail) and stay in registers (a local array
-  with constant indices); the tail (residual, activation) runs per output vector and stores only
+- the accumulators start at zero and stay in registers (a local array with constant indices);
+  the tail (bias, residual, activation, in that order as in the TE template) runs per output
+  vector and stores only
   the valid columns (the width, or the flattened plane with ``params.flat``, is rounded up to the
   tile as in the TE template);
 - padding (including the rounding's extra columns / rows) is a copy into a zero-padded buffer, by
@@ -20,7 +21,6 @@ here, per step ``(icc, kh, kw)`` of the reduction:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,7 +64,6 @@ def conv2d_nchwc_neon(
     from mcopt.targets.cpu.kernels.threads import min_parallel_work
 
     ep = epilogue or Epilogue()
-    tail = dataclasses.replace(ep, bias=False)
     n, ic, h, w = (int(d) for d in data_shape)
     oc, ic2, kh_, kw_ = (int(d) for d in weight_shape)
     if params.ic_bn != 4 or params.oc_bn != 4 or ic % 4 or ic2 != ic:
@@ -156,11 +155,8 @@ def conv2d_nchwc_neon(
                         ys = [row] * reg_n
                         xs = [t * reg_n + j for j in range(reg_n)]
                     for ci in range(reg_c):
-                        c = ct * reg_c + ci
-                        start = bias.vload([c, 0], "float32x4") if bias is not None else zero4
-                        start = T.bind(start)
                         for j in range(reg_n):
-                            T.buffer_store(acc, start, [slot(j, ci)])
+                            T.buffer_store(acc, zero4, [slot(j, ci)])
                     with T.serial(0, icc) as k:
                         with T.serial(0, kh_) as r:
                             with T.serial(0, kw_) as s:
@@ -186,14 +182,15 @@ def conv2d_nchwc_neon(
                     def store(j: int, ci: int) -> None:
                         c = ct * reg_c + ci
                         val = acc.vload([(j * reg_c + ci) * 4], "float32x4")
-                        if tail.is_identity:
+                        if ep.is_identity:
                             T.buffer_store(out, val, [b_, c, ys[j], xs[j], tirx.Ramp(0, 1, 4)])
                             return
                         T.buffer_store(tmp, val, [tirx.Ramp(0, 1, 4)])
                         with T.vectorized(0, 4) as e:
                             rv = res[b_, c, ys[j], xs[j], e] if res is not None else None
+                            bv = bias[c, e] if bias is not None else None
                             T.buffer_store(
-                                out, tail.apply_te(tmp[e], None, rv, "float32"),
+                                out, ep.apply_te(tmp[e], bv, rv, "float32"),
                                 [b_, c, ys[j], xs[j], e],
                             )  # fmt: skip
 
