@@ -57,6 +57,8 @@ CASES = {
     "tile-14": (20, 36, 14, "req", "uint8", (14, 1), False),
     "residual-overlap": (8, 8, 3, "res", "uint8", (9, 1), False),
     "threads": (64, 32, 16, "req", "uint8", None, False),
+    "ragged-13x13": (32, 24, 13, "req", "uint8", (8, 3), False),
+    "ragged-residual": (8, 8, 5, "res", "uint8", (6, 2), False),
 }
 
 
@@ -144,7 +146,7 @@ def test_tile_choice():
     assert pixel_groups(4) == [0]
     for plane, icb, occ in [(49, 240, 40), (196, 16, 24), (3136, 6, 36), (12544, 4, 24), (4, 3, 1)]:
         rn, rc = choose_sdot_tile(plane, icb, occ, True)
-        assert plane % rn == 0 and occ % rc == 0 and 4 <= rn <= 16
+        assert rn <= plane and occ % rc == 0 and 4 <= rn <= 16
         assert 4 * len(pixel_groups(rn)) * rc <= MAX_ACCUMULATORS
     with pytest.raises(ValueError):
         choose_sdot_tile(3, 4, 4, True)

@@ -65,24 +65,26 @@ def sdot_pointwise_applies(
 
 
 def choose_sdot_tile(plane: int, icb: int, occ: int, flip: bool, cores: int = 1) -> tuple[int, int]:
-    """``(reg_n, reg_c)``: ``reg_n`` (4..16) divides ``plane``, ``reg_c`` (1..6) divides ``occ``,
-    at most :data:`MAX_ACCUMULATORS` accumulators; the fewest estimated instructions per output
-    vector (per input block: the loads, flips, ``sdot``s and the loop; per tile: the epilogue),
-    keeping ``2 * cores`` tasks where there are that many."""
+    """``(reg_n, reg_c)``: ``reg_n`` (4..16, at most ``plane``), ``reg_c`` (1..6) divides ``occ``,
+    at most :data:`MAX_ACCUMULATORS` accumulators; the fewest estimated instructions for the
+    whole output (per tile and input block: the loads, flips, ``sdot``s and the loop; per tile:
+    the epilogue), keeping ``2 * cores`` tasks where there are that many. When ``reg_n`` does not
+    divide ``plane`` the last tile starts ``reg_n`` pixels before the plane's end (it overlaps
+    the one before: SqueezeNet's 13 x 13 plane in tiles of 8 instead of 13, whose last group of
+    4 pixels overlaps by 3)."""
     best: tuple[float, int, int] | None = None
     for rc in range(1, 7):
         if occ % rc:
             continue
         for rn in range(4, min(plane, 16) + 1):
-            if plane % rn:
-                continue
             groups = -(-rn // 4)
             accs = 4 * groups * rc
             if accs > MAX_ACCUMULATORS:
                 continue
             per_block = accs + rc + groups * (2 if flip else 1) + 3
-            cost = (icb * per_block + 6 * accs + 10) / (rn * rc)
-            if (occ // rc) * (plane // rn) < 2 * cores:
+            tiles = -(-plane // rn)
+            cost = tiles * (occ // rc) * (icb * per_block + 6 * accs + 10)
+            if (occ // rc) * tiles < 2 * cores:
                 cost *= 4
             if best is None or cost < best[0]:
                 best = (cost, rn, rc)
@@ -184,10 +186,10 @@ def int8_pointwise_sdot(
         raise ValueError(f"the sdot pointwise form needs at least 4 pixels, not {plane}")
     flip = in_dtype == "uint8"
     reg_n, reg_c = tile or choose_sdot_tile(plane, icb, occ, flip, cores)
-    if plane % reg_n or occ % reg_c or reg_n < 4:
+    if reg_n > plane or occ % reg_c or reg_n < 4:
         raise ValueError(f"tile {reg_n} x {reg_c} for a plane of {plane} and {occ} blocks")
     starts = pixel_groups(reg_n)
-    tiles = plane // reg_n
+    tiles = -(-plane // reg_n)
     chunk = max(d for d in range(1, tiles + 1) if tiles % d == 0 and d * reg_n <= 256)
     chunks = tiles // chunk
     ctiles = occ // reg_c
@@ -230,7 +232,10 @@ def int8_pointwise_sdot(
                     return tirx.Ramp(((ci * len(starts) + g) * 4 + p) * 4, 1, 4)
 
                 with T.serial(0, chunk) as t:
-                    q0 = T.bind(q00 + t * reg_n)
+                    if plane % reg_n:  # the last tile ends at the plane's end
+                        q0 = T.bind(tirx.min(q00 + t * reg_n, plane - reg_n))
+                    else:
+                        q0 = T.bind(q00 + t * reg_n)
                     for ci in range(reg_c):
                         start = bias.vload([c0 + ci, 0], "int32x4")
                         for g in range(len(starts)):
