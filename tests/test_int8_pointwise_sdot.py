@@ -221,3 +221,90 @@ def test_planned_arm_build_runs_1x1_convs_on_it():
     (ref,) = run(g, {"x": xin})
     (out,) = model.run(xin)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
+
+
+#: id -> (ic, oc, hw, k, pad, epilogue, input dtype, tile or None)
+ROW_CASES = {
+    "3x3-u8": (16, 24, 9, 3, 1, "req", "uint8", None),
+    "3x3-ragged-residual": (8, 8, 13, 3, 1, "res", "uint8", (8, 2)),
+    "3x3-i8-float": (12, 16, 6, 3, 1, "f32", "int8", None),
+    "5x5-narrow": (4, 8, 8, 5, 2, "req-narrow", "uint8", (4, 1)),
+    "1x1-padded": (8, 8, 5, 1, 1, "req", "uint8", None),
+}
+
+
+def _blocked(a: np.ndarray, padded: int) -> np.ndarray:
+    n, c, h, w = a.shape
+    return _blocked_flat(a, padded).reshape(n, padded // 4, h, w, 4)
+
+
+def _make_row_case(ic, oc, hw, k, pad, ep_name, in_dtype, tile):
+    from mcopt.targets.cpu.kernels.int8_conv import zero_shift
+    from mcopt.targets.cpu.kernels.int8_pointwise_sdot import int8_conv_sdot_rows
+
+    ep = EPS[ep_name]
+    rng = np.random.default_rng(ic * 5 + oc + hw * 3 + k)
+    lo, hi = (0, 255) if in_dtype == "uint8" else (-128, 127)
+    zp = 7 if in_dtype == "uint8" else -3
+    x = rng.integers(lo, hi + 1, (1, ic, hw, hw)).astype(in_dtype)
+    w = rng.integers(-128, 128, (oc, ic, k, k)).astype(np.int8)
+    b = rng.integers(-2000, 2000, oc).astype(np.int32)
+    attrs = {"x_zero_point": zp, "strides": (1, 1), "pads": (pad,) * 4, "dilations": (1, 1),
+             "groups": 1}  # fmt: skip
+    acc = qconv2d_acc(x, w, b, attrs)
+    oh = acc.shape[2]
+    mult = (rng.random(oc) * 0.01 + 5e-4).astype(np.float32)
+    res = None
+    if ep.residual == "float32":
+        res = rng.standard_normal((1, oc, oh, oh)).astype(np.float32) * 3
+    elif ep.residual:
+        res = rng.integers(0, 256, (1, oc, oh, oh)).astype(ep.residual)
+    ref = ep.apply_numpy(acc, mult.reshape(1, -1, 1, 1), res)
+    icp, ocp = -(-ic // 4) * 4, -(-oc // 4) * 4
+    wp = np.zeros((ocp, icp, k, k), np.int8)
+    wp[:oc, :ic] = w
+    bp = np.zeros(ocp, np.int32)
+    bp[:oc] = b
+    shift = zero_shift("sdot", in_dtype)
+    be = conv_bias_eff(wp, bp, zp + shift, ocp).reshape(-1, 4)
+    mp = np.zeros(ocp, np.float32)
+    mp[:oc] = mult
+    args = [_blocked(x, icp), pack_int8_conv_weight(wp, 4), be, mp.reshape(-1, 4)]
+    if res is not None:
+        args.append(_blocked(res, ocp))
+    args.append(np.zeros((1, ocp // 4, oh, oh, 4), ep.out_dtype))
+    func = int8_conv_sdot_rows(
+        1, icp // 4, (hw, hw), ocp // 4, (k, k), (pad,) * 4, in_dtype=in_dtype,
+        pad_value=zp + shift, shift=shift, epilogue=ep, tile=tile,
+    )  # fmt: skip
+    return func, args, ref, oc
+
+
+@pytest.fixture(scope="module")
+def row_results(tmp_path_factory):
+    from mcopt.targets.arm import emulate
+
+    reason = emulate.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    kernels, refs = [], {}
+    for name, case in ROW_CASES.items():
+        func, args, ref, oc = _make_row_case(*case)
+        kernels.append((name, func, args))
+        refs[name] = (ref, oc)
+    outs = emulate.run_kernels_emulated(
+        kernels, tvm.target.Target(ARM_SDOT), tmp_path_factory.mktemp("rows_sdot")
+    )
+    out = {}
+    for name, (ref, oc) in refs.items():
+        o = outs[name]
+        n, cb, h, w, _ = o.shape
+        out[name] = (o.transpose(0, 1, 4, 2, 3).reshape(n, cb * 4, h, w)[:, :oc], ref)
+    return out
+
+
+@pytest.mark.parametrize("case", list(ROW_CASES))
+def test_sdot_rows_under_emulation(row_results, case):
+    got, ref = row_results[case]
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(got, ref)

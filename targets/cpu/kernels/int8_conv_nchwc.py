@@ -35,8 +35,10 @@ from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size
 from mcopt.targets.cpu.kernels.int8_conv import a_dtype_of, zero_shift
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
 from mcopt.targets.cpu.kernels.int8_pointwise_sdot import (
+    int8_conv_sdot_rows,
     int8_pointwise_sdot,
     sdot_pointwise_applies,
+    sdot_rows_applies,
 )
 from mcopt.targets.cpu.kernels.threads import parallel
 
@@ -116,7 +118,9 @@ def int8_conv2d_nchwc(
 
     The AArch64 ``sdot`` 1x1 convs (:func:`.int8_pointwise_sdot.sdot_pointwise_applies`, u8 or
     s8 input) are the hand-written :func:`.int8_pointwise_sdot.int8_pointwise_sdot` (own
-    register tile; ``cores`` > 1: on the thread pool), always flat.
+    register tile; ``cores`` > 1: on the thread pool), always flat; the other stride-1 ``sdot``
+    convs on blocks of 4 (3x3 and the like) the row form
+    :func:`.int8_pointwise_sdot.int8_conv_sdot_rows` (never flat).
 
     ``in_quant = (scale, zero_point)``: the plain input is float32 and the padded copy quantizes
     it to ``in_dtype`` as the ``quantize`` op does (``round(x / scale) + zero_point``, clamped):
@@ -157,6 +161,21 @@ def int8_conv2d_nchwc(
         return func, True
     oh = conv_out_size(h, kh, sh, pt, pb, dh)
     ow = conv_out_size(w, kw, sw, pl, pr, dw)
+    if (
+        not plain
+        and not window
+        and in_quant is None
+        and params.lanes == 4
+        and icp == icb_n * ib
+        and ((kh, kw) != (1, 1) or any((pt, pl, pb, pr)))
+        and sdot_rows_applies(params.isa, ib, (sh, sw), (dh, dw), ow, group_window is not None)
+    ):
+        shift = zero_shift(params.isa, in_dtype)
+        func = int8_conv_sdot_rows(
+            n, icb_n, (h, w), ocp // 4, (kh, kw), (pt, pl, pb, pr), in_dtype=in_dtype,
+            pad_value=x_zero_point + shift, shift=shift, epilogue=epilogue, cores=cores,
+        )  # fmt: skip
+        return func, False
     lanes = params.lanes
     if ocp % (lanes * params.reg_c):
         raise ValueError(f"{ocp} output channels do not divide into {params.reg_c} x {lanes}")

@@ -293,12 +293,170 @@ def int8_pointwise_sdot(
     return ib.get().with_attr("tirx.is_scheduled", True)
 
 
+def sdot_rows_applies(
+    isa: str | None, ib: int, strides: Any, dilations: Any, ow: int, grouped: bool
+) -> bool:
+    """Whether a (not 1x1-pointwise) conv runs on :func:`int8_conv_sdot_rows`: ``sdot``, blocks
+    of 4 input channels, stride 1, undilated, not grouped, rows of at least 4 outputs."""
+    return (
+        isa == "sdot"
+        and ib == 4
+        and all(int(s) == 1 for s in strides)
+        and all(int(d) == 1 for d in dilations)
+        and ow >= 4
+        and not grouped
+    )
+
+
+def int8_conv_sdot_rows(
+    n: int,
+    icb: int,
+    hw: tuple[int, int],
+    occ: int,
+    kernel_hw: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    *,
+    in_dtype: str,
+    pad_value: int,
+    shift: int,
+    epilogue: QEpilogue,
+    cores: int = 1,
+    tile: tuple[int, int] | None = None,
+) -> Any:
+    """The KxK stride-1 form of :func:`int8_pointwise_sdot` along output rows: the PrimFunc ``(x
+    (n, icb, H, W, 4) in_dtype, kernel (occ, icb, KH, KW, 4, 4) i8, bias (occ, 4) i32, mult
+    (occ, 4) f32, [residual (n, occ, OH, OW, 4)], out (n, occ, OH, OW, 4))``, the arguments of
+    :func:`.int8_conv_nchwc.int8_conv2d_nchwc` (``bias``: ``conv_bias_eff`` with ``x_zp +
+    shift``). The input is first copied into a padded s8 buffer (``x + shift``, ``pad_value``
+    outside: the TE form's padded copy); then per tile of ``reg_n`` pixels of one output row
+    (the last one ending at the row's end) and ``reg_c`` channel blocks, per input block and
+    kernel position: ``reg_c`` weight loads, one 16-byte load per group of 4 pixels (contiguous
+    in the padded row) and ``sdot`` by lane, the accumulators starting at the bias."""
+    from tvm import tirx
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+
+    from mcopt.targets.cpu.kernels.threads import min_parallel_work
+
+    h, w = hw
+    kh, kw = kernel_hw
+    pt, pl, pb, pr = pads
+    oh, ow = h + pt + pb - kh + 1, w + pl + pr - kw + 1
+    hp, wp = h + pt + pb, w + pl + pr
+    reg_n, reg_c = tile or choose_sdot_tile(ow, icb * kh * kw, occ, False, cores)
+    if reg_n > ow or occ % reg_c or reg_n < 4:
+        raise ValueError(f"tile {reg_n} x {reg_c} for rows of {ow} and {occ} blocks")
+    starts = pixel_groups(reg_n)
+    tiles = -(-ow // reg_n)
+    ctiles = occ // reg_c
+    use_pool = cores > 1 and n * occ * oh * ow * icb * kh * kw * 16 >= min_parallel_work()
+    fast = int_requantize(epilogue)
+    out_dtype = epilogue.out_dtype
+
+    def intrin(dtype: str, name: str, *args: Any) -> Any:
+        return T.call_llvm_pure_intrin(dtype, T.llvm_lookup_intrinsic_id(name), *args)
+
+    def lane(a: Any, p: int) -> Any:
+        a32 = T.reinterpret("int32x4", a)
+        return T.reinterpret("int8x16", tirx.Shuffle([a32], [tirx.IntImm("int32", p)] * 4))
+
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("main")
+            x = T.arg("x", T.buffer((n, icb, h, w, 4), in_dtype))
+            kern = T.arg("kernel", T.buffer((occ, icb, kh, kw, 4, 4), "int8"))
+            bias = T.arg("bias", T.buffer((occ, 4), "int32"))
+            mult = T.arg("mult", T.buffer((occ, 4), "float32"))
+            res = None
+            if epilogue.residual is not None:
+                res = T.arg("residual", T.buffer((n, occ, oh, ow, 4), epilogue.residual))
+            out = T.arg("out", T.buffer((n, occ, oh, ow, 4), out_dtype))
+            T.func_attr({"tirx.noalias": True})
+            loop = T.parallel if use_pool else T.serial
+            xp = T.alloc_buffer((n, icb, hp, wp, 4), "int8")
+            with loop(0, n * icb * hp) as row:
+                b_ = T.bind(row // (icb * hp))
+                k_ = T.bind(row // hp % icb)
+                y = T.bind(row % hp)
+                with T.serial(0, wp) as xx:
+                    inside = tirx.all(y >= pt, y < h + pt, xx >= pl, xx < w + pl)
+                    yy = tirx.min(tirx.max(y - pt, 0), h - 1)
+                    xc = tirx.min(tirx.max(xx - pl, 0), w - 1)
+                    with T.vectorized(0, 4) as e:
+                        v = (x[b_, k_, yy, xc, e].astype("int32") + shift).astype("int8")
+                        val = tirx.if_then_else(inside, v, tirx.const(pad_value, "int8"))
+                        T.buffer_store(xp, val, [b_, k_, y, xx, e])
+            with loop(0, n * ctiles * oh) as task:
+                b_ = T.bind(task // (ctiles * oh))
+                c0 = T.bind(task // oh % ctiles * reg_c)
+                y = T.bind(task % oh)
+                acc = T.alloc_local((reg_c * len(starts) * 16,), "int32")
+                tmp = T.alloc_local((4,), "int32")
+
+                def slot(ci: int, g: int, p: int) -> Any:
+                    return tirx.Ramp(((ci * len(starts) + g) * 4 + p) * 4, 1, 4)
+
+                with T.serial(0, tiles) as t:
+                    if ow % reg_n:
+                        x0 = T.bind(tirx.min(t * reg_n, ow - reg_n))
+                    else:
+                        x0 = T.bind(t * reg_n)
+                    for ci in range(reg_c):
+                        start = bias.vload([c0 + ci, 0], "int32x4")
+                        for g in range(len(starts)):
+                            for p in range(4):
+                                T.buffer_store(acc, start, [slot(ci, g, p)])
+                    with T.serial(0, icb) as k:
+                        with T.serial(0, kh) as r:
+                            for s in range(kw):
+                                wv = [
+                                    T.bind(kern.vload([c0 + ci, k, r, s, 0, 0], "int8x16"))
+                                    for ci in range(reg_c)
+                                ]
+                                av = [
+                                    T.bind(xp.vload([b_, k, y + r, x0 + s + st, 0], "int8x16"))
+                                    for st in starts
+                                ]
+                                for g in range(len(starts)):
+                                    for p in range(4):
+                                        ap = lane(av[g], p)
+                                        for ci in range(reg_c):
+                                            cur = acc.vload([slot(ci, g, p).base], "int32x4")
+                                            new = intrin(
+                                                "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8",
+                                                cur, wv[ci], ap,
+                                            )  # fmt: skip
+                                            T.buffer_store(acc, new, [slot(ci, g, p)])
+                    for ci in range(reg_c):
+                        c = c0 + ci
+                        if fast is not None:
+                            mult_v = T.bind(mult.vload([c, 0], "float32x4"))
+                        for g, st in enumerate(starts):
+                            accs = [acc.vload([slot(ci, g, p).base], "int32x4") for p in range(4)]
+                            if fast is not None:
+                                val = sdot_requantize(accs, mult_v, fast, out_dtype)
+                                T.buffer_store(out, val, [b_, c, y, x0 + st, tirx.Ramp(0, 1, 16)])
+                                continue
+                            for p in range(4):
+                                if g and st + p < starts[g - 1] + 4:
+                                    continue  # computed by the group before
+                                T.buffer_store(tmp, accs[p], [tirx.Ramp(0, 1, 4)])
+                                q = x0 + st + p
+                                with T.vectorized(0, 4) as j:
+                                    rv = res[b_, c, y, q, j] if res is not None else None
+                                    val = epilogue.apply_te(tmp[j], mult[c, j], rv)
+                                    T.buffer_store(out, val, [b_, c, y, q, j])
+    return ib.get().with_attr("tirx.is_scheduled", True)
+
+
 __all__ = [
     "MAX_ACCUMULATORS",
     "choose_sdot_tile",
+    "int8_conv_sdot_rows",
     "int8_pointwise_sdot",
     "int_requantize",
     "pixel_groups",
     "sdot_pointwise_applies",
     "sdot_requantize",
+    "sdot_rows_applies",
 ]
