@@ -374,18 +374,39 @@ def int8_conv_sdot_rows(
             T.func_attr({"tirx.noalias": True})
             loop = T.parallel if use_pool else T.serial
             xp = T.alloc_buffer((n, icb, hp, wp, 4), "int8")
+            padv = tirx.Broadcast(tirx.const(pad_value, "int8"), 4)
+
+            def shifted(v: Any, lanes: int) -> Any:
+                if shift == 0 and in_dtype == "int8":
+                    return v
+                if shift == -128 and in_dtype == "uint8":  # flip the top bit
+                    x80 = tirx.Broadcast(tirx.const(128, "uint8"), lanes)
+                    return T.reinterpret(f"int8x{lanes}", tirx.bitwise_xor(v, x80))
+                return (v.astype(f"int32x{lanes}") + shift).astype(f"int8x{lanes}")
+
             with loop(0, n * icb * hp) as row:
                 b_ = T.bind(row // (icb * hp))
                 k_ = T.bind(row // hp % icb)
                 y = T.bind(row % hp)
-                with T.serial(0, wp) as xx:
-                    inside = tirx.all(y >= pt, y < h + pt, xx >= pl, xx < w + pl)
-                    yy = tirx.min(tirx.max(y - pt, 0), h - 1)
-                    xc = tirx.min(tirx.max(xx - pl, 0), w - 1)
-                    with T.vectorized(0, 4) as e:
-                        v = (x[b_, k_, yy, xc, e].astype("int32") + shift).astype("int8")
-                        val = tirx.if_then_else(inside, v, tirx.const(pad_value, "int8"))
-                        T.buffer_store(xp, val, [b_, k_, y, xx, e])
+                with T.If(tirx.all(y >= pt, y < h + pt)):
+                    with T.Then():
+                        for xx in range(pl):
+                            T.buffer_store(xp, padv, [b_, k_, y, xx, tirx.Ramp(0, 1, 4)])
+                        with T.serial(0, w // 4) as x4:
+                            v = x.vload([b_, k_, y - pt, x4 * 4, 0], f"{in_dtype}x16")
+                            T.buffer_store(
+                                xp, shifted(v, 16), [b_, k_, y, pl + x4 * 4, tirx.Ramp(0, 1, 16)]
+                            )
+                        for xx in range(w - w % 4, w):
+                            v = x.vload([b_, k_, y - pt, xx, 0], f"{in_dtype}x4")
+                            T.buffer_store(
+                                xp, shifted(v, 4), [b_, k_, y, pl + xx, tirx.Ramp(0, 1, 4)]
+                            )
+                        for xx in range(pl + w, wp):
+                            T.buffer_store(xp, padv, [b_, k_, y, xx, tirx.Ramp(0, 1, 4)])
+                    with T.Else():
+                        with T.serial(0, wp) as xx:
+                            T.buffer_store(xp, padv, [b_, k_, y, xx, tirx.Ramp(0, 1, 4)])
             with loop(0, n * ctiles * oh) as task:
                 b_ = T.bind(task // (ctiles * oh))
                 c0 = T.bind(task // oh % ctiles * reg_c)
