@@ -34,6 +34,9 @@ from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
 MAX_ACCUMULATORS = 24
 #: input blocks per iteration of the reduction loop
 ICB_UNROLL = 2
+#: cost factor of a tile that does not divide the plane (MobileNet-V2's int8 1x1 convs: +1 %
+#: instructions with ties and near-ties going to such tiles)
+RAGGED_PENALTY = 1.05
 
 
 def pixel_groups(reg_n: int) -> list[int]:
@@ -84,6 +87,8 @@ def choose_sdot_tile(plane: int, icb: int, occ: int, flip: bool, cores: int = 1)
             per_block = accs + rc + groups * (2 if flip else 1) + 3
             tiles = -(-plane // rn)
             cost = tiles * (occ // rc) * (icb * per_block + 6 * accs + 10)
+            if plane % rn:  # the clamp of the last tile, fewer chunks: only where clearly better
+                cost *= RAGGED_PENALTY
             if (occ // rc) * tiles < 2 * cores:
                 cost *= 4
             if best is None or cost < best[0]:
