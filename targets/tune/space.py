@@ -36,6 +36,9 @@ from typing import Any
 
 TEMPLATE_ATTR = "mcopt.template"
 PARAMS_ATTR = "mcopt.params"
+#: on a template task for an AArch64 target: the arguments of the hand-written NEON kernel
+#: (:mod:`mcopt.targets.cpu.kernels.conv2d_neon`) that replaces the untuned template
+NEON_ATTR = "mcopt.neon_conv"
 CONV_TEMPLATE = "conv2d_nchwc"
 
 #: the largest register-tile factor the search may try per split axis (loop-name prefix)
@@ -147,9 +150,9 @@ def template_conv_workload(
     :func:`mcopt.targets.cpu.kernels.conv2d.conv2d_nchwc`) marked as a template task."""
     from tvm import te
 
-    from mcopt.targets.cpu.kernels.conv2d import conv2d_nchwc_te
+    from mcopt.targets.cpu.kernels.conv2d import conv2d_nchwc_te, uses_neon_kernel
     from mcopt.targets.cpu.kernels.epilogue import Epilogue
-    from mcopt.targets.cpu.kernels.params import choose_conv_params
+    from mcopt.targets.cpu.kernels.params import _info, choose_conv_params
 
     if params is None:
         params = choose_conv_params(data_shape, weight_shape, strides, padding, dilation, target)
@@ -158,9 +161,21 @@ def template_conv_workload(
         epilogue or Epilogue(), dtype,
     )  # fmt: skip
     func = te.create_prim_func(tensors).with_attr("op_pattern", 8)  # opaque: never fused
-    return func.with_attr(TEMPLATE_ATTR, CONV_TEMPLATE).with_attr(
+    func = func.with_attr(TEMPLATE_ATTR, CONV_TEMPLATE).with_attr(
         PARAMS_ATTR, json.dumps(dataclasses.asdict(params), sort_keys=True)
     )
+    if uses_neon_kernel(target, params, dtype, False):
+        neon = {
+            "data_shape": [int(d) for d in data_shape],
+            "weight_shape": [int(d) for d in weight_shape],
+            "strides": strides if isinstance(strides, int) else [int(v) for v in strides],
+            "padding": padding if isinstance(padding, int) else [int(v) for v in padding],
+            "dilation": dilation if isinstance(dilation, int) else [int(v) for v in dilation],
+            "epilogue": dataclasses.asdict(epilogue or Epilogue()),
+            "cores": _info(target).cores,
+        }
+        func = func.with_attr(NEON_ATTR, json.dumps(neon, sort_keys=True))
+    return func
 
 
 def template_of(func: Any) -> str | None:
@@ -248,16 +263,29 @@ def template_seed_trace(mod: Any) -> Any:
 
 
 def schedule_templates(mod: Any) -> Any:
-    """Schedule every still-unscheduled template PrimFunc of ``mod`` with its analytic params."""
+    """Schedule every still-unscheduled template PrimFunc of ``mod`` with its analytic params
+    (on an AArch64 target: replace it by the NEON kernel, :data:`NEON_ATTR`)."""
     from tvm import s_tir, tirx
 
     from mcopt.targets.cpu.kernels.conv2d import schedule_conv2d_nchwc
+    from mcopt.targets.cpu.kernels.conv2d_neon import conv2d_nchwc_neon
+    from mcopt.targets.cpu.kernels.epilogue import Epilogue
 
     updates = {}
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc) or template_of(func) != CONV_TEMPLATE:
             continue
         if "tirx.is_scheduled" in func.attrs:
+            continue
+        if NEON_ATTR in func.attrs:
+            a = json.loads(str(func.attrs[NEON_ATTR]))
+            neon = conv2d_nchwc_neon(
+                a["data_shape"], a["weight_shape"], a["strides"], a["padding"], a["dilation"],
+                _conv_params(func), Epilogue(**a["epilogue"]), a["cores"],
+            )  # fmt: skip
+            for key, value in func.attrs.items():  # global symbol, op pattern, template marks
+                neon = neon.with_attr(key, value)
+            updates[gv] = neon
             continue
         sch = s_tir.Schedule(func)
         schedule_conv2d_nchwc(sch, _conv_params(func), _has_block(sch, "data_pad"))
@@ -281,6 +309,7 @@ def template_schedule_pass() -> Any:
 
 __all__ = [
     "CONV_TEMPLATE",
+    "NEON_ATTR",
     "PARAMS_ATTR",
     "TEMPLATE_ATTR",
     "conv_template_space",

@@ -20,13 +20,7 @@ from typing import Any
 import numpy as np
 
 from mcopt.targets.cpu.kernels import layout
-from mcopt.targets.cpu.kernels.conv2d import (
-    _pads,
-    _pair,
-    conv2d_nchwc,
-    conv_out_size,
-    uses_neon_kernel,
-)
+from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv2d_nchwc, conv_out_size
 from mcopt.targets.cpu.kernels.dense import choose_dense_params, dense_packed
 from mcopt.targets.cpu.kernels.depthwise import choose_depthwise_params, depthwise_conv2d_nchwc
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
@@ -291,8 +285,7 @@ def emit_conv2d(
     if params.ic_bn != ic_bn:
         params = dataclasses.replace(params, ic_bn=ic_bn)
     ep = Epilogue(bias is not None, residual is not None, activation, *clip)
-    neon = uses_neon_kernel(target, params, dtype, plain_input)
-    if tunable and into is None and not plain_input and not neon:
+    if tunable and into is None and not plain_input:
         from mcopt.targets.tune.space import template_conv_workload
 
         func = template_conv_workload(
