@@ -34,9 +34,10 @@ from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
 MAX_ACCUMULATORS = 24
 #: input blocks per iteration of the reduction loop
 ICB_UNROLL = 2
-#: cost factor of a tile that does not divide the plane (MobileNet-V2's int8 1x1 convs: +1 %
-#: instructions with ties and near-ties going to such tiles)
-RAGGED_PENALTY = 1.05
+#: cost factor of a 1x1 tile that does not divide the plane (estimated cheaper, such tiles cost
+#: MobileNet-V2's int8 1x1 convs 1 % and PP-LCNet's 3 % more instructions; SqueezeNet's 13 x 13
+#: 512 -> 1000 conv, 4 x 5 instead of 13 x 1, 33 % fewer); the row form takes them as estimated
+RAGGED_PENALTY = 1.2
 
 
 def pixel_groups(reg_n: int) -> list[int]:
@@ -67,14 +68,17 @@ def sdot_pointwise_applies(
     )
 
 
-def choose_sdot_tile(plane: int, icb: int, occ: int, flip: bool, cores: int = 1) -> tuple[int, int]:
+def choose_sdot_tile(
+    plane: int, icb: int, occ: int, flip: bool, cores: int = 1, ragged: float | None = None
+) -> tuple[int, int]:
     """``(reg_n, reg_c)``: ``reg_n`` (4..16, at most ``plane``), ``reg_c`` (1..6) divides ``occ``,
     at most :data:`MAX_ACCUMULATORS` accumulators; the fewest estimated instructions for the
     whole output (per tile and input block: the loads, flips, ``sdot``s and the loop; per tile:
     the epilogue), keeping ``2 * cores`` tasks where there are that many. When ``reg_n`` does not
     divide ``plane`` the last tile starts ``reg_n`` pixels before the plane's end (it overlaps
-    the one before: SqueezeNet's 13 x 13 plane in tiles of 8 instead of 13, whose last group of
-    4 pixels overlaps by 3)."""
+    the one before: SqueezeNet's 13 x 13 plane of 1000 channels in 4 x 5 tiles instead of
+    13 x 1, whose last group of 4 pixels overlaps by 3); such a tile's estimate is multiplied by
+    ``ragged`` (default :data:`RAGGED_PENALTY`)."""
     best: tuple[float, int, int] | None = None
     for rc in range(1, 7):
         if occ % rc:
@@ -88,7 +92,7 @@ def choose_sdot_tile(plane: int, icb: int, occ: int, flip: bool, cores: int = 1)
             tiles = -(-plane // rn)
             cost = tiles * (occ // rc) * (icb * per_block + 6 * accs + 10)
             if plane % rn:  # the clamp of the last tile, fewer chunks: only where clearly better
-                cost *= RAGGED_PENALTY
+                cost *= RAGGED_PENALTY if ragged is None else ragged
             if (occ // rc) * tiles < 2 * cores:
                 cost *= 4
             if best is None or cost < best[0]:
@@ -348,7 +352,7 @@ def int8_conv_sdot_rows(
     pt, pl, pb, pr = pads
     oh, ow = h + pt + pb - kh + 1, w + pl + pr - kw + 1
     hp, wp = h + pt + pb, w + pl + pr
-    reg_n, reg_c = tile or choose_sdot_tile(ow, icb * kh * kw, occ, False, cores)
+    reg_n, reg_c = tile or choose_sdot_tile(ow, icb * kh * kw, occ, False, cores, ragged=1.0)
     if reg_n > ow or occ % reg_c or reg_n < 4:
         raise ValueError(f"tile {reg_n} x {reg_c} for rows of {ow} and {occ} blocks")
     starts = pixel_groups(reg_n)
