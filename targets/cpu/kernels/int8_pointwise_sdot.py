@@ -26,6 +26,7 @@ Here, per output tile of ``reg_c`` channel blocks x ``reg_n`` pixels:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
@@ -168,6 +169,72 @@ def sdot_requantize(
     return tirx.Shuffle(bytes8, [tirx.IntImm("int32", i) for i in range(16)])
 
 
+class _SdotTile:
+    """The register tile both hand-written ``sdot`` kernels share: ``reg_c`` output blocks x the
+    pixel groups ``starts`` (4 pixels each) of int32x4 accumulators in ``acc``; starting them at
+    the bias, the lane-indexed ``sdot`` of one input step, and the requantizing store (``lead(c,
+    q)``: the output's leading indices of output block ``c`` and tile pixel ``q``)."""
+
+    def __init__(self, T: Any, acc: Any, tmp: Any, reg_c: int, starts: list[int]) -> None:
+        self.T, self.acc, self.tmp, self.reg_c, self.starts = T, acc, tmp, reg_c, starts
+
+    def slot(self, ci: int, g: int, p: int) -> Any:
+        from tvm import tirx
+
+        return tirx.Ramp(((ci * len(self.starts) + g) * 4 + p) * 4, 1, 4)
+
+    def init(self, bias: Any, c0: Any) -> None:
+        for ci in range(self.reg_c):
+            start = bias.vload([c0 + ci, 0], "int32x4")
+            for g in range(len(self.starts)):
+                for p in range(4):
+                    self.T.buffer_store(self.acc, start, [self.slot(ci, g, p)])
+
+    def dots(self, wv: list[Any], av: list[Any]) -> None:
+        """acc += w . (word p of group g) for every block ``ci``, group ``g``, pixel ``p``."""
+        from tvm import tirx
+
+        T = self.T
+        for g in range(len(self.starts)):
+            for p in range(4):
+                a32 = T.reinterpret("int32x4", av[g])
+                ap = T.reinterpret("int8x16", tirx.Shuffle([a32], [tirx.IntImm("int32", p)] * 4))
+                for ci in range(self.reg_c):
+                    cur = self.acc.vload([self.slot(ci, g, p).base], "int32x4")
+                    new = T.call_llvm_pure_intrin(
+                        "int32x4", T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                        cur, wv[ci], ap,
+                    )  # fmt: skip
+                    T.buffer_store(self.acc, new, [self.slot(ci, g, p)])
+
+    def store(
+        self, out: Any, res: Any, mult: Any, epilogue: QEpilogue, fast: Any, c0: Any,
+        lead: Callable[[Any, Any], list[Any]],
+    ) -> None:  # fmt: skip
+        from tvm import tirx
+
+        T, starts = self.T, self.starts
+        for ci in range(self.reg_c):
+            c = c0 + ci
+            if fast is not None:
+                mult_v = T.bind(mult.vload([c, 0], "float32x4"))
+            for g, s in enumerate(starts):
+                accs = [self.acc.vload([self.slot(ci, g, p).base], "int32x4") for p in range(4)]
+                if fast is not None:
+                    val = sdot_requantize(accs, mult_v, fast, epilogue.out_dtype)
+                    T.buffer_store(out, val, [*lead(c, s), tirx.Ramp(0, 1, 16)])
+                    continue
+                for p in range(4):
+                    if g and s + p < starts[g - 1] + 4:
+                        continue  # computed by the group before
+                    T.buffer_store(self.tmp, accs[p], [tirx.Ramp(0, 1, 4)])
+                    q = lead(c, s + p)
+                    with T.vectorized(0, 4) as j:
+                        r = res[(*q, j)] if res is not None else None
+                        val = epilogue.apply_te(self.tmp[j], mult[c, j], r)
+                        T.buffer_store(out, val, [*q, j])
+
+
 def int8_pointwise_sdot(
     n: int,
     icb: int,
@@ -237,19 +304,14 @@ def int8_pointwise_sdot(
                 acc = T.alloc_local((nacc * 16,), "int32")
                 tmp = T.alloc_local((4,), "int32")
 
-                def slot(ci: int, g: int, p: int) -> Any:
-                    return tirx.Ramp(((ci * len(starts) + g) * 4 + p) * 4, 1, 4)
+                tile = _SdotTile(T, acc, tmp, reg_c, starts)
 
                 with T.serial(0, chunk) as t:
                     if plane % reg_n:  # the last tile ends at the plane's end
                         q0 = T.bind(tirx.min(q00 + t * reg_n, plane - reg_n))
                     else:
                         q0 = T.bind(q00 + t * reg_n)
-                    for ci in range(reg_c):
-                        start = bias.vload([c0 + ci, 0], "int32x4")
-                        for g in range(len(starts)):
-                            for p in range(4):
-                                T.buffer_store(acc, start, [slot(ci, g, p)])
+                    tile.init(bias, c0)
 
                     def block(k: Any) -> None:
                         """The dot products of input block ``k``."""
@@ -263,16 +325,7 @@ def int8_pointwise_sdot(
                             if flip:
                                 v = T.reinterpret("int8x16", tirx.bitwise_xor(v, x80))
                             av.append(T.bind(v))
-                        for g in range(len(starts)):
-                            for p in range(4):
-                                ap = lane(av[g], p)
-                                for ci in range(reg_c):
-                                    cur = acc.vload([slot(ci, g, p).base], "int32x4")
-                                    new = intrin(
-                                        "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8",
-                                        cur, wv[ci], ap,
-                                    )  # fmt: skip
-                                    T.buffer_store(acc, new, [slot(ci, g, p)])
+                        tile.dots(wv, av)
 
                     # two input blocks per iteration (half the loop's counter and pointer updates)
                     with T.serial(0, icb // ICB_UNROLL) as k2:
@@ -280,25 +333,7 @@ def int8_pointwise_sdot(
                             block(k2 * ICB_UNROLL + u)
                     for k in range(icb - icb % ICB_UNROLL, icb):
                         block(tirx.const(k, "int32"))
-                    for ci in range(reg_c):
-                        c = c0 + ci
-                        if fast is not None:
-                            mult_v = T.bind(mult.vload([c, 0], "float32x4"))
-                        for g, s in enumerate(starts):
-                            accs = [acc.vload([slot(ci, g, p).base], "int32x4") for p in range(4)]
-                            if fast is not None:
-                                val = sdot_requantize(accs, mult_v, fast, out_dtype)
-                                T.buffer_store(out, val, [b_, c, q0 + s, tirx.Ramp(0, 1, 16)])
-                                continue
-                            for p in range(4):
-                                if g and s + p < starts[g - 1] + 4:
-                                    continue  # computed by the group before
-                                T.buffer_store(tmp, accs[p], [tirx.Ramp(0, 1, 4)])
-                                q = q0 + s + p
-                                with T.vectorized(0, 4) as j:
-                                    r = res[b_, c, q, j] if res is not None else None
-                                    val = epilogue.apply_te(tmp[j], mult[c, j], r)
-                                    T.buffer_store(out, val, [b_, c, q, j])
+                    tile.store(out, res, mult, epilogue, fast, c0, lambda c, q: [b_, c, q0 + q])
     return ib.get().with_attr("tirx.is_scheduled", True)
 
 
@@ -423,19 +458,14 @@ def int8_conv_sdot_rows(
                 acc = T.alloc_local((reg_c * len(starts) * 16,), "int32")
                 tmp = T.alloc_local((4,), "int32")
 
-                def slot(ci: int, g: int, p: int) -> Any:
-                    return tirx.Ramp(((ci * len(starts) + g) * 4 + p) * 4, 1, 4)
+                tile = _SdotTile(T, acc, tmp, reg_c, starts)
 
                 with T.serial(0, tiles) as t:
                     if ow % reg_n:
                         x0 = T.bind(tirx.min(t * reg_n, ow - reg_n))
                     else:
                         x0 = T.bind(t * reg_n)
-                    for ci in range(reg_c):
-                        start = bias.vload([c0 + ci, 0], "int32x4")
-                        for g in range(len(starts)):
-                            for p in range(4):
-                                T.buffer_store(acc, start, [slot(ci, g, p)])
+                    tile.init(bias, c0)
                     with T.serial(0, icb) as k:
                         with T.serial(0, kh) as r:
                             for s in range(kw):
@@ -447,35 +477,8 @@ def int8_conv_sdot_rows(
                                     T.bind(xp.vload([b_, k, y + r, x0 + s + st, 0], "int8x16"))
                                     for st in starts
                                 ]
-                                for g in range(len(starts)):
-                                    for p in range(4):
-                                        ap = lane(av[g], p)
-                                        for ci in range(reg_c):
-                                            cur = acc.vload([slot(ci, g, p).base], "int32x4")
-                                            new = intrin(
-                                                "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8",
-                                                cur, wv[ci], ap,
-                                            )  # fmt: skip
-                                            T.buffer_store(acc, new, [slot(ci, g, p)])
-                    for ci in range(reg_c):
-                        c = c0 + ci
-                        if fast is not None:
-                            mult_v = T.bind(mult.vload([c, 0], "float32x4"))
-                        for g, st in enumerate(starts):
-                            accs = [acc.vload([slot(ci, g, p).base], "int32x4") for p in range(4)]
-                            if fast is not None:
-                                val = sdot_requantize(accs, mult_v, fast, out_dtype)
-                                T.buffer_store(out, val, [b_, c, y, x0 + st, tirx.Ramp(0, 1, 16)])
-                                continue
-                            for p in range(4):
-                                if g and st + p < starts[g - 1] + 4:
-                                    continue  # computed by the group before
-                                T.buffer_store(tmp, accs[p], [tirx.Ramp(0, 1, 4)])
-                                q = x0 + st + p
-                                with T.vectorized(0, 4) as j:
-                                    rv = res[b_, c, y, q, j] if res is not None else None
-                                    val = epilogue.apply_te(tmp[j], mult[c, j], rv)
-                                    T.buffer_store(out, val, [b_, c, y, q, j])
+                                tile.dots(wv, av)
+                    tile.store(out, res, mult, epilogue, fast, c0, lambda c, q: [b_, c, y, x0 + q])
     return ib.get().with_attr("tirx.is_scheduled", True)
 
 
