@@ -296,6 +296,29 @@ def _interval(ok: list[bool]) -> tuple[int, int]:
     return idx[0], idx[-1] + 1
 
 
+def _row_plan(
+    g: _Geometry, h: int, sh: int, pt: int, dh: int, cores: int
+) -> tuple[int, int, list[int], list[int], bool, int, int]:
+    """Row classes and thread-pool pieces shared by the hand-written kernels: interior output rows
+    ``[ya, yb)`` read every kernel row, ``top_rows`` / ``bottom_rows`` are the border rows; the
+    tasks are (n, channel block, piece of ``piece_rows`` interior rows) — ``(ya, yb, top_rows,
+    bottom_rows, use_pool, pieces, piece_rows)``."""
+    ya, yb = _interval(
+        [0 <= y * sh - pt and y * sh - pt + (g.kh - 1) * dh < h for y in range(g.oh)]
+    )
+    top_rows, bottom_rows = list(range(ya)), list(range(yb, g.oh))
+    if ya == yb:  # no interior row
+        top_rows, bottom_rows = list(range(g.oh)), []
+    use_pool = cores > 1 and g.macs >= min_parallel_work()
+    pieces = 1
+    if use_pool and yb > ya:
+        pieces = max(1, min(yb - ya, -(-4 * cores // (g.n * g.cb))))
+    piece_rows = -(-(yb - ya) // pieces) if yb > ya else 0
+    if piece_rows:  # no empty piece
+        pieces = -(-(yb - ya) // piece_rows)
+    return ya, yb, top_rows, bottom_rows, use_pool, pieces, piece_rows
+
+
 def _vnni_kernel(
     g: _Geometry, in_dtype: str, x_zp: int, epilogue: QEpilogue, cores: int, reg_n: int
 ) -> Any:
@@ -383,21 +406,7 @@ def _vnni_kernel(
     static_cols = [xo for xo in range(g.ow) if not loop_cols[0] <= xo < loop_cols[1]]
     phases = {(q, jos[q]) for q in range(ngroups)}
     phases |= {(q, jo) for xo in static_cols for q, jo in enumerate(plan(xo)) if jo is not None}
-    # static row classes: interior rows read every kernel row
-    ya, yb = _interval(
-        [0 <= y * sh - pt and y * sh - pt + (g.kh - 1) * dh < h for y in range(g.oh)]
-    )
-    top_rows, bottom_rows = list(range(ya)), list(range(yb, g.oh))
-    if ya == yb:  # no interior row
-        top_rows, bottom_rows = list(range(g.oh)), []
-    # tasks: (n, cb, piece of the interior rows)
-    use_pool = cores > 1 and g.macs >= min_parallel_work()
-    pieces = 1
-    if use_pool and yb > ya:
-        pieces = max(1, min(yb - ya, -(-4 * cores // (g.n * g.cb))))
-    piece_rows = -(-(yb - ya) // pieces) if yb > ya else 0
-    if piece_rows:  # no empty piece
-        pieces = -(-(yb - ya) // piece_rows)
+    ya, yb, top_rows, bottom_rows, use_pool, pieces, piece_rows = _row_plan(g, h, sh, pt, dh, cores)
 
     with IRBuilder() as ib:
         with T.prim_func():
@@ -706,19 +715,7 @@ def _sdot_kernel(
     plans = {(reg_n, lead): chunk_plan(reg_n, lead)}
     plans |= {(nc, 0): chunk_plan(nc, 0) for _, nc in more}
     static_cols = [xo for xo in range(g.ow) if not chunk_cols[0] <= xo < chunk_cols[1]]
-    ya, yb = _interval(
-        [0 <= y * sh - pt and y * sh - pt + (g.kh - 1) * dh < h for y in range(g.oh)]
-    )
-    top_rows, bottom_rows = list(range(ya)), list(range(yb, g.oh))
-    if ya == yb:  # no interior row
-        top_rows, bottom_rows = list(range(g.oh)), []
-    use_pool = cores > 1 and g.macs >= min_parallel_work()
-    pieces = 1
-    if use_pool and yb > ya:
-        pieces = max(1, min(yb - ya, -(-4 * cores // (g.n * g.cb))))
-    piece_rows = -(-(yb - ya) // pieces) if yb > ya else 0
-    if piece_rows:  # no empty piece
-        pieces = -(-(yb - ya) // piece_rows)
+    ya, yb, top_rows, bottom_rows, use_pool, pieces, piece_rows = _row_plan(g, h, sh, pt, dh, cores)
 
     fast = _int_requantize(epilogue)
     row_step = SDOT_ROW_STEP.get(sh, (1, 1))[0 if piece_rows >= 12 else 1]
