@@ -156,6 +156,40 @@ def test_prepared_runs_in_threads(lenet300) -> None:  # type: ignore[no-untyped-
     assert not errors, errors[0]
 
 
+def test_run_goes_through_a_bound_call_per_thread(lenet300) -> None:  # type: ignore[no-untyped-def]
+    """From a thread's second call, run() uses that thread's own PreparedRun (the allocation-free
+    entry) and still returns fresh arrays; other shapes or dtypes go through the checked path."""
+    c = _compiled(onnx.load(zoo.lenet300_path()))
+    xs = [_inputs(c, seed) for seed in range(3)]
+    refs = [lenet300.run(*x)[0].copy() for x in xs]
+    outs = [c.run(*x)[0] for x in xs for _ in range(3)]
+    assert type(c._local.bound).__name__ == "PreparedRun"
+    for i, o in enumerate(outs):  # each its own array, none overwritten by a later call
+        np.testing.assert_array_equal(o, refs[i // 3])
+    assert not any(np.may_share_memory(a, b) for a in outs for b in outs if a is not b)
+    np.testing.assert_array_equal(c.run({"input": xs[0][0]})[0], refs[0])  # one dict
+    np.testing.assert_allclose(
+        c.run(xs[1][0].astype(np.float64))[0], refs[1], rtol=1e-6
+    )  # cast by the binder
+    with pytest.raises(ShapeError, match="expected shape"):
+        c.run(np.ones((2, 784), np.float32))
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(30):
+                np.testing.assert_array_equal(c.run(*xs[i])[0], refs[i])
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
 def test_a_model_with_unknown_input_specs_prepares_from_an_example(relu) -> None:  # type: ignore[no-untyped-def]
     from mcopt.errors import TargetError
     from mcopt.targets.relax.builder import CompiledModel

@@ -167,11 +167,32 @@ class CompiledModel(CompiledBase):
     def run(self, *inputs: Any, **named: Any) -> list[np.ndarray]:
         """Run on numpy inputs (positional, a dict, or keywords by input name); outputs as numpy.
 
-        Every output is its own array: the VM allocates outputs anew per call (each returned as a
+        Every output is its own array. From a thread's second call on, where the build has the
+        allocation-free entry, a call goes through this thread's own :class:`PreparedRun` (no
+        allocation, no VM tensor per call; ~0.5 us less on a LeNet) and the outputs are copied out
+        of its buffers; otherwise ``main`` allocates the outputs anew per call (each returned as a
         DLPack view, no copy), and one that shares memory with an input buffer (an Identity, a
         Reshape of an input) is copied. The common call — the same shapes and dtypes as this
         thread's previous call, positional or one dict — skips the binder's checks."""
-        st: _ThreadInputs | None = getattr(self._local, "inputs", None)
+        loc = self._local
+        pr: Any = getattr(loc, "bound", None)  # PreparedRun, False (not possible) or None
+        if pr and not named:
+            slots = pr._slots
+            arrays = inputs
+            if len(inputs) == 1 and type(inputs[0]) is dict and len(inputs[0]) == len(slots):
+                feeds = inputs[0]
+                arrays = tuple(feeds.get(n) for n in self._names)
+            if len(arrays) == len(slots):
+                for a, (v, shape, dtype) in zip(arrays, slots):
+                    if type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape:
+                        break
+                    v[...] = a
+                else:
+                    pr._invoke(_BOUND)
+                    return [o.copy() for o in pr.outputs]
+        elif pr is None:
+            self._bound_next_call(loc)
+        st: _ThreadInputs | None = getattr(loc, "inputs", None)
         if st is not None and st.slots is not None and not named:
             slots = st.slots
             arrays: Sequence[Any] = inputs
@@ -190,6 +211,25 @@ class CompiledModel(CompiledBase):
         return self._finish(st, self._main(*st.tensors))
 
     __call__ = run
+
+    def _bound_next_call(self, loc: threading.local) -> None:
+        """On a thread's second call, give it a :class:`PreparedRun` for the following ones where
+        the build has the allocation-free entry and every input a numpy view (``loc.bound``; False
+        where not: the VM's ``main`` is used)."""
+        if not getattr(loc, "called", False):
+            loc.called = True
+            return
+        loc.bound = False
+        if not self.input_specs or any(
+            not all(isinstance(d, int) for d in s) for _, s, _ in self.input_specs
+        ):
+            return
+        try:
+            pr = PreparedRun(self, (), {})
+        except Exception:  # noqa: BLE001 - an optional fast path; `main` stays correct
+            return
+        if pr.allocation_free and not pr._copy_in:
+            loc.bound = pr
 
     @staticmethod
     def _finish(st: _ThreadInputs, result: Any) -> list[np.ndarray]:
