@@ -6,7 +6,8 @@ rising strength —
 
 - ``quantize-int8`` (then ``finetune``: quantization-aware training, when there is labelled data),
 - channel pruning ``prune-channels:ratio=r,schedule=sensitivity`` (per-layer ratios from the channel
-  sensitivity scan, :mod:`mcopt.analysis.sensitivity`) + ``finetune``,
+  sensitivity scan, :mod:`mcopt.analysis.sensitivity`; for the latency objective kept counts rounded
+  to the target's SIMD channel block, ``round_to``) + ``finetune``,
 - for ``objective="size"``: weight pruning ``prune-weights:sparsity=s,scope=sensitivity`` +
   ``finetune``, then k-means weight sharing (Deep Compression),
 - combinations of the strongest pruning that stayed in budget with int8;
@@ -96,8 +97,23 @@ def _int8_spec(target: str | None) -> str:
     return f"quantize-int8:reduce_range={str(services_for(target).int8_reduce_range()).lower()}"
 
 
+def _round_to(target: str | None) -> int:
+    """The channel multiple pruning keeps for `target` (spelled out in the candidates' pipelines,
+    which are optimized without a target): its SIMD channel block, 1 without a target."""
+    if target is None:
+        return 1
+    from mcopt.targets.services import services_for
+
+    return services_for(target).channel_multiple()
+
+
 def _families(
-    graph: Graph, objective: str, train: bool, epochs: int, int8: str = "quantize-int8"
+    graph: Graph,
+    objective: str,
+    train: bool,
+    epochs: int,
+    int8: str = "quantize-int8",
+    round_to: int = 1,
 ) -> list[tuple[str, list[list[str]]]]:
     ft = [f"finetune:epochs={epochs}"] if train else []
     qat = [f"finetune:epochs={max(1, epochs // 2)},lr=0.0002"] if train else []
@@ -107,7 +123,14 @@ def _families(
     fams.append(
         (
             "prune-channels",
-            [["cleanup", f"prune-channels:ratio={r},schedule=sensitivity", *ft] for r in ratios],
+            [
+                [
+                    "cleanup",
+                    f"prune-channels:ratio={r},schedule=sensitivity,round_to={round_to}",
+                    *ft,
+                ]
+                for r in ratios
+            ],
         )
     )
     if objective == "size":
@@ -321,7 +344,8 @@ def auto_search(
     cands = [evaluate(["cleanup"], "baseline")]
     best_prune: Candidate | None = None
     int8_spec = _int8_spec(target)
-    for family, ladder in _families(original, objective, train, epochs, int8_spec):
+    round_to = _round_to(target) if objective == "latency" else 1
+    for family, ladder in _families(original, objective, train, epochs, int8_spec, round_to):
         for pipe in ladder:
             c = evaluate(pipe, family)
             cands.append(c)

@@ -9,6 +9,7 @@ constants and the consumers' input channels / dense columns are sliced, so param
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import numpy as np
@@ -106,7 +107,10 @@ class PruneChannels(Pass):
 
     Options: ``ratio`` (fraction of units removed per group), ``layer_ratios`` (``NODE=RATIO`` items
     naming a conv / dense producer), ``skip`` (producers never pruned), ``min_channels`` (per layer),
-    ``round_to`` (keep a multiple of this many units, e.g. 8 for SIMD), ``schedule='sensitivity'``
+    ``round_to`` (keep the multiple of this many units nearest to what the ratio asks; ``"auto"``,
+    the default: the compile target's SIMD channel block, ``TargetServices.channel_multiple()``
+    — 16 on AVX-512, 4 on NEON —, 1 without a target: 32 channels pruned to 20 still run as two
+    16-lane blocks, pruned to 16 as one), ``schedule='sensitivity'``
     (per-layer ratios picked from a channel sensitivity scan to remove ``ratio`` of the prunable
     params overall), ``recover`` (least-squares refit of each pruned layer's consumers on calibration
     data, see :mod:`mcopt.passes.recovery`). Lossy.
@@ -119,7 +123,7 @@ class PruneChannels(Pass):
     layer_ratios: tuple[str, ...] | dict[str, float] = ()
     skip: tuple[str, ...] = ()
     min_channels: int = 1
-    round_to: int = 1
+    round_to: int | Literal["auto"] = "auto"
     schedule: Literal["uniform", "sensitivity"] = "uniform"
     recover: bool = False
     calib_batches: int = 8
@@ -127,11 +131,16 @@ class PruneChannels(Pass):
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
-        if self.min_channels < 1 or self.round_to < 1:
-            raise ValueError("min_channels and round_to must be >= 1")
+        if self.min_channels < 1 or (self.round_to != "auto" and self.round_to < 1):
+            raise ValueError("min_channels and round_to must be >= 1 (round_to: or 'auto')")
         _ratio_table(self.layer_ratios)
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
+        if self.round_to == "auto":
+            ask = getattr(ctx.target, "channel_multiple", None)
+            multiple = int(ask()) if ask is not None else 1
+            ctx.detail("round_to", f"{multiple} (auto: target {getattr(ctx.target, 'name', None)})")
+            return dataclasses.replace(self, round_to=multiple).run(graph, ctx)
         needs_data = self.criterion == "activation" or self.recover or self.schedule != "uniform"
         feeds = (
             calib_or_random(graph, ctx.feeds(self.calib_batches), ctx.rng(6), log=ctx.info)

@@ -32,6 +32,22 @@ class TargetServices:
         target = spec.tvm_target()
         return choose_isa(target, weight_7bit=True) != choose_isa(target, weight_7bit=False)
 
+    def channel_multiple(self) -> int:
+        """The channel count this target's conv kernels hold without padding: the larger of the
+        fp32 SIMD block (NCHW[x]c lanes) and the int8 kernels' output block — 16 on AVX-512, 8 on
+        AVX2, 4 on NEON; 1 for GPU / FPGA targets. Channel pruning keeps multiples of it: a
+        pruned count between two multiples runs as the larger one (zero-padded lanes)."""
+        from mcopt.targets.registry import get_target
+
+        spec = get_target(self.name)
+        if spec.kind != "llvm":
+            return 1
+        from mcopt.targets.cpu.kernels import cpu_info
+        from mcopt.targets.cpu.planning import _int8_lanes
+
+        target = spec.tvm_target()
+        return max(int(cpu_info(target).lanes), _int8_lanes(target)[0])
+
 
 def services_for(target: str) -> TargetServices:
     """The services of the target named `target` (checked against the registry)."""

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from mcopt.analysis.channels import analyze_channels, select_keep, unit_scores
 from mcopt.analysis.cost import graph_stats
+from mcopt.errors import OptionError
 from mcopt.interpreter import run
 from mcopt.ir import Graph, ttype, verify
 from mcopt.onnx_io import export_model, import_model
@@ -309,3 +310,57 @@ def test_random_graphs_prune_valid_and_exact(g: Graph, ratio: float, crit: str) 
     get_pass("remove-dead-neurons")(g2, PassContext())
     verify(g2)
     np.testing.assert_allclose(run(g2, [x])[0], y, rtol=1e-4, atol=1e-4 * (1 + np.abs(y).max()))
+
+
+class _Target:
+    def __init__(self, multiple: int) -> None:
+        self.name, self.multiple = "fake", multiple
+
+    def channel_multiple(self) -> int:
+        return self.multiple
+
+
+@pytest.mark.parametrize(
+    ("target", "ratio", "width"),
+    [(None, 0.4, 20), (_Target(16), 0.4, 16), (_Target(16), 0.2, 32), (_Target(8), 0.4, 24)],
+)
+def test_round_to_auto_keeps_the_targets_channel_multiple(target, ratio: float, width: int) -> None:
+    """``round_to="auto"``: kept counts are the multiple of the target's SIMD block nearest to
+    what the ratio asks (32 channels at 0.4 -> 20, which a 16-lane target runs as 32: 16 there;
+    at 0.2 -> 26: 32; on 8 lanes 20 is a tie: 24); without a target the plain count."""
+    g = import_model(zoo.resnet18_like(32, 10, width=32))
+    x = _x(g)
+    get_pass("prune-channels", ratio=ratio, skip=["conv_0"])(g, PassContext(target=target))
+    verify(g)
+    assert g.find_node("conv_1").output.shape[1] == width
+    np.testing.assert_equal(run(g, {g.inputs[0].name: x})[0].shape, (1, 10))
+
+
+def test_round_to_nearest_multiple_and_small_groups() -> None:
+    """An explicit ``round_to``: the nearest multiple (ties up), never all of a group that is
+    only one multiple wide, and a group no wider than one multiple keeps the plain count."""
+    for ratio, want in ((0.5, 4), (0.7, 4), (0.2, 8), (0.3, 8)):
+        g = import_model(zoo.resnet18_like(32, 10, width=8))
+        get_pass("prune-channels", ratio=ratio, skip=["conv_0"], round_to=4)(g, PassContext())
+        assert g.find_node("conv_1").output.shape[1] == want, ratio
+    g = import_model(zoo.resnet18_like(32, 10, width=8))
+    get_pass("prune-channels", ratio=0.5, skip=["conv_0"], round_to=16)(g, PassContext())
+    assert g.find_node("conv_1").output.shape[1] == 4  # 8 channels: at most one block
+    with pytest.raises(OptionError, match="round_to"):
+        get_pass("prune-channels", round_to=0)
+
+
+def test_target_channel_multiple_and_the_search_spells_it_out() -> None:
+    """The target's SIMD channel block (NEON 4, GPU 1, this host's x86 its fp32 / int8 block) and
+    ``passes="auto"``'s pruning candidates carry it as an explicit ``round_to``."""
+    pytest.importorskip("tvm")
+    from mcopt.search import _families, _round_to
+    from mcopt.targets.services import services_for
+
+    assert services_for("arm:neoverse-n1").channel_multiple() == 4
+    assert services_for("cuda").channel_multiple() == 1
+    assert services_for("cpu").channel_multiple() in (8, 16)
+    assert _round_to(None) == 1 and _round_to("cpu") == services_for("cpu").channel_multiple()
+    g = import_model(zoo.resnet18_like(32, 10, width=8))
+    ladder = dict(_families(g, "latency", False, 1, round_to=16))["prune-channels"]
+    assert all(any(p.endswith(",round_to=16") for p in pipe) for pipe in ladder)

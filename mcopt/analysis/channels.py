@@ -611,9 +611,12 @@ def select_keep(
     min_channels: int = 1,
     round_to: int = 1,
 ) -> np.ndarray:
-    """Keep mask: in group ``i`` remove ``floor(ratios[i] * units)`` lowest-scoring prunable units
-    (keeping a multiple of `round_to` units where possible), never leaving a space with fewer than
-    `min_channels` channels."""
+    """Keep mask: in group ``i`` remove ``floor(ratios[i] * units)`` lowest-scoring prunable units,
+    never leaving a space with fewer than `min_channels` channels. With ``round_to > 1`` the kept
+    count is the multiple of `round_to` nearest to that (ties: the larger; at least one multiple,
+    at most all units — a group of at most `round_to` units keeps the plain count): a channel count
+    the target's SIMD blocks hold without padding (16 channels on AVX-512: pruning 32 to 20
+    channels leaves two blocks of work)."""
     keep = np.ones(len(a.parent), dtype=bool)
     space_of = np.array(a.space_of, dtype=np.int64)
     left = {s.index: s.size for s in a.spaces}
@@ -624,10 +627,10 @@ def select_keep(
             continue
         total = len(g.units)
         n_remove = min(int(math.floor(r * total + 1e-9)), len(cand))
-        if round_to > 1:
+        if round_to > 1 and total > round_to:
             kept = total - n_remove
-            kept = min(total, -(-kept // round_to) * round_to)
-            n_remove = max(0, total - kept)
+            kept = min(total, max(round_to, (2 * kept + round_to) // (2 * round_to) * round_to))
+            n_remove = min(max(0, total - kept), len(cand))
         cand.sort(key=lambda u: float(scores[u[0]]))
         removed = 0
         for u in cand:

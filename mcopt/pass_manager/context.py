@@ -26,13 +26,16 @@ class TargetServices(typing.Protocol):
     defines only the protocol): ``measure_winograd(...) -> {"direct": ms, "f2": ms, "f4": ms}``
     times a 3x3 conv's kernels on the target (see :mod:`mcopt.passes.winograd`);
     ``int8_reduce_range() -> bool`` says whether the target's int8 kernels want 7-bit weights
-    (see :mod:`mcopt.passes.quantize`)."""
+    (see :mod:`mcopt.passes.quantize`); ``channel_multiple() -> int`` is the channel count its
+    conv kernels' SIMD blocks hold without padding (see :mod:`mcopt.passes.prune_channels`)."""
 
     name: str
 
     def measure_winograd(self, *args: Any, **kwargs: Any) -> dict[str, float]: ...
 
     def int8_reduce_range(self) -> bool: ...
+
+    def channel_multiple(self) -> int: ...
 
 
 @dataclass
