@@ -50,6 +50,9 @@ class _Training(Pass):
     group_lasso: float = 0.0
     reg_ops: tuple[str, ...] = ("conv2d", "dense")
     teacher: str = ""
+    #: batch norm: ``frozen`` running statistics (fine-tuning) or ``train`` (batch statistics,
+    #: running ones updated: training from scratch)
+    bn: Literal["frozen", "train"] = "frozen"
 
     def __post_init__(self) -> None:
         self.config().check()
@@ -92,6 +95,7 @@ class _Training(Pass):
         kind = resolve_loss(cfg.loss, data.labelled, teacher_graph is not None)
         teacher = to_torch(teacher_graph) if kind in ("kd", "ce+kd", "mse") else None
         module = to_torch(graph)
+        module.bn_train = self.bn == "train"
         res = fit(module, data, cfg, teacher=teacher, log=ctx.info, desc=desc or self.name, **kw)
         from_torch(module, graph)
         ctx.info(f"{self.name}: {res.summary()}")

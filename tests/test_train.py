@@ -114,6 +114,48 @@ def test_real_architectures_train_and_write_back(proto) -> None:  # type: ignore
     assert _rel(ref, _module_out(m, x)) < 1e-4
 
 
+def test_batch_norm_train_mode_updates_and_writes_back_running_statistics() -> None:
+    """``bn_train``: a training step normalizes by the batch's statistics (equal to
+    torch.nn.functional.batch_norm's), the running ones move towards them and are written back;
+    eval mode (and the interpreter on the written-back graph) then uses the running ones.
+    Frozen (the default): the running statistics stay what the graph holds."""
+    g = load(zoo.resnet18_like(resolution=32, width=8, num_classes=10))
+    bn = next(n for n in g.nodes if n.op == "batch_norm")
+    mean0 = np.array(bn.inputs[3].const, np.float64)
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.standard_normal((8, *g.inputs[0].shape[1:])).astype(np.float32) * 3)
+    frozen = to_torch(g.copy(), torch.float64)
+    frozen.train()
+    frozen(x)
+    m = to_torch(g, torch.float64)
+    m.bn_train = True
+    m.train()
+    m(x)  # one forward in training mode: the running statistics move
+    from_torch(m, g)
+    mean1 = np.array(bn.inputs[3].const, np.float64)
+    assert not np.allclose(mean1, mean0)
+    key = frozen._slot_of_value[id(frozen.graph.find_node(bn.name).inputs[3])]
+    np.testing.assert_allclose(frozen.const_tensor(key).numpy(), mean0)
+    m.eval()
+    xs = x[:3].numpy()
+    ref = np.concatenate([interpreter.run(g, [xs[i : i + 1]])[0] for i in range(3)])
+    assert _rel(ref, _module_out(m, xs)) < 1e-4
+
+
+def test_finetune_bn_train_from_scratch() -> None:
+    """``finetune:bn=train`` trains a BN network from random weights (the option reaches the
+    module) and writes the running statistics back."""
+    g = load(zoo.resnet18_like(resolution=28, width=8, num_classes=10))
+    before = {n.name: np.array(n.inputs[4].const) for n in g.nodes if n.op == "batch_norm"}
+    data = as_train_data((np.repeat(X[:256], 3, axis=1), Y[:256]), g, val_split=0.25)
+    g2, rep = run_passes(
+        g, ["finetune:loss=ce,bn=train,epochs=2,lr=0.01,patience=0"], PassContext(data=data)
+    )
+    after = {n.name: np.array(n.inputs[4].const) for n in g2.nodes if n.op == "batch_norm"}
+    assert any(not np.allclose(before[k], after[k]) for k in before)
+    assert rep["finetune"].metric > 0.3  # 10 classes: chance is 0.1
+
+
 def _step(g, lr: float = 1e-2, steps: int = 3):  # type: ignore[no-untyped-def]
     m = to_torch(g)
     opt = torch.optim.Adam(m.parameters(), lr=lr)

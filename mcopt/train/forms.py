@@ -209,12 +209,21 @@ def _matmul(node: Node, b: Builder) -> Callable[..., Any]:
 
 @form("batch_norm")
 def _batch_norm(node: Node, b: Builder) -> Callable[..., Any]:
-    """Trained in eval mode: running mean / variance are fixed buffers, scale and bias train."""
+    """Scale and bias train. Running mean / variance are fixed buffers (eval mode), unless the
+    module's ``bn_train`` is set: then a training step normalizes by the batch's statistics and
+    updates the running ones (momentum 0.1, as ``torch.nn.BatchNorm2d``; Ioffe & Szegedy 2015),
+    which are written back — for training from scratch, where statistics fitted to the initial
+    weights go stale."""
     b.param(1)
     b.param(2)
+    b.buffer(3, writeback=True)
+    b.buffer(4, writeback=True)
     eps = float(node.attrs["epsilon"])
+    module = b.module
 
     def fwd(x: torch.Tensor, scale: Any, bias: Any, mean: Any, var: Any) -> torch.Tensor:
+        if module.bn_train and module.training and x.dim() >= 2:
+            return F.batch_norm(x, mean, var, scale, bias, training=True, momentum=0.1, eps=eps)
         k = scale / torch.sqrt(var + eps)
         shp = _bshape(x.dim())
         return x * k.reshape(shp) + (bias - mean * k).reshape(shp)

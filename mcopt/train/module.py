@@ -56,6 +56,9 @@ class ConstSlot:
     transform: Transform | None = None
     #: IR-valued array -> (const array, type) written back (default: cast to the value's dtype)
     encode: Encode | None = None
+    #: a fixed buffer that training updates in place (batch norm's running statistics in
+    #: ``bn_train`` mode): written back like a parameter
+    writeback: bool = False
 
 
 class Builder:
@@ -103,14 +106,22 @@ class Builder:
         self.module._claim(v, arr, trainable=True, transform=transform, encode=encode)
 
     def buffer(
-        self, i: int, array: np.ndarray | None = None, dtype: torch.dtype | None = None
+        self,
+        i: int,
+        array: np.ndarray | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        writeback: bool = False,
     ) -> None:
-        """Input `i`, when constant, is a fixed buffer (e.g. codebook indices as int64)."""
+        """Input `i`, when constant, is a fixed buffer (e.g. codebook indices as int64);
+        ``writeback``: one the forward updates in place, written back to the graph."""
         v = self._const_value(i)
         if v is None:
             return
         arr = np.asarray(v.const if array is None else array)
         self.module._claim(v, arr, trainable=False, dtype=dtype)
+        if writeback:
+            self.module.slots[self.module._slot_of_value[id(v)]].writeback = True
 
     def _const_value(self, i: int) -> Value | None:
         v = self.node.inputs[i] if i < len(self.node.inputs) else None
@@ -153,6 +164,9 @@ class GraphModule(nn.Module):
 
         self.graph = graph
         self.dtype = dtype
+        #: batch norm in training mode uses the batch's statistics and updates the running ones
+        #: (training from scratch); False: running statistics fixed (fine-tuning, the default)
+        self.bn_train = False
         self.slots: dict[str, ConstSlot] = {}
         self._slot_of_value: dict[int, str] = {}
         self._slot_index: dict[int, int] = {}
@@ -305,7 +319,7 @@ def from_torch(module: nn.Module, graph: Graph | None = None) -> Graph:
     by_name = {v.name: v for v in g.values() if v.is_const}
     with torch.no_grad():
         for key, slot in inner.slots.items():
-            if not slot.trainable:
+            if not (slot.trainable or slot.writeback):
                 continue
             v = by_name.get(slot.value)
             if v is None:
