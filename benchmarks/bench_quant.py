@@ -120,6 +120,33 @@ def ort_int8(proto: onnx.ModelProto, calib: list[dict], tmp: Path) -> onnx.Model
     return onnx.load(dst)
 
 
+def ort_int8_best(
+    proto: onnx.ModelProto, calib: list[dict], tmp: Path, feed: dict
+) -> tuple[onnx.ModelProto, Any]:
+    """onnxruntime's int8 of `proto` or of the same model written back by mcopt's exporter
+    (opset 17, ``Add`` for an opset-9 ``Sum``, no ``Dropout``), whichever runs faster: on the onnx
+    wheel's opset-9 ResNet-50 the quantizer left 16 float ``Relu`` / ``Sum`` pairs between
+    dequantize and quantize (8.0 ms), on the re-exported graph it fuses them (6.2 ms). onnxruntime
+    gets the better form; the fp32 baseline stays the original."""
+    from mcopt.onnx_io import export_model, import_model
+
+    best: tuple[float, onnx.ModelProto, Any] | None = None
+    forms = [proto, export_model(import_model(proto))]
+    if [v.name for v in forms[1].graph.input] != [v.name for v in proto.graph.input]:
+        forms = forms[:1]  # the feeds are by name
+    for i, form in enumerate(forms):
+        sub = tmp / f"form{i}"
+        sub.mkdir(exist_ok=True)
+        q = ort_int8(form, calib, sub)
+        sess = ort_session(q)
+        ms = min(time_fn(lambda s=sess: s.run(None, feed), min_runs=5, max_runs=30,
+                         budget_s=0.5)["min_ms"] for _ in range(3))  # fmt: skip
+        if best is None or ms < best[0]:
+            best = (ms, q, sess)
+    assert best is not None
+    return best[1], best[2]
+
+
 def bench_model(name: str, spec: str) -> list[dict[str, Any]]:
     from mcopt.analysis.cost import graph_stats
     from mcopt.onnx_io import import_model
@@ -134,9 +161,8 @@ def bench_model(name: str, spec: str) -> list[dict[str, Any]]:
     fp32_bytes = sum(t.ByteSize() for t in proto.graph.initializer)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        q_proto = ort_int8(proto, calib, Path(d))
+        q_proto, q_sess = ort_int8_best(proto, calib, Path(d), test[0])
         ort_q_time = time.perf_counter() - t0
-    q_sess = ort_session(q_proto)
     g0 = import_model(proto)
     g = g0.copy()
     t0 = time.perf_counter()
