@@ -90,6 +90,24 @@ def _input_buffers(arrays: Sequence[np.ndarray], device: Any) -> tuple[list[Any]
     return tensors, views
 
 
+def _refill(inputs: Sequence[Any], names: Sequence[str], slots: Sequence[Any]) -> bool:
+    """The unchecked refill of the common call: positional arrays (or one dict by ``names``) each a
+    numpy array of exactly its slot's ``(view, shape, dtype)`` are copied into the views; False
+    (the caller takes the checked path, which refills everything) as soon as one is not."""
+    arrays = inputs
+    if len(inputs) == 1 and type(inputs[0]) is dict and len(inputs[0]) == len(slots):
+        feeds = inputs[0]
+        arrays = [feeds.get(n) for n in names]
+    if len(arrays) != len(slots):
+        return False
+    for a, (v, shape, dtype) in zip(arrays, slots):
+        # `is`: numpy's builtin dtypes are singletons; an equal other one is checked
+        if type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape:
+            return False
+        v[...] = a
+    return True
+
+
 class _ThreadInputs:
     """One thread's input tensors for :meth:`CompiledModel.run`: the tensors, numpy views of their
     memory, and which outputs share memory with an input buffer (None until the first call)."""
@@ -177,36 +195,19 @@ class CompiledModel(CompiledBase):
         loc = self._local
         pr: Any = getattr(loc, "bound", None)  # PreparedRun, False (not possible) or None
         if pr and not named:
-            slots = pr._slots
-            arrays = inputs
-            if len(inputs) == 1 and type(inputs[0]) is dict and len(inputs[0]) == len(slots):
-                feeds = inputs[0]
-                arrays = tuple(feeds.get(n) for n in self._names)
-            if len(arrays) == len(slots):
-                for a, (v, shape, dtype) in zip(arrays, slots):
-                    if type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape:
-                        break
-                    v[...] = a
-                else:
-                    pr._invoke(_BOUND)
-                    return [o.copy() for o in pr.outputs]
+            if _refill(inputs, self._names, pr._slots):
+                pr._invoke(_BOUND)
+                return [o.copy() for o in pr.outputs]
         elif pr is None:
             self._bound_next_call(loc)
         st: _ThreadInputs | None = getattr(loc, "inputs", None)
-        if st is not None and st.slots is not None and not named:
-            slots = st.slots
-            arrays: Sequence[Any] = inputs
-            if len(inputs) == 1 and type(inputs[0]) is dict and len(inputs[0]) == len(slots):
-                feeds = inputs[0]
-                arrays = [feeds.get(n) for n in self._names]
-            if len(arrays) == len(slots):
-                for a, (v, shape, dtype) in zip(arrays, slots):
-                    # `is`: numpy's builtin dtypes are singletons; an equal other one is checked
-                    if type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape:
-                        break
-                    v[...] = a
-                else:
-                    return self._finish(st, self._main(*st.tensors))
+        if (
+            st is not None
+            and st.slots is not None
+            and not named
+            and _refill(inputs, self._names, st.slots)
+        ):
+            return self._finish(st, self._main(*st.tensors))
         st = self._bind_state(inputs, named)
         return self._finish(st, self._main(*st.tensors))
 
@@ -390,23 +391,8 @@ class PreparedRun:
             self.outputs = _outputs(self._call(*self._tensors))
 
     def __call__(self, *args: Any, **named: Any) -> list[np.ndarray]:
-        if args or named:
-            arrays: Sequence[Any] = args
-            if len(args) == 1 and type(args[0]) is dict:
-                feeds = args[0]
-                arrays = (
-                    [feeds.get(n) for n in self._names] if len(feeds) == len(self._names) else ()
-                )
-            slots = self._slots
-            if named or len(arrays) != len(slots):
-                self._fill_checked(args, named)
-            else:
-                for a, (v, shape, dtype) in zip(arrays, slots):
-                    # `is`: numpy's builtin dtypes are singletons; an equal other one is checked
-                    if type(a) is not np.ndarray or a.dtype is not dtype or a.shape != shape:
-                        self._fill_checked(args, named)
-                        break
-                    v[...] = a
+        if (args or named) and (named or not _refill(args, self._names, self._slots)):
+            self._fill_checked(args, named)
         if self._copy_in:
             for t, a in self._copy_in:
                 t.copyfrom(a)
