@@ -138,17 +138,26 @@ def test_outputs_that_alias_an_input(
 def test_prepared_runs_in_threads(lenet300) -> None:  # type: ignore[no-untyped-def]
     xs = [_inputs(lenet300, seed) for seed in range(4)]
     refs = [lenet300.run(*x)[0].copy() for x in xs]
-    errors: list[BaseException] = []
 
     def work(i: int) -> None:
+        p = lenet300.prepare()  # one per thread
+        for _ in range(50):
+            np.testing.assert_array_equal(p(*xs[i])[0], refs[i])
+
+    _in_threads(work, 4)
+
+
+def _in_threads(work, n: int) -> None:  # type: ignore[no-untyped-def]
+    """``work(i)`` for i < n, each in its own thread; the first failure re-raised."""
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
         try:
-            p = lenet300.prepare()  # one per thread
-            for _ in range(50):
-                np.testing.assert_array_equal(p(*xs[i])[0], refs[i])
+            work(i)
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
@@ -173,21 +182,12 @@ def test_run_goes_through_a_bound_call_per_thread(lenet300) -> None:  # type: ig
     )  # cast by the binder
     with pytest.raises(ShapeError, match="expected shape"):
         c.run(np.ones((2, 784), np.float32))
-    errors: list[BaseException] = []
 
     def work(i: int) -> None:
-        try:
-            for _ in range(30):
-                np.testing.assert_array_equal(c.run(*xs[i])[0], refs[i])
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
+        for _ in range(30):
+            np.testing.assert_array_equal(c.run(*xs[i])[0], refs[i])
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    _in_threads(work, 3)
 
 
 def test_a_model_with_unknown_input_specs_prepares_from_an_example(relu) -> None:  # type: ignore[no-untyped-def]
