@@ -226,10 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
     args = ap.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = [m for m in models if m not in MODELS]
-    if bad:
-        raise SystemExit(f"unknown model(s) {bad}; choose from {MODELS}")
+    from common import pick_models
+
+    models = pick_models(args.models, MODELS)
     rows = [
         bench_model(m, args.budget, args.rounds, lambda s: print(s, flush=True)) for m in models
     ]

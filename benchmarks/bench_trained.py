@@ -29,7 +29,6 @@ bench-out/trained.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import markdown_table, pick_models, write_outputs  # noqa: E402
 from mnist_data import mnist  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,18 +188,13 @@ def bench_model(name: str, args: argparse.Namespace, log: Any) -> list[dict[str,
     return rows
 
 
-def render(rows: list[dict[str, Any]]) -> str:
-    out = [
-        "| model | engine | weights KB | test acc | Δ pp vs fp32 | min ms | median ms | vs ort fp32 | vs ort int8 | prepare s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        out.append(
-            f"| {r['model']} | {r['engine']} | {r['weights_kb']:.0f} | {r['acc']:.3f} | "
-            f"{r['delta_pp']:+.1f} | {r['min_ms']:.3f} | {r['median_ms']:.3f} | "
-            f"**{r['vs_ort_fp32']:.2f}** | {r['vs_ort_int8']:.2f} | {r['prepare_s']:.1f} |"
-        )
-    return "\n".join(out) + "\n"
+#: (key, header, format) of the table's columns (common.markdown_table)
+COLUMNS = [
+    ("model", "model", ""), ("engine", "engine", ""), ("weights_kb", "weights KB", ".0f"),
+    ("acc", "test acc", ".3f"), ("delta_pp", "Δ pp vs fp32", "+.1f"), ("min_ms", "min ms", ".3f"),
+    ("median_ms", "median ms", ".3f"), ("vs_ort_fp32", "vs ort fp32", ".2f"),
+    ("vs_ort_int8", "vs ort int8", ".2f"), ("prepare_s", "prepare s", ".1f"),
+]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,22 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-only", action="store_true", help="train (or find) the models, stop")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
     args = ap.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = [m for m in models if m not in MODELS]
-    if bad:
-        raise SystemExit(f"unknown model(s) {bad}; choose from {MODELS}")
+    models = pick_models(args.models, MODELS)
     log = lambda s: print(s, flush=True)  # noqa: E731
     if args.train_only:
         xtr, ytr, _xte, _yte = mnist()
         for m in models:
             trained(m, (xtr, ytr), args.out, args.retrain, log)
         return 0
-    rows = [r for m in models for r in bench_model(m, args, lambda s: print(s, flush=True))]
-    md = render(rows)
+    rows = [r for m in models for r in bench_model(m, args, log)]
+    md = markdown_table(rows, COLUMNS)
     print("\n" + md)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "trained.md").write_text(md)
-    (args.out / "trained.json").write_text(json.dumps(rows, indent=2, default=float))
+    write_outputs(args.out, "trained", rows, md)
     return 0
 
 

@@ -6,7 +6,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +108,13 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str
             cells.append("–" if v is None else (format(v, fmt) if fmt else str(v)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def pick_models(spec: str, known: Sequence[str]) -> list[str]:
+    """The comma-separated model names of a ``--models`` option, each one of `known` (else exit
+    with a one-line message naming the valid ones)."""
+    models = [m.strip() for m in spec.split(",") if m.strip()]
+    bad = [m for m in models if m not in known]
+    if bad:
+        raise SystemExit(f"unknown model(s) {bad}; choose from {tuple(known)}")
+    return models
