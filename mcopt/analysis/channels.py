@@ -614,11 +614,9 @@ def select_keep(
     """Keep mask: in group ``i`` remove ``floor(ratios[i] * units)`` lowest-scoring prunable units,
     never leaving a space with fewer than `min_channels` channels. With ``round_to > 1`` the kept
     count is the multiple of `round_to` nearest to that (ties: the larger; at least one multiple,
-    at most all units): a channel count the target's SIMD blocks hold without padding (16 channels
-    on AVX-512: pruning 32 to 20 channels leaves two blocks of work). A group of at most
-    `round_to` units rounds to a multiple of half a block (the kernels' narrow form: 8-lane int8 /
-    256-bit vectors on AVX-512; LeNet-5's 16-channel conv pruned to 9 ran as 16 lanes, at 8 it
-    runs on 8), one of at most half a block keeps the plain count."""
+    at most all units — a group of at most `round_to` units keeps the plain count): a channel count
+    the target's SIMD blocks hold without padding (16 channels on AVX-512: pruning 32 to 20
+    channels leaves two blocks of work)."""
     keep = np.ones(len(a.parent), dtype=bool)
     space_of = np.array(a.space_of, dtype=np.int64)
     left = {s.index: s.size for s in a.spaces}
@@ -629,10 +627,9 @@ def select_keep(
             continue
         total = len(g.units)
         n_remove = min(int(math.floor(r * total + 1e-9)), len(cand))
-        step = round_to if total > round_to else round_to // 2 if round_to % 2 == 0 else 1
-        if step > 1 and total > step:
+        if round_to > 1 and total > round_to:
             kept = total - n_remove
-            kept = min(total, max(step, (2 * kept + step) // (2 * step) * step))
+            kept = min(total, max(round_to, (2 * kept + round_to) // (2 * round_to) * round_to))
             n_remove = min(max(0, total - kept), len(cand))
         cand.sort(key=lambda u: float(scores[u[0]]))
         removed = 0
