@@ -33,6 +33,7 @@ from mcopt.targets.cpu.kernels.int8_conv_nchwc import (  # noqa: E402
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue  # noqa: E402
 from mcopt.targets.cpu.kernels.target_info import host_target  # noqa: E402
 from mcopt.testing import zoo  # noqa: E402
+from mcopt.testing.int8 import epilogue_reference  # noqa: E402
 
 INF = math.inf
 REQUANT = QEpilogue(base_dtype="uint8", base_bounds=(0.0, 255.0), base_zp=0)
@@ -73,12 +74,7 @@ def _check_kernel(
     acc = qconv2d_acc(x, w, b, attrs)
     oh = acc.shape[2]
     mult = (rng.random(oc) * 0.05 + 0.005).astype(np.float32)
-    res = None
-    if ep.residual == "float32":
-        res = rng.standard_normal((1, oc, oh, oh)).astype(np.float32) * 3
-    elif ep.residual:
-        res = rng.integers(0, 256, (1, oc, oh, oh)).astype(ep.residual)
-    ref = ep.apply_numpy(acc, mult.reshape(1, -1, 1, 1), res)
+    ref, res = epilogue_reference(ep, acc, mult, rng)
     flat = k == 1 and stride == 1 and pad == 0 and ib % 4 == 0 and in_dtype == "uint8"
     flat = flat and not window
     params = choose_params(oh * oh if flat else oh, ocp // lanes, isa, lanes, oh, 2)

@@ -23,6 +23,7 @@ from mcopt.targets.cpu.kernels.int8_pointwise_sdot import (  # noqa: E402
     pixel_groups,
     sdot_pointwise_applies,
 )
+from mcopt.testing.int8 import epilogue_reference  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 
@@ -82,12 +83,7 @@ def _make_case(ic, oc, hw, ep_name, in_dtype, tile, big_mult):
              "groups": 1}  # fmt: skip
     acc = qconv2d_acc(x, w, b, attrs)
     mult = (rng.random(oc) * (3e4 if big_mult else 0.05) + 5e-4).astype(np.float32)
-    res = None
-    if ep.residual == "float32":
-        res = rng.standard_normal((1, oc, hw, hw)).astype(np.float32) * 3
-    elif ep.residual:
-        res = rng.integers(0, 256, (1, oc, hw, hw)).astype(ep.residual)
-    ref = ep.apply_numpy(acc, mult.reshape(1, -1, 1, 1), res)
+    ref, res = epilogue_reference(ep, acc, mult, rng)
     icp, ocp = -(-ic // 4) * 4, -(-oc // 4) * 4
     wp = np.zeros((ocp, icp, 1, 1), np.int8)
     wp[:oc, :ic] = w
@@ -254,12 +250,7 @@ def _make_row_case(ic, oc, hw, k, pad, ep_name, in_dtype, tile):
     acc = qconv2d_acc(x, w, b, attrs)
     oh = acc.shape[2]
     mult = (rng.random(oc) * 0.01 + 5e-4).astype(np.float32)
-    res = None
-    if ep.residual == "float32":
-        res = rng.standard_normal((1, oc, oh, oh)).astype(np.float32) * 3
-    elif ep.residual:
-        res = rng.integers(0, 256, (1, oc, oh, oh)).astype(ep.residual)
-    ref = ep.apply_numpy(acc, mult.reshape(1, -1, 1, 1), res)
+    ref, res = epilogue_reference(ep, acc, mult, rng)
     icp, ocp = -(-ic // 4) * 4, -(-oc // 4) * 4
     wp = np.zeros((ocp, icp, k, k), np.int8)
     wp[:oc, :ic] = w
