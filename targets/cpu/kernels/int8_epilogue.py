@@ -43,11 +43,15 @@ def _rint(y: Any) -> Any:
     return tirx.round(y)
 
 
-def _to_int(y: Any, dtype: str) -> Any:
+def _vec(dtype: str, lanes: int) -> str:
+    return dtype if lanes == 1 else f"{dtype}x{lanes}"
+
+
+def _to_int(y: Any, dtype: str, lanes: int = 1) -> Any:
     """float (already clamped to the dtype's range) -> 8-bit, through int32: LLVM turns a direct
     ``fptoui(clamp(nearbyint(x)))`` into a saturating conversion it scalarizes on x86 (5-10x
     slower epilogue)."""
-    return y.astype("int32").astype(dtype)
+    return y.astype(_vec("int32", lanes)).astype(_vec(dtype, lanes))
 
 
 @dataclass(frozen=True)
@@ -86,11 +90,16 @@ class QEpilogue:
 
     def apply_te(self, acc: Any, mult: Any, residual: Any = None) -> Any:
         """The TE expression for one element: ``acc`` int32 (bias already added), ``mult`` its
-        channel's float32 multiplier, ``residual`` the residual element (or None)."""
+        channel's float32 multiplier, ``residual`` the residual element (or None); or for a
+        vector of them (``int32xN`` and ``float32xN``, the constants broadcast)."""
         import tvm
         from tvm import tirx
 
-        f = lambda v: tirx.const(float(v), "float32")  # noqa: E731
+        lanes = int(acc.ty.dtype.lanes)
+
+        def f(v: float) -> Any:
+            c = tirx.const(float(v), "float32")
+            return c if lanes == 1 else tirx.Broadcast(c, lanes)
 
         def clamp(y: Any, bounds: tuple[float, float]) -> Any:
             lo, hi = bounds
@@ -100,25 +109,25 @@ class QEpilogue:
                 y = tvm.te.min(y, f(hi))
             return y
 
-        y = acc.astype("float32") * mult
+        y = acc.astype(_vec("float32", lanes)) * mult
         if self.base_dtype != "float32":
             y = _rint(y) + f(self.base_zp)
-            return _to_int(clamp(y, self.base_bounds), self.base_dtype)
+            return _to_int(clamp(y, self.base_bounds), self.base_dtype, lanes)
         y = clamp(y, self.base_bounds)
         if self.residual is not None:
             assert residual is not None
             if self.residual == "float32":
                 y = y + residual
             else:
-                r = (residual.astype("int32") - tirx.const(self.r_zp, "int32")).astype("float32")
-                y = y + r * f(self.r_scale)
+                r = residual.astype(_vec("int32", lanes)) - tirx.const(self.r_zp, "int32")
+                y = y + r.astype(_vec("float32", lanes)) * f(self.r_scale)
         y = clamp(y, self.post_bounds)
         if self.post_act == "hard_swish":  # the hard_swish op's formula: y * clip(y/6 + 1/2, 0, 1)
             y = y * tvm.te.min(tvm.te.max(y / f(6.0) + f(0.5), f(0.0)), f(1.0))
         if self.q_dtype is None:
             return y
         y = _rint(y / f(self.q_scale)) + f(self.q_zp)
-        return _to_int(clamp(y, _qrange(self.q_dtype)), self.q_dtype)
+        return _to_int(clamp(y, _qrange(self.q_dtype)), self.q_dtype, lanes)
 
     def apply_numpy(
         self, acc: np.ndarray, mult: np.ndarray, residual: np.ndarray | None = None
