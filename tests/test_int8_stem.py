@@ -16,6 +16,8 @@ from mcopt.targets.cpu.kernels.int8_stem_vnni import (  # noqa: E402
     int8_stem_vnni,
     pack_stem_weight,
     stem_applies,
+    stem_geometry,
+    stem_tables,
 )
 from mcopt.targets.cpu.kernels.target_info import host_target  # noqa: E402
 
@@ -25,24 +27,35 @@ FLOAT_OUT = QEpilogue(base_bounds=(-3.0, 6.0))
 
 
 def _stem_here() -> bool:
-    return stem_applies(host_target(), 3, 8, (5, 5), (1, 1), (1, 1), 28, 1, REQUANT)
+    return stem_applies(host_target(), 3, 8, (28, 28), (5, 5), (1, 1), (2,) * 4, (1, 1), 1, REQUANT)
 
 
 needs_stem = pytest.mark.skipif(not _stem_here(), reason="no AVX-512 VNNI + VBMI here")
 
 
+def _blocked(a: np.ndarray, bn: int) -> np.ndarray:
+    n, c, h, w = a.shape
+    cp = -(-c // bn) * bn
+    z = np.zeros((n, cp, h, w), a.dtype)
+    z[:, :c] = a
+    return np.ascontiguousarray(z.reshape(n, cp // bn, bn, h, w).transpose(0, 1, 3, 4, 2))
+
+
 @needs_stem
 @pytest.mark.parametrize(
-    "ic,oc,lanes,hw,k,stride,pad,ep,quant",
+    "ic,oc,lanes,hw,k,stride,pad,ep,src,flat",
     [
-        (1, 3, 8, 28, 5, 1, 2, REQUANT, True),  # LeNet-5's first conv pruned to 3 channels
-        (1, 6, 8, 28, 5, 1, 2, REQUANT, False),  # unpruned, on a u8 input
-        (3, 8, 8, 33, 3, 2, 1, HSWISH_Q, True),  # a 3x3 stride-2 RGB stem, hard-swish
-        (2, 5, 16, 50, 7, 3, 3, FLOAT_OUT, True),  # stride 3, 7x7, float out, 16-lane block
-        (1, 1, 8, 20, 4, 1, 0, REQUANT, True),  # one channel, 4 columns, rows of 17 (overlap)
+        (1, 3, 8, 28, 5, 1, 2, REQUANT, "f32", True),  # LeNet-5's first conv pruned to 3
+        (1, 6, 8, 28, 5, 1, 2, REQUANT, "u8", True),  # unpruned, on a u8 image
+        (3, 8, 8, 33, 3, 2, 1, HSWISH_Q, "f32", False),  # a 3x3 stride-2 RGB stem: rows
+        (2, 5, 16, 50, 7, 3, 3, FLOAT_OUT, "f32", False),  # stride 3, 7x7, float out, 16 lanes
+        (1, 1, 8, 20, 4, 1, 0, REQUANT, "f32", True),  # one channel, 4 columns
+        (3, 8, 8, 14, 5, 1, 0, REQUANT, "nchw8c", True),  # LeNet-5's second conv, pruned
+        (5, 7, 8, 12, 3, 1, 1, HSWISH_Q, "nchw8c", True),  # padded, 7 of 8 lanes
+        (20, 4, 8, 9, 3, 1, 1, REQUANT, "nchw16c", True),  # two input blocks of 16
     ],
 )
-def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, quant):
+def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, src, flat):
     rng = np.random.default_rng(ic * 7 + oc + k)
     scale, zp = 0.0127, 33
     x = (rng.standard_normal((1, ic, hw, hw)) * 1.5).astype(np.float32)
@@ -64,13 +77,20 @@ def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, quant):
     full = np.broadcast_to(be.reshape(1, -1, 1, 1), (1, lanes, oh, ow)).copy()
     full[:, :oc] = acc  # the padding channels: the epilogue of their bias alone
     ref = ep.apply_numpy(full, mult.reshape(1, -1, 1, 1), None)
-    func = int8_stem_vnni(
-        x.shape, oc, lanes, (k, k), (stride,) * 2, (pad,) * 4, x_zero_point=zp, epilogue=ep,
-        in_quant=(scale, zp) if quant else None,
+    xin = {"f32": x, "u8": xq}.get(src)
+    if xin is None:  # a blocked u8 input, garbage in its padding channels
+        bn = int(src[4:-1])
+        xin = _blocked(xq, bn)
+        if ic % bn:
+            xin[:, -1, ..., ic % bn :] = 201
+    func, geom = int8_stem_vnni(
+        xin.shape, oc, lanes, (k, k), (stride,) * 2, (pad,) * 4, in_channels=ic,
+        x_zero_point=zp, epilogue=ep, in_quant=(scale, zp) if src == "f32" else None,
     )  # fmt: skip
+    assert geom.flat == flat
     lib = tvm.compile(tvm.IRModule({"main": func}), target=host_target())
     out = np.full((1, 1, oh, ow, lanes), 77, ep.out_dtype)
-    args = [x if quant else xq, pack_stem_weight(w), be, mult, out]
+    args = [xin, pack_stem_weight(w), be, mult, *(stem_tables(geom) if flat else ()), out]
     targs = [tvm.runtime.tensor(a) for a in args]
     lib["main"](*targs)
     got = targs[-1].numpy()[0, 0].transpose(2, 0, 1)[None]
@@ -78,28 +98,42 @@ def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, quant):
     np.testing.assert_array_equal(got, ref)
 
 
+def test_stem_geometry_flat_blocks_stay_within_one_load():
+    g = stem_geometry((28, 28), (5, 5), (1, 1), (2,) * 4)
+    assert g is not None and g.flat and len(g.starts) == 49 and g.wq == 32
+    assert int(g.perm.max()) < 64 and g.perm.shape == (49, 64)
+    assert stem_geometry((6, 6), (5, 5), (1, 1), (0,) * 4) is None  # 4 output pixels
+    assert stem_geometry((10, 10), (5, 5), (1, 1), (0,) * 4).flat  # 3 rows of 6 in one load
+    wide = stem_geometry((224, 224), (3, 3), (2, 2), (1,) * 4)
+    assert wide is not None and not wide.flat and wide.starts[-1] == 112 - 16
+
+
 def test_stem_applies_only_where_it_saves_work():
     t = host_target()
     ok = _stem_here()
-    assert stem_applies(t, 8, 8, (3, 3), (2, 2), (1, 1), 112, 1, REQUANT) == ok
-    assert not stem_applies(t, 16, 16, (3, 3), (2, 2), (1, 1), 112, 1, REQUANT)  # 16 channels
-    assert not stem_applies(t, 3, 8, (5, 5), (1, 1), (1, 1), 10, 1, REQUANT)  # row of 10
-    assert not stem_applies(t, 3, 8, (5, 5), (4, 4), (1, 1), 28, 1, REQUANT)  # stride 4
-    assert not stem_applies(t, 3, 8, (5, 5), (1, 1), (2, 2), 28, 1, REQUANT)  # dilated
-    res = QEpilogue(residual="uint8", q_dtype="uint8")
-    assert not stem_applies(t, 3, 8, (5, 5), (1, 1), (1, 1), 28, 1, res)
-    avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})
-    assert not stem_applies(avx2, 3, 8, (5, 5), (1, 1), (1, 1), 28, 1, REQUANT)
-    assert stem_applies(
-        tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server"}),
-        3, 8, (5, 5), (1, 1), (1, 1), 28, 1, REQUANT,
-    )  # fmt: skip
+
+    def applies(oc=3, lanes=8, hw=28, k=5, s=1, pad=2, dil=1, ep=REQUANT, target=t, ib=None):
+        return stem_applies(
+            target, oc, lanes, (hw, hw), (k, k), (s, s), (pad,) * 4, (dil, dil), 1, ep, ib
+        )
+
+    assert applies(oc=8, k=3, s=2, hw=224, pad=1) == ok
+    assert applies(ib=8, hw=14, pad=0) == ok  # LeNet-5's second conv
+    assert not applies(oc=16, lanes=16)  # 16 channels: the window form
+    assert not applies(s=5)  # 16 windows of stride 5 do not fit one load
+    assert not applies(dil=2)
+    assert not applies(ep=QEpilogue(residual="uint8", q_dtype="uint8"))
+    assert not applies(ib=4)
+    assert not applies(ib=16, hw=3, k=1, pad=0)  # rows shorter than one load
+    assert not applies(target=tvm.target.Target({"kind": "llvm", "mcpu": "znver3"}))
+    assert applies(target=tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server"}))
 
 
 @needs_stem
 def test_lenet5_int8_build_runs_its_first_conv_on_the_stem_form():
     """The planned LeNet-5 int8 build on this host: the first conv (6 channels, 5x5, the image)
-    is the stem kernel, and the build equals the interpreter on real digits."""
+    is the stem kernel (the second has 16 channels: the window form), and the build equals the
+    interpreter on real digits."""
     import onnx
 
     from mcopt.interpreter import run

@@ -133,13 +133,17 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         return
     window = node.attrs["kernel"] == "int8_window"
     groups = int(at["groups"])
-    if window and plain_in and occ == 1 and (in_quant is not None or in_dtype == "uint8"):
+    stem_in = plain_in and (in_quant is not None or in_dtype == "uint8")
+    stem_in = stem_in or (not plain_in and in_dtype == "uint8" and lx.bn in (8, 16))
+    if window and occ == 1 and stem_in:
         from mcopt.targets.cpu.kernels.int8_stem_vnni import stem_applies
 
         if stem_applies(
-            target, oc, lanes, (kh, kw), at["strides"], at["dilations"], ow, groups, ep
-        ):
-            _lower_stem(vals, node, x, w, b_pad, x_zp, mult, ep, in_quant, lout)
+            target, oc, lanes, (h, wd), (kh, kw), at["strides"], at["pads"], at["dilations"],
+            groups, ep, None if plain_in else lx.bn,
+        ):  # fmt: skip
+            in_shape = tuple(x_v.shape) if plain_in else lx.blocked_shape(tuple(x_v.shape))
+            _lower_stem(vals, node, x, in_shape, w, b_pad, x_zp, mult, ep, in_quant, lout)
             return
     gwin = None
     if groups > 1:  # each output block reduces over a window of blocks holding its groups
@@ -190,13 +194,18 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
 
 
 def _lower_stem(
-    vals: Any, node: Node, x: Any, w: np.ndarray, b_pad: np.ndarray, x_zp: int,
+    vals: Any, node: Node, x: Any, in_shape: tuple[int, ...], w: np.ndarray, b_pad: np.ndarray,
+    x_zp: int,
     mult: np.ndarray, ep: QEpilogue, in_quant: tuple[float, int] | None, lout: BlockedLayout,
 ) -> None:  # fmt: skip
-    """The pixels-on-lanes form (:mod:`.kernels.int8_stem_vnni`) of a few-channel conv on the
-    plain (NCHW) input: one output block of ``lout.bn`` channels."""
+    """The pixels-on-lanes form (:mod:`.kernels.int8_stem_vnni`) of a few-channel conv (the plain
+    image or a blocked u8 input ``in_shape``): one output block of ``lout.bn`` channels."""
     from mcopt.targets.cpu.kernels import int8_conv
-    from mcopt.targets.cpu.kernels.int8_stem_vnni import int8_stem_vnni, pack_stem_weight
+    from mcopt.targets.cpu.kernels.int8_stem_vnni import (
+        int8_stem_vnni,
+        pack_stem_weight,
+        stem_tables,
+    )
     from mcopt.targets.cpu.kernels.relax_ops import call_kernel
     from mcopt.targets.cpu.lower_planned import _check_shape
 
@@ -205,8 +214,8 @@ def _lower_stem(
     assert x_v is not None
     oc, _, kh, kw = w.shape
     lanes = lout.bn
-    func = int8_stem_vnni(
-        tuple(x_v.shape), oc, lanes, (kh, kw), at["strides"], at["pads"],
+    func, geom = int8_stem_vnni(
+        in_shape, oc, lanes, (kh, kw), at["strides"], at["pads"], in_channels=w.shape[1],
         in_dtype=str(x_v.dtype), x_zero_point=x_zp, epilogue=ep, in_quant=in_quant,
     )  # fmt: skip
     wp = np.zeros((lanes, *w.shape[1:]), np.int8)
@@ -214,6 +223,8 @@ def _lower_stem(
     be = int8_conv.conv_bias_eff(wp, b_pad, x_zp, lanes)
     ctx = vals.ctx
     args = [x, ctx.const(pack_stem_weight(w)), ctx.const(be), ctx.const(mult)]
+    if geom.flat:
+        args += [ctx.const(t) for t in stem_tables(geom)]
     out_shape = lout.blocked_shape(tuple(node.output.shape))
     y = call_kernel(ctx.bb, func, "qconv2d_stem", args, out_shape, ep.out_dtype)
     _check_shape(node, y, lout)

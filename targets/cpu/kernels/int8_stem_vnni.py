@@ -2,34 +2,39 @@
 
 The ``window`` form of :func:`.int8_conv_nchwc.int8_conv2d_nchwc` puts output channels on the
 lanes: one ``vpdpbusd`` per output pixel, kernel row and group of 4 kernel columns, each with a
-broadcast of the pixel's 4 input bytes. A conv with few output channels (LeNet-5's first conv:
-6, 3 once pruned; 8 lanes) leaves most lanes on padding. Here the 16 lanes of a ``zmm`` are 16
-consecutive output pixels of one row and one channel::
+broadcast of the pixel's 4 input bytes. A conv with few output channels (LeNet-5's convs: 6 and
+16, 3 and 8 once pruned; 8 lanes) leaves most lanes on padding. Here the 16 lanes of a ``zmm``
+are 16 output pixels of one channel::
 
-    acc[c][p] = bias_eff[c] + sum_{ci, r, g} sum_{k<4} xq[ci, y*sh + r, (x0 + p)*sw + 4g + k]
+    acc[c][p] = bias_eff[c] + sum_{ci, r, g} sum_{k<4} xq[ci, y_p*sh + r, x_p*sw + 4g + k]
                                                          * w[c, ci, r, 4g + k]
-    out[n, 0, y, x0 + p, c] = QEpilogue(acc[c][p], mult[c])          (p < 16, c < L)
+    out[n, 0, y_p, x_p, c] = QEpilogue(acc[c][p], mult[c])          (p < 16, c < L)
 
-- ``xq`` is a padded 8-bit copy of the plain NCHW input (the float image quantized on the way,
-  ``round(x / scale) + zp`` clamped, as the ``quantize`` op does, or a u8 input copied), padded
-  with the input's zero point; each row holds at least 64 bytes past any block's start;
-- per (input channel, kernel row, column group): one 64-byte load of the row at ``x0*sw + 4g``,
-  one byte permutation (``vpermb``) into the 16 pixels' 4-byte windows (pixel ``p``, tap ``k``:
-  byte ``p*sw + k``), then one ``vpdpbusd`` per output channel with the 4 weights broadcast;
+- ``xq`` is a padded 8-bit copy of the input, one plane per channel (rows of ``W + pl + pr``),
+  padded with the input's zero point: the float image quantized on the way (``round(x / scale) +
+  zp`` clamped, as the ``quantize`` op does), a u8 image copied, or a blocked ``NCHW[ib]c`` u8
+  tensor unblocked (one 64-byte load of ``64 / ib`` pixels, one shuffle per channel);
+- a block is 16 consecutive pixels of the flattened output plane (``flat``: where every block's
+  windows lie within 64 bytes of its first one, e.g. LeNet-5's 28- and 10-pixel rows; the
+  permutation of each block is a row of a table argument) or 16 pixels of one output row
+  (``rows``: wide images; one permutation for all). The last block overlaps the one before (the
+  same values written twice), so no store leaves the plane / row;
+- per (input channel, kernel row, column group): one 64-byte load at the block's first window,
+  one byte permutation (``vpermb``) into the 16 pixels' 4-byte windows, then one ``vpdpbusd`` per
+  output channel with its 4 weights broadcast;
 - the epilogue runs on the 16 pixels of each channel, then one shuffle interleaves the ``L``
-  channels' results into the ``NCHW[L]c`` block (16 pixels x ``L`` channels, contiguous). Blocks
-  are 16 pixels; a row whose width is not a multiple of 16 ends with a block that overlaps the one
-  before (the same values written twice), so no store leaves the row.
+  channels into the ``NCHW[L]c`` block (16 pixels x ``L`` channels, contiguous).
 
-Dot products: ``ceil(OW/16) * OH * OC * C * KH * ceil(KW/4)`` (LeNet-5's 5x5 conv, 3 channels:
-1,680 of 16 lanes) against ``OW * OH * C * KH * ceil(KW/4)`` of ``L`` lanes for the window form
-(7,840): fewer whenever ``OC`` is below the lanes. Channels ``OC..L-1`` of the block (padding)
-get the epilogue of their bias alone, as the window form's zero weights give.
+Dot products: ``ceil(OH*OW/16) * OC * C * KH * ceil(KW/4)`` of 16 lanes against ``OH * OW * C
+* KH * ceil(KW/4)`` of ``L`` lanes for the window form: LeNet-5's first conv pruned to 3
+channels 1,470 against 7,840. Channels ``OC..L-1`` of the block (padding) get the epilogue of
+their bias alone, as the window form's zero weights give.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,42 +46,110 @@ from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
 #: output pixels per block (the 16 int32 lanes of a zmm)
 PIXELS = 16
 #: most output channels the form takes (accumulators in registers; above this the window
-#: form's channel lanes are not mostly padding any more)
+#: form's channel lanes are not mostly padding any more: 16 channels ran 2.4 us against 1.6)
 MAX_CHANNELS = 8
+#: most blocks of the flat form (its permutation table: 64 bytes a block)
+MAX_FLAT_BLOCKS = 128
+#: bytes past the copy's last plane that a block's loads may read (zero weights only)
+SLACK = 128
 
 
 def _window_groups(kw: int) -> int:
     return -(-kw // 4)
 
 
+@dataclass(frozen=True)
+class StemGeometry:
+    """Where a conv's pixel blocks read: ``starts`` (first pixel of each block, flattened when
+    ``flat``, else within a row), ``offsets[i]`` the copy offset (in a plane) of block ``i``'s
+    first window and ``perm[i]`` its 64 permutation bytes (flat; else one row for all blocks)."""
+
+    oh: int
+    ow: int
+    hp: int
+    wq: int
+    flat: bool
+    starts: tuple[int, ...]
+    offsets: np.ndarray
+    perm: np.ndarray
+
+    @property
+    def plane(self) -> int:
+        return self.hp * self.wq
+
+
+def stem_geometry(
+    in_hw: tuple[int, int], kernel_hw: tuple[int, int], strides: Sequence[int],
+    pads: Sequence[int],
+) -> StemGeometry | None:  # fmt: skip
+    """The blocks of a conv, flat where they fit (module docstring), else rows; None when
+    neither does (rows of fewer than 16 pixels whose blocks span more than 64 bytes)."""
+    h, w = in_hw
+    kh, kw = kernel_hw
+    sh, sw = _pair(tuple(strides))
+    pt, pl, pb, pr = _pads(tuple(pads))
+    oh = conv_out_size(h, kh, sh, pt, pb, 1)
+    ow = conv_out_size(w, kw, sw, pl, pr, 1)
+    hp, wq = h + pt + pb, w + pl + pr
+    plane = oh * ow
+    if plane < PIXELS or sw * (PIXELS - 1) + 3 >= 64:
+        return None
+    nblk = -(-plane // PIXELS)
+    if nblk <= MAX_FLAT_BLOCKS:
+        starts = [min(PIXELS * i, plane - PIXELS) for i in range(nblk)]
+        offsets, perm = [], []
+        for q0 in starts:
+            y, x = np.divmod(np.arange(q0, q0 + PIXELS), ow)
+            pos = y * sh * wq + x * sw
+            rel = pos - pos[0]
+            if rel.max() + 3 >= 64:
+                break
+            offsets.append(int(pos[0]))
+            perm.append((rel[:, None] + np.arange(4)[None, :]).reshape(-1))
+        else:
+            return StemGeometry(
+                oh, ow, hp, wq, True, tuple(starts), np.asarray(offsets, np.int32),
+                np.asarray(perm, np.uint8),
+            )  # fmt: skip
+    if ow < PIXELS:
+        return None
+    starts = [min(PIXELS * i, ow - PIXELS) for i in range(-(-ow // PIXELS))]
+    perm1 = (np.arange(PIXELS)[:, None] * sw + np.arange(4)[None, :]).reshape(1, -1)
+    offsets1 = np.asarray([x0 * sw for x0 in starts], np.int32)
+    return StemGeometry(oh, ow, hp, wq, False, tuple(starts), offsets1, perm1.astype(np.uint8))
+
+
 def stem_applies(
     target: Any,
     oc: int,
     lanes: int,
+    in_hw: tuple[int, int],
     kernel_hw: tuple[int, int],
     strides: Sequence[int],
+    pads: Sequence[int],
     dilations: Sequence[int],
-    out_w: int,
     groups: int,
     epilogue: QEpilogue,
+    in_block: int | None = None,
 ) -> bool:
-    """Whether a ``window``-form conv on a plain input runs here instead: an AVX-512 VNNI + VBMI
-    target, ``oc <= MAX_CHANNELS`` (and no more than the block's ``lanes``), not grouped, column
-    stride at most 3 (16 windows inside one 64-byte load), no dilation, output rows of at least
-    16 pixels, no residual in the epilogue."""
+    """Whether a ``window``-form conv runs here instead: an AVX-512 VNNI + VBMI target, ``oc <=
+    MAX_CHANNELS`` (and no more than the block's ``lanes``), not grouped, no dilation, no residual
+    in the epilogue, blocks that fit (:func:`stem_geometry`); a blocked input (``in_block``: its
+    channel block) in blocks of 8 or 16 with rows of at least ``64 / in_block`` pixels."""
     import tvm
 
     from mcopt.targets.cpu.kernels.int8_intrin import _has
 
-    sh, sw = _pair(tuple(strides))
     if not (
         groups == 1
         and 0 < oc <= min(MAX_CHANNELS, lanes)
-        and 1 <= sw <= 3
         and _pair(tuple(dilations)) == (1, 1)
-        and out_w >= PIXELS
         and epilogue.residual is None
     ):
+        return False
+    if in_block is not None and (in_block not in (8, 16) or in_hw[1] < 64 // in_block):
+        return False
+    if stem_geometry(in_hw, kernel_hw, strides, pads) is None:
         return False
     if not isinstance(target, tvm.target.Target):
         target = tvm.target.Target(target)
@@ -93,6 +166,11 @@ def pack_stem_weight(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(wp).view(np.int32).reshape(oc, c, kh, g)
 
 
+def stem_tables(geom: StemGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """The flat form's table arguments: ``(offsets (B,) int32, perm (B, 64) uint8)``."""
+    return geom.offsets, geom.perm
+
+
 def int8_stem_vnni(
     in_shape: Sequence[int],
     oc: int,
@@ -101,69 +179,98 @@ def int8_stem_vnni(
     strides: Sequence[int] = (1, 1),
     pads: Sequence[int] = (0, 0, 0, 0),
     *,
+    in_channels: int | None = None,
     in_dtype: str = "uint8",
     x_zero_point: int = 0,
     epilogue: QEpilogue,
     in_quant: tuple[float, int] | None = None,
-) -> Any:
-    """The PrimFunc ``(x (N, C, H, W), kernel (OC, C, KH, G) i32, bias (L,) i32, mult (L,) f32,
-    out (N, 1, OH, OW, L))`` (module docstring): ``x`` float32 when ``in_quant = (scale, zp)``
-    (quantized to u8 in the copy), else u8; ``kernel`` from :func:`pack_stem_weight`; ``bias``
-    :func:`.int8_conv.conv_bias_eff` with ``x_zero_point``; ``lanes`` the output block."""
+) -> tuple[Any, StemGeometry]:
+    """The PrimFunc ``(x, kernel (OC, C, KH, G) i32, bias (L,) i32, mult (L,) f32, [offsets
+    (B,) i32, perm (B, 64) u8,] out (N, 1, OH, OW, L))`` (module docstring) and its geometry
+    (the tables, for the flat form, are :func:`stem_tables` of it). ``x``: a plain ``(N, C, H,
+    W)`` input, float32 when ``in_quant = (scale, zp)`` (quantized to u8 in the copy), else u8;
+    or a blocked ``(N, ICb, H, W, ib)`` u8 one whose first ``in_channels`` channels are read.
+    ``kernel`` from :func:`pack_stem_weight`; ``bias`` :func:`.int8_conv.conv_bias_eff` with
+    ``x_zero_point``; ``lanes`` the output block."""
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
     from tvm.target.codegen import llvm_version_major
 
+    blocked = len(in_shape) == 5
     if in_quant is None and in_dtype != "uint8":
         raise ValueError(f"the stem form reads a u8 input or quantizes a float one, not {in_dtype}")
     if epilogue.residual is not None:
         raise ValueError("the stem form has no residual input")
-    n, c_in, h, w = (int(d) for d in in_shape)
+    if blocked:
+        n, icb, h, w, ib = (int(d) for d in in_shape)
+        c_in = int(in_channels if in_channels is not None else icb * ib)
+        if in_quant is not None or ib not in (8, 16) or w < 64 // ib or c_in > icb * ib:
+            raise ValueError(f"stem form: blocked input {tuple(in_shape)}, {c_in} channels")
+    else:
+        n, c_in, h, w = (int(d) for d in in_shape)
     kh, kw = kernel_hw
     sh, sw = _pair(tuple(strides))
     pt, pl, pb, pr = _pads(tuple(pads))
-    oh = conv_out_size(h, kh, sh, pt, pb, 1)
-    ow = conv_out_size(w, kw, sw, pl, pr, 1)
-    if ow < PIXELS or not 0 < oc <= lanes:
-        raise ValueError(f"stem form: {oc} channels in blocks of {lanes}, rows of {ow} pixels")
+    geom = stem_geometry((h, w), kernel_hw, strides, pads)
+    if geom is None or not 0 < oc <= lanes:
+        raise ValueError(f"stem form: {oc} channels in blocks of {lanes}, input {h}x{w}")
+    oh, ow, wq, plane = geom.oh, geom.ow, geom.wq, geom.plane
     g_n = _window_groups(kw)
-    starts = [min(PIXELS * i, ow - PIXELS) for i in range(-(-ow // PIXELS))]
-    hp = h + pt + pb
-    # each block's loads read 64 bytes from column x0*sw + 4g
-    wq = max(w + pl + pr, (ow - PIXELS) * sw + 4 * (g_n - 1) + 64)
-    wq = -(-wq // 64) * 64
-    plane = hp * wq
+    nblk = len(geom.starts)
     out_dtype = epilogue.out_dtype
-    pad_val = int(x_zero_point)
     lo, hi = qrange("uint8")
-    idx = [tirx.IntImm("int32", p * sw + k) for p in range(PIXELS) for k in range(4)]
     order = [tirx.IntImm("int32", c * PIXELS + p) for p in range(PIXELS) for c in range(lanes)]
     op_dtype = "int8x64" if llvm_version_major() >= 20 else "int32x16"
-    vnni = "llvm.x86.avx512.vpdpbusd.512"
+    padded = any((pt, pl, pb, pr))
+
+    def intrin(dtype: str, name: str, *args: Any) -> Any:
+        return T.call_llvm_pure_intrin(dtype, T.llvm_lookup_intrinsic_id(name), *args)
 
     def fconst(v: float) -> Any:
         return tirx.const(float(v), "float32")
 
-    with IRBuilder() as ib:
+    with IRBuilder() as ib_:
         with T.prim_func():
             T.func_name("main")
-            x = T.arg("x", T.buffer((n, c_in, h, w), "float32" if in_quant else "uint8"))
+            if blocked:
+                x = T.arg("x", T.buffer((n, icb, h, w, ib), "uint8"))
+            else:
+                x = T.arg("x", T.buffer((n, c_in, h, w), "float32" if in_quant else "uint8"))
             kern = T.arg("kernel", T.buffer((oc, c_in, kh, g_n), "int32"))
             bias = T.arg("bias", T.buffer((lanes,), "int32"))
             mult = T.arg("mult", T.buffer((lanes,), "float32"))
+            if geom.flat:
+                offs = T.arg("offsets", T.buffer((nblk,), "int32"))
+                perm = T.arg("perm", T.buffer((nblk, 64), "uint8"))
             out = T.arg("out", T.buffer((n, 1, oh, ow, lanes), out_dtype))
             T.func_attr({"tirx.noalias": True})
-            xq = T.alloc_buffer((c_in * plane,), "uint8")
+            xq = T.alloc_buffer((c_in * plane + SLACK,), "uint8")
             acc = T.alloc_local((oc * PIXELS,), "int32")
-            with T.serial(0, n) as b_:
-                # the padded 8-bit copy: the zero point everywhere, then the rows
-                with T.serial(0, c_in * plane // 64) as i:
-                    T.buffer_store(
-                        xq,
-                        tirx.Broadcast(tirx.const(pad_val, "uint8"), 64),
-                        [tirx.Ramp(i * 64, 1, 64)],
-                    )
+
+            def copy_in(b_: Any) -> None:
+                """The padded 8-bit planes of image ``b_``."""
+                if padded:  # the zero point everywhere, then the rows
+                    with T.serial(0, c_in * plane // 64) as i:
+                        T.buffer_store(
+                            xq, tirx.Broadcast(tirx.const(x_zero_point, "uint8"), 64),
+                            [tirx.Ramp(i * 64, 1, 64)],
+                        )  # fmt: skip
+                    for i in range(c_in * plane // 64 * 64, c_in * plane):
+                        T.buffer_store(xq, tirx.const(x_zero_point, "uint8"), [i])
+                if blocked:  # 64 / ib pixels a load, one shuffle per channel
+                    gp = 64 // ib
+                    for cb in range(-(-c_in // ib)):
+                        with T.serial(0, h) as y:
+                            for x0 in sorted({min(gp * i, w - gp) for i in range(-(-w // gp))}):
+                                v = T.bind(x.vload([b_, cb, y, x0, 0], "uint8x64"))
+                                for k in range(min(ib, c_in - cb * ib)):
+                                    sel = [tirx.IntImm("int32", p * ib + k) for p in range(gp)]
+                                    dst = (cb * ib + k) * plane + (y + pt) * wq + pl + x0
+                                    T.buffer_store(
+                                        xq, tirx.Shuffle([v], sel), [tirx.Ramp(dst, 1, gp)]
+                                    )
+                    return
                 with T.serial(0, c_in) as ci:
                     with T.serial(0, h) as y:
                         with T.vectorized(0, w) as xx:
@@ -173,40 +280,69 @@ def int8_stem_vnni(
                                 q = tirx.max(tirx.min(q, fconst(hi)), fconst(lo))
                                 v = q.astype("int32").astype("uint8")
                             T.buffer_store(xq, v, [ci * plane + (y + pt) * wq + pl + xx])
-                with T.serial(0, oh) as y:
-                    for x0 in starts:
-                        for c in range(oc):
-                            T.buffer_store(
-                                acc, tirx.Broadcast(bias[c], PIXELS),
-                                [tirx.Ramp(c * PIXELS, 1, PIXELS)],
-                            )  # fmt: skip
-                        with T.serial(0, c_in) as ci:
-                            for r in range(kh):
-                                for g in range(g_n):
-                                    row = ci * plane + (y * sh + r) * wq + x0 * sw + 4 * g
-                                    a = T.bind(tirx.Shuffle([xq.vload([row], "uint8x64")], idx))
-                                    a_op = T.reinterpret(op_dtype, a)
-                                    for c in range(oc):
-                                        wv = tirx.Broadcast(kern[c, ci, r, g], PIXELS)
-                                        cur = acc.vload([c * PIXELS], "int32x16")
-                                        new = T.call_llvm_pure_intrin(
-                                            "int32x16", T.llvm_lookup_intrinsic_id(vnni),
-                                            cur, a_op, T.reinterpret(op_dtype, wv),
-                                        )  # fmt: skip
-                                        T.buffer_store(acc, new, [tirx.Ramp(c * PIXELS, 1, PIXELS)])
-                        vals = []
-                        for c in range(lanes):
-                            av = (
-                                acc.vload([c * PIXELS], "int32x16")
-                                if c < oc
-                                else tirx.Broadcast(bias[c], PIXELS)
+
+            def block(base: Any, permute: Any, store_at: list[Any]) -> None:
+                """One block: ``base`` its first window's offset in a plane, ``permute(v)`` the
+                16 windows of a 64-byte load, the result stored at ``store_at``."""
+                for c in range(oc):
+                    T.buffer_store(
+                        acc, tirx.Broadcast(bias[c], PIXELS), [tirx.Ramp(c * PIXELS, 1, PIXELS)]
+                    )
+                with T.serial(0, c_in) as ci:
+                    for r in range(kh):
+                        for g in range(g_n):
+                            at = ci * plane + base + r * wq + 4 * g
+                            a_op = T.bind(
+                                T.reinterpret(op_dtype, permute(xq.vload([at], "uint8x64")))
                             )
-                            vals.append(epilogue.apply_te(av, tirx.Broadcast(mult[c], PIXELS)))
-                        T.buffer_store(
-                            out, tirx.Shuffle(vals, order),
-                            [b_, 0, y, x0, tirx.Ramp(0, 1, PIXELS * lanes)],
+                            for c in range(oc):
+                                wv = T.reinterpret(
+                                    op_dtype, tirx.Broadcast(kern[c, ci, r, g], PIXELS)
+                                )
+                                cur = acc.vload([c * PIXELS], "int32x16")
+                                new = intrin(
+                                    "int32x16", "llvm.x86.avx512.vpdpbusd.512", cur, a_op, wv
+                                )
+                                T.buffer_store(acc, new, [tirx.Ramp(c * PIXELS, 1, PIXELS)])
+                vals = []
+                for c in range(lanes):
+                    av = acc.vload([c * PIXELS], "int32x16") if c < oc else None
+                    if av is None:
+                        av = tirx.Broadcast(bias[c], PIXELS)
+                    vals.append(epilogue.apply_te(av, tirx.Broadcast(mult[c], PIXELS)))
+                T.buffer_store(out, tirx.Shuffle(vals, order), store_at)
+
+            with T.serial(0, n) as b_:
+                copy_in(b_)
+                if geom.flat:
+                    with T.serial(0, nblk) as i:
+                        q0 = T.bind(tirx.min(i * PIXELS, oh * ow - PIXELS))
+                        pv = T.bind(perm.vload([i, 0], "uint8x64"))
+
+                        def permute_var(v: Any, pv: Any = pv) -> Any:
+                            return intrin("uint8x64", "llvm.x86.avx512.permvar.qi.512", v, pv)
+
+                        block(
+                            offs[i], permute_var,
+                            [b_, 0, 0, 0, tirx.Ramp(q0 * lanes, 1, PIXELS * lanes)],
                         )  # fmt: skip
-    return ib.get().with_attr("tirx.is_scheduled", True)
+                else:
+                    idx = [tirx.IntImm("int32", int(j)) for j in geom.perm[0]]
+                    with T.serial(0, oh) as y:
+                        for x0 in geom.starts:
+                            block(
+                                y * sh * wq + x0 * sw, lambda v: tirx.Shuffle([v], idx),
+                                [b_, 0, y, x0, tirx.Ramp(0, 1, PIXELS * lanes)],
+                            )  # fmt: skip
+    return ib_.get().with_attr("tirx.is_scheduled", True), geom
 
 
-__all__ = ["MAX_CHANNELS", "int8_stem_vnni", "pack_stem_weight", "stem_applies"]
+__all__ = [
+    "MAX_CHANNELS",
+    "StemGeometry",
+    "int8_stem_vnni",
+    "pack_stem_weight",
+    "stem_applies",
+    "stem_geometry",
+    "stem_tables",
+]
