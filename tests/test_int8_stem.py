@@ -43,19 +43,36 @@ def _blocked(a: np.ndarray, bn: int) -> np.ndarray:
 
 @needs_stem
 @pytest.mark.parametrize(
-    "ic,oc,lanes,hw,k,stride,pad,ep,src,flat",
+    "ic,oc,lanes,hw,k,stride,pad,ep,src,flat,pool",
     [
-        (1, 3, 8, 28, 5, 1, 2, REQUANT, "f32", True),  # LeNet-5's first conv pruned to 3
-        (1, 6, 8, 28, 5, 1, 2, REQUANT, "u8", True),  # unpruned, on a u8 image
-        (3, 8, 8, 33, 3, 2, 1, HSWISH_Q, "f32", False),  # a 3x3 stride-2 RGB stem: rows
-        (2, 5, 16, 50, 7, 3, 3, FLOAT_OUT, "f32", False),  # stride 3, 7x7, float out, 16 lanes
-        (1, 1, 8, 20, 4, 1, 0, REQUANT, "f32", True),  # one channel, 4 columns
-        (3, 8, 8, 14, 5, 1, 0, REQUANT, "nchw8c", True),  # LeNet-5's second conv, pruned
-        (5, 7, 8, 12, 3, 1, 1, HSWISH_Q, "nchw8c", True),  # padded, 7 of 8 lanes
-        (20, 4, 8, 9, 3, 1, 1, REQUANT, "nchw16c", True),  # two input blocks of 16
+        (1, 3, 8, 28, 5, 1, 2, REQUANT, "f32", True, (1, 1)),  # LeNet-5's first conv pruned to 3
+        (1, 6, 8, 28, 5, 1, 2, REQUANT, "u8", True, (1, 1)),  # unpruned, on a u8 image
+        (3, 8, 8, 33, 3, 2, 1, HSWISH_Q, "f32", True, (1, 1)),  # 3x3 stride-2 RGB stem: 2 loads
+        (
+            2,
+            5,
+            16,
+            50,
+            7,
+            3,
+            3,
+            FLOAT_OUT,
+            "f32",
+            False,
+            (1, 1),
+        ),  # stride 3, 7x7, float out, 16 lanes
+        (1, 1, 8, 20, 4, 1, 0, REQUANT, "f32", True, (1, 1)),  # one channel, 4 columns
+        (3, 8, 8, 14, 5, 1, 0, REQUANT, "nchw8c", True, (1, 1)),  # LeNet-5's second conv, pruned
+        (5, 7, 8, 12, 3, 1, 1, HSWISH_Q, "nchw8c", True, (1, 1)),  # padded, 7 of 8 lanes
+        (20, 4, 8, 9, 3, 1, 1, REQUANT, "nchw16c", True, (1, 1)),  # two input blocks of 16
+        # a max pool fused: LeNet-5's conv1 + pool (pooled rows of 14: two loads a block), conv2
+        (1, 3, 8, 28, 5, 1, 2, REQUANT, "f32", True, (2, 2)),
+        (3, 8, 8, 14, 5, 1, 0, REQUANT, "nchw8c", True, (2, 2)),
+        (1, 6, 8, 130, 3, 1, 1, FLOAT_OUT, "u8", False, (2, 2)),  # 65 x 65 pooled: rows
+        (1, 4, 8, 52, 3, 1, 0, REQUANT, "f32", True, (3, 3)),  # a 3x3 pool, 50 -> 16
     ],
 )
-def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, src, flat):
+def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, src, flat, pool):
     rng = np.random.default_rng(ic * 7 + oc + k)
     scale, zp = 0.0127, 33
     x = (rng.standard_normal((1, ic, hw, hw)) * 1.5).astype(np.float32)
@@ -77,6 +94,9 @@ def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, src, fl
     full = np.broadcast_to(be.reshape(1, -1, 1, 1), (1, lanes, oh, ow)).copy()
     full[:, :oc] = acc  # the padding channels: the epilogue of their bias alone
     ref = ep.apply_numpy(full, mult.reshape(1, -1, 1, 1), None)
+    ph, pw = pool
+    oh, ow = oh // ph, ow // pw
+    ref = ref[:, :, : oh * ph, : ow * pw].reshape(1, lanes, oh, ph, ow, pw).max(axis=(3, 5))
     xin = {"f32": x, "u8": xq}.get(src)
     if xin is None:  # a blocked u8 input, garbage in its padding channels
         bn = int(src[4:-1])
@@ -85,9 +105,9 @@ def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, src, fl
             xin[:, -1, ..., ic % bn :] = 201
     func, geom = int8_stem_vnni(
         xin.shape, oc, lanes, (k, k), (stride,) * 2, (pad,) * 4, in_channels=ic,
-        x_zero_point=zp, epilogue=ep, in_quant=(scale, zp) if src == "f32" else None,
+        x_zero_point=zp, epilogue=ep, in_quant=(scale, zp) if src == "f32" else None, pool=pool,
     )  # fmt: skip
-    assert geom.flat == flat
+    assert geom.flat == flat and (geom.oh, geom.ow) == (oh, ow)
     lib = tvm.compile(tvm.IRModule({"main": func}), target=host_target())
     out = np.full((1, 1, oh, ow, lanes), 77, ep.out_dtype)
     args = [xin, pack_stem_weight(w), be, mult, *(stem_tables(geom) if flat else ()), out]
@@ -130,9 +150,11 @@ def test_stem_applies_only_where_it_saves_work():
 
 
 @needs_stem
-def test_lenet5_int8_build_runs_its_first_conv_on_the_stem_form():
+@pytest.mark.parametrize("prune", [False, True])
+def test_lenet5_int8_build_runs_its_convs_on_the_stem_form(prune):
     """The planned LeNet-5 int8 build on this host: the first conv (6 channels, 5x5, the image)
-    is the stem kernel (the second has 16 channels: the window form), and the build equals the
+    and the max pool after it are one stem kernel; the second conv (16 channels) stays on the
+    window form with its own pool, unless pruned to 8 channels; the build equals the
     interpreter on real digits."""
     import onnx
 
@@ -145,9 +167,11 @@ def test_lenet5_int8_build_runs_its_first_conv_on_the_stem_form():
     g = import_model(onnx.load(zoo.lenet5_path()))
     x, _ = zoo.mnist_test_set()
     feeds = [{g.inputs[0].name: x[i : i + 1].reshape(g.inputs[0].shape)} for i in range(6)]
-    PassManager(["cleanup", "quantize-int8"]).run(g, PassContext(calib=feeds[:2]))
+    passes = ["cleanup", "prune-channels:ratio=0.5,round_to=8"] if prune else ["cleanup"]
+    PassManager([*passes, "quantize-int8"]).run(g, PassContext(calib=feeds[:2]))
     cm = build(g, "cpu")
-    names = [r["name"] for r in cm.profile(feeds[2], repeat=1)]
-    assert names.count("qconv2d_stem") == 1
+    names = [r["name"].rstrip("0123456789") for r in cm.profile(feeds[2], repeat=1)]
+    assert names.count("qconv2d_stem_maxpool") == (2 if prune else 1)
+    assert names.count("max_pool_nchwc") == (0 if prune else 1)
     for f in feeds[2:]:
         np.testing.assert_array_equal(cm.run(f)[0], run(g, f)[0])

@@ -138,13 +138,18 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     if window and occ == 1 and stem_in:
         from mcopt.targets.cpu.kernels.int8_stem_vnni import stem_applies
 
-        if stem_applies(
-            target, oc, lanes, (h, wd), (kh, kw), at["strides"], at["pads"], at["dilations"],
-            groups, ep, None if plain_in else lx.bn,
-        ):  # fmt: skip
-            in_shape = tuple(x_v.shape) if plain_in else lx.blocked_shape(tuple(x_v.shape))
-            _lower_stem(vals, node, x, in_shape, w, b_pad, x_zp, mult, ep, in_quant, lout)
-            return
+        pool = _fusable_pool(vals, node, mult)
+        for pool_node in (pool, None) if pool is not None else (None,):
+            size = (1, 1) if pool_node is None else tuple(pool_node.attrs["kernel"])
+            if stem_applies(
+                target, oc, lanes, (h, wd), (kh, kw), at["strides"], at["pads"],
+                at["dilations"], groups, ep, None if plain_in else lx.bn, size,
+            ):  # fmt: skip
+                in_shape = tuple(x_v.shape) if plain_in else lx.blocked_shape(tuple(x_v.shape))
+                _lower_stem(
+                    vals, node, x, in_shape, w, b_pad, x_zp, mult, ep, in_quant, lout, pool_node
+                )
+                return
     gwin = None
     if groups > 1:  # each output block reduces over a window of blocks holding its groups
         wp, gwin = grouped_window_weight(w, groups, lx.padded // lx.bn, lx.bn, lanes)
@@ -193,13 +198,39 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     vals.set_blocked(node.output, y, lout)
 
 
+def _fusable_pool(vals: Any, node: Node, mult: np.ndarray) -> Node | None:
+    """The ``max_pool`` that alone reads ``node``'s output when the stem form can compute it
+    too: kernel = stride, no padding or dilation, floor mode, the conv's layout, multipliers >=
+    0 (the epilogue then never decreases with the accumulator)."""
+    y = node.output
+    if len(y.uses) != 1 or any(y is o for o in vals.ctx.graph.outputs) or (mult < 0).any():
+        return None
+    pool, i = y.uses[0]
+    if pool.op != "max_pool" or i != 0 or len(pool.outputs) != 1:
+        return None
+    at = pool.attrs
+    k = tuple(int(v) for v in at["kernel"])
+    if (
+        len(k) != 2
+        or tuple(int(v) for v in at["strides"]) != k
+        or any(int(v) for v in at.get("pads", (0, 0, 0, 0)))
+        or tuple(int(v) for v in at.get("dilations", (1, 1))) != (1, 1)
+        or pool.output.type.layout != y.type.layout
+        or tuple(pool.output.shape[2:]) != (y.shape[2] // k[0], y.shape[3] // k[1])
+    ):
+        return None
+    return pool
+
+
 def _lower_stem(
     vals: Any, node: Node, x: Any, in_shape: tuple[int, ...], w: np.ndarray, b_pad: np.ndarray,
-    x_zp: int,
-    mult: np.ndarray, ep: QEpilogue, in_quant: tuple[float, int] | None, lout: BlockedLayout,
+    x_zp: int, mult: np.ndarray, ep: QEpilogue, in_quant: tuple[float, int] | None,
+    lout: BlockedLayout, pool: Node | None = None,
 ) -> None:  # fmt: skip
     """The pixels-on-lanes form (:mod:`.kernels.int8_stem_vnni`) of a few-channel conv (the plain
-    image or a blocked u8 input ``in_shape``): one output block of ``lout.bn`` channels."""
+    image or a blocked u8 input ``in_shape``): one output block of ``lout.bn`` channels. With
+    ``pool`` (:func:`_fusable_pool`) the kernel writes that max pool's output and the pool
+    node is not lowered on its own (``vals.deferred``)."""
     from mcopt.targets.cpu.kernels import int8_conv
     from mcopt.targets.cpu.kernels.int8_stem_vnni import (
         int8_stem_vnni,
@@ -217,6 +248,7 @@ def _lower_stem(
     func, geom = int8_stem_vnni(
         in_shape, oc, lanes, (kh, kw), at["strides"], at["pads"], in_channels=w.shape[1],
         in_dtype=str(x_v.dtype), x_zero_point=x_zp, epilogue=ep, in_quant=in_quant,
+        pool=(1, 1) if pool is None else tuple(pool.attrs["kernel"]),
     )  # fmt: skip
     wp = np.zeros((lanes, *w.shape[1:]), np.int8)
     wp[:oc] = w
@@ -225,8 +257,15 @@ def _lower_stem(
     args = [x, ctx.const(pack_stem_weight(w)), ctx.const(be), ctx.const(mult)]
     if geom.flat:
         args += [ctx.const(t) for t in stem_tables(geom)]
-    out_shape = lout.blocked_shape(tuple(node.output.shape))
-    y = call_kernel(ctx.bb, func, "qconv2d_stem", args, out_shape, ep.out_dtype)
+    out_v = node.output if pool is None else pool.output
+    out_shape = lout.blocked_shape(tuple(out_v.shape))
+    name = "qconv2d_stem" if pool is None else "qconv2d_stem_maxpool"
+    y = call_kernel(ctx.bb, func, name, args, out_shape, ep.out_dtype)
+    vals.chose("int8 conv: pixels on lanes" + ("" if pool is None else " + max pool"))
+    if pool is not None:
+        vals.set_blocked(pool.output, y, lout)
+        vals.deferred[id(pool.output)] = pool
+        return
     _check_shape(node, y, lout)
     vals.set_blocked(node.output, y, lout)
 

@@ -50,8 +50,8 @@ PIXELS = 16
 MAX_CHANNELS = 8
 #: most blocks of the flat form (its permutation table: 64 bytes a block)
 MAX_FLAT_BLOCKS = 128
-#: bytes past the copy's last plane that a block's loads may read (zero weights only)
-SLACK = 128
+#: bytes past the copy's last plane that a block's (two) loads may read (zero weights only)
+SLACK = 192
 
 
 def _window_groups(kw: int) -> int:
@@ -60,9 +60,12 @@ def _window_groups(kw: int) -> int:
 
 @dataclass(frozen=True)
 class StemGeometry:
-    """Where a conv's pixel blocks read: ``starts`` (first pixel of each block, flattened when
-    ``flat``, else within a row), ``offsets[i]`` the copy offset (in a plane) of block ``i``'s
-    first window and ``perm[i]`` its 64 permutation bytes (flat; else one row for all blocks)."""
+    """Where a conv's pixel blocks read. ``oh, ow``: the output plane (pooled when ``pool``);
+    ``hp, wq``: the padded copy's plane; ``starts``: first pixel of each block (flattened when
+    ``flat``, else within a row); ``offsets[i]``: the copy offset (in a plane) of block ``i``'s
+    first window; ``perm[i]``: its permutation bytes into ``loads`` consecutive 64-byte loads
+    (flat; else one row for all blocks); ``subs``: the offsets of the conv pixels one output
+    pixel pools (``(0,)`` without a pool)."""
 
     oh: int
     ow: int
@@ -72,51 +75,70 @@ class StemGeometry:
     starts: tuple[int, ...]
     offsets: np.ndarray
     perm: np.ndarray
+    loads: int
+    subs: tuple[int, ...]
 
     @property
     def plane(self) -> int:
         return self.hp * self.wq
 
 
+def _flat_blocks(
+    plane: int, ow: int, step_y: int, step_x: int, span: int
+) -> tuple[list[int], list[int], list[np.ndarray]] | None:
+    starts = [min(PIXELS * i, plane - PIXELS) for i in range(-(-plane // PIXELS))]
+    offsets, perm = [], []
+    for q0 in starts:
+        y, x = np.divmod(np.arange(q0, q0 + PIXELS), ow)
+        pos = y * step_y + x * step_x
+        rel = pos - pos[0]
+        if rel.max() + 3 >= span:
+            return None
+        offsets.append(int(pos[0]))
+        perm.append((rel[:, None] + np.arange(4)[None, :]).reshape(-1))
+    return starts, offsets, perm
+
+
 def stem_geometry(
     in_hw: tuple[int, int], kernel_hw: tuple[int, int], strides: Sequence[int],
-    pads: Sequence[int],
+    pads: Sequence[int], pool: tuple[int, int] = (1, 1),
 ) -> StemGeometry | None:  # fmt: skip
-    """The blocks of a conv, flat where they fit (module docstring), else rows; None when
-    neither does (rows of fewer than 16 pixels whose blocks span more than 64 bytes)."""
+    """The blocks of a conv (followed by a ``pool``-sized max pool of the same stride, floor
+    mode, when ``pool`` is not ``(1, 1)``): flat where they fit one or two loads (module
+    docstring), else rows; None when neither does (rows of fewer than 16 output pixels whose
+    blocks span more than 128 bytes)."""
     h, w = in_hw
     kh, kw = kernel_hw
     sh, sw = _pair(tuple(strides))
     pt, pl, pb, pr = _pads(tuple(pads))
-    oh = conv_out_size(h, kh, sh, pt, pb, 1)
-    ow = conv_out_size(w, kw, sw, pl, pr, 1)
+    ph, pw = pool
+    oh = conv_out_size(h, kh, sh, pt, pb, 1) // ph
+    ow = conv_out_size(w, kw, sw, pl, pr, 1) // pw
     hp, wq = h + pt + pb, w + pl + pr
+    step_y, step_x = ph * sh * wq, pw * sw
+    subs = tuple(dy * sh * wq + dx * sw for dy in range(ph) for dx in range(pw))
     plane = oh * ow
-    if plane < PIXELS or sw * (PIXELS - 1) + 3 >= 64:
+    if plane < PIXELS:
         return None
-    nblk = -(-plane // PIXELS)
-    if nblk <= MAX_FLAT_BLOCKS:
-        starts = [min(PIXELS * i, plane - PIXELS) for i in range(nblk)]
-        offsets, perm = [], []
-        for q0 in starts:
-            y, x = np.divmod(np.arange(q0, q0 + PIXELS), ow)
-            pos = y * sh * wq + x * sw
-            rel = pos - pos[0]
-            if rel.max() + 3 >= 64:
-                break
-            offsets.append(int(pos[0]))
-            perm.append((rel[:, None] + np.arange(4)[None, :]).reshape(-1))
-        else:
-            return StemGeometry(
-                oh, ow, hp, wq, True, tuple(starts), np.asarray(offsets, np.int32),
-                np.asarray(perm, np.uint8),
-            )  # fmt: skip
-    if ow < PIXELS:
+    if -(-plane // PIXELS) <= MAX_FLAT_BLOCKS:
+        for loads in (1, 2):
+            found = _flat_blocks(plane, ow, step_y, step_x, 64 * loads)
+            if found is not None:
+                starts, offsets, perm = found
+                return StemGeometry(
+                    oh, ow, hp, wq, True, tuple(starts), np.asarray(offsets, np.int32),
+                    np.asarray(perm, np.uint8), loads, subs,
+                )  # fmt: skip
+    last = step_x * (PIXELS - 1) + 3
+    if ow < PIXELS or last >= 128:
         return None
     starts = [min(PIXELS * i, ow - PIXELS) for i in range(-(-ow // PIXELS))]
-    perm1 = (np.arange(PIXELS)[:, None] * sw + np.arange(4)[None, :]).reshape(1, -1)
-    offsets1 = np.asarray([x0 * sw for x0 in starts], np.int32)
-    return StemGeometry(oh, ow, hp, wq, False, tuple(starts), offsets1, perm1.astype(np.uint8))
+    perm1 = (np.arange(PIXELS)[:, None] * step_x + np.arange(4)[None, :]).reshape(1, -1)
+    offsets1 = np.asarray([x0 * step_x for x0 in starts], np.int32)
+    return StemGeometry(
+        oh, ow, hp, wq, False, tuple(starts), offsets1, perm1.astype(np.uint8),
+        1 if last < 64 else 2, subs,
+    )  # fmt: skip
 
 
 def stem_applies(
@@ -131,11 +153,14 @@ def stem_applies(
     groups: int,
     epilogue: QEpilogue,
     in_block: int | None = None,
+    pool: tuple[int, int] = (1, 1),
 ) -> bool:
     """Whether a ``window``-form conv runs here instead: an AVX-512 VNNI + VBMI target, ``oc <=
     MAX_CHANNELS`` (and no more than the block's ``lanes``), not grouped, no dilation, no residual
     in the epilogue, blocks that fit (:func:`stem_geometry`); a blocked input (``in_block``: its
-    channel block) in blocks of 8 or 16 with rows of at least ``64 / in_block`` pixels."""
+    channel block) in blocks of 8 or 16 with rows of at least ``64 / in_block`` pixels. With a
+    ``pool`` (the max pool that follows, fused), an epilogue that never decreases with the
+    accumulator (no hard-swish), so that the max of the accumulators gives the max output."""
     import tvm
 
     from mcopt.targets.cpu.kernels.int8_intrin import _has
@@ -149,11 +174,19 @@ def stem_applies(
         return False
     if in_block is not None and (in_block not in (8, 16) or in_hw[1] < 64 // in_block):
         return False
-    if stem_geometry(in_hw, kernel_hw, strides, pads) is None:
+    if pool != (1, 1) and not monotone(epilogue):
+        return False
+    if stem_geometry(in_hw, kernel_hw, strides, pads, pool) is None:
         return False
     if not isinstance(target, tvm.target.Target):
         target = tvm.target.Target(target)
     return all(_has(target, f) for f in ("avx512f", "avx512bw", "avx512vnni", "avx512vbmi"))
+
+
+def monotone(epilogue: QEpilogue) -> bool:
+    """Whether ``epilogue`` never decreases as its accumulator grows (for multipliers >= 0):
+    clamps, rounding and requantizing do not; hard-swish does (below -3)."""
+    return epilogue.post_act == "none" and epilogue.residual is None
 
 
 def pack_stem_weight(w: np.ndarray) -> np.ndarray:
@@ -184,6 +217,7 @@ def int8_stem_vnni(
     x_zero_point: int = 0,
     epilogue: QEpilogue,
     in_quant: tuple[float, int] | None = None,
+    pool: tuple[int, int] = (1, 1),
 ) -> tuple[Any, StemGeometry]:
     """The PrimFunc ``(x, kernel (OC, C, KH, G) i32, bias (L,) i32, mult (L,) f32, [offsets
     (B,) i32, perm (B, 64) u8,] out (N, 1, OH, OW, L))`` (module docstring) and its geometry
@@ -191,7 +225,9 @@ def int8_stem_vnni(
     W)`` input, float32 when ``in_quant = (scale, zp)`` (quantized to u8 in the copy), else u8;
     or a blocked ``(N, ICb, H, W, ib)`` u8 one whose first ``in_channels`` channels are read.
     ``kernel`` from :func:`pack_stem_weight`; ``bias`` :func:`.int8_conv.conv_bias_eff` with
-    ``x_zero_point``; ``lanes`` the output block."""
+    ``x_zero_point``; ``lanes`` the output block. ``pool``: a max pool of that size and stride
+    (floor mode, no padding) fused: ``out`` is the pooled plane, the max of each window's
+    accumulators going through the epilogue (which must be :func:`monotone`)."""
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
@@ -212,7 +248,9 @@ def int8_stem_vnni(
     kh, kw = kernel_hw
     sh, sw = _pair(tuple(strides))
     pt, pl, pb, pr = _pads(tuple(pads))
-    geom = stem_geometry((h, w), kernel_hw, strides, pads)
+    if pool != (1, 1) and not monotone(epilogue):
+        raise ValueError("a fused max pool needs an epilogue that never decreases")
+    geom = stem_geometry((h, w), kernel_hw, strides, pads, pool)
     if geom is None or not 0 < oc <= lanes:
         raise ValueError(f"stem form: {oc} channels in blocks of {lanes}, input {h}x{w}")
     oh, ow, wq, plane = geom.oh, geom.ow, geom.wq, geom.plane
@@ -247,6 +285,7 @@ def int8_stem_vnni(
             T.func_attr({"tirx.noalias": True})
             xq = T.alloc_buffer((c_in * plane + SLACK,), "uint8")
             acc = T.alloc_local((oc * PIXELS,), "int32")
+            accm = T.alloc_local((oc * PIXELS,), "int32")  # the max over a pool's windows
 
             def copy_in(b_: Any) -> None:
                 """The padded 8-bit planes of image ``b_``."""
@@ -281,32 +320,41 @@ def int8_stem_vnni(
                                 v = q.astype("int32").astype("uint8")
                             T.buffer_store(xq, v, [ci * plane + (y + pt) * wq + pl + xx])
 
+            def load(at: Any) -> list[Any]:
+                return [xq.vload([at + 64 * j], "uint8x64") for j in range(geom.loads)]
+
+            def lanes16(c: int) -> Any:
+                return tirx.Ramp(c * PIXELS, 1, PIXELS)
+
             def block(base: Any, permute: Any, store_at: list[Any]) -> None:
-                """One block: ``base`` its first window's offset in a plane, ``permute(v)`` the
-                16 windows of a 64-byte load, the result stored at ``store_at``."""
-                for c in range(oc):
-                    T.buffer_store(
-                        acc, tirx.Broadcast(bias[c], PIXELS), [tirx.Ramp(c * PIXELS, 1, PIXELS)]
-                    )
-                with T.serial(0, c_in) as ci:
-                    for r in range(kh):
-                        for g in range(g_n):
-                            at = ci * plane + base + r * wq + 4 * g
-                            a_op = T.bind(
-                                T.reinterpret(op_dtype, permute(xq.vload([at], "uint8x64")))
-                            )
-                            for c in range(oc):
-                                wv = T.reinterpret(
-                                    op_dtype, tirx.Broadcast(kern[c, ci, r, g], PIXELS)
-                                )
-                                cur = acc.vload([c * PIXELS], "int32x16")
-                                new = intrin(
-                                    "int32x16", "llvm.x86.avx512.vpdpbusd.512", cur, a_op, wv
-                                )
-                                T.buffer_store(acc, new, [tirx.Ramp(c * PIXELS, 1, PIXELS)])
+                """One block: ``base`` its first window's offset in a plane, ``permute(vs)`` the
+                16 windows of ``geom.loads`` 64-byte loads, the result stored at ``store_at``."""
+                for si, sub in enumerate(geom.subs):
+                    for c in range(oc):
+                        T.buffer_store(acc, tirx.Broadcast(bias[c], PIXELS), [lanes16(c)])
+                    with T.serial(0, c_in) as ci:
+                        for r in range(kh):
+                            for g in range(g_n):
+                                at = ci * plane + base + sub + r * wq + 4 * g
+                                a_op = T.bind(T.reinterpret(op_dtype, permute(load(at))))
+                                for c in range(oc):
+                                    wv = tirx.Broadcast(kern[c, ci, r, g], PIXELS)
+                                    cur = acc.vload([c * PIXELS], "int32x16")
+                                    new = intrin(
+                                        "int32x16", "llvm.x86.avx512.vpdpbusd.512", cur, a_op,
+                                        T.reinterpret(op_dtype, wv),
+                                    )  # fmt: skip
+                                    T.buffer_store(acc, new, [lanes16(c)])
+                    if len(geom.subs) > 1:
+                        for c in range(oc):
+                            v = acc.vload([c * PIXELS], "int32x16")
+                            if si:
+                                v = tirx.Max(v, accm.vload([c * PIXELS], "int32x16"))
+                            T.buffer_store(accm, v, [lanes16(c)])
+                final = accm if len(geom.subs) > 1 else acc
                 vals = []
                 for c in range(lanes):
-                    av = acc.vload([c * PIXELS], "int32x16") if c < oc else None
+                    av = final.vload([c * PIXELS], "int32x16") if c < oc else None
                     if av is None:
                         av = tirx.Broadcast(bias[c], PIXELS)
                     vals.append(epilogue.apply_te(av, tirx.Broadcast(mult[c], PIXELS)))
@@ -319,8 +367,14 @@ def int8_stem_vnni(
                         q0 = T.bind(tirx.min(i * PIXELS, oh * ow - PIXELS))
                         pv = T.bind(perm.vload([i, 0], "uint8x64"))
 
-                        def permute_var(v: Any, pv: Any = pv) -> Any:
-                            return intrin("uint8x64", "llvm.x86.avx512.permvar.qi.512", v, pv)
+                        def permute_var(vs: list[Any], pv: Any = pv) -> Any:
+                            if len(vs) == 1:
+                                return intrin(
+                                    "uint8x64", "llvm.x86.avx512.permvar.qi.512", vs[0], pv
+                                )
+                            return intrin(
+                                "uint8x64", "llvm.x86.avx512.vpermi2var.qi.512", vs[0], pv, vs[1]
+                            )
 
                         block(
                             offs[i], permute_var,
@@ -331,7 +385,8 @@ def int8_stem_vnni(
                     with T.serial(0, oh) as y:
                         for x0 in geom.starts:
                             block(
-                                y * sh * wq + x0 * sw, lambda v: tirx.Shuffle([v], idx),
+                                y * (pool[0] * sh * wq) + x0 * (pool[1] * sw),
+                                lambda vs: tirx.Shuffle(vs, idx),
                                 [b_, 0, y, x0, tirx.Ramp(0, 1, PIXELS * lanes)],
                             )  # fmt: skip
     return ib_.get().with_attr("tirx.is_scheduled", True), geom
