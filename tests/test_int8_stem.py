@@ -43,36 +43,25 @@ def _blocked(a: np.ndarray, bn: int) -> np.ndarray:
 
 @needs_stem
 @pytest.mark.parametrize(
-    "ic,oc,lanes,hw,k,stride,pad,ep,src,flat,pool",
+    "ic,oc,lanes,hw,k,stride,pad,ep,src,loads,pool",
     [
-        (1, 3, 8, 28, 5, 1, 2, REQUANT, "f32", True, (1, 1)),  # LeNet-5's first conv pruned to 3
-        (1, 6, 8, 28, 5, 1, 2, REQUANT, "u8", True, (1, 1)),  # unpruned, on a u8 image
-        (3, 8, 8, 33, 3, 2, 1, HSWISH_Q, "f32", True, (1, 1)),  # 3x3 stride-2 RGB stem: 2 loads
-        (
-            2,
-            5,
-            16,
-            50,
-            7,
-            3,
-            3,
-            FLOAT_OUT,
-            "f32",
-            False,
-            (1, 1),
-        ),  # stride 3, 7x7, float out, 16 lanes
-        (1, 1, 8, 20, 4, 1, 0, REQUANT, "f32", True, (1, 1)),  # one channel, 4 columns
-        (3, 8, 8, 14, 5, 1, 0, REQUANT, "nchw8c", True, (1, 1)),  # LeNet-5's second conv, pruned
-        (5, 7, 8, 12, 3, 1, 1, HSWISH_Q, "nchw8c", True, (1, 1)),  # padded, 7 of 8 lanes
-        (20, 4, 8, 9, 3, 1, 1, REQUANT, "nchw16c", True, (1, 1)),  # two input blocks of 16
-        # a max pool fused: LeNet-5's conv1 + pool (pooled rows of 14: two loads a block), conv2
-        (1, 3, 8, 28, 5, 1, 2, REQUANT, "f32", True, (2, 2)),
-        (3, 8, 8, 14, 5, 1, 0, REQUANT, "nchw8c", True, (2, 2)),
-        (1, 6, 8, 130, 3, 1, 1, FLOAT_OUT, "u8", False, (2, 2)),  # 65 x 65 pooled: rows
-        (1, 4, 8, 52, 3, 1, 0, REQUANT, "f32", True, (3, 3)),  # a 3x3 pool, 50 -> 16
+        (1, 3, 8, 28, 5, 1, 2, REQUANT, "f32", 1, (1, 1)),  # LeNet-5's first conv pruned to 3
+        (1, 6, 8, 28, 5, 1, 2, REQUANT, "u8", 1, (1, 1)),  # unpruned, on a u8 image
+        (3, 8, 8, 33, 3, 2, 1, HSWISH_Q, "f32", 2, (1, 1)),  # 3x3 stride-2 RGB stem
+        (2, 5, 16, 20, 7, 1, 3, FLOAT_OUT, "f32", 1, (1, 1)),  # 7x7, float out, 16 lanes
+        (1, 2, 8, 48, 3, 3, 0, REQUANT, "u8", 1, (1, 1)),  # stride 3: 16-pixel rows
+        (1, 1, 8, 20, 4, 1, 0, REQUANT, "f32", 1, (1, 1)),  # one channel, 4 columns
+        (3, 8, 8, 14, 5, 1, 0, REQUANT, "nchw8c", 1, (1, 1)),  # LeNet-5's second conv, pruned
+        (5, 7, 8, 12, 3, 1, 1, HSWISH_Q, "nchw8c", 1, (1, 1)),  # padded, 7 of 8 lanes
+        (20, 4, 8, 9, 3, 1, 1, REQUANT, "nchw16c", 1, (1, 1)),  # two input blocks of 16
+        # a max pool fused: LeNet-5's conv1 + pool (pooled rows of 14), conv2
+        (1, 3, 8, 28, 5, 1, 2, REQUANT, "f32", 2, (2, 2)),
+        (3, 8, 8, 14, 5, 1, 0, REQUANT, "nchw8c", 2, (2, 2)),
+        (2, 6, 8, 34, 3, 1, 1, FLOAT_OUT, "u8", 2, (2, 2)),  # 17 x 17 pooled
+        (1, 4, 8, 52, 3, 1, 0, REQUANT, "f32", 1, (3, 3)),  # a 3x3 pool, 50 -> 16
     ],
 )
-def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, src, flat, pool):
+def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, src, loads, pool):
     rng = np.random.default_rng(ic * 7 + oc + k)
     scale, zp = 0.0127, 33
     x = (rng.standard_normal((1, ic, hw, hw)) * 1.5).astype(np.float32)
@@ -107,10 +96,10 @@ def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, src, fl
         xin.shape, oc, lanes, (k, k), (stride,) * 2, (pad,) * 4, in_channels=ic,
         x_zero_point=zp, epilogue=ep, in_quant=(scale, zp) if src == "f32" else None, pool=pool,
     )  # fmt: skip
-    assert geom.flat == flat and (geom.oh, geom.ow) == (oh, ow)
+    assert geom.loads == loads and (geom.oh, geom.ow) == (oh, ow)
     lib = tvm.compile(tvm.IRModule({"main": func}), target=host_target())
     out = np.full((1, 1, oh, ow, lanes), 77, ep.out_dtype)
-    args = [xin, pack_stem_weight(w), be, mult, *(stem_tables(geom) if flat else ()), out]
+    args = [xin, pack_stem_weight(w), be, mult, *stem_tables(geom), out]
     targs = [tvm.runtime.tensor(a) for a in args]
     lib["main"](*targs)
     got = targs[-1].numpy()[0, 0].transpose(2, 0, 1)[None]
@@ -118,14 +107,18 @@ def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, src, fl
     np.testing.assert_array_equal(got, ref)
 
 
-def test_stem_geometry_flat_blocks_stay_within_one_load():
+def test_stem_geometry_blocks_stay_within_their_loads():
     g = stem_geometry((28, 28), (5, 5), (1, 1), (2,) * 4)
-    assert g is not None and g.flat and len(g.starts) == 49 and g.wq == 32
+    assert g is not None and g.loads == 1 and len(g.starts) == 49 and g.wq == 32
     assert int(g.perm.max()) < 64 and g.perm.shape == (49, 64)
     assert stem_geometry((6, 6), (5, 5), (1, 1), (0,) * 4) is None  # 4 output pixels
-    assert stem_geometry((10, 10), (5, 5), (1, 1), (0,) * 4).flat  # 3 rows of 6 in one load
-    wide = stem_geometry((224, 224), (3, 3), (2, 2), (1,) * 4)
-    assert wide is not None and not wide.flat and wide.starts[-1] == 112 - 16
+    assert stem_geometry((10, 10), (5, 5), (1, 1), (0,) * 4).loads == 1  # 3 rows of 6
+    pooled = stem_geometry((28, 28), (5, 5), (1, 1), (2,) * 4, pool=(2, 2))
+    assert pooled.loads == 2 and (pooled.oh, pooled.ow) == (14, 14) and 64 <= pooled.perm.max()
+    assert pooled.subs == (0, 1, 32, 33)
+    assert stem_geometry((224, 224), (3, 3), (2, 2), (1,) * 4) is None  # 784 blocks
+    assert stem_geometry((40, 40), (3, 3), (2, 2), (1,) * 4).loads == 2  # rows 84 bytes apart
+    assert stem_geometry((20, 150), (3, 3), (2, 2), (1,) * 4) is None  # rows 304 bytes apart
 
 
 def test_stem_applies_only_where_it_saves_work():
@@ -137,7 +130,8 @@ def test_stem_applies_only_where_it_saves_work():
             target, oc, lanes, (hw, hw), (k, k), (s, s), (pad,) * 4, (dil, dil), 1, ep, ib
         )
 
-    assert applies(oc=8, k=3, s=2, hw=224, pad=1) == ok
+    assert applies(oc=8, k=3, s=2, hw=33, pad=1) == ok
+    assert not applies(oc=8, k=3, s=2, hw=224, pad=1)  # too wide: the window form
     assert applies(ib=8, hw=14, pad=0) == ok  # LeNet-5's second conv
     assert not applies(oc=16, lanes=16)  # 16 channels: the window form
     assert not applies(s=5)  # 16 windows of stride 5 do not fit one load

@@ -255,8 +255,7 @@ def _lower_stem(
     be = int8_conv.conv_bias_eff(wp, b_pad, x_zp, lanes)
     ctx = vals.ctx
     args = [x, ctx.const(pack_stem_weight(w)), ctx.const(be), ctx.const(mult)]
-    if geom.flat:
-        args += [ctx.const(t) for t in stem_tables(geom)]
+    args += [ctx.const(t) for t in stem_tables(geom)]
     out_v = node.output if pool is None else pool.output
     out_shape = lout.blocked_shape(tuple(out_v.shape))
     name = "qconv2d_stem" if pool is None else "qconv2d_stem_maxpool"

@@ -14,13 +14,15 @@ are 16 output pixels of one channel::
   padded with the input's zero point: the float image quantized on the way (``round(x / scale) +
   zp`` clamped, as the ``quantize`` op does), a u8 image copied, or a blocked ``NCHW[ib]c`` u8
   tensor unblocked (one 64-byte load of ``64 / ib`` pixels, one shuffle per channel);
-- a block is 16 consecutive pixels of the flattened output plane (``flat``: where every block's
-  windows lie within 64 bytes of its first one, e.g. LeNet-5's 28- and 10-pixel rows; the
-  permutation of each block is a row of a table argument) or 16 pixels of one output row
-  (``rows``: wide images; one permutation for all). The last block overlaps the one before (the
-  same values written twice), so no store leaves the plane / row;
-- per (input channel, kernel row, column group): one 64-byte load at the block's first window,
-  one byte permutation (``vpermb``) into the 16 pixels' 4-byte windows, then one ``vpdpbusd`` per
+- a block is 16 consecutive pixels of the flattened output plane; every block's windows must lie
+  within 64 bytes of its first one (one load; LeNet-5's 28- and 10-pixel rows), or 128 (two); the
+  permutation of each block is a row of a table argument. The last block overlaps the one before
+  (the same values written twice), so no store leaves the plane. Planes of at most
+  ``MAX_BLOCKS`` blocks: on wider ones (a 224x224 stride-2 RGB stem, 16 pixels of one row a
+  block) the form lost to the window form at 8 channels (28.5 vs 18.2 us, serial; it runs on
+  one core) and won only with fewer;
+- per (input channel, kernel row, column group): one or two 64-byte loads at the block's first
+  window, one byte permutation (``vpermb`` / ``vpermi2b``) into the 16 pixels' 4-byte windows, then one ``vpdpbusd`` per
   output channel with its 4 weights broadcast;
 - the epilogue runs on the 16 pixels of each channel, then one shuffle interleaves the ``L``
   channels into the ``NCHW[L]c`` block (16 pixels x ``L`` channels, contiguous).
@@ -48,8 +50,8 @@ PIXELS = 16
 #: most output channels the form takes (accumulators in registers; above this the window
 #: form's channel lanes are not mostly padding any more: 16 channels ran 2.4 us against 1.6)
 MAX_CHANNELS = 8
-#: most blocks of the flat form (its permutation table: 64 bytes a block)
-MAX_FLAT_BLOCKS = 128
+#: most blocks (2,048 output pixels; the permutation table: 64 bytes a block)
+MAX_BLOCKS = 128
 #: bytes past the copy's last plane that a block's (two) loads may read (zero weights only)
 SLACK = 192
 
@@ -60,18 +62,16 @@ def _window_groups(kw: int) -> int:
 
 @dataclass(frozen=True)
 class StemGeometry:
-    """Where a conv's pixel blocks read. ``oh, ow``: the output plane (pooled when ``pool``);
-    ``hp, wq``: the padded copy's plane; ``starts``: first pixel of each block (flattened when
-    ``flat``, else within a row); ``offsets[i]``: the copy offset (in a plane) of block ``i``'s
-    first window; ``perm[i]``: its permutation bytes into ``loads`` consecutive 64-byte loads
-    (flat; else one row for all blocks); ``subs``: the offsets of the conv pixels one output
-    pixel pools (``(0,)`` without a pool)."""
+    """Where a conv's pixel blocks read. ``oh, ow``: the output plane (pooled when pooling);
+    ``hp, wq``: the padded copy's plane; ``starts``: first (flattened) pixel of each block;
+    ``offsets[i]``: the copy offset (in a plane) of block ``i``'s first window; ``perm[i]``: its
+    permutation bytes into ``loads`` consecutive 64-byte loads; ``subs``: the offsets of the conv
+    pixels one output pixel pools (``(0,)`` without a pool)."""
 
     oh: int
     ow: int
     hp: int
     wq: int
-    flat: bool
     starts: tuple[int, ...]
     offsets: np.ndarray
     perm: np.ndarray
@@ -83,7 +83,7 @@ class StemGeometry:
         return self.hp * self.wq
 
 
-def _flat_blocks(
+def _blocks(
     plane: int, ow: int, step_y: int, step_x: int, span: int
 ) -> tuple[list[int], list[int], list[np.ndarray]] | None:
     starts = [min(PIXELS * i, plane - PIXELS) for i in range(-(-plane // PIXELS))]
@@ -104,9 +104,9 @@ def stem_geometry(
     pads: Sequence[int], pool: tuple[int, int] = (1, 1),
 ) -> StemGeometry | None:  # fmt: skip
     """The blocks of a conv (followed by a ``pool``-sized max pool of the same stride, floor
-    mode, when ``pool`` is not ``(1, 1)``): flat where they fit one or two loads (module
-    docstring), else rows; None when neither does (rows of fewer than 16 output pixels whose
-    blocks span more than 128 bytes)."""
+    mode, when ``pool`` is not ``(1, 1)``) on one or two loads (module docstring); None when
+    they do not fit or the output plane has fewer than 16 or more than ``16 * MAX_BLOCKS``
+    pixels."""
     h, w = in_hw
     kh, kw = kernel_hw
     sh, sw = _pair(tuple(strides))
@@ -115,30 +115,19 @@ def stem_geometry(
     oh = conv_out_size(h, kh, sh, pt, pb, 1) // ph
     ow = conv_out_size(w, kw, sw, pl, pr, 1) // pw
     hp, wq = h + pt + pb, w + pl + pr
-    step_y, step_x = ph * sh * wq, pw * sw
-    subs = tuple(dy * sh * wq + dx * sw for dy in range(ph) for dx in range(pw))
     plane = oh * ow
-    if plane < PIXELS:
+    if not PIXELS <= plane <= PIXELS * MAX_BLOCKS:
         return None
-    if -(-plane // PIXELS) <= MAX_FLAT_BLOCKS:
-        for loads in (1, 2):
-            found = _flat_blocks(plane, ow, step_y, step_x, 64 * loads)
-            if found is not None:
-                starts, offsets, perm = found
-                return StemGeometry(
-                    oh, ow, hp, wq, True, tuple(starts), np.asarray(offsets, np.int32),
-                    np.asarray(perm, np.uint8), loads, subs,
-                )  # fmt: skip
-    last = step_x * (PIXELS - 1) + 3
-    if ow < PIXELS or last >= 128:
-        return None
-    starts = [min(PIXELS * i, ow - PIXELS) for i in range(-(-ow // PIXELS))]
-    perm1 = (np.arange(PIXELS)[:, None] * step_x + np.arange(4)[None, :]).reshape(1, -1)
-    offsets1 = np.asarray([x0 * step_x for x0 in starts], np.int32)
-    return StemGeometry(
-        oh, ow, hp, wq, False, tuple(starts), offsets1, perm1.astype(np.uint8),
-        1 if last < 64 else 2, subs,
-    )  # fmt: skip
+    subs = tuple(dy * sh * wq + dx * sw for dy in range(ph) for dx in range(pw))
+    for loads in (1, 2):
+        found = _blocks(plane, ow, ph * sh * wq, pw * sw, 64 * loads)
+        if found is not None:
+            starts, offsets, perm = found
+            return StemGeometry(
+                oh, ow, hp, wq, tuple(starts), np.asarray(offsets, np.int32),
+                np.asarray(perm, np.uint8), loads, subs,
+            )  # fmt: skip
+    return None
 
 
 def stem_applies(
@@ -200,7 +189,8 @@ def pack_stem_weight(w: np.ndarray) -> np.ndarray:
 
 
 def stem_tables(geom: StemGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """The flat form's table arguments: ``(offsets (B,) int32, perm (B, 64) uint8)``."""
+    """The kernel's table arguments: ``(offsets (B,) int32, perm (B, 64) uint8)`` (indices below
+    ``64 * loads``)."""
     return geom.offsets, geom.perm
 
 
@@ -221,7 +211,7 @@ def int8_stem_vnni(
 ) -> tuple[Any, StemGeometry]:
     """The PrimFunc ``(x, kernel (OC, C, KH, G) i32, bias (L,) i32, mult (L,) f32, [offsets
     (B,) i32, perm (B, 64) u8,] out (N, 1, OH, OW, L))`` (module docstring) and its geometry
-    (the tables, for the flat form, are :func:`stem_tables` of it). ``x``: a plain ``(N, C, H,
+    (the tables are :func:`stem_tables` of it). ``x``: a plain ``(N, C, H,
     W)`` input, float32 when ``in_quant = (scale, zp)`` (quantized to u8 in the copy), else u8;
     or a blocked ``(N, ICb, H, W, ib)`` u8 one whose first ``in_channels`` channels are read.
     ``kernel`` from :func:`pack_stem_weight`; ``bias`` :func:`.int8_conv.conv_bias_eff` with
@@ -278,9 +268,8 @@ def int8_stem_vnni(
             kern = T.arg("kernel", T.buffer((oc, c_in, kh, g_n), "int32"))
             bias = T.arg("bias", T.buffer((lanes,), "int32"))
             mult = T.arg("mult", T.buffer((lanes,), "float32"))
-            if geom.flat:
-                offs = T.arg("offsets", T.buffer((nblk,), "int32"))
-                perm = T.arg("perm", T.buffer((nblk, 64), "uint8"))
+            offs = T.arg("offsets", T.buffer((nblk,), "int32"))
+            perm = T.arg("perm", T.buffer((nblk, 64), "uint8"))
             out = T.arg("out", T.buffer((n, 1, oh, ow, lanes), out_dtype))
             T.func_attr({"tirx.noalias": True})
             xq = T.alloc_buffer((c_in * plane + SLACK,), "uint8")
@@ -362,33 +351,18 @@ def int8_stem_vnni(
 
             with T.serial(0, n) as b_:
                 copy_in(b_)
-                if geom.flat:
-                    with T.serial(0, nblk) as i:
-                        q0 = T.bind(tirx.min(i * PIXELS, oh * ow - PIXELS))
-                        pv = T.bind(perm.vload([i, 0], "uint8x64"))
+                with T.serial(0, nblk) as i:
+                    q0 = T.bind(tirx.min(i * PIXELS, oh * ow - PIXELS))
+                    pv = T.bind(perm.vload([i, 0], "uint8x64"))
 
-                        def permute_var(vs: list[Any], pv: Any = pv) -> Any:
-                            if len(vs) == 1:
-                                return intrin(
-                                    "uint8x64", "llvm.x86.avx512.permvar.qi.512", vs[0], pv
-                                )
-                            return intrin(
-                                "uint8x64", "llvm.x86.avx512.vpermi2var.qi.512", vs[0], pv, vs[1]
-                            )
+                    def permute(vs: list[Any], pv: Any = pv) -> Any:
+                        if len(vs) == 1:
+                            return intrin("uint8x64", "llvm.x86.avx512.permvar.qi.512", vs[0], pv)
+                        return intrin(
+                            "uint8x64", "llvm.x86.avx512.vpermi2var.qi.512", vs[0], pv, vs[1]
+                        )
 
-                        block(
-                            offs[i], permute_var,
-                            [b_, 0, 0, 0, tirx.Ramp(q0 * lanes, 1, PIXELS * lanes)],
-                        )  # fmt: skip
-                else:
-                    idx = [tirx.IntImm("int32", int(j)) for j in geom.perm[0]]
-                    with T.serial(0, oh) as y:
-                        for x0 in geom.starts:
-                            block(
-                                y * (pool[0] * sh * wq) + x0 * (pool[1] * sw),
-                                lambda vs: tirx.Shuffle(vs, idx),
-                                [b_, 0, y, x0, tirx.Ramp(0, 1, PIXELS * lanes)],
-                            )  # fmt: skip
+                    block(offs[i], permute, [b_, 0, 0, 0, tirx.Ramp(q0 * lanes, 1, PIXELS * lanes)])
     return ib_.get().with_attr("tirx.is_scheduled", True), geom
 
 
