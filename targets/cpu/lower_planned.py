@@ -38,6 +38,7 @@ from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import BlockedLayout
 from mcopt.ops.nn import bn_affine
 from mcopt.targets.cpu import kernels as K
+from mcopt.targets.cpu.lower_dense_chain import dense_chains, lower_dense_chain
 from mcopt.targets.cpu.lower_int8 import lower_fused_qconv, lower_fused_qconv_plain
 from mcopt.targets.cpu.plan import (
     BLOCKED_BINARY,
@@ -84,6 +85,9 @@ class _Values:
         #: convs (:func:`_fused_quantizes`), flattens of blocked tensors in int8 dense layers
         #: (:func:`_blocked_flattens`); lowered only when something else asks for that value
         self.deferred: dict[int, Node] = {}
+        #: chains of small int8 dense layers run as one kernel, by head node
+        #: (:func:`~mcopt.targets.cpu.lower_dense_chain.dense_chains`)
+        self.chains: dict[int, list[Node]] = {}
 
     def chose(self, what: str) -> None:
         self.choices[what] = self.choices.get(what, 0) + 1
@@ -540,18 +544,14 @@ def _lower_blocked_qdense(vals: _Values, node: Node, flat: Node) -> None:
     ``x``'s elements in memory order, the weight's column ``c*H*W + h*W + w`` moved to ``((c //
     bn)*H*W + h*W + w)*bn + c % bn`` (zero columns for padding channels). Exact: the same products
     summed (in int32)."""
+    from mcopt.targets.cpu.lower_dense_chain import blocked_flatten_weight
     from mcopt.targets.relax.lower_quant import _weights, emit_qdense
 
     x_v = flat.inputs[0]
     assert x_v is not None
     x, lay = vals.blocked_of(x_v)
-    _, c, h, wd = x_v.shape
     w, b = _weights(node)
-    n = w.shape[0]
-    cb = lay.padded // lay.bn
-    wb = np.zeros((n, cb, lay.bn, h, wd), w.dtype)
-    wb.reshape(n, lay.padded, h, wd)[:, :c] = w.reshape(n, c, h, wd)
-    wb = np.ascontiguousarray(wb.transpose(0, 1, 3, 4, 2)).reshape(n, -1)
+    wb = blocked_flatten_weight(w, tuple(x_v.shape), lay)
     y = emit_qdense(vals.ctx, node, x, wb, b, x_view=lay.blocked_shape(tuple(x_v.shape)))
     vals.set_plain(node.output, vals.ctx.emit(y))
 
@@ -567,6 +567,7 @@ def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRM
     vals = _Values(ctx, int(graph.metadata.get("mcopt.plan.lanes", info.lanes)))
     vals.into = _inplace_concats(graph)
     vals.deferred = {**_fused_quantizes(graph), **_blocked_flattens(graph)}
+    vals.chains = dense_chains(graph, target)
     for v, p in zip(graph.inputs, params):
         vals.set_plain(v, p)
     mod = emit_function(
@@ -610,7 +611,12 @@ def _lower_node(vals: _Values, node: Node, target: Any) -> None:
         return
     x_v = node.inputs[0] if node.inputs else None
     flat = None if x_v is None or id(x_v) in vals.plain else vals.deferred.get(id(x_v))
-    if node.op == "qdense" and flat is not None and flat.op == "flatten":
+    is_flat = flat is not None and flat.op == "flatten"
+    chain = vals.chains.get(id(node))
+    if chain is not None:
+        lower_dense_chain(vals, chain, flat if is_flat else None)
+        return
+    if node.op == "qdense" and is_flat:
         _lower_blocked_qdense(vals, node, flat)
         return
     lay = node.output.type.layout if len(node.outputs) == 1 else None
