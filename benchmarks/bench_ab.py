@@ -12,6 +12,9 @@ the per-round ratios and the largest output difference between the versions.
     PYTHONPATH=/path/to/old/pkg python benchmarks/bench_ab.py export DIR/models DIR/before
     python benchmarks/bench_ab.py compare DIR/models DIR/before DIR/after
 
+``export --passes "cleanup|quantize-int8"`` compiles another pipeline (the int8 A/B of the closing
+notes), with lossy passes calibrated on random inputs (timing only).
+
 ``export`` only needs ``mcopt.optimize`` and ``CompiledModel.export_library``, so it runs against
 older versions too (``PYTHONPATH`` pointing at a package tree of that version: ``mcopt/`` with
 ``passes/`` and ``targets/`` inside).
@@ -48,6 +51,10 @@ def cmd_models(out: Path, names: list[str]) -> None:
             proto = zoo.tiny_cnn(seed=0)
         elif name == "pp_lcnet":
             proto = pp_lcnet(scale=0.5, resolution=224)
+        elif name == "mnist_cnn3":
+            from bench_auto import cnn3
+
+            proto = cnn3()
         elif name == "mobilenet_v2":
             proto = zoo.mobilenet_v2()
         else:
@@ -56,13 +63,20 @@ def cmd_models(out: Path, names: list[str]) -> None:
         print(f"wrote {out / name}.onnx", flush=True)
 
 
-def cmd_export(models: Path, out: Path) -> None:
+def cmd_export(models: Path, out: Path, passes: str | None = None) -> None:
+    import warnings
+
     import mcopt
 
     out.mkdir(parents=True, exist_ok=True)
+    pipeline = None if passes is None else passes.split("|")
     for path in sorted(models.glob("*.onnx")):
         t0 = time.perf_counter()
-        res = mcopt.optimize(str(path), target="cpu", measure=False, check=False)
+        with warnings.catch_warnings():  # lossy passes without data: fine for timing
+            warnings.simplefilter("ignore")
+            res = mcopt.optimize(
+                str(path), target="cpu", passes=pipeline, measure=False, check=False
+            )
         res.compiled.export_library(out / f"{path.stem}.so")
         meta = {
             "inputs": [[v.name, list(v.shape), v.dtype] for v in res.graph.inputs],
@@ -146,6 +160,11 @@ def main() -> None:
     e = sub.add_parser("export", help="compile every model with this mcopt version")
     e.add_argument("models", type=Path)
     e.add_argument("out", type=Path)
+    e.add_argument(
+        "--passes", default=None,
+        help='a pipeline, passes separated by "|" (default: the lossless default); lossy '
+        "passes calibrate on random inputs here (speed only: the error column is theirs)",
+    )  # fmt: skip
     c = sub.add_parser("compare", help="time the versions' libraries beside onnxruntime")
     c.add_argument("models", type=Path)
     c.add_argument("dirs", type=Path, nargs="+")
@@ -155,7 +174,7 @@ def main() -> None:
     if args.cmd == "models":
         cmd_models(args.out, args.models.split(","))
     elif args.cmd == "export":
-        cmd_export(args.models, args.out)
+        cmd_export(args.models, args.out, args.passes)
     else:
         cmd_compare(args.models, args.dirs, args.rounds, args.burst)
 
