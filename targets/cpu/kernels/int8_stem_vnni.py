@@ -22,8 +22,11 @@ are 16 output pixels of one channel::
   block) the form lost to the window form at 8 channels (28.5 vs 18.2 us, serial; it runs on
   one core) and won only with fewer;
 - per (input channel, kernel row, column group): one or two 64-byte loads at the block's first
-  window, one byte permutation (``vpermb`` / ``vpermi2b``) into the 16 pixels' 4-byte windows, then one ``vpdpbusd`` per
-  output channel with its 4 weights broadcast;
+  window, one byte permutation (``vpermb`` / ``vpermi2b``) into the 16 pixels' 4-byte windows,
+  then one ``vpdpbusd`` per output channel with its 4 weights broadcast;
+- with a fused max pool (kernel = stride), a block is 16 pooled pixels: the same permutation
+  from each pooled window's offset (``subs``), the windows' accumulators side by side, their max
+  through the epilogue (monotone: no hard-swish; multipliers >= 0);
 - the epilogue runs on the 16 pixels of each channel, then one shuffle interleaves the ``L``
   channels into the ``NCHW[L]c`` block (16 pixels x ``L`` channels, contiguous).
 
