@@ -60,7 +60,7 @@ def _unblocked(a: np.ndarray, c: int) -> np.ndarray:
 def _check_kernel(
     ic: int, oc: int, hw: int, k: int, stride: int, pad: int, ep: QEpilogue, *,
     ib: int = 16, isa: str | None = "vnni16", in_dtype: str = "uint8", zp: int = 3,
-    window: bool = False, groups: int = 1,
+    window: bool = False, groups: int = 1, pool: tuple[int, int] = (1, 1),
 ) -> None:  # fmt: skip
     lanes = 16 if isa in ("vnni16", "avx512") else 8
     rng = np.random.default_rng(ic * 131 + oc * 7 + k)
@@ -76,8 +76,11 @@ def _check_kernel(
     mult = (rng.random(oc) * 0.05 + 0.005).astype(np.float32)
     ref, res = epilogue_reference(ep, acc, mult, rng)
     flat = k == 1 and stride == 1 and pad == 0 and ib % 4 == 0 and in_dtype == "uint8"
-    flat = flat and not window
-    params = choose_params(oh * oh if flat else oh, ocp // lanes, isa, lanes, oh, 2)
+    flat = flat and not window and pool == (1, 1)
+    ph, pw = pool
+    o_h, o_w = oh // ph, oh // pw  # the max pool of the epilogue's output (floor mode)
+    ref = ref[:, :, : o_h * ph, : o_w * pw].reshape(1, oc, o_h, ph, o_w, pw).max(axis=(3, 5))
+    params = choose_params(oh * oh if flat else o_w * pw, ocp // lanes, isa, lanes, oh, 2)
     gwin = None
     if groups > 1:
         wp, gwin = grouped_window_weight(w, groups, icp // ib, ib, lanes)
@@ -87,7 +90,7 @@ def _check_kernel(
     func, got_flat = int8_conv2d_nchwc(
         (1, icp // ib, hw, hw, ib), wp.shape, (stride,) * 2, (pad,) * 4,
         in_dtype=in_dtype, x_zero_point=zp, epilogue=ep, params=params, window=window,
-        group_window=gwin,
+        group_window=gwin, pool=pool,
     )  # fmt: skip
     assert got_flat == flat
     bp = np.zeros(ocp, np.int32)
@@ -102,7 +105,7 @@ def _check_kernel(
     if res is not None:
         rb = _blocked(res, lanes, ocp)
         args.append(rb.reshape(1, ocp // lanes, oh * oh, lanes) if flat else rb)
-    out = np.zeros((1, ocp // lanes, oh, oh, lanes), ep.out_dtype)
+    out = np.zeros((1, ocp // lanes, o_h, o_w, lanes), ep.out_dtype)
     lib = tvm.compile(tvm.IRModule({"main": func}), target=host_target())
     targs = [tvm.runtime.tensor(a) for a in args]
     targs.append(tvm.runtime.tensor(out.reshape(1, ocp // lanes, oh * oh, lanes) if flat else out))
@@ -132,6 +135,26 @@ def _vnni_here() -> bool:
 def test_int8_nchwc_kernel_is_bit_exact(ic, oc, hw, k, stride, pad, ep):
     isa = "vnni16" if _vnni_here() else None
     _check_kernel(ic, oc, hw, k, stride, pad, ep, ib=16 if ic > 3 else 3, isa=isa)
+
+
+@pytest.mark.parametrize(
+    "ic,oc,hw,k,pad,ep,pool,window",
+    [
+        (16, 16, 14, 3, 1, REQUANT, (2, 2), False),  # the 3-conv MNIST CNN's second conv + pool
+        (16, 32, 7, 3, 1, REQUANT, (2, 2), False),  # 7 x 7 -> 3 x 3: the last row unused
+        (32, 32, 13, 3, 1, HSWISH_Q, (2, 2), False),  # a non-monotone epilogue: pooled after it
+        (16, 16, 12, 1, 0, QEpilogue(base_bounds=(0.0, 6.0)), (2, 2), False),  # 1x1
+        (6, 16, 14, 5, 0, REQUANT, (2, 2), True),  # LeNet-5's second conv (window form)
+        (16, 16, 15, 3, 1, REQUANT, (3, 3), False),  # a 3x3 pool of stride 3
+    ],
+)
+def test_int8_conv_kernel_with_its_max_pool_is_bit_exact(ic, oc, hw, k, pad, ep, pool, window):
+    """``pool=``: the kernel writes the max pool (kernel = stride) of its epilogue's output."""
+    isa = "vnni16" if _vnni_here() else None
+    ib = 8 if window else 16
+    if window and isa:
+        isa = "vnni8"
+    _check_kernel(ic, oc, hw, k, 1, pad, ep, ib=ib, isa=isa, window=window, pool=pool)
 
 
 def test_int8_nchwc_kernel_generic_and_signed_input():

@@ -138,7 +138,7 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     if window and occ == 1 and stem_in:
         from mcopt.targets.cpu.kernels.int8_stem_vnni import stem_applies
 
-        pool = _fusable_pool(vals, node, mult)
+        pool = _pool_reader(vals, node) if (mult >= 0).all() else None
         for pool_node in (pool, None) if pool is not None else (None,):
             size = (1, 1) if pool_node is None else tuple(pool_node.attrs["kernel"])
             if stem_applies(
@@ -173,18 +173,33 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
             isa, lx.bn, (kh, kw), at["strides"], at["pads"], oh * ow, gwin is not None
         )
     )
-    params = choose_params(
-        oh * ow if flat else ow, occ if gwin is None else 1, isa, lanes, oh, cores
-    )
     in_shape = tuple(x_v.shape) if plain_in else lx.blocked_shape(tuple(x_v.shape))
-    func, flat = int8_conv2d_nchwc(
-        in_shape, wp.shape, at["strides"], at["pads"], at["dilations"],
-        in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, params=params, window=window,
-        group_window=gwin, cores=cores, in_quant=in_quant,
-    )  # fmt: skip
+    pool = None
+    if not flat and gwin is None and res is None and isa != "sdot":
+        pool = _pool_reader(vals, node)
+    for pool_node in (pool, None) if pool is not None else (None,):
+        size = (1, 1) if pool_node is None else tuple(pool_node.attrs["kernel"])
+        params = choose_params(
+            oh * ow if flat else ow // size[1] * size[1], occ if gwin is None else 1, isa, lanes,
+            oh, cores,
+        )  # fmt: skip
+        try:
+            func, flat = int8_conv2d_nchwc(
+                in_shape, wp.shape, at["strides"], at["pads"], at["dilations"],
+                in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, params=params, window=window,
+                group_window=gwin, cores=cores, in_quant=in_quant, pool=size,
+            )  # fmt: skip
+        except ValueError:
+            if pool_node is None:
+                raise
+            continue  # the conv alone, the pool on its own
+        pool = pool_node
+        break
     be = int8_conv.conv_bias_eff(wp, b_pad, x_zp + shift, lout.padded).reshape(occ, lanes)
     ctx = vals.ctx
     out_shape = (n, occ, oh, ow, lanes)
+    if pool is not None:
+        out_shape = lout.blocked_shape(tuple(pool.output.shape))
     if flat:  # the kernel's flattened-plane buffers as views of the blocked tensors (no reshape)
         views = {"x": (in_shape, 0), "out": (out_shape, 0)}
         if res is not None:
@@ -194,16 +209,26 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     args = [x, ctx.const(pack(wp, lanes)), ctx.const(be)]
     args += [ctx.const(mult.reshape(occ, lanes))] + ([] if res is None else [res])
     y = call_kernel(bb, func, "qconv2d_nchwc", args, out_shape, ep.out_dtype)
+    if pool is not None:
+        _set_pooled(vals, pool, y, lout)
+        return
     _check_shape(node, y, lout)
     vals.set_blocked(node.output, y, lout)
 
 
-def _fusable_pool(vals: Any, node: Node, mult: np.ndarray) -> Node | None:
-    """The ``max_pool`` that alone reads ``node``'s output when the stem form can compute it
-    too: kernel = stride, no padding or dilation, floor mode, the conv's layout, multipliers >=
-    0 (the epilogue then never decreases with the accumulator)."""
+def _set_pooled(vals: Any, pool: Node, y: Any, lout: BlockedLayout) -> None:
+    """``y`` is ``pool``'s output, computed by the conv's kernel: the pool node is skipped."""
+    vals.set_blocked(pool.output, y, lout)
+    vals.deferred[id(pool.output)] = pool
+    vals.chose("int8 conv: max pool in the kernel")
+
+
+def _pool_reader(vals: Any, node: Node) -> Node | None:
+    """The ``max_pool`` that alone reads ``node``'s output where a conv kernel can compute it
+    too: kernel = stride, no padding or dilation, floor mode, the conv's layout. (The stem form
+    pools the accumulators, so it also needs multipliers >= 0.)"""
     y = node.output
-    if len(y.uses) != 1 or any(y is o for o in vals.ctx.graph.outputs) or (mult < 0).any():
+    if len(y.uses) != 1 or any(y is o for o in vals.ctx.graph.outputs):
         return None
     pool, i = y.uses[0]
     if pool.op != "max_pool" or i != 0 or len(pool.outputs) != 1:
@@ -229,7 +254,7 @@ def _lower_stem(
 ) -> None:  # fmt: skip
     """The pixels-on-lanes form (:mod:`.kernels.int8_stem_vnni`) of a few-channel conv (the plain
     image or a blocked u8 input ``in_shape``): one output block of ``lout.bn`` channels. With
-    ``pool`` (:func:`_fusable_pool`) the kernel writes that max pool's output and the pool
+    ``pool`` (:func:`_pool_reader`) the kernel writes that max pool's output and the pool
     node is not lowered on its own (``vals.deferred``)."""
     from mcopt.targets.cpu.kernels import int8_conv
     from mcopt.targets.cpu.kernels.int8_stem_vnni import (
@@ -260,10 +285,9 @@ def _lower_stem(
     out_shape = lout.blocked_shape(tuple(out_v.shape))
     name = "qconv2d_stem" if pool is None else "qconv2d_stem_maxpool"
     y = call_kernel(ctx.bb, func, name, args, out_shape, ep.out_dtype)
-    vals.chose("int8 conv: pixels on lanes" + ("" if pool is None else " + max pool"))
+    vals.chose("int8 conv: pixels on lanes")
     if pool is not None:
-        vals.set_blocked(pool.output, y, lout)
-        vals.deferred[id(pool.output)] = pool
+        _set_pooled(vals, pool, y, lout)
         return
     _check_shape(node, y, lout)
     vals.set_blocked(node.output, y, lout)

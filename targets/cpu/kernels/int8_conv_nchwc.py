@@ -92,6 +92,7 @@ def int8_conv2d_nchwc(
     group_window: tuple[int, int, int] | None = None,
     cores: int = 1,
     in_quant: tuple[float, int] | None = None,
+    pool: tuple[int, int] = (1, 1),
 ) -> tuple[Any, bool]:
     """The scheduled PrimFunc and whether it runs on the flattened plane.
 
@@ -124,9 +125,18 @@ def int8_conv2d_nchwc(
 
     ``in_quant = (scale, zero_point)``: the plain input is float32 and the padded copy quantizes
     it to ``in_dtype`` as the ``quantize`` op does (``round(x / scale) + zero_point``, clamped):
-    the image's quantize runs inside the first conv instead of as a pass of its own."""
+    the image's quantize runs inside the first conv instead of as a pass of its own.
+
+    ``pool = (PH, PW)``: the max pool of that kernel and stride (floor mode, no padding) that reads
+    the output, fused: the kernel computes the conv rows / columns the pool reads, ``PH`` rows of
+    the register tiles at a time (a small buffer per thread), and writes the pooled ``(N, OCb,
+    OH // PH, OW // PW, L)``, never the conv's output (the max runs on the epilogue's results, so
+    any epilogue; not with a residual, the flattened plane or the ``sdot`` forms)."""
     from tvm import s_tir, te, tirx
 
+    pooled = tuple(pool) != (1, 1)
+    if pooled and (epilogue.residual is not None or params.isa == "sdot"):
+        raise ValueError("a fused pool: not with a residual or the sdot forms")
     plain = len(in_shape) == 4  # an NCHW input (the image): read by the padded copy directly
     if in_quant is not None and not plain:
         raise ValueError("in_quant: only for a plain (NCHW) input")
@@ -161,6 +171,10 @@ def int8_conv2d_nchwc(
         return func, True
     oh = conv_out_size(h, kh, sh, pt, pb, dh)
     ow = conv_out_size(w, kw, sw, pl, pr, dw)
+    if pooled:  # only the rows and columns the pool reads
+        oh, ow = oh // pool[0] * pool[0], ow // pool[1] * pool[1]
+        if not oh or not ow:
+            raise ValueError(f"pool {pool} of an output smaller than it")
     if (
         not plain
         and not window
@@ -194,7 +208,7 @@ def int8_conv2d_nchwc(
     pad_val = x_zero_point + shift
     flat = (
         kh == kw == sh == sw == 1 and not any((pt, pl, pb, pr)) and ib % 4 == 0 and not shift
-    ) and not window
+    ) and not (window or pooled)
     direct = (
         flat
         or not window
@@ -309,13 +323,25 @@ def int8_conv2d_nchwc(
         return epilogue.apply_te(acc, mult[c, ob], None if res is None else res[idx])
 
     out = te.compute(out_shape, out_fn, name="out")
-    tensors.append(out)
+    if pooled:
+        import functools
+
+        ph, pw = pool
+
+        def pool_fn(b: Any, c: Any, y: Any, xx: Any, ob: Any) -> Any:
+            taps = [out[b, c, y * ph + i, xx * pw + j, ob] for i in range(ph) for j in range(pw)]
+            return functools.reduce(tirx.max, taps)
+
+        final = te.compute((n, occ, oh // ph, ow // pw, lanes), pool_fn, name="pool")
+        tensors.append(final)
+    else:
+        tensors.append(out)
     sch = s_tir.Schedule(te.create_prim_func(tensors))
-    _schedule(sch, params, flat, not direct and not flat)
+    _schedule(sch, params, flat, not direct and not flat, pool[0] if pooled else 0)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True), flat
 
 
-def _schedule(sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool) -> None:
+def _schedule(sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool, pool_h: int = 0) -> None:
     from mcopt.targets.cpu.kernels.int8_intrin import intrin_name, macs_per_op
 
     per_op = macs_per_op(p.isa)
@@ -337,17 +363,27 @@ def _schedule(sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool) -> None:
         b, c, y, xx, ob, *red = loops
         c_o, c_i = sch.split(c, [None, p.reg_c])
         x_o, x_i = sch.split(xx, [None, p.reg_n])
-        outer = [b, c_o, y, x_o]
-        par = [b, c_o, y]
+        if pool_h:  # the pool's rows of tiles, then the pooled row
+            y_o, y_i = sch.split(y, [None, pool_h])
+            outer = [b, c_o, y_o, y_i, x_o]
+            par = [b, c_o, y_o]
+        else:
+            outer = [b, c_o, y, x_o]
+            par = [b, c_o, y]
     r_k = red[-1]
     if p.isa is not None:
         sch.reorder(*outer, *red[:-1], c_i, x_i, ob, r_k)
     else:  # exact generic code: LLVM widens to int32
         sch.reorder(*outer, *red[:-1], c_i, x_i, r_k, ob)
-    parallel(sch, sch.fuse(*par), per_op)
+    fused = sch.fuse(*par)
+    parallel(sch, fused, per_op)
     out = sch.get_sblock("out")
     sch.reverse_compute_at(out, x_o)
     sch.vectorize(sch.get_loops(out)[-1])
+    if pool_h:
+        pool = sch.get_sblock("pool")
+        sch.reverse_compute_at(pool, fused)
+        sch.vectorize(sch.get_loops(pool)[-1])
     if p.isa is None:
         sch.unroll(r_k)
         sch.vectorize(ob)
