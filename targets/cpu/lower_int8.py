@@ -133,19 +133,19 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         return
     window = node.attrs["kernel"] == "int8_window"
     groups = int(at["groups"])
+    in_shape = tuple(x_v.shape) if plain_in else lx.blocked_shape(tuple(x_v.shape))
     stem_in = plain_in and (in_quant is not None or in_dtype == "uint8")
     stem_in = stem_in or (not plain_in and in_dtype == "uint8" and lx.bn in (8, 16))
     if window and occ == 1 and stem_in:
         from mcopt.targets.cpu.kernels.int8_stem_vnni import stem_applies
 
-        pool = _pool_reader(vals, node) if (mult >= 0).all() else None
-        for pool_node in (pool, None) if pool is not None else (None,):
-            size = (1, 1) if pool_node is None else tuple(pool_node.attrs["kernel"])
+        for pool_node, size in _pool_options(
+            _pool_reader(vals, node) if (mult >= 0).all() else None
+        ):
             if stem_applies(
                 target, oc, lanes, (h, wd), (kh, kw), at["strides"], at["pads"],
                 at["dilations"], groups, ep, None if plain_in else lx.bn, size,
             ):  # fmt: skip
-                in_shape = tuple(x_v.shape) if plain_in else lx.blocked_shape(tuple(x_v.shape))
                 _lower_stem(
                     vals, node, x, in_shape, w, b_pad, x_zp, mult, ep, in_quant, lout, pool_node
                 )
@@ -173,12 +173,10 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
             isa, lx.bn, (kh, kw), at["strides"], at["pads"], oh * ow, gwin is not None
         )
     )
-    in_shape = tuple(x_v.shape) if plain_in else lx.blocked_shape(tuple(x_v.shape))
     pool = None
     if not flat and gwin is None and res is None and isa != "sdot":
         pool = _pool_reader(vals, node)
-    for pool_node in (pool, None) if pool is not None else (None,):
-        size = (1, 1) if pool_node is None else tuple(pool_node.attrs["kernel"])
+    for pool_node, size in _pool_options(pool):
         params = choose_params(
             oh * ow if flat else ow // size[1] * size[1], occ if gwin is None else 1, isa, lanes,
             oh, cores,
@@ -214,6 +212,15 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         return
     _check_shape(node, y, lout)
     vals.set_blocked(node.output, y, lout)
+
+
+def _pool_options(pool: Node | None) -> list[tuple[Node | None, tuple[int, int]]]:
+    """What to try, in order: with ``pool`` fused (its kernel size), then without."""
+    options: list[tuple[Node | None, tuple[int, int]]] = [(None, (1, 1))]
+    if pool is not None:
+        k = tuple(int(v) for v in pool.attrs["kernel"])
+        options.insert(0, (pool, (k[0], k[1])))
+    return options
 
 
 def _set_pooled(vals: Any, pool: Node, y: Any, lout: BlockedLayout) -> None:
