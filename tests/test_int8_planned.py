@@ -33,7 +33,7 @@ from mcopt.targets.cpu.kernels.int8_conv_nchwc import (  # noqa: E402
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue  # noqa: E402
 from mcopt.targets.cpu.kernels.target_info import host_target  # noqa: E402
 from mcopt.testing import zoo  # noqa: E402
-from mcopt.testing.int8 import epilogue_reference  # noqa: E402
+from mcopt.testing.int8 import epilogue_reference, image_conv_case  # noqa: E402
 
 INF = math.inf
 REQUANT = QEpilogue(base_dtype="uint8", base_bounds=(0.0, 255.0), base_zp=0)
@@ -293,14 +293,7 @@ def test_int8_conv_quantizes_the_float_image_inline(ic, oc, k, stride, pad, wind
     lanes = 16 if isa else 8
     rng = np.random.default_rng(ic + k)
     hw, scale, zp = 19, 0.0127, 33
-    x = (rng.standard_normal((1, ic, hw, hw)) * 1.5).astype(np.float32)
-    x[0, 0, 0, :4] = np.array([0.5, 1.5, -0.5, 2.5], np.float32) * scale  # ties: half to even
-    xq = np.clip(np.round(x / np.float32(scale)) + np.float32(zp), 0, 255).astype(np.uint8)
-    w = rng.integers(-64, 64, (oc, ic, k, k)).astype(np.int8)
-    b = rng.integers(-2000, 2000, oc).astype(np.int32)
-    attrs = {"x_zero_point": zp, "strides": (stride,) * 2, "pads": (pad,) * 4,
-             "dilations": (1, 1), "groups": 1}  # fmt: skip
-    acc = qconv2d_acc(xq, w, b, attrs)
+    x, xq, w, b, acc = image_conv_case(rng, ic, oc, hw, k, stride, pad, scale, zp, w_bound=64)
     oh = acc.shape[2]
     mult = (rng.random(oc) * 0.05 + 0.005).astype(np.float32)
     ref = HSWISH_Q.apply_numpy(acc, mult.reshape(1, -1, 1, 1), None)

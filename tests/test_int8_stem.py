@@ -9,7 +9,6 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from mcopt.ops.quant import qconv2d_acc  # noqa: E402
 from mcopt.targets.cpu.kernels.int8_conv import conv_bias_eff  # noqa: E402
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue  # noqa: E402
 from mcopt.targets.cpu.kernels.int8_stem_vnni import (  # noqa: E402
@@ -20,6 +19,7 @@ from mcopt.targets.cpu.kernels.int8_stem_vnni import (  # noqa: E402
     stem_tables,
 )
 from mcopt.targets.cpu.kernels.target_info import host_target  # noqa: E402
+from mcopt.testing.int8 import image_conv_case  # noqa: E402
 
 REQUANT = QEpilogue(base_dtype="uint8", base_bounds=(0.0, 255.0), base_zp=0)
 HSWISH_Q = QEpilogue(post_act="hard_swish", q_dtype="uint8", q_scale=2.0, q_zp=3)
@@ -64,14 +64,7 @@ def _blocked(a: np.ndarray, bn: int) -> np.ndarray:
 def test_stem_kernel_is_bit_exact(ic, oc, lanes, hw, k, stride, pad, ep, src, loads, pool):
     rng = np.random.default_rng(ic * 7 + oc + k)
     scale, zp = 0.0127, 33
-    x = (rng.standard_normal((1, ic, hw, hw)) * 1.5).astype(np.float32)
-    x[0, 0, 0, :4] = np.array([0.5, 1.5, -0.5, 2.5], np.float32) * scale  # ties: half to even
-    xq = np.clip(np.round(x / np.float32(scale)) + np.float32(zp), 0, 255).astype(np.uint8)
-    w = rng.integers(-128, 128, (oc, ic, k, k)).astype(np.int8)
-    b = rng.integers(-2000, 2000, oc).astype(np.int32)
-    attrs = {"x_zero_point": zp, "strides": (stride,) * 2, "pads": (pad,) * 4,
-             "dilations": (1, 1), "groups": 1}  # fmt: skip
-    acc = qconv2d_acc(xq, w, b, attrs)
+    x, xq, w, b, acc = image_conv_case(rng, ic, oc, hw, k, stride, pad, scale, zp)
     oh, ow = acc.shape[2:]
     mult = np.zeros(lanes, np.float32)
     mult[:oc] = rng.random(oc) * 0.05 + 0.005
