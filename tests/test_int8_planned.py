@@ -387,3 +387,45 @@ def test_int8_dense_reads_the_blocked_tensor_of_a_flatten():
     cm = build(g, "cpu")
     for f in feeds:
         np.testing.assert_array_equal(cm.run(f)[0], run(g, f)[0])
+
+
+@pytest.mark.parametrize("tail", ["output", "reshape"])
+def test_int8_conv_with_its_pool_feeding_plain_ops(tail):
+    """A conv + max pool (the pool in the conv's kernel) whose pool output is read by plain ops:
+    the graph's output itself, or a Reshape (VGG's flatten) before a dense. The pool's value is
+    the kernel's blocked output, unblocked (it was lowered again from the never-computed conv
+    output: 'cannot lower node')."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mcopt.targets.relax.builder import build
+
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3, "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    inits, out = [w], "p"
+    out_shape = [1, 16, 6, 6]
+    if tail == "reshape":
+        shape = numpy_helper.from_array(np.array([1, 576], np.int64), "shape")
+        fc = numpy_helper.from_array(rng.standard_normal((10, 576)).astype(np.float32), "fc")
+        inits += [shape, fc]
+        nodes += [
+            helper.make_node("Reshape", ["p", "shape"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "fc"], ["y"], transB=1),
+        ]
+        out, out_shape = "y", [1, 10]
+    graph = helper.make_graph(
+        nodes, "conv_pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], initializer=inits,
+    )  # fmt: skip
+    g = import_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    feeds = [{"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(3)]
+    PassManager(["cleanup", "quantize-int8"]).run(g, PassContext(calib=feeds))
+    cm = build(g, "cpu")
+    names = [r["name"] for r in cm.profile(feeds[0], repeat=1)]
+    assert not any(n.startswith("max_pool") for n in names)  # in the conv's kernel
+    for f in feeds:
+        np.testing.assert_array_equal(cm.run(f)[0], run(g, f)[0])

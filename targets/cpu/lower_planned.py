@@ -108,7 +108,9 @@ class _Values:
             e = self.plain[id(v)] = self.ctx.const(v.const)
             return e
         d = self.deferred.get(id(v))
-        if d is not None:  # a kernel that was to run it inline fell back to plain ops
+        if d is not None and id(v) not in self.blocked:
+            # a kernel that was to run it inline fell back to plain ops (a deferred value that
+            # a kernel did compute, e.g. a pool fused into its conv, is blocked: converted below)
             res = LOWERINGS[d.op](self.ctx, d, [self.plain_of(i) for i in d.inputs])
             e = self.plain[id(v)] = _emit_outputs(self.ctx, d, res)[0]
             return e
