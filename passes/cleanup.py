@@ -15,7 +15,10 @@ from mcopt.pass_manager import Pass, PassContext, register_pass, register_pipeli
 from mcopt.rewrite import B, Match, P, RewriteRule, V, W, X, apply_rewrites
 
 #: the standard lossless cleanup, in order (the ``cleanup`` pipeline)
-DEFAULT_CLEANUP = ["remove-identity", "constant-fold", "fold-batch-norm", "simplify-reshape", "dce"]
+DEFAULT_CLEANUP = [
+    "remove-identity", "constant-fold", "fold-batch-norm", "fold-bias-add", "simplify-reshape",
+    "dce",
+]  # fmt: skip
 
 VIEW_OPS = tuple(sorted(ops_with("view") - ops_with("channelwise")))  # reshape-like ops
 
@@ -229,6 +232,87 @@ class FoldBatchNorm(Pass):
         return res.changed
 
 
+# --- a constant add after a conv / dense -> its bias ------------------------------------------------------
+def _channel_vector(c: np.ndarray, out_shape: tuple[int, ...], axis: int) -> np.ndarray | None:
+    """``c`` as one value per channel (``axis`` of ``out_shape``) when adding it to an output of
+    that shape is adding that vector along the axis (it broadcasts without growing the output and
+    is constant along every other axis); else None."""
+    try:
+        if np.broadcast_shapes(c.shape, out_shape) != tuple(out_shape):
+            return None
+    except ValueError:
+        return None
+    per = np.moveaxis(np.broadcast_to(c, out_shape), axis, 0).reshape(out_shape[axis], -1)
+    if not (per == per[:, :1]).all():
+        return None
+    return per[:, 0]
+
+
+class AddIntoBias(RewriteRule):
+    """add(conv2d | dense(x, w, b), c) -> conv2d | dense(x, w, b + c) for a float constant ``c``
+    that is one value per output channel (a MatMul + Add from TensorFlow or scikit-learn, a Conv
+    without bias followed by an Add)."""
+
+    name = "add-into-bias"
+    pattern = P("add", P(("conv2d", "dense"), X, W, B, name="lin"), V("c", const=True), name="add")
+
+    def check(self, m: Match) -> str | None:
+        lin: Node = m["lin"]
+        c: Value = m["c"]
+        for v in (m["w"], m["b"], c):
+            if v is not None and (v.type.encoding is not None or np.dtype(v.dtype).kind != "f"):
+                return f"%{v.name} is not a plain float constant"
+        if _bias_of(m) is None:
+            return f"%{c.name} {c.shape} is not one value per output channel of {lin.name!r}"
+        return None
+
+    def rewrite(self, m: Match, graph: Graph) -> Value:
+        lin: Node = m["lin"]
+        vec = _bias_of(m)
+        assert vec is not None
+        w: Value = m["w"]
+        b64 = np.zeros(w.shape[0]) if m["b"] is None else m["b"].const.astype(np.float64)
+        bv = graph.const((b64 + vec).astype(w.dtype), name=f"{lin.name}_b_add")
+        lin.replace_inputs([m["x"], w, bv])
+        return lin.output
+
+
+class AddIntoBiasSwapped(AddIntoBias):
+    """add(c, conv2d | dense(...)): :class:`AddIntoBias` with the constant first."""
+
+    pattern = P("add", V("c", const=True), P(("conv2d", "dense"), X, W, B, name="lin"), name="add")
+
+
+def _bias_of(m: Match) -> np.ndarray | None:
+    lin: Node = m["lin"]
+    out = lin.output
+    axis = 1 if lin.op == "conv2d" else out.type.rank - 1
+    vec = _channel_vector(np.asarray(m["c"].const, np.float64), tuple(out.shape), axis)
+    if vec is None or vec.shape[0] != m["w"].shape[0]:
+        return None
+    return vec
+
+
+@register_pass
+class FoldBiasAdd(Pass):
+    """Fold an add of a per-channel constant into the preceding conv2d / dense's bias.
+
+    ``y = (x @ w.T + b) + c`` -> ``x @ w.T + (b + c)`` when ``c`` broadcasts to one value per
+    output channel and the conv / dense output feeds nothing but the add (exported MatMul + Add
+    pairs, bias-less convs followed by an Add). The fused bias then reaches the int8 kernels'
+    epilogue instead of a float add after a dequantized output. Lossless up to float rounding
+    (the sum b + c in float64, stored in the weight dtype)."""
+
+    name = "fold-bias-add"
+    lossless = True
+
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        res = apply_rewrites(graph, [AddIntoBias(), AddIntoBiasSwapped()])
+        if res.changed:
+            ctx.info(f"fold-bias-add: {res.applied}")
+        return res.changed
+
+
 # --- identity / dropout -----------------------------------------------------------------------------------
 class RemoveIdentity(RewriteRule):
     """identity(x) -> x, dropout(x) -> x (inference)."""
@@ -248,18 +332,31 @@ class RemoveIdentity(RewriteRule):
         return m["x"]
 
 
+class NoopCast(RemoveIdentity):
+    """cast(x, to=x's dtype) -> x (scikit-learn's exports start with one)."""
+
+    name = "noop-cast"
+    pattern = P("cast", X, name="n")
+
+    def check(self, m: Match) -> str | None:
+        if str(m["n"].attrs.get("to")) != m["x"].dtype:
+            return f"casts {m['x'].dtype} to {m['n'].attrs.get('to')}"
+        return super().check(m)
+
+
 @register_pass
 class RemoveIdentityPass(Pass):
-    """Remove identity and inference-mode dropout nodes.
+    """Remove identity, inference-mode dropout and same-dtype cast nodes.
 
-    Uses of y = identity(x) / dropout(x) are pointed at x; a graph output keeps its name. Kept only
-    where that would turn a graph output into a graph input or a constant. Lossless (exact)."""
+    Uses of y = identity(x) / dropout(x) / cast(x, to=x.dtype) are pointed at x; a graph output
+    keeps its name. Kept only where that would turn a graph output into a graph input or a
+    constant. Lossless (exact)."""
 
     name = "remove-identity"
     lossless = True
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        return apply_rewrites(graph, [RemoveIdentity()]).changed
+        return apply_rewrites(graph, [RemoveIdentity(), NoopCast()]).changed
 
 
 # --- reshape / transpose simplification -------------------------------------------------------------------
@@ -356,8 +453,10 @@ __all__ = [
     "DEFAULT_CLEANUP",
     "BNToAffine",
     "ConstantFold",
+    "AddIntoBias",
     "DeadCodeElimination",
     "FoldBNIntoLinear",
+    "FoldBiasAdd",
     "FoldBatchNorm",
     "RemoveIdentityPass",
     "SimplifyReshape",

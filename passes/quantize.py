@@ -139,6 +139,30 @@ def weight_scales(w: np.ndarray, qmax: int) -> np.ndarray:
     return np.maximum(m / qmax, 1e-12).astype(np.float32)
 
 
+def _bias_headroom(
+    w: np.ndarray, q: np.ndarray, s: np.ndarray, bias: np.ndarray, sx: float, qmax: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel weight scales no smaller than keeps the int32 bias ``bias / (sx * s)`` within
+    half of what the accumulator has left after the largest dot product (``K * 255 * (qmax+1)``);
+    the channels whose scale grows (near-zero weights under a real bias: dead units of an L2-
+    regularized MLP) are quantized again at that scale. Without it such a bias was clipped to
+    int32 and the accumulator overflowed."""
+    k = int(np.prod(w.shape[1:]))
+    room = (2**31 - 1) - k * 255 * (qmax + 1)
+    if room <= 0:
+        return q, s
+    need = np.abs(bias) / (float(sx) * room * 0.5)
+    low = s.astype(np.float64) < need
+    if not low.any():
+        return q, s
+    s = s.copy()
+    s[low] = need[low].astype(s.dtype)
+    w2 = w.reshape(w.shape[0], -1).astype(np.float64)
+    q2 = q.reshape(q.shape[0], -1).copy()
+    q2[low] = np.clip(np.rint(w2[low] / s[low, None].astype(np.float64)), -qmax - 1, qmax)
+    return q2.reshape(q.shape).astype(np.int8), s
+
+
 @register_pass
 class QuantizeInt8(Pass):
     """Post-training uniform quantization of conv2d/dense layers (see the module docstring)."""
@@ -336,9 +360,10 @@ class QuantizeInt8(Pass):
         assert x is not None and w is not None and w.const is not None
         xq, (sx, zx) = self._input_codes(graph, x, st, qcache)
         q, s = self.quantize_weight(w.const, hess)
-        wdq = (q.reshape(q.shape[0], -1).astype(np.float32) * s[:, None]).reshape(w.shape)
         bias = np.zeros(w.shape[0], np.float64) if b is None or b.const is None else b.const
         bias = np.asarray(bias, np.float64)
+        q, s = _bias_headroom(w.const, q, s, bias, sx, self.qmax)
+        wdq = (q.reshape(q.shape[0], -1).astype(np.float32) * s[:, None]).reshape(w.shape)
         if self.bias_correction:
             mean_x = st.channel_mean
             dw = (wdq - w.const).astype(np.float64)

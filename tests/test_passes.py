@@ -252,7 +252,8 @@ def test_manager_records_report() -> None:
         assert r.max_rel_err <= 1e-5
     assert [n.op for n in g.nodes] == ["conv2d", "relu", "global_avg_pool", "flatten"]
     np.testing.assert_allclose(interpreter.run(g, feed)[0], ref[0], rtol=1e-5, atol=1e-6)
-    assert len(events) == 2 * len(DEFAULT_CLEANUP) and events[-1] == (4, 5, "dce", True)
+    n = len(DEFAULT_CLEANUP)
+    assert len(events) == 2 * n and events[-1] == (n - 1, n, "dce", True)
     assert any("dce" in m for m in logs)
     d = json.loads(json.dumps(rep.to_dict()))
     assert (
@@ -378,6 +379,37 @@ def test_fold_batch_norm_keeps_shared_conv_and_standalone() -> None:
     assert len(g.nodes_of("batch_norm")) == 1  # the conv output has another use
     assert_lossless(g, run1("fold-batch-norm", standalone=True))
     assert not g.nodes_of("batch_norm") and g.nodes_of("mul") and g.nodes_of("add")
+
+
+def test_fold_bias_add_into_dense_and_conv() -> None:
+    """MatMul + Add (scikit-learn / TensorFlow exports) and a bias-less conv + Add: the constant
+    joins the bias (either operand order); an add that is not per channel, or of an output
+    with another use, stays."""
+    g = Graph("biasadd")
+    x = g.add_input("x", ttype((2, 3, 5, 5)))
+    c = g.add_node("conv2d", [x, g.const(rand(4, 3, 3, 3), "cw")], {"pads": (1,) * 4}, name="c")
+    y = g.add_node("add", [c.output, g.const(rand(1, 4, 1, 1), "cb")], name="c_add").output
+    y = g.add_node("flatten", [g.add_node("global_avg_pool", [y]).output]).output
+    d = g.add_node("dense", [y, g.const(rand(6, 4), "dw"), g.const(rand(6), "db")], name="d")
+    y = g.add_node("add", [g.const(rand(1, 6), "d_c"), d.output], name="d_add").output  # swapped
+    e = g.add_node("dense", [y, g.const(rand(5, 6), "ew")], name="e")
+    y = g.add_node("add", [e.output, g.const(rand(2, 5), "rows")], name="e_add").output
+    f = g.add_node("dense", [y, g.const(rand(3, 5), "fw")], name="f")
+    side = g.add_node("relu", [f.output], name="side").output
+    g.outputs = [g.add_node("add", [f.output, g.const(rand(3), "fb")], name="f_add").output, side]
+    assert_lossless(g, run1("fold-bias-add"))
+    assert [n.name for n in g.nodes_of("add")] == ["e_add", "f_add"]  # per-row / shared output
+    assert len(g.find_node("c").inputs) == 3 and len(g.find_node("d").inputs) == 3
+
+
+def test_remove_identity_drops_same_dtype_casts() -> None:
+    g = Graph("cast")
+    x = g.add_input("x", ttype((2, 3)))
+    y = g.add_node("cast", [x], {"to": "float32"}, name="same").output
+    y = g.add_node("relu", [y]).output
+    g.outputs = [g.add_node("cast", [y], {"to": "float16"}, name="half").output]
+    assert_lossless(g, run1("remove-identity"))
+    assert [n.name for n in g.nodes_of("cast")] == ["half"]
 
 
 def test_fold_batch_norm_matches_onnxruntime() -> None:

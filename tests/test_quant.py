@@ -274,3 +274,28 @@ def test_auto_search_spells_out_the_targets_reduce_range():
     key, _, val = opts.partition("=")
     p = get_pass(name, **{key: val})
     assert p.reduce_range is services_for("cpu").int8_reduce_range()
+
+
+def test_dead_unit_with_a_bias_keeps_the_int32_accumulator_in_range():
+    """A dense unit whose weights are ~0 under a real bias (a dead unit of an L2-regularized MLP,
+    as scikit-learn trains them): its per-channel weight scale would make the int32 bias
+    ``bias / (x_scale * w_scale)`` overflow; the scale is raised to leave the accumulator room,
+    and the layer quantizes with a small error."""
+    from mcopt.ir import Graph, ttype
+
+    rng = np.random.default_rng(0)
+    g = Graph("dead")
+    x = g.add_input("x", ttype((1, 64)))
+    w = rng.standard_normal((16, 64)).astype(np.float32) * 0.3
+    w[3] = 1e-30  # a dead unit
+    b = rng.uniform(0.1, 0.3, 16).astype(np.float32)
+    d = g.add_node("dense", [x, g.const(w, "w"), g.const(b, "b")], name="fc")
+    g.outputs = [g.add_node("relu", [d.output], name="y").output]
+    feeds = [{"x": rng.random((1, 64)).astype(np.float32)} for _ in range(8)]
+    ref = [run(g, f)[0] for f in feeds]
+    PassManager(["quantize-int8"]).run(g, PassContext(calib=feeds[:4]))
+    (q,) = g.nodes_of("qdense")
+    assert np.abs(q.inputs[2].const.astype(np.int64)).max() < 2**30
+    for f, r in zip(feeds, ref):
+        got = run(g, f)[0]  # raised OverflowError before
+        np.testing.assert_allclose(got, r, atol=0.02 * np.abs(r).max())
