@@ -149,12 +149,16 @@ def test_int8_nchwc_kernel_is_bit_exact(ic, oc, hw, k, stride, pad, ep):
     ],
 )
 def test_int8_conv_kernel_with_its_max_pool_is_bit_exact(ic, oc, hw, k, pad, ep, pool, window):
-    """``pool=``: the kernel writes the max pool (kernel = stride) of its epilogue's output."""
+    """``pool=``: the kernel writes the max pool (kernel = stride) of its epilogue's output, on
+    this host's dot-product form and on the generic code (what an AArch64 target without
+    dotprod gets)."""
     isa = "vnni16" if _vnni_here() else None
     ib = 8 if window else 16
     if window and isa:
         isa = "vnni8"
     _check_kernel(ic, oc, hw, k, 1, pad, ep, ib=ib, isa=isa, window=window, pool=pool)
+    if isa is not None:
+        _check_kernel(ic, oc, hw, k, 1, pad, ep, ib=ib, isa=None, window=window, pool=pool)
 
 
 def test_int8_nchwc_kernel_generic_and_signed_input():
