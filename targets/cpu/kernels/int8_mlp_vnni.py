@@ -1,7 +1,7 @@
 """A chain of small int8 dense layers (batch 1) as one kernel on AVX-512 VNNI, hand-written TIR.
 
-LeNet-5's classifier (200 -> 120 -> 84 -> 10, 48 -> 32 -> 10 once pruned) is three ``qdense``
-kernels of well under a microsecond of work each; per layer the VM call, its argument checks and
+LeNet-5's classifier (400 -> 120 -> 84 -> 10, 200 -> 48 -> 32 -> 10 once pruned) and LeNet-300
+(784 -> 300 -> 100 -> 10) are three ``qdense`` kernels of a microsecond of work or less each; per layer the VM call, its argument checks and
 the intermediate tensor cost about as much as the layer. Here the layers run back to back in one
 call, the requantized 8-bit activations between them in a stack buffer::
 
@@ -28,11 +28,13 @@ from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
 
 #: output lanes of one ``vpdpbusd``
 LANES = 16
-#: most output blocks accumulating at once (zmm registers)
-ACCUMULATORS = 16
-#: most multiply-accumulates of one layer in the chain (bigger layers keep their own kernel,
-#: which may use the thread pool)
-MAX_MACS = 1 << 16
+#: most output blocks accumulating at once (8 independent ``vpdpbusd`` chains; 16 was slower on
+#: 512-wide layers: 6.5 vs 4.9 us for a 512-512-512-10 MLP, as fast on LeNet-300)
+ACCUMULATORS = 8
+#: most multiply-accumulates of one layer in the chain: the chain runs on one core, and bigger
+#: layers are faster on their own kernel on the thread pool (1024 x 1024: 6.4 us there, 11.9 in
+#: the chain); below this one call wins (LeNet-300's 784 x 300 layer in the chain: 5.4 -> 3.5 us)
+MAX_MACS = 1 << 18
 
 
 @dataclass(frozen=True)
