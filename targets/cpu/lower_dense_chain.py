@@ -117,7 +117,7 @@ def lower_dense_chain(vals: Any, chain: list[Node], flat: Node | None) -> None:
     for i, (node, lay_) in enumerate(zip(chain, layers)):
         w, b = _weights(node)
         if i == 0 and flat is not None:
-            w = blocked_flatten_weight(w, tuple(flat.inputs[0].shape), lay)  # type: ignore[union-attr]
+            w = blocked_flatten_weight(w, tuple(x_v.shape), lay)
             lay_ = type(lay_)(w.shape[1], lay_.n, lay_.epilogue)
             layers[0] = lay_
         mult = np.zeros(lay_.n_pad, np.float32)
