@@ -102,6 +102,7 @@ def lower_dense_chain(vals: Any, chain: list[Node], flat: Node | None) -> None:
 
     ctx = vals.ctx
     head = chain[0]
+    in_quant = None
     if flat is not None:
         x_v = flat.inputs[0]
         assert x_v is not None
@@ -110,6 +111,12 @@ def lower_dense_chain(vals: Any, chain: list[Node], flat: Node | None) -> None:
     else:
         x_v = head.inputs[0]
         assert x_v is not None
+        q = vals.deferred.get(id(x_v))
+        if q is not None and q.op == "quantize" and id(x_v) not in vals.plain:
+            # the input's quantize runs in the kernel (lower_planned._fused_quantizes)
+            x_v = q.inputs[0]
+            assert x_v is not None
+            in_quant = (float(q.attrs["scale"][0]), int(q.attrs["zero_point"][0]))
         x = vals.plain_of(x_v)
         x_shape = tuple(x_v.shape)
     layers = [_layer(n) for n in chain]
@@ -126,7 +133,7 @@ def lower_dense_chain(vals: Any, chain: list[Node], flat: Node | None) -> None:
         mult[: lay_.n] = requant_multiplier(node.attrs, weight_scales(w_v.type), lay_.n)
         be = int8_conv.conv_bias_eff(w, b, int(node.attrs["x_zero_point"]), lay_.n_pad)
         args += [ctx.const(pack_int8_dense_weight(w, LANES)), ctx.const(be), ctx.const(mult)]
-    func = int8_mlp_vnni(x_shape, layers)
+    func = int8_mlp_vnni(x_shape, layers, in_quant)
     last = chain[-1]
     y = call_kernel(
         ctx.bb, func, "qdense_chain", args, (1, layers[-1].n), layers[-1].epilogue.out_dtype

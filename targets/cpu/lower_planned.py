@@ -475,13 +475,16 @@ def _inplace_concats(graph: Graph) -> dict[int, tuple[Node, int, int]]:
 INLINE_QUANTIZE_KERNELS = ("int8_window",)
 
 
-def _fused_quantizes(graph: Graph) -> dict[int, Node]:
+def _fused_quantizes(graph: Graph, chain_heads: frozenset[int] = frozenset()) -> dict[int, Node]:
     """Per-tensor ``quantize`` nodes of a plain float tensor (the image) read only by blocked int8
     convs on a kernel of :data:`INLINE_QUANTIZE_KERNELS` that read it plain (no groups) with the
     same zero point: those convs quantize the float tensor in their padded copy
     (``int8_conv2d_nchwc(in_quant=...)``, the same expression), and the quantize pass and its
-    8-bit copy of the image are not emitted (LeNet-5: a kernel call and a copy less). Mechanical,
-    like :func:`_inplace_concats`. ``{id(quantized value): quantize node}``."""
+    8-bit copy of the image are not emitted (LeNet-5: a kernel call and a copy less). The same for
+    a float input read only by the head of a dense chain (``chain_heads``: node ids,
+    :func:`~mcopt.targets.cpu.lower_dense_chain.dense_chains`), whose kernel quantizes its
+    input (an MLP's). Mechanical, like :func:`_inplace_concats`. ``{id(quantized value):
+    quantize node}``."""
     found: dict[int, Node] = {}
     outs = {id(v) for v in graph.outputs}
     for node in graph.nodes:
@@ -492,7 +495,6 @@ def _fused_quantizes(graph: Graph) -> dict[int, Node]:
             x is None
             or x.const is not None
             or x.dtype != "float32"
-            or len(x.shape) != 4
             or x.type.layout is not None
             or q.type.layout is not None
             or q.dtype not in ("uint8", "int8")
@@ -501,17 +503,27 @@ def _fused_quantizes(graph: Graph) -> dict[int, Node]:
         ):
             continue
         zp = int(node.attrs["zero_point"][0])
-        if all(
-            u.op == "fused_qconv2d"
-            and i == 0
-            and u.attrs["kernel"] in INLINE_QUANTIZE_KERNELS
-            and int(u.attrs["groups"]) == 1
-            and int(u.attrs["x_zero_point"]) == zp
-            and u.output.type.layout is not None
-            for u, i in q.uses
-        ):
+        if all(_quantizes_inline(u, i, zp, len(x.shape), q.dtype, chain_heads) for u, i in q.uses):
             found[id(q)] = node
     return found
+
+
+def _quantizes_inline(
+    u: Node, i: int, zp: int, rank: int, q_dtype: str, chain_heads: frozenset[int]
+) -> bool:
+    """Whether ``u``, reading a quantized float tensor (rank ``rank``, zero point ``zp``) as its
+    input ``i``, quantizes it itself (:func:`_fused_quantizes`)."""
+    if i != 0 or int(u.attrs["x_zero_point"]) != zp:
+        return False
+    if u.op == "qdense":
+        return id(u) in chain_heads and q_dtype == "uint8"
+    return (
+        u.op == "fused_qconv2d"
+        and rank == 4
+        and u.attrs["kernel"] in INLINE_QUANTIZE_KERNELS
+        and int(u.attrs["groups"]) == 1
+        and u.output.type.layout is not None
+    )
 
 
 def _blocked_flattens(graph: Graph) -> dict[int, Node]:
@@ -568,8 +580,9 @@ def lower_planned(graph: Graph, target: Any, func_name: str = "main") -> tvm.IRM
     params = graph_params(graph)
     vals = _Values(ctx, int(graph.metadata.get("mcopt.plan.lanes", info.lanes)))
     vals.into = _inplace_concats(graph)
-    vals.deferred = {**_fused_quantizes(graph), **_blocked_flattens(graph)}
     vals.chains = dense_chains(graph, target)
+    heads = frozenset(vals.chains)
+    vals.deferred = {**_fused_quantizes(graph, heads), **_blocked_flattens(graph)}
     for v, p in zip(graph.inputs, params):
         vals.set_plain(v, p)
     mod = emit_function(

@@ -80,6 +80,19 @@ def zero_shift(isa: str | None, in_dtype: str) -> int:
     return 128 if a == "uint8" else -128
 
 
+def quantize_u8_te(v: Any, scale: float, zero_point: int) -> Any:
+    """The ``quantize`` op's u8 code of the float32 expression ``v`` (scalar or vector):
+    ``clamp(round(v / scale) + zero_point, 0, 255)``, converted through int32 (a direct
+    float -> u8 conversion does not vectorize on x86)."""
+    from tvm import tirx
+
+    def f(c: float) -> Any:
+        return tirx.const(float(c), "float32")
+
+    q = tirx.round(v / f(scale)) + f(zero_point)
+    return tirx.max(tirx.min(q, f(255)), f(0)).astype("int32").astype("uint8")
+
+
 def pack_int8_conv_weight(w: np.ndarray, lanes: int) -> np.ndarray:
     """``(OC, IC, KH, KW) int8 -> (OCp/lanes, ICp/4, KH, KW, lanes, 4)`` (zero-padded)."""
     oc, ic, kh, kw = w.shape

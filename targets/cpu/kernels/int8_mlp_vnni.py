@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mcopt.targets.cpu.kernels.int8_conv import quantize_u8_te
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
 
 #: output lanes of one ``vpdpbusd``
@@ -55,11 +56,17 @@ class MLPLayer:
         return -(-self.k // 4)
 
 
-def int8_mlp_vnni(x_shape: Sequence[int], layers: Sequence[MLPLayer]) -> Any:
+def int8_mlp_vnni(
+    x_shape: Sequence[int],
+    layers: Sequence[MLPLayer],
+    in_quant: tuple[float, int] | None = None,
+) -> Any:
     """The PrimFunc ``(x (x_shape) u8, kernel_0, bias_0, mult_0, ..., out (1, N_L))``: ``x`` holds
     the first layer's ``K_0`` inputs in memory order (any shape of that many elements), each
     ``kernel_l`` is ``(N_l/16, K_l/4, 16, 4)`` int8, ``bias_l`` ``(Np_l,)`` int32, ``mult_l``
-    ``(Np_l,)`` float32; ``out`` has the last layer's dtype."""
+    ``(Np_l,)`` float32; ``out`` has the last layer's dtype. ``in_quant = (scale, zp)``: ``x`` is
+    float32 and quantized to u8 on the way in, as the ``quantize`` op does (``round(x / scale) +
+    zp``, clamped), so the graph's quantize of the input runs inside."""
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
@@ -84,7 +91,8 @@ def int8_mlp_vnni(x_shape: Sequence[int], layers: Sequence[MLPLayer]) -> Any:
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("main")
-            x = T.arg("x", T.buffer(tuple(int(d) for d in x_shape), "uint8"))
+            x_dtype = "float32" if in_quant is not None else "uint8"
+            x = T.arg("x", T.buffer(tuple(int(d) for d in x_shape), x_dtype))
             consts = []
             for i, lay in enumerate(layers):
                 kern = T.arg(
@@ -97,12 +105,16 @@ def int8_mlp_vnni(x_shape: Sequence[int], layers: Sequence[MLPLayer]) -> Any:
             T.func_attr({"tirx.noalias": True})
             acc = T.alloc_local((ACCUMULATORS * LANES,), "int32")
             tmp = T.alloc_local((LANES,), last.epilogue.out_dtype)
-            # the first layer's input, copied where its last group of 4 would read past it
+            # the first layer's input: quantized into a copy, or copied where its last group of
+            # 4 would read past it
             src: Any = x
-            if k0 % 4:
+            if k0 % 4 or in_quant is not None:
                 src = T.alloc_buffer((layers[0].k_groups * 4,), "uint8")
-                with T.serial(0, k0) as i:
-                    T.buffer_store(src, x[(*lead, i)], [i])
+                with T.vectorized(0, k0) as i:
+                    v = x[(*lead, i)]
+                    if in_quant is not None:
+                        v = quantize_u8_te(v, *in_quant)
+                    T.buffer_store(src, v, [i])
                 for i in range(k0, layers[0].k_groups * 4):
                     T.buffer_store(src, tirx.const(0, "uint8"), [i])
             src_lead = lead if src is x else []

@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from mcopt.ops.quant import qrange
 from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size
+from mcopt.targets.cpu.kernels.int8_conv import quantize_u8_te
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
 
 #: output pixels per block (the 16 int32 lanes of a zmm)
@@ -255,16 +255,12 @@ def int8_stem_vnni(
     g_n = _window_groups(kw)
     nblk = len(geom.starts)
     out_dtype = epilogue.out_dtype
-    lo, hi = qrange("uint8")
     order = [tirx.IntImm("int32", c * PIXELS + p) for p in range(PIXELS) for c in range(lanes)]
     op_dtype = "int8x64" if llvm_version_major() >= 20 else "int32x16"
     padded = any((pt, pl, pb, pr))
 
     def intrin(dtype: str, name: str, *args: Any) -> Any:
         return T.call_llvm_pure_intrin(dtype, T.llvm_lookup_intrinsic_id(name), *args)
-
-    def fconst(v: float) -> Any:
-        return tirx.const(float(v), "float32")
 
     with IRBuilder() as ib_:
         with T.prim_func():
@@ -313,9 +309,7 @@ def int8_stem_vnni(
                         with T.vectorized(0, w) as xx:
                             v = x[b_, ci, y, xx]
                             if in_quant is not None:  # the quantize op's expression
-                                q = tirx.round(v / fconst(in_quant[0])) + fconst(in_quant[1])
-                                q = tirx.max(tirx.min(q, fconst(hi)), fconst(lo))
-                                v = q.astype("int32").astype("uint8")
+                                v = quantize_u8_te(v, *in_quant)
                             T.buffer_store(xq, v, [ci * plane + (y + pt) * wq + pl + xx])
 
             def load(at: Any) -> list[Any]:
