@@ -326,15 +326,13 @@ def _vnni_kernel(
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
-    from tvm.target.codegen import llvm_version_major
+
+    from mcopt.targets.cpu.kernels.int8_intrin import vpdpbusd
 
     bn, h, w, sh, sw, dh = g.bn, g.h, g.w, g.sh, g.sw, g.dh
     pt, pl, _, _ = g.pads
     wl = 4 * bn  # bytes of a window: 4 columns x bn channels
     i32v = f"int32x{bn}"
-    vpdpbusd = f"llvm.x86.avx512.vpdpbusd.{32 * bn}"
-    # LLVM >= 20 declares the byte operands as <N x i8>, older LLVM as <N/4 x i32>
-    op_dtype = f"int8x{wl}" if llvm_version_major() >= 20 else i32v
     flip = in_dtype == "int8"  # to u8: xor 0x80 (and 128 * sum(w) off the accumulator)
     ngroups = -(-g.kw // 4)
     # group q: taps kw = 4q .. 4q+kg-1 at window positions jo .. jo+kg-1; `ncols` columns loaded
@@ -376,10 +374,7 @@ def _vnni_kernel(
         return tirx.Shuffle([v], perm)
 
     def dot(acc: Any, a_u8: Any, b_i8: Any) -> Any:
-        return T.call_llvm_pure_intrin(
-            i32v, T.llvm_lookup_intrinsic_id(vpdpbusd), acc,
-            T.reinterpret(op_dtype, a_u8), T.reinterpret(op_dtype, b_i8),
-        )  # fmt: skip
+        return vpdpbusd(acc, a_u8, b_i8, bn)
 
     def as_u8(v: Any) -> Any:
         if not flip:

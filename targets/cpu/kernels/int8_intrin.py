@@ -60,13 +60,31 @@ def _desc(lanes: int, a_dtype: str) -> Any:
     return desc
 
 
-def _impl_vpdpbusd(lanes: int) -> Any:
-    from tvm.script import tirx as T
+def vnni_operand_dtype(lanes: int) -> str:
+    """The type LLVM's ``vpdpbusd`` intrinsic declares its byte operands with: ``<4L x i8>``
+    from LLVM 20 on, ``<L x i32>`` before."""
     from tvm.target.codegen import llvm_version_major
 
+    return f"int8x{4 * lanes}" if llvm_version_major() >= 20 else f"int32x{lanes}"
+
+
+def vpdpbusd(acc: Any, a_u8: Any, b_i8: Any, lanes: int) -> Any:
+    """``acc (int32xL) + vpdpbusd(a, b)``: each lane adds the 4 u8 x s8 products of its 4 bytes of
+    ``a`` and ``b`` (any ``4L``-byte vectors), for the hand-written TIR kernels."""
+    from tvm import tirx
+
+    op = vnni_operand_dtype(lanes)
+    return tirx.call_llvm_pure_intrin(
+        f"int32x{lanes}", f"llvm.x86.avx512.vpdpbusd.{32 * lanes}", acc,
+        tirx.reinterpret(op, a_u8), tirx.reinterpret(op, b_i8),
+    )  # fmt: skip
+
+
+def _impl_vpdpbusd(lanes: int) -> Any:
+    from tvm.script import tirx as T
+
     name = f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"
-    # LLVM >= 20 declares the byte operands as <N x i8>, older LLVM as <N/4 x i32>
-    op_dtype = f"int8x{4 * lanes}" if llvm_version_major() >= 20 else f"int32x{lanes}"
+    op_dtype = vnni_operand_dtype(lanes)
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:

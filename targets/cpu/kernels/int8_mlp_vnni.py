@@ -70,7 +70,8 @@ def int8_mlp_vnni(
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
-    from tvm.target.codegen import llvm_version_major
+
+    from mcopt.targets.cpu.kernels.int8_intrin import vpdpbusd
 
     if len(layers) < 1:
         raise ValueError("an MLP kernel needs at least one layer")
@@ -83,8 +84,6 @@ def int8_mlp_vnni(
         size *= int(d)
     if size != k0:
         raise ValueError(f"input of shape {tuple(x_shape)} for {k0} inputs")
-    op_dtype = "int8x64" if llvm_version_major() >= 20 else "int32x16"
-    vnni = T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512")
     lead = [0] * (len(x_shape) - 1)
     last = layers[-1]
 
@@ -131,11 +130,11 @@ def int8_mlp_vnni(
                         )  # fmt: skip
                     with T.serial(0, lay.k_groups) as kb:
                         word = T.reinterpret("int32", src.vload([*src_lead, kb * 4], "uint8x4"))
-                        a_op = T.bind(T.reinterpret(op_dtype, tirx.Broadcast(word, LANES)))
+                        a_op = T.bind(tirx.Broadcast(word, LANES))
                         for j, nb in enumerate(nbs):
-                            w_op = T.reinterpret(op_dtype, kern.vload([nb, kb, 0, 0], "int8x64"))
+                            w_op = kern.vload([nb, kb, 0, 0], "int8x64")
                             cur = acc.vload([j * LANES], "int32x16")
-                            new = T.call_llvm_pure_intrin("int32x16", vnni, cur, a_op, w_op)
+                            new = vpdpbusd(cur, a_op, w_op, LANES)
                             T.buffer_store(acc, new, [tirx.Ramp(j * LANES, 1, LANES)])
                     for j, nb in enumerate(nbs):
                         y = lay.epilogue.apply_te(

@@ -229,7 +229,8 @@ def int8_stem_vnni(
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
-    from tvm.target.codegen import llvm_version_major
+
+    from mcopt.targets.cpu.kernels.int8_intrin import vpdpbusd
 
     blocked = len(in_shape) == 5
     if in_quant is None and in_dtype != "uint8":
@@ -256,7 +257,6 @@ def int8_stem_vnni(
     nblk = len(geom.starts)
     out_dtype = epilogue.out_dtype
     order = [tirx.IntImm("int32", c * PIXELS + p) for p in range(PIXELS) for c in range(lanes)]
-    op_dtype = "int8x64" if llvm_version_major() >= 20 else "int32x16"
     padded = any((pt, pl, pb, pr))
 
     def intrin(dtype: str, name: str, *args: Any) -> Any:
@@ -341,19 +341,12 @@ def int8_stem_vnni(
                                 a_ops = []
                                 for sub in chunk:
                                     at = ci * plane + base + sub + r * wq + 4 * g
-                                    a_ops.append(T.bind(T.reinterpret(op_dtype, permute(load(at)))))
+                                    a_ops.append(T.bind(permute(load(at))))
                                 for c in range(oc):
-                                    wv = T.bind(
-                                        T.reinterpret(
-                                            op_dtype, tirx.Broadcast(kern[c, ci, r, g], PIXELS)
-                                        )
-                                    )
+                                    wv = T.bind(tirx.Broadcast(kern[c, ci, r, g], PIXELS))
                                     for si, a_op in enumerate(a_ops):
                                         cur = acc.vload([slot(si, c)], "int32x16")
-                                        new = intrin(
-                                            "int32x16", "llvm.x86.avx512.vpdpbusd.512", cur,
-                                            a_op, wv,
-                                        )  # fmt: skip
+                                        new = vpdpbusd(cur, a_op, wv, PIXELS)
                                         T.buffer_store(
                                             acc, new, [tirx.Ramp(slot(si, c), 1, PIXELS)]
                                         )
