@@ -190,6 +190,21 @@ def test_run_goes_through_a_bound_call_per_thread(lenet300) -> None:  # type: ig
     _in_threads(work, 3)
 
 
+def test_checked_calls_from_threads_at_once(lenet300) -> None:  # type: ignore[no-untyped-def]
+    """Keyword calls always take the checked path through the VM's ``main``; threads starting
+    together must not share one VM's register frames (they did: a crash under CI)."""
+    xs = [_inputs(lenet300, seed) for seed in range(4)]
+    refs = [lenet300.run(*x)[0].copy() for x in xs]
+    start = threading.Barrier(4)
+
+    def work(i: int) -> None:
+        start.wait()
+        for _ in range(100):
+            np.testing.assert_array_equal(lenet300.run(input=xs[i][0])[0], refs[i])
+
+    _in_threads(work, 4)
+
+
 def test_a_model_with_unknown_input_specs_prepares_from_an_example(relu) -> None:  # type: ignore[no-untyped-def]
     from mcopt.errors import TargetError
     from mcopt.targets.relax.builder import CompiledModel

@@ -152,6 +152,7 @@ class CompiledModel(CompiledBase):
         self._main = self._vm["main"]
         self._names = [n for n, _, _ in self.input_specs]
         self._local = threading.local()
+        self._local.main = self._main  # the building thread's; other threads make their own
 
     # --- inputs ---------------------------------------------------------------------------------
     def _bind(self, args: Sequence[Any], named: Mapping[str, Any]) -> list[Any]:
@@ -207,11 +208,20 @@ class CompiledModel(CompiledBase):
             and not named
             and _refill(inputs, self._names, st.slots)
         ):
-            return self._finish(st, self._main(*st.tensors))
+            return self._finish(st, self._thread_main(loc)(*st.tensors))
         st = self._bind_state(inputs, named)
-        return self._finish(st, self._main(*st.tensors))
+        return self._finish(st, self._thread_main(loc)(*st.tensors))
 
     __call__ = run
+
+    def _thread_main(self, loc: threading.local) -> Any:
+        """This thread's ``main``: a Relax VM keeps its register frames in the VM object, so two
+        threads calling one VM's function at once corrupt each other's frames (seen: a crash, a
+        register index out of range) — each thread gets its own VM on its first call."""
+        main = getattr(loc, "main", None)
+        if main is None:
+            main = loc.main = relax.VirtualMachine(self.executable, self.device)["main"]
+        return main
 
     def _bound_next_call(self, loc: threading.local) -> None:
         """On a thread's second call, give it a :class:`PreparedRun` for the following ones where
