@@ -18,6 +18,7 @@ Targets (Importing this module does not import TVM): ``cuda`` (sm_80), ``cuda:sm
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,7 +123,7 @@ class CudaCompiledModel(CompiledBase):
         pipeline: str = "default",
     ) -> None:
         super().__init__(executable, target, input_specs, output_names, pipeline)
-        self._vm: Any = None
+        self._local = threading.local()  # a VM per thread: a Relax VM's frames are not shared
 
     @property
     def can_run(self) -> bool:
@@ -138,7 +139,8 @@ class CudaCompiledModel(CompiledBase):
         return self._export_atomic(path, "library", _last_line)
 
     def _vm_or_raise(self) -> Any:
-        if self._vm is None:
+        vm = getattr(self._local, "vm", None)
+        if vm is None:
             if not gpu_available():
                 raise TargetError(
                     f"target {self.target!r} needs a CUDA GPU to run and none is visible here; "
@@ -147,8 +149,8 @@ class CudaCompiledModel(CompiledBase):
             import tvm
             from tvm import relax
 
-            self._vm = relax.VirtualMachine(self.executable, tvm.cuda(0))
-        return self._vm
+            vm = self._local.vm = relax.VirtualMachine(self.executable, tvm.cuda(0))
+        return vm
 
     def run(self, *inputs: Any, **named: Any) -> list[Any]:
         """Run on the GPU (inputs as for :class:`~mcopt.targets.relax.builder.CompiledModel`)."""
