@@ -300,6 +300,43 @@ def test_shuffle_channels_nchwc(c, bn, h, w, groups, dtype):
     assert layout.shuffle_channels_nchwc((1, 256, 2, 2), 16, spread) is None
 
 
+@pytest.mark.parametrize(
+    "chans, blocks, bn, h, w, dtype",
+    [
+        ((8, 24), (8, 16), 16, 16, 16, "uint8"),  # tiny_cnn's int8 branches
+        ((8, 24), (8, 16), 16, 5, 7, "int8"),  # 35 pixels: 8 vectors of 4 + 3
+        ((3, 5, 20), (4, 8, 16), 16, 3, 3, "float32"),  # one pixel per vector, zero lanes
+        ((12, 12), (16, 16), 8, 4, 5, "uint8"),  # output blocks smaller than the inputs'
+    ],
+)
+def test_concat_shuffle_nchwc(chans, blocks, bn, h, w, dtype):
+    """The concat as vector shuffles equals the logical concat (the inputs' padding channels hold
+    garbage, the output's are 0) and the gather form; too many sources per block: no such form."""
+    rng = np.random.default_rng(sum(chans))
+    parts, xs = [], []
+    for c, b in zip(chans, blocks):
+        x = rng.integers(1, 100, (1, c, h, w)).astype(dtype)
+        garbage = np.full((1, -(-c // b) * b - c, h, w), 77, dtype)
+        parts.append(x)
+        xs.append(layout.pack_nchwc(np.concatenate([x, garbage], 1), b))
+    total = sum(chans)
+    padded = -(-total // bn) * bn
+    ref = layout.pack_nchwc(
+        np.concatenate([*parts, np.zeros((1, padded - total, h, w), dtype)], 1), bn
+    )
+    shapes = [x.shape for x in xs]
+    for func in (
+        layout.concat_shuffle_nchwc(shapes, chans, bn, padded, dtype),
+        layout.concat_nchwc(shapes, chans, bn, padded, dtype),
+    ):
+        lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)
+        y = tvm.runtime.tensor(np.ones(ref.shape, dtype))
+        lib["main"](*[tvm.runtime.tensor(x) for x in xs], y)
+        np.testing.assert_array_equal(y.numpy(), ref)
+    many = [(1, 1, 2, 2, 1)] * 16  # a 16-lane block from 16 one-channel inputs
+    assert layout.concat_shuffle_nchwc(many, [1] * 16, 16, 16) is None
+
+
 def test_relax_integration():
     """The emit_* helpers build a module that tvm.compile's default pipeline keeps as scheduled."""
     from tvm import relax

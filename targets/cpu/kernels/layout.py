@@ -256,6 +256,106 @@ def shuffle_channels_nchwc(
     return ib.get().with_attr("tirx.is_scheduled", True)
 
 
+def concat_shuffle_nchwc(
+    shapes: Sequence[Sequence[int]],
+    channels: Sequence[int],
+    bn: int,
+    padded: int,
+    dtype: str = "float32",
+) -> Any | None:
+    """:func:`concat_nchwc` as vector shuffles: a scheduled PrimFunc ``(x_0, ..., x_k, y)``, or
+    None where an output block would draw on more than :data:`MAX_SHUFFLE_SOURCES` input blocks.
+    Each output block of ``SHUFFLE_BYTES`` bytes of pixels is one ``tirx.Shuffle`` of the same
+    pixels' source blocks (the inputs may have other blocks than the output: a 8c and a padded 16c
+    input into 16c, tiny_cnn's int8 branches) and, for the padding lanes, a zero vector — instead of
+    one clamped, guarded load per element (that concat: 1.8 us for 8 KB). Tasks: chunks of pixels,
+    on the thread pool above :func:`.threads.min_parallel_work` elements."""
+    import tvm
+    from tvm import tirx
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+
+    from mcopt.targets.cpu.kernels.threads import min_parallel_work
+
+    n, _, h, w, _ = (int(d) for d in shapes[0])
+    if padded % bn or any(len(s) != 5 for s in shapes):
+        return None
+    xb = [int(s[4]) for s in shapes]
+    offsets = [sum(channels[:i]) for i in range(len(channels))]
+    total = sum(channels)
+    blocks = []  # per output block: its sources ((input, block) or None = zeros), per lane (src, lane)
+    for j in range(padded // bn):
+        lane_src: list[tuple[Any, int]] = []
+        for k in range(bn):
+            c = j * bn + k
+            if c >= total:
+                lane_src.append((None, 0))
+                continue
+            i = max(t for t, off in enumerate(offsets) if off <= c)
+            loc = c - offsets[i]
+            lane_src.append(((i, loc // xb[i]), loc % xb[i]))
+        srcs = list(dict.fromkeys(s for s, _ in lane_src))
+        if len(srcs) > MAX_SHUFFLE_SOURCES:
+            return None
+        blocks.append((srcs, [(srcs.index(s), lane) for s, lane in lane_src]))
+    plane = h * w
+    vp = max(1, SHUFFLE_BYTES * 8 // (bn * tvm.DataType(dtype).bits))  # pixels per vector
+    main = plane // vp
+    tail = plane - main * vp
+    chunks = max(1, min(main, 4 * 8))
+    per = -(-main // chunks)
+    chunks = -(-main // per) if main else 0
+    use_pool = n * padded * plane >= min_parallel_work() and chunks > 1
+
+    def pixels(b: Any, xs: Sequence[Any], y: Any, p0: Any, npix: int) -> None:
+        for j, (srcs, lane_src) in enumerate(blocks):
+            vecs, base, at = [], [], 0
+            for src in srcs:
+                base.append(at)
+                if src is None:
+                    vecs.append(tirx.Broadcast(tirx.const(0, dtype), npix * bn))
+                    at += npix * bn
+                else:
+                    i, sb = src
+                    vecs.append(xs[i].vload([b, sb, p0 // w, p0 % w, 0], f"{dtype}x{npix * xb[i]}"))
+                    at += npix * xb[i]
+            idx = [
+                base[si] + q * (bn if srcs[si] is None else xb[srcs[si][0]]) + lane
+                for q in range(npix)
+                for si, lane in lane_src
+            ]
+            if at == len(idx) and idx == list(range(at)):  # one whole source block: a copy
+                val = vecs[0]
+            else:
+                val = tirx.Shuffle(vecs, [tirx.IntImm("int32", i) for i in idx])
+            if npix * bn == 1:
+                T.buffer_store(y, val, [b, j, p0 // w, p0 % w, 0])
+            else:
+                T.buffer_store(y, val, [b, j, p0 // w, p0 % w, tirx.Ramp(0, 1, npix * bn)])
+
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("main")
+            xs = [
+                T.arg(f"x{i}", T.buffer(tuple(int(d) for d in s), dtype))
+                for i, s in enumerate(shapes)
+            ]
+            y = T.arg("y", T.buffer((n, padded // bn, h, w, bn), dtype))
+            T.func_attr({"tirx.noalias": True})
+            with T.sblock("root"):
+                if chunks:
+                    loop = T.parallel if use_pool else T.serial
+                    with loop(0, n * chunks) as task:
+                        b_ = T.bind(task // chunks)
+                        lo = T.bind(task % chunks * per)
+                        with T.serial(0, tirx.min(per, main - lo)) as i:
+                            pixels(b_, xs, y, (lo + i) * vp, vp)
+                for t in range(tail):
+                    with T.serial(0, n) as b2:
+                        pixels(b2, xs, y, main * vp + t, 1)
+    return ib.get().with_attr("tirx.is_scheduled", True)
+
+
 def permute_channels_nchwc(
     shape: Sequence[int], bn: int, perm: Sequence[int], dtype: str = "float32"
 ) -> Any:

@@ -214,7 +214,9 @@ def emit_concat_channels(
     n, _, h, w, _ = shapes[0]
     bn = int(out_bn)
     dtype = str(xs[0].ty.dtype)
-    func = layout.concat_nchwc(shapes, channels, bn, padded, dtype)
+    func = layout.concat_shuffle_nchwc(shapes, channels, bn, padded, dtype)
+    if func is None:  # an output block drawing on too many input blocks: a gather per element
+        func = layout.concat_nchwc(shapes, channels, bn, padded, dtype)
     return call_kernel(bb, func, "concat_nchwc", list(xs), (n, padded // bn, h, w, bn), dtype)
 
 
