@@ -4,7 +4,8 @@ Method (beyond NNCF's accuracy-controlled quantization or Intel Neural Compresso
 which each tune one method): candidates from every family that applies to the model, each at
 rising strength —
 
-- ``quantize-int8`` (then ``finetune``: quantization-aware training, when there is labelled data),
+- ``quantize-int8`` (then ``finetune``: quantization-aware training; with unlabelled data,
+  distillation from the original),
 - channel pruning ``prune-channels:ratio=r,schedule=sensitivity`` (per-layer ratios from the channel
   sensitivity scan, :mod:`mcopt.analysis.sensitivity`; for the latency objective kept counts rounded
   to the target's SIMD channel block, ``round_to``) + ``finetune``,
@@ -288,7 +289,10 @@ def auto_search(
         import importlib.util
 
         if importlib.util.find_spec("torch") is not None:
-            train = data.labelled
+            # with labels the candidates fine-tune on them (ce+kd); without, they are distilled
+            # from the original (kd on its soft outputs: Hinton et al. 2015) — the agreement
+            # they are scored on is with the same teacher
+            train = True
         else:
             log("auto: PyTorch is not installed: candidates are not fine-tuned")
     feed = [v.shape for v in original.inputs]

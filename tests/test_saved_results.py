@@ -158,6 +158,25 @@ def test_auto_mode_keeps_the_budget_and_reports_the_front() -> None:
     assert "Auto search" in res.to_markdown()
 
 
+def test_auto_mode_distills_without_labels() -> None:
+    """Unlabelled data: candidates are scored on agreement with the original and fine-tuned by
+    distillation from it (kd): the fine-tuned candidates exist and train without error."""
+    pytest.importorskip("torch")
+    res = mcopt.optimize(
+        zoo.lenet300_path(),
+        target=None,
+        passes="auto",
+        data=X[:600],
+        calib=X[:16],
+        max_accuracy_drop=0.02,
+        objective="size",
+        search_epochs=1,
+    )
+    tuned = [r for r in res.pareto if "finetune" in r["pipeline"]]
+    assert tuned and all(r["error"] == "" for r in tuned)
+    assert any(r["chosen"] for r in res.pareto)
+
+
 def test_auto_remeasures_the_feasible_candidates_alternating() -> None:
     """The final ranking times every feasible candidate in the same alternating rounds and keeps
     each one's fastest (a load spike during one candidate's first timing does not decide)."""
