@@ -61,6 +61,7 @@ def _check_kernel(
     ic: int, oc: int, hw: int, k: int, stride: int, pad: int, ep: QEpilogue, *,
     ib: int = 16, isa: str | None = "vnni16", in_dtype: str = "uint8", zp: int = 3,
     window: bool = False, groups: int = 1, pool: tuple[int, int] = (1, 1),
+    pool_acc: bool = False,
 ) -> None:  # fmt: skip
     lanes = 16 if isa in ("vnni16", "avx512") else 8
     rng = np.random.default_rng(ic * 131 + oc * 7 + k)
@@ -90,7 +91,7 @@ def _check_kernel(
     func, got_flat = int8_conv2d_nchwc(
         (1, icp // ib, hw, hw, ib), wp.shape, (stride,) * 2, (pad,) * 4,
         in_dtype=in_dtype, x_zero_point=zp, epilogue=ep, params=params, window=window,
-        group_window=gwin, pool=pool,
+        group_window=gwin, pool=pool, pool_acc=pool_acc,
     )  # fmt: skip
     assert got_flat == flat
     bp = np.zeros(ocp, np.int32)
@@ -151,14 +152,23 @@ def test_int8_nchwc_kernel_is_bit_exact(ic, oc, hw, k, stride, pad, ep):
 def test_int8_conv_kernel_with_its_max_pool_is_bit_exact(ic, oc, hw, k, pad, ep, pool, window):
     """``pool=``: the kernel writes the max pool (kernel = stride) of its epilogue's output, on
     this host's dot-product form and on the generic code (what an AArch64 target without
-    dotprod gets)."""
+    dotprod gets); with ``pool_acc`` (a monotone epilogue, multipliers >= 0) the max of the
+    accumulators through one epilogue, the same bytes."""
+    from mcopt.targets.cpu.kernels.int8_stem_vnni import monotone
+
     isa = "vnni16" if _vnni_here() else None
     ib = 8 if window else 16
     if window and isa:
         isa = "vnni8"
-    _check_kernel(ic, oc, hw, k, 1, pad, ep, ib=ib, isa=isa, window=window, pool=pool)
+    for pool_acc in {False, monotone(ep)}:
+        _check_kernel(
+            ic, oc, hw, k, 1, pad, ep, ib=ib, isa=isa, window=window, pool=pool, pool_acc=pool_acc
+        )
     if isa is not None:
-        _check_kernel(ic, oc, hw, k, 1, pad, ep, ib=ib, isa=None, window=window, pool=pool)
+        _check_kernel(
+            ic, oc, hw, k, 1, pad, ep, ib=ib, isa=None, window=window, pool=pool,
+            pool_acc=monotone(ep),
+        )  # fmt: skip
 
 
 def test_int8_nchwc_kernel_generic_and_signed_input():

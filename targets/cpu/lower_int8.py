@@ -18,6 +18,7 @@ from mcopt.ir.core import Node
 from mcopt.ir.types import BlockedLayout
 from mcopt.ops.quant import output_bounds, requant_multiplier, weight_scales
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
+from mcopt.targets.cpu.kernels.int8_stem_vnni import monotone
 
 
 def q_epilogue(node: Node) -> QEpilogue:
@@ -186,6 +187,7 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
                 in_shape, wp.shape, at["strides"], at["pads"], at["dilations"],
                 in_dtype=in_dtype, x_zero_point=x_zp, epilogue=ep, params=params, window=window,
                 group_window=gwin, cores=cores, in_quant=in_quant, pool=size,
+                pool_acc=monotone(ep) and bool((mult >= 0).all()),
             )  # fmt: skip
         except ValueError:
             if pool_node is None:

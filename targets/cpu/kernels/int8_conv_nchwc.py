@@ -93,6 +93,7 @@ def int8_conv2d_nchwc(
     cores: int = 1,
     in_quant: tuple[float, int] | None = None,
     pool: tuple[int, int] = (1, 1),
+    pool_acc: bool = False,
 ) -> tuple[Any, bool]:
     """The scheduled PrimFunc and whether it runs on the flattened plane.
 
@@ -131,7 +132,11 @@ def int8_conv2d_nchwc(
     the output, fused: the kernel computes the conv rows / columns the pool reads, ``PH`` rows of
     the register tiles at a time (a small buffer per thread), and writes the pooled ``(N, OCb,
     OH // PH, OW // PW, L)``, never the conv's output (the max runs on the epilogue's results, so
-    any epilogue; not with a residual, the flattened plane or the ``sdot`` forms)."""
+    any epilogue; not with a residual, the flattened plane or the ``sdot`` forms). ``pool_acc``
+    (the caller checked that the epilogue is monotone, :func:`.int8_stem_vnni.monotone`, and
+    every multiplier >= 0): the max runs on the accumulators and the epilogue on the pooled ones
+    only — ``epi(max(acc))`` is ``max(epi(acc))`` for a non-decreasing ``epi`` — a quarter of the
+    epilogues under a 2x2 pool."""
     from tvm import s_tir, te, tirx
 
     pooled = tuple(pool) != (1, 1)
@@ -322,26 +327,42 @@ def int8_conv2d_nchwc(
         acc = conv[idx] + bias[c, ob]
         return epilogue.apply_te(acc, mult[c, ob], None if res is None else res[idx])
 
-    out = te.compute(out_shape, out_fn, name="out")
+    pool_acc = pool_acc and pooled
     if pooled:
         import functools
 
         ph, pw = pool
 
-        def pool_fn(b: Any, c: Any, y: Any, xx: Any, ob: Any) -> Any:
-            taps = [out[b, c, y * ph + i, xx * pw + j, ob] for i in range(ph) for j in range(pw)]
-            return functools.reduce(tirx.max, taps)
+        def taps(t: Any, b: Any, c: Any, y: Any, xx: Any, ob: Any) -> Any:
+            vs = [t[b, c, y * ph + i, xx * pw + j, ob] for i in range(ph) for j in range(pw)]
+            return functools.reduce(tirx.max, vs)
 
-        final = te.compute((n, occ, oh // ph, ow // pw, lanes), pool_fn, name="pool")
-        tensors.append(final)
+    if pool_acc:  # the epilogue on the pooled accumulators only
+
+        def pool_fn(b: Any, c: Any, y: Any, xx: Any, ob: Any) -> Any:
+            acc = taps(conv, b, c, y, xx, ob) + bias[c, ob]
+            return epilogue.apply_te(acc, mult[c, ob], None)
+
+        tensors.append(te.compute((n, occ, oh // ph, ow // pw, lanes), pool_fn, name="pool"))
+    elif pooled:
+        out = te.compute(out_shape, out_fn, name="out")
+        tensors.append(
+            te.compute(
+                (n, occ, oh // ph, ow // pw, lanes),
+                lambda *i: taps(out, *i),
+                name="pool",
+            )
+        )
     else:
-        tensors.append(out)
+        tensors.append(te.compute(out_shape, out_fn, name="out"))
     sch = s_tir.Schedule(te.create_prim_func(tensors))
-    _schedule(sch, params, flat, not direct and not flat, pool[0] if pooled else 0)
+    _schedule(sch, params, flat, not direct and not flat, pool[0] if pooled else 0, pool_acc)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True), flat
 
 
-def _schedule(sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool, pool_h: int = 0) -> None:
+def _schedule(
+    sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool, pool_h: int = 0, pool_acc: bool = False
+) -> None:
     from mcopt.targets.cpu.kernels.int8_intrin import intrin_name, macs_per_op
 
     per_op = macs_per_op(p.isa)
@@ -377,9 +398,10 @@ def _schedule(sch: Any, p: Int8NCHWcParams, flat: bool, has_pad: bool, pool_h: i
         sch.reorder(*outer, *red[:-1], c_i, x_i, r_k, ob)
     fused = sch.fuse(*par)
     parallel(sch, fused, per_op)
-    out = sch.get_sblock("out")
-    sch.reverse_compute_at(out, x_o)
-    sch.vectorize(sch.get_loops(out)[-1])
+    if not pool_acc:
+        out = sch.get_sblock("out")
+        sch.reverse_compute_at(out, x_o)
+        sch.vectorize(sch.get_loops(out)[-1])
     if pool_h:
         pool = sch.get_sblock("pool")
         sch.reverse_compute_at(pool, fused)
