@@ -443,3 +443,38 @@ def test_int8_conv_with_its_pool_feeding_plain_ops(tail):
     assert not any(n.startswith("max_pool") for n in names)  # in the conv's kernel
     for f in feeds:
         np.testing.assert_array_equal(cm.run(f)[0], run(g, f)[0])
+
+
+def test_int8_head_whose_quantize_feeds_a_reshape():
+    """conv -> max pool -> global average pool -> Reshape -> MatMul (PP-OCR's direction
+    classifier's head): the
+    pool's quantize is read by a reshape, not a kernel that quantizes inline (the check read the
+    reshape's missing ``x_zero_point``: KeyError)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mcopt.targets.relax.builder import build
+
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3, "w")
+    shape = numpy_helper.from_array(np.array([1, 16], np.int64), "shape")
+    fc = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "fc")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("Relu", ["c"], ["r0"]),
+        helper.make_node("Sqrt", ["r0"], ["r"]),  # a plain (unblocked) op before the head
+        helper.make_node("MaxPool", ["r"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["m"], ["p"]),
+        helper.make_node("Reshape", ["p", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "fc"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=[w, shape, fc],
+    )  # fmt: skip
+    g = import_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    feeds = [{"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(3)]
+    PassManager(["cleanup", "quantize-int8"]).run(g, PassContext(calib=feeds))
+    cm = build(g, "cpu")
+    for f in feeds:
+        np.testing.assert_allclose(cm.run(f)[0], run(g, f)[0], rtol=1e-5, atol=1e-5)

@@ -513,7 +513,9 @@ def _quantizes_inline(
 ) -> bool:
     """Whether ``u``, reading a quantized float tensor (rank ``rank``, zero point ``zp``) as its
     input ``i``, quantizes it itself (:func:`_fused_quantizes`)."""
-    if i != 0 or int(u.attrs["x_zero_point"]) != zp:
+    if i != 0 or u.op not in ("qdense", "fused_qconv2d"):
+        return False  # e.g. a dequantize or a qadd reading the image's quantize (PP-OCR's cls net)
+    if int(u.attrs["x_zero_point"]) != zp:
         return False
     if u.op == "qdense":
         return id(u) in chain_heads and q_dtype == "uint8"
