@@ -257,7 +257,8 @@ def test_manager_records_report() -> None:
     assert any("dce" in m for m in logs)
     d = json.loads(json.dumps(rep.to_dict()))
     assert (
-        d["passes"][2]["name"] == "fold-batch-norm" and d["initial"]["params"] == rep.initial.params
+        d["passes"][DEFAULT_CLEANUP.index("fold-batch-norm")]["name"] == "fold-batch-norm"
+        and d["initial"]["params"] == rep.initial.params
     )
     md = rep.to_markdown()
     assert "| fold-batch-norm | yes |" in md and md.startswith("| pass | changed |")
