@@ -127,6 +127,34 @@ _BN_STATS = (
 )
 
 
+#: the linear ops whose output channels a per-channel constant can be folded into
+LINEAR = ("conv2d", "dense", "conv_transpose2d")
+
+
+def _out_axis(lin: Node) -> int:
+    """The weight axis of ``lin``'s output channels (a transposed conv's weight is (C, O, kh, kw))."""
+    return 1 if lin.op == "conv_transpose2d" else 0
+
+
+def _out_channels(lin: Node) -> int:
+    w = lin.inputs[1]
+    assert w is not None
+    return int(w.shape[_out_axis(lin)])
+
+
+def _linear_reason(lin: Node) -> str | None:
+    if lin.op == "conv_transpose2d" and int(lin.attrs.get("groups", 1)) != 1:
+        return f"{lin.name!r} is a grouped transposed conv"
+    return None
+
+
+def _scale_weight(lin: Node, w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``w`` (float64) with output channel ``o`` multiplied by ``s[o]``."""
+    shape = [1] * w.ndim
+    shape[_out_axis(lin)] = -1
+    return w * s.reshape(shape)
+
+
 def _bn_affine(m: Match) -> tuple[np.ndarray, np.ndarray]:
     """BN as y = s * x + t per channel: s = gamma / sqrt(var + eps), t = beta - mean * s (float64)."""
     from mcopt.ops.nn import bn_affine
@@ -149,14 +177,16 @@ def _bn_reason(m: Match) -> str | None:
 
 
 class FoldBNIntoLinear(RewriteRule):
-    """batch_norm(conv2d(x, w, b)) -> conv2d(x, w', b') (also dense)."""
+    """batch_norm(conv2d(x, w, b)) -> conv2d(x, w', b') (also dense and conv_transpose2d)."""
 
     name = "bn-into-linear"
-    pattern = P("batch_norm", P(("conv2d", "dense"), X, W, B, name="lin"), *_BN_STATS, name="bn")
+    pattern = P("batch_norm", P(LINEAR, X, W, B, name="lin"), *_BN_STATS, name="bn")
 
     def check(self, m: Match) -> str | None:
         lin: Node = m["lin"]
         w: Value = m["w"]
+        if reason := _linear_reason(lin):
+            return reason
         if w.type.encoding is not None or (m["b"] is not None and m["b"].type.encoding is not None):
             return f"weight of {lin.name!r} has a compressed encoding: fold before compressing"
         if np.dtype(w.dtype).kind != "f":
@@ -170,8 +200,8 @@ class FoldBNIntoLinear(RewriteRule):
         w: Value = m["w"]
         s, t = _bn_affine(m)
         w64 = w.const.astype(np.float64)
-        w2 = w64 * s.reshape((-1,) + (1,) * (w64.ndim - 1))  # per output channel (axis 0)
-        b64 = np.zeros(w64.shape[0]) if m["b"] is None else m["b"].const.astype(np.float64)
+        w2 = _scale_weight(lin, w64, s)  # per output channel
+        b64 = np.zeros(_out_channels(lin)) if m["b"] is None else m["b"].const.astype(np.float64)
         b2 = b64 * s + t  # = (b - mean) * s + beta
         wv = graph.const(w2.astype(w.dtype), name=f"{w.name}_bn")
         bv = graph.const(b2.astype(w.dtype), name=f"{lin.name}_b_bn")
@@ -254,11 +284,13 @@ class AddIntoBias(RewriteRule):
     without bias followed by an Add)."""
 
     name = "add-into-bias"
-    pattern = P("add", P(("conv2d", "dense"), X, W, B, name="lin"), V("c", const=True), name="add")
+    pattern = P("add", P(LINEAR, X, W, B, name="lin"), V("c", const=True), name="add")
 
     def check(self, m: Match) -> str | None:
         lin: Node = m["lin"]
         c: Value = m["c"]
+        if reason := _linear_reason(lin):
+            return reason
         for v in (m["w"], m["b"], c):
             if v is not None and (v.type.encoding is not None or np.dtype(v.dtype).kind != "f"):
                 return f"%{v.name} is not a plain float constant"
@@ -271,7 +303,7 @@ class AddIntoBias(RewriteRule):
         vec = _bias_of(m)
         assert vec is not None
         w: Value = m["w"]
-        b64 = np.zeros(w.shape[0]) if m["b"] is None else m["b"].const.astype(np.float64)
+        b64 = np.zeros(_out_channels(lin)) if m["b"] is None else m["b"].const.astype(np.float64)
         bv = graph.const((b64 + vec).astype(w.dtype), name=f"{lin.name}_b_add")
         lin.replace_inputs([m["x"], w, bv])
         return lin.output
@@ -280,24 +312,58 @@ class AddIntoBias(RewriteRule):
 class AddIntoBiasSwapped(AddIntoBias):
     """add(c, conv2d | dense(...)): :class:`AddIntoBias` with the constant first."""
 
-    pattern = P("add", V("c", const=True), P(("conv2d", "dense"), X, W, B, name="lin"), name="add")
+    pattern = P("add", V("c", const=True), P(LINEAR, X, W, B, name="lin"), name="add")
+
+
+class MulIntoLinear(AddIntoBias):
+    """mul(conv2d | dense | conv_transpose2d(x, w, b), c) -> the same layer with ``w * c`` and
+    ``b * c`` per output channel, for a float constant ``c`` that is one value per output channel
+    (or a scalar: Paddle's ``scale`` ops after a conv)."""
+
+    name = "mul-into-linear"
+    pattern = P("mul", P(LINEAR, X, W, B, name="lin"), V("c", const=True), name="add")
+
+    def rewrite(self, m: Match, graph: Graph) -> Value:
+        lin: Node = m["lin"]
+        vec = _bias_of(m)
+        assert vec is not None
+        w: Value = m["w"]
+        wv = graph.const(
+            _scale_weight(lin, w.const.astype(np.float64), vec).astype(w.dtype),
+            name=f"{w.name}_scaled",
+        )
+        ins = [m["x"], wv]
+        if m["b"] is not None:
+            ins.append(
+                graph.const((m["b"].const * vec).astype(w.dtype), name=f"{lin.name}_b_scaled")
+            )
+        lin.replace_inputs(ins)
+        return lin.output
+
+
+class MulIntoLinearSwapped(MulIntoLinear):
+    """mul(c, conv2d | dense(...)): :class:`MulIntoLinear` with the constant first."""
+
+    pattern = P("mul", V("c", const=True), P(LINEAR, X, W, B, name="lin"), name="add")
 
 
 def _bias_of(m: Match) -> np.ndarray | None:
     lin: Node = m["lin"]
     out = lin.output
-    axis = 1 if lin.op == "conv2d" else out.type.rank - 1
+    axis = 1 if lin.op in ("conv2d", "conv_transpose2d") else out.type.rank - 1
     vec = _channel_vector(np.asarray(m["c"].const, np.float64), tuple(out.shape), axis)
-    if vec is None or vec.shape[0] != m["w"].shape[0]:
+    if vec is None or vec.shape[0] != _out_channels(lin):
         return None
     return vec
 
 
 @register_pass
 class FoldBiasAdd(Pass):
-    """Fold an add of a per-channel constant into the preceding conv2d / dense's bias.
+    """Fold an add (a mul) of a per-channel constant into the preceding conv2d / dense /
+    conv_transpose2d's bias (weights and bias).
 
-    ``y = (x @ w.T + b) + c`` -> ``x @ w.T + (b + c)`` when ``c`` broadcasts to one value per
+    ``y = (x @ w.T + b) + c`` -> ``x @ w.T + (b + c)`` and ``y = (x @ w.T + b) * c`` ->
+    ``x @ (w * c).T + b * c`` when ``c`` broadcasts to one value per
     output channel and the conv / dense output feeds nothing but the add (exported MatMul + Add
     pairs, bias-less convs followed by an Add). The fused bias then reaches the int8 kernels'
     epilogue instead of a float add after a dequantized output. Lossless up to float rounding
@@ -307,7 +373,8 @@ class FoldBiasAdd(Pass):
     lossless = True
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        res = apply_rewrites(graph, [AddIntoBias(), AddIntoBiasSwapped()])
+        rules = [AddIntoBias(), AddIntoBiasSwapped(), MulIntoLinear(), MulIntoLinearSwapped()]
+        res = apply_rewrites(graph, rules)
         if res.changed:
             ctx.info(f"fold-bias-add: {res.applied}")
         return res.changed

@@ -18,6 +18,7 @@ ATTRS = {
     "unsqueeze": {"axes": (0,)},
     "clip": {"min": -1.0, "max": 1.0},
     "cast": {"to": "float32"},
+    "upsample_nearest": {"scales": (2, 2)},
 }
 
 

@@ -403,6 +403,29 @@ def test_fold_bias_add_into_dense_and_conv() -> None:
     assert len(g.find_node("c").inputs) == 3 and len(g.find_node("d").inputs) == 3
 
 
+def test_fold_bias_add_also_folds_per_channel_scales() -> None:
+    """(conv * s) + t (Paddle's scale ops), mul before or after the add, a dense's column scale and
+    a transposed conv's: weights and bias scaled; a scale of a shared output stays."""
+    g = Graph("scale")
+    x = g.add_input("x", ttype((1, 3, 5, 5)))
+    c = g.add_node("conv2d", [x, g.const(rand(4, 3, 3, 3), "cw"), g.const(rand(4), "cb")])
+    y = g.add_node("mul", [g.const(np.float32([1.5]), "s"), c.output], name="c_mul").output
+    y = g.add_node("add", [y, g.const(rand(1, 4, 1, 1), "t")], name="c_add").output
+    y = g.add_node("add", [y, g.const(rand(1, 1, 1, 1), "t2")], name="c_add2").output
+    y = g.add_node("mul", [y, g.const(rand(1, 4, 1, 1), "s2")], name="c_mul2").output
+    t = g.add_node(
+        "conv_transpose2d", [y, g.const(rand(4, 2, 2, 2), "tw")], {"strides": (2, 2)}, name="t"
+    )
+    y = g.add_node("mul", [t.output, g.const(rand(1, 2, 1, 1), "ts")], name="t_mul").output
+    y = g.add_node("flatten", [g.add_node("global_avg_pool", [y]).output]).output
+    d = g.add_node("dense", [y, g.const(rand(6, 2), "dw")], name="d")
+    y = g.add_node("mul", [d.output, g.const(rand(1, 6), "ds")], name="d_mul").output
+    side = g.add_node("relu", [d.output], name="side").output  # d is shared: its mul stays
+    g.outputs = [y, side]
+    assert_lossless(g, run1("fold-bias-add"))
+    assert [n.name for n in g.nodes_of("mul")] == ["d_mul"] and not g.nodes_of("add")
+
+
 def test_remove_identity_drops_same_dtype_casts() -> None:
     g = Graph("cast")
     x = g.add_input("x", ttype((2, 3)))

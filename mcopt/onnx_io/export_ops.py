@@ -303,7 +303,29 @@ __all__ = ["EXPORTERS"]
 
 # winograd_conv2d exports as the standard Conv it replaced (weight recovered from U = G g G^T)
 exports("winograd_conv2d")(export_winograd_conv2d)
+
+
 # binary and shared-weight ops export as the equivalent float graph
+@exports("upsample_nearest")
+def upsample_nearest(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    sh, sw = n.attrs["scales"]
+    scales = e.init(np.array([1, 1, sh, sw], np.float32), f"{n.name}_scales", dtype=np.float32)
+    e.add("Resize", [ins[0], "", scales], outs, n.name, mode="nearest",
+          coordinate_transformation_mode="asymmetric", nearest_mode="floor")  # fmt: skip
+
+
+@exports("conv_transpose2d")
+def conv_transpose2d(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    w = n.inputs[1]
+    assert w is not None
+    a = n.attrs
+    e.add("ConvTranspose", ins, outs, n.name, kernel_shape=list(w.shape[2:]),
+          strides=list(a["strides"]), pads=list(a["pads"]), dilations=list(a["dilations"]),
+          group=int(a["groups"]), output_padding=list(a["output_padding"]))  # fmt: skip
+
+
 exports("binary_conv2d")(export_binary_conv2d)
 exports("binary_dense")(export_binary_dense)
 exports("codebook_weight")(export_codebook_weight)

@@ -524,4 +524,5 @@ def cast(c: NodeCtx) -> None:
 
 __all__ = ["HANDLERS", "supported_ops"]
 
-from mcopt.onnx_io import import_quant  # noqa: E402,F401  (QuantizeLinear/DequantizeLinear import)
+# the other import tables register their handlers on import
+from mcopt.onnx_io import import_quant, import_resample  # noqa: E402,F401

@@ -191,6 +191,33 @@ def _conv2d(node: Node, b: Builder) -> Callable[..., Any]:
     return lambda x, w, bias=None: _conv(x, w, bias, a)
 
 
+@form("conv_transpose2d")
+def _conv_transpose2d(node: Node, b: Builder) -> Callable[..., Any]:
+    b.param(1)
+    b.param(2)
+    a = node.attrs
+    out_hw = tuple(node.output.shape[2:])
+
+    def fwd(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        # the full (uncropped) transposed conv, then the ONNX crop (pads) / extension
+        # (output_padding) to the output size, then the bias
+        y = F.conv_transpose2d(x, w, None, a["strides"], 0, 0, a["groups"], a["dilations"])
+        pt, pl = a["pads"][0], a["pads"][1]
+        y = y[:, :, pt : pt + out_hw[0], pl : pl + out_hw[1]]
+        dh, dw = out_hw[0] - y.shape[2], out_hw[1] - y.shape[3]
+        if dh or dw:
+            y = F.pad(y, (0, dw, 0, dh))
+        return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+    return fwd
+
+
+@form("upsample_nearest")
+def _upsample_nearest(node: Node, b: Builder) -> Callable[..., Any]:
+    sh, sw = (int(s) for s in node.attrs["scales"])
+    return lambda x: x.repeat_interleave(sh, dim=2).repeat_interleave(sw, dim=3)
+
+
 @form("dense")
 def _dense(node: Node, b: Builder) -> Callable[..., Any]:
     b.param(1)

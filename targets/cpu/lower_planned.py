@@ -381,6 +381,11 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
                 y = R.nn.avg_pool2d(
                     x, count_include_pad=bool(at.get("count_include_pad", 0)), **common
                 )
+    elif op == "upsample_nearest":  # (N, C/bn, H, W, bn): repeat along H and W
+        x, _ = vals.blocked_of(ins[0], lay)
+        sh, sw = (int(s) for s in node.attrs["scales"])
+        y = bb.emit(R.repeat(x, sh, axis=2)) if sh > 1 else x
+        y = R.repeat(y, sw, axis=3) if sw > 1 else y
     elif op == "batch_norm":
         x, _ = vals.blocked_of(ins[0], lay)
         stats = [np.reshape(np.asarray(v.const), -1) for v in node.inputs[1:5]]  # type: ignore[union-attr]

@@ -434,7 +434,12 @@ def plan_graph(graph: Graph, lanes: int = 8, int8_lanes: int = 0, int8_narrow: i
         if node.op in ("quantize", "dequantize") and len(node.attrs["scale"]) == 1:
             if x0 is not None and len(ins) == 1:  # per-tensor: elementwise on any layout
                 lay[id(out)] = x0
-        elif node.op in PASSTHROUGH or node.op in BLOCKED_UNARY or node.op in BLOCKED_POOLS:
+        elif (
+            node.op in PASSTHROUGH
+            or node.op in BLOCKED_UNARY
+            or node.op in BLOCKED_POOLS
+            or node.op == "upsample_nearest"  # repeats pixels: any channel block as it is
+        ):
             if x0 is not None and len(ins) == 1:
                 lay[id(out)] = x0
         elif node.op in BLOCKED_BINARY and len(ins) == 2 and len(out.shape) == 4:

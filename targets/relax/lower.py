@@ -110,6 +110,30 @@ def _conv2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     return y
 
 
+@register_lowering("conv_transpose2d")
+def _conv_transpose2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    at = node.attrs
+    y = R.nn.conv2d_transpose(
+        a[0],
+        a[1],
+        strides=tuple(at["strides"]),
+        padding=tuple(at["pads"]),  # (top, left, bottom, right) in both mcopt and TVM
+        output_padding=tuple(at["output_padding"]),
+        dilation=tuple(at["dilations"]),
+        groups=int(at["groups"]),
+    )
+    if len(a) > 2 and a[2] is not None:
+        y = R.add(ctx.emit(y), _channel_vector(ctx, node.inputs[2], a[2], 4))
+    return y
+
+
+@register_lowering("upsample_nearest")
+def _upsample_nearest(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    sh, sw = (int(s) for s in node.attrs["scales"])
+    y = ctx.emit(R.repeat(a[0], sh, axis=2)) if sh > 1 else a[0]
+    return R.repeat(y, sw, axis=3) if sw > 1 else y
+
+
 @register_lowering("dense")
 def _dense(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     w = _const_of(node.inputs[1])

@@ -1,0 +1,232 @@
+"""Trained models from a PyPI wheel: PaddleOCR's PP-OCRv4 (rapidocr_onnxruntime), mcopt vs onnxruntime.
+
+The three ONNX models the ``rapidocr_onnxruntime`` wheel ships (exported by Paddle2ONNX: decomposed
+hard-swish, ``Resize`` and ``ConvTranspose`` in the detector's FPN and head, a transformer block in
+the recognizer): text detection (DBNet on PP-LCNetV3, 1x3x320x320), text-line direction
+classification (1x3x48x192) and recognition (SVTR-LCNet, CTC over 6625 symbols, 1x3x48x320). No
+model is in mcopt's tests. Inputs are text rendered with Pillow's built-in font (black / dark
+words on light backgrounds), normalized as PaddleOCR does; 16 images calibrate both int8 builds,
+32 others (another seed) score every build against onnxruntime fp32 on the original model:
+
+- det: IoU of the text masks (probability > 0.3);
+- cls: top-1 agreement, and accuracy on the rendered lines' true orientation (half are rotated 180);
+- rec: share of lines whose greedy CTC decoding (argmax per step, repeats merged, blanks dropped)
+  equals onnxruntime fp32's.
+
+Engines: onnxruntime fp32 on the original model, onnxruntime int8 (``quantize_static``, QDQ,
+per-channel, the same calibration images), mcopt lossless (``cleanup``) and mcopt int8
+(``cleanup`` + ``quantize-int8``), batch 1, 2 threads, alternating bursts (bench_cpu.interleaved),
+medians.
+
+The wheel is fetched with ``pip download rapidocr_onnxruntime==1.4.4 --no-deps`` into
+``~/.cache/mcopt/rapidocr`` (or ``--models DIR`` holding the .onnx files).
+
+Run: ``python benchmarks/bench_ocr.py [--models DIR] [--only det,cls,rec]``; writes
+bench-out/ocr.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+WHEEL = "rapidocr_onnxruntime==1.4.4"
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path.home() / ".cache" / "mcopt" / "rapidocr"
+MODELS = {
+    "det": ("ch_PP-OCRv4_det_infer.onnx", (1, 3, 320, 320)),
+    "cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192)),
+    "rec": ("ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320)),
+}
+WORDS = ("mcopt", "OCR", "compile", "2026", "TVM", "int8", "model", "phone", "camera", "Paddle",
+         "invoice", "total", "€12.50", "ROAD", "exit 42", "hello", "world", "speed")  # fmt: skip
+
+
+def fetch_models(models: Path | None) -> Path:
+    if models is not None:
+        return models
+    target = CACHE / "models"
+    if all((target / f).exists() for f, _ in MODELS.values()):
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", WHEEL, "--no-deps", "-d", str(CACHE)],
+        check=True,
+    )
+    wheel = next(CACHE.glob("rapidocr_onnxruntime-*.whl"))
+    target.mkdir(exist_ok=True)
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if name.endswith(".onnx"):
+                (target / Path(name).name).write_bytes(z.read(name))
+    return target
+
+
+def render(kind: str, shape: tuple[int, ...], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rendered inputs (N, 3, H, W) normalized for ``kind``, and per image a label (cls: 1
+    when rotated 180 degrees; else 0)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    _, _, h, w = shape
+    xs, labels = [], []
+    for _ in range(n):
+        bg = tuple(int(v) for v in rng.integers(200, 256, 3))
+        im = Image.new("RGB", (w, h), bg)
+        d = ImageDraw.Draw(im)
+        ink = tuple(int(v) for v in rng.integers(0, 80, 3))
+        if kind == "det":
+            for _ in range(int(rng.integers(3, 7))):
+                font = ImageFont.load_default(size=int(rng.integers(16, 36)))
+                xy = (int(rng.integers(0, w - 120)), int(rng.integers(0, h - 40)))
+                d.text(xy, " ".join(rng.choice(WORDS, 2)), fill=ink, font=font)
+        else:
+            font = ImageFont.load_default(size=int(rng.integers(26, 36)))
+            text = " ".join(rng.choice(WORDS, 3 if kind == "rec" else 2))
+            d.text((int(rng.integers(2, 12)), int(rng.integers(2, 10))), text, fill=ink, font=font)
+        label = int(kind == "cls" and rng.random() < 0.5)
+        if label:
+            im = im.rotate(180)
+        a = np.asarray(im, np.float32) / 255.0
+        if kind == "det":
+            a = (a - np.array([0.485, 0.456, 0.406], np.float32)) / np.array(
+                [0.229, 0.224, 0.225], np.float32
+            )
+        else:
+            a = (a - 0.5) / 0.5
+        xs.append(a.transpose(2, 0, 1))
+        labels.append(label)
+    return np.stack(xs).astype(np.float32), np.array(labels)
+
+
+def ctc(y: np.ndarray) -> tuple[int, ...]:
+    ids = y.argmax(-1).reshape(-1)
+    out, prev = [], -1
+    for i in ids:
+        if i != prev and i != 0:
+            out.append(int(i))
+        prev = int(i)
+    return tuple(out)
+
+
+def score(kind: str, outs: list[np.ndarray], refs: list[np.ndarray], labels: np.ndarray) -> str:
+    if kind == "det":
+        inter = sum(int(((o > 0.3) & (r > 0.3)).sum()) for o, r in zip(outs, refs))
+        union = sum(int(((o > 0.3) | (r > 0.3)).sum()) for o, r in zip(outs, refs))
+        return f"mask IoU {inter / max(union, 1):.3f}"
+    if kind == "cls":
+        pred = np.array([o.reshape(-1).argmax() for o in outs])
+        ref = np.array([r.reshape(-1).argmax() for r in refs])
+        return f"agree {np.mean(pred == ref):.3f}, acc {np.mean(pred == labels):.3f}"
+    same = np.mean([ctc(o) == ctc(r) for o, r in zip(outs, refs)])
+    return f"same text {same:.3f}"
+
+
+def bench(kind: str, path: Path, rounds: int, log: Any) -> list[dict[str, Any]]:
+    import onnx
+    from bench_cpu import interleaved
+    from bench_quant import ort_int8
+    from common import ort_session
+
+    import mcopt
+
+    _, shape = MODELS[kind]
+    proto = onnx.load(path)
+    inp = proto.graph.input[0].name
+    xc, _ = render(kind, shape, 16, seed=1)
+    xe, labels = render(kind, shape, 32, seed=2)
+    calib = [{inp: xc[i : i + 1]} for i in range(len(xc))]
+    s32 = ort_session(proto)
+    refs = [s32.run(None, {inp: xe[i : i + 1]})[0] for i in range(len(xe))]
+    engines: dict[str, Any] = {"onnxruntime fp32": lambda x: s32.run(None, {inp: x})[0]}
+    notes: dict[str, str] = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s8 = ort_session(ort_int8(proto, calib, Path(tempfile.mkdtemp())))
+        engines["onnxruntime int8"] = lambda x: s8.run(None, {inp: x})[0]
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        notes["onnxruntime int8"] = f"failed: {type(e).__name__}: {str(e)[:80]}"
+    for name, passes in (("mcopt fp32", ["cleanup"]), ("mcopt int8", ["cleanup", "quantize-int8"])):
+        t0 = time.perf_counter()
+        try:
+            res = mcopt.optimize(
+                path, target="cpu", passes=passes, input_shapes={inp: list(shape)},
+                calib=calib, measure=False, check=False,
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - reported in the table
+            notes[name] = f"failed: {type(e).__name__}: {str(e)[:80]}"
+            continue
+        notes[name] = f"built in {time.perf_counter() - t0:.0f} s"
+        c = res.compiled
+        engines[name] = lambda x, c=c: c.run(x)[0]
+        log(f"{kind}: {name} {notes[name]}")
+    x1 = xe[:1]
+    times = interleaved(
+        {k: (lambda f=f: f(x1)) for k, f in engines.items()},
+        rounds=rounds, budget_s=0.4, max_runs=500,
+    )  # fmt: skip
+    base = times["onnxruntime fp32"]["median_ms"]
+    rows = []
+    for name in ("onnxruntime fp32", "onnxruntime int8", "mcopt fp32", "mcopt int8"):
+        if name not in engines:
+            rows.append({"model": kind, "engine": name, "note": notes.get(name, "")})
+            continue
+        outs = [engines[name](xe[i : i + 1]) for i in range(len(xe))]
+        err = max(float(np.abs(o - r).max()) for o, r in zip(outs, refs))
+        t = times[name]
+        rows.append({
+            "model": kind, "engine": name, "median_ms": t["median_ms"], "min_ms": t["min_ms"],
+            "vs_ort_fp32": base / t["median_ms"], "quality": score(kind, outs, refs, labels),
+            "max_abs_err": err, "note": notes.get(name, ""),
+        })  # fmt: skip
+    return rows
+
+
+def render_md(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| model | engine | median ms | min ms | vs ort fp32 | quality vs ort fp32 (32 held-out images) | max abs err | note |",
+        "|---|---|---:|---:|---:|---|---:|---|",
+    ]
+    for r in rows:
+        if "median_ms" not in r:
+            out.append(f"| {r['model']} | {r['engine']} | – | – | – | – | – | {r['note']} |")
+            continue
+        out.append(
+            f"| {r['model']} | {r['engine']} | {r['median_ms']:.3f} | {r['min_ms']:.3f} | "
+            f"**{r['vs_ort_fp32']:.2f}x** | {r['quality']} | {r['max_abs_err']:.2g} | {r['note']} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", type=Path, default=None, help="a directory with the .onnx files")
+    ap.add_argument("--only", default="det,cls,rec", help="comma-separated: det, cls, rec")
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args(argv)
+    from common import write_outputs
+
+    models = fetch_models(args.models)
+    rows: list[dict[str, Any]] = []
+    for kind in args.only.split(","):
+        rows += bench(kind, models / MODELS[kind][0], args.rounds, lambda m: print(m, flush=True))
+        print(render_md([r for r in rows if r["model"] == kind]), flush=True)
+    write_outputs(ROOT / "bench-out", "ocr", rows, render_md(rows))
+    print(render_md(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
