@@ -74,6 +74,9 @@ class _Stats:
     samples: list[np.ndarray] = field(default_factory=list)
     chan_sum: np.ndarray | None = None
     count: int = 0
+    #: the channels are the last axis (a dense layer's features: a transformer's (N, T, C) tokens),
+    #: else axis 1 (NCHW)
+    feature_last: bool = False
 
     def add(self, a: np.ndarray, rng: np.random.Generator, keep_sample: bool) -> None:
         a = np.asarray(a, np.float32)
@@ -84,10 +87,11 @@ class _Stats:
             self.samples.append(
                 flat if flat.size <= _SAMPLE else rng.choice(flat, _SAMPLE, replace=False)
             )
-        axes = (0, *range(2, a.ndim)) if a.ndim > 2 else tuple(range(a.ndim - 1))
+        axis = 1 if a.ndim > 2 and not self.feature_last else a.ndim - 1
+        axes = tuple(i for i in range(a.ndim) if i != axis)
         s = a.astype(np.float64).sum(axis=axes)
         self.chan_sum = s if self.chan_sum is None else self.chan_sum + s
-        self.count += int(a.size // a.shape[1 if a.ndim > 2 else -1])
+        self.count += int(a.size // a.shape[axis])
 
     @property
     def channel_mean(self) -> np.ndarray:
@@ -273,6 +277,9 @@ class QuantizeInt8(Pass):
     ) -> tuple[dict[int, _Stats], dict[str, HessianAccumulator]]:
         values = _unique([n.inputs[0] for n in layers])  # type: ignore[misc]
         stats = {id(v): _Stats() for v in values}
+        for n in layers:  # a dense layer's input: its features are the last axis
+            if n.op == "dense":
+                stats[id(n.inputs[0])].feature_last = True
         hess: dict[str, HessianAccumulator] = {}
         rng = ctx.rng(11)
         keep_sample = self.calibration != "minmax"
@@ -367,13 +374,17 @@ class QuantizeInt8(Pass):
         if self.bias_correction:
             mean_x = st.channel_mean
             dw = (wdq - w.const).astype(np.float64)
-            if node.op == "conv2d":
+            if node.op == "conv2d" and mean_x.shape[0] != w.shape[1] * int(node.attrs["groups"]):
+                shift = np.zeros(w.shape[0])  # the tensor also feeds a dense: no correction
+            elif node.op == "conv2d":
                 g = int(node.attrs["groups"])
                 og, cg = w.shape[0] // g, w.shape[1]
                 m = mean_x.reshape(g, 1, cg)
                 shift = (dw.sum(axis=(2, 3)).reshape(g, og, cg) * m).sum(-1).reshape(-1)
-            else:
+            elif mean_x.shape[0] == dw.shape[1]:
                 shift = dw @ mean_x
+            else:  # the tensor also feeds a conv (channels on axis 1): no correction
+                shift = np.zeros(dw.shape[0])
             bias = bias - shift
         bscale = sx * s.astype(np.float64)
         bq = np.clip(np.rint(bias / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)

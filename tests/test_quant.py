@@ -299,3 +299,37 @@ def test_dead_unit_with_a_bias_keeps_the_int32_accumulator_in_range():
     for f, r in zip(feeds, ref):
         got = run(g, f)[0]  # raised OverflowError before
         np.testing.assert_allclose(got, r, atol=0.02 * np.abs(r).max())
+
+
+def test_int8_dense_on_token_features():
+    """A dense layer over a (N, T, C) token tensor (PP-OCR's SVTR recognizer): the bias correction
+    averages the input over its last axis, the features (it averaged axis 1, the tokens: a shape
+    error in the pass)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import mcopt
+
+    rng = np.random.default_rng(4)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 6)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h"]),
+        helper.make_node("MatMul", ["h", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tokens", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4])], initializer=inits,
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    calib = [{"x": rng.standard_normal((1, 5, 8)).astype(np.float32)} for _ in range(8)]
+    res = mcopt.optimize(m, target=None, passes=["cleanup", "quantize-int8"], calib=calib)
+    assert any(n.op == "qdense" for n in res.graph.nodes)
+    x = rng.standard_normal((1, 5, 8)).astype(np.float32)
+    ref = run(mcopt.load(m), [x])[0]
+    got = run(res.graph, [x])[0]
+    assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()
