@@ -374,6 +374,7 @@ class FoldBiasAdd(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         rules = [AddIntoBias(), AddIntoBiasSwapped(), MulIntoLinear(), MulIntoLinearSwapped()]
+        rules.append(FoldBNIntoLinear())  # a BN after a folded add (conv -> Add -> BN exports)
         res = apply_rewrites(graph, rules)
         if res.changed:
             ctx.info(f"fold-bias-add: {res.applied}")

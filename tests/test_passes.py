@@ -426,6 +426,22 @@ def test_fold_bias_add_also_folds_per_channel_scales() -> None:
     assert [n.name for n in g.nodes_of("mul")] == ["d_mul"] and not g.nodes_of("add")
 
 
+def test_fold_bias_add_then_the_batch_norm_after_it() -> None:
+    """conv -> Add (bias) -> BN (Paddle2ONNX's transposed convs): once the add is folded the BN
+    folds too, in the same pass."""
+    g = Graph("add_bn")
+    x = g.add_input("x", ttype((1, 3, 5, 5)))
+    c = g.add_node("conv_transpose2d", [x, g.const(rand(3, 4, 2, 2), "tw")], {"strides": (2, 2)})
+    y = g.add_node("add", [c.output, g.const(rand(1, 4, 1, 1), "b")]).output
+    stats = [g.const(RNG.uniform(0.5, 2, 4).astype(np.float32), n) for n in ("s", "v")]
+    y = g.add_node(
+        "batch_norm", [y, stats[0], g.const(rand(4), "t"), g.const(rand(4), "m"), stats[1]]
+    )
+    g.outputs = [y.output]
+    assert_lossless(g, run1("fold-bias-add"))
+    assert [n.op for n in g.nodes] == ["conv_transpose2d"]
+
+
 def test_remove_identity_drops_same_dtype_casts() -> None:
     g = Graph("cast")
     x = g.add_input("x", ttype((2, 3)))
