@@ -19,6 +19,7 @@ ATTRS = {
     "clip": {"min": -1.0, "max": 1.0},
     "cast": {"to": "float32"},
     "upsample_nearest": {"scales": (2, 2)},
+    "depth_to_space": {"blocksize": 1},
 }
 
 

@@ -226,3 +226,56 @@ def test_fpn_upsample_stays_blocked() -> None:
     (up,) = [n for n in planned.nodes if n.op == "upsample_nearest"]
     assert up.inputs[0].type.layout is not None and up.output.type.layout is not None
     np.testing.assert_allclose(res.compiled.run(x)[0], _ort(m, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space(mode: str) -> None:
+    node = helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode=mode)
+    x = np.random.default_rng(4).standard_normal((1, 32, 5, 6)).astype(np.float32)
+    m = _model(node, [1, 32, 5, 6], [], 13)
+    _all_routes(m, x)
+    g = import_model(m)
+    assert [n.op for n in g.nodes] == ["depth_to_space"]
+    torch = pytest.importorskip("torch")
+    from mcopt.train.module import to_torch
+
+    got = to_torch(g)(torch.from_numpy(x))
+    got = got[0] if isinstance(got, (list, tuple)) else got
+    np.testing.assert_array_equal(got.detach().numpy(), _ort(m, x))
+
+
+def test_transposed_conv_head_stays_blocked() -> None:
+    """ConvTranspose 2x2/2 to 24 channels -> Relu -> ConvTranspose (DBNet's head): planned as a
+    1x1 conv with the relu in its epilogue to 32 (padded) channels, a blocked DCR pixel shuffle and
+    a free channel slice read as a padded layout — no layout conversion before the second conv."""
+    pytest.importorskip("tvm")
+    import mcopt
+    from mcopt.targets.cpu.planning import plan_cpu
+
+    rng = np.random.default_rng(12)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, 24, 2, 2)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.standard_normal((24, 1, 2, 2)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w1", "b1"], ["t"], kernel_shape=[2, 2],
+                         strides=[2, 2]),
+        helper.make_node("Relu", ["t"], ["r"]),
+        helper.make_node("ConvTranspose", ["r", "w2"], ["u"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Sigmoid", ["u"], ["y"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 6, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits,
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = rng.standard_normal((1, 16, 6, 7)).astype(np.float32)
+    res = mcopt.optimize(m, target="cpu", passes=["cleanup"])
+    np.testing.assert_allclose(res.compiled.run(x)[0], _ort(m, x), rtol=1e-4, atol=1e-5)
+    planned = plan_cpu(res.graph, lanes=16)
+    ops = {n.op: n for n in planned.nodes}
+    assert "relu" not in ops and ops["depth_to_space"].output.type.layout is not None
+    sl = ops["slice"].output.type.layout
+    assert sl is not None and (sl.channels, sl.padded) == (24, 32)
+    np.testing.assert_allclose(interpreter.run(planned, [x])[0], _ort(m, x), rtol=1e-4, atol=1e-5)

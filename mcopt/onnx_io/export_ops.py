@@ -326,6 +326,13 @@ def conv_transpose2d(e: _Exporter, n: Node) -> None:
           group=int(a["groups"]), output_padding=list(a["output_padding"]))  # fmt: skip
 
 
+@exports("depth_to_space")
+def depth_to_space(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    e.add("DepthToSpace", ins, outs, n.name, blocksize=int(n.attrs["blocksize"]),
+          mode=str(n.attrs["mode"]))  # fmt: skip
+
+
 exports("binary_conv2d")(export_binary_conv2d)
 exports("binary_dense")(export_binary_dense)
 exports("codebook_weight")(export_codebook_weight)

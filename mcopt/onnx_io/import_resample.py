@@ -151,3 +151,18 @@ def conv_transpose(c: NodeCtx) -> None:
         "groups": int(c.attr("group", 1)), "output_padding": tuple(op),
     }  # fmt: skip
     c.set_out(0, c.emit("conv_transpose2d", [x, w, b], attrs))
+
+
+@handles("DepthToSpace")
+def depth_to_space(c: NodeCtx) -> None:
+    x = c.x(0)
+    if x.type.rank != 4:
+        raise c.fail(f"input {x.type} is not 4-D NCHW")
+    bs, mode = int(c.attr("blocksize")), str(c.attr("mode", "DCR") or "DCR")
+    if mode not in ("DCR", "CRD"):
+        raise c.fail(f"mode={mode!r} is not supported (DCR, CRD)")
+    if x.shape[1] % (bs * bs):
+        raise c.fail(
+            f"blocksize {bs} squared does not divide the {x.shape[1]} channels of {x.type}"
+        )
+    c.set_out(0, c.emit("depth_to_space", [x], {"blocksize": bs, "mode": mode}))

@@ -1,6 +1,6 @@
-"""Upsampling ops of segmentation / detection decoders: nearest-neighbour upsampling by whole factors
-(ONNX ``Resize`` / ``Upsample`` in the forms that repeat pixels) and the transposed convolution
-(ONNX ``ConvTranspose``), both NCHW. PP-OCR's text detector (DBNet) uses both in its FPN and head.
+"""Upsampling ops of segmentation / detection / super-resolution decoders: nearest-neighbour
+upsampling by whole factors (ONNX ``Resize`` / ``Upsample`` in the forms that repeat pixels), the
+transposed convolution (ONNX ``ConvTranspose``) and the pixel shuffle (ONNX ``DepthToSpace``), NCHW. PP-OCR's text detector (DBNet) uses both in its FPN and head.
 """
 
 from __future__ import annotations
@@ -149,5 +149,56 @@ register_op(
         macs=_convt_macs,
         doc="transposed convolution (ONNX ConvTranspose). x: NCHW, w: (C, O/groups, kh, kw); "
         "pads = (top, left, bottom, right) cropped from the full output.",
+    )
+)
+
+
+# --- depth_to_space -------------------------------------------------------------------------------
+def _d2s_check(t: InTypes, a: Attrs) -> str | None:
+    x = t[0]
+    assert x is not None
+    bs = a["blocksize"]
+    if x.rank != 4:
+        return f"expects a 4-D NCHW input, got {x}"
+    if not isinstance(bs, int) or bs < 1 or x.shape[1] % (bs * bs):
+        return f"blocksize {bs!r} squared does not divide the {x.shape[1]} channels"
+    if a["mode"] not in ("DCR", "CRD"):
+        return f"mode must be 'DCR' or 'CRD', got {a['mode']!r}"
+    return None
+
+
+def depth_to_space_ref(x: np.ndarray, *, blocksize: int, mode: str) -> np.ndarray:
+    """ONNX DepthToSpace: channel ``(a, b, o)`` (DCR) or ``(o, a, b)`` (CRD) of pixel ``(i, j)``
+    goes to channel ``o`` of pixel ``(i * bs + a, j * bs + b)``."""
+    n, c, h, w = x.shape
+    bs = blocksize
+    if mode == "DCR":
+        t = x.reshape(n, bs, bs, c // bs**2, h, w).transpose(0, 3, 4, 1, 5, 2)
+    else:
+        t = x.reshape(n, c // bs**2, bs, bs, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return np.ascontiguousarray(t.reshape(n, c // bs**2, h * bs, w * bs))
+
+
+register_op(
+    OpSchema(
+        name="depth_to_space",
+        inputs=("x",),
+        attrs={"blocksize": REQUIRED, "mode": "DCR"},
+        check=_d2s_check,
+        infer=lambda t, a: [
+            TensorType(
+                (
+                    t[0].shape[0],
+                    t[0].shape[1] // a["blocksize"] ** 2,  # type: ignore[union-attr]
+                    t[0].shape[2] * a["blocksize"],
+                    t[0].shape[3] * a["blocksize"],
+                ),  # type: ignore[union-attr]
+                t[0].dtype,  # type: ignore[union-attr]
+            )
+        ],  # fmt: skip
+        reference=depth_to_space_ref,
+        traits=frozenset({"zero_preserving", "finite_preserving"}),
+        doc="pixel shuffle (ONNX DepthToSpace): channel (a, b, o) [DCR] or (o, a, b) [CRD] of pixel "
+        "(i, j) -> channel o of pixel (i*bs + a, j*bs + b).",
     )
 )

@@ -218,6 +218,20 @@ def _upsample_nearest(node: Node, b: Builder) -> Callable[..., Any]:
     return lambda x: x.repeat_interleave(sh, dim=2).repeat_interleave(sw, dim=3)
 
 
+@form("depth_to_space")
+def _depth_to_space(node: Node, b: Builder) -> Callable[..., Any]:
+    bs, dcr = int(node.attrs["blocksize"]), node.attrs["mode"] == "DCR"
+
+    def fwd(x: torch.Tensor) -> torch.Tensor:
+        if not dcr:
+            return F.pixel_shuffle(x, bs)  # CRD is PyTorch's pixel shuffle
+        n, c, h, w = x.shape
+        t = x.reshape(n, bs, bs, c // bs**2, h, w).permute(0, 3, 4, 1, 5, 2)
+        return t.reshape(n, c // bs**2, h * bs, w * bs)
+
+    return fwd
+
+
 @form("dense")
 def _dense(node: Node, b: Builder) -> Callable[..., Any]:
     b.param(1)

@@ -381,6 +381,17 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
                 y = R.nn.avg_pool2d(
                     x, count_include_pad=bool(at.get("count_include_pad", 0)), **common
                 )
+    elif op == "depth_to_space":  # DCR on (N, bs*bs*O/bn, H, W, bn): whole blocks move
+        x, lx = vals.blocked_of(ins[0], ins[0].type.layout)
+        n, cb, h, w, bn = (int(d) for d in LowerContext.shape_of(x))
+        bs = int(node.attrs["blocksize"])
+        t = bb.emit(R.reshape(x, (n, bs, bs, cb // (bs * bs), h, w, bn)))
+        t = bb.emit(R.permute_dims(t, (0, 3, 4, 1, 5, 2, 6)))
+        y = R.reshape(t, (n, cb // (bs * bs), h * bs, w * bs, bn))
+    elif op == "slice":  # a channel prefix over zeros (plan._zero_channel_tail): no data moves
+        x, _ = vals.blocked_of(ins[0], ins[0].type.layout)
+        vals.set_blocked(out, x, lay)
+        return
     elif op == "upsample_nearest":  # (N, C/bn, H, W, bn): repeat along H and W
         x, _ = vals.blocked_of(ins[0], lay)
         sh, sw = (int(s) for s in node.attrs["scales"])

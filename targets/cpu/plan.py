@@ -50,7 +50,7 @@ import numpy as np
 
 from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import BlockedLayout
-from mcopt.ops import get_schema, ops_with
+from mcopt.ops import get_schema, has_trait, ops_with
 from mcopt.ops.nn import bn_affine
 from mcopt.targets.cpu.plan_int8 import QGroup, find_int8_groups
 
@@ -214,6 +214,39 @@ def _channel_gate(x: Value, g: Value, out: Value, lx: Layout | None, lg: Layout 
         and tuple(x.shape) == tuple(out.shape)
         and tuple(g.shape) in ((n, c, 1, 1), (1, c, 1, 1))
     )
+
+
+def _zero_channel_tail(node: Node, x0: Layout) -> bool:
+    """``node`` slices channels ``[0, E)`` (``E`` within the last block) of an unpadded blocked
+    ``depth_to_space`` (DCR) output whose conv writes zeros (zero weight rows, zero bias) to every
+    dropped channel — what :func:`~mcopt.targets.cpu.planning._pointwise_transposed` builds."""
+    a = node.attrs
+    x = node.inputs[0]
+    if x is None or x0.is_padded or tuple(a["axes"]) not in ((1,), (-3,)):
+        return False
+    if tuple(a["starts"]) != (0,) or tuple(a["steps"]) != (1,):
+        return False
+    end = node.output.shape[1]
+    if not 0 < end < x0.channels or x0.channels - end >= x0.bn:
+        return False
+    d2s = x.producer
+    if d2s is None or d2s.op != "depth_to_space" or d2s.attrs["mode"] != "DCR":
+        return False
+    conv = d2s.inputs[0].producer if d2s.inputs[0] is not None else None
+    if conv is not None and has_trait(conv.op, "zero_preserving") and conv.inputs[0] is not None:
+        if not has_trait(conv.op, "elementwise") or len(conv.inputs) != 1:
+            return False
+        conv = conv.inputs[0].producer  # an activation that maps 0 to 0 in between
+    if conv is None or conv.op != "conv2d" or len(d2s.inputs[0].uses) != 1:  # type: ignore[union-attr]
+        return False
+    w = conv.inputs[1]
+    b = conv.inputs[2] if len(conv.inputs) > 2 else None
+    if w is None or w.const is None or (b is not None and b.const is None):
+        return False
+    bs, full = int(d2s.attrs["blocksize"]), x0.channels
+    rows = np.asarray(w.const).reshape(bs * bs, full, -1)[:, end:]
+    bias = None if b is None else np.asarray(b.const).reshape(bs * bs, full)[:, end:]
+    return not rows.any() and (bias is None or not bias.any())
 
 
 def _conv_kind(node: Node) -> str | None:
@@ -457,6 +490,17 @@ def plan_graph(graph: Graph, lanes: int = 8, int8_lanes: int = 0, int8_narrow: i
                 if lt is not None and tuple(t.shape) == tuple(out.shape):
                     if _channel_const(k, c, 4) is not None:
                         lay[id(out)] = lt
+        elif node.op == "depth_to_space" and x0 is not None and not x0.is_padded:
+            # DCR: output channel block ob of pixel (i*bs + a, j*bs + b) is input block
+            # (a*bs + b) * O/bn + ob of pixel (i, j) -- whole blocks move (planning's transposed
+            # convs, ESPCN-style pixel shuffles)
+            o = out.shape[1]
+            if node.attrs["mode"] == "DCR" and o % x0.bn == 0:
+                lay[id(out)] = Layout(x0.bn, o, o)
+        elif node.op == "slice" and x0 is not None and _zero_channel_tail(node, x0):
+            # the channel prefix of a tensor whose dropped channels are zeros: the same buffer,
+            # read as a padded layout
+            lay[id(out)] = Layout(x0.bn, out.shape[1], x0.padded)
         elif node.op == "batch_norm" and x0 is not None and len(out.shape) == 4:
             # a batch norm no conv absorbed (DenseNet's BN after a concat): a per-channel affine
             # on the blocked tensor (its padding channels stay finite: scale 0, shift 0)

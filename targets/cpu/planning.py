@@ -91,13 +91,34 @@ def _unwinograd(graph: Graph) -> dict[str, int]:
     return forced
 
 
-def _pointwise_transposed(graph: Graph) -> None:
+def _zero_preserving_user(graph: Graph, v: Value) -> Node | None:
+    """The one reader of ``v`` when it is an elementwise unary op that maps 0 to 0 (relu,
+    hard-swish, ...): it commutes with a pixel shuffle and keeps zero channels zero."""
+    from mcopt.ops import has_trait
+
+    if len(v.uses) != 1 or any(o is v for o in graph.outputs):
+        return None
+    user = v.uses[0][0]
+    ok = (
+        len(user.outputs) == 1
+        and len([i for i in user.inputs if i is not None]) == 1
+        and has_trait(user.op, "elementwise")
+        and has_trait(user.op, "zero_preserving")
+    )
+    return user if ok else None
+
+
+def _pointwise_transposed(graph: Graph, lanes: int) -> None:
     """A ``conv_transpose2d`` whose kernel equals its stride (no padding, dilation, output padding
     or groups; DBNet's 2x2 / stride-2 upsampling head) writes each input pixel's own ``kh x kw``
-    output patch: it is a 1x1 ``conv2d`` to ``O*kh*kw`` channels followed by a pixel shuffle,
-    ``reshape (N, O, kh, kw, H, W) -> transpose (N, O, H, kh, W, kw) -> reshape (N, O, H*kh,
-    W*kw)`` — the 1x1 conv on the blocked kernels instead of TVM's generic transposed conv (PP-OCR's
-    detector: its two heads 3.9 and 1.0 ms). Exact up to float summation order."""
+    output patch: it is a 1x1 ``conv2d`` to ``kh*kw*O`` channels followed by a pixel shuffle — the
+    1x1 conv on the blocked kernels instead of TVM's generic transposed conv (PP-OCR's detector:
+    its two heads 3.9 and 1.0 ms). For a square kernel the conv's rows are ordered ``(a, b, o)``
+    and the shuffle is a ``depth_to_space`` (DCR), which moves whole channel blocks when ``O`` is a
+    multiple of the SIMD block: ``O`` is padded to one with zero rows (then a ``slice`` keeps the
+    ``O`` channels; the planner reads it as the padded layout, no copy) unless ``O`` fits in less
+    than one block. Otherwise ``reshape -> transpose -> reshape``. Exact up to float summation
+    order."""
     for node in list(graph.iter_nodes()):
         if node.op != "conv_transpose2d":
             continue
@@ -118,15 +139,43 @@ def _pointwise_transposed(graph: Graph) -> None:
         ):
             continue
         n, _, h, wd = x.shape
-        wp = np.ascontiguousarray(np.asarray(w.const).transpose(1, 2, 3, 0).reshape(-1, c, 1, 1))
-        ins = [x, graph.const(wp, name=f"{w.name}_pointwise")]
-        if b is not None:
-            ins.append(graph.const(np.repeat(np.asarray(b.const), kh * kw), name=f"{b.name}_tiled"))
+        wc = np.asarray(w.const, np.float32)
+        bc = None if b is None else np.asarray(b.const, np.float32)
+        if kh == kw and o >= lanes:  # (a, b, o) rows, O padded to whole blocks
+            op = -(-o // lanes) * lanes
+            wp = np.zeros((kh, kw, op, c), np.float32)
+            wp[:, :, :o] = wc.transpose(2, 3, 1, 0)
+            bp = None
+            if bc is not None:
+                bp = np.zeros((kh, kw, op), np.float32)
+                bp[:, :, :o] = bc
+        else:  # (o, a, b) rows
+            op = o
+            wp = wc.transpose(1, 2, 3, 0)
+            bp = None if bc is None else np.repeat(bc, kh * kw)
+        ins = [x, graph.const(np.ascontiguousarray(wp.reshape(-1, c, 1, 1)), name=f"{w.name}_pw")]
+        if bp is not None:
+            ins.append(graph.const(np.ascontiguousarray(bp.reshape(-1)), name=f"{b.name}_pw"))  # type: ignore[union-attr]
         y = graph.add_node("conv2d", ins, name=f"{node.name}_pointwise", before=node).output
-        y = graph.add_node("reshape", [y], {"shape": (n, o, kh, kw, h, wd)}, before=node).output
-        y = graph.add_node("transpose", [y], {"perm": (0, 1, 4, 2, 5, 3)}, before=node).output
-        out = Node("reshape", [y], [], {"shape": (n, o, h * kh, wd * kw)}, node.name)
-        graph.replace_nodes([node], out)
+        chain = [node]
+        if kh == kw and o >= lanes:
+            act = _zero_preserving_user(graph, node.output)
+            if act is not None:  # it commutes with the shuffle: before it, the conv's epilogue
+                y = graph.add_node(act.op, [y], dict(act.attrs), before=node).output
+                chain.append(act)
+            y = graph.add_node(
+                "depth_to_space", [y], {"blocksize": kh, "mode": "DCR"}, before=node
+            ).output
+            if op == o:
+                out = Node("identity", [y], [], {}, chain[-1].name)
+            else:
+                attrs = {"starts": (0,), "ends": (o,), "axes": (1,), "steps": (1,)}
+                out = Node("slice", [y], [], attrs, chain[-1].name)
+        else:
+            y = graph.add_node("reshape", [y], {"shape": (n, o, kh, kw, h, wd)}, before=node).output
+            y = graph.add_node("transpose", [y], {"perm": (0, 1, 4, 2, 5, 3)}, before=node).output
+            out = Node("reshape", [y], [], {"shape": (n, o, h * kh, wd * kw)}, node.name)
+        graph.replace_nodes(chain, out)
 
 
 def _same(a: np.ndarray, v: Value | None) -> bool:
@@ -381,7 +430,7 @@ def plan_cpu(graph: Graph, target: Any = None, lanes: int | None = None) -> Grap
     lanes = lanes or cpu_info(target).lanes
     g = graph.copy()
     forced = _unwinograd(g)
-    _pointwise_transposed(g)
+    _pointwise_transposed(g, lanes)
     int8_lanes = int8_narrow = 0
     if any(n.op == "qconv2d" for n in g.nodes):
         int8_lanes, int8_narrow = _int8_lanes(target)

@@ -134,6 +134,20 @@ def _upsample_nearest(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResul
     return R.repeat(y, sw, axis=3) if sw > 1 else y
 
 
+@register_lowering("depth_to_space")
+def _depth_to_space(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    n, c, h, w = (int(d) for d in ctx.shape_of(a[0]))
+    bs = int(node.attrs["blocksize"])
+    o = c // (bs * bs)
+    if node.attrs["mode"] == "DCR":
+        t = ctx.emit(R.reshape(a[0], (n, bs, bs, o, h, w)))
+        t = ctx.emit(R.permute_dims(t, (0, 3, 4, 1, 5, 2)))
+    else:
+        t = ctx.emit(R.reshape(a[0], (n, o, bs, bs, h, w)))
+        t = ctx.emit(R.permute_dims(t, (0, 1, 4, 2, 5, 3)))
+    return R.reshape(t, (n, o, h * bs, w * bs))
+
+
 @register_lowering("dense")
 def _dense(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     w = _const_of(node.inputs[1])
