@@ -360,3 +360,35 @@ def test_the_first_conv_reads_the_nchw_image(pad: int) -> None:
     np.testing.assert_allclose(
         build(g, "cpu").run(feeds)[0], run(g, feeds)[0], rtol=1e-4, atol=1e-5
     )
+
+
+def test_dense_over_tokens_is_planned_2d_and_softmax_matches() -> None:
+    """A MatMul over (N, T, C) tokens runs as a reshape + planned dense (not TVM's generic batched
+    matmul); softmax over the last and a middle axis as max / exp-sum / divide: onnxruntime's
+    outputs."""
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    import mcopt
+    from mcopt.targets.cpu.planning import plan_cpu
+
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.standard_normal((12, 30)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Softmax", ["h"], ["y"], axis=-1),
+        helper.make_node("Softmax", ["h"], ["z"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tokens", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 7, 12])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("y", "z")],
+        initializer=[w],
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = rng.standard_normal((1, 7, 12)).astype(np.float32) * 3
+    res = mcopt.optimize(m, target="cpu", passes=["cleanup"])
+    assert "fused_dense" in [n.op for n in plan_cpu(res.graph).nodes]
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got, ref in zip(res.compiled.run(x), sess.run(None, {"x": x})):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)

@@ -249,7 +249,14 @@ def _lrn(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
 
 @register_lowering("softmax")
 def _softmax(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
-    return R.nn.softmax(a[0], axis=int(node.attrs.get("axis", -1)))
+    """``exp(x - max) / sum`` as Relax ops (a max, an exp + sum, a divide: each a fused, scheduled
+    loop nest) instead of ``R.nn.softmax``, whose legalized form the CPU build left unscheduled
+    (1x40x6625: 686 us vs onnxruntime's 39 us)."""
+    axis = int(node.attrs.get("axis", -1))
+    m = ctx.emit(R.max(a[0], axis=[axis], keepdims=True))
+    e = ctx.emit(R.exp(R.subtract(a[0], m)))
+    s = ctx.emit(R.sum(e, axis=[axis], keepdims=True))
+    return R.divide(e, s)
 
 
 # --- elementwise ------------------------------------------------------------------------------------
