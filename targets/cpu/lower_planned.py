@@ -624,6 +624,26 @@ _CONV_KERNELS: dict[str, tuple[Any, Any, str, str]] = {
 }  # fmt: skip
 
 
+def _lower_softmax(vals: _Values, node: Node) -> bool:
+    """A float32 softmax over the last axis as the vector kernel (:mod:`.kernels.softmax`), on a
+    (rows, n) view of its input; False for the others (the generic lowering)."""
+    from mcopt.targets.cpu.kernels.relax_ops import call_kernel
+    from mcopt.targets.cpu.kernels.softmax import softmax_rows
+
+    x_v = node.inputs[0]
+    if x_v is None or x_v.dtype != "float32" or not x_v.shape:
+        return False
+    shape = tuple(int(d) for d in x_v.shape)
+    if int(node.attrs.get("axis", -1)) % len(shape) != len(shape) - 1:
+        return False
+    rows, n = int(np.prod(shape[:-1])), shape[-1]
+    bb = vals.ctx.bb
+    x = bb.emit(R.reshape(vals.plain_of(x_v), (rows, n)))
+    y = call_kernel(bb, softmax_rows(rows, n), "softmax_rows", [x], (rows, n), "float32")
+    vals.set_plain(node.output, bb.emit(R.reshape(y, shape)))
+    return True
+
+
 def _lower_node(vals: _Values, node: Node, target: Any) -> None:
     if len(node.outputs) == 1 and id(node.output) in vals.deferred:
         return  # a quantize the int8 convs reading its output run inline
@@ -655,6 +675,8 @@ def _lower_node(vals: _Values, node: Node, target: Any) -> None:
     lay = node.output.type.layout if len(node.outputs) == 1 else None
     if lay is not None:
         _lower_blocked_node(vals, node, lay)
+        return
+    if node.op == "softmax" and _lower_softmax(vals, node):
         return
     args = [vals.plain_of(v) for v in node.inputs]
     outs = _emit_outputs(vals.ctx, node, LOWERINGS[node.op](vals.ctx, node, args))
