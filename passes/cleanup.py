@@ -365,9 +365,11 @@ class FoldBiasAdd(Pass):
     ``y = (x @ w.T + b) + c`` -> ``x @ w.T + (b + c)`` and ``y = (x @ w.T + b) * c`` ->
     ``x @ (w * c).T + b * c`` when ``c`` broadcasts to one value per
     output channel and the conv / dense output feeds nothing but the add (exported MatMul + Add
-    pairs, bias-less convs followed by an Add). The fused bias then reaches the int8 kernels'
-    epilogue instead of a float add after a dequantized output. Lossless up to float rounding
-    (the sum b + c in float64, stored in the weight dtype)."""
+    pairs, bias-less convs followed by an Add, Paddle's scale ops). A batch norm that follows a
+    folded add is folded in the same fixed point (conv -> Add -> BN: the ``fold-batch-norm`` pass
+    before it saw the Add). The fused bias then reaches the int8 kernels' epilogue instead of a
+    float add after a dequantized output. Lossless up to float rounding (the sum b + c in
+    float64, stored in the weight dtype)."""
 
     name = "fold-bias-add"
     lossless = True
