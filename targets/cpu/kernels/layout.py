@@ -198,12 +198,8 @@ def shuffle_channels_nchwc(
     pixels at a time (the rest one pixel at a time), instead of one indexed load per element (the
     int8 ShuffleNet's 56x56 shuffle: 79 us). Tasks: chunks of pixels (every output block of a chunk
     in one task), on the thread pool above :func:`.threads.min_parallel_work` elements."""
-    import tvm
     from tvm import tirx
-    from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
-
-    from mcopt.targets.cpu.kernels.threads import min_parallel_work
 
     n, c, h, w = (int(d) for d in shape)
     if c % bn or sorted(int(p) for p in perm) != list(range(c)):
@@ -215,19 +211,11 @@ def shuffle_channels_nchwc(
         if len(sb) > MAX_SHUFFLE_SOURCES:
             return None
         blocks.append((sb, [(sb.index(s // bn), s % bn) for s in src]))
-    plane = h * w
-    vp = max(1, SHUFFLE_BYTES * 8 // (bn * tvm.DataType(dtype).bits))  # pixels per vector
-    main = plane // vp
-    tail = plane - main * vp
-    chunks = max(1, min(main, 4 * 8))
-    per = -(-main // chunks)
-    chunks = -(-main // per) if main else 0
-    use_pool = n * c * plane >= min_parallel_work() and chunks > 1
 
-    def pixels(b: Any, x: Any, y: Any, p0: Any, npix: int) -> None:
+    def pixels(b: Any, xs: Sequence[Any], y: Any, p0: Any, npix: int) -> None:
         lanes = npix * bn
         for j, (sb, lane_src) in enumerate(blocks):
-            vecs = [x.vload([b, s, p0 // w, p0 % w, 0], f"{dtype}x{lanes}") for s in sb]
+            vecs = [xs[0].vload([b, s, p0 // w, p0 % w, 0], f"{dtype}x{lanes}") for s in sb]
             idx = [
                 tirx.IntImm("int32", lane_src[k][0] * lanes + q * bn + lane_src[k][1])
                 for q in range(npix)
@@ -236,11 +224,42 @@ def shuffle_channels_nchwc(
             val = tirx.Shuffle(vecs, idx)
             T.buffer_store(y, val, [b, j, p0 // w, p0 % w, tirx.Ramp(0, 1, lanes)])
 
+    shape = (n, c // bn, h, w, bn)
+    return _by_pixel_vectors([("x", shape)], shape, dtype, pixels)
+
+
+def _by_pixel_vectors(
+    args: Sequence[tuple[str, Sequence[int]]],
+    out_shape: Sequence[int],
+    dtype: str,
+    pixels: Any,
+) -> Any:
+    """The loop nest shared by the shuffle kernels: a PrimFunc ``(*args, y)`` over the blocked
+    output ``(N, CB, H, W, bn)`` calling ``pixels(b, arg_buffers, y, p0, npix)`` for the
+    ``SHUFFLE_BYTES`` bytes of pixels from flattened pixel ``p0`` on (``npix`` of them; the rest
+    one pixel at a time). Tasks: chunks of pixels, on the thread pool above
+    :func:`.threads.min_parallel_work` elements."""
+    import tvm
+    from tvm import tirx
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+
+    from mcopt.targets.cpu.kernels.threads import min_parallel_work
+
+    n, _, h, w, bn = (int(d) for d in out_shape)
+    plane = h * w
+    vp = max(1, SHUFFLE_BYTES * 8 // (bn * tvm.DataType(dtype).bits))  # pixels per vector
+    main = plane // vp
+    tail = plane - main * vp
+    chunks = max(1, min(main, 4 * 8))
+    per = -(-main // chunks)
+    chunks = -(-main // per) if main else 0
+    use_pool = int(np.prod(out_shape)) >= min_parallel_work() and chunks > 1
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name("main")
-            x = T.arg("x", T.buffer((n, c // bn, h, w, bn), dtype))
-            y = T.arg("y", T.buffer((n, c // bn, h, w, bn), dtype))
+            xs = [T.arg(name, T.buffer(tuple(int(d) for d in s), dtype)) for name, s in args]
+            y = T.arg("y", T.buffer(tuple(int(d) for d in out_shape), dtype))
             T.func_attr({"tirx.noalias": True})
             with T.sblock("root"):  # Relax's reshape-pattern check wants a root block
                 if chunks:
@@ -249,10 +268,10 @@ def shuffle_channels_nchwc(
                         b_ = T.bind(task // chunks)
                         lo = T.bind(task % chunks * per)
                         with T.serial(0, tirx.min(per, main - lo)) as i:
-                            pixels(b_, x, y, (lo + i) * vp, vp)
+                            pixels(b_, xs, y, (lo + i) * vp, vp)
                 for t in range(tail):
                     with T.serial(0, n) as b2:
-                        pixels(b2, x, y, main * vp + t, 1)
+                        pixels(b2, xs, y, main * vp + t, 1)
     return ib.get().with_attr("tirx.is_scheduled", True)
 
 
@@ -270,12 +289,8 @@ def concat_shuffle_nchwc(
     input into 16c, tiny_cnn's int8 branches) and, for the padding lanes, a zero vector — instead of
     one clamped, guarded load per element (that concat: 1.8 us for 8 KB). Tasks: chunks of pixels,
     on the thread pool above :func:`.threads.min_parallel_work` elements."""
-    import tvm
     from tvm import tirx
-    from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
-
-    from mcopt.targets.cpu.kernels.threads import min_parallel_work
 
     n, _, h, w, _ = (int(d) for d in shapes[0])
     if padded % bn or any(len(s) != 5 for s in shapes):
@@ -298,14 +313,6 @@ def concat_shuffle_nchwc(
         if len(srcs) > MAX_SHUFFLE_SOURCES:
             return None
         blocks.append((srcs, [(srcs.index(s), lane) for s, lane in lane_src]))
-    plane = h * w
-    vp = max(1, SHUFFLE_BYTES * 8 // (bn * tvm.DataType(dtype).bits))  # pixels per vector
-    main = plane // vp
-    tail = plane - main * vp
-    chunks = max(1, min(main, 4 * 8))
-    per = -(-main // chunks)
-    chunks = -(-main // per) if main else 0
-    use_pool = n * padded * plane >= min_parallel_work() and chunks > 1
 
     def pixels(b: Any, xs: Sequence[Any], y: Any, p0: Any, npix: int) -> None:
         for j, (srcs, lane_src) in enumerate(blocks):
@@ -333,27 +340,8 @@ def concat_shuffle_nchwc(
             else:
                 T.buffer_store(y, val, [b, j, p0 // w, p0 % w, tirx.Ramp(0, 1, npix * bn)])
 
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name("main")
-            xs = [
-                T.arg(f"x{i}", T.buffer(tuple(int(d) for d in s), dtype))
-                for i, s in enumerate(shapes)
-            ]
-            y = T.arg("y", T.buffer((n, padded // bn, h, w, bn), dtype))
-            T.func_attr({"tirx.noalias": True})
-            with T.sblock("root"):
-                if chunks:
-                    loop = T.parallel if use_pool else T.serial
-                    with loop(0, n * chunks) as task:
-                        b_ = T.bind(task // chunks)
-                        lo = T.bind(task % chunks * per)
-                        with T.serial(0, tirx.min(per, main - lo)) as i:
-                            pixels(b_, xs, y, (lo + i) * vp, vp)
-                for t in range(tail):
-                    with T.serial(0, n) as b2:
-                        pixels(b2, xs, y, main * vp + t, 1)
-    return ib.get().with_attr("tirx.is_scheduled", True)
+    args = [(f"x{i}", tuple(int(d) for d in sh)) for i, sh in enumerate(shapes)]
+    return _by_pixel_vectors(args, (n, padded // bn, h, w, bn), dtype, pixels)
 
 
 def permute_channels_nchwc(
