@@ -1,9 +1,9 @@
 """A model from another tool: scikit-learn's ``MLPClassifier`` exported by skl2onnx, int8 by mcopt.
 
 scikit-learn trains a 64-128-64-10 MLP on its 8x8 digits (70 / 30 split); skl2onnx exports it
-(``MatMul`` + ``Add`` per layer, a ``Cast`` in front, ``ArgMax`` / ``ArrayFeatureExtractor`` for the
-label, which mcopt does not import: the graph is cut at the ``probabilities`` output, whose argmax
-is the label). mcopt: ``cleanup`` (the adds become the dense layers' biases) + ``quantize-int8``
+(``MatMul`` + ``Add`` per layer, a ``Cast`` in front, ``ArgMax`` and the ``ai.onnx.ml``
+``ArrayFeatureExtractor`` for the label; mcopt does not import the latter: the graph is cut at the
+``probabilities`` output, whose argmax is the label). mcopt: ``cleanup`` (the adds become the dense layers' biases) + ``quantize-int8``
 calibrated on 64 training digits; the three layers then run as one dense-chain kernel. Test
 accuracy of the argmax on the 540 test digits no pass saw; latency batch 1 beside onnxruntime fp32
 on the same graph and onnxruntime's own int8 (``quantize_static``, QDQ, per-channel), alternating

@@ -52,7 +52,10 @@ PARAM_INPUTS: dict[str, frozenset[int]] = {
     "Dropout": frozenset({1, 2}),
     "Pad": frozenset({1, 2, 3}),
     "QuantizeLinear": frozenset({1, 2}),
+    "ReduceMax": frozenset({1}),
     "ReduceMean": frozenset({1}),
+    "ReduceMin": frozenset({1}),
+    "ReduceSum": frozenset({1}),
     "Reshape": frozenset({1}),
     "Resize": frozenset({1, 2, 3}),
     "Slice": frozenset({1, 2, 3, 4}),
@@ -95,7 +98,6 @@ REFUSED: list[tuple[str, type[MCoptError], str]] = [
     ("*/test_Softsign", UnsupportedOpError, _NOT_SUPPORTED.format("Abs")),
     ("*/test_operator_max", UnsupportedOpError, _NOT_SUPPORTED.format("Max")),
     ("*/test_operator_min", UnsupportedOpError, _NOT_SUPPORTED.format("Min")),
-    ("*/test_operator_reduced_sum*", UnsupportedOpError, _NOT_SUPPORTED.format("ReduceSum")),
     ("*/test_operator_repeat*", UnsupportedOpError, _NOT_SUPPORTED.format("Tile")),
     (
         "*/test_operator_symbolic_override",

@@ -9,8 +9,11 @@ from mcopt.ir.core import Graph, Node
 from mcopt.ops._util import norm_axes, norm_axis
 
 #: ops whose `axis` / `axes` attribute must not name dim 0
-_AXIS_OPS = {"concat": "axis", "split": "axis", "softmax": "axis"}
-_AXES_OPS = {"squeeze": "axes", "unsqueeze": "axes", "reduce_mean": "axes"}
+_AXIS_OPS = {
+    "concat": "axis", "split": "axis", "softmax": "axis", "argmax": "axis", "argmin": "axis",
+}  # fmt: skip
+_REDUCE = ("reduce_mean", "reduce_max", "reduce_min", "reduce_sum")
+_AXES_OPS = {"squeeze": "axes", "unsqueeze": "axes", **{op: "axes" for op in _REDUCE}}
 
 
 def node_blocks_batch(node: Node) -> str | None:
@@ -33,8 +36,8 @@ def node_blocks_batch(node: Node) -> str | None:
     elif node.op in _AXES_OPS:
         out_rank = node.outputs[0].type.rank if node.op == "unsqueeze" else rank
         axes = norm_axes(a[_AXES_OPS[node.op]], out_rank)
-        if node.op == "reduce_mean" and not a["axes"]:
-            return "reduce_mean over all dims"
+        if node.op in _REDUCE and not a["axes"]:
+            return f"{node.op} over all dims"
         if axes is not None and 0 in axes:
             return f"{node.op} of dim 0"
     elif node.op == "slice":

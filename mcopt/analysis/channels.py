@@ -506,7 +506,7 @@ def _visit(a: ChannelAnalysis, node: Node) -> None:
         else:
             a.pos[id(out)] = px
         return
-    if op == "reduce_mean":
+    if op in ("reduce_mean", "reduce_max", "reduce_min", "reduce_sum"):
         axes = {_norm(ax, x.type.rank) for ax in node.attrs["axes"]} or {-1}
         if axes & {0, 1, -1}:
             _fix_node(a, node, "reduces over channels")

@@ -123,6 +123,11 @@ _ADD_OPS = frozenset(
         "global_avg_pool",
         "global_max_pool",
         "reduce_mean",
+        "reduce_max",
+        "reduce_min",
+        "reduce_sum",
+        "argmax",
+        "argmin",
         "fx_relu",
         "fx_clip",
         "fx_add",
@@ -354,7 +359,8 @@ def _other_ops(node: Node, in_t: TensorType | None, out_size: int) -> int:
     if node.op in ("max_pool", "avg_pool", "fx_max_pool", "fx_avg_pool"):
         k = node.attrs.get("kernel", (1, 1))
         return out_size * int(math.prod(k))
-    if node.op in ("global_avg_pool", "global_max_pool", "reduce_mean") and in_t is not None:
+    reductions = ("reduce_mean", "reduce_max", "reduce_min", "reduce_sum", "argmax", "argmin")
+    if node.op in ("global_avg_pool", "global_max_pool", *reductions) and in_t is not None:
         return in_t.size
     return out_size
 

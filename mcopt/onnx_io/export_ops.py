@@ -282,14 +282,30 @@ def pad(e: _Exporter, n: Node) -> None:
     e.add("Pad", args, outs, n.name, mode=mode)
 
 
-@exports("reduce_mean")
+#: mcopt reduction -> (ONNX op, the first opset where its axes are an input)
+_REDUCE_OPS = {
+    "reduce_mean": ("ReduceMean", 18), "reduce_max": ("ReduceMax", 18),
+    "reduce_min": ("ReduceMin", 18), "reduce_sum": ("ReduceSum", 13),
+}  # fmt: skip
+
+
+@exports(*_REDUCE_OPS)
 def reduce_mean(e: _Exporter, n: Node) -> None:
     ins, outs = _io(e, n)
+    op, axes_input_from = _REDUCE_OPS[n.op]
     axes, keep = list(n.attrs["axes"]), int(n.attrs["keepdims"])
-    if e.opset >= 18:
-        e.add("ReduceMean", [ins[0], e.init(axes, f"{n.name}_axes")], outs, n.name, keepdims=keep)
+    if e.opset >= axes_input_from:
+        e.add(op, [ins[0], e.init(axes, f"{n.name}_axes")], outs, n.name, keepdims=keep)
     else:
-        e.add("ReduceMean", ins, outs, n.name, axes=axes, keepdims=keep)
+        e.add(op, ins, outs, n.name, axes=axes, keepdims=keep)
+
+
+@exports("argmax", "argmin")
+def arg_extreme(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    a = n.attrs
+    e.add("ArgMax" if n.op == "argmax" else "ArgMin", ins, outs, n.name, axis=int(a["axis"]),
+          keepdims=int(a["keepdims"]), select_last_index=int(a["select_last_index"]))  # fmt: skip
 
 
 @exports("cast")

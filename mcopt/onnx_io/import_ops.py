@@ -453,7 +453,13 @@ def pad(c: NodeCtx) -> None:
     c.set_out(0, c.emit("pad", [x], {"pads": tuple(pads), "mode": mode, "value": value}))
 
 
-@handles("ReduceMean")
+_REDUCE_OPS = {
+    "ReduceMean": "reduce_mean", "ReduceMax": "reduce_max", "ReduceMin": "reduce_min",
+    "ReduceSum": "reduce_sum",
+}  # fmt: skip
+
+
+@handles(*_REDUCE_OPS)
 def reduce_mean(c: NodeCtx) -> None:
     x = c.x(0)
     axes = _axes_arg(c)
@@ -463,7 +469,18 @@ def reduce_mean(c: NodeCtx) -> None:
             return
         axes = list(range(x.type.rank))
     attrs = {"axes": _axes(c, axes, x.type.rank), "keepdims": int(c.attr("keepdims", 1))}
-    c.set_out(0, c.emit("reduce_mean", [x], attrs))
+    c.set_out(0, c.emit(_REDUCE_OPS[c.op_type], [x], attrs))
+
+
+@handles("ArgMax", "ArgMin")
+def arg_extreme(c: NodeCtx) -> None:
+    x = c.x(0)
+    attrs = {
+        "axis": _axis(c, int(c.attr("axis", 0)), x.type.rank),
+        "keepdims": int(c.attr("keepdims", 1)),
+        "select_last_index": int(c.attr("select_last_index", 0)),
+    }
+    c.set_out(0, c.emit(c.op_type.lower(), [x], attrs))
 
 
 @handles("Split")

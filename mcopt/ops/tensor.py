@@ -393,4 +393,92 @@ _op(
     "mean over `axes` (empty = all axes), keeping them as size 1 when keepdims",
 )
 
-__all__ = ["pad_ref", "reduce_mean_ref", "split_ref"]
+#: the other reductions: name -> (numpy function, what it computes)
+REDUCTIONS = {
+    "reduce_max": (np.max, "max"),
+    "reduce_min": (np.min, "min"),
+    "reduce_sum": (np.sum, "sum"),
+}
+
+
+def _identity(fn, dtype: np.dtype) -> Any:  # type: ignore[no-untyped-def]
+    """What max / min over an empty set is (ONNX: the dtype's lowest / highest value)."""
+    if fn is np.sum:
+        return None
+    high = fn is np.min
+    if dtype == np.bool_:
+        return high
+    if np.issubdtype(dtype, np.floating):
+        return np.inf if high else -np.inf
+    info = np.iinfo(dtype)
+    return info.max if high else info.min
+
+
+def _reduction_ref(fn):  # type: ignore[no-untyped-def]
+    def ref(x: np.ndarray, *, axes: tuple[int, ...], keepdims: int) -> np.ndarray:
+        ax = _reduce_axes(x.ndim, axes)
+        init = _identity(fn, x.dtype)
+        kw = {} if init is None else {"initial": init}
+        return np.asarray(fn(x, axis=ax, keepdims=bool(keepdims), **kw)).astype(x.dtype)
+
+    return ref
+
+
+for _name, (_fn, _what) in REDUCTIONS.items():
+    _op(
+        _name,
+        ("x",),
+        {"axes": REQUIRED, "keepdims": 1},
+        _reduce_check,
+        _reduce_infer,
+        _reduction_ref(_fn),
+        f"{_what} over `axes` (empty = all axes), keeping them as size 1 when keepdims",
+    )
+
+
+# --- argmax / argmin -------------------------------------------------------------------------------
+def _arg_check(t: InTypes, a: Attrs) -> str | None:
+    x = _x(t)
+    reason = bad_int(a, "axis") or bad_int(a, "keepdims", (0, 1))
+    if reason := reason or bad_int(a, "select_last_index", (0, 1)):
+        return reason
+    if x.rank == 0 or not -x.rank <= a["axis"] < x.rank:
+        return f"axis {a['axis']} is out of range for input {x}"
+    return None
+
+
+def _arg_infer(t: InTypes, a: Attrs) -> list[TensorType]:
+    x = _x(t)
+    ax = a["axis"] % x.rank
+    if a["keepdims"]:
+        shape = tuple(1 if i == ax else d for i, d in enumerate(x.shape))
+    else:
+        shape = tuple(d for i, d in enumerate(x.shape) if i != ax)
+    return [TensorType(shape, "int64")]
+
+
+def _arg_ref(fn):  # type: ignore[no-untyped-def]
+    def ref(x: np.ndarray, *, axis: int, keepdims: int, select_last_index: int) -> np.ndarray:
+        ax = axis % x.ndim
+        if select_last_index:  # the last of equal extremes: search the reversed axis
+            idx = x.shape[ax] - 1 - fn(np.flip(x, axis=ax), axis=ax)
+        else:
+            idx = fn(x, axis=ax)
+        idx = np.asarray(idx, np.int64)
+        return np.expand_dims(idx, ax) if keepdims else idx
+
+    return ref
+
+
+for _name, _fn in (("argmax", np.argmax), ("argmin", np.argmin)):
+    _op(
+        _name,
+        ("x",),
+        {"axis": 0, "keepdims": 1, "select_last_index": 0},
+        _arg_check,
+        _arg_infer,
+        _arg_ref(_fn),
+        f"index (int64) of the {_name[3:]} along `axis` (ONNX Arg{_name[3:].title()})",
+    )
+
+__all__ = ["REDUCTIONS", "pad_ref", "reduce_mean_ref", "split_ref"]

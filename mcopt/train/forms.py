@@ -502,14 +502,35 @@ def _pad(node: Node, b: Builder) -> Callable[..., Any]:
     return fwd
 
 
-@form("reduce_mean")
+@form("reduce_mean", "reduce_max", "reduce_min", "reduce_sum")
 def _reduce_mean(node: Node, b: Builder) -> Callable[..., Any]:
     x = node.inputs[0]
     assert x is not None
     axes = tuple(norm_axes(node.attrs["axes"], x.type.rank) or ()) or tuple(range(x.type.rank))
-    _batch_axis_guard(b, axes, "reduce_mean")
+    _batch_axis_guard(b, axes, node.op)
     keep = bool(node.attrs["keepdims"])
-    return lambda t: t.mean(dim=axes, keepdim=keep)
+    if node.op == "reduce_mean":
+        return lambda t: t.mean(dim=axes, keepdim=keep)
+    if node.op == "reduce_sum":
+        return lambda t: t.sum(dim=axes, keepdim=keep)
+    fn = torch.amax if node.op == "reduce_max" else torch.amin
+    return lambda t: fn(t, dim=axes, keepdim=keep)
+
+
+@form("argmax", "argmin")
+def _arg_extreme(node: Node, b: Builder) -> Callable[..., Any]:
+    """The index (no gradient: a label output, not something to train through)."""
+    a = node.attrs
+    axis, keep, last = int(a["axis"]), bool(a["keepdims"]), int(a["select_last_index"])
+    fn = torch.argmax if node.op == "argmax" else torch.argmin
+
+    def fwd(t: torch.Tensor) -> torch.Tensor:
+        if not last:
+            return fn(t, dim=axis, keepdim=keep)
+        n = t.shape[axis]
+        return n - 1 - fn(torch.flip(t, dims=(axis,)), dim=axis, keepdim=keep)
+
+    return fwd
 
 
 # --- Winograd --------------------------------------------------------------------------------------

@@ -424,11 +424,39 @@ def _pad(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     )
 
 
-@register_lowering("reduce_mean")
-def _reduce_mean(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+_REDUCE: dict[str, Callable[..., Any]] = {
+    "reduce_mean": R.mean, "reduce_max": R.max, "reduce_min": R.min, "reduce_sum": R.sum,
+}  # fmt: skip
+
+
+def _reduce(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     rank = len(ctx.shape_of(a[0]))
-    axes = sorted(int(ax) % rank for ax in node.attrs["axes"])
-    return R.mean(a[0], axis=axes, keepdims=bool(node.attrs.get("keepdims", 1)))
+    axes = sorted(int(ax) % rank for ax in node.attrs["axes"]) or list(range(rank))
+    keep = bool(node.attrs.get("keepdims", 1))
+    return _REDUCE[node.op](a[0], axis=axes, keepdims=keep)
+
+
+for _op in _REDUCE:
+    register_lowering(_op, _reduce)
+
+
+def _arg_extreme(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """Relax's argmax / argmin return the first extreme; ``select_last_index`` searches the
+    reversed axis and maps the index back."""
+    rank = len(ctx.shape_of(a[0]))
+    axis = int(node.attrs["axis"]) % rank
+    keep = bool(node.attrs["keepdims"])
+    fn = R.argmax if node.op == "argmax" else R.argmin
+    if not int(node.attrs["select_last_index"]):
+        return R.astype(fn(a[0], axis=axis, keepdims=keep), "int64")
+    n = int(ctx.shape_of(a[0])[axis])
+    rev = ctx.emit(R.flip(a[0], axis=axis))
+    idx = ctx.emit(R.astype(fn(rev, axis=axis, keepdims=keep), "int64"))
+    return R.subtract(relax.const(n - 1, "int64"), idx)
+
+
+register_lowering("argmax", _arg_extreme)
+register_lowering("argmin", _arg_extreme)
 
 
 @register_lowering("cast")
