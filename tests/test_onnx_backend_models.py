@@ -89,13 +89,9 @@ REFUSED: list[tuple[str, type[MCoptError], str]] = [
     ("node/test_resize_upsample_sizes_nearest_axes_*", UnsupportedOpError, "not whole spatial"),
     ("node/test_resize_upsample_sizes_nearest_*", UnsupportedOpError, "does not repeat pixels"),
     # operators mcopt has no op for (not used by the CNNs it targets)
-    ("*/test_ELU", UnsupportedOpError, _NOT_SUPPORTED.format("Elu")),
     ("*/test_Embedding*", UnsupportedOpError, _NOT_SUPPORTED.format("Gather")),
     ("*/test_*log_softmax*", UnsupportedOpError, _NOT_SUPPORTED.format("LogSoftmax")),
     ("*/test_LogSoftmax", UnsupportedOpError, _NOT_SUPPORTED.format("LogSoftmax")),
-    ("*/test_*selu", UnsupportedOpError, _NOT_SUPPORTED.format("Selu")),
-    ("*/test_Softplus", UnsupportedOpError, _NOT_SUPPORTED.format("Softplus")),
-    ("*/test_Softsign", UnsupportedOpError, _NOT_SUPPORTED.format("Abs")),
     ("*/test_operator_max", UnsupportedOpError, _NOT_SUPPORTED.format("Max")),
     ("*/test_operator_min", UnsupportedOpError, _NOT_SUPPORTED.format("Min")),
     ("*/test_operator_repeat*", UnsupportedOpError, _NOT_SUPPORTED.format("Tile")),

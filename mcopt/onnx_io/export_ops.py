@@ -51,6 +51,14 @@ for _op, _onnx in {
     "exp": "Exp",
     "sqrt": "Sqrt",
     "neg": "Neg",
+    "abs": "Abs",
+    "erf": "Erf",
+    "log": "Log",
+    "reciprocal": "Reciprocal",
+    "floor": "Floor",
+    "ceil": "Ceil",
+    "softplus": "Softplus",
+    "softsign": "Softsign",
     "add": "Add",
     "sub": "Sub",
     "mul": "Mul",
@@ -197,6 +205,16 @@ def clip(e: _Exporter, n: Node) -> None:
     while bounds and bounds[-1] == "":
         bounds.pop()
     e.add("Clip", [ins[0], *bounds], outs, n.name)
+
+
+@exports("elu", "selu")
+def elu(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    if n.op == "elu":
+        e.add("Elu", ins, outs, n.name, alpha=float(n.attrs["alpha"]))
+    else:
+        e.add("Selu", ins, outs, n.name, alpha=float(n.attrs["alpha"]),
+              gamma=float(n.attrs["gamma"]))  # fmt: skip
 
 
 @exports("leaky_relu")

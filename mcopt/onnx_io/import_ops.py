@@ -270,6 +270,14 @@ _UNARY = {
     "Exp": "exp",
     "Sqrt": "sqrt",
     "Neg": "neg",
+    "Abs": "abs",
+    "Erf": "erf",
+    "Log": "log",
+    "Reciprocal": "reciprocal",
+    "Floor": "floor",
+    "Ceil": "ceil",
+    "Softplus": "softplus",
+    "Softsign": "softsign",
 }
 
 
@@ -281,6 +289,20 @@ def unary(c: NodeCtx) -> None:
 @handles("LeakyRelu")
 def leaky_relu(c: NodeCtx) -> None:
     c.set_out(0, c.emit("leaky_relu", [c.x(0)], {"alpha": float(c.attr("alpha", 0.01))}))
+
+
+@handles("Elu")
+def elu(c: NodeCtx) -> None:
+    c.set_out(0, c.emit("elu", [c.x(0)], {"alpha": float(c.attr("alpha", 1.0))}))
+
+
+@handles("Selu")
+def selu(c: NodeCtx) -> None:
+    attrs = {
+        "alpha": float(c.attr("alpha", 1.67326319217681884765625)),
+        "gamma": float(c.attr("gamma", 1.05070102214813232421875)),
+    }
+    c.set_out(0, c.emit("selu", [c.x(0)], attrs))
 
 
 @handles("HardSigmoid")

@@ -108,6 +108,42 @@ _unary("identity", lambda x: x.copy(), "y = x", traits=_Z | _F | {"view"})
 _unary("exp", np.exp, "y = exp(x)", check=_float_only)
 _unary("sqrt", np.sqrt, "y = sqrt(x)", check=_float_only, traits=_Z)
 _unary("neg", np.negative, "y = -x", traits=_Z | _F)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return erf(x)
+
+
+_unary("abs", np.abs, "y = |x|", traits=_Z | _F)
+_unary("erf", _erf, "y = erf(x) (GELU's exact form)", check=_float_only, traits=_Z | _F)
+_unary("log", np.log, "y = ln(x)", check=_float_only)
+_unary("reciprocal", np.reciprocal, "y = 1 / x", check=_float_only)
+_unary("floor", np.floor, "y = floor(x)", check=_float_only, traits=_Z | _F)
+_unary("ceil", np.ceil, "y = ceil(x)", check=_float_only, traits=_Z | _F)
+_unary("softplus", lambda x: np.logaddexp(0, x), "y = ln(1 + exp(x))", check=_float_only, traits=_F)
+_unary("softsign", lambda x: x / (1 + np.abs(x)), "y = x / (1 + |x|)", check=_float_only,
+       traits=_Z | _F)  # fmt: skip
+_unary(
+    "elu",
+    lambda x, alpha: np.where(x > 0, x, np.asarray(alpha, x.dtype) * np.expm1(np.minimum(x, 0))),
+    "y = x if x > 0 else alpha * (exp(x) - 1)",
+    attrs={"alpha": 1.0},
+    check=lambda t, a: _number("alpha")(t, a) or need_float(t[0]),
+    traits=_Z | _F,
+)
+_unary(
+    "selu",
+    lambda x, alpha, gamma: (
+        np.asarray(gamma, x.dtype)
+        * np.where(x > 0, x, np.asarray(alpha, x.dtype) * np.expm1(np.minimum(x, 0)))
+    ),
+    "y = gamma * (x if x > 0 else alpha * (exp(x) - 1))",
+    attrs={"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
+    check=lambda t, a: _number("alpha", "gamma")(t, a) or need_float(t[0]),
+    traits=_Z | _F,
+)
 _unary(
     "dropout",
     lambda x, ratio: x.copy(),

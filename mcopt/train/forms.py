@@ -106,6 +106,14 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "exp": torch.exp,
     "sqrt": torch.sqrt,
     "neg": torch.neg,
+    "abs": torch.abs,
+    "erf": torch.erf,
+    "log": torch.log,
+    "reciprocal": torch.reciprocal,
+    "floor": torch.floor,
+    "ceil": torch.ceil,
+    "softplus": F.softplus,
+    "softsign": F.softsign,
     "identity": lambda x: x,
     "hard_swish": lambda x: x * torch.clamp(x / 6 + 0.5, 0, 1),
 }
@@ -114,6 +122,15 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 @form(*_UNARY)
 def _unary(node: Node, b: Builder) -> Callable[..., Any]:
     return _UNARY[node.op]
+
+
+@form("elu", "selu")
+def _elu(node: Node, b: Builder) -> Callable[..., Any]:
+    alpha = float(node.attrs["alpha"])
+    if node.op == "elu":
+        return lambda x: F.elu(x, alpha)
+    gamma = float(node.attrs["gamma"])
+    return lambda x: gamma * F.elu(x, alpha)
 
 
 @form("hard_sigmoid")

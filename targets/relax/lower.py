@@ -267,7 +267,18 @@ _UNARY: dict[str, Callable[[Any], Any]] = {
     "exp": R.exp,
     "sqrt": R.sqrt,
     "neg": R.negative,
-}
+    "abs": R.abs,
+    "erf": R.erf,
+    "log": R.log,
+    "reciprocal": lambda x: R.divide(relax.const(1.0, str(x.ty.dtype)), x),
+    "floor": R.floor,
+    "ceil": R.ceil,
+    # max(x, 0) + ln(1 + exp(-|x|)): no overflow for large x
+    "softplus": lambda x: R.add(R.maximum(x, relax.const(0.0, str(x.ty.dtype))),
+                                R.log(R.add(relax.const(1.0, str(x.ty.dtype)),
+                                            R.exp(R.negative(R.abs(x)))))),
+    "softsign": lambda x: R.divide(x, R.add(relax.const(1.0, str(x.ty.dtype)), R.abs(x))),
+}  # fmt: skip
 for _op, _fn in _UNARY.items():
     register_lowering(_op, lambda ctx, node, a, _f=_fn: _f(a[0]))
 
@@ -318,6 +329,17 @@ def _prelu(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     x, dtype = a[0], ctx.dtype_of(a[0])
     zero = ctx.scalar(0.0, dtype)
     return R.add(R.maximum(x, zero), R.multiply(a[1], R.minimum(x, zero)))
+
+
+@register_lowering("elu")
+@register_lowering("selu")
+def _elu(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    x = a[0]
+    dt = ctx.dtype_of(x)
+    c = lambda v: relax.const(float(v), dt)  # noqa: E731
+    neg = R.multiply(c(node.attrs["alpha"]), R.subtract(R.exp(R.minimum(x, c(0))), c(1)))
+    y = R.where(R.greater(x, c(0)), x, neg)
+    return R.multiply(c(node.attrs["gamma"]), y) if node.op == "selu" else y
 
 
 @register_lowering("hard_sigmoid")

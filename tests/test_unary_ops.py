@@ -1,0 +1,67 @@
+"""Elementwise ops of exported CNNs and transformers beyond the activations the kernels fuse
+(Abs, Erf — GELU's exact form —, Log, Reciprocal, Floor, Ceil, Softplus, Softsign, Elu, Selu):
+interpreted, exported and compiled for the CPU, against onnxruntime on the original ONNX."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mcopt import interpreter
+from mcopt.onnx_io import export_model, import_model
+
+ort = pytest.importorskip("onnxruntime")
+
+OPS = [("Abs", {}), ("Erf", {}), ("Floor", {}), ("Ceil", {}), ("Softplus", {}),
+       ("Softsign", {}), ("Elu", {"alpha": 0.7}), ("Selu", {}), ("Log", {}), ("Reciprocal", {})]  # fmt: skip
+
+
+def _model():  # type: ignore[no-untyped-def]
+    """Every op on x (Log / Reciprocal on |x| + 0.5), and GELU spelled out with Erf."""
+    c = [numpy_helper.from_array(np.array(v, np.float32), k)
+         for k, v in (("half", 0.5), ("one", 1.0), ("rs2", 1 / np.sqrt(2)))]  # fmt: skip
+    nodes = [
+        helper.make_node("Abs", ["x"], ["ax"]),
+        helper.make_node("Add", ["ax", "half"], ["pos"]),
+    ]
+    outs = []
+    for op, attrs in OPS:
+        src = "pos" if op in ("Log", "Reciprocal") else "x"
+        nodes.append(helper.make_node(op, [src], [op.lower()], **attrs))
+        outs.append(op.lower())
+    nodes += [
+        helper.make_node("Mul", ["x", "rs2"], ["g0"]),
+        helper.make_node("Erf", ["g0"], ["g1"]),
+        helper.make_node("Add", ["g1", "one"], ["g2"]),
+        helper.make_node("Mul", ["x", "g2"], ["g3"]),
+        helper.make_node("Mul", ["g3", "half"], ["gelu"]),
+    ]
+    outs.append("gelu")
+    graph = helper.make_graph(
+        nodes, "unary", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs], initializer=c,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_unary_ops_match_onnxruntime() -> None:
+    m = _model()
+    x = (np.random.default_rng(0).standard_normal((1, 4, 6, 6)) * 4).astype(np.float32)
+    refs = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    g = import_model(m)
+    routes = {"interpreter": interpreter.run(g, [x])}
+    s2 = ort.InferenceSession(
+        export_model(g).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    routes["export"] = s2.run(None, {"x": x})
+    pytest.importorskip("tvm")
+    import mcopt
+
+    routes["cpu"] = mcopt.optimize(m, target="cpu", passes=["cleanup"]).compiled.run(x)
+    names = [op.lower() for op, _ in OPS] + ["gelu"]
+    for route, outs in routes.items():
+        for name, got, ref in zip(names, outs, refs):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=f"{route} {name}")
