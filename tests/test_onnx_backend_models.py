@@ -90,8 +90,6 @@ REFUSED: list[tuple[str, type[MCoptError], str]] = [
     ("node/test_resize_upsample_sizes_nearest_*", UnsupportedOpError, "does not repeat pixels"),
     # operators mcopt has no op for (not used by the CNNs it targets)
     ("*/test_Embedding*", UnsupportedOpError, _NOT_SUPPORTED.format("Gather")),
-    ("*/test_*log_softmax*", UnsupportedOpError, _NOT_SUPPORTED.format("LogSoftmax")),
-    ("*/test_LogSoftmax", UnsupportedOpError, _NOT_SUPPORTED.format("LogSoftmax")),
     ("*/test_operator_max", UnsupportedOpError, _NOT_SUPPORTED.format("Max")),
     ("*/test_operator_min", UnsupportedOpError, _NOT_SUPPORTED.format("Min")),
     ("*/test_operator_repeat*", UnsupportedOpError, _NOT_SUPPORTED.format("Tile")),

@@ -65,3 +65,40 @@ def test_unary_ops_match_onnxruntime() -> None:
     for route, outs in routes.items():
         for name, got, ref in zip(names, outs, refs):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=f"{route} {name}")
+
+
+def test_log_softmax_head_matches_onnxruntime() -> None:
+    """Gemm -> LogSoftmax (the classic PyTorch MNIST net's tail) and a LogSoftmax over axis 1 of a
+    3-D tensor with large logits: interpreter, export and CPU build."""
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.standard_normal((10, 20)).astype(np.float32) * 30, "w")
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "w"], ["logits"], transB=1),
+        helper.make_node("LogSoftmax", ["logits"], ["y"], axis=1),
+        helper.make_node("LogSoftmax", ["x"], ["z"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("y", "z")],
+        initializer=[w],
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = (rng.standard_normal((1, 4, 5)) * 50).astype(np.float32)
+    refs = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    g = import_model(m)
+    routes = {"interpreter": interpreter.run(g, [x])}
+    s2 = ort.InferenceSession(
+        export_model(g).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    routes["export"] = s2.run(None, {"x": x})
+    pytest.importorskip("tvm")
+    import mcopt
+
+    routes["cpu"] = mcopt.optimize(m, target="cpu", passes=["cleanup"]).compiled.run(x)
+    for route, outs in routes.items():
+        for got, ref in zip(outs, refs):
+            assert np.isfinite(got).all(), route
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-3, err_msg=route)

@@ -10,7 +10,8 @@ from mcopt.ops._util import norm_axes, norm_axis
 
 #: ops whose `axis` / `axes` attribute must not name dim 0
 _AXIS_OPS = {
-    "concat": "axis", "split": "axis", "softmax": "axis", "argmax": "axis", "argmin": "axis",
+    "concat": "axis", "split": "axis", "softmax": "axis", "log_softmax": "axis",
+    "argmax": "axis", "argmin": "axis",
 }  # fmt: skip
 _REDUCE = ("reduce_mean", "reduce_max", "reduce_min", "reduce_sum")
 _AXES_OPS = {"squeeze": "axes", "unsqueeze": "axes", **{op: "axes" for op in _REDUCE}}

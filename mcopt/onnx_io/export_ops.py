@@ -182,10 +182,11 @@ def lrn(e: _Exporter, n: Node) -> None:
           beta=float(a["beta"]), bias=float(a["bias"]))  # fmt: skip
 
 
-@exports("softmax")
+@exports("softmax", "log_softmax")
 def softmax(e: _Exporter, n: Node) -> None:
     ins, outs = _io(e, n)
-    e.add("Softmax", ins, outs, n.name, axis=int(n.attrs["axis"]))
+    op = "Softmax" if n.op == "softmax" else "LogSoftmax"
+    e.add(op, ins, outs, n.name, axis=int(n.attrs["axis"]))
 
 
 @exports("clip")

@@ -244,19 +244,20 @@ def lrn(c: NodeCtx) -> None:
     c.set_out(0, c.emit("lrn", [c.x(0)], attrs))
 
 
-@handles("Softmax")
+@handles("Softmax", "LogSoftmax")
 def softmax(c: NodeCtx) -> None:
     x = c.x(0)
     r = x.type.rank
+    op = "softmax" if c.op_type == "Softmax" else "log_softmax"
     if c.opset >= 13:
-        c.set_out(0, c.emit("softmax", [x], {"axis": int(c.attr("axis", -1))}))
+        c.set_out(0, c.emit(op, [x], {"axis": int(c.attr("axis", -1))}))
         return
     axis = _axis(c, c.attr("axis", 1), r)
     if axis == r - 1:  # coerce-to-2-D on the last axis is the same as softmax on it
-        c.set_out(0, c.emit("softmax", [x], {"axis": -1}))
+        c.set_out(0, c.emit(op, [x], {"axis": -1}))
         return
     flat = c.emit("flatten", [x], {"axis": axis})
-    y = c.emit("softmax", [flat], {"axis": -1})
+    y = c.emit(op, [flat], {"axis": -1})
     c.set_out(0, c.emit("reshape", [y], {"shape": x.shape}))
 
 

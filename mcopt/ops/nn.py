@@ -355,8 +355,28 @@ register_op(
 )
 
 
+def log_softmax_ref(x: np.ndarray, *, axis: int) -> np.ndarray:
+    d = x - np.max(x, axis=axis, keepdims=True)
+    return (d - np.log(np.sum(np.exp(d), axis=axis, keepdims=True))).astype(x.dtype, copy=False)
+
+
+register_op(
+    OpSchema(
+        name="log_softmax",
+        inputs=("x",),
+        attrs={"axis": -1},
+        check=_softmax_check,
+        infer=lambda t, a: [TensorType(t[0].shape, t[0].dtype)],  # type: ignore[union-attr]
+        reference=log_softmax_ref,
+        doc="log of the softmax along one axis: x - max - ln(sum(exp(x - max))) (ONNX LogSoftmax, "
+        "opset-13 semantics; the end of many PyTorch classifiers).",
+    )
+)
+
+
 __all__ = [
     "batch_norm_ref",
+    "log_softmax_ref",
     "bn_affine",
     "conv2d_ref",
     "conv_out_dim",

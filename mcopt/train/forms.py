@@ -306,12 +306,14 @@ def _lrn(node: Node, b: Builder) -> Callable[..., Any]:
     return fwd
 
 
-@form("softmax")
+@form("softmax", "log_softmax")
 def _softmax(node: Node, b: Builder) -> Callable[..., Any]:
     x = node.inputs[0]
     assert x is not None
     ax = norm_axis(node.attrs["axis"], x.type.rank)
-    _batch_axis_guard(b, (ax,) if ax is not None else None, "softmax")
+    _batch_axis_guard(b, (ax,) if ax is not None else None, node.op)
+    if node.op == "log_softmax":
+        return lambda t: torch.log_softmax(t, dim=ax)
     return lambda t: torch.softmax(t, dim=ax)
 
 

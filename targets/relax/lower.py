@@ -259,6 +259,15 @@ def _softmax(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     return R.divide(e, s)
 
 
+@register_lowering("log_softmax")
+def _log_softmax(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """``d - ln(sum(exp(d)))`` with ``d = x - max``: no overflow, no log of an underflowed 0."""
+    axis = int(node.attrs.get("axis", -1))
+    d = ctx.emit(R.subtract(a[0], R.max(a[0], axis=[axis], keepdims=True)))
+    s = ctx.emit(R.sum(R.exp(d), axis=[axis], keepdims=True))
+    return R.subtract(d, R.log(s))
+
+
 # --- elementwise ------------------------------------------------------------------------------------
 _UNARY: dict[str, Callable[[Any], Any]] = {
     "relu": R.nn.relu,
