@@ -116,6 +116,11 @@ def _erf(x: np.ndarray) -> np.ndarray:
     return erf(x)
 
 
+def _elu(x: np.ndarray, alpha: float) -> np.ndarray:
+    """``x`` where positive, else ``alpha * (exp(x) - 1)`` (Elu; Selu scales it)."""
+    return np.where(x > 0, x, np.asarray(alpha, x.dtype) * np.expm1(np.minimum(x, 0)))
+
+
 _unary("abs", np.abs, "y = |x|", traits=_Z | _F)
 _unary("erf", _erf, "y = erf(x) (GELU's exact form)", check=_float_only, traits=_Z | _F)
 _unary("log", np.log, "y = ln(x)", check=_float_only)
@@ -127,7 +132,7 @@ _unary("softsign", lambda x: x / (1 + np.abs(x)), "y = x / (1 + |x|)", check=_fl
        traits=_Z | _F)  # fmt: skip
 _unary(
     "elu",
-    lambda x, alpha: np.where(x > 0, x, np.asarray(alpha, x.dtype) * np.expm1(np.minimum(x, 0))),
+    lambda x, alpha: _elu(x, alpha),
     "y = x if x > 0 else alpha * (exp(x) - 1)",
     attrs={"alpha": 1.0},
     check=lambda t, a: _number("alpha")(t, a) or need_float(t[0]),
@@ -135,10 +140,7 @@ _unary(
 )
 _unary(
     "selu",
-    lambda x, alpha, gamma: (
-        np.asarray(gamma, x.dtype)
-        * np.where(x > 0, x, np.asarray(alpha, x.dtype) * np.expm1(np.minimum(x, 0)))
-    ),
+    lambda x, alpha, gamma: np.asarray(gamma, x.dtype) * _elu(x, alpha),
     "y = gamma * (x if x > 0 else alpha * (exp(x) - 1))",
     attrs={"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
     check=lambda t, a: _number("alpha", "gamma")(t, a) or need_float(t[0]),
