@@ -307,6 +307,7 @@ def test_shuffle_channels_nchwc(c, bn, h, w, groups, dtype):
         ((8, 24), (8, 16), 16, 5, 7, "int8"),  # 35 pixels: 8 vectors of 4 + 3
         ((3, 5, 20), (4, 8, 16), 16, 3, 3, "float32"),  # one pixel per vector, zero lanes
         ((12, 12), (16, 16), 8, 4, 5, "uint8"),  # output blocks smaller than the inputs'
+        ((4, 1, 1), (4, 1, 1), 6, 13, 13, "float32"),  # YOLOX's head: box, objectness, class
     ],
 )
 def test_concat_shuffle_nchwc(chans, blocks, bn, h, w, dtype):

@@ -331,7 +331,7 @@ def concat_shuffle_nchwc(
                 for q in range(npix)
                 for si, lane in lane_src
             ]
-            if at == len(idx) and idx == list(range(at)):  # one whole source block: a copy
+            if len(vecs) == 1 and idx == list(range(at)):  # one whole source block: a copy
                 val = vecs[0]
             else:
                 val = tirx.Shuffle(vecs, [tirx.IntImm("int32", i) for i in idx])
