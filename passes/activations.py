@@ -10,11 +10,15 @@ epilogue. With ``r = clip(x + 3, 0, 6)``:
 
 - ``r / 6`` and ``r * (1/6)`` -> ``hard_sigmoid(x, alpha=1/6, beta=0.5)`` (= ``clip(x/6 + 1/2, 0, 1)``);
 - ``x * r / 6``, ``(x * r) * (1/6)`` -> ``hard_swish(x)``;
-- ``x * hard_sigmoid(x, alpha=1/6, beta=0.5)`` -> ``hard_swish(x)``
+- ``x * hard_sigmoid(x, alpha=1/6, beta=0.5)`` -> ``hard_swish(x)``;
+- ``x * sigmoid(x)`` -> ``silu(x)`` (every exporter before ONNX's opset-24 ``Swish``: YOLOv5,
+  YOLOX, EfficientNet — two kernels and a tensor round trip per layer otherwise)
 
 (either operand order of every add and mul; the constants are scalars within 1e-6 of 3, 6, 1/6).
-Hard-swish: Howard et al., "Searching for MobileNetV3", ICCV 2019. Lossless up to float rounding
-(the same function; ``x/6 + 0.5`` instead of ``(x + 3) / 6``).
+Hard-swish: Howard et al., "Searching for MobileNetV3", ICCV 2019; SiLU: Elfwing et al.,
+"Sigmoid-weighted linear units for neural network function approximation in reinforcement
+learning", 2018. Lossless up to float rounding (the same functions; ``x/6 + 0.5`` instead of
+``(x + 3) / 6``).
 """
 
 from __future__ import annotations
@@ -117,6 +121,17 @@ class _SwishOfHardSigmoid(RewriteRule):
         return m.add("hard_swish", [m["x"]], name=f"{m.root.name}_hswish").output
 
 
+class _Silu(RewriteRule):
+    """``x * sigmoid(x)`` -> ``silu(x)``."""
+
+    def __init__(self, pattern: P) -> None:
+        self.pattern = pattern
+        self.name = "silu (x * sigmoid(x))"
+
+    def rewrite(self, m: Match, graph: Graph) -> Value:
+        return m.add("silu", [m["x"]], name=f"{m.root.name}_silu").output
+
+
 def activation_rules() -> list[RewriteRule]:
     rules: list[RewriteRule] = []
     k = V("k", const=True, where=_scalar)
@@ -131,13 +146,14 @@ def activation_rules() -> list[RewriteRule]:
             ]
     hs = P("hard_sigmoid", X, name="hs")
     rules += [_SwishOfHardSigmoid(p) for p in _both("mul", X, hs, "mul")]
+    rules += [_Silu(p) for p in _both("mul", X, P("sigmoid", X, name="sig"), "mul")]
     return rules
 
 
 @register_pass
 class CanonicalActivations(Pass):
-    """Rewrite hard-swish / hard-sigmoid written out of elementwise ops (Paddle2ONNX, PyTorch
-    below opset 14) as the one op, which the CPU planner fuses into the conv before it (the
+    """Rewrite hard-swish / hard-sigmoid / SiLU written out of elementwise ops (Paddle2ONNX,
+    PyTorch below opset 14, every SiLU export) as the one op, which the CPU planner fuses into the conv before it (the
     module docstring lists the forms). Lossless up to float rounding."""
 
     name = "canonical-activations"

@@ -46,6 +46,7 @@ HEAD_OPS = frozenset(
         "sigmoid",
         "tanh",
         "hard_swish",
+        "silu",
         "dropout",
         "identity",
         "batch_norm",

@@ -1,4 +1,4 @@
-"""``canonical-activations``: hard-swish / hard-sigmoid written out of elementwise ops (Paddle2ONNX,
+"""``canonical-activations``: hard-swish / hard-sigmoid / SiLU written out of elementwise ops (Paddle2ONNX,
 PyTorch below opset 14) become the one op — the same outputs (interpreter and onnxruntime on the
 original ONNX), and a lookalike with other constants or a shared intermediate stays."""
 
@@ -57,6 +57,11 @@ FORMS = {
     # PyTorch's hardswish below opset 14
     "torch": ([helper.make_node("HardSigmoid", ["c"], ["h"], alpha=1.0 / 6.0, beta=0.5),
                helper.make_node("Mul", ["c", "h"], ["y"])], "hard_swish"),
+    # x * sigmoid(x), both orders (YOLOv5 / YOLOX / EfficientNet exports)
+    "silu": ([helper.make_node("Sigmoid", ["c"], ["s"]),
+              helper.make_node("Mul", ["c", "s"], ["y"])], "silu"),
+    "silu_swapped": ([helper.make_node("Sigmoid", ["c"], ["s"]),
+                      helper.make_node("Mul", ["s", "c"], ["y"])], "silu"),
     # clip(x + 3, 0, 6) / 6 alone: a hard-sigmoid (an SE gate)
     "gate": (_relu6_plus3() + [helper.make_node("Div", ["r", "six"], ["y"])], "hard_sigmoid"),
 }  # fmt: skip
@@ -104,3 +109,16 @@ def test_lookalikes_stay() -> None:
     ]
     ops = _check(_model(body, {**C, "two": 2.0}, ["y", "z", "v", "r2"]))
     assert "hard_swish" not in ops and ops.count("clip") == 2
+
+
+def test_silu_lookalikes_stay() -> None:
+    """``x * sigmoid(y)`` (a gate of another tensor) and a sigmoid that is also an output stay."""
+    body = [
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Sigmoid", ["r"], ["s"]),
+        helper.make_node("Mul", ["c", "s"], ["y"]),
+        helper.make_node("Sigmoid", ["c"], ["s2"]),
+        helper.make_node("Mul", ["c", "s2"], ["z"]),
+    ]
+    ops = _check(_model(body, {}, ["y", "z", "s2"]))
+    assert "silu" not in ops and ops.count("sigmoid") == 2

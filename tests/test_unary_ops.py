@@ -75,3 +75,28 @@ def test_log_softmax_head_matches_onnxruntime() -> None:
     for route, outs in routes.items():
         assert all(np.isfinite(o).all() for o in outs), route
     assert_routes_match(routes, rtol=1e-5, atol=1e-3)
+
+
+def test_silu_and_sigmoid_match_onnxruntime() -> None:
+    """SiLU spelled ``x * Sigmoid(x)`` after a conv (fused into its epilogue), on the input (its
+    own kernel) and a Sigmoid head (YOLOX's objectness), with inputs far into both tails."""
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((16, 4, 3, 3)).astype(np.float32) / 20, "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["cs"]),
+        helper.make_node("Mul", ["c", "cs"], ["silu_conv"]),
+        helper.make_node("Sigmoid", ["silu_conv"], ["head"]),
+        helper.make_node("Sigmoid", ["x"], ["xs"]),
+        helper.make_node("Mul", ["xs", "x"], ["silu_x"]),
+    ]
+    outs = ["head", "silu_conv", "silu_x"]
+    graph = helper.make_graph(
+        nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs], initializer=[w],
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = (rng.standard_normal((1, 4, 9, 9)) * 30).astype(np.float32)
+    pytest.importorskip("tvm")
+    routes = outputs_by_route(m, {"x": x}, passes=["cleanup"])
+    assert_routes_match(routes, rtol=1e-5, atol=1e-5)

@@ -83,6 +83,15 @@ def hard_swish(e: _Exporter, n: Node) -> None:
     e.add("Mul", [ins[0], hs], outs, n.name)
 
 
+@exports("silu")
+def silu(e: _Exporter, n: Node) -> None:
+    """``x * Sigmoid(x)`` (ONNX's ``Swish`` needs opset 24, which few runtimes read)."""
+    ins, outs = _io(e, n)
+    sig = e.fresh(f"{n.name}_sigmoid")
+    e.add("Sigmoid", ins, [sig], e.fresh(f"{n.name}_sigmoid"))
+    e.add("Mul", [ins[0], sig], outs, n.name)
+
+
 @exports("conv2d")
 def conv2d(e: _Exporter, n: Node) -> None:
     ins, outs = _io(e, n)

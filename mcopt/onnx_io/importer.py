@@ -30,6 +30,7 @@ which see the file's opset as ``NodeCtx.source_opset``. A conversion that fails 
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -469,6 +470,8 @@ def convert_opset(model: onnx.ModelProto, source: str, target: int) -> onnx.Mode
                 f"operator, so onnx.version_converter cannot convert it to opset {target}; export "
                 f"the model again with an opset from {MIN_OPSET} to {MAX_OPSET}"
             )
+    if target < old:
+        model = _expand_newer_ops(model)
     try:
         converted = version_converter.convert_version(model, target)
     except Exception as e:  # the converter raises RuntimeError / ValidationError / IndexError / ...
@@ -478,6 +481,33 @@ def convert_opset(model: onnx.ModelProto, source: str, target: int) -> onnx.Mode
             f"an opset from {MIN_OPSET} to {MAX_OPSET}"
         ) from None
     return converted
+
+
+def _expand_newer_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the ops newer than MAX_OPSET that have no older version spelled out of
+    older ops (a copy where any is found), so the version converter can downgrade it:
+    ``Swish(x, alpha)`` (opset 24) -> ``x * Sigmoid(alpha * x)`` (``canonical-activations`` makes
+    it ``silu`` again)."""
+    if not any(n.op_type == "Swish" and n.domain in DEFAULT_DOMAINS for n in model.graph.node):
+        return model
+    model = copy.deepcopy(model)
+    nodes: list[onnx.NodeProto] = []
+    for i, n in enumerate(model.graph.node):
+        if n.op_type != "Swish" or n.domain not in DEFAULT_DOMAINS:
+            nodes.append(n)
+            continue
+        name = n.name or f"Swish_{i}"
+        alpha = next((a.f for a in n.attribute if a.name == "alpha"), 1.0)
+        x, arg = n.input[0], n.input[0]
+        if alpha != 1.0:
+            k, arg = f"{name}__alpha", f"{name}__scaled"
+            nodes.append(onnx.helper.make_node("Constant", [], [k], value_float=alpha))
+            nodes.append(onnx.helper.make_node("Mul", [x, k], [arg], name=f"{name}_scale"))
+        nodes.append(onnx.helper.make_node("Sigmoid", [arg], [f"{name}__sig"], name=f"{name}_sig"))
+        nodes.append(onnx.helper.make_node("Mul", [x, f"{name}__sig"], list(n.output), name=name))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
 
 
 def _converter_reason(e: BaseException) -> str:

@@ -104,6 +104,13 @@ _unary(
     check=_float_only,
     traits=_Z | _F,
 )
+_unary(
+    "silu",
+    lambda x: x * sigmoid(x),
+    "y = x * sigmoid(x) (SiLU / swish: YOLOv5, YOLOX, EfficientNet; ONNX Swish with alpha 1)",
+    check=_float_only,
+    traits=_Z | _F,
+)
 _unary("identity", lambda x: x.copy(), "y = x", traits=_Z | _F | {"view"})
 _unary("exp", np.exp, "y = exp(x)", check=_float_only)
 _unary("sqrt", np.sqrt, "y = sqrt(x)", check=_float_only, traits=_Z)

@@ -20,7 +20,8 @@ and run by the interpreter like every other op (the lowering only reads them):
   reshape/transpose/reshape chain).
 
 Activations: ``none``, ``relu``, ``relu6`` (``clip(0, 6)``), ``clip`` (``clip_min``..``clip_max``),
-``hard_swish`` (``y * clip(y + 3, 0, 6) / 6``), ``hard_sigmoid`` (``clip(alpha * y + beta, 0, 1)``).
+``hard_swish`` (``y * clip(y + 3, 0, 6) / 6``), ``hard_sigmoid`` (``clip(alpha * y + beta, 0, 1)``),
+``silu`` (``y * sigmoid(y)``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import math
 import numpy as np
 
 from mcopt.ir.types import TensorType
+from mcopt.ops.elementwise import sigmoid
 from mcopt.ops.nn import (
     _conv2d_check,
     _conv2d_infer,
@@ -42,7 +44,7 @@ from mcopt.ops.nn import (
 from mcopt.ops.quant import QDTYPES, _qconv2d_check, dequantize_array, qconv2d_ref, quantize_array
 from mcopt.ops.schema import REQUIRED, Attrs, InTypes, OpSchema, get_schema, register_op
 
-ACTIVATIONS = ("none", "relu", "relu6", "clip", "hard_swish", "hard_sigmoid")
+ACTIVATIONS = ("none", "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu")
 CONV_KERNELS = ("direct", "depthwise", "winograd", "grouped", "block_diagonal", "plain")
 DENSE_KERNELS = ("dense", "sparse")
 
@@ -52,6 +54,8 @@ def apply_activation(
 ) -> np.ndarray:
     if activation == "hard_swish":
         return (y * np.clip(y + 3.0, 0.0, 6.0) / 6.0).astype(y.dtype, copy=False)
+    if activation == "silu":
+        return (y * sigmoid(y)).astype(y.dtype, copy=False)
     if activation == "hard_sigmoid":
         return np.clip(alpha * y + beta, 0.0, 1.0).astype(y.dtype, copy=False)
     if activation == "relu":
@@ -244,8 +248,8 @@ def _fused_qconv_check(t: InTypes, a: Attrs) -> str | None:
         return reason
     if a["kernel"] not in QCONV_KERNELS:
         return f"kernel={a['kernel']!r}; valid: {', '.join(QCONV_KERNELS)}"
-    if a["post_act"] not in ("none", "hard_swish"):
-        return f"post_act must be none or hard_swish, got {a['post_act']!r}"
+    if a["post_act"] not in ("none", "hard_swish", "silu"):
+        return f"post_act must be none, hard_swish or silu, got {a['post_act']!r}"
     if a["q_dtype"] not in ("none", *QDTYPES):
         return f"q_dtype must be none, uint8 or int8, got {a['q_dtype']!r}"
     res = t[3] if len(t) > 3 else None
@@ -288,6 +292,8 @@ def fused_qconv2d_ref(
     y = np.clip(y, a["post_min"], a["post_max"]).astype(np.float32)
     if a["post_act"] == "hard_swish":  # the hard_swish op's own formula
         y = (y * np.clip(y / 6 + 0.5, 0, 1)).astype(np.float32)
+    if a["post_act"] == "silu":
+        y = (y * sigmoid(y)).astype(np.float32)
     if a["q_dtype"] == "none":
         return y
     return quantize_array(y, [a["q_scale"]], [a["q_zero_point"]], str(a["q_dtype"]))
@@ -315,7 +321,7 @@ register_op(
         reference_types=True,
         macs=get_schema("qconv2d").macs,
         doc="a planned int8 conv: qconv2d, then (float base) + dequantize(residual), clamp to "
-        "[post_min, post_max], post_act (hard_swish) and quantize(q_scale, q_zero_point) -- the "
+        "[post_min, post_max], post_act (hard_swish, silu) and quantize(q_scale, q_zero_point) -- the "
         "graph's int8 block as one kernel.",
     )
 )

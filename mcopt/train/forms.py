@@ -116,6 +116,7 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softsign": F.softsign,
     "identity": lambda x: x,
     "hard_swish": lambda x: x * torch.clamp(x / 6 + 0.5, 0, 1),
+    "silu": F.silu,
 }
 
 

@@ -188,8 +188,8 @@ def _activation(node: Node) -> tuple[str, tuple[float, float]] | None:
     ``(alpha, beta)`` for ``hard_sigmoid``), or None."""
     if node.op == "relu":
         return "relu", (0.0, 6.0)
-    if node.op == "hard_swish":
-        return "hard_swish", (0.0, 6.0)
+    if node.op in ("hard_swish", "silu"):
+        return str(node.op), (0.0, 6.0)
     if node.op == "hard_sigmoid":
         return "hard_sigmoid", (float(node.attrs["alpha"]), float(node.attrs["beta"]))
     if node.op == "clip":

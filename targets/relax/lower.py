@@ -271,7 +271,6 @@ def _log_softmax(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
 # --- elementwise ------------------------------------------------------------------------------------
 _UNARY: dict[str, Callable[[Any], Any]] = {
     "relu": R.nn.relu,
-    "sigmoid": R.sigmoid,
     "tanh": R.tanh,
     "exp": R.exp,
     "sqrt": R.sqrt,
@@ -349,6 +348,36 @@ def _elu(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     neg = R.multiply(c(node.attrs["alpha"]), R.subtract(R.exp(R.minimum(x, c(0))), c(1)))
     y = R.where(R.greater(x, c(0)), x, neg)
     return R.multiply(c(node.attrs["gamma"]), y) if node.op == "selu" else y
+
+
+def _fast_elementwise(ctx: LowerContext, x: Any, fn: Callable[[Any], Any], name: str) -> Any:
+    """``fn`` (a :mod:`~mcopt.targets.fast_math` expression) on every element of float32 ``x``, as
+    a TE compute (vectorizable: no per-lane ``expf``)."""
+    from tvm import te
+
+    def compute(t: Any) -> Any:
+        return te.compute(t.shape, lambda *i: fn(t(*i)), name=name)
+
+    return ctx.bb.call_te(compute, x, primfunc_name_hint=name)
+
+
+@register_lowering("sigmoid")
+def _sigmoid(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    from mcopt.targets.fast_math import fast_sigmoid
+
+    if ctx.dtype_of(a[0]) != "float32":
+        return R.sigmoid(a[0])
+    return _fast_elementwise(ctx, a[0], fast_sigmoid, "sigmoid")
+
+
+@register_lowering("silu")
+def _silu(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """``x * sigmoid(x)``."""
+    from mcopt.targets.fast_math import fast_silu
+
+    if ctx.dtype_of(a[0]) != "float32":
+        return R.multiply(a[0], ctx.emit(R.sigmoid(a[0])))
+    return _fast_elementwise(ctx, a[0], fast_silu, "silu")
 
 
 @register_lowering("hard_sigmoid")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-ACTIVATIONS = (None, "relu", "relu6", "clip", "hard_swish", "hard_sigmoid")
+ACTIVATIONS = (None, "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu")
 #: activations that are a clamp of the value (what every kernel supports)
 CLAMPS = (None, "relu", "relu6", "clip")
 
@@ -23,7 +23,8 @@ class Epilogue:
     ``activation`` is ``None``, ``"relu"``, ``"relu6"`` (clip to [0, 6]), ``"clip"`` (to
     ``[clip_min, clip_max]``), ``"hard_swish"`` (``v * clip(v + 3, 0, 6) / 6``, MobileNetV3 /
     PP-LCNet) or ``"hard_sigmoid"`` (``clip(alpha * v + beta, 0, 1)`` with ``alpha, beta =
-    clip_min, clip_max``: the two numbers parameterize whichever activation takes parameters).
+    clip_min, clip_max``: the two numbers parameterize whichever activation takes parameters) or
+    ``"silu"`` (``v * sigmoid(v)``, YOLOv5 / YOLOX; :func:`~mcopt.targets.fast_math.fast_silu`).
     ``residual`` adds a tensor of the output's (blocked) shape. Kernels whose tail is generated as
     text (Winograd) or is a clamp only (the sparse kernels) check :attr:`is_clamp`.
     """
@@ -96,6 +97,10 @@ class Epilogue:
         if self.residual:
             value = value + residual
         c = lambda v: tvm.tirx.const(v, dtype)  # noqa: E731
+        if self.activation == "silu":
+            from mcopt.targets.fast_math import fast_silu
+
+            return fast_silu(value)
         if self.activation == "hard_swish":
             return value * tvm.te.min(tvm.te.max(value + c(3.0), c(0.0)), c(6.0)) * c(1.0 / 6.0)
         if self.activation == "hard_sigmoid":
@@ -116,6 +121,9 @@ class Epilogue:
             value = value + bias
         if self.residual:
             value = value + residual
+        if self.activation == "silu":
+            lim = 88.3762626647949  # fast_exp's clamp
+            return value / (1.0 + np.exp(-np.clip(value, -lim, lim)))
         if self.activation == "hard_swish":
             return value * np.clip(value + 3.0, 0.0, 6.0) / 6.0
         if self.activation == "hard_sigmoid":

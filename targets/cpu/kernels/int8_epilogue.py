@@ -10,6 +10,7 @@ absorbed; :class:`QEpilogue` is that sequence for one output element, in this or
         y = y + float32(int32(r) - r_zp) * r_scale        # residual add of dequantize(r) (or y + r)
         y = clamp(y, post bounds)                         # relu / clip after the add
         y = y * clamp(y / 6 + 1/2, 0, 1)                  # post_act="hard_swish" (MobileNet-V3)
+        y = y * sigmoid(y)                                # post_act="silu" (YOLOv5 / YOLOX)
         q = saturate(rint(y / q_scale) + q_zp)            # the quantize that consumed it (if any)
 
 which is exactly the graph's ``qconv2d -> add(dequantize) -> relu -> quantize`` in float32
@@ -124,6 +125,10 @@ class QEpilogue:
         y = clamp(y, self.post_bounds)
         if self.post_act == "hard_swish":  # the hard_swish op's formula: y * clip(y/6 + 1/2, 0, 1)
             y = y * tvm.te.min(tvm.te.max(y / f(6.0) + f(0.5), f(0.0)), f(1.0))
+        if self.post_act == "silu":
+            from mcopt.targets.fast_math import fast_silu
+
+            y = fast_silu(y, lanes)
         if self.q_dtype is None:
             return y
         y = _rint(y / f(self.q_scale)) + f(self.q_zp)
@@ -148,6 +153,8 @@ class QEpilogue:
         y = np.clip(y, *self.post_bounds).astype(np.float32)
         if self.post_act == "hard_swish":
             y = (y * np.clip(y / np.float32(6) + np.float32(0.5), 0, 1)).astype(np.float32)
+        if self.post_act == "silu":
+            y = (y / (1 + np.exp(-np.clip(y, -88.0, 88.0)))).astype(np.float32)
         if self.q_dtype is None:
             return y
         q = np.rint(y / np.float32(self.q_scale)) + np.float32(self.q_zp)

@@ -14,30 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mcopt.targets.fast_math import fast_exp
+
 LANES = 16
-_EXP_COEFFS = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-               1.6666665459e-1, 5.0000001201e-1)  # fmt: skip
-
-
-def fast_exp(v: Any, lanes: int = 1) -> Any:
-    """``exp(v)`` for a float32 expression of ``lanes`` lanes: TVM's ``fast_exp`` polynomial."""
-    from tvm import tirx
-
-    def c(value: float, dtype: str = "float32") -> Any:
-        k = tirx.const(value, dtype)
-        return tirx.Broadcast(k, lanes) if lanes > 1 else k
-
-    x = tirx.max(tirx.min(v, c(88.3762626647949)), c(-88.3762626647949))
-    n = tirx.floor(x * c(1.44269504088896341) + c(0.5))
-    r = x - n * c(0.693147180559945)
-    p = c(_EXP_COEFFS[0])
-    for k in _EXP_COEFFS[1:]:
-        p = p * r + c(k)
-    p = p * r * r + r + c(1.0)
-    idt = "int32" if lanes == 1 else f"int32x{lanes}"
-    fdt = "float32" if lanes == 1 else f"float32x{lanes}"
-    bits = tirx.shift_left((n + c(127.0)).astype(idt), c(23, "int32"))
-    return tirx.max(tirx.reinterpret(fdt, bits) * p, v)
 
 
 def softmax_rows(rows: int, n: int, dtype: str = "float32") -> Any:

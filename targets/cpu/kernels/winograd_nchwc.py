@@ -39,6 +39,7 @@ import numpy as np
 from mcopt.ops.winograd import TRANSFORMS, winograd_weight
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
 from mcopt.targets.cpu.kernels.timing import cached_row, time_kernels
+from mcopt.targets.fast_math import silu_lines
 
 
 # --- TVMScript text of the transforms (only their nonzero terms) ------------------------------
@@ -78,6 +79,8 @@ def epilogue_text(val: str, epilogue: Epilogue, bias: str, residual: str = "") -
         val = f"{val} + {bias}"
     if epilogue.residual:
         val = f"{val} + {residual}"
+    if epilogue.activation == "silu":  # the caller binds silu_lines
+        return val
     if epilogue.activation == "hard_swish":
         return f"({val}) * T.min(T.max(({val}) + T.float32(3.0), T.float32(0.0)), T.float32(6.0)) * T.float32({1 / 6!r})"
     if epilogue.activation == "hard_sigmoid":
@@ -283,7 +286,8 @@ def script(
     )
     add = L.append if "out" in keep else _drop
     # 4. output transform + epilogue per (n, o block, tile row), vectorized over the block
-    for line in scratch_tasks("to", n * ob * th, m * a, bn, "t"):
+    extra = 4 if epilogue.activation == "silu" else 0  # silu_lines' scratch rows
+    for line in scratch_tasks("to", n * ob * th, m * a + extra, bn, "t"):
         add(line)
     add(f"        for tx in range({tw}):")
     add(f"            for l in T.vectorized({bn}):")
@@ -304,12 +308,15 @@ def script(
             conds.append(f"{y} < {oh}")
         if ow % m and s >= ow % m:
             conds.append(f"{x_} < {ow}")
-        store = f"out[{nn}, {oc}, {y}, {x_}, l] = {val}"
+        indent = " " * (20 if conds else 16)
+        steps: list[str] = []
+        if epilogue.activation == "silu":  # steps through 4 scratch rows of `to`
+            steps, val = silu_lines(val, lambda i: f"to[{m * a + i}, l]")
         if conds:
             add(f"                if {' and '.join(conds)}:")
-            add(f"                    {store}")
-        else:
-            add(f"                {store}")
+        for line in steps:
+            add(indent + line)
+        add(f"{indent}out[{nn}, {oc}, {y}, {x_}, l] = {val}")
     return "\n".join(L) + "\n"
 
 
