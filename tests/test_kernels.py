@@ -277,6 +277,17 @@ def test_layout_primfuncs():
     np.testing.assert_array_equal(back, x)
 
 
+@pytest.mark.parametrize("w", [2100, 2101])
+def test_layout_long_rows_vectorize_in_pieces(w):
+    """YOLOv8's (1, 4, 2100) box tensor as NCHW (1, 1, 4, 2100) from 8-channel blocks: the row is
+    vectorized in pieces (one 2100-lane vector kept LLVM busy for minutes), odd widths included."""
+    x = np.random.default_rng(5).standard_normal((1, 1, 4, w)).astype("float32")
+    xb = np.concatenate([x, np.full((1, 7, 4, w), 9.0, np.float32)], 1)
+    func = layout.nchwc_to_nchw(x.shape, 8, padded=8)
+    assert "T.vectorized(2100)" not in func.script() and "T.vectorized(2101)" not in func.script()
+    np.testing.assert_array_equal(_run(func, [layout.pack_nchwc(xb, 8)], x.shape), x)
+
+
 @pytest.mark.parametrize(
     "c, bn, h, w, groups, dtype",
     [

@@ -66,8 +66,14 @@ def pack_dense_weight(w: np.ndarray, bn: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(n // bn, bn, k).transpose(0, 2, 1))
 
 
+#: the longest loop a layout kernel vectorizes whole (LLVM's code generation for a vector of
+#: thousands of lanes takes minutes: YOLOv8's (1, 4, 2100) box tensor)
+MAX_VECTOR_LANES = 64
+
+
 def _schedule_copy(func: Any, vector_axis: int) -> Any:
-    """Parallel over the outer three axes, vectorize ``vector_axis`` if it is the innermost."""
+    """Parallel over the outer three axes, vectorize ``vector_axis`` if it is the innermost (in
+    pieces of at most :data:`MAX_VECTOR_LANES`, a divisor of the axis where there is one)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -75,7 +81,12 @@ def _schedule_copy(func: Any, vector_axis: int) -> Any:
     loops = sch.get_loops(blk)
     parallel(sch, sch.fuse(*loops[:3]))
     if vector_axis == len(loops) - 1:
-        sch.vectorize(loops[-1])
+        inner = loops[-1]
+        ext = int(sch.get(inner).extent)
+        if ext > MAX_VECTOR_LANES:
+            f = next((v for v in (16, 8, 4, 2) if ext % v == 0), 16)
+            inner = sch.split(inner, [None, f])[1]
+        sch.vectorize(inner)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
