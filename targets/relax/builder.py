@@ -457,6 +457,10 @@ def mcopt_pipeline(spec: TargetSpec) -> tvm.transform.Pass:
 
     return tvm.transform.Sequential(
         [
+            # exp / tanh / erf (softmax, GELU, ELU, softplus, ...) as vector polynomials (TVM's
+            # fast_exp / fast_tanh / fast_erf, float32; others untouched) instead of one libm
+            # call per lane; sigmoid and SiLU are lowered to the same forms (fast_math.py)
+            relax.transform.FastMathTransform(),
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
