@@ -92,6 +92,15 @@ def silu(e: _Exporter, n: Node) -> None:
     e.add("Mul", [ins[0], sig], outs, n.name)
 
 
+@exports("lstm")
+def lstm(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    if len(ins) > 4:  # ONNX's input 4 is sequence_lens (mcopt's sequences are whole)
+        ins = [*ins[:4], "", *ins[4:]]
+    e.add("LSTM", ins, outs, n.name, hidden_size=int(n.attrs["hidden_size"]),
+          direction=str(n.attrs["direction"]))  # fmt: skip
+
+
 @exports("conv2d")
 def conv2d(e: _Exporter, n: Node) -> None:
     ins, outs = _io(e, n)

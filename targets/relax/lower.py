@@ -380,6 +380,61 @@ def _silu(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     return _fast_elementwise(ctx, a[0], fast_silu, "silu")
 
 
+@register_lowering("lstm")
+def _lstm(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """Unrolled over time: the input projection of every step as one matmul per direction, then per
+    step ``h @ R.T``, the gates (fast sigmoid, tanh) and the state update (ops/recurrent.py)."""
+    from mcopt.targets.fast_math import fast_sigmoid
+
+    a = list(a) + [None] * (6 - len(a))
+    x, w, r, b, h0, c0 = a
+    seq, batch, feat = ctx.shape_of(x)
+    hid = int(node.attrs["hidden_size"])
+    dirs = 2 if node.attrs["direction"] == "bidirectional" else 1
+
+    def take(t: Any, d: int, shape: tuple[int, ...]) -> Any:
+        return ctx.emit(R.reshape(R.strided_slice(t, axes=[0], begin=[d], end=[d + 1]), shape))
+
+    zeros = ctx.const(np.zeros((batch, hid), np.float32))
+    flat = ctx.emit(R.reshape(x, (seq * batch, feat)))
+    ys, hs, cs = [], [], []
+    for d in range(dirs):
+        proj = R.matmul(flat, R.permute_dims(take(w, d, (4 * hid, feat))))
+        if b is not None:
+            bd = take(b, d, (8 * hid,))
+            bias = R.add(R.strided_slice(bd, axes=[0], begin=[0], end=[4 * hid]),
+                         R.strided_slice(bd, axes=[0], begin=[4 * hid], end=[8 * hid]))  # fmt: skip
+            proj = R.add(ctx.emit(proj), ctx.emit(bias))
+        proj = ctx.emit(R.reshape(ctx.emit(proj), (seq, batch, 4 * hid)))
+        r_t = ctx.emit(R.permute_dims(take(r, d, (4 * hid, hid))))
+        h = take(h0, d, (batch, hid)) if h0 is not None else zeros
+        c = take(c0, d, (batch, hid)) if c0 is not None else zeros
+        steps = (
+            range(seq - 1, -1, -1) if node.attrs["direction"] == "reverse" or d == 1 else range(seq)
+        )
+        out: dict[int, Any] = {}
+        for t in steps:
+            xt = R.reshape(
+                R.strided_slice(proj, axes=[0], begin=[t], end=[t + 1]), (batch, 4 * hid)
+            )
+            g = ctx.emit(R.add(ctx.emit(xt), ctx.emit(R.matmul(h, r_t))))
+            parts = ctx.emit(R.split(g, 4, axis=1))
+            gi, go, gf, gc = (ctx.emit(relax.TupleGetItem(parts, k)) for k in range(4))
+            sig = [
+                ctx.emit(_fast_elementwise(ctx, v, fast_sigmoid, "sigmoid")) for v in (gi, go, gf)
+            ]
+            c = ctx.emit(R.add(R.multiply(sig[2], c), R.multiply(sig[0], R.tanh(gc))))
+            h = ctx.emit(R.multiply(sig[1], R.tanh(c)))
+            out[t] = ctx.emit(R.reshape(h, (1, 1, batch, hid)))
+        ys.append(ctx.emit(R.concat([out[t] for t in range(seq)], axis=0)))
+        hs.append(ctx.emit(R.reshape(h, (1, batch, hid))))
+        cs.append(ctx.emit(R.reshape(c, (1, batch, hid))))
+    y = ys[0] if dirs == 1 else ctx.emit(R.concat(ys, axis=1))
+    y_h = hs[0] if dirs == 1 else ctx.emit(R.concat(hs, axis=0))
+    y_c = cs[0] if dirs == 1 else ctx.emit(R.concat(cs, axis=0))
+    return [y, y_h, y_c]
+
+
 @register_lowering("hard_sigmoid")
 def _hard_sigmoid(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     x, dtype = a[0], ctx.dtype_of(a[0])

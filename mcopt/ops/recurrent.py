@@ -1,0 +1,112 @@
+"""Recurrent ops: ``lstm`` (ONNX's LSTM, time-major, default activations, no peepholes).
+
+With ``x (T, B, I)``, per direction ``d`` (``reverse`` runs t = T-1 .. 0; ``bidirectional`` is a
+forward direction 0 and a reverse direction 1), gates in ONNX's ``i, o, f, c`` order::
+
+    g = x[t] @ W[d].T + h @ R[d].T + Wb[d] + Rb[d]          # (B, 4H); B = [Wb | Rb], (D, 8H)
+    i, o, f = sigmoid(g_i), sigmoid(g_o), sigmoid(g_f);  c~ = tanh(g_c)
+    c = f * c + i * c~;  h = o * tanh(c);  y[t, d] = h
+
+Outputs ``y (T, D, B, H)``, ``y_h (D, B, H)`` (the last state of each direction) and ``y_c``.
+Hochreiter & Schmidhuber, "Long short-term memory", Neural Computation 1997; the CRNN text
+recognizers (Shi et al., TPAMI 2017) that ship as ONNX (ddddocr) read their CNN features with one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mcopt.ir.types import TensorType
+from mcopt.ops.elementwise import sigmoid
+from mcopt.ops.schema import REQUIRED, Attrs, InTypes, OpSchema, register_op
+
+DIRECTIONS = ("forward", "reverse", "bidirectional")
+
+
+def _dims(t: InTypes, a: Attrs) -> tuple[int, int, int, int, int]:
+    x = t[0]
+    assert x is not None
+    seq, batch, feat = (int(d) for d in x.shape)
+    return seq, batch, feat, 2 if a["direction"] == "bidirectional" else 1, int(a["hidden_size"])
+
+
+def _lstm_check(t: InTypes, a: Attrs) -> str | None:
+    if a["direction"] not in DIRECTIONS:
+        return f"direction={a['direction']!r}; valid: {', '.join(DIRECTIONS)}"
+    h = a["hidden_size"]
+    if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
+        return f"hidden_size must be a positive int, got {h!r}"
+    x = t[0]
+    if x is None or x.rank != 3 or x.dtype != "float32":
+        return f"x must be a float32 (T, B, I) tensor, got {x}"
+    _, b, i, d, h = _dims(t, a)
+    want = {1: (d, 4 * h, i), 2: (d, 4 * h, h), 3: (d, 8 * h), 4: (d, b, h), 5: (d, b, h)}
+    names = {1: "w", 2: "r", 3: "b", 4: "initial_h", 5: "initial_c"}
+    for k, shape in want.items():
+        v = t[k] if k < len(t) else None
+        if v is None:
+            if k <= 2:
+                return f"{names[k]} is required"
+            continue
+        if tuple(int(s) for s in v.shape) != shape or v.dtype != "float32":
+            return f"{names[k]} must be float32 {list(shape)}, got {v}"
+    return None
+
+
+def _lstm_infer(t: InTypes, a: Attrs) -> list[TensorType]:
+    seq, b, _, d, h = _dims(t, a)
+    state = TensorType((d, b, h), "float32")
+    return [TensorType((seq, d, b, h), "float32"), state, state]
+
+
+def _lstm_macs(t: InTypes, out: list[TensorType], a: Attrs) -> int:
+    seq, b, i, d, h = _dims(t, a)
+    return seq * d * b * 4 * h * (i + h)
+
+
+def lstm_ref(
+    x: np.ndarray,
+    w: np.ndarray,
+    r: np.ndarray,
+    b: np.ndarray | None = None,
+    initial_h: np.ndarray | None = None,
+    initial_c: np.ndarray | None = None,
+    *,
+    hidden_size: int,
+    direction: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    seq, batch, _ = x.shape
+    dirs = 2 if direction == "bidirectional" else 1
+    h_ = hidden_size
+    y = np.zeros((seq, dirs, batch, h_), np.float32)
+    y_h = np.zeros((dirs, batch, h_), np.float32)
+    y_c = np.zeros((dirs, batch, h_), np.float32)
+    for d in range(dirs):
+        bias = np.zeros(4 * h_, np.float32) if b is None else b[d, : 4 * h_] + b[d, 4 * h_ :]
+        h = np.zeros((batch, h_), np.float32) if initial_h is None else initial_h[d]
+        c = np.zeros((batch, h_), np.float32) if initial_c is None else initial_c[d]
+        steps = range(seq - 1, -1, -1) if direction == "reverse" or d == 1 else range(seq)
+        for t in steps:
+            g = (x[t] @ w[d].T + h @ r[d].T + bias).astype(np.float32)
+            gi, go, gf, gc = np.split(g, 4, axis=-1)
+            c = (sigmoid(gf) * c + sigmoid(gi) * np.tanh(gc)).astype(np.float32)
+            h = (sigmoid(go) * np.tanh(c)).astype(np.float32)
+            y[t, d] = h
+        y_h[d], y_c[d] = h, c
+    return y, y_h, y_c
+
+
+register_op(
+    OpSchema(
+        name="lstm",
+        inputs=("x", "w", "r", "b?", "initial_h?", "initial_c?"),
+        attrs={"hidden_size": REQUIRED, "direction": "forward"},
+        check=_lstm_check,
+        infer=_lstm_infer,
+        reference=lstm_ref,
+        macs=_lstm_macs,
+        doc="ONNX LSTM (layout 0, sigmoid/tanh/tanh, no peepholes): y (T, D, B, H), y_h, y_c.",
+    )
+)
+
+__all__ = ["DIRECTIONS", "lstm_ref"]
