@@ -380,11 +380,27 @@ def _silu(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     return _fast_elementwise(ctx, a[0], fast_silu, "silu")
 
 
+#: ``dense(x, weight (N, K), bias | None, residual | None) -> x @ weight.T + bias + residual``
+DenseFn = Callable[[Any, np.ndarray, "np.ndarray | None", Any], Any]
+
+
 @register_lowering("lstm")
 def _lstm(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return lower_lstm(ctx, node, a)
+
+
+def lower_lstm(ctx: LowerContext, node: Node, a: list[Any], dense: DenseFn | None = None) -> Any:
     """Unrolled over time: the input projection of every step as one matmul per direction, then per
-    step ``h @ R.T``, the gates (fast sigmoid, tanh) and the state update (ops/recurrent.py)."""
+    step ``h @ R.T``, the gates (fast sigmoid, tanh) and the state update (ops/recurrent.py).
+    ``dense``: a kernel for the products with constant weights (the CPU build's packed dense,
+    the step's input projection as its residual); else Relax matmuls."""
     from mcopt.targets.fast_math import fast_sigmoid
+
+    consts = [v.const if v is not None else None for v in list(node.inputs[1:4]) + [None] * 3]
+    if dense is not None and (consts[0] is None or consts[1] is None):
+        dense = None
+    if dense is not None and node.inputs[3] is not None and consts[2] is None:
+        dense = None
 
     a = list(a) + [None] * (6 - len(a))
     x, w, r, b, h0, c0 = a
@@ -399,14 +415,18 @@ def _lstm(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     flat = ctx.emit(R.reshape(x, (seq * batch, feat)))
     ys, hs, cs = [], [], []
     for d in range(dirs):
-        proj = R.matmul(flat, R.permute_dims(take(w, d, (4 * hid, feat))))
-        if b is not None:
+        if dense is not None:
+            bsum = None if consts[2] is None else consts[2][d, : 4 * hid] + consts[2][d, 4 * hid :]
+            proj = dense(flat, consts[0][d], bsum, None)
+        else:
+            proj = R.matmul(flat, R.permute_dims(take(w, d, (4 * hid, feat))))
+        if b is not None and dense is None:
             bd = take(b, d, (8 * hid,))
             bias = R.add(R.strided_slice(bd, axes=[0], begin=[0], end=[4 * hid]),
                          R.strided_slice(bd, axes=[0], begin=[4 * hid], end=[8 * hid]))  # fmt: skip
             proj = R.add(ctx.emit(proj), ctx.emit(bias))
         proj = ctx.emit(R.reshape(ctx.emit(proj), (seq, batch, 4 * hid)))
-        r_t = ctx.emit(R.permute_dims(take(r, d, (4 * hid, hid))))
+        r_t = None if dense is not None else ctx.emit(R.permute_dims(take(r, d, (4 * hid, hid))))
         h = take(h0, d, (batch, hid)) if h0 is not None else zeros
         c = take(c0, d, (batch, hid)) if c0 is not None else zeros
         steps = (
@@ -417,7 +437,10 @@ def _lstm(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
             xt = R.reshape(
                 R.strided_slice(proj, axes=[0], begin=[t], end=[t + 1]), (batch, 4 * hid)
             )
-            g = ctx.emit(R.add(ctx.emit(xt), ctx.emit(R.matmul(h, r_t))))
+            if dense is not None:
+                g = ctx.emit(dense(h, consts[1][d], None, ctx.emit(xt)))
+            else:
+                g = ctx.emit(R.add(ctx.emit(xt), ctx.emit(R.matmul(h, r_t))))
             parts = ctx.emit(R.split(g, 4, axis=1))
             gi, go, gf, gc = (ctx.emit(relax.TupleGetItem(parts, k)) for k in range(4))
             sig = [
