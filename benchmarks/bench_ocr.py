@@ -30,9 +30,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
-import time
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -134,64 +131,20 @@ def score(kind: str, outs: list[np.ndarray], refs: list[np.ndarray], labels: np.
 
 
 def bench(kind: str, path: Path, rounds: int, log: Any) -> list[dict[str, Any]]:
-    import onnx
-    from bench_cpu import interleaved
-    from bench_quant import ort_int8
-    from common import ort_session
-
-    import mcopt
+    from common import four_engines_rows
 
     _, shape = MODELS[kind]
-    proto = onnx.load(path)
-    inp = proto.graph.input[0].name
     xc, _ = render(kind, shape, 16, seed=1)
     xe, labels = render(kind, shape, 32, seed=2)
-    calib = [{inp: xc[i : i + 1]} for i in range(len(xc))]
-    s32 = ort_session(proto)
-    refs = [s32.run(None, {inp: xe[i : i + 1]})[0] for i in range(len(xe))]
-    engines: dict[str, Any] = {"onnxruntime fp32": lambda x: s32.run(None, {inp: x})[0]}
-    notes: dict[str, str] = {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            s8 = ort_session(ort_int8(proto, calib, Path(tempfile.mkdtemp())))
-        engines["onnxruntime int8"] = lambda x: s8.run(None, {inp: x})[0]
-    except Exception as e:  # noqa: BLE001 - reported in the table
-        notes["onnxruntime int8"] = f"failed: {type(e).__name__}: {str(e)[:80]}"
-    for name, passes in (("mcopt fp32", ["cleanup"]), ("mcopt int8", ["cleanup", "quantize-int8"])):
-        t0 = time.perf_counter()
-        try:
-            res = mcopt.optimize(
-                path, target="cpu", passes=passes, input_shapes={inp: list(shape)},
-                calib=calib, measure=False, check=False,
-            )  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - reported in the table
-            notes[name] = f"failed: {type(e).__name__}: {str(e)[:80]}"
-            continue
-        notes[name] = f"built in {time.perf_counter() - t0:.0f} s"
-        c = res.compiled
-        engines[name] = lambda x, c=c: c.run(x)[0]
-        log(f"{kind}: {name} {notes[name]}")
-    x1 = xe[:1]
-    times = interleaved(
-        {k: (lambda f=f: f(x1)) for k, f in engines.items()},
-        rounds=rounds, budget_s=0.4, max_runs=500,
-    )  # fmt: skip
-    base = times["onnxruntime fp32"]["median_ms"]
-    rows = []
-    for name in ("onnxruntime fp32", "onnxruntime int8", "mcopt fp32", "mcopt int8"):
-        if name not in engines:
-            rows.append({"model": kind, "engine": name, "note": notes.get(name, "")})
-            continue
-        outs = [engines[name](xe[i : i + 1]) for i in range(len(xe))]
-        err = max(float(np.abs(o - r).max()) for o, r in zip(outs, refs))
-        t = times[name]
-        rows.append({
-            "model": kind, "engine": name, "median_ms": t["median_ms"], "min_ms": t["min_ms"],
-            "vs_ort_fp32": base / t["median_ms"], "quality": score(kind, outs, refs, labels),
-            "max_abs_err": err, "note": notes.get(name, ""),
-        })  # fmt: skip
-    return rows
+
+    def quality(outs: list[list[np.ndarray]], refs: list[list[np.ndarray]]) -> dict[str, Any]:
+        o, r = [x[0] for x in outs], [x[0] for x in refs]
+        err = max(float(np.abs(a - b).max()) for a, b in zip(o, r))
+        return {"quality": score(kind, o, r, labels), "max_abs_err": err}
+
+    return four_engines_rows(
+        kind, path, shape, xc, xe, quality, rounds=rounds, budget_s=0.4, max_runs=500, log=log
+    )
 
 
 def render_md(rows: list[dict[str, Any]]) -> str:

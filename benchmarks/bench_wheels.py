@@ -39,9 +39,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
-import time
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -203,62 +200,12 @@ def quality(kind: str, got: list[list[np.ndarray]], ref: list[list[np.ndarray]])
 
 
 def bench(kind: str, rounds: int, log: Any) -> list[dict[str, Any]]:
-    import onnx
-    from bench_cpu import interleaved
-    from bench_quant import ort_int8
-    from common import ort_session
+    from common import four_engines_rows
 
-    import mcopt
-
-    path = fetch(kind)
-    shape = MODELS[kind][2]
-    proto = onnx.load(path)
-    inp = proto.graph.input[0].name
-    xc, xe = render(kind, 8, seed=1), render(kind, 16, seed=2)
-    calib = [{inp: xc[i : i + 1]} for i in range(len(xc))]
-    s32 = ort_session(proto)
-    engines: dict[str, Any] = {"onnxruntime fp32": lambda x: s32.run(None, {inp: x})}
-    notes: dict[str, str] = {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            s8 = ort_session(ort_int8(proto, calib, Path(tempfile.mkdtemp())))
-        engines["onnxruntime int8"] = lambda x: s8.run(None, {inp: x})
-    except Exception as e:  # noqa: BLE001 - reported in the table
-        notes["onnxruntime int8"] = f"failed: {type(e).__name__}: {str(e)[:80]}"
-    for name, passes in (("mcopt fp32", ["cleanup"]), ("mcopt int8", ["cleanup", "quantize-int8"])):
-        t0 = time.perf_counter()
-        try:
-            res = mcopt.optimize(
-                path, target="cpu", passes=passes, input_shapes={inp: list(shape)},
-                calib=calib, measure=False, check=False,
-            )  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - reported in the table
-            notes[name] = f"failed: {type(e).__name__}: {str(e)[:80]}"
-            continue
-        notes[name] = f"built in {time.perf_counter() - t0:.0f} s"
-        engines[name] = lambda x, c=res.compiled: c.run(x)
-        log(f"{kind}: {name} {notes[name]}")
-    x1 = xe[:1]
-    times = interleaved(
-        {k: (lambda f=f: f(x1)) for k, f in engines.items()},
-        rounds=rounds, budget_s=0.6, max_runs=300,
+    return four_engines_rows(
+        kind, fetch(kind), MODELS[kind][2], render(kind, 8, seed=1), render(kind, 16, seed=2),
+        lambda outs, refs: quality(kind, outs, refs), rounds=rounds, budget_s=0.6, log=log,
     )  # fmt: skip
-    refs = [engines["onnxruntime fp32"](xe[i : i + 1]) for i in range(len(xe))]
-    base = times["onnxruntime fp32"]["median_ms"]
-    rows = []
-    for name in ("onnxruntime fp32", "onnxruntime int8", "mcopt fp32", "mcopt int8"):
-        if name not in engines:
-            rows.append({"model": kind, "engine": name, "note": notes.get(name, "")})
-            continue
-        outs = [engines[name](xe[i : i + 1]) for i in range(len(xe))]
-        t = times[name]
-        rows.append({
-            "model": kind, "engine": name, "median_ms": t["median_ms"], "min_ms": t["min_ms"],
-            "vs_ort_fp32": base / t["median_ms"], **quality(kind, outs, refs),
-            "note": notes.get(name, ""),
-        })  # fmt: skip
-    return rows
 
 
 def render_md(rows: list[dict[str, Any]]) -> str:

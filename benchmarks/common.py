@@ -118,3 +118,85 @@ def pick_models(spec: str, known: Sequence[str]) -> list[str]:
     if bad:
         raise SystemExit(f"unknown model(s) {bad}; choose from {tuple(known)}")
     return models
+
+
+ENGINES = ("onnxruntime fp32", "onnxruntime int8", "mcopt fp32", "mcopt int8")
+
+
+def four_engines_rows(
+    model: str,
+    path: Path,
+    shape: Sequence[int],
+    calib_x: np.ndarray,
+    eval_x: np.ndarray,
+    quality: Callable[[list[list[np.ndarray]], list[list[np.ndarray]]], dict[str, Any]],
+    *,
+    rounds: int,
+    budget_s: float = 0.4,
+    max_runs: int = 300,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """A trained single-input model on the four engines the wheel benchmarks compare: onnxruntime
+    fp32 on the original, onnxruntime int8 (``quantize_static``, QDQ, per-channel), mcopt lossless
+    (``cleanup``) and mcopt int8 (``cleanup`` + ``quantize-int8``), both int8 builds calibrated on
+    ``calib_x``; timed in alternating bursts on ``eval_x[:1]`` (bench_cpu.interleaved), scored by
+    ``quality(outputs, onnxruntime fp32 outputs)`` over every image of ``eval_x`` (each an output
+    list). One row per engine: median / min ms, the ratio to onnxruntime fp32, the quality keys and a
+    note (build time, or why an engine failed)."""
+    import tempfile
+    import warnings
+
+    import onnx
+    from bench_cpu import interleaved
+    from bench_quant import ort_int8
+
+    import mcopt
+
+    proto = onnx.load(path)
+    inp = proto.graph.input[0].name
+    calib = [{inp: calib_x[i : i + 1]} for i in range(len(calib_x))]
+    s32 = ort_session(proto)
+    engines: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
+        "onnxruntime fp32": lambda x: s32.run(None, {inp: x})
+    }
+    notes: dict[str, str] = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s8 = ort_session(ort_int8(proto, calib, Path(tempfile.mkdtemp())))
+        engines["onnxruntime int8"] = lambda x: s8.run(None, {inp: x})
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        notes["onnxruntime int8"] = f"failed: {type(e).__name__}: {str(e)[:80]}"
+    for name, passes in (("mcopt fp32", ["cleanup"]), ("mcopt int8", ["cleanup", "quantize-int8"])):
+        t0 = time.perf_counter()
+        try:
+            res = mcopt.optimize(
+                path, target="cpu", passes=passes, input_shapes={inp: list(shape)},
+                calib=calib, measure=False, check=False,
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - reported in the table
+            notes[name] = f"failed: {type(e).__name__}: {str(e)[:80]}"
+            continue
+        notes[name] = f"built in {time.perf_counter() - t0:.0f} s"
+        engines[name] = lambda x, c=res.compiled: c.run(x)
+        log(f"{model}: {name} {notes[name]}")
+    x1 = eval_x[:1]
+    times = interleaved(
+        {k: (lambda f=f: f(x1)) for k, f in engines.items()},
+        rounds=rounds, budget_s=budget_s, max_runs=max_runs,
+    )  # fmt: skip
+    refs = [engines["onnxruntime fp32"](eval_x[i : i + 1]) for i in range(len(eval_x))]
+    base = times["onnxruntime fp32"]["median_ms"]
+    rows = []
+    for name in ENGINES:
+        if name not in engines:
+            rows.append({"model": model, "engine": name, "note": notes.get(name, "")})
+            continue
+        outs = [engines[name](eval_x[i : i + 1]) for i in range(len(eval_x))]
+        t = times[name]
+        rows.append({
+            "model": model, "engine": name, "median_ms": t["median_ms"], "min_ms": t["min_ms"],
+            "vs_ort_fp32": base / t["median_ms"], **quality(outs, refs),
+            "note": notes.get(name, ""),
+        })  # fmt: skip
+    return rows
