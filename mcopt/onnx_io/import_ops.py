@@ -556,6 +556,43 @@ def slice_(c: NodeCtx) -> None:
     c.set_out(0, c.emit("slice", [x], attrs))
 
 
+@handles("Gather")
+def gather(c: NodeCtx) -> None:
+    """``Gather`` of constant indices from a computed tensor (all-constant ones are folded): a
+    scalar index is a one-wide slice + squeeze (Silero VAD's ``state[0]``, ``state[1]``), evenly
+    spaced indices a strided slice; other index sets are refused."""
+    x = c.x(0)
+    r = x.type.rank
+    ax = _axis(c, c.attr("axis", 0), r, "Gather axis")
+    if c.const(1) is None:
+        raise c.fail(
+            "computed indices (an embedding lookup) are not supported: mcopt imports Gather with "
+            "constant indices"
+        )
+    idx = np.asarray(c.const(1)).astype(np.int64)
+    dim = int(x.shape[ax])
+    if np.any((idx < -dim) | (idx >= dim)):
+        raise c.fail(f"indices {idx.tolist()} out of range for axis {ax} of size {dim}")
+    flat = np.where(idx < 0, idx + dim, idx).reshape(-1)
+    step = int(flat[1] - flat[0]) if flat.size > 1 else 1
+    if idx.ndim > 1:
+        raise c.fail(
+            f"indices of rank {idx.ndim}: mcopt imports Gather of a computed tensor as a slice "
+            "(a scalar index, or a 1-D run of indices with one step)"
+        )
+    if flat.size == 0 or step == 0 or np.any(np.diff(flat) != step):
+        raise c.fail(
+            f"indices {idx.tolist()} are not evenly spaced: mcopt imports Gather of a computed "
+            "tensor as a slice (a scalar index, or indices with one step)"
+        )
+    start, end = int(flat[0]), int(flat[-1]) + step
+    if end < 0:  # a negative step down to index 0: "before index 0"
+        end = -dim - 1
+    attrs = {"starts": (start,), "ends": (end,), "axes": (ax,), "steps": (step,)}
+    y = c.emit("slice", [x], attrs)
+    c.set_out(0, c.emit("squeeze", [y], {"axes": (ax,)}) if idx.ndim == 0 else y)
+
+
 @handles("Cast")
 def cast(c: NodeCtx) -> None:
     to = onnx_dtype_name(int(c.attr("to")), f"node '{c.name}' (Cast) target")

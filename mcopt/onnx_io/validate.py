@@ -356,7 +356,13 @@ def _check_names(graph: onnx.GraphProto, source: str, names: NodeNames) -> None:
     )
     dup("graph input", (v.name for v in graph.input), "ONNX input names must be unique")
     dup("graph output", (v.name for v in graph.output), "ONNX output names must be unique")
-    dup("node", (n.name for n in graph.node if n.name), "onnxruntime refuses duplicate node names")
+    # Constant nodes are not in the check: onnxruntime turns them into initializers first (Silero
+    # VAD's export names 15 of them 'F0::anon' and loads)
+    dup(
+        "node",
+        (n.name for n in graph.node if n.name and n.op_type != "Constant"),
+        "onnxruntime refuses duplicate node names",
+    )
     if len(graph.sparse_initializer):
         t = graph.sparse_initializer[0]
         raise ModelLoadError(

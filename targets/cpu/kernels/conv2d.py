@@ -303,7 +303,12 @@ def schedule_conv2d_nchwc(sch: Any, params: ConvParams, has_pad: bool) -> None:
         sch.reverse_compute_at(out, sch.get_loops(conv)[1])
     else:
         sch.reverse_compute_at(out, ow_o)
-    sch.vectorize(sch.get_loops(out)[-1])
+    # the epilogue's own innermost loop (none of its own where every extent is 1: a 1-channel
+    # output of one pixel, Silero VAD's last conv)
+    shared = [sch.get(lp) for lp in sch.get_loops(conv)]
+    own = [lp for lp in sch.get_loops(out) if not any(sch.get(lp).same_as(c) for c in shared)]
+    if own and int(sch.get(own[-1]).extent) > 1:
+        sch.vectorize(own[-1])
     if has_pad:
         schedule_pad(sch)
 
