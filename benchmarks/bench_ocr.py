@@ -148,19 +148,11 @@ def bench(kind: str, path: Path, rounds: int, log: Any) -> list[dict[str, Any]]:
 
 
 def render_md(rows: list[dict[str, Any]]) -> str:
-    out = [
-        "| model | engine | median ms | min ms | vs ort fp32 | quality vs ort fp32 (32 held-out images) | max abs err | note |",
-        "|---|---|---:|---:|---:|---|---:|---|",
-    ]
-    for r in rows:
-        if "median_ms" not in r:
-            out.append(f"| {r['model']} | {r['engine']} | – | – | – | – | – | {r['note']} |")
-            continue
-        out.append(
-            f"| {r['model']} | {r['engine']} | {r['median_ms']:.3f} | {r['min_ms']:.3f} | "
-            f"**{r['vs_ort_fp32']:.2f}x** | {r['quality']} | {r['max_abs_err']:.2g} | {r['note']} |"
-        )
-    return "\n".join(out) + "\n"
+    from common import four_engines_md
+
+    return four_engines_md(
+        rows, "quality vs ort fp32 (32 held-out images)", "max abs err", "max_abs_err", ".2g"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

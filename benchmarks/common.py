@@ -200,3 +200,22 @@ def four_engines_rows(
             "note": notes.get(name, ""),
         })  # fmt: skip
     return rows
+
+
+def four_engines_md(rows: list[dict[str, Any]], quality: str, err: str, err_key: str,
+                    err_fmt: str = ".3g") -> str:  # fmt: skip
+    """The markdown table of :func:`four_engines_rows` rows (``quality`` / ``err``: the headers of
+    the quality column and of the ``err_key`` column)."""
+    out = [
+        f"| model | engine | median ms | min ms | vs ort fp32 | {quality} | {err} | note |",
+        "|---|---|---:|---:|---:|---|---:|---|",
+    ]
+    for r in rows:
+        if "median_ms" not in r:
+            out.append(f"| {r['model']} | {r['engine']} | – | – | – | – | – | {r['note']} |")
+            continue
+        out.append(
+            f"| {r['model']} | {r['engine']} | {r['median_ms']:.3f} | {r['min_ms']:.3f} | "
+            f"**{r['vs_ort_fp32']:.2f}x** | {r['quality']} | {r[err_key]:{err_fmt}} | {r['note']} |"
+        )
+    return "\n".join(out) + "\n"
