@@ -95,33 +95,19 @@ def _const_of(v: Value | None) -> np.ndarray | None:
 
 # --- nn ---------------------------------------------------------------------------------------------
 @register_lowering("conv2d")
+@register_lowering("conv_transpose2d")
 def _conv2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     at = node.attrs
-    y = R.nn.conv2d(
-        a[0],
-        a[1],
-        strides=tuple(at["strides"]),
-        padding=tuple(at["pads"]),  # (top, left, bottom, right) in both mcopt and TVM
-        dilation=tuple(at["dilations"]),
-        groups=int(at["groups"]),
-    )
-    if len(a) > 2 and a[2] is not None:
-        y = R.add(ctx.emit(y), _channel_vector(ctx, node.inputs[2], a[2], 4))
-    return y
-
-
-@register_lowering("conv_transpose2d")
-def _conv_transpose2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
-    at = node.attrs
-    y = R.nn.conv2d_transpose(
-        a[0],
-        a[1],
-        strides=tuple(at["strides"]),
-        padding=tuple(at["pads"]),  # (top, left, bottom, right) in both mcopt and TVM
-        output_padding=tuple(at["output_padding"]),
-        dilation=tuple(at["dilations"]),
-        groups=int(at["groups"]),
-    )
+    common = {
+        "strides": tuple(at["strides"]),
+        "padding": tuple(at["pads"]),  # (top, left, bottom, right) in both mcopt and TVM
+        "dilation": tuple(at["dilations"]),
+        "groups": int(at["groups"]),
+    }
+    if node.op == "conv_transpose2d":
+        y = R.nn.conv2d_transpose(a[0], a[1], output_padding=tuple(at["output_padding"]), **common)
+    else:
+        y = R.nn.conv2d(a[0], a[1], **common)
     if len(a) > 2 and a[2] is not None:
         y = R.add(ctx.emit(y), _channel_vector(ctx, node.inputs[2], a[2], 4))
     return y
