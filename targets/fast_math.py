@@ -57,6 +57,14 @@ def fast_silu(v: Any, lanes: int = 1) -> Any:
     return v * fast_sigmoid(v, lanes)
 
 
+def numpy_silu(v: Any) -> Any:
+    """:func:`fast_silu`'s function in numpy (the same clamp of the exponent), for the kernels'
+    numpy twins."""
+    import numpy as np
+
+    return v / (1.0 + np.exp(-np.clip(v, -_EXP_MAX, _EXP_MAX)))
+
+
 def silu_lines(val: str, scratch: Callable[[int], str]) -> tuple[list[str], str]:
     """TVMScript statements computing ``silu(val)`` for text-generated kernels (Winograd's output
     transform): ``(lines, expr)``, the intermediates stored in ``scratch(0..3)`` (buffer elements
@@ -82,4 +90,4 @@ def silu_lines(val: str, scratch: Callable[[int], str]) -> tuple[list[str], str]
     return lines, f"{v} / ({f(1.0)} + {e})"
 
 
-__all__ = ["fast_exp", "fast_sigmoid", "fast_silu", "silu_lines"]
+__all__ = ["fast_exp", "fast_sigmoid", "fast_silu", "numpy_silu", "silu_lines"]

@@ -122,8 +122,9 @@ class Epilogue:
         if self.residual:
             value = value + residual
         if self.activation == "silu":
-            lim = 88.3762626647949  # fast_exp's clamp
-            return value / (1.0 + np.exp(-np.clip(value, -lim, lim)))
+            from mcopt.targets.fast_math import numpy_silu
+
+            return numpy_silu(value)
         if self.activation == "hard_swish":
             return value * np.clip(value + 3.0, 0.0, 6.0) / 6.0
         if self.activation == "hard_sigmoid":

@@ -154,7 +154,9 @@ class QEpilogue:
         if self.post_act == "hard_swish":
             y = (y * np.clip(y / np.float32(6) + np.float32(0.5), 0, 1)).astype(np.float32)
         if self.post_act == "silu":
-            y = (y / (1 + np.exp(-np.clip(y, -88.0, 88.0)))).astype(np.float32)
+            from mcopt.targets.fast_math import numpy_silu
+
+            y = numpy_silu(y).astype(np.float32)
         if self.q_dtype is None:
             return y
         q = np.rint(y / np.float32(self.q_scale)) + np.float32(self.q_zp)
