@@ -26,6 +26,10 @@ def node_blocks_batch(node: Node) -> str | None:
         shape = tuple(a["shape"])
         if not shape or not x.shape or shape[0] != x.shape[0]:
             return f"reshape {list(x.shape)} -> {list(shape)} changes dim 0"
+    elif node.op == "expand" and x is not None:
+        shape = tuple(a["shape"])
+        if len(shape) != rank or shape[0] != x.shape[0]:
+            return f"expand {list(x.shape)} -> {list(shape)} changes dim 0"
     elif node.op == "flatten":
         ax = a["axis"] + rank if a["axis"] < 0 else a["axis"]
         if ax == 0:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from mcopt.ir.core import Node
 from mcopt.onnx_io.export_compressed import (
@@ -64,6 +64,11 @@ for _op, _onnx in {
     "mul": "Mul",
     "div": "Div",
     "pow": "Pow",
+    "maximum": "Max",
+    "minimum": "Min",
+    "equal": "Equal",
+    "less": "Less",
+    "greater": "Greater",
     "prelu": "PRelu",
     "matmul": "MatMul",
     "global_avg_pool": "GlobalAveragePool",
@@ -258,6 +263,40 @@ def reshape(e: _Exporter, n: Node) -> None:
         target[0] = 0  # copy the (symbolic) batch from the input; batch_blocker checked dim 0 stays
     shape = e.init(target, f"{n.name}_shape")
     e.add("Reshape", [ins[0], shape], outs, n.name)
+
+
+@exports("embedding")
+def embedding(e: _Exporter, n: Node) -> None:
+    """``Gather`` of the table with a zero row appended, at ``Clip(int64(i), -1, rows)``: an index
+    outside ``[0, rows)`` reads the zero row (Gather takes -1 as the last row)."""
+    ins, outs = _io(e, n)
+    table = n.inputs[1]
+    assert table is not None and table.const is not None
+    rows = table.shape[0]
+    padded = np.concatenate([table.const, np.zeros((1, table.shape[1]), table.const.dtype)])
+    t = e.init(padded, f"{n.name}_table", padded.dtype)
+    i64 = e.fresh(f"{n.name}_i64")
+    e.add("Cast", [ins[0]], [i64], e.fresh(f"{n.name}_cast"), to=TensorProto.INT64)
+    lo, hi = (
+        e.init(np.array(-1, np.int64), f"{n.name}_lo"),
+        e.init(np.array(rows, np.int64), f"{n.name}_hi"),
+    )
+    clipped = e.fresh(f"{n.name}_clip")
+    e.add("Clip", [i64, lo, hi], [clipped], e.fresh(f"{n.name}_clip"))
+    e.add("Gather", [t, clipped], outs, n.name, axis=0)
+
+
+@exports("expand")
+def expand(e: _Exporter, n: Node) -> None:
+    """``Expand`` to the output shape with 1 wherever the input already has the size (ONNX's
+    broadcast keeps those dims, so a symbolic batch passes through)."""
+    ins, outs = _io(e, n)
+    x = n.inputs[0]
+    assert x is not None
+    full = list(n.attrs["shape"])
+    lead = len(full) - x.type.rank
+    target = [1 if i >= lead and x.shape[i - lead] == d else d for i, d in enumerate(full)]
+    e.add("Expand", [ins[0], e.init(target, f"{n.name}_shape")], outs, n.name)
 
 
 @exports("flatten")

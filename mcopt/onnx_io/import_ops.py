@@ -376,6 +376,27 @@ def sum_(c: NodeCtx) -> None:
     c.set_out(0, y)
 
 
+@handles("Max", "Min")
+def max_min(c: NodeCtx) -> None:
+    xs = [c.x(i) for i in range(len(c.inputs)) if c.inp(i) is not None]
+    op = "maximum" if c.op_type == "Max" else "minimum"
+    y = xs[0] if len(xs) > 1 else c.emit("identity", xs)
+    for x in xs[1:]:
+        y = c.emit(op, [y, x])
+    c.set_out(0, y)
+
+
+_COMPARE = {"Equal": "equal", "Less": "less", "Greater": "greater"}
+
+
+@handles(*_COMPARE)
+def compare(c: NodeCtx) -> None:
+    a, b = c.x(0), c.x(1)
+    if a.dtype != b.dtype:
+        raise c.fail(f"input dtypes differ ({a.type} and {b.type}); ONNX requires one type")
+    c.set_out(0, c.emit(_COMPARE[c.op_type], [a, b]))
+
+
 # --- tensor manipulation --------------------------------------------------------------------------
 @handles("Concat")
 def concat(c: NodeCtx) -> None:
@@ -401,6 +422,19 @@ def reshape(c: NodeCtx) -> None:
     if math.prod(out) != x.type.size:
         raise c.fail(f"cannot reshape {x.type} to {shape} (resolved {out})")
     c.set_out(0, c.emit("reshape", [x], {"shape": tuple(out)}))
+
+
+@handles("Expand")
+def expand(c: NodeCtx) -> None:
+    x = c.x(0)
+    shape = tuple(_ints(c.need_const(1, "the target shape")))
+    try:
+        out = tuple(int(d) for d in np.broadcast_shapes(x.shape, shape))
+    except ValueError:
+        raise c.fail(f"cannot broadcast {x.type} to {list(shape)}") from None
+    c.set_out(
+        0, c.emit("expand", [x], {"shape": out}) if out != x.shape else c.emit("identity", [x])
+    )
 
 
 @handles("Flatten")

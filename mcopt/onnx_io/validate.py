@@ -733,6 +733,14 @@ def _constants(graph: onnx.GraphProto) -> dict[str, TensorProto]:
     return {k: v for k, v in out.items() if k not in inputs}  # an input may override its default
 
 
+# ops where an infinite constant is an idiom, not a broken weight: the identity of Max / Min
+# (jax2tf's softmax takes Max(-inf, ReduceMax(x))), an open Clip bound, a masked value picked by
+# Where, or one side of a comparison
+_INF_IDIOMS = frozenset(
+    {"Max", "Min", "Clip", "Where", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Equal"}
+)
+
+
 def check_finite(
     model: onnx.ModelProto,
     source: str,
@@ -747,9 +755,11 @@ def check_finite(
     names = names or NodeNames(graph)
     consts = _constants(graph)
     used: dict[str, int] = {}
+    users: dict[str, set[str]] = {}
     for i, n in enumerate(graph.node):
         for x in n.input:
             used.setdefault(x, i)
+            users.setdefault(x, set()).add(n.op_type)
     outputs = {v.name for v in graph.output}
     problems: list[str] = []
     for name, t in consts.items():
@@ -766,6 +776,8 @@ def check_finite(
         kind = " and ".join(
             s for s in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} Inf" if n_inf else "") if s
         )
+        if not n_nan and users.get(name, set()) <= _INF_IDIOMS:
+            continue  # -inf as Max's identity, a Clip bound, a mask value chosen by Where
         first = int(np.flatnonzero(~finite)[0])
         where = tuple(int(v) for v in np.unravel_index(first, tuple(t.dims))) if t.dims else ()
         problems.append(

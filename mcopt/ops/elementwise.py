@@ -270,6 +270,32 @@ _binary("sub", np.subtract, "y = a - b (numpy broadcasting)", _F)
 _binary("mul", np.multiply, "y = a * b (numpy broadcasting)", _F | {"commutative"})
 _binary("div", _div, "y = a / b (numpy broadcasting; integers truncate toward zero)")
 _binary("pow", _pow, "y = a ** b (numpy broadcasting)")
+_binary("maximum", np.maximum, "y = max(a, b) (numpy broadcasting; ONNX Max)", _F | {"commutative"})
+_binary("minimum", np.minimum, "y = min(a, b) (numpy broadcasting; ONNX Min)", _F | {"commutative"})
+
+
+# --- comparisons ------------------------------------------------------------------------------------
+def _compare(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], doc: str) -> None:
+    def ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.asarray(fn(a, b), dtype=bool)
+
+    ref.__name__ = f"{name}_ref"
+    register_op(
+        OpSchema(
+            name=name,
+            inputs=("a", "b"),
+            check=_binary_check,
+            infer=lambda t, a: [TensorType(_binary_infer(t, a)[0].shape, "bool")],
+            reference=ref,
+            elementwise=True,
+            doc=doc,
+        )
+    )
+
+
+_compare("equal", np.equal, "y = (a == b), bool (numpy broadcasting; ONNX Equal)")
+_compare("less", np.less, "y = (a < b), bool (numpy broadcasting; ONNX Less)")
+_compare("greater", np.greater, "y = (a > b), bool (numpy broadcasting; ONNX Greater)")
 
 
 # --- prelu ----------------------------------------------------------------------------------------

@@ -221,6 +221,36 @@ def _matmul_macs(t: InTypes, out: list[TensorType], a: Attrs) -> int:
     return out[0].size * x.shape[-1]
 
 
+# --- embedding ------------------------------------------------------------------------------------
+def _embedding_check(t: InTypes, a: Attrs) -> str | None:
+    i, table = t[0], t[1]
+    assert i is not None and table is not None
+    if np.dtype(i.dtype).kind not in "iu":
+        return f"indices {i} must be integers"
+    if table.rank != 2 or not is_float(table):
+        return f"table {table} must be a 2-D float tensor (rows, features)"
+    return None
+
+
+def embedding_ref(indices: np.ndarray, table: np.ndarray) -> np.ndarray:
+    ok = (indices >= 0) & (indices < table.shape[0])
+    rows = table[np.where(ok, indices, 0).astype(np.int64)]
+    return np.where(ok[..., None], rows, 0).astype(table.dtype, copy=False)
+
+
+register_op(
+    OpSchema(
+        name="embedding",
+        inputs=("indices", "table"),
+        check=_embedding_check,
+        infer=lambda t, a: [TensorType((*t[0].shape, t[1].shape[1]), t[1].dtype)],  # type: ignore[union-attr]
+        reference=embedding_ref,
+        doc="y[..., :] = table[i] for 0 <= i < rows, zeros for other i: one_hot(i, rows) @ table "
+        "as a row lookup (Magika's byte embedding, exported as Equal + Cast + MatMul).",
+    )
+)
+
+
 register_op(
     OpSchema(
         name="matmul",

@@ -1,4 +1,4 @@
-"""Data-movement ops: reshape, flatten, transpose, squeeze/unsqueeze, concat, split, slice, pad,
+"""Data-movement ops: reshape, flatten, transpose, expand, squeeze/unsqueeze, concat, split, slice, pad,
 reduce_mean. Attributes are fully resolved (the importer folds ONNX shape/axes inputs)."""
 
 from __future__ import annotations
@@ -114,6 +114,30 @@ _op(
     lambda t, a: [TensorType(tuple(_x(t).shape[p] for p in a["perm"]), _x(t).dtype)],
     lambda x, perm: np.ascontiguousarray(np.transpose(x, perm)),
     "y = x with axes permuted: y.shape[i] = x.shape[perm[i]]",
+)
+
+
+def _expand_check(t: InTypes, a: Attrs) -> str | None:
+    x = _x(t)
+    if reason := bad_ints(a, "shape", lo=0):
+        return reason + " (the fully resolved output shape)"
+    try:
+        out = tuple(int(d) for d in np.broadcast_shapes(x.shape, tuple(a["shape"])))
+    except ValueError:
+        return f"cannot broadcast {x} to {list(a['shape'])}"
+    if out != tuple(a["shape"]):
+        return f"broadcasting {x} to {list(a['shape'])} gives {list(out)}; give that shape"
+    return None
+
+
+_op(
+    "expand",
+    ("x",),
+    {"shape": REQUIRED},
+    _expand_check,
+    lambda t, a: [TensorType(a["shape"], _x(t).dtype)],
+    lambda x, shape: np.ascontiguousarray(np.broadcast_to(x, shape)),
+    "y = x broadcast (numpy rules) to `shape`, the resolved output shape (ONNX Expand)",
 )
 
 

@@ -202,6 +202,19 @@ def _arith(node: Node, b: Builder) -> Callable[..., Any]:
 
 form("add", "sub", "mul", "div", "pow")(_arith)
 
+_ELEMENTWISE2: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "maximum": torch.maximum,
+    "minimum": torch.minimum,
+    "equal": torch.eq,
+    "less": torch.lt,
+    "greater": torch.gt,
+}
+
+
+@form(*_ELEMENTWISE2)
+def _elementwise2(node: Node, b: Builder) -> Callable[..., Any]:
+    return _ELEMENTWISE2[node.op]
+
 
 # --- linear layers ---------------------------------------------------------------------------------
 @form("conv2d")
@@ -401,6 +414,29 @@ def _reshape(node: Node, b: Builder) -> Callable[..., Any]:
         raise b.refuse(f"the reshape {list(x.shape)} -> {list(shape)} changes dim 0, the batch")
     rest = shape[1:]
     return lambda t: t.reshape((t.shape[0], *rest))
+
+
+@form("embedding")
+def _embedding(node: Node, b: Builder) -> Callable[..., Any]:
+    b.param(1)
+
+    def lookup(i: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        rows = table.shape[0]
+        ok = (i >= 0) & (i < rows)
+        return table[i.clamp(0, rows - 1).long()] * ok.unsqueeze(-1).to(table.dtype)
+
+    return lookup
+
+
+@form("expand")
+def _expand(node: Node, b: Builder) -> Callable[..., Any]:
+    x = node.inputs[0]
+    assert x is not None
+    shape = tuple(node.attrs["shape"])
+    if len(shape) != x.type.rank or shape[0] != x.shape[0]:
+        raise b.refuse(f"the expand {list(x.shape)} -> {list(shape)} changes dim 0, the batch")
+    rest = shape[1:]
+    return lambda t: t.expand((t.shape[0], *rest))
 
 
 @form("flatten")

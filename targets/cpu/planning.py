@@ -39,7 +39,8 @@ import numpy as np
 
 from mcopt.errors import OptionError
 from mcopt.ir.core import Graph, Node, Value
-from mcopt.ir.types import BlockedLayout, Sparse, TensorType
+from mcopt.ir.types import BlockedLayout, Sparse, TensorType, UniformQuant
+from mcopt.ops import get_schema
 from mcopt.ops.winograd import winograd_weight_inverse
 from mcopt.targets.cpu.plan import MAX_DENSE_GROUPS, FusedOp, Plan, block_for, plan_graph
 from mcopt.targets.cpu.plan_int8 import QGroup, merge_duplicate_quantize, sink_quantize
@@ -197,6 +198,74 @@ def _pointwise_transposed(graph: Graph, lanes: int) -> None:
             y = graph.add_node("transpose", [y], {"perm": (0, 1, 4, 2, 5, 3)}, before=node).output
             out = Node("reshape", [y], [], {"shape": (n, o, h * kh, wd * kw)}, node.name)
         graph.replace_nodes(chain, out)
+
+
+def _rows_as_width(graph: Graph) -> None:
+    """A conv over a one-pixel-wide image with a one-wide kernel (TensorFlow / JAX export a 1-D
+    conv as ``(N, C, L, 1)`` with a ``k x 1`` kernel: Magika's file-type model) runs with its rows
+    as the width: ``reshape(x, (N, C, 1, L)) -> conv(k on the width) -> reshape(N, O, L', 1)``.
+    The blocked kernels tile and vectorize the output row, which is one pixel wide the other way
+    round (Magika's 256->512 conv: 5.9 ms, 3.2 ms swapped). Only views are added; the weight is
+    the same numbers reshaped ``(O, I, k, 1) -> (O, I, 1, k)``. Exact."""
+    for node in list(graph.iter_nodes()):
+        if node.op not in ("conv2d", "qconv2d"):
+            continue
+        x, w = node.inputs[0], node.inputs[1]
+        if x is None or w is None or w.const is None or x.type.rank != 4:
+            continue
+        enc = w.type.encoding
+        if enc is not None and not (isinstance(enc, UniformQuant) and enc.axis in (None, 0)):
+            continue
+        n, c, h, wd = x.shape
+        o, i, kh, kw = w.shape
+        a = node.attrs
+        pt, pl, pb, pr = a["pads"]
+        if wd != 1 or kw != 1 or h == 1 or pl or pr:
+            continue
+        w2 = graph.const(
+            np.asarray(w.const).reshape(o, i, 1, kh), name=f"{w.name}_rows", encoding=enc
+        )
+        xr = graph.add_node("reshape", [x], {"shape": (n, c, 1, h)}, before=node).output
+        attrs = dict(a)
+        attrs["pads"] = (0, pt, 0, pb)
+        attrs["strides"] = (1, a["strides"][0])
+        attrs["dilations"] = (1, a["dilations"][0])
+        y = graph.add_node(
+            node.op, [xr, w2, *node.inputs[2:]], attrs, name=f"{node.name}_rows", before=node
+        ).output
+        chain = [node]
+        while (nxt := _spatially_uniform_user(graph, chain[-1].output)) is not None:
+            ins = [y if v is chain[-1].output else v for v in nxt.inputs]
+            y = graph.add_node(
+                nxt.op, ins, dict(nxt.attrs), name=f"{nxt.name}_rows", before=node
+            ).output
+            chain.append(nxt)  # bias, activation: before the reshape, so the conv's epilogue
+        out_shape = chain[-1].output.shape
+        graph.replace_nodes(chain, Node("reshape", [y], [], {"shape": out_shape}, chain[-1].name))
+
+
+def _spatially_uniform_user(graph: Graph, v: Value) -> Node | None:
+    """The one reader of the 4-D ``v`` when it is elementwise and its other inputs are constants
+    that do not vary over the two spatial dims (a bias, a per-channel scale, an activation's
+    parameters): then it reads the same numbers with H and W swapped."""
+    if len(v.uses) != 1 or any(o is v for o in graph.outputs):
+        return None
+    user = v.uses[0][0]
+    if (
+        not get_schema(user.op).elementwise
+        or len(user.outputs) != 1
+        or user.output.shape != v.shape
+    ):
+        return None
+    for u in user.inputs:
+        if u is None or u is v:
+            continue
+        if u.const is None or u.type.rank > 4:
+            return None
+        full = (1,) * (4 - u.type.rank) + tuple(u.shape)
+        if full[2] != 1 or full[3] != 1:
+            return None
+    return user
 
 
 def _same(a: np.ndarray, v: Value | None) -> bool:
@@ -452,6 +521,7 @@ def plan_cpu(graph: Graph, target: Any = None, lanes: int | None = None) -> Grap
     g = graph.copy()
     forced = _unwinograd(g)
     _pointwise_transposed(g, lanes)
+    _rows_as_width(g)
     _flatten_dense(g)
     int8_lanes = int8_narrow = 0
     if any(n.op == "qconv2d" for n in g.nodes):

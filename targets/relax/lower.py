@@ -282,9 +282,42 @@ _BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "mul": R.multiply,
     "div": R.divide,
     "pow": R.power,
+    "maximum": R.maximum,
+    "minimum": R.minimum,
+    "equal": R.equal,
+    "less": R.less,
+    "greater": R.greater,
 }
 for _op, _fn in _BINARY.items():
     register_lowering(_op, lambda ctx, node, a, _f=_fn: _f(a[0], a[1]))
+
+
+@register_lowering("embedding")
+def _embedding(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """A row of the table per index; zeros for an index outside ``[0, rows)``."""
+    from tvm import te
+    from tvm import tirx as tir
+
+    def compute(idx: Any, table: Any) -> Any:
+        rows = int(table.shape[0])
+
+        def row(*ix: Any) -> Any:
+            i = idx(*ix[:-1])
+            ok = tir.all(i >= tir.const(0, idx.dtype), i < tir.const(rows, idx.dtype))
+            r = tir.Cast(
+                "int32",
+                tir.max(tir.min(i, tir.const(rows - 1, idx.dtype)), tir.const(0, idx.dtype)),
+            )
+            return tir.if_then_else(ok, table[r, ix[-1]], tir.const(0, table.dtype))
+
+        return te.compute((*idx.shape, table.shape[1]), row, name="embedding")
+
+    return ctx.bb.call_te(compute, a[0], a[1], primfunc_name_hint="embedding")
+
+
+@register_lowering("expand")
+def _expand(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return R.broadcast_to(a[0], relax.ShapeExpr(list(node.attrs["shape"])))
 
 
 def _passthrough(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
