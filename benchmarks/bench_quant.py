@@ -114,9 +114,15 @@ def ort_int8(proto: onnx.ModelProto, calib: list[dict], tmp: Path) -> onnx.Model
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     except Exception:  # pre-processing is optional
         pre = src
-    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)  # fmt: skip
+    kw = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+              weight_type=QuantType.QInt8)  # fmt: skip
+    try:
+        quantize_static(str(pre), str(dst), Reader(), **kw)
+    except ValueError:  # onnxruntime 1.2x's bias-scale adjustment fails on some graphs (Magika's
+        # per-channel bias: "truth value of an array ... is ambiguous"): what a user does is
+        # switch that adjustment off and quantize again
+        quantize_static(str(pre), str(dst), Reader(), **kw,
+                        extra_options={"QDQDisableWeightAdjustForInt32Bias": True})  # fmt: skip
     return onnx.load(dst)
 
 

