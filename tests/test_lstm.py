@@ -21,7 +21,10 @@ ort = pytest.importorskip("onnxruntime")
 T, B, F, H = 6, 2, 5, 4
 
 
-def _lstm_model(direction: str, bias: bool, states: bool, **attrs: object) -> onnx.ModelProto:
+def _lstm_model(
+    direction: str, bias: bool, states: bool, hid: int | None = None, **attrs: object
+) -> onnx.ModelProto:
+    H = hid or globals()["H"]  # noqa: N806
     d = 2 if direction == "bidirectional" else 1
     rng = np.random.default_rng(len(direction) + 2 * bias + states)
     inits = [numpy_helper.from_array(rng.standard_normal((d, 4 * H, F)).astype(np.float32), "W"),
@@ -59,6 +62,50 @@ def test_lstm_matches_onnxruntime(direction: str, bias: bool, states: bool) -> N
         feeds |= {n: rng.standard_normal((d, B, H)).astype(np.float32) for n in ("h0", "c0")}
     pytest.importorskip("tvm")
     assert_routes_match(outputs_by_route(m, feeds, passes=["cleanup"]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "direction, bias, states",
+    [("forward", True, False), ("reverse", True, True), ("bidirectional", False, True)],
+)
+def test_lstm_sequence_kernel_matches_onnxruntime(direction: str, bias: bool, states: bool) -> None:
+    """A hidden size the SIMD width divides: the CPU build runs the whole recurrence as one kernel
+    (targets/cpu/kernels/lstm.py); inputs large enough to saturate the gates (the exp clamp)."""
+    hid = 32
+    m = _lstm_model(direction, bias, states, hid=hid)
+    rng = np.random.default_rng(9)
+    feeds = {"x": (rng.standard_normal((T, B, F)) * 4).astype(np.float32)}
+    if states:
+        d = 2 if direction == "bidirectional" else 1
+        feeds |= {n: rng.standard_normal((d, B, hid)).astype(np.float32) for n in ("h0", "c0")}
+    pytest.importorskip("tvm")
+    res = mcopt.optimize(m, target="cpu", passes=["cleanup"], measure=False, check=False)
+    calls = [r["name"] for r in res.compiled.profile(feeds, repeat=1)]
+    assert any(c.startswith("lstm_sequence") for c in calls), calls
+    assert_routes_match(outputs_by_route(m, feeds, passes=["cleanup"]), rtol=1e-5, atol=1e-5)
+
+
+def test_lstm_sequence_kernel_against_its_reference() -> None:
+    """The kernel alone (both SIMD widths the CPU builds use) against its float64 numpy twin."""
+    tvm = pytest.importorskip("tvm")
+    from mcopt.targets.cpu.kernels import lstm as LK
+    from mcopt.targets.cpu.kernels.target_info import host_target
+
+    S, Bt, Hd, D = 5, 2, 32, 2  # noqa: N806
+    rng = np.random.default_rng(4)
+    proj = (rng.standard_normal((S * Bt, D * 4 * Hd)) * 3).astype(np.float32)
+    r = (rng.standard_normal((D, 4 * Hd, Hd)) / 4).astype(np.float32)
+    h0 = rng.standard_normal((D, Bt, Hd)).astype(np.float32)
+    c0 = rng.standard_normal((D, Bt, Hd)).astype(np.float32)
+    ref = LK.reference(proj, r, h0, c0, S, Bt, Hd, D, False)
+    dev = tvm.cpu()
+    for lanes in (8, 16):
+        f = LK.lstm_sequence(S, Bt, Hd, D, False, True, True, lanes)
+        lib = tvm.compile(tvm.IRModule({"main": f}), target=host_target())
+        args = [tvm.runtime.tensor(a, dev) for a in (proj, LK.pack_recurrent(r, lanes), h0, c0)]
+        out = tvm.runtime.tensor(np.zeros((S + 1, D, Bt, Hd), np.float32), dev)
+        lib["main"](*args, out)
+        np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=2e-6)
 
 
 def test_batch_major_lstm_matches_onnxruntime() -> None:

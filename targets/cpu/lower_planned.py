@@ -678,15 +678,11 @@ def _lower_node(vals: _Values, node: Node, target: Any) -> None:
         return
     if node.op == "softmax" and _lower_softmax(vals, node):
         return
-    if node.op == "lstm":  # its products with constant weights on the packed dense kernel
-        from mcopt.targets.relax.lower import lower_lstm
-
-        def dense(x: Any, w: np.ndarray, b: np.ndarray | None, res: Any) -> Any:
-            return K.emit_dense(vals.ctx.bb, x, np.asarray(w, np.float32), b, residual=res,
-                                target=target)  # fmt: skip
+    if node.op == "lstm":  # one dense for the input projection, the recurrence as one kernel
+        from mcopt.targets.cpu.lower_lstm import emit_lstm
 
         args = [vals.plain_of(v) for v in node.inputs]
-        outs = _emit_outputs(vals.ctx, node, lower_lstm(vals.ctx, node, args, dense))
+        outs = _emit_outputs(vals.ctx, node, emit_lstm(vals.ctx, node, args, vals.lanes, target))
         for v, e in zip(node.outputs, outs):
             vals.set_plain(v, e)
         return
