@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator
 import mcopt
 from mcopt import interpreter
 from mcopt.errors import UnsupportedOpError
-from mcopt.onnx_io import import_model
+from mcopt.onnx_io import export_model, import_model
 from mcopt.testing.routes import assert_routes_match, outputs_by_route
 
 ort = pytest.importorskip("onnxruntime")
@@ -187,3 +187,67 @@ def test_lstm_refusals_are_one_line(attrs: dict, fragment: str) -> None:
         import_model(_lstm_model("forward", True, False, **attrs))
     msg = str(e.value)
     assert fragment in msg and "LSTM" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_quantize_int8_makes_lstm_weights_int8(direction: str) -> None:
+    """``quantize-int8`` turns the LSTM into ``qlstm`` (int8 W and R, one scale per gate row):
+    the interpreter, the ONNX export (Cast + Mul + LSTM) and the CPU build (the recurrence kernel
+    reading the int8 codes) agree on the quantized graph, which stays close to the float one."""
+    from mcopt.pass_manager import PassContext, PassManager
+
+    hid = 32
+    m = _lstm_model(direction, True, True, hid=hid)
+    for t in m.graph.initializer:  # trained-like magnitudes: the gates not saturated
+        if t.name in ("W", "R"):
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 0.2, t.name))
+    rng = np.random.default_rng(5)
+    d = 2 if direction == "bidirectional" else 1
+    feeds = {"x": rng.standard_normal((T, B, F)).astype(np.float32)}
+    feeds |= {n: rng.standard_normal((d, B, hid)).astype(np.float32) for n in ("h0", "c0")}
+    g = import_model(m)
+    PassManager(["cleanup", "quantize-int8"]).run(g, PassContext())
+    (node,) = [n for n in g.nodes if n.op in ("lstm", "qlstm")]
+    assert node.op == "qlstm" and node.inputs[1].dtype == node.inputs[2].dtype == "int8"
+    ref = interpreter.run(g, [feeds[v.name] for v in g.inputs])
+    exported = ort.InferenceSession(export_model(g).SerializeToString()).run(None, feeds)
+    floats = ort.InferenceSession(m.SerializeToString()).run(None, feeds)
+    for a, b, f in zip(ref, exported, floats):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+        assert 0 < np.abs(a - f).max() < 0.05  # lossy, a little
+    pytest.importorskip("tvm")
+    res = mcopt.optimize(m, target="cpu", passes=["cleanup", "quantize-int8"], measure=False,
+                         check=False)  # fmt: skip
+    calls = [r["name"] for r in res.compiled.profile(feeds, repeat=1)]
+    assert any(c.startswith("lstm_sequence") for c in calls), calls
+    for a, c in zip(ref, res.compiled.run(dict(feeds))):
+        np.testing.assert_allclose(c, a, rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_int8_recurrent_false_keeps_the_float_lstm() -> None:
+    from mcopt.pass_manager import PassContext, PassManager
+
+    g = import_model(_lstm_model("forward", True, False))
+    PassManager(["cleanup", "quantize-int8:recurrent=false"]).run(g, PassContext())
+    assert [n.op for n in g.nodes if "lstm" in n.op] == ["lstm"]
+
+
+def test_int8_recurrence_kernel_against_its_reference() -> None:
+    tvm = pytest.importorskip("tvm")
+    from mcopt.ops.recurrent import dequantize_rows
+    from mcopt.targets.cpu.kernels import lstm as LK
+    from mcopt.targets.cpu.kernels.target_info import host_target
+
+    S, Bt, Hd, D = 4, 1, 16, 2  # noqa: N806
+    rng = np.random.default_rng(8)
+    proj = rng.standard_normal((S * Bt, D * 4 * Hd)).astype(np.float32)
+    q = rng.integers(-127, 128, (D, 4 * Hd, Hd)).astype(np.int8)
+    rs = (rng.random((D, 4 * Hd)) / 200 + 1e-3).astype(np.float32)
+    ref = LK.reference(proj, dequantize_rows(q, rs), None, None, S, Bt, Hd, D, False)
+    f = LK.lstm_sequence(S, Bt, Hd, D, False, False, False, 16, int8=True)
+    lib = tvm.compile(tvm.IRModule({"main": f}), target=host_target())
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in (proj, LK.pack_recurrent(q, 16), rs)]
+    out = tvm.runtime.tensor(np.zeros((S + 1, D, Bt, Hd), np.float32), dev)
+    lib["main"](*args, out)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=2e-6)

@@ -106,6 +106,31 @@ def lstm(e: _Exporter, n: Node) -> None:
           direction=str(n.attrs["direction"]))  # fmt: skip
 
 
+@exports("qlstm")
+def qlstm(e: _Exporter, n: Node) -> None:
+    """The int8 codes stored as they are, ``Cast`` to float and scaled per gate row (``Mul`` by
+    the scales as ``(D, 4H, 1)``) before an ``LSTM`` (onnxruntime folds the two into its float
+    weights at load; the file keeps one byte per weight)."""
+    ins = [e.name_of(v) for v in n.inputs] + [""] * (8 - len(n.inputs))
+    weights = []
+    for q, s, tag in ((ins[1], ins[3], "w"), (ins[2], ins[4], "r")):
+        f, y = e.fresh(f"{n.name}_{tag}_float"), e.fresh(f"{n.name}_{tag}")
+        sc = e.fresh(f"{n.name}_{tag}_scale_col")
+        e.add("Cast", [q], [f], e.fresh(f"{n.name}_{tag}_cast"), to=TensorProto.FLOAT)
+        if e.opset >= 13:
+            axes = e.init([2], f"{n.name}_{tag}_axes")
+            e.add("Unsqueeze", [s, axes], [sc], e.fresh(f"{n.name}_{tag}_unsqueeze"))
+        else:
+            e.add("Unsqueeze", [s], [sc], e.fresh(f"{n.name}_{tag}_unsqueeze"), axes=[2])
+        e.add("Mul", [f, sc], [y], e.fresh(f"{n.name}_{tag}_scale"))
+        weights.append(y)
+    lstm_ins = [ins[0], *weights, ins[5], "", ins[6], ins[7]]
+    while lstm_ins and lstm_ins[-1] == "":
+        lstm_ins.pop()
+    e.add("LSTM", lstm_ins, [o.name for o in n.outputs], n.name,
+          hidden_size=int(n.attrs["hidden_size"]), direction=str(n.attrs["direction"]))  # fmt: skip
+
+
 @exports("conv2d")
 def conv2d(e: _Exporter, n: Node) -> None:
     ins, outs = _io(e, n)

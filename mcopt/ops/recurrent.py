@@ -1,4 +1,5 @@
-"""Recurrent ops: ``lstm`` (ONNX's LSTM, time-major, default activations, no peepholes).
+"""Recurrent ops: ``lstm`` (ONNX's LSTM, time-major, default activations, no peepholes) and
+``qlstm``, the same with int8 weights (one scale per gate row).
 
 With ``x (T, B, I)``, per direction ``d`` (``reverse`` runs t = T-1 .. 0; ``bidirectional`` is a
 forward direction 0 and a reverse direction 1), gates in ONNX's ``i, o, f, c`` order::
@@ -109,4 +110,65 @@ register_op(
     )
 )
 
-__all__ = ["DIRECTIONS", "lstm_ref"]
+
+# --- qlstm: int8 weights ------------------------------------------------------------------------------
+def _qlstm_float_types(t: InTypes) -> list[TensorType | None]:
+    """``qlstm``'s input types as ``lstm``'s: the int8 weights as the float32 they stand for."""
+    x, w, r = t[0], t[1], t[2]
+    rest = list(t[5:])
+    f = [None if v is None else TensorType(v.shape, "float32") for v in (w, r)]
+    return [x, *f, *rest]
+
+
+def _qlstm_check(t: InTypes, a: Attrs) -> str | None:
+    w, r, ws, rs = t[1], t[2], t[3], t[4]
+    for name, v in (("w", w), ("r", r)):
+        if v is None or v.dtype != "int8":
+            return f"{name} must be int8 codes, got {v}"
+    for name, v, q in (("w_scale", ws, w), ("r_scale", rs, r)):
+        assert q is not None
+        if v is None or v.dtype != "float32" or tuple(v.shape) != tuple(q.shape[:2]):
+            return f"{name} must be float32 {list(q.shape[:2])} (one scale per gate row), got {v}"
+    return _lstm_check(_qlstm_float_types(t), a)
+
+
+def dequantize_rows(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``q * scale[..., None]`` in float32: the weights a ``qlstm`` computes with."""
+    return (q.astype(np.float32) * scale[..., None].astype(np.float32)).astype(np.float32)
+
+
+def qlstm_ref(
+    x: np.ndarray,
+    w: np.ndarray,
+    r: np.ndarray,
+    w_scale: np.ndarray,
+    r_scale: np.ndarray,
+    b: np.ndarray | None = None,
+    initial_h: np.ndarray | None = None,
+    initial_c: np.ndarray | None = None,
+    *,
+    hidden_size: int,
+    direction: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return lstm_ref(
+        x, dequantize_rows(w, w_scale), dequantize_rows(r, r_scale), b, initial_h, initial_c,
+        hidden_size=hidden_size, direction=direction,
+    )  # fmt: skip
+
+
+register_op(
+    OpSchema(
+        name="qlstm",
+        inputs=("x", "w", "r", "w_scale", "r_scale", "b?", "initial_h?", "initial_c?"),
+        attrs={"hidden_size": REQUIRED, "direction": "forward"},
+        check=_qlstm_check,
+        infer=lambda t, a: _lstm_infer(_qlstm_float_types(t), a),
+        reference=qlstm_ref,
+        macs=lambda t, out, a: _lstm_macs(_qlstm_float_types(t), out, a),
+        doc="lstm with int8 weights: W = w * w_scale[..., None], R = r * r_scale[..., None] (one "
+        "symmetric scale per direction and gate row; quantize-int8's weight-only form), float "
+        "gates and states.",
+    )
+)
+
+__all__ = ["DIRECTIONS", "dequantize_rows", "lstm_ref", "qlstm_ref"]

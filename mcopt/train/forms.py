@@ -44,7 +44,9 @@ WAIVED: dict[str, str] = {
     op: _PLANNED for op in ("fused_conv2d", "fused_dense", "fused_qconv2d", "permute_channels")
 } | {
     "lstm": "time-major (batch on dim 1) while training forms hold the batch on dim 0; the "
-    "transpose that feeds a CRNN's LSTM is refused for the same reason"
+    "transpose that feeds a CRNN's LSTM is refused for the same reason",
+    "qlstm": "an lstm (time-major, see lstm) with int8 weights: train the float lstm before "
+    "quantize-int8",
 }
 
 

@@ -678,7 +678,7 @@ def _lower_node(vals: _Values, node: Node, target: Any) -> None:
         return
     if node.op == "softmax" and _lower_softmax(vals, node):
         return
-    if node.op == "lstm":  # one dense for the input projection, the recurrence as one kernel
+    if node.op in ("lstm", "qlstm"):  # one dense for the input projection, one recurrence kernel
         from mcopt.targets.cpu.lower_lstm import emit_lstm
 
         args = [vals.plain_of(v) for v in node.inputs]

@@ -477,6 +477,17 @@ def lower_lstm(ctx: LowerContext, node: Node, a: list[Any], dense: DenseFn | Non
     return [y, y_h, y_c]
 
 
+@register_lowering("qlstm")
+def _qlstm(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """The float LSTM of the dequantized weights ``w * w_scale[..., None]`` (the CPU build's
+    kernel reads the int8 codes instead: targets/cpu/lower_lstm.py)."""
+    wf, rf = (
+        R.multiply(R.astype(a[i], "float32"), R.expand_dims(a[i + 2], axis=-1)) for i in (1, 2)
+    )
+    rest = list(a[5:]) + [None] * (8 - len(a))
+    return lower_lstm(ctx, node, [a[0], ctx.emit(wf), ctx.emit(rf), *rest[:3]])
+
+
 @register_lowering("hard_sigmoid")
 def _hard_sigmoid(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     x, dtype = a[0], ctx.dtype_of(a[0])

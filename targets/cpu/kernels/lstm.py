@@ -41,7 +41,7 @@ def pack_recurrent(r: np.ndarray, lanes: int) -> np.ndarray:
     ``R[d, jo * rv L : (jo + 1) rv L, k]``."""
     d, g, h = r.shape
     w = pick_rv(g, lanes) * lanes
-    return np.ascontiguousarray(r.reshape(d, g // w, w, h).transpose(0, 1, 3, 2))
+    return np.ascontiguousarray(r.reshape(d, g // w, w, h).transpose(0, 1, 3, 2))  # any dtype
 
 
 def supported(hidden: int, lanes: int) -> bool:
@@ -67,9 +67,11 @@ def _exp_lines(arg: str, s: Any) -> tuple[list[str], str]:
 
 
 def script(seq: int, batch: int, hidden: int, dirs: int, reverse: bool, has_h0: bool,
-           has_c0: bool, lanes: int) -> str:  # fmt: skip
+           has_c0: bool, lanes: int, int8: bool = False) -> str:  # fmt: skip
     """TVMScript source of the kernel (see the module docstring). ``reverse``: a one-direction
-    LSTM that runs backwards (ONNX ``direction="reverse"``)."""
+    LSTM that runs backwards (ONNX ``direction="reverse"``). ``int8``: the recurrent weight is
+    int8 codes with one scale per gate row (``qlstm``): the codes are widened to float in the
+    product (a quarter of the bytes streamed per step) and the row's scale applied to the sum."""
     g4 = 4 * hidden
     rv = pick_rv(g4, lanes)
     w = rv * lanes
@@ -80,8 +82,10 @@ def script(seq: int, batch: int, hidden: int, dirs: int, reverse: bool, has_h0: 
     add("@T.prim_func")
     args = [
         f'proj: T.Buffer(({seq * batch}, {dirs * g4}), "float32")',
-        f'rp: T.Buffer(({dirs}, {nb}, {hidden}, {w}), "float32")',
+        f'rp: T.Buffer(({dirs}, {nb}, {hidden}, {w}), "{"int8" if int8 else "float32"}")',
     ]
+    if int8:
+        args.append(f'rs: T.Buffer(({dirs}, {g4}), "float32")')
     if has_h0:
         args.append(f'h0: T.Buffer(({dirs}, {batch}, {hidden}), "float32")')
     if has_c0:
@@ -108,14 +112,20 @@ def script(seq: int, batch: int, hidden: int, dirs: int, reverse: bool, has_h0: 
     add(f"                    for vi in T.unroll({rv}):")
     add(f"                        for l in T.vectorized({lanes}):")
     j = f"jo * {w} + vi * {lanes} + l"
-    add(f"                            G[d, b, {j}] = proj[{t} * {batch} + b, d * {g4} + {j}]")
+    pj = f"proj[{t} * {batch} + b, d * {g4} + {j}]"
+    add(f"                            G[d, b, {j}] = {'T.float32(0.0)' if int8 else pj}")
     add(f"                    for k in range({hidden}):")
     add(f"                        for vi in T.unroll({rv}):")
     add(f"                            for l in T.vectorized({lanes}):")
+    wv = f"rp[d, jo, k, vi * {lanes} + l]"
     add(
         f"                                G[d, b, {j}] = G[d, b, {j}] + HS[d, b, k] * "
-        f"rp[d, jo, k, vi * {lanes} + l]"
+        + (f'T.Cast("float32", {wv})' if int8 else wv)
     )
+    if int8:
+        add(f"                    for vi in T.unroll({rv}):")
+        add(f"                        for l in T.vectorized({lanes}):")
+        add(f"                            G[d, b, {j}] = {pj} + G[d, b, {j}] * rs[d, {j}]")
     # the gates and the state update, vectorized over hidden units
     add(f"                for ko in range({hidden // lanes}):")
     add(f"                    for l in T.vectorized({lanes}):")
@@ -146,12 +156,12 @@ def script(seq: int, batch: int, hidden: int, dirs: int, reverse: bool, has_h0: 
 
 
 def lstm_sequence(seq: int, batch: int, hidden: int, dirs: int, reverse: bool, has_h0: bool,
-                  has_c0: bool, lanes: int) -> Any:  # fmt: skip
-    """The scheduled PrimFunc ``(proj (S B, D 4H), rp (packed R), [h0 (D, B, H)], [c0], out (S + 1,
-    D, B, H))``; ``rp`` from :func:`pack_recurrent`."""
+                  has_c0: bool, lanes: int, int8: bool = False) -> Any:  # fmt: skip
+    """The scheduled PrimFunc ``(proj (S B, D 4H), rp (packed R), [rs (D, 4H): int8 only], [h0 (D,
+    B, H)], [c0], out (S + 1, D, B, H))``; ``rp`` from :func:`pack_recurrent`."""
     from tvm.script import from_source
 
-    func = from_source(script(seq, batch, hidden, dirs, reverse, has_h0, has_c0, lanes))
+    func = from_source(script(seq, batch, hidden, dirs, reverse, has_h0, has_c0, lanes, int8))
     if not hasattr(func, "body"):
         func = func["main"]
     return func.with_attr("tirx.is_scheduled", True)
