@@ -12,12 +12,16 @@ epilogue. With ``r = clip(x + 3, 0, 6)``:
 - ``x * r / 6``, ``(x * r) * (1/6)`` -> ``hard_swish(x)``;
 - ``x * hard_sigmoid(x, alpha=1/6, beta=0.5)`` -> ``hard_swish(x)``;
 - ``x * sigmoid(x)`` -> ``silu(x)`` (every exporter before ONNX's opset-24 ``Swish``: YOLOv5,
-  YOLOX, EfficientNet — two kernels and a tensor round trip per layer otherwise)
+  YOLOX, EfficientNet — two kernels and a tensor round trip per layer otherwise);
+- ``x * 0.5 * (1 + erf(x / sqrt 2))`` -> ``gelu(x)`` (every exporter before ONNX's opset-20
+  ``Gelu``: Paddle2ONNX's PP-OCRv5/v6, PyTorch's ViT / BERT exports), the products in any order and
+  ``x * (1/sqrt 2)`` for the division
 
 (either operand order of every add and mul; the constants are scalars within 1e-6 of 3, 6, 1/6).
 Hard-swish: Howard et al., "Searching for MobileNetV3", ICCV 2019; SiLU: Elfwing et al.,
 "Sigmoid-weighted linear units for neural network function approximation in reinforcement
-learning", 2018. Lossless up to float rounding (the same functions; ``x/6 + 0.5`` instead of
+learning", 2018; GELU: Hendrycks & Gimpel, "Gaussian error linear units", 2016. Lossless up to
+float rounding (the same functions; ``x/6 + 0.5`` instead of
 ``(x + 3) / 6``).
 """
 
@@ -132,6 +136,43 @@ class _Silu(RewriteRule):
         return m.add("silu", [m["x"]], name=f"{m.root.name}_silu").output
 
 
+SQRT2 = float(np.sqrt(2.0))
+
+
+class _Gelu(RewriteRule):
+    """``x / 2 * (1 + erf(x / sqrt 2))`` in any of its spellings -> ``gelu(x)``."""
+
+    def __init__(self, pattern: P) -> None:
+        self.pattern = pattern
+        self.name = "gelu (x/2 * (1 + erf(x/sqrt 2)))"
+
+    def check(self, m: Match) -> str | None:
+        want = {"s2": SQRT2, "r2": 1.0 / SQRT2, "one": 1.0, "half": 0.5}
+        for key, val in want.items():
+            if key in m.captures and not _is(m[key], val):
+                return f"%{m[key].name} is not {val:g}"
+        if np.dtype(m["x"].dtype).kind != "f":
+            return f"%{m['x'].name} is not a float tensor"
+        return None
+
+    def rewrite(self, m: Match, graph: Graph) -> Value:
+        return m.add("gelu", [m["x"]], name=f"{m.root.name}_gelu").output
+
+
+def _gelu_patterns() -> Iterator[P]:
+    """Every order of the products and the sum, with ``x / sqrt 2`` or ``x * (1/sqrt 2)``."""
+    sc = lambda name: V(name, const=True, where=_scalar)  # noqa: E731
+    scaled = [P("div", X, sc("s2"), name="div"), *_both("mul", X, sc("r2"), "div")]
+    for arg in scaled:
+        for a in _both("add", P("erf", arg, name="erf"), sc("one"), "add"):
+            for xa in _both("mul", X, a, "xa"):  # (x * a) * 1/2
+                yield from _both("mul", xa, sc("half"), "mul")
+            for ah in _both("mul", a, sc("half"), "ah"):  # x * (a * 1/2)
+                yield from _both("mul", X, ah, "mul")
+            for xh in _both("mul", X, sc("half"), "xh"):  # (x * 1/2) * a
+                yield from _both("mul", xh, a, "mul")
+
+
 def activation_rules() -> list[RewriteRule]:
     rules: list[RewriteRule] = []
     k = V("k", const=True, where=_scalar)
@@ -147,14 +188,16 @@ def activation_rules() -> list[RewriteRule]:
     hs = P("hard_sigmoid", X, name="hs")
     rules += [_SwishOfHardSigmoid(p) for p in _both("mul", X, hs, "mul")]
     rules += [_Silu(p) for p in _both("mul", X, P("sigmoid", X, name="sig"), "mul")]
+    rules += [_Gelu(p) for p in _gelu_patterns()]
     return rules
 
 
 @register_pass
 class CanonicalActivations(Pass):
-    """Rewrite hard-swish / hard-sigmoid / SiLU written out of elementwise ops (Paddle2ONNX,
-    PyTorch below opset 14, every SiLU export) as the one op, which the CPU planner fuses into the conv before it (the
-    module docstring lists the forms). Lossless up to float rounding."""
+    """Rewrite hard-swish / hard-sigmoid / SiLU / GELU written out of elementwise ops
+    (Paddle2ONNX, PyTorch below opset 14, every SiLU export, GELU before opset 20) as the one op,
+    which the CPU planner fuses into the conv before it (the module docstring lists the forms).
+    Lossless up to float rounding."""
 
     name = "canonical-activations"
     lossless = True

@@ -47,6 +47,7 @@ HEAD_OPS = frozenset(
         "tanh",
         "hard_swish",
         "silu",
+        "gelu",
         "dropout",
         "identity",
         "batch_norm",

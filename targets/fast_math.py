@@ -1,4 +1,5 @@
-"""Vectorizable ``exp``, ``sigmoid`` and ``silu`` as TIR expressions (every target's kernels).
+"""Vectorizable ``exp``, ``sigmoid``, ``silu``, ``erf`` and ``gelu`` as TIR expressions (every
+target's kernels).
 
 LLVM lowers a vector ``exp`` (what ``tirx.exp`` / ``topi.sigmoid`` become) to one ``expf`` libm call
 per lane: YOLOX's SiLU layers ran at ~1 ns per element on this host, half of the model's time. The
@@ -6,7 +7,11 @@ forms here are plain vector arithmetic: ``exp`` is the Cephes-style polynomial o
 ``topi.fast_exp`` (range reduction by ``ln 2``, a degree-7 polynomial, the exponent built in the
 float's bits; within a few ULP of ``expf`` on [-88, 88], clamped outside), ``sigmoid(v) =
 1 / (1 + exp(-v))`` and ``silu(v) = v * sigmoid(v)`` (Elfwing et al., "Sigmoid-weighted linear
-units", 2018; YOLOv5 / YOLOX / EfficientNet's activation). float32 only.
+units", 2018; YOLOv5 / YOLOX / EfficientNet's activation). ``erf`` is the rational approximation
+TVM's ``topi.fast_erf`` and Eigen use (``x`` clamped to [-4, 4], odd degree-13 numerator over an
+even degree-8 denominator; within 5e-7 of erf), ``gelu(v) = v / 2 * (1 + erf(v / sqrt 2))``
+(Hendrycks & Gimpel, "Gaussian error linear units", 2016; PP-OCRv5/v6's and the transformers'
+activation). float32 only.
 """
 
 from __future__ import annotations
@@ -57,6 +62,67 @@ def fast_silu(v: Any, lanes: int = 1) -> Any:
     return v * fast_sigmoid(v, lanes)
 
 
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+          -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+          -1.60960333262415e-02)  # fmt: skip
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+          -7.37332916720468e-03, -1.42647390514189e-02)  # fmt: skip
+SQRT1_2 = 0.7071067811865476
+
+
+def fast_erf(v: Any, lanes: int = 1) -> Any:
+    """``erf(v)`` for a float32 expression of ``lanes`` lanes."""
+    from tvm import tirx
+
+    def c(value: float) -> Any:
+        return _const(value, lanes)
+
+    x = tirx.max(tirx.min(v, c(4.0)), c(-4.0))
+    x2 = x * x
+    p = c(_ERF_P[0])
+    for k in _ERF_P[1:]:
+        p = p * x2 + c(k)
+    q = c(_ERF_Q[0])
+    for k in _ERF_Q[1:]:
+        q = q * x2 + c(k)
+    return x * p / q
+
+
+def fast_gelu(v: Any, lanes: int = 1) -> Any:
+    """``v / 2 * (1 + erf(v / sqrt 2))``."""
+    return (
+        v * _const(0.5, lanes) * (_const(1.0, lanes) + fast_erf(v * _const(SQRT1_2, lanes), lanes))
+    )
+
+
+def numpy_gelu(v: Any) -> Any:
+    """:func:`fast_gelu` in numpy (float64 erf), for the kernels' numpy twins."""
+    import numpy as np
+    from scipy.special import erf
+
+    return (0.5 * v * (1.0 + erf(np.asarray(v, np.float64) * SQRT1_2))).astype(np.asarray(v).dtype)
+
+
+def gelu_lines(val: str, scratch: Callable[[int], str]) -> tuple[list[str], str]:
+    """TVMScript statements computing ``gelu(val)`` through ``scratch(0..3)`` (as
+    :func:`silu_lines`); the arithmetic of :func:`fast_gelu`."""
+    f = lambda x: f"T.float32({float(x)!r})"  # noqa: E731
+    v, x, x2, p = (scratch(i) for i in range(4))
+    lines = [
+        f"{v} = {val}",
+        f"{x} = T.max(T.min({v} * {f(SQRT1_2)}, {f(4.0)}), {f(-4.0)})",
+        f"{x2} = {x} * {x}",
+    ]
+    poly = f(_ERF_P[0])
+    for k in _ERF_P[1:]:
+        poly = f"({poly} * {x2} + {f(k)})"
+    lines.append(f"{p} = {x} * {poly}")
+    q = f(_ERF_Q[0])
+    for k in _ERF_Q[1:]:
+        q = f"({q} * {x2} + {f(k)})"
+    return lines, f"{v} * {f(0.5)} * ({f(1.0)} + {p} / {q})"
+
+
 def numpy_silu(v: Any) -> Any:
     """:func:`fast_silu`'s function in numpy (the same clamp of the exponent), for the kernels'
     numpy twins."""
@@ -90,4 +156,7 @@ def silu_lines(val: str, scratch: Callable[[int], str]) -> tuple[list[str], str]
     return lines, f"{v} / ({f(1.0)} + {e})"
 
 
-__all__ = ["fast_exp", "fast_sigmoid", "fast_silu", "numpy_silu", "silu_lines"]
+__all__ = [
+    "fast_erf", "fast_exp", "fast_gelu", "fast_sigmoid", "fast_silu", "gelu_lines", "numpy_gelu",
+    "numpy_silu", "silu_lines",
+]  # fmt: skip

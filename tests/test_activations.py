@@ -42,7 +42,16 @@ def _relu6_plus3(src: str = "c", out: str = "r", swap: bool = False) -> list[onn
     ]
 
 
-C = {"three": 3.0, "zero": 0.0, "six": 6.0, "sixth": 1.0 / 6.0}
+C = {"three": 3.0, "zero": 0.0, "six": 6.0, "sixth": 1.0 / 6.0, "sqrt2": float(np.sqrt(2.0)),
+     "rsqrt2": float(1 / np.sqrt(2.0)), "one": 1.0, "half": 0.5}  # fmt: skip
+
+
+def _erf_plus_one(div: bool = True, swap: bool = False) -> list[onnx.NodeProto]:
+    scaled = (helper.make_node("Div", ["c", "sqrt2"], ["d"]) if div
+              else helper.make_node("Mul", ["rsqrt2", "c"], ["d"]))  # fmt: skip
+    add = ["one", "e"] if swap else ["e", "one"]
+    return [scaled, helper.make_node("Erf", ["d"], ["e"]), helper.make_node("Add", add, ["a"])]
+
 
 FORMS = {
     # Paddle2ONNX: x * clip(x + 3, 0, 6) / 6
@@ -62,6 +71,15 @@ FORMS = {
               helper.make_node("Mul", ["c", "s"], ["y"])], "silu"),
     "silu_swapped": ([helper.make_node("Sigmoid", ["c"], ["s"]),
                       helper.make_node("Mul", ["s", "c"], ["y"])], "silu"),
+    # GELU, erf form: Paddle2ONNX's (x * (erf(x / sqrt2) + 1)) * 0.5 (PP-OCRv5/v6), PyTorch's
+    # (x * 0.5) * (1 + erf(x * 1/sqrt2)) and x * ((1 + erf) * 0.5)
+    "gelu_paddle": (_erf_plus_one() + [helper.make_node("Mul", ["c", "a"], ["m"]),
+                                       helper.make_node("Mul", ["m", "half"], ["y"])], "gelu"),
+    "gelu_torch": ([helper.make_node("Mul", ["c", "half"], ["h"])]
+                   + _erf_plus_one(div=False, swap=True)
+                   + [helper.make_node("Mul", ["h", "a"], ["y"])], "gelu"),
+    "gelu_inner": (_erf_plus_one() + [helper.make_node("Mul", ["half", "a"], ["h"]),
+                                      helper.make_node("Mul", ["h", "c"], ["y"])], "gelu"),
     # clip(x + 3, 0, 6) / 6 alone: a hard-sigmoid (an SE gate)
     "gate": (_relu6_plus3() + [helper.make_node("Div", ["r", "six"], ["y"])], "hard_sigmoid"),
 }  # fmt: skip
@@ -122,3 +140,23 @@ def test_silu_lookalikes_stay() -> None:
     ]
     ops = _check(_model(body, {}, ["y", "z", "s2"]))
     assert "silu" not in ops and ops.count("sigmoid") == 2
+
+
+def test_gelu_lookalikes_stay() -> None:
+    """``x * (1 + erf(x / 2)) * 0.5`` (another scale) and ``y * (1 + erf(x / sqrt2)) * 0.5`` (erf
+    of another tensor) are not GELU."""
+    body = [
+        helper.make_node("Div", ["c", "two"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["a"]),
+        helper.make_node("Mul", ["c", "a"], ["m"]),
+        helper.make_node("Mul", ["m", "half"], ["y"]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Div", ["c", "sqrt2"], ["d2"]),
+        helper.make_node("Erf", ["d2"], ["e2"]),
+        helper.make_node("Add", ["e2", "one"], ["a2"]),
+        helper.make_node("Mul", ["r", "a2"], ["m2"]),
+        helper.make_node("Mul", ["m2", "half"], ["z"]),
+    ]
+    ops = _check(_model(body, {**C, "two": 2.0}, ["y", "z"]))
+    assert "gelu" not in ops and ops.count("erf") == 2

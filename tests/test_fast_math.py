@@ -1,6 +1,6 @@
-"""The vectorizable ``exp`` / ``sigmoid`` / ``silu`` (targets/fast_math.py) that the CPU build
-lowers ``sigmoid``, ``silu`` and SiLU epilogues to: close to numpy's over the whole float range,
-including where ``exp`` overflows, and the ``sigmoid`` / ``silu`` ops of a build match onnxruntime."""
+"""The vectorizable ``exp`` / ``sigmoid`` / ``silu`` / ``erf`` / ``gelu`` (targets/fast_math.py) that
+the CPU build lowers those ops and the SiLU / GELU epilogues to: close to numpy's over the whole
+float range, including where ``exp`` overflows, and the ops of a build match float64."""
 
 from __future__ import annotations
 
@@ -19,14 +19,16 @@ X = np.concatenate(
 
 
 def _ref(op: str, x: np.ndarray) -> np.ndarray:
-    from scipy.special import expit
+    from scipy.special import erf, expit
 
     x64 = x.astype(np.float64)
+    if op == "gelu":
+        return 0.5 * x64 * (1 + erf(x64 / np.sqrt(2.0)))
     s = expit(x64)
     return s if op == "sigmoid" else x64 * s
 
 
-@pytest.mark.parametrize("op", ["sigmoid", "silu"])
+@pytest.mark.parametrize("op", ["sigmoid", "silu", "gelu"])
 def test_build_matches_float64(op: str) -> None:
     g = Graph(op)
     x = g.add_input("x", TensorType((1, X.size), "float32"))
@@ -36,23 +38,27 @@ def test_build_matches_float64(op: str) -> None:
     assert np.all(np.isfinite(got))
     # absolute error near 0 of the logistic, relative elsewhere (a few float32 ULP)
     err = np.abs(got - ref) / np.maximum(np.abs(ref), 1e-30)
+    if op == "gelu":  # erf's rational form: 5e-7 absolute, so absolute where gelu is small
+        err = np.abs(got - ref) / np.maximum(np.abs(ref), 1.0)
     tiny = np.abs(ref) < 1e-30
     assert err[~tiny].max() < 2e-6, X[~tiny][err[~tiny].argmax()]
     assert np.abs(got[tiny]).max() < 1e-8  # silu(-1e30): -1e30 * sigmoid clamped at e^-88
     np.testing.assert_allclose(interpreter.run(g, [X[None]])[0][0], ref, rtol=1e-6, atol=1e-37)
 
 
-def test_epilogue_silu_matches_numpy() -> None:
-    """The conv epilogue's SiLU (TE) and its numpy twin agree."""
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+def test_epilogue_activation_matches_numpy(act: str) -> None:
+    """The conv epilogue's SiLU / GELU (TE) and its numpy twin agree."""
     import tvm
     from tvm import te
 
     from mcopt.targets.cpu.kernels.epilogue import Epilogue
 
-    ep = Epilogue(bias=False, activation="silu")
+    ep = Epilogue(bias=False, activation=act)
     a = te.placeholder((X.size,), "float32", name="a")
     out = te.compute(a.shape, lambda i: ep.apply_te(a[i], None, None, "float32"), name="o")
     f = tvm.compile(te.create_prim_func([a, out]), target="llvm")
     got = tvm.runtime.tensor(np.zeros_like(X))
     f(tvm.runtime.tensor(X), got)
-    np.testing.assert_allclose(got.numpy(), ep.apply_numpy(X), rtol=5e-6, atol=1e-30)
+    atol = 1e-30 if act == "silu" else 1e-6
+    np.testing.assert_allclose(got.numpy(), ep.apply_numpy(X), rtol=5e-6, atol=atol)

@@ -43,6 +43,7 @@ RESIDUAL_Q = QEpilogue(
 )  # fmt: skip
 HSWISH_Q = QEpilogue(post_act="hard_swish", q_dtype="uint8", q_scale=2.0, q_zp=3)
 SILU_Q = QEpilogue(post_act="silu", q_dtype="uint8", q_scale=0.25, q_zp=3)
+GELU_Q = QEpilogue(post_act="gelu", q_dtype="uint8", q_scale=0.25, q_zp=3)
 FLOAT_RES = QEpilogue(base_bounds=(-50.0, INF), residual="float32", post_bounds=(0.0, 6.0))
 
 
@@ -145,11 +146,14 @@ def test_int8_nchwc_kernel_is_bit_exact(ic, oc, hw, k, stride, pad, ep):
     _check_kernel(ic, oc, hw, k, stride, pad, ep, ib=16 if ic > 3 else 3, isa=isa)
 
 
-@pytest.mark.parametrize("k,stride,pad", [(3, 2, 1), (1, 1, 0)])
-def test_int8_nchwc_kernel_silu(k, stride, pad):
-    """SiLU then quantize (YOLOX's int8 convs): within one step of numpy's, at < 1 % of outputs."""
+@pytest.mark.parametrize(
+    "k,stride,pad,ep", [(3, 2, 1, SILU_Q), (1, 1, 0, SILU_Q), (1, 1, 0, GELU_Q)]
+)
+def test_int8_nchwc_kernel_silu(k, stride, pad, ep):
+    """SiLU / GELU then quantize (YOLOX's / PP-OCRv6's int8 convs): within one step of numpy's,
+    at < 1 % of outputs."""
     isa = "vnni16" if _vnni_here() else None
-    _check_kernel(16, 32, 12, k, stride, pad, SILU_Q, isa=isa, lsb=1)
+    _check_kernel(16, 32, 12, k, stride, pad, ep, isa=isa, lsb=1)
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,8 @@ def test_packing_roundtrip():
         (3, 16, 11, 5, 2, (2, 1, 2, 2), 1, None, "clip", False),
         # 3x3 stride 2 + SiLU (YOLOX's downsampling convs)
         (16, 32, 10, 3, 2, (1, 1, 1, 1), 1, None, "silu", True),
+        # 1x1 + GELU (PP-OCRv5/v6's pointwise convs)
+        (16, 32, 8, 1, 1, (0, 0, 0, 0), 1, None, "gelu", False),
         # 1x1 as GEMM, stride 2, no epilogue activation; forced ic split + rows inside it
         (32, 16, 9, 1, 2, (0, 0, 0, 0), 1, ConvParams(8, 8, 3, 2, False, 2, True), None, False),
         # flattened plane (7x7 = 49 -> 51 positions), ic split, residual
@@ -253,7 +255,10 @@ def test_depthwise_conv2d_nchwc(pad_copy, stride, pads, dil, residual):
     assert _rel_err(got, ref) <= RTOL
 
 
-@pytest.mark.parametrize("m,n,k,act", [(1, 10, 40, None), (3, 48, 24, "relu"), (2, 20, 16, "silu")])
+@pytest.mark.parametrize(
+    "m,n,k,act",
+    [(1, 10, 40, None), (3, 48, 24, "relu"), (2, 20, 16, "silu"), (4, 32, 16, "gelu")],
+)
 def test_dense_packed(m, n, k, act):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((m, k)).astype("float32")

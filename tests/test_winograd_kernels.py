@@ -140,7 +140,7 @@ def test_only_if_faster_reads_the_build_s_measurement_table(tmp_path) -> None:
     assert json.loads(path.read_text()) == table  # nothing had to be measured
 
 
-@pytest.mark.parametrize("act", ["hard_swish", "hard_sigmoid", "silu"])
+@pytest.mark.parametrize("act", ["hard_swish", "hard_sigmoid", "silu", "gelu"])
 def test_winograd_kernel_fuses_mobile_activations(act: str) -> None:
     """hard-swish / hard-sigmoid / SiLU run in the Winograd kernel's output transform."""
     from mcopt.targets import build

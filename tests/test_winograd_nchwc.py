@@ -43,6 +43,7 @@ CASES = [
     (2, 8, 12, 12, 8, (0, 1, 2, 0), Epilogue(False, False, "relu6")),  # batch 2, odd pads
     (1, 32, 8, 8, 32, (1, 1, 1, 1), Epilogue(True, True, "clip", -0.5, 0.5)),
     (1, 16, 10, 9, 16, (1, 1, 1, 1), Epilogue(True, True, "silu")),  # YOLOX; cropped tiles
+    (1, 16, 9, 10, 16, (1, 1, 1, 1), Epilogue(True, False, "gelu")),  # PP-OCRv6
 ]
 
 

@@ -97,6 +97,22 @@ def silu(e: _Exporter, n: Node) -> None:
     e.add("Mul", [ins[0], sig], outs, n.name)
 
 
+@exports("gelu")
+def gelu(e: _Exporter, n: Node) -> None:
+    """``x * 0.5 * (1 + Erf(x / sqrt 2))`` (ONNX's ``Gelu`` needs opset 20)."""
+    ins, outs = _io(e, n)
+    t = [e.fresh(f"{n.name}_{k}") for k in ("div", "erf", "add", "half")]
+    e.add("Div", [ins[0], e.init(np.array(np.sqrt(2.0), np.float32), f"{n.name}_sqrt2", np.float32)],
+          [t[0]], t[0])  # fmt: skip
+    e.add("Erf", [t[0]], [t[1]], t[1])
+    e.add(
+        "Add", [t[1], e.init(np.array(1.0, np.float32), f"{n.name}_one", np.float32)], [t[2]], t[2]
+    )
+    e.add("Mul", [ins[0], e.init(np.array(0.5, np.float32), f"{n.name}_half", np.float32)],
+          [t[3]], t[3])  # fmt: skip
+    e.add("Mul", [t[3], t[2]], outs, n.name)
+
+
 @exports("lstm")
 def lstm(e: _Exporter, n: Node) -> None:
     ins, outs = _io(e, n)

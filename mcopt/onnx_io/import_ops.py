@@ -306,6 +306,28 @@ def selu(c: NodeCtx) -> None:
     c.set_out(0, c.emit("selu", [c.x(0)], attrs))
 
 
+@handles("Gelu")
+def gelu(c: NodeCtx) -> None:
+    """Opset 20's ``Gelu``: the erf form as ``gelu``; ``approximate="tanh"`` spelled out
+    (``x / 2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))``)."""
+    x = c.x(0)
+    approx = c.attr("approximate", "none")
+    approx = approx.decode() if isinstance(approx, bytes) else str(approx)
+    if approx == "none":
+        c.set_out(0, c.emit("gelu", [x]))
+        return
+    if approx != "tanh":
+        raise c.fail(f"approximate={approx!r} is not 'none' or 'tanh'")
+
+    def k(v: float) -> Value:
+        return c.new_const(np.array(v, x.dtype), "gelu_k")
+
+    cube = c.emit("mul", [c.emit("mul", [x, x]), x])
+    inner = c.emit("add", [x, c.emit("mul", [cube, k(0.044715)])])
+    t = c.emit("tanh", [c.emit("mul", [inner, k(float(np.sqrt(2.0 / np.pi)))])])
+    c.set_out(0, c.emit("mul", [c.emit("mul", [x, k(0.5)]), c.emit("add", [t, k(1.0)])]))
+
+
 @handles("HardSigmoid")
 def hard_sigmoid(c: NodeCtx) -> None:
     attrs = {"alpha": float(c.attr("alpha", 0.2)), "beta": float(c.attr("beta", 0.5))}

@@ -130,6 +130,13 @@ def _elu(x: np.ndarray, alpha: float) -> np.ndarray:
 
 _unary("abs", np.abs, "y = |x|", traits=_Z | _F)
 _unary("erf", _erf, "y = erf(x) (GELU's exact form)", check=_float_only, traits=_Z | _F)
+_unary(
+    "gelu",
+    lambda x: 0.5 * x * (1.0 + _erf(x.astype(np.float64) / np.sqrt(2.0))),
+    "y = x / 2 * (1 + erf(x / sqrt 2)) (GELU, exact form: PP-OCRv5/v6, ViT, BERT; ONNX Gelu)",
+    check=_float_only,
+    traits=_Z | _F,
+)
 _unary("log", np.log, "y = ln(x)", check=_float_only)
 _unary("reciprocal", np.reciprocal, "y = 1 / x", check=_float_only)
 _unary("floor", np.floor, "y = floor(x)", check=_float_only, traits=_Z | _F)

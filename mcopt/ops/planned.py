@@ -44,7 +44,7 @@ from mcopt.ops.nn import (
 from mcopt.ops.quant import QDTYPES, _qconv2d_check, dequantize_array, qconv2d_ref, quantize_array
 from mcopt.ops.schema import REQUIRED, Attrs, InTypes, OpSchema, get_schema, register_op
 
-ACTIVATIONS = ("none", "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu")
+ACTIVATIONS = ("none", "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu", "gelu")
 CONV_KERNELS = ("direct", "depthwise", "winograd", "grouped", "block_diagonal", "plain")
 DENSE_KERNELS = ("dense", "sparse")
 
@@ -56,6 +56,10 @@ def apply_activation(
         return (y * np.clip(y + 3.0, 0.0, 6.0) / 6.0).astype(y.dtype, copy=False)
     if activation == "silu":
         return (y * sigmoid(y)).astype(y.dtype, copy=False)
+    if activation == "gelu":
+        from scipy.special import erf
+
+        return (0.5 * y * (1.0 + erf(y.astype(np.float64) / np.sqrt(2.0)))).astype(y.dtype)
     if activation == "hard_sigmoid":
         return np.clip(alpha * y + beta, 0.0, 1.0).astype(y.dtype, copy=False)
     if activation == "relu":
@@ -248,8 +252,8 @@ def _fused_qconv_check(t: InTypes, a: Attrs) -> str | None:
         return reason
     if a["kernel"] not in QCONV_KERNELS:
         return f"kernel={a['kernel']!r}; valid: {', '.join(QCONV_KERNELS)}"
-    if a["post_act"] not in ("none", "hard_swish", "silu"):
-        return f"post_act must be none, hard_swish or silu, got {a['post_act']!r}"
+    if a["post_act"] not in ("none", "hard_swish", "silu", "gelu"):
+        return f"post_act must be none, hard_swish, silu or gelu, got {a['post_act']!r}"
     if a["q_dtype"] not in ("none", *QDTYPES):
         return f"q_dtype must be none, uint8 or int8, got {a['q_dtype']!r}"
     res = t[3] if len(t) > 3 else None
@@ -294,6 +298,8 @@ def fused_qconv2d_ref(
         y = (y * np.clip(y / 6 + 0.5, 0, 1)).astype(np.float32)
     if a["post_act"] == "silu":
         y = (y * sigmoid(y)).astype(np.float32)
+    if a["post_act"] == "gelu":
+        y = apply_activation(y, "gelu", 0.0, 0.0)
     if a["q_dtype"] == "none":
         return y
     return quantize_array(y, [a["q_scale"]], [a["q_zero_point"]], str(a["q_dtype"]))
@@ -321,7 +327,7 @@ register_op(
         reference_types=True,
         macs=get_schema("qconv2d").macs,
         doc="a planned int8 conv: qconv2d, then (float base) + dequantize(residual), clamp to "
-        "[post_min, post_max], post_act (hard_swish, silu) and quantize(q_scale, q_zero_point) -- the "
+        "[post_min, post_max], post_act (hard_swish, silu, gelu) and quantize(q_scale, q_zero_point) -- the "
         "graph's int8 block as one kernel.",
     )
 )

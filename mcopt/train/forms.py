@@ -122,6 +122,7 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda x: x,
     "hard_swish": lambda x: x * torch.clamp(x / 6 + 0.5, 0, 1),
     "silu": F.silu,
+    "gelu": F.gelu,
 }
 
 

@@ -188,7 +188,7 @@ def _activation(node: Node) -> tuple[str, tuple[float, float]] | None:
     ``(alpha, beta)`` for ``hard_sigmoid``), or None."""
     if node.op == "relu":
         return "relu", (0.0, 6.0)
-    if node.op in ("hard_swish", "silu"):
+    if node.op in ("hard_swish", "silu", "gelu"):
         return str(node.op), (0.0, 6.0)
     if node.op == "hard_sigmoid":
         return "hard_sigmoid", (float(node.attrs["alpha"]), float(node.attrs["beta"]))

@@ -5,7 +5,7 @@ layer directly, except where a float value is needed in between: the residual ad
 MobileNet-V2 block (``qconv2d -> f32``, ``add(y, dequantize(h_q))``, ``relu``, ``quantize``).
 :func:`find_int8_groups` finds, from each ``qconv2d`` with constant weights, the single-use chain
 
-    qconv2d(float out) [-> add(other)] [-> relu | clip] [-> hard_swish | silu] [-> quantize]
+    qconv2d(float out) [-> add(other)] [-> relu | clip] [-> hard_swish | silu | gelu] [-> quantize]
 
 where ``other`` is ``dequantize(q)`` of a per-tensor 8-bit tensor (read as 8 bits, dequantized in
 the kernel) or any float tensor of the same shape, and the last ``quantize`` stands for every
@@ -132,7 +132,11 @@ def find_int8_groups(nodes: list[Node], graph_outputs: list[Value]) -> list[QGro
             grp.absorbed.append(user)
             cur = user.output
             user = _single_use(cur, outs)
-        if user is not None and user.op in ("hard_swish", "silu") and id(user) not in claimed:
+        if (
+            user is not None
+            and user.op in ("hard_swish", "silu", "gelu")
+            and id(user) not in claimed
+        ):
             grp.post_act = str(user.op)
             grp.absorbed.append(user)
             cur = user.output

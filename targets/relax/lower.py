@@ -389,6 +389,21 @@ def _sigmoid(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     return _fast_elementwise(ctx, a[0], fast_sigmoid, "sigmoid")
 
 
+@register_lowering("gelu")
+def _gelu(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """``x / 2 * (1 + erf(x / sqrt 2))`` with the rational ``erf``."""
+    from mcopt.targets.fast_math import fast_gelu
+
+    if ctx.dtype_of(a[0]) != "float32":
+        x, dt = a[0], ctx.dtype_of(a[0])
+        half = R.multiply(x, ctx.scalar(0.5, dt))
+        return R.multiply(
+            half,
+            R.add(ctx.scalar(1.0, dt), R.erf(R.multiply(x, ctx.scalar(0.7071067811865476, dt)))),
+        )
+    return _fast_elementwise(ctx, a[0], fast_gelu, "gelu")
+
+
 @register_lowering("silu")
 def _silu(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     """``x * sigmoid(x)``."""

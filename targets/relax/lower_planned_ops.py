@@ -21,7 +21,7 @@ def emit_activation(ctx: LowerContext, node: Node, y: Any) -> Any:
     """The fused node's activation on ``y`` as Relax ops (the ops' own lowerings: hard_swish,
     hard_sigmoid read the node's ``alpha``/``beta``)."""
     act = node.attrs["activation"]
-    if act in ("hard_swish", "hard_sigmoid", "silu"):
+    if act in ("hard_swish", "hard_sigmoid", "silu", "gelu"):
         return LOWERINGS[act](ctx, node, [ctx.emit(y)])
     if act == "relu":
         return R.nn.relu(ctx.emit(y))
@@ -93,7 +93,7 @@ def _fused_qconv2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
         y = ctx.emit(R.maximum(y, ctx.const(np.float32(at["post_min"]))))
     if at["post_max"] < np.inf:
         y = ctx.emit(R.minimum(y, ctx.const(np.float32(at["post_max"]))))
-    if at["post_act"] in ("hard_swish", "silu"):
+    if at["post_act"] in ("hard_swish", "silu", "gelu"):
         y = ctx.emit(LOWERINGS[str(at["post_act"])](ctx, node, [y]))
     if at["q_dtype"] == "none":
         return y

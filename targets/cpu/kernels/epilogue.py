@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-ACTIVATIONS = (None, "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu")
+ACTIVATIONS = (None, "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu", "gelu")
 #: activations that are a clamp of the value (what every kernel supports)
 CLAMPS = (None, "relu", "relu6", "clip")
 
@@ -24,7 +24,8 @@ class Epilogue:
     ``[clip_min, clip_max]``), ``"hard_swish"`` (``v * clip(v + 3, 0, 6) / 6``, MobileNetV3 /
     PP-LCNet) or ``"hard_sigmoid"`` (``clip(alpha * v + beta, 0, 1)`` with ``alpha, beta =
     clip_min, clip_max``: the two numbers parameterize whichever activation takes parameters) or
-    ``"silu"`` (``v * sigmoid(v)``, YOLOv5 / YOLOX; :func:`~mcopt.targets.fast_math.fast_silu`).
+    ``"silu"`` (``v * sigmoid(v)``, YOLOv5 / YOLOX; :func:`~mcopt.targets.fast_math.fast_silu`) or
+    ``"gelu"`` (``v / 2 * (1 + erf(v / sqrt 2))``, PP-OCRv5/v6; :func:`~.fast_math.fast_gelu`).
     ``residual`` adds a tensor of the output's (blocked) shape. Kernels whose tail is generated as
     text (Winograd) or is a clamp only (the sparse kernels) check :attr:`is_clamp`.
     """
@@ -101,6 +102,10 @@ class Epilogue:
             from mcopt.targets.fast_math import fast_silu
 
             return fast_silu(value)
+        if self.activation == "gelu":
+            from mcopt.targets.fast_math import fast_gelu
+
+            return fast_gelu(value)
         if self.activation == "hard_swish":
             return value * tvm.te.min(tvm.te.max(value + c(3.0), c(0.0)), c(6.0)) * c(1.0 / 6.0)
         if self.activation == "hard_sigmoid":
@@ -125,6 +130,10 @@ class Epilogue:
             from mcopt.targets.fast_math import numpy_silu
 
             return numpy_silu(value)
+        if self.activation == "gelu":
+            from mcopt.targets.fast_math import numpy_gelu
+
+            return numpy_gelu(value)
         if self.activation == "hard_swish":
             return value * np.clip(value + 3.0, 0.0, 6.0) / 6.0
         if self.activation == "hard_sigmoid":

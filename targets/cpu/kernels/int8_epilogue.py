@@ -11,6 +11,7 @@ absorbed; :class:`QEpilogue` is that sequence for one output element, in this or
         y = clamp(y, post bounds)                         # relu / clip after the add
         y = y * clamp(y / 6 + 1/2, 0, 1)                  # post_act="hard_swish" (MobileNet-V3)
         y = y * sigmoid(y)                                # post_act="silu" (YOLOv5 / YOLOX)
+        y = y / 2 * (1 + erf(y / sqrt 2))                 # post_act="gelu" (PP-OCRv5/v6)
         q = saturate(rint(y / q_scale) + q_zp)            # the quantize that consumed it (if any)
 
 which is exactly the graph's ``qconv2d -> add(dequantize) -> relu -> quantize`` in float32
@@ -129,6 +130,10 @@ class QEpilogue:
             from mcopt.targets.fast_math import fast_silu
 
             y = fast_silu(y, lanes)
+        if self.post_act == "gelu":
+            from mcopt.targets.fast_math import fast_gelu
+
+            y = fast_gelu(y, lanes)
         if self.q_dtype is None:
             return y
         y = _rint(y / f(self.q_scale)) + f(self.q_zp)
@@ -157,6 +162,10 @@ class QEpilogue:
             from mcopt.targets.fast_math import numpy_silu
 
             y = numpy_silu(y).astype(np.float32)
+        if self.post_act == "gelu":
+            from mcopt.targets.fast_math import numpy_gelu
+
+            y = numpy_gelu(y).astype(np.float32)
         if self.q_dtype is None:
             return y
         q = np.rint(y / np.float32(self.q_scale)) + np.float32(self.q_zp)

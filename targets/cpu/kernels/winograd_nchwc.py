@@ -39,7 +39,7 @@ import numpy as np
 from mcopt.ops.winograd import TRANSFORMS, winograd_weight
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
 from mcopt.targets.cpu.kernels.timing import cached_row, time_kernels
-from mcopt.targets.fast_math import silu_lines
+from mcopt.targets.fast_math import gelu_lines, silu_lines
 
 
 # --- TVMScript text of the transforms (only their nonzero terms) ------------------------------
@@ -79,7 +79,7 @@ def epilogue_text(val: str, epilogue: Epilogue, bias: str, residual: str = "") -
         val = f"{val} + {bias}"
     if epilogue.residual:
         val = f"{val} + {residual}"
-    if epilogue.activation == "silu":  # the caller binds silu_lines
+    if epilogue.activation in ("silu", "gelu"):  # the caller binds silu_lines / gelu_lines
         return val
     if epilogue.activation == "hard_swish":
         return f"({val}) * T.min(T.max(({val}) + T.float32(3.0), T.float32(0.0)), T.float32(6.0)) * T.float32({1 / 6!r})"
@@ -286,7 +286,7 @@ def script(
     )
     add = L.append if "out" in keep else _drop
     # 4. output transform + epilogue per (n, o block, tile row), vectorized over the block
-    extra = 4 if epilogue.activation == "silu" else 0  # silu_lines' scratch rows
+    extra = 4 if epilogue.activation in ("silu", "gelu") else 0  # silu/gelu_lines' scratch rows
     for line in scratch_tasks("to", n * ob * th, m * a + extra, bn, "t"):
         add(line)
     add(f"        for tx in range({tw}):")
@@ -310,8 +310,9 @@ def script(
             conds.append(f"{x_} < {ow}")
         indent = " " * (20 if conds else 16)
         steps: list[str] = []
-        if epilogue.activation == "silu":  # steps through 4 scratch rows of `to`
-            steps, val = silu_lines(val, lambda i: f"to[{m * a + i}, l]")
+        if epilogue.activation in ("silu", "gelu"):  # steps through 4 scratch rows of `to`
+            lines = silu_lines if epilogue.activation == "silu" else gelu_lines
+            steps, val = lines(val, lambda i: f"to[{m * a + i}, l]")
         if conds:
             add(f"                if {' and '.join(conds)}:")
         for line in steps:
