@@ -81,3 +81,70 @@ def test_one_channel_conv_on_one_pixel_matches_onnxruntime() -> None:
     x = rng.standard_normal((1, 128, 1, 1)).astype(np.float32)
     pytest.importorskip("tvm")
     assert_routes_match(outputs_by_route(m, {"x": x}, passes=["cleanup"]), rtol=1e-5, atol=1e-6)
+
+
+def _if_model(cond_from_shape: bool) -> onnx.ModelProto:
+    """``If`` choosing between two branches that read the enclosing scope (``r``): its condition
+    from the input's shape (Silero VAD's check of the state's batch) or from an input's value."""
+    then_g = helper.make_graph(
+        [helper.make_node("Neg", ["r"], ["t_out"])], "then", [],
+        [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    k = numpy_helper.from_array(np.array(0.5, np.float32), "half")
+    else_g = helper.make_graph(
+        [helper.make_node("Mul", ["r", "half"], ["e_out"])], "else", [],
+        [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)], initializer=[k],
+    )  # fmt: skip
+    nodes = [helper.make_node("Relu", ["x"], ["r"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])]
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([2], np.int64), "two")]  # fmt: skip
+    if cond_from_shape:
+        nodes += [
+            helper.make_node("Shape", ["x"], ["s"]),
+            helper.make_node("Gather", ["s", "zero"], ["b"], axis=0),
+            helper.make_node("Equal", ["b", "two"], ["c1"]),
+            helper.make_node("Squeeze", ["c1", "zero"], ["c"]),
+        ]
+    else:
+        inputs.append(helper.make_tensor_value_info("c", TensorProto.BOOL, []))
+    nodes += [helper.make_node("If", ["c"], ["y0"], then_branch=then_g, else_branch=else_g),
+              helper.make_node("Add", ["y0", "x"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "if", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+
+
+def test_if_fixed_by_static_shapes_is_its_branch() -> None:
+    m = _if_model(cond_from_shape=True)
+    x = np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)
+    assert "If" not in {n.op for n in import_model(m).nodes}
+    pytest.importorskip("tvm")
+    assert_routes_match(outputs_by_route(m, {"x": x}, passes=["cleanup"]), rtol=1e-6, atol=1e-6)
+
+
+def test_if_on_an_input_value_is_a_one_line_error() -> None:
+    with pytest.raises(UnsupportedOpError) as e:
+        import_model(_if_model(cond_from_shape=False))
+    assert "computed from input values" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_scalar_integer_input_times_a_scalar_constant() -> None:
+    """Silero VAD's ``sr * k`` on a 0-d int64 input: the lowering kept the constant 0-d."""
+    nodes = [
+        helper.make_node("Mul", ["sr", "k"], ["m"]),
+        helper.make_node("Cast", ["m"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x", "f"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "sr", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                      helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.array(3, np.int64), "k")],
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    feeds = {"x": np.arange(4, dtype=np.float32)[None], "sr": np.array(2, np.int64)}
+    pytest.importorskip("tvm")
+    assert_routes_match(outputs_by_route(m, feeds, passes=["cleanup"]), rtol=1e-6, atol=1e-6)

@@ -224,7 +224,7 @@ class _Importer:
         self.output_names: set[str] = {o.name for o in g.output}
         self.used_names: set[str] = set(self.output_names)
         for n in g.node:
-            self.used_names.update(i for i in n.input if i)
+            self.used_names.update(validate.node_reads(n))
 
     def fresh(self, hint: str) -> str:
         """A name hint for an intermediate that does not collide with any ONNX tensor name."""
@@ -337,6 +337,9 @@ class _Importer:
                 f"supported by mcopt (only the default ONNX domain); supported ops: {supported_ops()}"
             )
         ctx = NodeCtx(self, node, name)
+        if op == "If":
+            self._inline_if(ctx)
+            return
         if op == "Constant":
             arr = folding.constant_node_value(node)
             if arr is not None:
@@ -387,6 +390,37 @@ class _Importer:
         for i, o in enumerate(node.output):
             if o and o in self.used_names and o not in self.env:
                 raise ctx.fail(f"output {i} ('{o}') is used but mcopt does not produce it")
+
+    def _inline_if(self, ctx: NodeCtx) -> None:
+        """An ``If`` whose condition static shapes or constants fix (an exporter's check of a
+        tensor's rank or batch: Silero VAD's) is the branch it takes, imported in its place; one
+        whose condition is computed from input values is a one-line error."""
+        cond = ctx.inp(0)
+        if cond is None or cond.const is None:
+            raise ctx.fail(
+                f"its condition '{ctx.node.input[0]}' is computed from input values at run time; "
+                "mcopt imports an If only when static shapes or constants fix its condition "
+                "(export the model for one branch)"
+            )
+        if cond.const.size != 1:
+            raise ctx.fail(f"its condition '{ctx.node.input[0]}' has {cond.const.size} elements")
+        take = "then_branch" if bool(np.asarray(cond.const).reshape(-1)[0]) else "else_branch"
+        branch = ctx.attrs[take]
+        for t in branch.initializer:
+            self.initializers[t.name] = t
+            self.all_names.add(t.name)
+        for n in branch.node:
+            self.all_names.update(o for o in n.output if o)
+            self.used_names.update(validate.node_reads(n))
+        self.used_names.update(o.name for o in branch.output)
+        for k, n in enumerate(branch.node):
+            self.convert_node(n, n.name or f"{ctx.name}/{take}/{n.op_type}_{k}")
+        if len(branch.output) != len(ctx.node.output):
+            raise ctx.fail(
+                f"its {take} has {len(branch.output)} outputs, the If {len(ctx.node.output)}"
+            )
+        for i, o in enumerate(branch.output):
+            ctx.set_out(i, self.lookup(o.name, ctx))
 
     def _set_const(self, ctx: NodeCtx, arrays: Sequence[np.ndarray]) -> None:
         for i, (o, arr) in enumerate(zip(ctx.node.output, arrays)):

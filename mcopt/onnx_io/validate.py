@@ -266,6 +266,28 @@ class NodeNames:
         return f"node '{label}' ({op})" if label else f"node #{i} ({op}, unnamed)"
 
 
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Names of the enclosing scope that ``node``'s subgraphs (an ``If``'s branches, a ``Loop``'s
+    body) read: their nodes' inputs that no node, input or initializer of the subgraph defines."""
+    out: set[str] = set()
+    for a in node.attribute:
+        graphs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)
+        for g in graphs:
+            local = {v.name for v in g.input} | {t.name for t in g.initializer}
+            local |= {o for n in g.node for o in n.output if o}
+            for n in g.node:
+                out |= {x for x in n.input if x and x not in local}
+                out |= {x for x in subgraph_reads(n) if x not in local}
+            out |= {v.name for v in g.output if v.name not in local}
+    return out
+
+
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """A node's inputs, then what its subgraphs read from the enclosing scope."""
+    extra = sorted(subgraph_reads(node)) if node.op_type in ("If", "Loop", "Scan") else []
+    return [x for x in node.input if x] + extra
+
+
 def import_order(graph: onnx.GraphProto) -> list[int]:
     """Indices of the nodes some graph output depends on, in the (stable) topological order mcopt
     imports them in. Assumes :func:`check_model` passed (no cycle, unique producers)."""
@@ -278,14 +300,14 @@ def import_order(graph: onnx.GraphProto) -> list[int]:
         if i in live:
             continue
         live.add(i)
-        stack.extend(producer[n] for n in nodes[i].input if n in producer)
+        stack.extend(producer[n] for n in node_reads(nodes[i]) if n in producer)
     order: list[int] = []
     placed: set[int] = set()
     pending = sorted(live)
     while pending:
         rest = []
         for i in pending:
-            if all(n not in producer or producer[n] in placed for n in nodes[i].input if n):
+            if all(n not in producer or producer[n] in placed for n in node_reads(nodes[i])):
                 order.append(i)
                 placed.add(i)
             else:
@@ -300,7 +322,7 @@ def _topo_order(graph: onnx.GraphProto, source: str) -> list[int]:
     """All nodes in a stable topological order; a cycle is an error naming its nodes and tensors."""
     nodes = list(graph.node)
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    deps = [sorted({producer[x] for x in n.input if x in producer}) for n in nodes]
+    deps = [sorted({producer[x] for x in node_reads(n) if x in producer}) for n in nodes]
     users: list[list[int]] = [[] for _ in nodes]
     for i, ds in enumerate(deps):
         for d in ds:

@@ -64,7 +64,8 @@ class LowerContext:
 
     def const(self, array: Any, dtype: str | None = None) -> relax.Constant:
         arr = np.asarray(array, dtype=dtype)
-        return relax.const(np.ascontiguousarray(arr), str(arr.dtype))
+        # np.ascontiguousarray turns a 0-d array into shape (1,): copy instead
+        return relax.const(arr if arr.flags.c_contiguous else arr.copy(order="C"), str(arr.dtype))
 
     def scalar(self, value: float, dtype: str) -> relax.Constant:
         return relax.const(np.array(value, dtype=dtype), dtype)
