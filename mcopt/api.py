@@ -34,6 +34,7 @@ def load(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     *,
     allow_nonfinite: bool = False,
+    input_values: Mapping[str, Any] | None = None,
 ) -> Any:
     """Anything a user may hand us -> a verified IR graph (a Graph is copied, never mutated).
 
@@ -51,6 +52,7 @@ def load(
             model,
             input_shapes=dict(input_shapes) if input_shapes else None,
             allow_nonfinite=allow_nonfinite,
+            input_values=input_values,
         )
     verify(g)
     return g
@@ -382,12 +384,15 @@ def optimize(
     eval_fn: Callable[[Graph], float] | None = None,
     search_epochs: int = 5,
     allow_nonfinite: bool = False,
+    input_values: Mapping[str, Any] | None = None,
 ) -> OptimizeResult:
     """Import `model` (path, ONNX bytes/ModelProto or IR Graph), run `passes` (names, "name:opt=v"
     specs or Pass instances; default: lossless cleanup), check the output error against the original
     on `calib` (or seeded random inputs), and compile for `target` (None: do not compile).
 
-    A dynamic batch dim defaults to 1; `input_shapes={name: shape}` overrides. `db`: a tuning
+    A dynamic batch dim defaults to 1; `input_shapes={name: shape}` overrides; `input_values={name:
+    value}` fixes an input a deployment never changes (it becomes a constant and is no longer an
+    input: Silero VAD's sample rate ``sr``). `db`: a tuning
     database written by :func:`tune` for the same model, passes and target (no re-tuning); it is
     validated line by line first (a bad line is a one-line error; `repair_db=True` drops such
     lines, keeping the originals as ``*.bak``).
@@ -418,8 +423,9 @@ def optimize(
     if isinstance(passes, str) and passes == "auto":
         from mcopt.search import auto_search
 
-        if allow_nonfinite and not isinstance(model, Graph):
-            model = load(model, input_shapes, allow_nonfinite=True)  # the search loads a Graph
+        if (allow_nonfinite or input_values) and not isinstance(model, Graph):
+            model = load(model, input_shapes, allow_nonfinite=allow_nonfinite,
+                         input_values=input_values)  # fmt: skip  # the search loads a Graph
         budget = 0.01 if max_accuracy_drop is None else max_accuracy_drop
         t0 = time.perf_counter()
         best, cands = auto_search(
@@ -454,7 +460,7 @@ def optimize(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     say("importing model")
-    original = load(model, input_shapes, allow_nonfinite=allow_nonfinite)
+    original = load(model, input_shapes, allow_nonfinite=allow_nonfinite, input_values=input_values)
     timings["import"] = time.perf_counter() - t0
     graph = original.copy()
     feeds = load_calibration(calib, original)

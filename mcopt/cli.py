@@ -130,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_shape_arg(o)
     o.add_argument(
+        "--input-value",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,...]",
+        help="fix an input a deployment never changes (repeatable): it becomes a constant and is no "
+        "longer an input, e.g. sr=16000 (Silero VAD's sample rate)",
+    )
+    o.add_argument(
         "--allow-nonfinite",
         action="store_true",
         help="import a model whose weights hold NaN/Inf, a negative BatchNorm variance or a zero "
@@ -257,6 +265,12 @@ def _shapes(specs: Sequence[str]) -> dict[str, list[int]] | None:
     return dict(parse_input_shape(s) for s in specs) or None
 
 
+def _values(specs: Sequence[str]) -> dict[str, Any] | None:
+    from mcopt.inputs import parse_input_value
+
+    return dict(parse_input_value(s) for s in specs) or None
+
+
 def _pipeline(text: str | None) -> list[str] | None:
     from mcopt.pass_manager import split_pipeline
 
@@ -325,6 +339,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             val_data=pick("val_data"),
             seed=args.seed if args.seed is not None else cfg.get("seed", 0),
             input_shapes=shapes,
+            input_values=_values(args.input_value) or cfg.get("input_values"),
             check=not args.no_check,
             db=pick("db"),
             repair_db=args.repair_db,

@@ -1,6 +1,7 @@
 """Pipeline files for ``mcopt optimize --config FILE``: YAML or JSON with any of ``target``,
 ``passes`` (a list of specs or one comma-separated string), ``calib``, ``data``, ``val_data``,
-``input_shapes`` ({name: [dims]}), ``seed``, ``db``, ``max_accuracy_drop``, ``max_output_error``,
+``input_shapes`` ({name: [dims]}), ``input_values`` ({name: value}: inputs fixed as constants),
+``seed``, ``db``, ``max_accuracy_drop``, ``max_output_error``,
 ``objective``. A ``report.json`` written by ``mcopt optimize`` replays that run: its passes (the spec
 of each pass as run), target and input shapes. Unknown keys are an error naming them."""
 
@@ -14,7 +15,7 @@ from typing import Any
 from mcopt.errors import OptionError
 
 KEYS = {
-    "target", "passes", "calib", "data", "val_data", "input_shapes", "seed", "db",
+    "target", "passes", "calib", "data", "val_data", "input_shapes", "input_values", "seed", "db",
     "max_accuracy_drop", "max_output_error", "objective",
 }  # fmt: skip
 

@@ -99,6 +99,21 @@ def parse_input_shape(spec: str) -> tuple[str, list[int]]:
     return name, shape
 
 
+def parse_input_value(spec: str) -> tuple[str, Any]:
+    """`sr=16000` -> ("sr", 16000); `bias=0.5,1,2` -> ("bias", [0.5, 1.0, 2.0]) (a scalar, or a
+    1-D list; the importer casts it to the input's element type)."""
+    name, sep, text = spec.partition("=")
+    if not sep or not name or not text.strip():
+        raise OptionError(f"--input-value {spec!r}: expected NAME=VALUE[,VALUE...] e.g. sr=16000")
+    try:
+        vals = [float(v) if any(c in v for c in ".eE") else int(v) for v in text.split(",")]
+    except ValueError:
+        raise OptionError(
+            f"--input-value {spec!r}: values must be numbers, e.g. sr=16000"
+        ) from None
+    return name, vals[0] if len(vals) == 1 else vals
+
+
 def random_feeds(graph: Graph, n: int = 1, seed: int = 0) -> list[Feed]:
     """Seeded random inputs for `graph` (standard normal floats; small non-negative ints)."""
     rng = np.random.default_rng(seed)

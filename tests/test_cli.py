@@ -133,3 +133,24 @@ def test_python_dash_m(tiny_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert '"macs"' in proc.stdout
+
+
+def test_input_value_fixes_an_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--input-value NAME=V``: the input is a constant of the build; a name the model lacks or a
+    value that is not a number is a one-line error."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_vad_patterns import _if_model
+
+    p = tmp_path / "if.onnx"
+    onnx.save(_if_model(cond_from_shape=False), p)
+    out = tmp_path / "out"
+    rc = main(
+        ["optimize", str(p), "--target", "none", "--input-value", "c=0", "-o", str(out), "-q"]
+    )
+    assert rc == 0 and (out / "model.onnx").exists()
+    assert [i.name for i in onnx.load(out / "model.onnx").graph.input] == ["x"]
+    bad = ["optimize", str(p), "--target", "none", "-o", str(tmp_path / "bad"), "-q"]
+    assert main([*bad, "--input-value", "k=1"]) == 1
+    assert "unknown input(s) ['k']" in _one_line_error(capsys)
+    assert main([*bad, "--input-value", "c=yes"]) == 1
+    assert "--input-value 'c=yes'" in _one_line_error(capsys)

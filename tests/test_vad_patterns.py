@@ -148,3 +148,27 @@ def test_scalar_integer_input_times_a_scalar_constant() -> None:
     feeds = {"x": np.arange(4, dtype=np.float32)[None], "sr": np.array(2, np.int64)}
     pytest.importorskip("tvm")
     assert_routes_match(outputs_by_route(m, feeds, passes=["cleanup"]), rtol=1e-6, atol=1e-6)
+
+
+def test_input_values_fix_an_input_and_its_if() -> None:
+    """``input_values``: the input becomes a constant (no longer an input), so an ``If`` on it is
+    its branch; the original file is left as it was; bad names / shapes are one-line errors."""
+    import mcopt
+    from mcopt.errors import ShapeError
+
+    m = _if_model(cond_from_shape=False)
+    before = m.SerializeToString()
+    x = np.random.default_rng(5).standard_normal((2, 3)).astype(np.float32)
+    ref = ort.InferenceSession(before).run(None, {"x": x, "c": np.array(False)})[0]
+    g = import_model(m, input_values={"c": False})
+    assert [v.name for v in g.inputs] == ["x"] and m.SerializeToString() == before
+    from mcopt import interpreter
+
+    np.testing.assert_allclose(interpreter.run(g, [x])[0], ref, rtol=1e-6)
+    with pytest.raises(ShapeError, match=r"unknown input\(s\) \['cond'\]"):
+        import_model(m, input_values={"cond": True})
+    with pytest.raises(ShapeError, match="has shape \\[2\\]"):
+        import_model(m, input_values={"c": [True, False]})
+    pytest.importorskip("tvm")
+    res = mcopt.optimize(m, target="cpu", input_values={"c": False}, measure=False, check=False)
+    np.testing.assert_allclose(res.compiled.run(x)[0], ref, rtol=1e-6)

@@ -554,17 +554,61 @@ def _converter_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
+def freeze_inputs(
+    proto: onnx.ModelProto, values: Mapping[str, Any], source: str
+) -> onnx.ModelProto:
+    """A copy of ``proto`` whose inputs named in ``values`` are initializers holding those values
+    (cast to the input's element type, checked against its static dims): what a model computes
+    from a setting a deployment fixes (Silero VAD's sample rate ``sr``, which an ``If`` tests)
+    becomes constant, so shapes, branches and arithmetic on it fold at import."""
+    real = [v for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}]
+    by_name = {v.name: v for v in real}
+    unknown = sorted(set(values) - set(by_name))
+    if unknown:
+        raise ShapeError(
+            f"{source}: input_values names unknown input(s) {unknown}; the model's inputs are "
+            f"{sorted(by_name)}"
+        )
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for name, val in values.items():
+        vi = by_name[name]
+        tt = vi.type.tensor_type
+        dtype = onnx_dtype_name(tt.elem_type, f"input '{name}'")
+        try:
+            arr = np.asarray(val).astype(dtype)
+        except (TypeError, ValueError) as e:
+            raise ShapeError(f"{source}: input_values['{name}'] is not {dtype}: {e}") from None
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if tt.HasField("shape") and (
+            len(dims) != arr.ndim or any(d is not None and d != s for d, s in zip(dims, arr.shape))
+        ):
+            raise ShapeError(
+                f"{source}: input_values['{name}'] has shape {list(arr.shape)}, but input "
+                f"'{name}' is {_fmt_dims([d if d is not None else '?' for d in dims])}"
+            )
+        for k, v in enumerate(out.graph.input):
+            if v.name == name:
+                del out.graph.input[k]
+                break
+        out.graph.initializer.append(numpy_helper.from_array(arr, name))
+    return out
+
+
 def import_model(
     model: ModelSource,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     default_batch: int = 1,
     *,
     allow_nonfinite: bool = False,
+    input_values: Mapping[str, Any] | None = None,
 ) -> Graph:
     """Import an ONNX model (path, bytes or ModelProto) into an mcopt Graph with static shapes.
 
     - `input_shapes`: {input name: shape} for inputs whose dims are dynamic (or to override them).
     - `default_batch`: the size given to a dynamic first dim when `input_shapes` does not name it.
+    - `input_values`: {input name: value} for inputs a deployment fixes (a sample rate, a mode
+      flag): they become constants (:func:`freeze_inputs`) and are no longer inputs.
     - `allow_nonfinite`: import a model whose weights hold NaN / Inf, a negative BatchNormalization
       variance or a constant zero divisor, with a :class:`~mcopt.errors.NonFiniteWarning` naming
       each tensor, instead of raising :class:`~mcopt.errors.NonFiniteError`.
@@ -587,6 +631,8 @@ def import_model(
     else:
         source = "the model bytes"
     proto = load_onnx(model)
+    if input_values:
+        proto = freeze_inputs(proto, input_values, source)
     if len(proto.functions):
         try:
             proto = onnx.inliner.inline_local_functions(proto)
