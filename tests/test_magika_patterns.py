@@ -166,3 +166,31 @@ def test_expand_and_elementwise_max_min_compare() -> None:
     feeds = {"x": np.array([[[-1.0], [0.25], [2.0]]], np.float32)}
     pytest.importorskip("tvm")
     assert_routes_match(outputs_by_route(m, feeds, passes=["cleanup"]), rtol=1e-6, atol=1e-6)
+
+
+def test_int8_conv_over_a_width_one_image() -> None:
+    """The int8 build of Magika's conv shape runs the swapped orientation too and computes what
+    the quantized graph says (the interpreter of the same int8 graph)."""
+    pytest.importorskip("tvm")
+    import mcopt
+    from mcopt import interpreter
+
+    rng = np.random.default_rng(6)
+    w = numpy_helper.from_array(rng.standard_normal((32, 16, 5, 1)).astype(np.float32) / 8, "w")
+    b = numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b")
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 40, 1])
+    m = _model(nodes, [x], ["y"], [w, b])
+    calib = [{"x": rng.standard_normal((1, 16, 40, 1)).astype(np.float32)} for _ in range(4)]
+    res = mcopt.optimize(m, target="cpu", passes=["cleanup", "quantize-int8"], calib=calib,
+                         measure=False, check=False)  # fmt: skip
+    convs = [n for n in res.planned_graph.nodes if "conv" in n.op]
+    assert convs and all(n.inputs[0].shape[2:] == (1, 40) for n in convs), [
+        (n.op, n.inputs[0].shape) for n in convs
+    ]
+    feed = rng.standard_normal((1, 16, 40, 1)).astype(np.float32)
+    ref = interpreter.run(res.graph, [feed])[0]
+    np.testing.assert_allclose(res.compiled.run(feed)[0], ref, rtol=1e-5, atol=1e-5)
