@@ -131,17 +131,15 @@ def numpy_silu(v: Any) -> Any:
     return v / (1.0 + np.exp(-np.clip(v, -_EXP_MAX, _EXP_MAX)))
 
 
-def silu_lines(val: str, scratch: Callable[[int], str]) -> tuple[list[str], str]:
-    """TVMScript statements computing ``silu(val)`` for text-generated kernels (Winograd's output
-    transform): ``(lines, expr)``, the intermediates stored in ``scratch(0..3)`` (buffer elements
-    of the vectorized lane, not lets: TVM's vectorizer evaluates a let-bound scalar once for all
-    lanes) so the value is evaluated once; ``expr`` is the result. The arithmetic of
-    :func:`fast_silu`."""
+def exp_lines(arg: str, scratch: Callable[[int], str]) -> tuple[list[str], str]:
+    """TVMScript statements computing ``exp(arg)`` for text-generated kernels through
+    ``scratch(0..2)`` (buffer elements of the vectorized lane, not lets: TVM's vectorizer evaluates
+    a let-bound scalar once for all lanes): ``(lines, expr)``, ``expr`` the result. The arithmetic
+    of :func:`fast_exp` without its final ``max`` with the argument."""
     f = lambda x: f"T.float32({float(x)!r})"  # noqa: E731
-    v, x, n, r = (scratch(i) for i in range(4))
+    x, n, r = (scratch(i) for i in range(3))
     lines = [
-        f"{v} = {val}",
-        f"{x} = T.max(T.min(T.float32(0.0) - {v}, {f(_EXP_MAX)}), {f(-_EXP_MAX)})",
+        f"{x} = T.max(T.min({arg}, {f(_EXP_MAX)}), {f(-_EXP_MAX)})",
         f"{n} = T.floor({x} * {f(1.44269504088896341)} + {f(0.5)})",
         f"{r} = {x} - {n} * {f(0.693147180559945)}",
     ]
@@ -149,14 +147,20 @@ def silu_lines(val: str, scratch: Callable[[int], str]) -> tuple[list[str], str]
     for k in _EXP_COEFFS[1:]:
         poly = f"({poly} * {r} + {f(k)})"
     lines.append(f"{x} = {poly} * {r} * {r} + {r} + {f(1.0)}")  # x is free again: p
-    e = (
-        f'T.max(T.reinterpret("float32", T.shift_left(T.Cast("int32", {n} + {f(127.0)}), 23))'
-        f" * {x}, T.float32(0.0) - {v})"
-    )
-    return lines, f"{v} / ({f(1.0)} + {e})"
+    e = f'T.reinterpret("float32", T.shift_left(T.Cast("int32", {n} + {f(127.0)}), 23)) * {x}'
+    return lines, e
+
+
+def silu_lines(val: str, scratch: Callable[[int], str]) -> tuple[list[str], str]:
+    """TVMScript statements computing ``silu(val)`` for text-generated kernels (Winograd's output
+    transform): ``(lines, expr)``, the intermediates stored in ``scratch(0..3)`` so the value is
+    evaluated once; ``expr`` is the result. The arithmetic of :func:`fast_silu`."""
+    v = scratch(0)
+    lines, e = exp_lines(f"T.float32(0.0) - {v}", lambda i: scratch(i + 1))
+    return [f"{v} = {val}", *lines], f"{v} / (T.float32(1.0) + T.max({e}, T.float32(0.0) - {v}))"
 
 
 __all__ = [
-    "fast_erf", "fast_exp", "fast_gelu", "fast_sigmoid", "fast_silu", "gelu_lines", "numpy_gelu",
-    "numpy_silu", "silu_lines",
+    "exp_lines", "fast_erf", "fast_exp", "fast_gelu", "fast_sigmoid", "fast_silu", "gelu_lines",
+    "numpy_gelu", "numpy_silu", "silu_lines",
 ]  # fmt: skip

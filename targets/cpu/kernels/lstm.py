@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mcopt.targets.fast_math import _EXP_COEFFS, _EXP_MAX
+from mcopt.targets.fast_math import exp_lines
 
 #: scratch rows per direction for the gate math (exp's intermediates and the gate values)
 _SCRATCH = 10
@@ -46,24 +46,6 @@ def pack_recurrent(r: np.ndarray, lanes: int) -> np.ndarray:
 
 def supported(hidden: int, lanes: int) -> bool:
     return hidden % lanes == 0
-
-
-def _exp_lines(arg: str, s: Any) -> tuple[list[str], str]:
-    """Statements computing ``exp(arg)`` through scratch rows ``s(0..2)``; returns the expression
-    of the result (the polynomial of :func:`~mcopt.targets.fast_math.fast_exp`)."""
-    f = lambda x: f"T.float32({float(x)!r})"  # noqa: E731
-    x, n, r = s(0), s(1), s(2)
-    lines = [
-        f"{x} = T.max(T.min({arg}, {f(_EXP_MAX)}), {f(-_EXP_MAX)})",
-        f"{n} = T.floor({x} * {f(1.44269504088896341)} + {f(0.5)})",
-        f"{r} = {x} - {n} * {f(0.693147180559945)}",
-    ]
-    poly = f(_EXP_COEFFS[0])
-    for k in _EXP_COEFFS[1:]:
-        poly = f"({poly} * {r} + {f(k)})"
-    lines.append(f"{x} = {poly} * {r} * {r} + {r} + {f(1.0)}")
-    e = f'T.reinterpret("float32", T.shift_left(T.Cast("int32", {n} + {f(127.0)}), 23)) * {x}'
-    return lines, e
 
 
 def script(seq: int, batch: int, hidden: int, dirs: int, reverse: bool, has_h0: bool,
@@ -137,15 +119,15 @@ def script(seq: int, batch: int, hidden: int, dirs: int, reverse: bool, has_h0: 
 
     # sigmoid(v) = 1 / (1 + exp(-v)) into rows 3 (i), 4 (o), 5 (f); tanh(g_c) into row 6
     for row, gate in ((3, 0), (4, 1), (5, 2)):
-        lines, e = _exp_lines(f"T.float32(0.0) - G[d, b, {gate * hidden} + {k}]", s)
+        lines, e = exp_lines(f"T.float32(0.0) - G[d, b, {gate * hidden} + {k}]", s)
         L.extend(ind + x for x in lines)
         add(f"{ind}{s(row)} = T.float32(1.0) / (T.float32(1.0) + {e})")
-    lines, e = _exp_lines(f"G[d, b, {3 * hidden} + {k}] * T.float32(2.0)", s)
+    lines, e = exp_lines(f"G[d, b, {3 * hidden} + {k}] * T.float32(2.0)", s)
     L.extend(ind + x for x in lines)
     add(f"{ind}{s(6)} = T.float32(1.0) - T.float32(2.0) / (T.float32(1.0) + {e})")
     add(f"{ind}{s(7)} = {s(5)} * CS[d, b, {k}] + {s(3)} * {s(6)}")
     add(f"{ind}CS[d, b, {k}] = {s(7)}")
-    lines, e = _exp_lines(f"{s(7)} * T.float32(2.0)", s)
+    lines, e = exp_lines(f"{s(7)} * T.float32(2.0)", s)
     L.extend(ind + x for x in lines)
     add(f"{ind}{s(8)} = {s(4)} * (T.float32(1.0) - T.float32(2.0) / (T.float32(1.0) + {e}))")
     add(f"{ind}HS[d, b, {k}] = {s(8)}")
