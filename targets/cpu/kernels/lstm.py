@@ -141,11 +141,9 @@ def lstm_sequence(seq: int, batch: int, hidden: int, dirs: int, reverse: bool, h
                   has_c0: bool, lanes: int, int8: bool = False) -> Any:  # fmt: skip
     """The scheduled PrimFunc ``(proj (S B, D 4H), rp (packed R), [rs (D, 4H): int8 only], [h0 (D,
     B, H)], [c0], out (S + 1, D, B, H))``; ``rp`` from :func:`pack_recurrent`."""
-    from tvm.script import from_source
+    from mcopt.targets.cpu.kernels.tvmscript import parse
 
-    func = from_source(script(seq, batch, hidden, dirs, reverse, has_h0, has_c0, lanes, int8))
-    if not hasattr(func, "body"):
-        func = func["main"]
+    func = parse(script(seq, batch, hidden, dirs, reverse, has_h0, has_c0, lanes, int8))
     return func.with_attr("tirx.is_scheduled", True)
 
 

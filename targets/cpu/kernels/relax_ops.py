@@ -131,7 +131,7 @@ def view_params(func: Any, params: dict[str, tuple[Sequence[int], int]]) -> Any:
     written over ``(N, C, H*W, bn)``, called on the blocked ``(N, C, H, W, bn)`` tensors
     themselves (a reshape in Relax is a VM call of its own). Done on the TVMScript text (the
     signature and one declaration per parameter), so the body is untouched."""
-    from tvm.script import from_source
+    from mcopt.targets.cpu.kernels.tvmscript import parse
 
     text = func.script()
     decls = []
@@ -157,8 +157,7 @@ def view_params(func: Any, params: dict[str, tuple[Sequence[int], int]]) -> Any:
     while lines[at].strip().startswith("T.func_attr"):
         at += 1
     lines[at:at] = decls
-    new = from_source("\n".join(lines))
-    return new if hasattr(new, "body") else new["main"]
+    return parse("\n".join(lines))
 
 
 _call = call_kernel  # the name older lowerings import

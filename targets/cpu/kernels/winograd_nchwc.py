@@ -332,15 +332,13 @@ def winograd_conv2d_nchwc(
     """A scheduled PrimFunc ``(x (N, C/bn, H, W, bn), u (alpha^2, O/(rv bn), C, rv bn),
     [bias (O/bn, bn)], [residual], out (N, O/bn, OH, OW, bn))`` and its plan (``data_shape`` is
     the logical NCHW shape; pack the weight with :func:`pack_weight` using ``plan.rv``)."""
-    from tvm.script import from_source
+    from mcopt.targets.cpu.kernels.tvmscript import parse
 
     if m not in TRANSFORMS:
         raise ValueError(f"winograd tile m must be one of {sorted(TRANSFORMS)}, got {m}")
     epilogue = epilogue or Epilogue(bias=True)
     pl_ = plan(data_shape, out_channels, m, pads, bn)
-    func = from_source(script(data_shape, out_channels, pl_, pads, epilogue))
-    if not hasattr(func, "body"):  # an IRModule
-        func = func["main"]
+    func = parse(script(data_shape, out_channels, pl_, pads, epilogue))
     return func.with_attr("tirx.is_scheduled", True), pl_
 
 
