@@ -146,6 +146,11 @@ class OptimizeResult:
             "artifacts": dict(self.artifacts),
             "pareto": list(self.pareto),
             "input_specs": [[v.name, list(v.shape), v.dtype] for v in self.graph.inputs],
+            **(
+                {"input_values": self.original.metadata["input_values"]}
+                if self.original.metadata.get("input_values")
+                else {}
+            ),
         }
 
     def to_markdown(self) -> str:

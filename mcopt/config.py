@@ -3,7 +3,7 @@
 ``input_shapes`` ({name: [dims]}), ``input_values`` ({name: value}: inputs fixed as constants),
 ``seed``, ``db``, ``max_accuracy_drop``, ``max_output_error``,
 ``objective``. A ``report.json`` written by ``mcopt optimize`` replays that run: its passes (the spec
-of each pass as run), target and input shapes. Unknown keys are an error naming them."""
+of each pass as run), target, input shapes and fixed input values. Unknown keys are an error naming them."""
 
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def _from_report(rep: dict[str, Any]) -> dict[str, Any]:
     cfg: dict[str, Any] = {"passes": specs or ["cleanup"], "target": rep.get("target")}
     if rep.get("inputs"):
         cfg["input_shapes"] = {k: list(v) for k, v in rep["inputs"].items()}
+    if rep.get("input_values"):
+        cfg["input_values"] = dict(rep["input_values"])
     return cfg
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,12 @@ def test_input_value_fixes_an_input(tmp_path: Path, capsys: pytest.CaptureFixtur
     )
     assert rc == 0 and (out / "model.onnx").exists()
     assert [i.name for i in onnx.load(out / "model.onnx").graph.input] == ["x"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["input_values"] == {"c": 0}
+    again = tmp_path / "again"  # replaying the report fixes the input again
+    rc = main(["optimize", str(p), "--target", "none", "--config", str(out / "report.json"),
+               "-o", str(again), "-q"])  # fmt: skip
+    assert rc == 0 and [i.name for i in onnx.load(again / "model.onnx").graph.input] == ["x"]
     bad = ["optimize", str(p), "--target", "none", "-o", str(tmp_path / "bad"), "-q"]
     assert main([*bad, "--input-value", "k=1"]) == 1
     assert "unknown input(s) ['k']" in _one_line_error(capsys)

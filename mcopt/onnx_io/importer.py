@@ -646,6 +646,10 @@ def import_model(
         proto = convert_opset(proto, source, MAX_OPSET)
     validate.run_checker(proto, source, input_shapes)
     graph = _Importer(proto, source, input_shapes, default_batch, file_opset).run()
+    if input_values:  # what the build was fixed to (report.json keeps it, so a replay can)
+        graph.metadata["input_values"] = {
+            k: np.asarray(v).tolist() for k, v in input_values.items()
+        }
     if 0 < file_opset < MIN_OPSET:
         graph.metadata["upgraded_from_opset"] = file_opset
     elif file_opset > MAX_OPSET:
