@@ -144,6 +144,24 @@ def test_choose_conv_params_cache_blocking():
     assert 1000 % units == 0 and units % avx2.lanes == 0
 
 
+def test_strided_wide_convs_take_a_small_tile_on_avx512():
+    """A stride-2 3x3 conv with output rows of 64+ pixels takes at most STRIDED_ACCUMULATORS
+    accumulators on 16-lane targets (the large stride-1 tiles lost 20-25 % there); the same conv
+    at stride 1, a small strided plane and AVX2 keep the tile they had."""
+    from mcopt.targets.cpu.kernels.params import STRIDED_ACCUMULATORS
+
+    avx512 = CPUInfo(lanes=16, vregs=32, cores=2)
+    avx2 = CPUInfo(lanes=8, vregs=16, cores=2)
+    wide = choose_conv_params((1, 128, 160, 160), (128, 128, 3, 3), 2, 1, 1, avx512)
+    assert wide.reg_n * wide.reg_c <= STRIDED_ACCUMULATORS
+    same = choose_conv_params((1, 128, 80, 80), (128, 128, 3, 3), 1, 1, 1, avx512)
+    assert same.reg_n * same.reg_c > STRIDED_ACCUMULATORS
+    small = choose_conv_params((1, 512, 14, 14), (512, 512, 3, 3), 2, 1, 1, avx512)
+    assert small.reg_n * small.reg_c > STRIDED_ACCUMULATORS
+    narrow = choose_conv_params((1, 128, 160, 160), (128, 128, 3, 3), 2, 1, 1, avx2)
+    assert narrow == choose_conv_params((1, 128, 80, 80), (128, 128, 3, 3), 1, 1, 1, avx2)
+
+
 def test_choose_conv_params_avoids_a_rounding_copy_for_narrow_1x1():
     """A 1x1 conv has no padded copy of its own: a tile that rounds the width up would add one.
     Narrow ones (few MACs per input element) take a dividing tile; wide ones and padded convs may

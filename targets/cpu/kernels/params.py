@@ -129,6 +129,15 @@ SHORT_ACCUMULATORS = 8
 #: with 8 x 2, 110 us with 6 x 2 (one znver5 thread); tiny_cnn's 3 -> 16 5.0 -> 4.2 us with 12 x 1;
 #: the 7x7 stems of ResNet-50 / Inception did not change (3 x 4 or 4 x 4: 945 us)
 STEM_ACCUMULATORS = 12
+#: accumulators of a strided conv's tile on 16-lane (AVX-512) targets: with stride 2 a tile of
+#: ``rn`` outputs reads ``2 rn + kw - 1`` input pixels per row, and the large tiles that suit stride
+#: 1 lose (one znver5 process, kernels alternating, cold weights: 128 -> 128 at 160x160 stride 2
+#: 11.7 ms as 6 x 4, 8.9 ms as 4 x 2; 48 -> 32 at 320x320 5.1 -> 4.0 ms; 32 -> 64 5.2 -> 4.7 ms;
+#: stride 1 at the same output size is within 6 % for every tile). Only for output rows of at least
+#: ``STRIDED_MIN_WIDTH``: on small planes (ResNet-50's 512 -> 512 at 14x14, a flattened-plane tile)
+#: the cap lost (1.15 -> 1.59 ms), at 28 and 40 wide it changed nothing
+STRIDED_ACCUMULATORS = 8
+STRIDED_MIN_WIDTH = 64
 
 
 def choose_register_tile(
@@ -238,6 +247,8 @@ def choose_conv_params(
     reduction = ic * kh * kw
     stem = kw > 1 and ic_bn < info.lanes and oc_bn == info.lanes
     cap = STEM_ACCUMULATORS if stem else None
+    if not stem and max(sh, sw) > 1 and ow >= STRIDED_MIN_WIDTH and info.lanes >= 16:
+        cap = STRIDED_ACCUMULATORS  # (None: off)
     if info.isa == "neon" and ic_bn == 4 and oc_bn == 4:
         reg_n, reg_c, flat = choose_neon_tile(
             n, oh, ow, occ, icc * kh * kw, max_rc, padded, info.cores
