@@ -161,16 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="det,cls,rec", help="comma-separated: det, cls, rec")
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args(argv)
-    from common import write_outputs
+    from common import pick_models, run_selected
 
+    kinds = pick_models(args.only, MODELS)
     models = fetch_models(args.models)
-    rows: list[dict[str, Any]] = []
-    for kind in args.only.split(","):
-        rows += bench(kind, models / MODELS[kind][0], args.rounds, lambda m: print(m, flush=True))
-        print(render_md([r for r in rows if r["model"] == kind]), flush=True)
-    write_outputs(ROOT / "bench-out", "ocr", rows, render_md(rows))
-    print(render_md(rows))
-    return 0
+
+    def run_one(kind: str) -> list[dict[str, Any]]:
+        return bench(kind, models / MODELS[kind][0], args.rounds, lambda m: print(m, flush=True))
+
+    return run_selected(kinds, run_one, render_md, "ocr", "model")
 
 
 if __name__ == "__main__":

@@ -140,16 +140,15 @@ def bench(name: str, rounds: int, log: Any) -> list[dict[str, Any]]:
 
 
 def render_md(rows: list[dict[str, Any]]) -> str:
-    out = [
-        "| export | one call | onnxruntime ms | mcopt ms | mcopt speedup | max prob diff (stream) | speech windows (ort) | note |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        out.append(
-            f"| {r['export']} | {r['call']} | {r['ort_ms']:.4f} | {r['mcopt_ms']:.4f} | "
-            f"**{r['speedup']:.2f}x** | {r['max_prob_diff']:.2e} | {r['speech_frames']} | {r['note']} |"
-        )
-    return "\n".join(out) + "\n"
+    from common import markdown_table
+
+    shown = [{**r, "speedup_md": f"**{r['speedup']:.2f}x**"} for r in rows]
+    return markdown_table(shown, [
+        ("export", "export", ""), ("call", "one call", ""), ("ort_ms", "onnxruntime ms", ".4f"),
+        ("mcopt_ms", "mcopt ms", ".4f"), ("speedup_md", "mcopt speedup", ""),
+        ("max_prob_diff", "max prob diff (stream)", ".2e"),
+        ("speech_frames", "speech windows (ort)", ""), ("note", "note", ""),
+    ])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,16 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(EXPORTS), help="comma-separated export file names")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
-    from common import write_outputs
+    from common import pick_models, run_selected
 
-    rows: list[dict[str, Any]] = []
-    for name in args.only.split(","):
-        if name not in EXPORTS:
-            ap.error(f"unknown export {name!r}; choose from {', '.join(EXPORTS)}")
-        rows += bench(name, args.rounds, lambda m: print(m, flush=True))
-    write_outputs(ROOT / "bench-out", "vad", rows, render_md(rows))
-    print(render_md(rows))
-    return 0
+    def run_one(name: str) -> list[dict[str, Any]]:
+        return bench(name, args.rounds, lambda m: print(m, flush=True))
+
+    return run_selected(pick_models(args.only, EXPORTS), run_one, render_md, "vad")
 
 
 if __name__ == "__main__":

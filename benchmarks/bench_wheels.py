@@ -274,17 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
-    from common import write_outputs
+    from common import pick_models, run_selected
 
-    rows: list[dict[str, Any]] = []
-    for kind in args.only.split(","):
-        if kind not in MODELS:
-            ap.error(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
-        rows += bench(kind, args.rounds, lambda m: print(m, flush=True))
-        print(render_md([r for r in rows if r["model"] == kind]), flush=True)
-    write_outputs(ROOT / "bench-out", "wheels", rows, render_md(rows))
-    print(render_md(rows))
-    return 0
+    def run_one(kind: str) -> list[dict[str, Any]]:
+        return bench(kind, args.rounds, lambda m: print(m, flush=True))
+
+    return run_selected(pick_models(args.only, MODELS), run_one, render_md, "wheels", "model")
 
 
 if __name__ == "__main__":

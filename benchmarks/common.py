@@ -110,6 +110,26 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str
     return "\n".join(lines) + "\n"
 
 
+def run_selected(
+    names: Sequence[str],
+    run_one: Callable[[str], list[dict[str, Any]]],
+    render: Callable[[list[dict[str, Any]]], str],
+    out_name: str,
+    key: str | None = None,
+) -> int:
+    """The ``--only`` loop of the per-model benchmark scripts: ``run_one(name)`` rows for each
+    name (each model's table printed as it finishes when ``key`` names the rows' model column),
+    then the whole table printed and written to ``bench-out/<out_name>.md`` / ``.json``."""
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        rows += run_one(name)
+        if key is not None:
+            print(render([r for r in rows if r[key] == name]), flush=True)
+    write_outputs(Path(__file__).resolve().parents[1] / "bench-out", out_name, rows, render(rows))
+    print(render(rows))
+    return 0
+
+
 def pick_models(spec: str, known: Sequence[str]) -> list[str]:
     """The comma-separated model names of a ``--models`` option, each one of `known` (else exit
     with a one-line message naming the valid ones)."""

@@ -15,6 +15,8 @@ recognizers (Shi et al., TPAMI 2017) that ship as ONNX (ddddocr) read their CNN 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from mcopt.ir.types import TensorType
@@ -143,17 +145,11 @@ def qlstm_ref(
     r: np.ndarray,
     w_scale: np.ndarray,
     r_scale: np.ndarray,
-    b: np.ndarray | None = None,
-    initial_h: np.ndarray | None = None,
-    initial_c: np.ndarray | None = None,
-    *,
-    hidden_size: int,
-    direction: str,
+    *rest: np.ndarray | None,
+    **attrs: Any,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return lstm_ref(
-        x, dequantize_rows(w, w_scale), dequantize_rows(r, r_scale), b, initial_h, initial_c,
-        hidden_size=hidden_size, direction=direction,
-    )  # fmt: skip
+    """:func:`lstm_ref` of the dequantized weights (``rest``: b, initial_h, initial_c)."""
+    return lstm_ref(x, dequantize_rows(w, w_scale), dequantize_rows(r, r_scale), *rest, **attrs)
 
 
 register_op(
