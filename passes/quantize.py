@@ -294,7 +294,7 @@ class QuantizeInt8(Pass):
         for v in ins[1:3]:
             assert v is not None and v.const is not None
             w = np.asarray(v.const, np.float32)
-            s = np.maximum(np.abs(w).max(axis=-1) / 127.0, 1e-12).astype(np.float32)
+            s = weight_scales(w.reshape(-1, w.shape[-1]), 127).reshape(w.shape[:-1])
             q = np.clip(np.rint(w / s[..., None]), -127, 127).astype(np.int8)
             codes.append(graph.const(q, name=f"{v.name}_int8"))
             scales.append(graph.const(s, name=f"{v.name}_scale"))
