@@ -15,7 +15,9 @@ epilogue. With ``r = clip(x + 3, 0, 6)``:
   YOLOX, EfficientNet — two kernels and a tensor round trip per layer otherwise);
 - ``x * 0.5 * (1 + erf(x / sqrt 2))`` -> ``gelu(x)`` (every exporter before ONNX's opset-20
   ``Gelu``: Paddle2ONNX's PP-OCRv5/v6, PyTorch's ViT / BERT exports), the products in any order and
-  ``x * (1/sqrt 2)`` for the division
+  ``x * (1/sqrt 2)`` for the division;
+- ``maximum(x, c)`` / ``minimum(x, c)`` with a scalar ``c`` -> ``clip(x, min=c)`` /
+  ``clip(x, max=c)`` (TensorFlow exports: openWakeWord's ``Max(LeakyRelu(x), -0.4)``)
 
 (either operand order of every add and mul; the constants are scalars within 1e-6 of 3, 6, 1/6).
 Hard-swish: Howard et al., "Searching for MobileNetV3", ICCV 2019; SiLU: Elfwing et al.,
@@ -136,6 +138,28 @@ class _Silu(RewriteRule):
         return m.add("silu", [m["x"]], name=f"{m.root.name}_silu").output
 
 
+class _ClipOfScalar(RewriteRule):
+    """``maximum(x, c)`` -> ``clip(x, min=c)``, ``minimum(x, c)`` -> ``clip(x, max=c)`` for a
+    scalar ``c`` (TensorFlow exports write bounds as ``Max`` / ``Min``: openWakeWord's
+    ``Max(LeakyRelu(x), -0.4)``); as a clip it is the conv's epilogue."""
+
+    def __init__(self, pattern: P) -> None:
+        self.pattern = pattern
+        self.name = f"clip ({pattern.op} with a scalar)"
+
+    def check(self, m: Match) -> str | None:
+        if np.dtype(m["x"].dtype).kind != "f":
+            return f"%{m['x'].name} is not a float tensor"
+        if m.root.output.shape != m["x"].shape:
+            return f"the constant broadcasts %{m['x'].name} to {m.root.output.shape}"
+        return None
+
+    def rewrite(self, m: Match, graph: Graph) -> Value:
+        c = float(np.asarray(m["c"].const).reshape(()))
+        bounds = {"min": c, "max": np.inf} if m.root.op == "maximum" else {"min": -np.inf, "max": c}
+        return m.add("clip", [m["x"]], bounds, name=f"{m.root.name}_clip").output
+
+
 SQRT2 = float(np.sqrt(2.0))
 
 
@@ -189,6 +213,8 @@ def activation_rules() -> list[RewriteRule]:
     rules += [_SwishOfHardSigmoid(p) for p in _both("mul", X, hs, "mul")]
     rules += [_Silu(p) for p in _both("mul", X, P("sigmoid", X, name="sig"), "mul")]
     rules += [_Gelu(p) for p in _gelu_patterns()]
+    for op in ("maximum", "minimum"):
+        rules += [_ClipOfScalar(p) for p in _both(op, X, V("c", const=True, where=_scalar), op)]
     return rules
 
 

@@ -203,6 +203,8 @@ def test_packing_roundtrip():
         (16, 32, 10, 3, 2, (1, 1, 1, 1), 1, None, "silu", True),
         # 1x1 + GELU (PP-OCRv5/v6's pointwise convs)
         (16, 32, 8, 1, 1, (0, 0, 0, 0), 1, None, "gelu", False),
+        # 3x3 + leaky ReLU with a floor (openWakeWord: slope -0.5 here, floor 0.5 -> clip_*)
+        (16, 32, 8, 3, 1, (1, 1, 1, 1), 1, None, "leaky_relu", True),
         # 1x1 as GEMM, stride 2, no epilogue activation; forced ic split + rows inside it
         (32, 16, 9, 1, 2, (0, 0, 0, 0), 1, ConvParams(8, 8, 3, 2, False, 2, True), None, False),
         # flattened plane (7x7 = 49 -> 51 positions), ic split, residual
@@ -275,14 +277,22 @@ def test_depthwise_conv2d_nchwc(pad_copy, stride, pads, dil, residual):
 
 @pytest.mark.parametrize(
     "m,n,k,act",
-    [(1, 10, 40, None), (3, 48, 24, "relu"), (2, 20, 16, "silu"), (4, 32, 16, "gelu")],
+    [
+        (1, 10, 40, None),
+        (3, 48, 24, "relu"),
+        (2, 20, 16, "silu"),
+        (4, 32, 16, "gelu"),
+        (2, 24, 16, "leaky_relu"),
+    ],
 )
 def test_dense_packed(m, n, k, act):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((m, k)).astype("float32")
     w = rng.standard_normal((n, k)).astype("float32")
     b = rng.standard_normal(n).astype("float32")
-    ep = Epilogue(activation=act)
+    ep = Epilogue(
+        activation=act, **({"clip_min": 0.1, "clip_max": -0.3} if act == "leaky_relu" else {})
+    )
     ref = ep.apply_numpy(x.astype(np.float64) @ w.T.astype(np.float64), b)
     bn, reg_m = choose_dense_params(m, n, k, TARGET)
     npad = -(-n // bn) * bn

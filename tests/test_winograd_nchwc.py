@@ -44,6 +44,8 @@ CASES = [
     (1, 32, 8, 8, 32, (1, 1, 1, 1), Epilogue(True, True, "clip", -0.5, 0.5)),
     (1, 16, 10, 9, 16, (1, 1, 1, 1), Epilogue(True, True, "silu")),  # YOLOX; cropped tiles
     (1, 16, 9, 10, 16, (1, 1, 1, 1), Epilogue(True, False, "gelu")),  # PP-OCRv6
+    (1, 16, 9, 10, 16, (1, 1, 1, 1), Epilogue(True, True, "leaky_relu", 0.2, -0.4)),  # floor
+    (1, 16, 8, 8, 16, (1, 1, 1, 1), Epilogue(True, False, "leaky_relu", 1.5, -np.inf)),  # Select
 ]
 
 

@@ -354,10 +354,33 @@ def prelu(c: NodeCtx) -> None:
 def clip(c: NodeCtx) -> None:
     if c.opset < 11:
         lo, hi = float(c.attr("min", -math.inf)), float(c.attr("max", math.inf))
-    else:
-        lo = float(c.need_const(1, "min").reshape(())) if c.inp(1) is not None else -math.inf
-        hi = float(c.need_const(2, "max").reshape(())) if c.inp(2) is not None else math.inf
-    c.set_out(0, c.emit("clip", [c.x(0)], {"min": lo, "max": hi}))
+        c.set_out(0, c.emit("clip", [c.x(0)], {"min": lo, "max": hi}))
+        return
+    # opset 11+: a bound is an input. A constant one is the clip op's attribute; a computed one (a
+    # log-mel's top-dB floor `Clip(x, ReduceMax(x) - 80)`) is an elementwise maximum / minimum.
+    bounds: dict[str, float] = {"min": -math.inf, "max": math.inf}
+    computed: dict[str, Value] = {}
+    for i, key in ((1, "min"), (2, "max")):
+        if c.inp(i) is None:
+            continue
+        v = c.x(i)
+        if v.const is not None:
+            bounds[key] = float(np.asarray(v.const).reshape(()))
+        elif v.type.size != 1:
+            raise c.fail(f"{key} (input {i}) has shape {v.shape}; ONNX requires a scalar")
+        elif v.dtype != c.x(0).dtype:
+            raise c.fail(f"{key} (input {i}) is {v.type}, the input {c.x(0).type}")
+        else:
+            computed[key] = v if v.type.rank == 0 else c.emit("reshape", [v], {"shape": ()})
+    # min(max(x, lo), hi), in that order (a min above the max gives the max everywhere)
+    y = c.x(0)
+    if "min" in computed:
+        y = c.emit("maximum", [y, computed["min"]])
+    if not computed or bounds != {"min": -math.inf, "max": math.inf}:
+        y = c.emit("clip", [y], bounds)
+    if "max" in computed:
+        y = c.emit("minimum", [y, computed["max"]])
+    c.set_out(0, y)
 
 
 @handles("Dropout")
@@ -408,7 +431,13 @@ def max_min(c: NodeCtx) -> None:
     c.set_out(0, y)
 
 
-_COMPARE = {"Equal": "equal", "Less": "less", "Greater": "greater"}
+_COMPARE = {
+    "Equal": "equal",
+    "Less": "less",
+    "Greater": "greater",
+    "LessOrEqual": "less_equal",
+    "GreaterOrEqual": "greater_equal",
+}
 
 
 @handles(*_COMPARE)
@@ -417,6 +446,16 @@ def compare(c: NodeCtx) -> None:
     if a.dtype != b.dtype:
         raise c.fail(f"input dtypes differ ({a.type} and {b.type}); ONNX requires one type")
     c.set_out(0, c.emit(_COMPARE[c.op_type], [a, b]))
+
+
+@handles("Where")
+def where(c: NodeCtx) -> None:
+    cond, a, b = c.x(0), c.x(1), c.x(2)
+    if cond.dtype != "bool":
+        raise c.fail(f"the condition is {cond.type}; ONNX requires bool")
+    if a.dtype != b.dtype:
+        raise c.fail(f"input dtypes differ ({a.type} and {b.type}); ONNX requires one type")
+    c.set_out(0, c.emit("where", [cond, a, b]))
 
 
 # --- tensor manipulation --------------------------------------------------------------------------

@@ -393,18 +393,41 @@ class _Importer:
 
     def _inline_if(self, ctx: NodeCtx) -> None:
         """An ``If`` whose condition static shapes or constants fix (an exporter's check of a
-        tensor's rank or batch: Silero VAD's) is the branch it takes, imported in its place; one
-        whose condition is computed from input values is a one-line error."""
+        tensor's rank or batch: Silero VAD's) is the branch it takes, imported in its place.
+
+        One whose condition is computed at run time (openWakeWord's verifier, run when the first
+        score passes 0.5) is if-converted: both branches are imported (ONNX ops have no side
+        effects) and each output is ``where(cond, then, else)``; the branches' outputs must have
+        one static shape and type. Both branches run on every call."""
         cond = ctx.inp(0)
-        if cond is None or cond.const is None:
-            raise ctx.fail(
-                f"its condition '{ctx.node.input[0]}' is computed from input values at run time; "
-                "mcopt imports an If only when static shapes or constants fix its condition "
-                "(export the model for one branch)"
-            )
-        if cond.const.size != 1:
-            raise ctx.fail(f"its condition '{ctx.node.input[0]}' has {cond.const.size} elements")
-        take = "then_branch" if bool(np.asarray(cond.const).reshape(-1)[0]) else "else_branch"
+        if cond is None:
+            raise ctx.fail("it has no condition input")
+        size = cond.const.size if cond.const is not None else cond.type.size
+        if size != 1:
+            raise ctx.fail(f"its condition '{ctx.node.input[0]}' has {size} elements")
+        if cond.const is not None:
+            take = "then_branch" if bool(np.asarray(cond.const).reshape(-1)[0]) else "else_branch"
+            for i, v in enumerate(self._import_branch(ctx, take)):
+                ctx.set_out(i, v)
+            return
+        if cond.dtype != "bool":
+            raise ctx.fail(f"its condition '{ctx.node.input[0]}' is {cond.type}; ONNX needs bool")
+        then = self._import_branch(ctx, "then_branch")
+        other = self._import_branch(ctx, "else_branch")
+        c = cond if cond.type.rank == 0 else ctx.emit("reshape", [cond], {"shape": ()})
+        for i, (t, e) in enumerate(zip(then, other)):
+            if (t.shape, t.dtype) != (e.shape, e.dtype):
+                raise ctx.fail(
+                    f"its condition '{ctx.node.input[0]}' is computed at run time and output {i} "
+                    f"is {t.type} in then_branch but {e.type} in else_branch; mcopt imports such "
+                    "an If as both branches and a select, which needs one shape (export the model "
+                    "for one branch)"
+                )
+            ctx.set_out(i, ctx.emit("where", [c, t, e]))
+        ctx.finalize()
+
+    def _import_branch(self, ctx: NodeCtx, take: str) -> list[Value]:
+        """Import the nodes of the If's subgraph ``take`` inline; returns its outputs."""
         branch = ctx.attrs[take]
         for t in branch.initializer:
             self.initializers[t.name] = t
@@ -419,8 +442,7 @@ class _Importer:
             raise ctx.fail(
                 f"its {take} has {len(branch.output)} outputs, the If {len(ctx.node.output)}"
             )
-        for i, o in enumerate(branch.output):
-            ctx.set_out(i, self.lookup(o.name, ctx))
+        return [self.lookup(o.name, ctx) for o in branch.output]
 
     def _set_const(self, ctx: NodeCtx, arrays: Sequence[np.ndarray]) -> None:
         for i, (o, arr) in enumerate(zip(ctx.node.output, arrays)):

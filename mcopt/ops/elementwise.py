@@ -303,6 +303,46 @@ def _compare(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], doc:
 _compare("equal", np.equal, "y = (a == b), bool (numpy broadcasting; ONNX Equal)")
 _compare("less", np.less, "y = (a < b), bool (numpy broadcasting; ONNX Less)")
 _compare("greater", np.greater, "y = (a > b), bool (numpy broadcasting; ONNX Greater)")
+_compare("less_equal", np.less_equal, "y = (a <= b), bool (numpy broadcasting; ONNX LessOrEqual)")
+_compare(
+    "greater_equal",
+    np.greater_equal,
+    "y = (a >= b), bool (numpy broadcasting; ONNX GreaterOrEqual)",
+)
+
+
+def _where_check(t: InTypes, a: Attrs) -> str | None:
+    c, x, y = t[0], t[1], t[2]
+    assert c is not None and x is not None and y is not None
+    if c.dtype != "bool":
+        return f"the condition must be bool, got {c}"
+    if x.dtype != y.dtype:
+        return f"input dtypes differ: {x} and {y}"
+    try:
+        broadcast_shapes(broadcast_shapes(c.shape, x.shape), y.shape)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _where_infer(t: InTypes, a: Attrs) -> list[TensorType]:
+    c, x, y = t[0], t[1], t[2]
+    assert c is not None and x is not None and y is not None
+    return [TensorType(broadcast_shapes(broadcast_shapes(c.shape, x.shape), y.shape), x.dtype)]
+
+
+register_op(
+    OpSchema(
+        name="where",
+        inputs=("cond", "a", "b"),
+        check=_where_check,
+        infer=_where_infer,
+        reference=lambda cond, a, b: np.where(cond, a, b).astype(a.dtype, copy=False),
+        elementwise=True,
+        doc="y = a where cond else b (numpy broadcasting of all three; ONNX Where; an If whose "
+        "condition is computed at run time is imported as both branches and a where)",
+    )
+)
 
 
 # --- prelu ----------------------------------------------------------------------------------------

@@ -44,7 +44,9 @@ from mcopt.ops.nn import (
 from mcopt.ops.quant import QDTYPES, _qconv2d_check, dequantize_array, qconv2d_ref, quantize_array
 from mcopt.ops.schema import REQUIRED, Attrs, InTypes, OpSchema, get_schema, register_op
 
-ACTIVATIONS = ("none", "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu", "gelu")
+ACTIVATIONS = (
+    "none", "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu", "gelu", "leaky_relu"
+)  # fmt: skip
 CONV_KERNELS = ("direct", "depthwise", "winograd", "grouped", "block_diagonal", "plain")
 DENSE_KERNELS = ("dense", "sparse")
 
@@ -62,6 +64,8 @@ def apply_activation(
         return (0.5 * y * (1.0 + erf(y.astype(np.float64) / np.sqrt(2.0)))).astype(y.dtype)
     if activation == "hard_sigmoid":
         return np.clip(alpha * y + beta, 0.0, 1.0).astype(y.dtype, copy=False)
+    if activation == "leaky_relu":  # slope alpha, then the floor lo (-inf: none)
+        return np.maximum(np.where(y > 0, y, alpha * y), lo).astype(y.dtype, copy=False)
     if activation == "relu":
         return np.maximum(y, 0, dtype=y.dtype)
     if activation == "relu6":

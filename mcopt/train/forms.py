@@ -211,12 +211,19 @@ _ELEMENTWISE2: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
     "equal": torch.eq,
     "less": torch.lt,
     "greater": torch.gt,
+    "less_equal": torch.le,
+    "greater_equal": torch.ge,
 }
 
 
 @form(*_ELEMENTWISE2)
 def _elementwise2(node: Node, b: Builder) -> Callable[..., Any]:
     return _ELEMENTWISE2[node.op]
+
+
+@form("where")
+def _where(node: Node, b: Builder) -> Callable[..., Any]:
+    return torch.where
 
 
 # --- linear layers ---------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from mcopt.targets.cpu.plan import (
 )
 from mcopt.targets.cpu.planning import plan_cpu, planned_choices
 from mcopt.targets.relax.lower import (
+    BINARY,
     LOWERINGS,
     LowerContext,
     _emit_outputs,
@@ -144,11 +145,13 @@ def _pad_to(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def _epilogue(node: Node) -> dict[str, Any]:
     """The kernels' epilogue arguments: the activation and its two parameters (clip bounds, or
-    ``(alpha, beta)`` for ``hard_sigmoid``; see :class:`~mcopt.targets.cpu.kernels.Epilogue`)."""
+    ``(alpha, beta)`` for ``hard_sigmoid``, ``(slope, floor)`` for ``leaky_relu``; see :class:`~mcopt.targets.cpu.kernels.Epilogue`)."""
     at = node.attrs
     act = None if at["activation"] == "none" else str(at["activation"])
     if act == "hard_sigmoid":
         return {"activation": act, "clip": (float(at["alpha"]), float(at["beta"]))}
+    if act == "leaky_relu":
+        return {"activation": act, "clip": (float(at["alpha"]), float(at["clip_min"]))}
     return {"activation": act, "clip": (float(at["clip_min"]), float(at["clip_max"]))}
 
 
@@ -349,7 +352,7 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
         x, _ = vals.blocked_of(ins[0], lay)
         y = LOWERINGS[op](ctx, node, [x])
     elif op in BLOCKED_BINARY:
-        fn = {"add": R.add, "sub": R.subtract, "mul": R.multiply}[op]
+        fn = BINARY[op]
         a_v, b_v = node.inputs[0], node.inputs[1]
         assert a_v is not None and b_v is not None
         a = _packed_channel_const(ctx, a_v, lay) if a_v.const is not None else None

@@ -114,8 +114,9 @@ class FusedOp:
     ``grouped`` (any other ``groups > 1``; ``weight`` stays ``(OC, IC/groups, KH, KW)``),
     ``dense``. ``weight``/``bias`` are the folded numpy arrays (OIHW / (N, K); ``bias`` None when
     there is none), ``residual`` the added tensor, ``activation`` None/"relu"/"relu6"/"clip"/
-    "hard_swish"/"hard_sigmoid" with its two parameters in ``clip`` (the bounds of ``clip``,
-    ``(alpha, beta)`` of ``hard_sigmoid``). ``out_perm`` (``grouped`` only): a channel shuffle absorbed after the
+    "hard_swish"/"hard_sigmoid"/"silu"/"gelu"/"leaky_relu" with its two parameters in ``clip`` (the
+    bounds of ``clip``, ``(alpha, beta)`` of ``hard_sigmoid``, ``(slope, floor)`` of
+    ``leaky_relu``). ``out_perm`` (``grouped`` only): a channel shuffle absorbed after the
     activation, ``out[:, c] = act(...)[:, out_perm[c]]``. ``in_perm`` (``grouped`` only): a channel
     shuffle sunk into the conv's input, ``conv(x[:, in_perm], w)``; ``source`` (``depthwise``
     only): the unshuffled tensor the depthwise conv reads instead of its input (its weights
@@ -192,6 +193,8 @@ def _activation(node: Node) -> tuple[str, tuple[float, float]] | None:
         return str(node.op), (0.0, 6.0)
     if node.op == "hard_sigmoid":
         return "hard_sigmoid", (float(node.attrs["alpha"]), float(node.attrs["beta"]))
+    if node.op == "leaky_relu":  # (slope, floor): a clip after it raises the floor
+        return "leaky_relu", (float(node.attrs["alpha"]), -math.inf)
     if node.op == "clip":
         lo = float(node.attrs.get("min", -math.inf))
         hi = float(node.attrs.get("max", math.inf))
@@ -202,6 +205,15 @@ def _activation(node: Node) -> tuple[str, tuple[float, float]] | None:
         if math.isfinite(lo) and math.isfinite(hi):
             return "clip", (lo, hi)
     return None
+
+
+def _floor(node: Node) -> float | None:
+    """``lo`` of a ``clip(x, min=lo)`` with no upper bound (a floor under an activation), or
+    None."""
+    if node.op != "clip" or not math.isinf(float(node.attrs.get("max", math.inf))):
+        return None
+    lo = float(node.attrs.get("min", -math.inf))
+    return lo if math.isfinite(lo) else None
 
 
 def _channel_gate(x: Value, g: Value, out: Value, lx: Layout | None, lg: Layout | None) -> bool:
@@ -305,8 +317,16 @@ def _fuse_chain(f: FusedOp, graph_outputs: set[int], claimed: set[int]) -> None:
     cur = f.node.output
     while True:
         user = _single_use(cur, graph_outputs)
-        if user is None or f.activation is not None or id(user) in claimed:
+        if user is None or id(user) in claimed:
             return
+        if f.activation is not None:
+            floor = _floor(user)
+            if f.activation != "leaky_relu" or floor is None:
+                return
+            f.clip = (f.clip[0], max(f.clip[1], floor))  # max(leaky(v), lo)
+            f.absorbed.append(user)
+            cur = user.output
+            continue
         idx = next(i for i, v in enumerate(user.inputs) if v is cur)
         if user.op == "batch_norm" and idx == 0 and f.residual is None:
             stats = [v.const if v is not None else None for v in user.inputs[1:5]]

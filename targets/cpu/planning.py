@@ -33,6 +33,7 @@ nothing.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -414,6 +415,8 @@ class _Planner:
         common = {"activation": act, "clip_min": float(lo), "clip_max": float(hi)}
         if act == "hard_sigmoid":
             common.update(alpha=float(f.clip[0]), beta=float(f.clip[1]))
+        if act == "leaky_relu":  # slope in alpha, the floor in clip_min
+            common.update(alpha=float(f.clip[0]), clip_min=float(f.clip[1]), clip_max=math.inf)
         if f.kind == "dense":
             op, attrs = "fused_dense", {**common, "kernel": self.dense_kernel(f)}
         else:

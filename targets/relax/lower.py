@@ -277,7 +277,7 @@ _UNARY: dict[str, Callable[[Any], Any]] = {
 for _op, _fn in _UNARY.items():
     register_lowering(_op, lambda ctx, node, a, _f=_fn: _f(a[0]))
 
-_BINARY: dict[str, Callable[[Any, Any], Any]] = {
+BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "add": R.add,
     "sub": R.subtract,
     "mul": R.multiply,
@@ -288,9 +288,16 @@ _BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "equal": R.equal,
     "less": R.less,
     "greater": R.greater,
+    "less_equal": R.less_equal,
+    "greater_equal": R.greater_equal,
 }
-for _op, _fn in _BINARY.items():
+for _op, _fn in BINARY.items():
     register_lowering(_op, lambda ctx, node, a, _f=_fn: _f(a[0], a[1]))
+
+
+@register_lowering("where")
+def _where(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    return R.where(a[0], a[1], a[2])
 
 
 @register_lowering("embedding")
@@ -775,6 +782,7 @@ def lower(graph: Graph, func_name: str = "main", target: Any = None) -> tvm.IRMo
 
 
 __all__ = [
+    "BINARY",
     "LOWERINGS",
     "LowerContext",
     "emit_function",

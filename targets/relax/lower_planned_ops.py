@@ -25,6 +25,10 @@ def emit_activation(ctx: LowerContext, node: Node, y: Any) -> Any:
         return LOWERINGS[act](ctx, node, [ctx.emit(y)])
     if act == "relu":
         return R.nn.relu(ctx.emit(y))
+    if act == "leaky_relu":  # slope alpha, then the floor clip_min (-inf: none)
+        y = LOWERINGS["leaky_relu"](ctx, node, [ctx.emit(y)])
+        lo = float(node.attrs["clip_min"])
+        return R.maximum(ctx.emit(y), ctx.const(np.float32(lo))) if np.isfinite(lo) else y
     if act in ("relu6", "clip"):
         lo, hi = (0.0, 6.0) if act == "relu6" else (node.attrs["clip_min"], node.attrs["clip_max"])
         return R.clip(ctx.emit(y), float(lo), float(hi))

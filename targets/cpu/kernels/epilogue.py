@@ -8,10 +8,13 @@ activated: the "conv + bias + batch-norm + activation + residual add in one kern
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-ACTIVATIONS = (None, "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu", "gelu")
+ACTIVATIONS = (
+    None, "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu", "gelu", "leaky_relu"
+)  # fmt: skip
 #: activations that are a clamp of the value (what every kernel supports)
 CLAMPS = (None, "relu", "relu6", "clip")
 
@@ -25,7 +28,9 @@ class Epilogue:
     PP-LCNet) or ``"hard_sigmoid"`` (``clip(alpha * v + beta, 0, 1)`` with ``alpha, beta =
     clip_min, clip_max``: the two numbers parameterize whichever activation takes parameters) or
     ``"silu"`` (``v * sigmoid(v)``, YOLOv5 / YOLOX; :func:`~mcopt.targets.fast_math.fast_silu`) or
-    ``"gelu"`` (``v / 2 * (1 + erf(v / sqrt 2))``, PP-OCRv5/v6; :func:`~.fast_math.fast_gelu`).
+    ``"gelu"`` (``v / 2 * (1 + erf(v / sqrt 2))``, PP-OCRv5/v6; :func:`~.fast_math.fast_gelu`) or
+    ``"leaky_relu"`` (``max(v if v > 0 else alpha * v, floor)`` with ``alpha, floor = clip_min,
+    clip_max``; ``floor = -inf`` for none: YOLOv3/v4-tiny, openWakeWord's ``Max(LeakyRelu, -0.4)``).
     ``residual`` adds a tensor of the output's (blocked) shape. Kernels whose tail is generated as
     text (Winograd) or is a clamp only (the sparse kernels) check :attr:`is_clamp`.
     """
@@ -111,6 +116,13 @@ class Epilogue:
         if self.activation == "hard_sigmoid":
             v = value * c(self.clip_min) + c(self.clip_max)
             return tvm.te.min(tvm.te.max(v, c(0.0)), c(1.0))
+        if self.activation == "leaky_relu":
+            alpha, floor = float(self.clip_min), float(self.clip_max)
+            if 0.0 <= alpha <= 1.0:
+                value = tvm.te.max(value, value * c(alpha))
+            else:
+                value = tvm.tirx.Select(value > c(0.0), value, value * c(alpha))
+            return tvm.te.max(value, c(floor)) if math.isfinite(floor) else value
         lo, hi = self.bounds()
         if lo is not None:
             value = tvm.te.max(value, c(lo))
@@ -138,6 +150,8 @@ class Epilogue:
             return value * np.clip(value + 3.0, 0.0, 6.0) / 6.0
         if self.activation == "hard_sigmoid":
             return np.clip(self.clip_min * value + self.clip_max, 0.0, 1.0)
+        if self.activation == "leaky_relu":
+            return np.maximum(np.where(value > 0, value, self.clip_min * value), self.clip_max)
         lo, hi = self.bounds()
         if lo is not None or hi is not None:
             value = np.clip(value, lo, hi)

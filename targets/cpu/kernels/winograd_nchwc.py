@@ -28,6 +28,7 @@ and cached in a JSON table), and takes Winograd only where it is faster.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,6 +87,14 @@ def epilogue_text(val: str, epilogue: Epilogue, bias: str, residual: str = "") -
     if epilogue.activation == "hard_sigmoid":
         a, b = float(epilogue.clip_min), float(epilogue.clip_max)
         return f"T.min(T.max(({val}) * T.float32({a!r}) + T.float32({b!r}), T.float32(0.0)), T.float32(1.0))"
+    if epilogue.activation == "leaky_relu":
+        a, floor = float(epilogue.clip_min), float(epilogue.clip_max)
+        out = (
+            f"T.max({val}, ({val}) * T.float32({a!r}))"
+            if 0.0 <= a <= 1.0
+            else f"T.Select(({val}) > T.float32(0.0), {val}, ({val}) * T.float32({a!r}))"
+        )
+        return f"T.max({out}, T.float32({floor!r}))" if math.isfinite(floor) else out
     if lo is not None:
         val = f"T.max({val}, T.float32({float(lo)!r}))"
     if hi is not None:
