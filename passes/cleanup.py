@@ -16,8 +16,9 @@ from mcopt.rewrite import B, Match, P, RewriteRule, V, W, X, apply_rewrites
 
 #: the standard lossless cleanup, in order (the ``cleanup`` pipeline)
 DEFAULT_CLEANUP = [
-    "remove-identity", "constant-fold", "canonical-activations", "fold-batch-norm",
-    "fold-bias-add", "fold-linear", "one-hot-to-embedding", "simplify-reshape", "dce",
+    "remove-identity", "constant-fold", "cse", "canonical-activations", "canonical-layer-norm",
+    "fold-batch-norm", "fold-bias-add", "fold-linear", "one-hot-to-embedding", "simplify-reshape",
+    "dce",
 ]  # fmt: skip
 
 VIEW_OPS = tuple(sorted(ops_with("view") - ops_with("channelwise")))  # reshape-like ops

@@ -440,10 +440,9 @@ def test_unsupported_op(tmp_path: Path, node_name: str) -> None:
             "training",
         ),
         ([node("Dropout", ["x"], ["y", "mask"]), node("Cast", ["mask"], ["z"], to=F)], X4, "mask"),
-        ([node("Clip", ["x", "lo"], ["z"])], {"x": [2, 3], "lo": []}, "min"),
         ([node("Conv", ["x", "w"], ["z"])], {"x": [1, 3, 4, 4, 4]}, "3-D Conv"),
     ],
-    ids=["maxpool_indices", "bn_training", "dropout_mask", "clip_dynamic_min", "conv3d"],
+    ids=["maxpool_indices", "bn_training", "dropout_mask", "conv3d"],
 )
 def test_unsupported_node_forms(
     nodes: list[onnx.NodeProto], inputs: dict[str, Any], match: str

@@ -573,8 +573,9 @@ def test_printer_snapshot_before_and_after_cleanup() -> None:
 
 # --- random graphs through the cleanup pipeline -----------------------------------------------------------
 LAYERS = st.sampled_from(
-    ["relu", "identity", "dropout", "add", "conv_bn", "conv_bn_shared", "reshape2", "transpose2"]
-)
+    ["relu", "identity", "dropout", "add", "conv_bn", "conv_bn_shared", "reshape2", "transpose2",
+     "dup"]
+)  # fmt: skip
 
 
 @settings(max_examples=40, deadline=None)
@@ -596,6 +597,9 @@ def test_cleanup_pipeline_is_lossless_on_random_graphs(layers: list[str], seed: 
             v = g.add_node(kind, [v]).output
         elif kind == "add":
             v = g.add_node("add", [v, prev]).output
+        elif kind == "dup":  # the same computation twice (cse merges them)
+            a, b = (g.add_node("relu", [v]).output for _ in range(2))
+            v = g.add_node("add", [a, b]).output
         elif kind.startswith("conv_bn"):
             y = g.add_node("conv2d", [v, c(3, 3, 3, 3), c(3)], {"pads": (1, 1, 1, 1)}).output
             if kind == "conv_bn_shared":

@@ -256,6 +256,58 @@ def softmax(e: _Exporter, n: Node) -> None:
     e.add(op, ins, outs, n.name, axis=int(n.attrs["axis"]))
 
 
+@exports("layer_norm")
+def layer_norm(e: _Exporter, n: Node) -> None:
+    """``LayerNormalization`` from opset 17 (a constant scale / bias broadcast to the normalized
+    shape, a missing scale as ones); spelled out below it, or for a computed scale / bias of
+    another shape."""
+    ins, outs = _io(e, n)
+    x = n.inputs[0]
+    assert x is not None
+    axis = int(n.attrs["axis"]) % x.type.rank
+    eps = float(n.attrs["epsilon"])
+    normalized = tuple(x.shape[axis:])
+    dt = np.dtype(x.dtype)
+    params = list(n.inputs[1:3]) + [None] * (3 - len(n.inputs))
+    if e.opset >= 17 and all(
+        p is None or p.const is not None or tuple(p.shape) == normalized for p in params
+    ):
+        args = [ins[0]]
+        for i, p in enumerate(params):
+            if p is None and i == 0:
+                args.append(e.init(np.ones(normalized, dt), f"{n.name}_scale", dtype=dt))
+            elif p is not None and p.const is not None and tuple(p.shape) != normalized:
+                arr = np.broadcast_to(np.asarray(p.const, dt), normalized)
+                args.append(e.init(arr, f"{n.name}_{('scale', 'bias')[i]}", dtype=dt))
+            elif p is not None:
+                args.append(e.name_of(p))
+        e.add("LayerNormalization", args, outs, n.name, axis=axis, epsilon=eps)
+        return
+    axes = list(range(axis, x.type.rank))
+
+    def mean(src: str, hint: str) -> str:
+        out = e.fresh(f"{n.name}_{hint}")
+        if e.opset >= 18:
+            e.add("ReduceMean", [src, e.init(axes, f"{n.name}_axes")], [out], out, keepdims=1)
+        else:
+            e.add("ReduceMean", [src], [out], out, axes=axes, keepdims=1)
+        return out
+
+    def step(op: str, a: str, b: str, hint: str, out: str | None = None) -> str:
+        out = out or e.fresh(f"{n.name}_{hint}")
+        e.add(op, [a, b], [out], e.fresh(f"{n.name}_{hint}_node"))
+        return out
+
+    d = step("Sub", ins[0], mean(ins[0], "mean"), "centered")
+    var = mean(step("Mul", d, d, "square"), "var")
+    std = e.fresh(f"{n.name}_std")
+    e.add("Sqrt", [step("Add", var, e.init(eps, f"{n.name}_eps", dtype=dt), "var_eps")], [std], std)
+    tail = [(op, e.name_of(p)) for op, p in (("Mul", params[0]), ("Add", params[1])) if p]
+    y = step("Div", d, std, "normed", out=None if tail else outs[0])
+    for k, (op, pname) in enumerate(tail):
+        y = step(op, y, pname, op.lower(), out=outs[0] if k == len(tail) - 1 else None)
+
+
 @exports("clip")
 def clip(e: _Exporter, n: Node) -> None:
     ins, outs = _io(e, n)

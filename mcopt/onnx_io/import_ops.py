@@ -383,6 +383,22 @@ def clip(c: NodeCtx) -> None:
     c.set_out(0, y)
 
 
+@handles("LayerNormalization")
+def layer_norm(c: NodeCtx) -> None:
+    x = c.x(0)
+    attrs = {"axis": int(c.attr("axis", -1)), "epsilon": float(c.attr("epsilon", 1e-5))}
+    c.set_out(0, c.emit("layer_norm", [x, c.inp(1), c.inp(2)], attrs))
+    if c.output_used(1) or c.output_used(2):  # the statistics, as ops of their own
+        rank = x.type.rank
+        red = {"axes": tuple(range(attrs["axis"] % rank, rank)), "keepdims": 1}
+        mean = c.emit("reduce_mean", [x], red)
+        d = c.emit("sub", [x, mean])
+        var = c.emit("reduce_mean", [c.emit("mul", [d, d])], red)
+        eps = c.new_const(np.array(attrs["epsilon"], x.dtype), "epsilon")
+        c.set_out(1, mean)
+        c.set_out(2, c.emit("reciprocal", [c.emit("sqrt", [c.emit("add", [var, eps])])]))
+
+
 @handles("Dropout")
 def dropout(c: NodeCtx) -> None:
     if c.output_used(1):

@@ -385,6 +385,64 @@ register_op(
 )
 
 
+# --- layer_norm -----------------------------------------------------------------------------------
+def _layer_norm_check(t: InTypes, a: Attrs) -> str | None:
+    x = t[0]
+    assert x is not None
+    ax = norm_axis(a["axis"], x.rank) if x.rank else None
+    if ax is None:
+        return f"axis {a['axis']!r} is out of range for input {x}"
+    if not is_float(x):
+        return f"expects a floating-point input, got {x}"
+    if float(a["epsilon"]) < 0:
+        return f"epsilon must be >= 0, got {a['epsilon']}"
+    normalized = tuple(x.shape[ax:])
+    for name, p in zip(("scale", "bias"), t[1:3]):
+        if p is None:
+            continue
+        if p.dtype != x.dtype:
+            return f"{name} {p} must have the input's dtype {x.dtype}"
+        try:
+            if broadcast_shapes(normalized, p.shape) != normalized:
+                raise ValueError
+        except ValueError:
+            return f"{name} {p} must broadcast to the normalized shape {normalized}"
+    return None
+
+
+def layer_norm_ref(
+    x: np.ndarray,
+    scale: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    *,
+    axis: int,
+    epsilon: float,
+) -> np.ndarray:
+    axes = tuple(range(norm_axis(axis, x.ndim) or 0, x.ndim))
+    xd = x.astype(np.float64)
+    d = xd - xd.mean(axis=axes, keepdims=True)
+    y = d / np.sqrt((d * d).mean(axis=axes, keepdims=True) + float(epsilon))
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y.astype(x.dtype)
+
+
+register_op(
+    OpSchema(
+        name="layer_norm",
+        inputs=("x", "scale?", "bias?"),
+        attrs={"axis": -1, "epsilon": 1e-5},
+        check=_layer_norm_check,
+        infer=lambda t, a: [TensorType(t[0].shape, t[0].dtype)],  # type: ignore[union-attr]
+        reference=layer_norm_ref,
+        doc="y = (x - mean) / sqrt(var + epsilon) * scale + bias, mean and (biased) variance over "
+        "the dims from `axis` on (ONNX LayerNormalization; Ba et al., 'Layer normalization', 2016)",
+    )
+)
+
+
 def log_softmax_ref(x: np.ndarray, *, axis: int) -> np.ndarray:
     d = x - np.max(x, axis=axis, keepdims=True)
     return (d - np.log(np.sum(np.exp(d), axis=axis, keepdims=True))).astype(x.dtype, copy=False)

@@ -292,6 +292,26 @@ def _matmul(node: Node, b: Builder) -> Callable[..., Any]:
     return torch.matmul
 
 
+@form("layer_norm")
+def _layer_norm(node: Node, b: Builder) -> Callable[..., Any]:
+    """Scale and bias train (any shape that broadcasts to the normalized one)."""
+    x = node.inputs[0]
+    assert x is not None
+    dims = tuple(range(int(node.attrs["axis"]) % x.type.rank, x.type.rank))
+    _batch_axis_guard(b, dims, node.op)
+    b.param(1)
+    b.param(2)
+    eps = float(node.attrs["epsilon"])
+
+    def fwd(t: torch.Tensor, scale: Any = None, bias: Any = None) -> torch.Tensor:
+        d = t - t.mean(dim=dims, keepdim=True)
+        y = d * torch.rsqrt((d * d).mean(dim=dims, keepdim=True) + eps)
+        y = y * scale if scale is not None else y
+        return y + bias if bias is not None else y
+
+    return fwd
+
+
 @form("batch_norm")
 def _batch_norm(node: Node, b: Builder) -> Callable[..., Any]:
     """Scale and bias train. Running mean / variance are fixed buffers (eval mode), unless the

@@ -246,6 +246,24 @@ def _softmax(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     return R.divide(e, s)
 
 
+@register_lowering("layer_norm")
+def _layer_norm(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """``(x - mean) * rsqrt(var + eps) * scale + bias`` as Relax ops (reductions and elementwise
+    ops the build fuses and schedules, as for softmax)."""
+    x = a[0]
+    rank = len(node.inputs[0].shape)  # type: ignore[union-attr]
+    axes = list(range(int(node.attrs["axis"]) % rank, rank))
+    dtype = str(node.inputs[0].dtype)  # type: ignore[union-attr]
+    d = ctx.emit(R.subtract(x, R.mean(x, axis=axes, keepdims=True)))
+    var = ctx.emit(R.mean(R.multiply(d, d), axis=axes, keepdims=True))
+    y = R.multiply(d, R.rsqrt(R.add(var, ctx.scalar(float(node.attrs["epsilon"]), dtype))))
+    if len(a) > 1 and a[1] is not None:
+        y = R.multiply(ctx.emit(y), a[1])
+    if len(a) > 2 and a[2] is not None:
+        y = R.add(ctx.emit(y), a[2])
+    return y
+
+
 @register_lowering("log_softmax")
 def _log_softmax(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     """``d - ln(sum(exp(d)))`` with ``d = x - max``: no overflow, no log of an underflowed 0."""
