@@ -360,6 +360,10 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
         a = a if a is not None else vals.blocked_of(a_v, lay)[0]
         b = b if b is not None else vals.blocked_of(b_v, lay)[0]
         y = fn(a, b)
+    elif op == "prelu":  # per-channel slopes, zero in the padding channels
+        x, _ = vals.blocked_of(ins[0], lay)
+        slope = _packed_channel_const(ctx, ins[1], lay)
+        y = R.where(R.greater(x, ctx.const(np.float32(0))), x, R.multiply(x, slope))
     elif op in BLOCKED_POOLS:
         x, _ = vals.blocked_of(ins[0], lay)
         at = node.attrs

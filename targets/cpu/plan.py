@@ -521,6 +521,10 @@ def plan_graph(graph: Graph, lanes: int = 8, int8_lanes: int = 0, int8_narrow: i
             # the channel prefix of a tensor whose dropped channels are zeros: the same buffer,
             # read as a padded layout
             lay[id(out)] = Layout(x0.bn, out.shape[1], x0.padded)
+        elif node.op == "prelu" and x0 is not None and len(out.shape) == 4:
+            # per-channel slopes (MTCNN, ArcFace's iresnet): elementwise on the blocked tensor
+            if _channel_const(ins[1], out.shape[1], 4) is not None:
+                lay[id(out)] = x0
         elif node.op == "batch_norm" and x0 is not None and len(out.shape) == 4:
             # a batch norm no conv absorbed (DenseNet's BN after a concat): a per-channel affine
             # on the blocked tensor (its padding channels stay finite: scale 0, shift 0)
