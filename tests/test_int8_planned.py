@@ -44,6 +44,10 @@ RESIDUAL_Q = QEpilogue(
 HSWISH_Q = QEpilogue(post_act="hard_swish", q_dtype="uint8", q_scale=2.0, q_zp=3)
 SILU_Q = QEpilogue(post_act="silu", q_dtype="uint8", q_scale=0.25, q_zp=3)
 GELU_Q = QEpilogue(post_act="gelu", q_dtype="uint8", q_scale=0.25, q_zp=3)
+LEAKY_Q = QEpilogue(  # openWakeWord: max(leaky(y), -0.4) = leaky(max(y, -2))
+    post_bounds=(-2.0, INF), post_act="leaky_relu", post_alpha=0.2, q_dtype="uint8", q_scale=0.1,
+    q_zp=20,
+)  # fmt: skip
 FLOAT_RES = QEpilogue(base_bounds=(-50.0, INF), residual="float32", post_bounds=(0.0, 6.0))
 
 
@@ -147,7 +151,8 @@ def test_int8_nchwc_kernel_is_bit_exact(ic, oc, hw, k, stride, pad, ep):
 
 
 @pytest.mark.parametrize(
-    "k,stride,pad,ep", [(3, 2, 1, SILU_Q), (1, 1, 0, SILU_Q), (1, 1, 0, GELU_Q)]
+    "k,stride,pad,ep",
+    [(3, 2, 1, SILU_Q), (1, 1, 0, SILU_Q), (1, 1, 0, GELU_Q), (3, 1, 1, LEAKY_Q)],
 )
 def test_int8_nchwc_kernel_silu(k, stride, pad, ep):
     """SiLU / GELU then quantize (YOLOX's / PP-OCRv6's int8 convs): within one step of numpy's,
@@ -165,6 +170,7 @@ def test_int8_nchwc_kernel_silu(k, stride, pad, ep):
         (16, 16, 12, 1, 0, QEpilogue(base_bounds=(0.0, 6.0)), (2, 2), False),  # 1x1
         (6, 16, 14, 5, 0, REQUANT, (2, 2), True),  # LeNet-5's second conv (window form)
         (16, 16, 15, 3, 1, REQUANT, (3, 3), False),  # a 3x3 pool of stride 3
+        (16, 16, 12, 3, 1, LEAKY_Q, (2, 2), False),  # leaky ReLU: monotone, pooled before it
     ],
 )
 def test_int8_conv_kernel_with_its_max_pool_is_bit_exact(ic, oc, hw, k, pad, ep, pool, window):

@@ -174,3 +174,26 @@ def test_max_min_with_a_scalar_become_clips_and_broadcasting_ones_stay() -> None
     x = np.array([[-2.0, -0.25, 0.5, 2.0]], np.float32)
     pytest.importorskip("tvm")
     assert_routes_match(outputs_by_route(m, {"x": x}, passes=["cleanup"]), rtol=0, atol=0)
+
+
+def test_int8_leaky_relu_with_its_floor_is_the_int8_conv_epilogue() -> None:
+    """``quantize-int8``: each conv's ``Max(LeakyRelu(y), -0.4)`` and the quantize after it run in
+    the int8 kernel (``post_act="leaky_relu"``, the floor moved before it as ``y >= -2``); the
+    build computes what its int8 graph says."""
+    pytest.importorskip("tvm")
+    import mcopt
+
+    m = _leaky_convs()
+    calib = [{"x": (RNG.standard_normal((1, 8, 10, 12)) * 4).astype(np.float32)} for _ in range(4)]
+    res = mcopt.optimize(m, target="cpu", passes=["cleanup", "quantize-int8"], calib=calib,
+                         measure=False, check=False)  # fmt: skip
+    fused = [n for n in res.planned_graph.nodes if n.op == "fused_qconv2d"]
+    assert fused and fused[0].attrs["post_act"] == "leaky_relu"
+    assert fused[0].attrs["post_alpha"] == pytest.approx(0.2)
+    assert fused[0].attrs["post_min"] == pytest.approx(-2.0)
+    assert "leaky_relu" not in {n.op for n in res.planned_graph.nodes}
+    from mcopt import interpreter
+
+    x = calib[0]["x"]
+    ref = interpreter.run(res.graph, [x])[0]
+    np.testing.assert_allclose(res.compiled.run(x)[0], ref, rtol=1e-5, atol=1e-4)

@@ -256,8 +256,8 @@ def _fused_qconv_check(t: InTypes, a: Attrs) -> str | None:
         return reason
     if a["kernel"] not in QCONV_KERNELS:
         return f"kernel={a['kernel']!r}; valid: {', '.join(QCONV_KERNELS)}"
-    if a["post_act"] not in ("none", "hard_swish", "silu", "gelu"):
-        return f"post_act must be none, hard_swish, silu or gelu, got {a['post_act']!r}"
+    if a["post_act"] not in ("none", "hard_swish", "silu", "gelu", "leaky_relu"):
+        return f"post_act must be none, hard_swish, silu, gelu or leaky_relu, got {a['post_act']!r}"
     if a["q_dtype"] not in ("none", *QDTYPES):
         return f"q_dtype must be none, uint8 or int8, got {a['q_dtype']!r}"
     res = t[3] if len(t) > 3 else None
@@ -304,6 +304,8 @@ def fused_qconv2d_ref(
         y = (y * sigmoid(y)).astype(np.float32)
     if a["post_act"] == "gelu":
         y = apply_activation(y, "gelu", 0.0, 0.0)
+    if a["post_act"] == "leaky_relu":
+        y = np.where(y > 0, y, np.float32(a["post_alpha"]) * y).astype(np.float32)
     if a["q_dtype"] == "none":
         return y
     return quantize_array(y, [a["q_scale"]], [a["q_zero_point"]], str(a["q_dtype"]))
@@ -320,6 +322,7 @@ register_op(
             "post_min": -math.inf,
             "post_max": math.inf,
             "post_act": "none",
+            "post_alpha": 0.0,
             "q_dtype": "none",
             "q_scale": 1.0,
             "q_zero_point": 0,
@@ -331,7 +334,7 @@ register_op(
         reference_types=True,
         macs=get_schema("qconv2d").macs,
         doc="a planned int8 conv: qconv2d, then (float base) + dequantize(residual), clamp to "
-        "[post_min, post_max], post_act (hard_swish, silu, gelu) and quantize(q_scale, q_zero_point) -- the "
+        "[post_min, post_max], post_act (hard_swish, silu, gelu, leaky_relu with post_alpha) and quantize(q_scale, q_zero_point) -- the "
         "graph's int8 block as one kernel.",
     )
 )

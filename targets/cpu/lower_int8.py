@@ -34,6 +34,7 @@ def q_epilogue(node: Node) -> QEpilogue:
         r_zp=int(at["residual_zero_point"]),
         post_bounds=(float(at["post_min"]), float(at["post_max"])),
         post_act=str(at["post_act"]),
+        post_alpha=float(at["post_alpha"]),
         q_dtype=None if at["q_dtype"] == "none" else str(at["q_dtype"]),
         q_scale=float(at["q_scale"]),
         q_zp=int(at["q_zero_point"]),

@@ -52,7 +52,7 @@ from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import BlockedLayout
 from mcopt.ops import get_schema, has_trait, ops_with
 from mcopt.ops.nn import bn_affine
-from mcopt.targets.cpu.plan_int8 import QGroup, find_int8_groups
+from mcopt.targets.cpu.plan_int8 import QGroup, clip_floor, find_int8_groups
 
 #: grouped convs the grouped kernel does not take run as one blocked conv with block-diagonal
 #: weights when they have at most this many groups (else as a plain Relax conv)
@@ -207,15 +207,6 @@ def _activation(node: Node) -> tuple[str, tuple[float, float]] | None:
     return None
 
 
-def _floor(node: Node) -> float | None:
-    """``lo`` of a ``clip(x, min=lo)`` with no upper bound (a floor under an activation), or
-    None."""
-    if node.op != "clip" or not math.isinf(float(node.attrs.get("max", math.inf))):
-        return None
-    lo = float(node.attrs.get("min", -math.inf))
-    return lo if math.isfinite(lo) else None
-
-
 def _channel_gate(x: Value, g: Value, out: Value, lx: Layout | None, lg: Layout | None) -> bool:
     """``x (N, C, H, W)`` times / plus a per-channel tensor ``g (N, C, 1, 1)`` (an SE gate), both
     in the same blocked layout: the op broadcasts over the blocked tensors as it is."""
@@ -320,7 +311,7 @@ def _fuse_chain(f: FusedOp, graph_outputs: set[int], claimed: set[int]) -> None:
         if user is None or id(user) in claimed:
             return
         if f.activation is not None:
-            floor = _floor(user)
+            floor = clip_floor(user)
             if f.activation != "leaky_relu" or floor is None:
                 return
             f.clip = (f.clip[0], max(f.clip[1], floor))  # max(leaky(v), lo)

@@ -38,6 +38,7 @@ class QGroup:
     r_zp: int = 0
     post: tuple[float, float] = (-math.inf, math.inf)
     post_act: str = "none"
+    post_alpha: float = 0.0
     quantize: list[Node] = field(default_factory=list)
 
     @property
@@ -73,6 +74,14 @@ def _clamp(node: Node) -> tuple[float, float] | None:
     if node.op == "clip":
         return float(node.attrs.get("min", -math.inf)), float(node.attrs.get("max", math.inf))
     return None
+
+
+def clip_floor(node: Node) -> float | None:
+    """``lo`` of a ``clip(x, min=lo)`` with no upper bound, or None."""
+    if node.op != "clip" or not math.isinf(float(node.attrs.get("max", math.inf))):
+        return None
+    lo = float(node.attrs.get("min", -math.inf))
+    return lo if math.isfinite(lo) else None
 
 
 def _quantize_users(v: Value, outs: set[int]) -> list[Node] | None:
@@ -140,6 +149,22 @@ def find_int8_groups(nodes: list[Node], graph_outputs: list[Value]) -> list[QGro
             grp.post_act = str(user.op)
             grp.absorbed.append(user)
             cur = user.output
+        elif (
+            user is not None
+            and user.op == "leaky_relu"
+            and float(user.attrs["alpha"]) > 0
+            and grp.post == (-math.inf, math.inf)
+            and id(user) not in claimed
+        ):
+            grp.post_act, grp.post_alpha = "leaky_relu", float(user.attrs["alpha"])
+            grp.absorbed.append(user)
+            cur = user.output
+            nxt = _single_use(cur, outs)
+            if nxt is not None and id(nxt) not in claimed and (f := clip_floor(nxt)) is not None:
+                # max(leaky(y), f) = leaky(max(y, f')) (leaky increases): the floor goes first
+                grp.post = (f if f >= 0 else f / grp.post_alpha, math.inf)
+                grp.absorbed.append(nxt)
+                cur = nxt.output
         q = _quantize_users(cur, outs)
         if q is not None:
             grp.quantize = q

@@ -474,6 +474,7 @@ class _Planner:
         node, at = grp.node, grp.node.attrs
         attrs: dict[str, Any] = {k: at[k] for k in _QCONV_ATTRS}
         attrs.update(post_min=grp.post[0], post_max=grp.post[1], post_act=grp.post_act)
+        attrs.update(post_alpha=grp.post_alpha)
         if grp.residual is not None and grp.residual.dtype != "float32":
             attrs.update(residual_scale=grp.r_scale, residual_zero_point=grp.r_zp)
         if grp.quantize:

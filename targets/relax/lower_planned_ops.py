@@ -99,6 +99,9 @@ def _fused_qconv2d(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
         y = ctx.emit(R.minimum(y, ctx.const(np.float32(at["post_max"]))))
     if at["post_act"] in ("hard_swish", "silu", "gelu"):
         y = ctx.emit(LOWERINGS[str(at["post_act"])](ctx, node, [y]))
+    if at["post_act"] == "leaky_relu":
+        neg = R.multiply(y, ctx.const(np.float32(at["post_alpha"])))
+        y = ctx.emit(R.where(R.greater(y, ctx.const(np.float32(0))), y, neg))
     if at["q_dtype"] == "none":
         return y
     qn = SimpleNamespace(

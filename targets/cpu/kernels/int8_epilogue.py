@@ -12,6 +12,7 @@ absorbed; :class:`QEpilogue` is that sequence for one output element, in this or
         y = y * clamp(y / 6 + 1/2, 0, 1)                  # post_act="hard_swish" (MobileNet-V3)
         y = y * sigmoid(y)                                # post_act="silu" (YOLOv5 / YOLOX)
         y = y / 2 * (1 + erf(y / sqrt 2))                 # post_act="gelu" (PP-OCRv5/v6)
+        y = y if y > 0 else post_alpha * y                # post_act="leaky_relu" (openWakeWord)
         q = saturate(rint(y / q_scale) + q_zp)            # the quantize that consumed it (if any)
 
 which is exactly the graph's ``qconv2d -> add(dequantize) -> relu -> quantize`` in float32
@@ -71,6 +72,7 @@ class QEpilogue:
     r_zp: int = 0
     post_bounds: tuple[float, float] = _INF
     post_act: str = "none"
+    post_alpha: float = 0.0  # leaky_relu's slope
     q_dtype: str | None = None
     q_scale: float = 1.0
     q_zp: int = 0
@@ -134,6 +136,12 @@ class QEpilogue:
             from mcopt.targets.fast_math import fast_gelu
 
             y = fast_gelu(y, lanes)
+        if self.post_act == "leaky_relu":
+            a = f(self.post_alpha)
+            if 0.0 <= self.post_alpha <= 1.0:
+                y = tvm.te.max(y, y * a)
+            else:
+                y = tirx.Select(y > f(0.0), y, y * a)
         if self.q_dtype is None:
             return y
         y = _rint(y / f(self.q_scale)) + f(self.q_zp)
@@ -166,6 +174,8 @@ class QEpilogue:
             from mcopt.targets.fast_math import numpy_gelu
 
             y = numpy_gelu(y).astype(np.float32)
+        if self.post_act == "leaky_relu":
+            y = np.where(y > 0, y, np.float32(self.post_alpha) * y).astype(np.float32)
         if self.q_dtype is None:
             return y
         q = np.rint(y / np.float32(self.q_scale)) + np.float32(self.q_zp)

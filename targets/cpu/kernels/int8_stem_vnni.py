@@ -182,8 +182,11 @@ def stem_applies(
 
 def monotone(epilogue: QEpilogue) -> bool:
     """Whether ``epilogue`` never decreases as its accumulator grows (for multipliers >= 0):
-    clamps, rounding and requantizing do not; hard-swish does (below -3)."""
-    return epilogue.post_act == "none" and epilogue.residual is None
+    clamps, rounding, requantizing and a leaky ReLU of slope >= 0 do not; hard-swish does (below
+    -3)."""
+    act = epilogue.post_act
+    ok = act == "none" or (act == "leaky_relu" and epilogue.post_alpha >= 0)
+    return ok and epilogue.residual is None
 
 
 def pack_stem_weight(w: np.ndarray) -> np.ndarray:
