@@ -502,3 +502,28 @@ def test_int8_head_whose_quantize_feeds_a_reshape():
     cm = build(g, "cpu")
     for f in feeds:
         np.testing.assert_allclose(cm.run(f)[0], run(g, f)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_int8_conv_over_a_long_one_channel_row_builds() -> None:
+    """basic-pitch's CQT: a 1-channel signal of 44,100 samples through a 256-tap strided conv; the
+    int8 window kernel's padded copy vectorized the whole row (LLVM refuses 32K+ lanes). The build
+    computes what its int8 graph says."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import mcopt
+    from mcopt import interpreter
+
+    rng = np.random.default_rng(9)
+    w = numpy_helper.from_array(rng.standard_normal((48, 1, 1, 256)).astype(np.float32) / 8, "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], strides=[1, 256])],
+        "cqt", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 44100])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w],
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    calib = [{"x": rng.standard_normal((1, 1, 1, 44100)).astype(np.float32)} for _ in range(2)]
+    res = mcopt.optimize(m, target="cpu", passes=["cleanup", "quantize-int8"], calib=calib,
+                         measure=False, check=False)  # fmt: skip
+    x = calib[0]["x"]
+    ref = interpreter.run(res.graph, [x])[0]
+    np.testing.assert_allclose(res.compiled.run(x)[0], ref, rtol=1e-5, atol=1e-4)
