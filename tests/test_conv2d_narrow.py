@@ -79,3 +79,32 @@ def test_one_channel_head_builds_on_the_narrow_kernel() -> None:
     res = mcopt.optimize(m, target="cpu", measure=False, check=False)
     names = [r["name"] for r in res.compiled.profile([x], repeat=1)]
     assert sum("conv2d_narrow" in n for n in names) == 2, names
+
+
+@pytest.mark.parametrize(
+    "oc,h,w,k,stride,pad,plain,ep",
+    [
+        (1, 1, 1000, (1, 256), 2, (0, 127, 0, 128), True, Epilogue(False, False, None)),  # CQT
+        (2, 3, 200, (2, 20), (1, 3), (1, 0, 0, 5), False, Epilogue(True, True, "relu")),
+        (4, 1, 300, (1, 16), 1, (0, 0, 0, 0), True, Epilogue(True, False, None)),
+    ],
+)
+def test_taps_conv_matches_numpy(oc, h, w, k, stride, pad, plain, ep):
+    from mcopt.targets.cpu.kernels.conv2d_narrow import conv2d_taps, pack_taps_weight
+
+    rng = np.random.default_rng(oc + w)
+    x = rng.standard_normal((1, 1, h, w)).astype("float32")
+    wt = (rng.standard_normal((oc, 1, *k)) / np.sqrt(k[0] * k[1])).astype("float32")
+    b = rng.standard_normal(oc).astype("float32")
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ref = _conv_ref(x, wt, b if ep.bias else None, 1, pad)[:, :, ::sh, ::sw]
+    res = rng.standard_normal(ref.shape).astype("float32") if ep.residual else None
+    ref = ep.apply_numpy(ref, 0.0, res)
+    func = conv2d_taps(x.shape, wt.shape, 16, stride, pad, 1, ep, plain_input=plain)
+    args = [x if plain else x[..., None], pack_taps_weight(wt, 16)]
+    if ep.bias:
+        args.append(b.reshape(1, oc))
+    if ep.residual:
+        args.append(layout.pack_nchwc(res, oc))
+    got = _run(func, args, (1, 1, *ref.shape[2:], oc))
+    assert _rel_err(layout.unpack_nchwc(got), ref) <= 1e-5

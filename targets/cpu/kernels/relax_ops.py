@@ -21,7 +21,13 @@ import numpy as np
 
 from mcopt.targets.cpu.kernels import layout
 from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv2d_nchwc, conv_out_size
-from mcopt.targets.cpu.kernels.conv2d_narrow import conv2d_narrow, narrow_conv_applies
+from mcopt.targets.cpu.kernels.conv2d_narrow import (
+    conv2d_narrow,
+    conv2d_taps,
+    narrow_conv_applies,
+    pack_taps_weight,
+    taps_conv_applies,
+)
 from mcopt.targets.cpu.kernels.dense import choose_dense_params, dense_packed
 from mcopt.targets.cpu.kernels.depthwise import choose_depthwise_params, depthwise_conv2d_nchwc
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
@@ -283,13 +289,17 @@ def emit_conv2d(
         )
     data_shape = (n, ic, h, w)
     ep = Epilogue(bias is not None, residual is not None, activation, *clip)
-    if (
-        params is None
-        and not plain_input
-        and into is None
-        and narrow_conv_applies(oc, ic_bn, _info(target).lanes, dtype)
-    ):
-        return _emit_narrow_conv2d(bb, x, weight, bias, residual, ep, strides, padding, dilation)
+    lanes = _info(target).lanes
+    if params is None and into is None:
+        if not plain_input and narrow_conv_applies(oc, ic_bn, lanes, dtype):
+            return _emit_narrow_conv2d(
+                bb, x, weight, bias, residual, ep, strides, padding, dilation
+            )
+        if taps_conv_applies(oc, ic, kw, _pair(dilation)[1], lanes, dtype):
+            return _emit_narrow_conv2d(
+                bb, x, weight, bias, residual, ep, strides, padding, dilation,
+                taps=lanes, plain_input=plain_input,
+            )  # fmt: skip
     if params is None:
         params = choose_conv_params(data_shape, weight.shape, strides, padding, dilation, target)
     if params.ic_bn != ic_bn:
@@ -328,16 +338,30 @@ def _emit_narrow_conv2d(
     strides: int | Sequence[int],
     padding: int | Sequence[int],
     dilation: int | Sequence[int],
+    taps: int = 0,
+    plain_input: bool = False,
 ) -> Any:
-    """:func:`emit_conv2d` on the few-output-channel kernel (:mod:`.conv2d_narrow`): the
-    result is one block of all ``OC`` channels, ``(N, 1, OH, OW, OC)``."""
+    """:func:`emit_conv2d` on the few-output-channel kernels (:mod:`.conv2d_narrow`): the input
+    channel block on the lanes, or (``taps``: the lanes) the kernel's taps of a one-channel
+    signal. The result is one block of all ``OC`` channels, ``(N, 1, OH, OW, OC)``."""
     from tvm import relax
 
-    n, icc, h, w, ic_bn = _shape(x)
+    shape = _shape(x)
+    n, h, w = shape[0], shape[2], shape[3]
+    ic_bn = 1 if plain_input else shape[4]
+    icc = shape[1] if not plain_input else 1
     dtype = str(x.ty.dtype)
     oc, ic, kh, kw = weight.shape
-    func = conv2d_narrow((n, ic, h, w), weight.shape, ic_bn, strides, padding, dilation, ep, dtype)
-    packed = weight.astype(dtype).reshape(oc, icc, ic_bn, kh, kw).transpose(0, 1, 3, 4, 2)
+    if taps:
+        func = conv2d_taps(
+            (n, ic, h, w), weight.shape, taps, strides, padding, dilation, ep, dtype, plain_input
+        )
+        packed = pack_taps_weight(weight.astype(dtype), taps)
+    else:
+        func = conv2d_narrow(
+            (n, ic, h, w), weight.shape, ic_bn, strides, padding, dilation, ep, dtype
+        )
+        packed = weight.astype(dtype).reshape(oc, icc, ic_bn, kh, kw).transpose(0, 1, 3, 4, 2)
     args = [x, relax.const(np.ascontiguousarray(packed))]
     if bias is not None:
         args.append(relax.const(bias.astype(dtype).reshape(1, oc)))
@@ -346,7 +370,8 @@ def _emit_narrow_conv2d(
     pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
     oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
     ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
-    return call_kernel(bb, func, "conv2d_narrow", args, (n, 1, oh, ow, oc), dtype, None)
+    name = "conv2d_taps" if taps else "conv2d_narrow"
+    return call_kernel(bb, func, name, args, (n, 1, oh, ow, oc), dtype, None)
 
 
 def emit_winograd_conv2d(
