@@ -21,9 +21,7 @@ Run: ``python benchmarks/bench_vad.py``; writes bench-out/vad.md and .json.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +40,9 @@ RATE, WINDOW, CONTEXT = 16000, 512, 64
 
 
 def fetch(name: str) -> Path:
-    target = CACHE / f"silero_{name}"
-    if target.exists():
-        return target
-    CACHE.mkdir(parents=True, exist_ok=True)
-    whl = next(CACHE.glob("silero_vad-6.2.3-*.whl"), None)
-    if whl is None:
-        subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps", "-d",
-                        str(CACHE)], check=True)  # fmt: skip
-        whl = next(CACHE.glob("silero_vad-6.2.3-*.whl"))
-    with zipfile.ZipFile(whl) as z:
-        target.write_bytes(z.read(f"silero_vad/data/{name}"))
-    return target
+    from common import wheel_file
+
+    return wheel_file(WHEEL, f"silero_vad/data/{name}", CACHE / f"silero_{name}")
 
 
 def audio(windows: int, seed: int = 0) -> np.ndarray:

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +47,12 @@ MODELS = ("melspectrogram", "embedding", *HEADS)
 
 
 def fetch(name: str) -> Path:
+    from common import wheel_file
+
     file = {"embedding": "embedding_model"}.get(name, name)
     file = f"{file}_v0.1" if name in HEADS else file
-    target = CACHE / f"oww_{file}.onnx"
-    if target.exists():
-        return target
-    CACHE.mkdir(parents=True, exist_ok=True)
-    whl = next(CACHE.glob("openwakeword-0.4.0-*.whl"), None)
-    if whl is None:
-        subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps", "-d",
-                        str(CACHE)], check=True)  # fmt: skip
-        whl = next(CACHE.glob("openwakeword-0.4.0-*.whl"))
-    with zipfile.ZipFile(whl) as z:
-        target.write_bytes(z.read(f"openwakeword/resources/models/{file}.onnx"))
-    return target
+    member = f"openwakeword/resources/models/{file}.onnx"
+    return wheel_file(WHEEL, member, CACHE / f"oww_{file}.onnx")
 
 
 @functools.lru_cache(maxsize=4)

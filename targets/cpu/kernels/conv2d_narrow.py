@@ -38,7 +38,7 @@ from mcopt.targets.cpu.kernels.conv2d import (
     schedule_pad,
 )
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
-from mcopt.targets.cpu.kernels.threads import parallel
+from mcopt.targets.cpu.kernels.threads import parallel, vectorize_divisor
 
 #: the most output channels this kernel takes (above, the direct template's lanes fill up)
 NARROW_MAX_OC = 4
@@ -96,11 +96,19 @@ def conv2d_narrow_te(
         ),
         name="conv",
     )
-    rl = te.reduce_axis((0, ic_bn), "l")
+    return _lane_sums(part, [data, kernel], ow, epilogue, dtype)
+
+
+def _lane_sums(part: Any, tensors: list[Any], ow: int, epilogue: Epilogue, dtype: str) -> list[Any]:
+    """``out[n, 0, y, x, o] = epilogue(sum_l part[n, y, x, o, l])`` for ``x < ow``; appends the
+    epilogue's placeholders and the output to ``tensors`` (``[data, kernel]``)."""
+    from tvm import te
+
+    n, oh, owp, oc, lanes = (int(d) for d in part.shape)
+    rl = te.reduce_axis((0, lanes), "l")
     lane_sum = te.compute(
         (n, oh, owp, oc), lambda b, y, x, o: te.sum(part[b, y, x, o, rl], axis=rl), name="lanes"
     )
-    tensors = [data, kernel]
     epilogue.blocked_output(
         lambda b, c, y, x, k: lane_sum[b, y, x, k], (n, 1, oh, ow, oc), dtype, tensors
     )
@@ -152,11 +160,8 @@ def _schedule(tensors: list[Any], oc: int, name: str) -> Any:
     if _has_block(sch, "data_pad"):
         pad_loops = sch.get_loops(sch.get_sblock("data_pad"))
         if int(sch.get(pad_loops[-1]).extent) == 1:  # one channel: the row is the vector
-            last = pad_loops[-2]
-            extent = int(sch.get(last).extent)
             parallel(sch, sch.fuse(*pad_loops[:3]))
-            lanes = max(d for d in range(1, 65) if extent % d == 0)
-            sch.vectorize(sch.split(last, [None, lanes])[1])
+            vectorize_divisor(sch, pad_loops[-2])
         else:
             schedule_pad(sch)
     return sch.mod["main"]
@@ -215,15 +220,7 @@ def conv2d_taps_te(
         ),
         name="conv",
     )
-    rl = te.reduce_axis((0, lanes), "l")
-    lane_sum = te.compute(
-        (n, oh, owp, oc), lambda b, y, x, o: te.sum(part[b, y, x, o, rl], axis=rl), name="lanes"
-    )
-    tensors = [data, kernel]
-    epilogue.blocked_output(
-        lambda b, c, y, x, k: lane_sum[b, y, x, k], (n, 1, oh, ow, oc), dtype, tensors
-    )
-    return tensors
+    return _lane_sums(part, [data, kernel], ow, epilogue, dtype)
 
 
 def conv2d_taps(

@@ -40,7 +40,7 @@ from mcopt.targets.cpu.kernels.int8_pointwise_sdot import (
     sdot_pointwise_applies,
     sdot_rows_applies,
 )
-from mcopt.targets.cpu.kernels.threads import parallel
+from mcopt.targets.cpu.kernels.threads import parallel, vectorize_divisor
 
 
 @dataclass(frozen=True)
@@ -369,14 +369,8 @@ def _schedule(
     if has_pad:
         loops = sch.get_loops(sch.get_sblock("data_pad"))
         parallel(sch, sch.fuse(*loops[:3]), per_op)
-        # the window form's last loop is a whole row (basic-pitch's 44,100-sample signal: LLVM
-        # refuses vectors of 32K+ lanes): vectorize a divisor of it of at most 64 bytes
-        last = loops[-1]
-        extent = int(sch.get(last).extent)
-        if extent > 64:
-            lanes = max(d for d in range(1, 65) if extent % d == 0)
-            last = sch.split(last, [None, lanes])[1]
-        sch.vectorize(last)
+        # the window form's last loop is a whole row (basic-pitch's 44,100-sample signal)
+        vectorize_divisor(sch, loops[-1])
     blk = sch.get_sblock("conv")
     loops = sch.get_loops(blk)
     if flat:

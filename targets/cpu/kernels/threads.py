@@ -105,6 +105,17 @@ def parallel(sch: s_tir.Schedule, loop: Any, per_op: int = 1) -> bool:
     return True
 
 
+def vectorize_divisor(sch: Any, loop: Any, max_lanes: int = 64) -> None:
+    """Vectorize ``loop``, or (longer than ``max_lanes``) the inner part of it split by its
+    largest divisor of at most ``max_lanes``: a whole row of a signal as one vector (44,100
+    lanes) is more than LLVM takes (32K)."""
+    extent = int(sch.get(loop).extent)
+    if extent > max_lanes:
+        lanes = max(d for d in range(1, max_lanes + 1) if extent % d == 0)
+        loop = sch.split(loop, [None, lanes])[1]
+    sch.vectorize(loop)
+
+
 __all__ = [
     "MIN_PARALLEL_WORK",
     "func_work",
@@ -112,4 +123,5 @@ __all__ = [
     "parallel",
     "schedule_work",
     "stmt_work",
+    "vectorize_divisor",
 ]
