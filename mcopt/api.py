@@ -547,6 +547,12 @@ def optimize(
     check_budgets(report, max_accuracy_drop, max_output_error)
     cost_after = analyze(graph)
     notes = list(notes_early)
+    if original.metadata.get("dequantized_dynamic"):
+        notes.append(
+            f"onnxruntime's dynamic quantization ({original.metadata['dequantized_dynamic']} "
+            "nodes) was imported as the float model it approximates: 8-bit weights dequantized, "
+            "activations float (quantize-int8 quantizes statically)"
+        )
     for key, verb in (("upgraded_from_opset", "upgraded"), ("downgraded_from_opset", "downgraded")):
         if original.metadata.get(key) is not None:
             notes.append(

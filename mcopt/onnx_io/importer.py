@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ from mcopt.errors import MCoptError, ModelLoadError, ShapeError, UnsupportedOpEr
 from mcopt.ir.core import Graph, Value
 from mcopt.ir.types import DTYPES, TensorType
 from mcopt.onnx_io import folding, validate
+from mcopt.onnx_io.dynamic_quant import dequantize_dynamic
 from mcopt.onnx_io.loader import ModelSource, load_onnx
 
 MIN_OPSET, MAX_OPSET = 9, 21
@@ -683,6 +685,14 @@ def import_model(
             proto = onnx.inliner.inline_local_functions(proto)
         except Exception as e:
             raise UnsupportedOpError(f"{source}: cannot inline its local functions: {e}") from None
+    proto, dynamic = dequantize_dynamic(proto, source)
+    if dynamic:
+        warnings.warn(
+            f"{source}: onnxruntime's dynamic quantization ({dynamic} nodes) imported as the float "
+            "model it approximates: the 8-bit weights dequantized, activations no longer rounded "
+            "(quantize-int8 quantizes it statically)",
+            stacklevel=3,
+        )
     validate.check_model(proto, source, allow_nonfinite=allow_nonfinite, input_shapes=input_shapes)
     file_opset = default_opset(proto)
     if 0 < file_opset < MIN_OPSET:
@@ -691,6 +701,8 @@ def import_model(
         proto = convert_opset(proto, source, MAX_OPSET)
     validate.run_checker(proto, source, input_shapes)
     graph = _Importer(proto, source, input_shapes, default_batch, file_opset).run()
+    if dynamic:
+        graph.metadata["dequantized_dynamic"] = dynamic
     if input_values:  # what the build was fixed to (report.json keeps it, so a replay can)
         graph.metadata["input_values"] = {
             k: np.asarray(v).tolist() for k, v in input_values.items()
