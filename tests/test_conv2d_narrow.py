@@ -107,3 +107,16 @@ def test_taps_conv_matches_numpy(oc, h, w, k, stride, pad, plain, ep):
     ref = ep.apply_numpy(ref, 0.0, res)
     func = conv2d_taps(x.shape, wt.shape, 16, stride, pad, 1, ep, plain_input=plain)
     _check(func, [x if plain else x[..., None], pack_taps_weight(wt, 16)], b, res, ep, ref)
+
+
+def test_narrow_rule_needs_enough_steps_per_output() -> None:
+    """MTCNN's 32 -> 2 / 32 -> 4 1x1 heads (two vector steps per output) stay on the direct
+    template; basic-pitch's 32 -> 1 7x3 (42 steps) and a 64 -> 4 3x3 (36) take the narrow kernel."""
+    from mcopt.targets.cpu.kernels.conv2d_narrow import narrow_conv_applies
+
+    assert not narrow_conv_applies(2, 32, 1, 1, 16, 16, "float32")
+    assert not narrow_conv_applies(4, 32, 1, 1, 16, 16, "float32")
+    assert narrow_conv_applies(1, 32, 7, 3, 16, 16, "float32")
+    assert narrow_conv_applies(4, 64, 3, 3, 16, 16, "float32")
+    assert not narrow_conv_applies(8, 64, 3, 3, 16, 16, "float32")  # the direct template's lanes
+    assert not narrow_conv_applies(1, 64, 3, 3, 4, 4, "float32")  # NEON: 4-lane input blocks

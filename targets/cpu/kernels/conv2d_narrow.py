@@ -46,9 +46,21 @@ NARROW_MAX_OC = 4
 NARROW_ACCUMULATORS = 16
 
 
-def narrow_conv_applies(oc: int, ic_bn: int, lanes: int, dtype: str) -> bool:
-    """Whether a conv of ``oc`` output channels on ``ic_bn``-blocked input runs here."""
-    return dtype == "float32" and oc <= NARROW_MAX_OC and oc < lanes and ic_bn >= 8
+def narrow_conv_applies(
+    oc: int, ic: int, kh: int, kw: int, ic_bn: int, lanes: int, dtype: str
+) -> bool:
+    """Whether a conv of ``oc`` output channels on ``ic_bn``-blocked input runs here: also enough
+    vector steps per output (``IC / ic_bn * KH * KW >= max(8, 4 OC)``) to pay for its horizontal
+    sum (MTCNN's 32 -> 2 / 32 -> 4 1x1 heads, two steps each: 2.4x / 8x slower than the direct
+    template's 2- / 4-lane vectors)."""
+    steps = ic // max(ic_bn, 1) * kh * kw
+    return (
+        dtype == "float32"
+        and oc <= NARROW_MAX_OC
+        and oc < lanes
+        and ic_bn >= 8
+        and steps >= max(8, 4 * oc)
+    )
 
 
 def narrow_reg_n(oc: int, ow: int) -> int:

@@ -291,7 +291,7 @@ def emit_conv2d(
     ep = Epilogue(bias is not None, residual is not None, activation, *clip)
     lanes = _info(target).lanes
     if params is None and into is None:
-        if not plain_input and narrow_conv_applies(oc, ic_bn, lanes, dtype):
+        if not plain_input and narrow_conv_applies(oc, ic, kh, kw, ic_bn, lanes, dtype):
             return _emit_narrow_conv2d(
                 bb, x, weight, bias, residual, ep, strides, padding, dilation
             )
