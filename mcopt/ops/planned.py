@@ -45,14 +45,21 @@ from mcopt.ops.quant import QDTYPES, _qconv2d_check, dequantize_array, qconv2d_r
 from mcopt.ops.schema import REQUIRED, Attrs, InTypes, OpSchema, get_schema, register_op
 
 ACTIVATIONS = (
-    "none", "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu", "gelu", "leaky_relu"
+    "none", "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu", "gelu", "leaky_relu",
+    "prelu",
 )  # fmt: skip
 CONV_KERNELS = ("direct", "depthwise", "winograd", "grouped", "block_diagonal", "plain")
 DENSE_KERNELS = ("dense", "sparse")
 
 
 def apply_activation(
-    y: np.ndarray, activation: str, lo: float, hi: float, alpha: float = 0.2, beta: float = 0.5
+    y: np.ndarray,
+    activation: str,
+    lo: float,
+    hi: float,
+    alpha: float = 0.2,
+    beta: float = 0.5,
+    slope: np.ndarray | None = None,
 ) -> np.ndarray:
     if activation == "hard_swish":
         return (y * np.clip(y + 3.0, 0.0, 6.0) / 6.0).astype(y.dtype, copy=False)
@@ -64,6 +71,8 @@ def apply_activation(
         return (0.5 * y * (1.0 + erf(y.astype(np.float64) / np.sqrt(2.0)))).astype(y.dtype)
     if activation == "hard_sigmoid":
         return np.clip(alpha * y + beta, 0.0, 1.0).astype(y.dtype, copy=False)
+    if activation == "prelu":  # slope: one per channel, shaped to broadcast against y
+        return np.where(y > 0, y, slope * y).astype(y.dtype, copy=False)
     if activation == "leaky_relu":  # slope alpha, then the floor lo (-inf: none)
         return np.maximum(np.where(y > 0, y, alpha * y), lo).astype(y.dtype, copy=False)
     if activation == "relu":
@@ -80,6 +89,11 @@ def _epilogue_check(t: InTypes, a: Attrs, out: TensorType, kernels: tuple[str, .
         return f"activation={a['activation']!r}; valid: {', '.join(ACTIVATIONS)}"
     if a["kernel"] not in kernels:
         return f"kernel={a['kernel']!r}; valid: {', '.join(kernels)}"
+    channels = out.shape[1] if len(out.shape) == 4 else out.shape[-1]
+    if a["activation"] == "prelu" and len(a["slope"]) != channels:
+        return f"activation=prelu needs one slope per output channel ({channels}), got {len(a['slope'])}"
+    if a["activation"] != "prelu" and a["slope"]:
+        return "slope is set but the activation is not prelu"
     res = t[3] if len(t) > 3 else None
     if res is not None and (res.shape, res.dtype) != (out.shape, out.dtype):
         return f"residual {res} must match the output {out}"
@@ -128,13 +142,15 @@ def fused_conv2d_ref(
     kernel: str,
     tile: int,
     in_perm: tuple[int, ...] = (),
+    slope: tuple[float, ...] = (),
 ) -> np.ndarray:
     if in_perm:
         x = x[:, list(in_perm)]
     y = conv2d_ref(x, w, b, strides=strides, pads=pads, dilations=dilations, groups=groups)
     if residual is not None:
         y = y + residual
-    y = apply_activation(y, activation, clip_min, clip_max, alpha, beta)
+    s = np.asarray(slope, y.dtype).reshape(-1, 1, 1) if slope else None
+    y = apply_activation(y, activation, clip_min, clip_max, alpha, beta, s)
     return y[:, list(out_perm)] if out_perm else y
 
 
@@ -156,6 +172,7 @@ register_op(
             "in_perm": (),
             "kernel": "direct",
             "tile": 0,
+            "slope": (),
         },
         check=_fused_conv_check,
         infer=lambda t, a: _conv2d_infer(t, a),
@@ -186,11 +203,13 @@ def fused_dense_ref(
     alpha: float,
     beta: float,
     kernel: str,
+    slope: tuple[float, ...] = (),
 ) -> np.ndarray:
     y = dense_ref(x, w, b)
     if residual is not None:
         y = y + residual
-    return apply_activation(y, activation, clip_min, clip_max, alpha, beta)
+    s = np.asarray(slope, y.dtype) if slope else None
+    return apply_activation(y, activation, clip_min, clip_max, alpha, beta, s)
 
 
 def _dense_macs(t: InTypes, out: list[TensorType], a: Attrs) -> int:
@@ -210,6 +229,7 @@ register_op(
             "alpha": 0.2,
             "beta": 0.5,
             "kernel": "dense",
+            "slope": (),
         },
         check=_fused_dense_check,
         infer=lambda t, a: _dense_infer(t, a),

@@ -152,6 +152,8 @@ def _epilogue(node: Node) -> dict[str, Any]:
         return {"activation": act, "clip": (float(at["alpha"]), float(at["beta"]))}
     if act == "leaky_relu":
         return {"activation": act, "clip": (float(at["alpha"]), float(at["clip_min"]))}
+    if act == "prelu":  # the slopes as a kernel argument, padded to the output's channels
+        return {"activation": act, "slope": np.asarray(at["slope"], np.float32)}
     return {"activation": act, "clip": (float(at["clip_min"]), float(at["clip_max"]))}
 
 
@@ -208,6 +210,9 @@ def _lower_fused_conv(vals: _Values, node: Node, target: Any) -> None:
         **_epilogue(node),
     }
     pbias = None if bias is None else _pad_to(bias, (lout.padded,))
+    slope = geom.get("slope")
+    if slope is not None and kernel not in ("grouped", "block_diagonal"):  # padded like the bias
+        geom["slope"] = _pad_to(slope, (lx.padded if kernel == "depthwise" else lout.padded,))
     member = vals.into.get(id(node.output))
     into = None
     if member is not None and kernel in ("direct", "winograd"):
@@ -233,6 +238,10 @@ def _lower_fused_conv(vals: _Values, node: Node, target: Any) -> None:
         if at["out_perm"]:  # the fused channel shuffle permutes the dense rows
             perm = np.asarray(at["out_perm"], np.int64)
             dense, b = dense[perm], None if b is None else b[perm]
+            if slope is not None:
+                geom["slope"] = slope[perm]
+        if geom.get("slope") is not None:
+            geom["slope"] = _pad_to(geom["slope"], (lout.padded,))
         dense = _pad_to(dense, (lout.padded, lx.padded, *weight.shape[2:]))
         b = None if b is None else _pad_to(b, (lout.padded,))
         y = K.emit_conv2d(vals.ctx.bb, x, dense, b, residual=res, **geom)

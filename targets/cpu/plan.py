@@ -116,8 +116,8 @@ class FusedOp:
     there is none), ``residual`` the added tensor, ``activation`` None/"relu"/"relu6"/"clip"/
     "hard_swish"/"hard_sigmoid"/"silu"/"gelu"/"leaky_relu" with its two parameters in ``clip`` (the
     bounds of ``clip``, ``(alpha, beta)`` of ``hard_sigmoid``, ``(slope, floor)`` of
-    ``leaky_relu``). ``out_perm`` (``grouped`` only): a channel shuffle absorbed after the
-    activation, ``out[:, c] = act(...)[:, out_perm[c]]``. ``in_perm`` (``grouped`` only): a channel
+    ``leaky_relu``; ``"prelu"``'s per-channel slopes in ``slope``). ``out_perm`` (``grouped``
+    only): a channel shuffle absorbed after the activation, ``out[:, c] = act(...)[:, out_perm[c]]``. ``in_perm`` (``grouped`` only): a channel
     shuffle sunk into the conv's input, ``conv(x[:, in_perm], w)``; ``source`` (``depthwise``
     only): the unshuffled tensor the depthwise conv reads instead of its input (its weights
     permuted to match), ``removed`` the shuffle nodes that then go away.
@@ -135,6 +135,7 @@ class FusedOp:
     in_perm: np.ndarray | None = None
     source: Value | None = None
     removed: list[Node] = field(default_factory=list)
+    slope: np.ndarray | None = None  # activation "prelu": one slope per output channel
 
     @property
     def input(self) -> Value | None:
@@ -349,6 +350,11 @@ def _fuse_chain(f: FusedOp, graph_outputs: set[int], claimed: set[int]) -> None:
                 f.residual = other
             else:
                 return
+        elif user.op == "prelu" and idx == 0 and (f.node.op == "conv2d" or f.kind == "dense"):
+            vec = _channel_const(user.inputs[1], channels, rank)
+            if vec is None or tuple(user.output.shape) != tuple(cur.shape):
+                return
+            f.activation, f.slope = "prelu", vec
         else:
             act = _activation(user)
             if act is None:

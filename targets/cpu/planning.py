@@ -309,6 +309,8 @@ class _Planner:
             return "depthwise", 0
         if f.kind == "grouped":
             return self.grouped_kernel(f), 0
+        if f.activation == "prelu":  # the Winograd kernel has no per-channel slope input
+            return "direct", 0
         m = self.winograd_tile(f)
         if m:
             self.chose(f"3x3 conv: Winograd F({m}x{m},3x3)")
@@ -417,6 +419,9 @@ class _Planner:
             common.update(alpha=float(f.clip[0]), beta=float(f.clip[1]))
         if act == "leaky_relu":  # slope in alpha, the floor in clip_min
             common.update(alpha=float(f.clip[0]), clip_min=float(f.clip[1]), clip_max=math.inf)
+        if act == "prelu":  # one slope per output channel
+            assert f.slope is not None
+            common.update(slope=tuple(float(v) for v in f.slope))
         if f.kind == "dense":
             op, attrs = "fused_dense", {**common, "kernel": self.dense_kernel(f)}
         else:

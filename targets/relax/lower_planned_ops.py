@@ -25,6 +25,12 @@ def emit_activation(ctx: LowerContext, node: Node, y: Any) -> Any:
         return LOWERINGS[act](ctx, node, [ctx.emit(y)])
     if act == "relu":
         return R.nn.relu(ctx.emit(y))
+    if act == "prelu":  # one slope per channel (axis 1 of a conv, the last of a dense)
+        y = ctx.emit(y)
+        rank = len(node.output.shape)
+        shape = (1, -1) + (1,) * (rank - 2) if rank == 4 else (-1,)
+        slope = ctx.const(np.asarray(node.attrs["slope"], np.float32).reshape(shape))
+        return R.where(R.greater(y, ctx.const(np.float32(0))), y, R.multiply(y, slope))
     if act == "leaky_relu":  # slope alpha, then the floor clip_min (-inf: none)
         y = LOWERINGS["leaky_relu"](ctx, node, [ctx.emit(y)])
         lo = float(node.attrs["clip_min"])

@@ -377,7 +377,7 @@ def conv2d_nchwc(
     epilogue = epilogue or Epilogue()
     if params is None:
         params = choose_conv_params(data_shape, weight_shape, strides, padding, dilation, target)
-    if uses_neon_kernel(target, params, dtype, plain_input):
+    if uses_neon_kernel(target, params, dtype, plain_input) and epilogue.activation != "prelu":
         from mcopt.targets.cpu.kernels.conv2d_neon import conv2d_nchwc_neon
 
         cores = _info(target).cores

@@ -40,7 +40,7 @@ def choose_dense_params(m: int, n: int, k: int, target: Any = None) -> tuple[int
 def dense_packed_te(
     m: int, n: int, k: int, bn: int, epilogue: Epilogue, dtype: str = "float32"
 ) -> list[Any]:
-    """TE tensors ``[x, w_packed, (bias), (residual), y]``."""
+    """TE tensors ``[x, w_packed, (bias), (residual), (slope), y]``."""
     from tvm import te
 
     np_ = -(-n // bn) * bn
@@ -51,13 +51,16 @@ def dense_packed_te(
         (m, np_), lambda i, j: te.sum(x[i, rk] * w[j // bn, rk, j % bn], axis=rk), name="conv"
     )
     tensors = [x, w]
-    bias = res = None
+    bias = res = slope = None
     if epilogue.bias:
         bias = te.placeholder((n,), dtype, name="bias")
         tensors.append(bias)
     if epilogue.residual:
         res = te.placeholder((m, n), dtype, name="residual")
         tensors.append(res)
+    if epilogue.activation == "prelu":
+        slope = te.placeholder((n,), dtype, name="slope")
+        tensors.append(slope)
     y = te.compute(
         (m, n),
         lambda i, j: epilogue.apply_te(
@@ -65,6 +68,7 @@ def dense_packed_te(
             bias[j] if bias is not None else None,
             res[i, j] if res is not None else None,
             dtype,
+            slope[j] if slope is not None else None,
         ),
         name="out",
     )

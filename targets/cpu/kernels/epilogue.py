@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 ACTIVATIONS = (
-    None, "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu", "gelu", "leaky_relu"
+    None, "relu", "relu6", "clip", "hard_swish", "hard_sigmoid", "silu", "gelu", "leaky_relu",
+    "prelu",
 )  # fmt: skip
 #: activations that are a clamp of the value (what every kernel supports)
 CLAMPS = (None, "relu", "relu6", "clip")
@@ -30,7 +31,9 @@ class Epilogue:
     ``"silu"`` (``v * sigmoid(v)``, YOLOv5 / YOLOX; :func:`~mcopt.targets.fast_math.fast_silu`) or
     ``"gelu"`` (``v / 2 * (1 + erf(v / sqrt 2))``, PP-OCRv5/v6; :func:`~.fast_math.fast_gelu`) or
     ``"leaky_relu"`` (``max(v if v > 0 else alpha * v, floor)`` with ``alpha, floor = clip_min,
-    clip_max``; ``floor = -inf`` for none: YOLOv3/v4-tiny, openWakeWord's ``Max(LeakyRelu, -0.4)``).
+    clip_max``; ``floor = -inf`` for none: YOLOv3/v4-tiny, openWakeWord's ``Max(LeakyRelu, -0.4)``) or
+    ``"prelu"`` (``v if v > 0 else slope[c] * v``, one slope per output channel: a ``slope``
+    tensor of the bias's shape follows the bias / residual arguments; MTCNN, ArcFace).
     ``residual`` adds a tensor of the output's (blocked) shape. Kernels whose tail is generated as
     text (Winograd) or is a clamp only (the sparse kernels) check :attr:`is_clamp`.
     """
@@ -74,13 +77,16 @@ class Epilogue:
         from tvm import te
 
         get = acc if callable(acc) else (lambda b, c, y, x, k: acc[b, c, y, x, k])
-        bias = res = None
+        bias = res = slope = None
         if self.bias:
             bias = te.placeholder((out_shape[1], out_shape[4]), dtype, name="bias")
             tensors.append(bias)
         if self.residual:
             res = te.placeholder(out_shape, dtype, name="residual")
             tensors.append(res)
+        if self.activation == "prelu":
+            slope = te.placeholder((out_shape[1], out_shape[4]), dtype, name="slope")
+            tensors.append(slope)
         out = te.compute(
             out_shape,
             lambda b, c, y, x, k: self.apply_te(
@@ -88,14 +94,16 @@ class Epilogue:
                 bias[c, k] if bias is not None else None,
                 res[b, c, y, x, k] if res is not None else None,
                 dtype,
+                slope[c, k] if slope is not None else None,
             ),
             name="out",
         )
         tensors.append(out)
         return out
 
-    def apply_te(self, value: Any, bias: Any, residual: Any, dtype: str) -> Any:
-        """The TE expression of the tail for one element (``bias``/``residual`` already indexed)."""
+    def apply_te(self, value: Any, bias: Any, residual: Any, dtype: str, slope: Any = None) -> Any:
+        """The TE expression of the tail for one element (``bias`` / ``residual`` / ``slope``
+        already indexed)."""
         import tvm
 
         if self.bias:
@@ -116,6 +124,8 @@ class Epilogue:
         if self.activation == "hard_sigmoid":
             v = value * c(self.clip_min) + c(self.clip_max)
             return tvm.te.min(tvm.te.max(v, c(0.0)), c(1.0))
+        if self.activation == "prelu":
+            return tvm.tirx.Select(value > c(0.0), value, value * slope)
         if self.activation == "leaky_relu":
             alpha, floor = float(self.clip_min), float(self.clip_max)
             if 0.0 <= alpha <= 1.0:
@@ -130,7 +140,9 @@ class Epilogue:
             value = tvm.te.min(value, c(hi))
         return value
 
-    def apply_numpy(self, value: Any, bias: Any = None, residual: Any = None) -> Any:
+    def apply_numpy(
+        self, value: Any, bias: Any = None, residual: Any = None, slope: Any = None
+    ) -> Any:
         """The same tail in numpy (``bias`` broadcastable to ``value``), for references and tests."""
         import numpy as np
 
@@ -152,6 +164,8 @@ class Epilogue:
             return np.clip(self.clip_min * value + self.clip_max, 0.0, 1.0)
         if self.activation == "leaky_relu":
             return np.maximum(np.where(value > 0, value, self.clip_min * value), self.clip_max)
+        if self.activation == "prelu":  # slope broadcastable to value, like bias
+            return np.where(value > 0, value, slope * value)
         lo, hi = self.bounds()
         if lo is not None or hi is not None:
             value = np.clip(value, lo, hi)

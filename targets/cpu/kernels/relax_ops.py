@@ -254,6 +254,7 @@ def emit_conv2d(
     activation: str | None = None,
     clip: tuple[float, float] = (0.0, 6.0),
     residual: Any = None,
+    slope: np.ndarray | None = None,
     target: Any = None,
     params: ConvParams | None = None,
     tunable: bool = True,
@@ -293,12 +294,12 @@ def emit_conv2d(
     if params is None and into is None:
         if not plain_input and narrow_conv_applies(oc, ic, kh, kw, ic_bn, lanes, dtype):
             return _emit_narrow_conv2d(
-                bb, x, weight, bias, residual, ep, strides, padding, dilation
+                bb, x, weight, bias, residual, ep, strides, padding, dilation, slope=slope
             )
         if taps_conv_applies(oc, ic, kw, _pair(dilation)[1], lanes, dtype):
             return _emit_narrow_conv2d(
                 bb, x, weight, bias, residual, ep, strides, padding, dilation,
-                taps=lanes, plain_input=plain_input,
+                taps=lanes, plain_input=plain_input, slope=slope,
             )  # fmt: skip
     if params is None:
         params = choose_conv_params(data_shape, weight.shape, strides, padding, dilation, target)
@@ -320,6 +321,8 @@ def emit_conv2d(
         args.append(relax.const(layout.pack_bias(bias.astype(dtype), params.oc_bn)))
     if residual is not None:
         args.append(residual)
+    if slope is not None:
+        args.append(relax.const(layout.pack_bias(slope.astype(dtype), params.oc_bn)))
     pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
     oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
     ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
@@ -340,6 +343,7 @@ def _emit_narrow_conv2d(
     dilation: int | Sequence[int],
     taps: int = 0,
     plain_input: bool = False,
+    slope: np.ndarray | None = None,
 ) -> Any:
     """:func:`emit_conv2d` on the few-output-channel kernels (:mod:`.conv2d_narrow`): the input
     channel block on the lanes, or (``taps``: the lanes) the kernel's taps of a one-channel
@@ -367,6 +371,8 @@ def _emit_narrow_conv2d(
         args.append(relax.const(bias.astype(dtype).reshape(1, oc)))
     if residual is not None:
         args.append(residual)
+    if slope is not None:
+        args.append(relax.const(slope.astype(dtype).reshape(1, oc)))
     pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
     oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
     ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
@@ -386,6 +392,7 @@ def emit_winograd_conv2d(
     clip: tuple[float, float] = (0.0, 6.0),
     residual: Any = None,
     into: Into | None = None,
+    slope: np.ndarray | None = None,
 ) -> Any:
     """``act(conv3x3(x, weight) + bias (+ residual))`` by Winograd F(m x m, 3 x 3) on a blocked
     ``x (N, C/bn, H, W, bn)`` (:mod:`.winograd_nchwc`); the result is blocked with the same
@@ -395,6 +402,8 @@ def emit_winograd_conv2d(
 
     from mcopt.targets.cpu.kernels.winograd_nchwc import pack_weight, winograd_conv2d_nchwc
 
+    if slope is not None or activation == "prelu":
+        raise ValueError("the Winograd kernel has no PReLU epilogue (the planner keeps it direct)")
     n, cb, h, w, bn = _shape(x)
     dtype = str(x.ty.dtype)
     o = int(weight.shape[0])
@@ -424,6 +433,7 @@ def emit_depthwise_conv2d(
     clip: tuple[float, float] = (0.0, 6.0),
     residual: Any = None,
     target: Any = None,
+    slope: np.ndarray | None = None,
 ) -> Any:
     """Depthwise conv (``weight (C, 1, KH, KW)``) on a blocked ``x``; the result keeps ``x``'s
     block."""
@@ -452,6 +462,8 @@ def emit_depthwise_conv2d(
         args.append(relax.const(layout.pack_bias(bias.astype(dtype), bn)))
     if residual is not None:
         args.append(residual)
+    if slope is not None:
+        args.append(relax.const(layout.pack_bias(slope.astype(dtype), bn)))
     pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
     oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
     ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
@@ -468,6 +480,7 @@ def emit_dense(
     clip: tuple[float, float] = (0.0, 6.0),
     residual: Any = None,
     target: Any = None,
+    slope: np.ndarray | None = None,
 ) -> Any:
     """``act(x @ weight.T + bias (+ residual))`` for ``x (M, K)``, ``weight (N, K)``."""
     from tvm import relax
@@ -486,6 +499,8 @@ def emit_dense(
         args.append(relax.const(np.ascontiguousarray(bias.astype(dtype))))
     if residual is not None:
         args.append(residual)
+    if slope is not None:
+        args.append(relax.const(np.ascontiguousarray(slope.astype(dtype))))
     return call_kernel(bb, func, "dense_packed", args, (m, n), dtype)
 
 
@@ -508,6 +523,7 @@ def emit_grouped_conv2d(
     max_relative_cost: float | None = None,
     out_perm: Sequence[int] | None = None,
     in_perm: Sequence[int] | None = None,
+    slope: np.ndarray | None = None,
 ) -> Any:
     """``act(grouped_conv2d(x, weight) + bias (+ residual))`` on a blocked ``x (N, ICB, H, W,
     ic_bn)`` (channels ``>= IC`` = ``groups * weight.shape[1]``, extra ones zero-padded) with the
@@ -585,6 +601,10 @@ def emit_grouped_conv2d(
         args.append(relax.const(layout.pack_bias(b, oc_bn)))
     if residual is not None:
         args.append(residual)
+    if slope is not None:  # in the bias's (permuted) order
+        a = np.zeros(ocb * oc_bn, dtype)
+        a[:oc] = slope if out_perm is None else slope[np.asarray(out_perm)]
+        args.append(relax.const(layout.pack_bias(a, oc_bn)))
     pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
     oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
     ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
