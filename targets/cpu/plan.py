@@ -118,9 +118,10 @@ class FusedOp:
     bounds of ``clip``, ``(alpha, beta)`` of ``hard_sigmoid``, ``(slope, floor)`` of
     ``leaky_relu``; ``"prelu"``'s per-channel slopes in ``slope``). ``out_perm`` (``grouped``
     only): a channel shuffle absorbed after the activation, ``out[:, c] = act(...)[:,
-    out_perm[c]]``. ``in_perm`` (``grouped`` only): a channel shuffle sunk into the conv's input, ``conv(x[:, in_perm], w)``; ``source`` (``depthwise``
-    only): the unshuffled tensor the depthwise conv reads instead of its input (its weights
-    permuted to match), ``removed`` the shuffle nodes that then go away.
+    out_perm[c]]``. ``in_perm`` (``grouped`` only): a channel shuffle sunk into the conv's input,
+    ``conv(x[:, in_perm], w)``; ``source`` (``depthwise`` only): the unshuffled tensor the
+    depthwise conv reads instead of its input (its weights permuted to match), ``removed`` the
+    shuffle nodes that then go away.
     """
 
     kind: str
