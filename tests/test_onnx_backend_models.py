@@ -8,7 +8,7 @@ Cases:
 - the single-node tests of ``onnx.backend.test.case.node`` for every op mcopt's importer handles
   (this wheel ships no ``data/node`` directory: the cases are generated in memory, ~5 s). Inputs
   that mcopt needs as constants (Reshape's shape, Clip's bounds, Pad's pads, Slice/Split/Squeeze/
-  Unsqueeze/ReduceMean parameters, Dropout's ratio, Quantize/DequantizeLinear scales and zero
+  Unsqueeze/ReduceMean parameters, Tile's repeats, Dropout's ratio, Quantize/DequantizeLinear scales and zero
   points: ``PARAM_INPUTS``) are made initializers with the stored values, as they are in real
   CNNs; cases with sequence or optional inputs are left out.
 
@@ -65,6 +65,7 @@ PARAM_INPUTS: dict[str, frozenset[int]] = {
     "Slice": frozenset({1, 2, 3, 4}),
     "Split": frozenset({1}),
     "Squeeze": frozenset({1}),
+    "Tile": frozenset({1}),
     "Unsqueeze": frozenset({1}),
     "Upsample": frozenset({1}),
 }
@@ -98,13 +99,6 @@ REFUSED: list[tuple[str, type[MCoptError], str]] = [
     ("node/test_resize_upsample_sizes_nearest_axes_*", UnsupportedOpError, "not whole spatial"),
     ("node/test_resize_upsample_sizes_nearest_*", UnsupportedOpError, "does not repeat pixels"),
     # operators mcopt has no op for (not used by the CNNs it targets)
-    ("*/test_Embedding*", UnsupportedOpError, "computed indices (an embedding lookup)"),
-    ("*/test_operator_repeat*", UnsupportedOpError, _NOT_SUPPORTED.format("Tile")),
-    (
-        "*/test_operator_symbolic_override",
-        UnsupportedOpError,
-        _NOT_SUPPORTED.format("InstanceNormalization"),
-    ),
     ("simple/test_expand_shape_model*", UnsupportedOpError, "target shape (input 1 'shape') must"),
     ("simple/test_sign_model", UnsupportedOpError, _NOT_SUPPORTED.format("Sign")),
     ("simple/test_shrink", UnsupportedOpError, _NOT_SUPPORTED.format("Shrink")),

@@ -399,6 +399,51 @@ def layer_norm(c: NodeCtx) -> None:
         c.set_out(2, c.emit("reciprocal", [c.emit("sqrt", [c.emit("add", [var, eps])])]))
 
 
+@handles("InstanceNormalization")
+def instance_norm(c: NodeCtx) -> None:
+    """``(x - mean) / sqrt(var + eps) * scale[c] + bias[c]``, the statistics per sample and
+    channel over the spatial dims (fast style transfer's normalization), as mcopt ops."""
+    x = c.x(0)
+    rank = x.type.rank
+    if rank < 3:
+        raise c.fail(f"input must be (N, C, ...) with spatial dims, got {list(x.shape)}")
+    red = {"axes": tuple(range(2, rank)), "keepdims": 1}
+    d = c.emit("sub", [x, c.emit("reduce_mean", [x], red)])
+    var = c.emit("reduce_mean", [c.emit("mul", [d, d])], red)
+    eps = c.new_const(np.array(float(c.attr("epsilon", 1e-5)), x.dtype), "epsilon")
+    y = c.emit("div", [d, c.emit("sqrt", [c.emit("add", [var, eps])])])
+    per_channel = (-1,) + (1,) * (rank - 2)
+    for i, op in ((1, "mul"), (2, "add")):
+        p = c.x(i)
+        p = (
+            c.new_const(np.asarray(p.const).reshape(per_channel), "param")
+            if p.const is not None
+            else c.emit("reshape", [p], {"shape": (int(p.shape[0]), *per_channel[1:])})
+        )
+        y = c.emit(op, [y, p])
+    c.set_out(0, y)
+
+
+@handles("Tile")
+def tile(c: NodeCtx) -> None:
+    """``Tile`` with constant repeats: ``reshape`` to ``(1, d0, 1, d1, ...)``, ``expand`` to
+    ``(r0, d0, r1, d1, ...)``, ``reshape`` to ``(r0 d0, r1 d1, ...)``."""
+    x = c.x(0)
+    reps = [int(v) for v in np.asarray(c.need_const(1, "repeats")).reshape(-1)]
+    if len(reps) != x.type.rank or any(v < 0 for v in reps):
+        raise c.fail(f"repeats {reps} must be {x.type.rank} non-negative numbers")
+    if all(v == 1 for v in reps):
+        c.set_out(0, c.emit("identity", [x]))
+        return
+    inter = tuple(v for d in x.shape for v in (1, int(d)))
+    wide = tuple(v for r, d in zip(reps, x.shape) for v in (r, int(d)))
+    y = c.emit("reshape", [x], {"shape": inter})
+    y = c.emit("expand", [y], {"shape": wide})
+    c.set_out(
+        0, c.emit("reshape", [y], {"shape": tuple(r * int(d) for r, d in zip(reps, x.shape))})
+    )
+
+
 @handles("Dropout")
 def dropout(c: NodeCtx) -> None:
     if c.output_used(1):
@@ -671,15 +716,24 @@ def slice_(c: NodeCtx) -> None:
 def gather(c: NodeCtx) -> None:
     """``Gather`` of constant indices from a computed tensor (all-constant ones are folded): a
     scalar index is a one-wide slice + squeeze (Silero VAD's ``state[0]``, ``state[1]``), evenly
-    spaced indices a strided slice; other index sets are refused."""
+    spaced indices a strided slice; other index sets are refused. Computed indices into the rows
+    of a constant 2-D table (a token embedding) are an ``embedding`` lookup."""
     x = c.x(0)
     r = x.type.rank
     ax = _axis(c, c.attr("axis", 0), r, "Gather axis")
     if c.const(1) is None:
-        raise c.fail(
-            "computed indices (an embedding lookup) are not supported: mcopt imports Gather with "
-            "constant indices"
-        )
+        table = x.const
+        if table is None or ax != 0 or r != 2 or np.dtype(x.dtype).kind != "f":
+            raise c.fail(
+                "computed indices are supported only as an embedding lookup (rows of a constant "
+                "2-D float table, axis 0); mcopt imports other Gathers with constant indices"
+            )
+        i = c.x(1)  # ONNX counts a negative index from the end
+        zero = c.new_const(np.zeros((), i.dtype), "zero")
+        rows = c.new_const(np.asarray(table.shape[0], i.dtype), "rows")
+        i = c.emit("where", [c.emit("less", [i, zero]), c.emit("add", [i, rows]), i])
+        c.set_out(0, c.emit("embedding", [i, x]))
+        return
     idx = np.asarray(c.const(1)).astype(np.int64)
     dim = int(x.shape[ax])
     if np.any((idx < -dim) | (idx >= dim)):
