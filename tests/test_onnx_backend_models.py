@@ -100,7 +100,6 @@ REFUSED: list[tuple[str, type[MCoptError], str]] = [
     ("node/test_resize_upsample_sizes_nearest_*", UnsupportedOpError, "does not repeat pixels"),
     # operators mcopt has no op for (not used by the CNNs it targets)
     ("simple/test_expand_shape_model*", UnsupportedOpError, "target shape (input 1 'shape') must"),
-    ("simple/test_sign_model", UnsupportedOpError, _NOT_SUPPORTED.format("Sign")),
     ("simple/test_shrink", UnsupportedOpError, _NOT_SUPPORTED.format("Shrink")),
     ("simple/test_sequence_model*", UnsupportedOpError, "Sequence"),
     ("simple/test_gradient_*", UnsupportedOpError, "domain 'ai.onnx.preview.training'"),

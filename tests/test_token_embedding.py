@@ -1,7 +1,7 @@
-"""Three imports the onnx wheel's pytorch models needed (and NLP / style-transfer exports use):
+"""Four imports the onnx wheel's pytorch models needed (and NLP / style-transfer exports use):
 ``Gather`` of computed indices from a constant 2-D table (a token embedding, negative indices
-counted from the end) as an ``embedding`` lookup, ``Tile`` with constant repeats, and
-``InstanceNormalization`` — each against onnxruntime through every route."""
+counted from the end) as an ``embedding`` lookup, ``Tile`` with constant repeats,
+``InstanceNormalization`` and ``Sign`` — each against onnxruntime through every route."""
 
 from __future__ import annotations
 
@@ -71,3 +71,11 @@ def test_instance_normalization() -> None:
     x = (RNG.standard_normal((2, 8, 5, 7)) * 3 + 1).astype(np.float32)
     pytest.importorskip("tvm")
     assert_routes_match(outputs_by_route(m, {"x": x}, passes=["cleanup"]), rtol=1e-5, atol=1e-5)
+
+
+def test_sign() -> None:
+    nodes = [helper.make_node("Sign", ["x"], ["s"]), helper.make_node("Mul", ["s", "x"], ["y"])]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])])
+    x = np.array([[-2.0, -0.0, 0.0, 0.5, 3.0], [1.0, -1.0, 2.0, -3.0, 0.25]], np.float32)
+    pytest.importorskip("tvm")
+    assert_routes_match(outputs_by_route(m, {"x": x}, passes=["cleanup"]), rtol=0, atol=0)

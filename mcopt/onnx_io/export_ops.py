@@ -56,6 +56,7 @@ for _op, _onnx in {
     "log": "Log",
     "reciprocal": "Reciprocal",
     "floor": "Floor",
+    "sign": "Sign",
     "ceil": "Ceil",
     "softplus": "Softplus",
     "softsign": "Softsign",

@@ -276,6 +276,7 @@ _UNARY = {
     "Log": "log",
     "Reciprocal": "reciprocal",
     "Floor": "floor",
+    "Sign": "sign",
     "Ceil": "ceil",
     "Softplus": "softplus",
     "Softsign": "softsign",

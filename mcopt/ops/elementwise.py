@@ -129,6 +129,8 @@ def _elu(x: np.ndarray, alpha: float) -> np.ndarray:
 
 
 _unary("abs", np.abs, "y = |x|", traits=_Z | _F)
+_unary("sign", np.sign, "y = -1, 0 or 1 as x is negative, zero or positive (ONNX Sign)",
+       traits=_Z | _F)  # fmt: skip
 _unary("erf", _erf, "y = erf(x) (GELU's exact form)", check=_float_only, traits=_Z | _F)
 _unary(
     "gelu",

@@ -116,6 +116,7 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "log": torch.log,
     "reciprocal": torch.reciprocal,
     "floor": torch.floor,
+    "sign": torch.sign,
     "ceil": torch.ceil,
     "softplus": F.softplus,
     "softsign": F.softsign,

@@ -285,6 +285,7 @@ _UNARY: dict[str, Callable[[Any], Any]] = {
     "log": R.log,
     "reciprocal": lambda x: R.divide(relax.const(1.0, str(x.ty.dtype)), x),
     "floor": R.floor,
+    "sign": R.sign,
     "ceil": R.ceil,
     # max(x, 0) + ln(1 + exp(-|x|)): no overflow for large x
     "softplus": lambda x: R.add(R.maximum(x, relax.const(0.0, str(x.ty.dtype))),
