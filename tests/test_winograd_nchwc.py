@@ -46,6 +46,7 @@ CASES = [
     (1, 16, 9, 10, 16, (1, 1, 1, 1), Epilogue(True, False, "gelu")),  # PP-OCRv6
     (1, 16, 9, 10, 16, (1, 1, 1, 1), Epilogue(True, True, "leaky_relu", 0.2, -0.4)),  # floor
     (1, 16, 8, 8, 16, (1, 1, 1, 1), Epilogue(True, False, "leaky_relu", 1.5, -np.inf)),  # Select
+    (1, 16, 9, 10, 16, (1, 1, 1, 1), Epilogue(True, True, "prelu")),  # MTCNN
 ]
 
 
@@ -59,13 +60,16 @@ def test_kernel_matches_reference(m: int, case: tuple) -> None:
     b = rng.standard_normal(o).astype(np.float32)
     conv = _conv3x3(x, g, pads)
     res = rng.standard_normal(conv.shape).astype(np.float32)
-    ref = ep.apply_numpy(conv, b.reshape(1, -1, 1, 1), res)
+    slope = rng.uniform(-0.5, 0.5, o).astype(np.float32)
+    ref = ep.apply_numpy(conv, b.reshape(1, -1, 1, 1), res, slope.reshape(1, -1, 1, 1))
     func, plan = wn.winograd_conv2d_nchwc((n, c, h, w), o, m, pads, ep)
     arrays = [pack_nchwc(x, 8), wn.pack_weight(g, m, plan.rv, 8)]
     if ep.bias:
         arrays.append(b.reshape(o // 8, 8))
     if ep.residual:
         arrays.append(pack_nchwc(res, 8))
+    if ep.activation == "prelu":
+        arrays.append(slope.reshape(o // 8, 8))
     arrays.append(np.zeros((n, o // 8, plan.oh, plan.ow, 8), np.float32))
     lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)
     args = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]

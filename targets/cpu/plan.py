@@ -209,19 +209,6 @@ def _activation(node: Node) -> tuple[str, tuple[float, float]] | None:
     return None
 
 
-def _winograd_shaped(f: FusedOp) -> bool:
-    """A 3x3 stride-1 undilated dense conv: a Winograd candidate, whose kernel has no per-channel
-    slope input. A PReLU after it stays an op on the blocked layout (fused, it kept MTCNN's convs
-    direct: P-Net 1.35 -> 1.68 ms, O-Net 0.12 -> 0.16 ms)."""
-    at = f.node.attrs
-    return (
-        f.kind == "conv"
-        and tuple(f.weight.shape[2:]) == (3, 3)
-        and tuple(at["strides"]) == (1, 1)
-        and tuple(at["dilations"]) == (1, 1)
-    )
-
-
 def _channel_gate(x: Value, g: Value, out: Value, lx: Layout | None, lg: Layout | None) -> bool:
     """``x (N, C, H, W)`` times / plus a per-channel tensor ``g (N, C, 1, 1)`` (an SE gate), both
     in the same blocked layout: the op broadcasts over the blocked tensors as it is."""
@@ -364,11 +351,7 @@ def _fuse_chain(f: FusedOp, graph_outputs: set[int], claimed: set[int]) -> None:
                 f.residual = other
             else:
                 return
-        elif (
-            user.op == "prelu"
-            and idx == 0
-            and (f.kind == "dense" or (f.node.op == "conv2d" and not _winograd_shaped(f)))
-        ):
+        elif user.op == "prelu" and idx == 0 and (f.node.op == "conv2d" or f.kind == "dense"):
             vec = _channel_const(user.inputs[1], channels, rank)
             if vec is None or tuple(user.output.shape) != tuple(cur.shape):
                 return

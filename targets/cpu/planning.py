@@ -309,8 +309,6 @@ class _Planner:
             return "depthwise", 0
         if f.kind == "grouped":
             return self.grouped_kernel(f), 0
-        if f.activation == "prelu":  # the Winograd kernel has no per-channel slope input
-            return "direct", 0
         m = self.winograd_tile(f)
         if m:
             self.chose(f"3x3 conv: Winograd F({m}x{m},3x3)")

@@ -402,8 +402,6 @@ def emit_winograd_conv2d(
 
     from mcopt.targets.cpu.kernels.winograd_nchwc import pack_weight, winograd_conv2d_nchwc
 
-    if slope is not None or activation == "prelu":
-        raise ValueError("the Winograd kernel has no PReLU epilogue (the planner keeps it direct)")
     n, cb, h, w, bn = _shape(x)
     dtype = str(x.ty.dtype)
     o = int(weight.shape[0])
@@ -415,6 +413,8 @@ def emit_winograd_conv2d(
         args.append(relax.const(layout.pack_bias(bias.astype(dtype), bn)))
     if residual is not None:
         args.append(residual)
+    if slope is not None:
+        args.append(relax.const(layout.pack_bias(slope.astype(dtype), bn)))
     return call_kernel(
         bb, func, f"winograd{m}_nchwc", args, (n, o // bn, plan.oh, plan.ow, bn), dtype, into
     )

@@ -72,9 +72,11 @@ def _vec_width(n: int, lanes: int) -> int:
     return v
 
 
-def epilogue_text(val: str, epilogue: Epilogue, bias: str, residual: str = "") -> str:
+def epilogue_text(
+    val: str, epilogue: Epilogue, bias: str, residual: str = "", slope: str = ""
+) -> str:
     """TVMScript text of ``act(val + bias (+ residual))`` for ``epilogue`` (``bias`` /
-    ``residual``: the indexed buffer loads)."""
+    ``residual`` / ``slope``: the indexed buffer loads)."""
     lo, hi = epilogue.bounds()
     if epilogue.bias:
         val = f"{val} + {bias}"
@@ -82,6 +84,8 @@ def epilogue_text(val: str, epilogue: Epilogue, bias: str, residual: str = "") -
         val = f"{val} + {residual}"
     if epilogue.activation in ("silu", "gelu"):  # the caller binds silu_lines / gelu_lines
         return val
+    if epilogue.activation == "prelu":  # one slope per output channel
+        return f"T.Select(({val}) > T.float32(0.0), {val}, ({val}) * {slope})"
     if epilogue.activation == "hard_swish":
         return f"({val}) * T.min(T.max(({val}) + T.float32(3.0), T.float32(0.0)), T.float32(6.0)) * T.float32({1 / 6!r})"
     if epilogue.activation == "hard_sigmoid":
@@ -235,6 +239,8 @@ def script(
         args.append(f'bias: T.Buffer(({ob}, {bn}), "float32")')
     if epilogue.residual:
         args.append(f'res: T.Buffer(({n}, {ob}, {oh}, {ow}, {bn}), "float32")')
+    if epilogue.activation == "prelu":
+        args.append(f'slope: T.Buffer(({ob}, {bn}), "float32")')
     args.append(f'out: T.Buffer(({n}, {ob}, {oh}, {ow}, {bn}), "float32")')
     add(f"def main({', '.join(args)}):")
     add('    T.func_attr({"tirx.noalias": True})')
@@ -311,7 +317,9 @@ def script(
         add(f"                to[{k}, l] = {val}")
     for r, s, val in second:
         y, x_ = f"{ty} * {m} + {r}", f"tx * {m} + {s}"
-        val = epilogue_text(val, epilogue, f"bias[{oc}, l]", f"res[{nn}, {oc}, {y}, {x_}, l]")
+        val = epilogue_text(
+            val, epilogue, f"bias[{oc}, l]", f"res[{nn}, {oc}, {y}, {x_}, l]", f"slope[{oc}, l]"
+        )
         conds = []
         if oh % m and r >= oh % m:
             conds.append(f"{y} < {oh}")
@@ -398,6 +406,8 @@ def measure(
         extra.append(np.zeros((o // bn, bn), np.float32))
     if epilogue.residual:
         extra.append(rng.standard_normal((n, o // bn, oh, ow, bn)).astype(np.float32))
+    if epilogue.activation == "prelu":
+        extra.append(np.full((o // bn, bn), 0.25, np.float32))
     out = np.zeros((n, o // bn, oh, ow, bn), np.float32)
     p = choose_conv_params((n, c, h, w), (o, c, 3, 3), 1, tuple(pads), 1, target)
     if p.ic_bn != bn or p.oc_bn != bn:
