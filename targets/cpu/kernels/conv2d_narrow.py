@@ -127,29 +127,18 @@ def _lane_sums(part: Any, tensors: list[Any], ow: int, epilogue: Epilogue, dtype
     return tensors
 
 
-def conv2d_narrow(
-    data_shape: Sequence[int],
-    weight_shape: Sequence[int],
-    ic_bn: int,
-    strides: int | Sequence[int] = 1,
-    padding: int | Sequence[int] = 0,
-    dilation: int | Sequence[int] = 1,
-    epilogue: Epilogue | None = None,
-    dtype: str = "float32",
-) -> Any:
-    """The scheduled ``tvm.tirx.PrimFunc`` of :func:`conv2d_narrow_te`."""
-
-    tensors = conv2d_narrow_te(
-        data_shape, weight_shape, ic_bn, strides, padding, dilation, epilogue, dtype
-    )
-    return _schedule(tensors, int(weight_shape[0]), "conv2d_narrow")
+def conv2d_narrow(*args: Any, **kwargs: Any) -> Any:
+    """The scheduled ``tvm.tirx.PrimFunc`` of :func:`conv2d_narrow_te` (the same arguments)."""
+    return _schedule(conv2d_narrow_te(*args, **kwargs), "conv2d_narrow")
 
 
-def _schedule(tensors: list[Any], oc: int, name: str) -> Any:
+def _schedule(tensors: list[Any], name: str) -> Any:
     """``parallel(n, y, x_outer)`` / reduction / ``x_inner, o`` (unrolled) / lanes (vectorized),
-    then the lane sums and the epilogue under ``x_outer``."""
+    then the lane sums and the epilogue under ``x_outer`` (``tensors[1]``: the kernel, ``OC``
+    first)."""
     from tvm import s_tir, te
 
+    oc = int(tensors[1].shape[0])
     func = te.create_prim_func(tensors).with_attr("global_symbol", name)
     sch = s_tir.Schedule(func)
     conv = sch.get_sblock("conv")
@@ -235,22 +224,9 @@ def conv2d_taps_te(
     return _lane_sums(part, [data, kernel], ow, epilogue, dtype)
 
 
-def conv2d_taps(
-    data_shape: Sequence[int],
-    weight_shape: Sequence[int],
-    lanes: int,
-    strides: int | Sequence[int] = 1,
-    padding: int | Sequence[int] = 0,
-    dilation: int | Sequence[int] = 1,
-    epilogue: Epilogue | None = None,
-    dtype: str = "float32",
-    plain_input: bool = True,
-) -> Any:
-    """The scheduled ``tvm.tirx.PrimFunc`` of :func:`conv2d_taps_te`."""
-    tensors = conv2d_taps_te(
-        data_shape, weight_shape, lanes, strides, padding, dilation, epilogue, dtype, plain_input
-    )
-    return _schedule(tensors, int(weight_shape[0]), "conv2d_taps")
+def conv2d_taps(*args: Any, **kwargs: Any) -> Any:
+    """The scheduled ``tvm.tirx.PrimFunc`` of :func:`conv2d_taps_te` (the same arguments)."""
+    return _schedule(conv2d_taps_te(*args, **kwargs), "conv2d_taps")
 
 
 def pack_taps_weight(weight: Any, lanes: int) -> Any:
