@@ -64,7 +64,6 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     from mcopt.targets.cpu.kernels.int8_intrin import ISAS, choose_isa, narrow_isa
     from mcopt.targets.cpu.kernels.int8_pointwise_sdot import sdot_pointwise_applies
     from mcopt.targets.cpu.kernels.relax_ops import call_kernel, view_params
-    from mcopt.targets.cpu.lower_planned import _check_shape
     from mcopt.targets.relax.lower_quant import _cores, _is_7bit
 
     at = node.attrs
@@ -109,6 +108,8 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     n, _, h, wd = x_v.shape
     _, _, oh, ow = node.output.shape
     cores = _cores(target)
+    member = vals.into.get(id(node.output))  # written into its concat's buffer (no copy)
+    into = None if member is None else (vals.dest.get(id(member[0])), member[2], member[1])
     if node.attrs["kernel"] == "int8_depthwise":
         from mcopt.targets.cpu.kernels.int8_depthwise_nchwc import (
             int8_depthwise_nchwc,
@@ -129,9 +130,8 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
         args += [vals.ctx.const(be), vals.ctx.const(mult.reshape(occ, lanes))]
         args += [] if res is None else [res]
         out_shape = lout.blocked_shape(tuple(node.output.shape))
-        y = call_kernel(bb, func, "qdwconv2d_nchwc", args, out_shape, ep.out_dtype)
-        _check_shape(node, y, lout)
-        vals.set_blocked(node.output, y, lout)
+        y = call_kernel(bb, func, "qdwconv2d_nchwc", args, out_shape, ep.out_dtype, into)
+        _set_result(vals, node, y, lout, member)
         return
     window = node.attrs["kernel"] == "int8_window"
     groups = int(at["groups"])
@@ -201,17 +201,35 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     out_shape = (n, occ, oh, ow, lanes)
     if pool is not None:
         out_shape = lout.blocked_shape(tuple(pool.output.shape))
+    if pool is not None:
+        into = None
     if flat:  # the kernel's flattened-plane buffers as views of the blocked tensors (no reshape)
         views = {"x": (in_shape, 0), "out": (out_shape, 0)}
         if res is not None:
             views["residual"] = (out_shape, 0)
+        if into is not None:  # a view of the concat's buffer
+            views["out"] = ((n, into[1], oh, ow, lanes), into[2] * oh * ow * lanes)
         func = view_params(func, views)
     pack = pack_int8_window_weight if window else int8_conv.pack_int8_conv_weight
     args = [x, ctx.const(pack(wp, lanes)), ctx.const(be)]
     args += [ctx.const(mult.reshape(occ, lanes))] + ([] if res is None else [res])
-    y = call_kernel(bb, func, "qconv2d_nchwc", args, out_shape, ep.out_dtype)
+    y = call_kernel(bb, func, "qconv2d_nchwc", args, out_shape, ep.out_dtype, into, viewed=flat)
     if pool is not None:
         _set_pooled(vals, pool, y, lout)
+        return
+    _set_result(vals, node, y, lout, member if into is not None else None)
+
+
+def _set_result(
+    vals: Any, node: Node, y: Any, lout: BlockedLayout, member: tuple[Node, int, int] | None
+) -> None:
+    """``y`` is ``node``'s blocked output, or (``member``: its in-place concat) the concat's
+    buffer with ``node``'s blocks written."""
+    from mcopt.targets.cpu.lower_planned import _check_shape
+
+    if member is not None:
+        vals.dest[id(member[0])] = y
+        vals.written.add(id(node.output))
         return
     _check_shape(node, y, lout)
     vals.set_blocked(node.output, y, lout)

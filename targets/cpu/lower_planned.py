@@ -215,7 +215,7 @@ def _lower_fused_conv(vals: _Values, node: Node, target: Any) -> None:
         geom["slope"] = _pad_to(slope, (lx.padded if kernel == "depthwise" else lout.padded,))
     member = vals.into.get(id(node.output))
     into = None
-    if member is not None and kernel in ("direct", "winograd"):
+    if member is not None and kernel in INPLACE_CONCAT_KERNELS:
         cat, offset, total = member
         into = (vals.dest.get(id(cat)), total, offset)
     in_perm = [int(p) for p in at["in_perm"]] or None
@@ -247,7 +247,7 @@ def _lower_fused_conv(vals: _Values, node: Node, target: Any) -> None:
         y = K.emit_conv2d(vals.ctx.bb, x, dense, b, residual=res, **geom)
     elif kernel == "depthwise":
         w = _pad_to(weight, (lx.padded, 1, *weight.shape[2:]))
-        y = K.emit_depthwise_conv2d(vals.ctx.bb, x, w, pbias, residual=res, **geom)
+        y = K.emit_depthwise_conv2d(vals.ctx.bb, x, w, pbias, residual=res, into=into, **geom)
     else:
         w = _pad_to(weight, (lout.padded, lx.padded, *weight.shape[2:]))
         if kernel == "winograd":
@@ -440,7 +440,10 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
         return
     elif op == "concat":
         got = [vals.blocked_of(v, v.type.layout) for v in ins]
-        if all(lx.bn == lay.bn and not lx.is_padded for _, lx in got) and not lay.is_padded:
+        aligned = all(lx.bn == lay.bn and not lx.is_padded for _, lx in got[:-1])
+        if aligned and got[-1][1].bn == lay.bn and got[-1][1].padded - got[-1][1].channels == (
+            lay.padded - lay.channels
+        ):  # the blocks line up, any padding the last input's
             y = R.concat([e for e, _ in got], axis=1)
         else:  # padded inputs or other blocks: a gather by logical channel, staying blocked
             chans = [lx.channels for _, lx in got]
@@ -458,36 +461,39 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
     vals.set_blocked(out, e, lay)
 
 
-#: the kernels that can write their output into a channel concat's buffer (:func:`_inplace_concats`)
-INPLACE_CONCAT_KERNELS = ("direct", "winograd")
+#: the kernels that can write their output into a channel concat's buffer (:func:`_inplace_concats`):
+#: ``fused_conv2d``'s and ``fused_qconv2d``'s
+INPLACE_CONCAT_KERNELS = ("direct", "winograd", "depthwise")
+INPLACE_CONCAT_QKERNELS = ("int8", "int8_window", "int8_depthwise")
 
 
 def _inplace_concats(graph: Graph) -> dict[int, tuple[Node, int, int]]:
-    """Channel concats whose inputs the kernels can write in place: a blocked, unpadded concat of
-    batch 1 whose inputs are all ``fused_conv2d`` outputs on a kernel of
-    :data:`INPLACE_CONCAT_KERNELS`, in the concat's block, unpadded, read by the concat only.
+    """Channel concats whose inputs the kernels can write in place: a blocked concat of batch 1
+    whose inputs are all ``fused_conv2d`` / ``fused_qconv2d`` outputs on a kernel of
+    :data:`INPLACE_CONCAT_KERNELS` / :data:`INPLACE_CONCAT_QKERNELS`, in the concat's block,
+    read by the concat only, unpadded but for the last (whose padding is then the concat's).
     Each such conv writes its channel blocks of the concat's buffer (SqueezeNet's fire modules:
     the 1x1 and 3x3 expand convs); the concat itself then moves no data. Mechanical (always a
     copy less), so the lowering does it. ``{id(input value): (concat, first block, blocks)}``."""
     found: dict[int, tuple[Node, int, int]] = {}
     outs = {id(v) for v in graph.outputs}
+    kernels = {"fused_conv2d": INPLACE_CONCAT_KERNELS, "fused_qconv2d": INPLACE_CONCAT_QKERNELS}
     for node in graph.nodes:
         lay = node.output.type.layout if len(node.outputs) == 1 else None
-        if node.op != "concat" or lay is None or lay.is_padded or node.output.shape[0] != 1:
+        if node.op != "concat" or lay is None or node.output.shape[0] != 1:
             continue
         ins = list(node.inputs)
         if any(v is None for v in ins) or len({id(v) for v in ins}) != len(ins):
             continue
         offsets, total = [], 0
-        for v in ins:
+        for i, v in enumerate(ins):
             lv, p = v.type.layout, v.producer  # type: ignore[union-attr]
             if (
                 lv is None
                 or lv.bn != lay.bn
-                or lv.is_padded
+                or (lv.is_padded and i < len(ins) - 1)
                 or p is None
-                or p.op != "fused_conv2d"
-                or p.attrs["kernel"] not in INPLACE_CONCAT_KERNELS
+                or p.attrs.get("kernel") not in kernels.get(p.op, ())
                 or len(v.uses) != 1  # type: ignore[union-attr]
                 or id(v) in outs
             ):
@@ -495,6 +501,8 @@ def _inplace_concats(graph: Graph) -> dict[int, tuple[Node, int, int]]:
             offsets.append(total)
             total += lv.padded // lv.bn
         else:
+            if total * lay.bn != lay.padded:
+                continue
             for v, off in zip(ins, offsets):
                 found[id(v)] = (node, off, total)
     return found

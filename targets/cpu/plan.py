@@ -532,9 +532,12 @@ def plan_graph(graph: Graph, lanes: int = 8, int8_lanes: int = 0, int8_narrow: i
             ls = [lay.get(id(v)) for v in ins]
             if all(x is not None for x in ls):
                 c = out.shape[1]
+                _reblock_tail(plan, ins, ls, outs)  # type: ignore[arg-type]
                 bns = {x.bn for x in ls}  # type: ignore[union-attr]
-                if len(bns) == 1 and not any(x.is_padded for x in ls):  # type: ignore[union-attr]
-                    lay[id(out)] = Layout(bns.pop(), c, c)  # the blocks line up: a plain concat
+                if len(bns) == 1 and not any(x.is_padded for x in ls[:-1]):  # type: ignore[union-attr]
+                    # the blocks line up, any padding at the end: a plain concat
+                    tail = ls[-1]
+                    lay[id(out)] = Layout(bns.pop(), c, c - tail.channels + tail.padded)  # type: ignore[union-attr]
                 else:  # padded inputs or other blocks: gathered by logical channel
                     lay[id(out)] = block_for(c, lanes)
         elif node.op in ("reshape", "transpose") and x0 is not None:
@@ -564,6 +567,28 @@ def plan_graph(graph: Graph, lanes: int = 8, int8_lanes: int = 0, int8_narrow: i
         plan.fused[id(f.last)] = f
         plan.absorbed.discard(id(f.last))
     return plan
+
+
+def _reblock_tail(plan: Plan, ins: list[Value], ls: list[Layout], outs: set[int]) -> None:
+    """A channel concat whose last input has a narrower block than the others (tiny_cnn's 8-channel
+    1x1 branch beside 16-channel ones): that input's conv writes the others' block instead, its
+    channels zero-padded, so that the blocks line up and the concat can be written in place
+    (:func:`~mcopt.targets.cpu.lower_planned._inplace_concats`) instead of gathered channel by
+    channel. Only a conv (not depthwise: it keeps its input's block) read by the concat alone;
+    ``ls`` is updated."""
+    if len(ls) < 2:
+        return
+    bns = {x.bn for x in ls[:-1]}
+    bn, tail, v = max(bns), ls[-1], ins[-1]
+    if len(bns) != 1 or tail.bn >= bn or any(x.is_padded for x in ls[:-1]) or tail.is_padded:
+        return
+    p = v.producer
+    if p is None or id(v) in outs or len(v.uses) != 1 or tail.channels > bn:
+        return
+    grp, f = plan.qgroups.get(id(p)), plan.fused.get(id(p))
+    conv = (grp is not None and grp.kind != "depthwise") or (f is not None and f.kind == "conv")
+    if conv and id(p) not in plan.absorbed:
+        ls[-1] = plan.layouts[id(v)] = Layout(bn, tail.channels, bn)
 
 
 def _sink_shuffles(plan: Plan, graph_outputs: set[int]) -> None:

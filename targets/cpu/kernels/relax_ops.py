@@ -90,6 +90,7 @@ def call_kernel(
     out_shape: Sequence[int],
     dtype: str,
     into: Into | None = None,
+    viewed: bool = False,
 ) -> Any:
     """Add the kernel PrimFunc ``func`` to the module (once per distinct kernel, marked opaque and
     scheduled: :func:`finalize_kernel`) and emit a ``call_tir`` to it. Every lowering that emits
@@ -99,12 +100,14 @@ def call_kernel(
     last parameter) writes channel blocks ``[offset, offset + OCB)`` of a ``(1, total, H, W,
     bn)`` buffer instead (:func:`write_into`); the result is that buffer: a new one (its other
     blocks unwritten) when ``dest`` is None, else ``dest`` updated in place
-    (``call_tir_inplace``). A channel concat of kernel outputs then costs no copy."""
+    (``call_tir_inplace``). A channel concat of kernel outputs then costs no copy. ``viewed``:
+    ``func``'s output parameter already is that view (:func:`view_params`)."""
     from tvm import relax
 
     if into is not None:
         dest, total, offset = into
-        func = write_into(func, total, offset)
+        if not viewed:
+            func = write_into(func, total, offset)
         gv = _add_kernel(bb, func, name)
         n, _, *rest = (int(d) for d in out_shape)
         out_ty = relax.TensorType([n, int(total), *rest], dtype)
@@ -434,9 +437,10 @@ def emit_depthwise_conv2d(
     residual: Any = None,
     target: Any = None,
     slope: np.ndarray | None = None,
+    into: Into | None = None,
 ) -> Any:
     """Depthwise conv (``weight (C, 1, KH, KW)``) on a blocked ``x``; the result keeps ``x``'s
-    block."""
+    block. ``into``: write into a bigger buffer (:func:`call_kernel`)."""
     from tvm import relax
 
     n, cc, h, w, bn = _shape(x)
@@ -467,7 +471,7 @@ def emit_depthwise_conv2d(
     pads, (sh, sw), (dh, dw) = _pads(padding), _pair(strides), _pair(dilation)
     oh = conv_out_size(h, kh, sh, pads[0], pads[2], dh)
     ow = conv_out_size(w, kw, sw, pads[1], pads[3], dw)
-    return call_kernel(bb, func, "dwconv2d_nchwc", args, (n, cc, oh, ow, bn), dtype)
+    return call_kernel(bb, func, "dwconv2d_nchwc", args, (n, cc, oh, ow, bn), dtype, into)
 
 
 def emit_dense(
