@@ -441,8 +441,10 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
     elif op == "concat":
         got = [vals.blocked_of(v, v.type.layout) for v in ins]
         aligned = all(lx.bn == lay.bn and not lx.is_padded for _, lx in got[:-1])
-        if aligned and got[-1][1].bn == lay.bn and got[-1][1].padded - got[-1][1].channels == (
-            lay.padded - lay.channels
+        if (
+            aligned
+            and got[-1][1].bn == lay.bn
+            and got[-1][1].padded - got[-1][1].channels == (lay.padded - lay.channels)
         ):  # the blocks line up, any padding the last input's
             y = R.concat([e for e, _ in got], axis=1)
         else:  # padded inputs or other blocks: a gather by logical channel, staying blocked
