@@ -17,6 +17,7 @@ from mcopt.rewrite import B, Match, P, RewriteRule, V, W, X, apply_rewrites
 #: the standard lossless cleanup, in order (the ``cleanup`` pipeline)
 DEFAULT_CLEANUP = [
     "remove-identity", "constant-fold", "cse", "canonical-activations", "canonical-layer-norm",
+    "global-pool",
     "fold-batch-norm", "fold-bias-add", "fold-linear", "one-hot-to-embedding", "simplify-reshape",
     "dce",
 ]  # fmt: skip

@@ -127,3 +127,23 @@ def test_a_padded_first_input_is_still_gathered() -> None:
     assert "concat_nchwc" in _calls(g)
     f = _feeds(g)[0]
     np.testing.assert_allclose(build(g, "cpu").run(f)[0], run(g, f)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_pool_writes_into_the_concat() -> None:
+    """PP-HGNet's stem: ``concat(max_pool(x), conv(conv(x)))`` with the pool's kernel writing its
+    blocks of the concat's buffer; same result."""
+    rng = np.random.default_rng(6)
+    g = Graph("stem")
+    inp = g.add_input("x", TensorType((1, 3, 12, 12)))
+    w0 = g.const(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) / 4)
+    x = g.add_node("relu", [g.add_node("conv2d", [inp, w0], {"pads": (1,) * 4}).output]).output
+    pool = g.add_node("max_pool", [x], {"kernel": (2, 2), "strides": (1, 1), "pads": (0, 0, 1, 1)})
+    w = g.const(rng.standard_normal((16, 16, 2, 2)).astype(np.float32) / 4)
+    conv = g.add_node("conv2d", [x, w], {"pads": (0, 0, 1, 1)}).output
+    cat = g.add_node("concat", [pool.output, conv], {"axis": 1}).output
+    w2 = g.const(rng.standard_normal((8, 32, 1, 1)).astype(np.float32) / 4)
+    g.outputs.append(g.add_node("conv2d", [cat, w2]).output)
+    calls = _calls(g)
+    assert "max_pool_nchwc" in calls and _no_copy(calls)
+    f = _feeds(g)[0]
+    np.testing.assert_allclose(build(g, "cpu").run(f)[0], run(g, f)[0], rtol=1e-4, atol=1e-4)

@@ -321,9 +321,12 @@ def _packed_channel_const(ctx: LowerContext, v: Value | np.ndarray, lay: Layout)
     return ctx.const(full.reshape(1, lay.padded // lay.bn, 1, 1, lay.bn))
 
 
-def _blocked_pool_kernel(bb: Any, node: Node, x: relax.Expr, lay: Layout) -> relax.Expr | None:
+def _blocked_pool_kernel(
+    bb: Any, node: Node, x: relax.Expr, lay: Layout, into: Any = None
+) -> relax.Expr | None:
     """max_pool / avg_pool on a blocked tensor with mcopt's pool kernel (no padded copy); None
-    where the kernel does not apply (the Relax pool op is used instead)."""
+    where the kernel does not apply (the Relax pool op is used instead). ``into``: the kernel
+    writes its blocks of a concat's buffer (:func:`~.kernels.relax_ops.call_kernel`)."""
     from mcopt.targets.cpu.kernels.pool import pool2d_nchwc
     from mcopt.targets.cpu.kernels.relax_ops import _call
 
@@ -344,7 +347,7 @@ def _blocked_pool_kernel(bb: Any, node: Node, x: relax.Expr, lay: Layout) -> rel
         bool(at.get("count_include_pad", 0)),
         dtype,
     )
-    return _call(bb, func, f"{node.op}_nchwc", [x], out_shape, dtype)
+    return _call(bb, func, f"{node.op}_nchwc", [x], out_shape, dtype, into)
 
 
 def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
@@ -380,7 +383,11 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
             y = R.mean(x, axis=[2, 3], keepdims=True)
         elif op == "global_max_pool":
             y = R.max(x, axis=[2, 3], keepdims=True)
-        elif (y := _blocked_pool_kernel(bb, node, x, lay)) is not None:
+        elif (y := _blocked_pool_kernel(bb, node, x, lay, _into(vals, node))) is not None:
+            if id(out) in vals.into:  # written into its concat's buffer
+                vals.dest[id(vals.into[id(out)][0])] = y
+                vals.written.add(id(out))
+                return
             vals.set_blocked(out, y, lay)
             return
         else:
@@ -463,16 +470,29 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
     vals.set_blocked(out, e, lay)
 
 
+def _into(vals: _Values, node: Node) -> Any:
+    """Where ``node``'s kernel writes when its output is a member of an in-place concat
+    (:func:`_inplace_concats`): ``(dest, total, offset)``, else None."""
+    member = vals.into.get(id(node.output))
+    if member is None:
+        return None
+    cat, offset, total = member
+    return (vals.dest.get(id(cat)), total, offset)
+
+
 #: the kernels that can write their output into a channel concat's buffer (:func:`_inplace_concats`):
 #: ``fused_conv2d``'s and ``fused_qconv2d``'s
 INPLACE_CONCAT_KERNELS = ("direct", "winograd", "depthwise")
 INPLACE_CONCAT_QKERNELS = ("int8", "int8_window", "int8_depthwise")
+#: and the pools on mcopt's pool kernel (PP-HGNet's stem: ``concat(max_pool(x), conv(conv(x)))``)
+INPLACE_CONCAT_POOLS = ("max_pool", "avg_pool")
 
 
 def _inplace_concats(graph: Graph) -> dict[int, tuple[Node, int, int]]:
     """Channel concats whose inputs the kernels can write in place: a blocked concat of batch 1
     whose inputs are all ``fused_conv2d`` / ``fused_qconv2d`` outputs on a kernel of
-    :data:`INPLACE_CONCAT_KERNELS` / :data:`INPLACE_CONCAT_QKERNELS`, in the concat's block,
+    :data:`INPLACE_CONCAT_KERNELS` / :data:`INPLACE_CONCAT_QKERNELS` or pools
+    (:data:`INPLACE_CONCAT_POOLS`), in the concat's block,
     read by the concat only, unpadded but for the last (whose padding is then the concat's).
     Each such conv writes its channel blocks of the concat's buffer (SqueezeNet's fire modules:
     the 1x1 and 3x3 expand convs); the concat itself then moves no data. Mechanical (always a
@@ -495,7 +515,10 @@ def _inplace_concats(graph: Graph) -> dict[int, tuple[Node, int, int]]:
                 or lv.bn != lay.bn
                 or (lv.is_padded and i < len(ins) - 1)
                 or p is None
-                or p.attrs.get("kernel") not in kernels.get(p.op, ())
+                or (
+                    p.attrs.get("kernel") not in kernels.get(p.op, ())
+                    and p.op not in INPLACE_CONCAT_POOLS
+                )
                 or len(v.uses) != 1  # type: ignore[union-attr]
                 or id(v) in outs
             ):
