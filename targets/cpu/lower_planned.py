@@ -59,6 +59,7 @@ from mcopt.targets.relax.lower import (
     emit_function,
     graph_params,
     missing_lowerings,
+    staged_sum,
 )
 from mcopt.targets.relax.lower_planned_ops import emit_activation
 
@@ -380,7 +381,7 @@ def _lower_blocked_node(vals: _Values, node: Node, lay: Layout) -> None:
         x, _ = vals.blocked_of(ins[0], lay)
         at = node.attrs
         if op == "global_avg_pool":
-            y = R.mean(x, axis=[2, 3], keepdims=True)
+            y = staged_sum(ctx.emit, x, [2, 3], True, mean=True)
         elif op == "global_max_pool":
             y = R.max(x, axis=[2, 3], keepdims=True)
         elif (y := _blocked_pool_kernel(bb, node, x, lay, _into(vals, node))) is not None:
