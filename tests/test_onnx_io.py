@@ -475,6 +475,24 @@ def test_old_opset_upgraded(tmp_path: Path) -> None:
     assert m.SerializeToString() == before_proto  # a ModelProto argument is not modified either
 
 
+def test_ir3_model_with_initializers_not_in_inputs_is_upgraded(tmp_path: Path) -> None:
+    """An IR-3 / opset-7 model whose weight is only an initializer (onnxruntime's own
+    ``datasets/mul_1.onnx``): the converter needed it listed as an input ("Input W is
+    undefined!"); it imports with one input and the weight a constant, the file untouched."""
+    w = RNG.standard_normal((3, 2)).astype(np.float32)
+    m = make([node("Mul", ["x", "w"], ["z"])], {"x": [3, 2]}, ["z"], inits={"w": w}, opset=7)
+    m.ir_version = 3
+    assert [i.name for i in m.graph.input] == ["x"]
+    p = tmp_path / "ir3.onnx"
+    p.write_bytes(m.SerializeToString())
+    before = _snapshot(p)
+    g = import_model(p)
+    assert _snapshot(p) == before
+    assert [v.name for v in g.inputs] == ["x"] and g.metadata["upgraded_from_opset"] == 7
+    x = RNG.standard_normal((3, 2)).astype(np.float32)
+    np.testing.assert_array_equal(run(g, [x])[0], x * w)
+
+
 @pytest.mark.parametrize(
     ("nodes", "opset", "says"),
     [

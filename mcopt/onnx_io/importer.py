@@ -553,6 +553,7 @@ def convert_opset(model: onnx.ModelProto, source: str, target: int) -> onnx.Mode
             )
     if target < old:
         model = _expand_newer_ops(model)
+    model = _initializers_as_inputs(model)
     try:
         converted = version_converter.convert_version(model, target)
     except Exception as e:  # the converter raises RuntimeError / ValidationError / IndexError / ...
@@ -562,6 +563,23 @@ def convert_opset(model: onnx.ModelProto, source: str, target: int) -> onnx.Mode
             f"an opset from {MIN_OPSET} to {MAX_OPSET}"
         ) from None
     return converted
+
+
+def _initializers_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (a copy where needed) with every initializer also a graph input when its IR
+    version is below 4, where ONNX required that and the version converter relies on it
+    (onnxruntime's own ``datasets/mul_1.onnx``, IR 3 / opset 7, lists its weight only as an
+    initializer: "Input W is undefined!"). The importer reads such inputs as constants."""
+    listed = {i.name for i in model.graph.input}
+    missing = [t for t in model.graph.initializer if t.name not in listed]
+    if model.ir_version >= 4 or not missing:
+        return model
+    model = copy.deepcopy(model)
+    for t in missing:
+        model.graph.input.append(
+            onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        )
+    return model
 
 
 def _expand_newer_ops(model: onnx.ModelProto) -> onnx.ModelProto:
