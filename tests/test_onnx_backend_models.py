@@ -52,7 +52,6 @@ PARAM_INPUTS: dict[str, frozenset[int]] = {
     "DequantizeLinear": frozenset({1, 2}),
     "Dropout": frozenset({1, 2}),
     "Expand": frozenset({1}),
-    "Gather": frozenset({1}),
     "LSTM": frozenset({4, 7}),
     "Pad": frozenset({1, 2, 3}),
     "QuantizeLinear": frozenset({1, 2}),
@@ -75,9 +74,6 @@ _NOT_SUPPORTED = "operator {} is not supported by mcopt"
 #: the one-line message). The first matching pattern (case-insensitive) applies; every pattern
 #: must be the first match of some case.
 REFUSED: list[tuple[str, type[MCoptError], str]] = [
-    # Gather of a computed tensor: a scalar index or an evenly spaced run (a slice) only
-    ("node/test_gather_2d_indices", UnsupportedOpError, "indices of rank 2"),
-    ("node/test_gather_*", UnsupportedOpError, "not evenly spaced"),
     # LSTM peepholes (non-zero P): not imported
     ("node/test_lstm_with_peepholes", UnsupportedOpError, "peephole weights P"),
     # 3-D convolution and pooling: mcopt's IR has 1-D (lifted) and 2-D (NCHW) windows only

@@ -73,6 +73,10 @@ for _op, _onnx in {
     "less_equal": "LessOrEqual",
     "greater_equal": "GreaterOrEqual",
     "where": "Where",
+    "logical_and": "And",
+    "logical_or": "Or",
+    "logical_xor": "Xor",
+    "logical_not": "Not",
     "prelu": "PRelu",
     "matmul": "MatMul",
     "global_avg_pool": "GlobalAveragePool",
@@ -471,6 +475,30 @@ def reduce_mean(e: _Exporter, n: Node) -> None:
         e.add(op, [ins[0], e.init(axes, f"{n.name}_axes")], outs, n.name, keepdims=keep)
     else:
         e.add(op, ins, outs, n.name, axes=axes, keepdims=keep)
+
+
+@exports("take", "gather_elements")
+def gather(e: _Exporter, n: Node) -> None:
+    """``Gather`` / ``GatherElements``, the indices clamped to ``[-dim, dim)`` first (mcopt's
+    semantics for out-of-range ones, which ONNX leaves undefined; from opset 12, where Clip takes
+    integers)."""
+    ins, outs = _io(e, n)
+    x = n.inputs[0]
+    assert x is not None
+    axis = int(n.attrs["axis"]) % x.type.rank
+    idx = ins[1]
+    if e.opset >= 12:
+        dim = int(x.shape[axis])
+        i64 = e.fresh(f"{n.name}_i64")
+        e.add("Cast", [idx], [i64], e.fresh(f"{n.name}_cast"), to=TensorProto.INT64)
+        idx = e.fresh(f"{n.name}_idx")
+        lo, hi = (
+            e.init(np.array(-dim, np.int64), f"{n.name}_lo"),
+            e.init(np.array(dim - 1, np.int64), f"{n.name}_hi"),
+        )
+        e.add("Clip", [i64, lo, hi], [idx], e.fresh(f"{n.name}_clip"))
+    op = "Gather" if n.op == "take" else "GatherElements"
+    e.add(op, [ins[0], idx], outs, n.name, axis=axis)
 
 
 @exports("argmax", "argmin")

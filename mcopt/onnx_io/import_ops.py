@@ -510,6 +510,24 @@ def compare(c: NodeCtx) -> None:
     c.set_out(0, c.emit(_COMPARE[c.op_type], [a, b]))
 
 
+_LOGIC = {"And": "logical_and", "Or": "logical_or", "Xor": "logical_xor", "Not": "logical_not"}
+
+
+@handles(*_LOGIC)
+def logic(c: NodeCtx) -> None:
+    xs = [c.x(k) for k in range(1 if c.op_type == "Not" else 2)]
+    if any(x.dtype != "bool" for x in xs):
+        raise c.fail(f"inputs are {[str(x.type) for x in xs]}; ONNX {c.op_type} takes bool")
+    c.set_out(0, c.emit(_LOGIC[c.op_type], xs))
+
+
+@handles("GatherElements")
+def gather_elements(c: NodeCtx) -> None:
+    x, i = c.x(0), c.x(1)
+    ax = _axis(c, c.attr("axis", 0), x.type.rank, "GatherElements axis")
+    c.set_out(0, c.emit("gather_elements", [x, i], {"axis": ax}))
+
+
 @handles("Where")
 def where(c: NodeCtx) -> None:
     cond, a, b = c.x(0), c.x(1), c.x(2)
@@ -717,18 +735,17 @@ def slice_(c: NodeCtx) -> None:
 def gather(c: NodeCtx) -> None:
     """``Gather`` of constant indices from a computed tensor (all-constant ones are folded): a
     scalar index is a one-wide slice + squeeze (Silero VAD's ``state[0]``, ``state[1]``), evenly
-    spaced indices a strided slice; other index sets are refused. Computed indices into the rows
-    of a constant 2-D table (a token embedding) are an ``embedding`` lookup."""
+    spaced indices a strided slice. Computed indices into the rows of a constant 2-D table (a
+    token embedding) are an ``embedding`` lookup; any other index set a ``take``."""
     x = c.x(0)
     r = x.type.rank
     ax = _axis(c, c.attr("axis", 0), r, "Gather axis")
     if c.const(1) is None:
         table = x.const
         if table is None or ax != 0 or r != 2 or np.dtype(x.dtype).kind != "f":
-            raise c.fail(
-                "computed indices are supported only as an embedding lookup (rows of a constant "
-                "2-D float table, axis 0); mcopt imports other Gathers with constant indices"
-            )
+            # any other computed index set (swift-f0's argmax into its mask / frequency table)
+            c.set_out(0, c.emit("take", [x, c.x(1)], {"axis": ax}))
+            return
         i = c.x(1)  # ONNX counts a negative index from the end
         zero = c.new_const(np.zeros((), i.dtype), "zero")
         rows = c.new_const(np.asarray(table.shape[0], i.dtype), "rows")
@@ -741,16 +758,9 @@ def gather(c: NodeCtx) -> None:
         raise c.fail(f"indices {idx.tolist()} out of range for axis {ax} of size {dim}")
     flat = np.where(idx < 0, idx + dim, idx).reshape(-1)
     step = int(flat[1] - flat[0]) if flat.size > 1 else 1
-    if idx.ndim > 1:
-        raise c.fail(
-            f"indices of rank {idx.ndim}: mcopt imports Gather of a computed tensor as a slice "
-            "(a scalar index, or a 1-D run of indices with one step)"
-        )
-    if flat.size == 0 or step == 0 or np.any(np.diff(flat) != step):
-        raise c.fail(
-            f"indices {idx.tolist()} are not evenly spaced: mcopt imports Gather of a computed "
-            "tensor as a slice (a scalar index, or indices with one step)"
-        )
+    if idx.ndim > 1 or flat.size == 0 or step == 0 or np.any(np.diff(flat) != step):
+        c.set_out(0, c.emit("take", [x, c.x(1)], {"axis": ax}))  # not a slice: a gather
+        return
     start, end = int(flat[0]), int(flat[-1]) + step
     if end < 0:  # a negative step down to index 0: "before index 0"
         end = -dim - 1

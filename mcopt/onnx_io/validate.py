@@ -779,9 +779,10 @@ def check_finite(
     used: dict[str, int] = {}
     users: dict[str, set[str]] = {}
     for i, n in enumerate(graph.node):
-        for x in n.input:
+        for k, x in enumerate(n.input):
             used.setdefault(x, i)
-            users.setdefault(x, set()).add(n.op_type)
+            # a constant Pad's fill value (swift-f0's -inf before a max): like Max's identity
+            users.setdefault(x, set()).add("Max" if n.op_type == "Pad" and k == 2 else n.op_type)
     outputs = {v.name for v in graph.output}
     problems: list[str] = []
     for name, t in consts.items():
@@ -799,7 +800,7 @@ def check_finite(
             s for s in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} Inf" if n_inf else "") if s
         )
         if not n_nan and users.get(name, set()) <= _INF_IDIOMS:
-            continue  # -inf as Max's identity, a Clip bound, a mask value chosen by Where
+            continue  # -inf as Max's identity, a Clip bound, a mask value chosen by Where, a pad value
         first = int(np.flatnonzero(~finite)[0])
         where = tuple(int(v) for v in np.unravel_index(first, tuple(t.dims))) if t.dims else ()
         problems.append(

@@ -313,6 +313,41 @@ _compare(
 )
 
 
+# --- boolean logic ----------------------------------------------------------------------------------
+def _logic_check(t: InTypes, a: Attrs) -> str | None:
+    for x in t:
+        assert x is not None
+        if x.dtype != "bool":
+            return f"inputs must be bool, got {x}"
+    return None if len(t) == 1 else _binary_check(t, a)
+
+
+def _logic(name: str, fn: Callable[..., np.ndarray], doc: str, arity: int = 2) -> None:
+    def ref(*xs: np.ndarray) -> np.ndarray:
+        return np.asarray(fn(*xs), dtype=bool)
+
+    ref.__name__ = f"{name}_ref"
+    register_op(
+        OpSchema(
+            name=name,
+            inputs=("a", "b")[:arity] if arity == 2 else ("x",),
+            check=_logic_check,
+            infer=lambda t, a: (
+                [TensorType(_binary_infer(t, a)[0].shape, "bool")] if len(t) == 2 else [t[0]]
+            ),  # type: ignore[list-item]
+            reference=ref,
+            elementwise=True,
+            doc=doc,
+        )
+    )
+
+
+_logic("logical_and", np.logical_and, "y = a and b, bool (numpy broadcasting; ONNX And)")
+_logic("logical_or", np.logical_or, "y = a or b, bool (numpy broadcasting; ONNX Or)")
+_logic("logical_xor", np.logical_xor, "y = a xor b, bool (numpy broadcasting; ONNX Xor)")
+_logic("logical_not", np.logical_not, "y = not x, bool (ONNX Not)", arity=1)
+
+
 def _where_check(t: InTypes, a: Attrs) -> str | None:
     c, x, y = t[0], t[1], t[2]
     assert c is not None and x is not None and y is not None

@@ -505,4 +505,83 @@ for _name, _fn in (("argmax", np.argmax), ("argmin", np.argmin)):
         f"index (int64) of the {_name[3:]} along `axis` (ONNX Arg{_name[3:].title()})",
     )
 
-__all__ = ["REDUCTIONS", "pad_ref", "reduce_mean_ref", "split_ref"]
+
+# --- gathers with computed indices --------------------------------------------------------------
+def _index_of(i: np.ndarray, dim: int) -> np.ndarray:
+    """ONNX's index convention: ``-dim <= i < 0`` counts from the end; the rest is clamped into
+    ``[0, dim)`` (ONNX leaves out-of-range indices undefined; mcopt's kernels clamp too)."""
+    i = np.asarray(i).astype(np.int64)
+    return np.clip(np.where(i < 0, i + dim, i), 0, dim - 1)
+
+
+def _take_check(t: InTypes, a: Attrs) -> str | None:
+    x, i = t[0], t[1]
+    assert x is not None and i is not None
+    if np.dtype(i.dtype).kind not in "iu":
+        return f"indices {i} must be integers"
+    if x.rank == 0 or norm_axis(a["axis"], x.rank) is None:
+        return f"axis {a['axis']} is out of range for input {x}"
+    if x.shape[norm_axis(a["axis"], x.rank)] == 0:  # type: ignore[index]
+        return f"cannot gather along an empty axis of {x}"
+    return None
+
+
+def _take_infer(t: InTypes, a: Attrs) -> list[TensorType]:
+    x, i = t[0], t[1]
+    assert x is not None and i is not None
+    ax = norm_axis(a["axis"], x.rank)
+    assert ax is not None
+    return [TensorType((*x.shape[:ax], *i.shape, *x.shape[ax + 1 :]), x.dtype)]
+
+
+def take_ref(x: np.ndarray, indices: np.ndarray, *, axis: int) -> np.ndarray:
+    ax = axis % x.ndim
+    return np.take(x, _index_of(indices, x.shape[ax]), axis=ax)
+
+
+_op(
+    "take",
+    ("x", "indices"),
+    {"axis": 0},
+    _take_check,
+    _take_infer,
+    take_ref,
+    "y = x indexed along `axis` by computed `indices` (ONNX Gather: the output's shape is x's with "
+    "that axis replaced by the indices' shape; negative indices count from the end, others out "
+    "of range are clamped)",
+)
+
+
+def _gather_elements_check(t: InTypes, a: Attrs) -> str | None:
+    x, i = t[0], t[1]
+    assert x is not None and i is not None
+    if reason := _take_check(t, a):
+        return reason
+    if i.rank != x.rank:
+        return f"indices {i} must have the rank of the input {x}"
+    ax = norm_axis(a["axis"], x.rank)
+    if any(d > xd for k, (d, xd) in enumerate(zip(i.shape, x.shape)) if k != ax):
+        return f"indices {i} are larger than the input {x} off the gather axis"
+    return None
+
+
+def gather_elements_ref(x: np.ndarray, indices: np.ndarray, *, axis: int) -> np.ndarray:
+    ax = axis % x.ndim
+    src = x[tuple(slice(0, d) if k != ax else slice(None) for k, d in enumerate(indices.shape))]
+    return np.take_along_axis(src, _index_of(indices, x.shape[ax]), axis=ax)
+
+
+_op(
+    "gather_elements",
+    ("x", "indices"),
+    {"axis": 0},
+    _gather_elements_check,
+    lambda t, a: [TensorType(t[1].shape, t[0].dtype)],  # type: ignore[union-attr]
+    gather_elements_ref,
+    "y[.., j, ..] = x[.., indices[.., j, ..], ..] along `axis`, elsewhere the same position "
+    "(ONNX GatherElements; negative indices count from the end, others out of range clamped)",
+)
+
+__all__ = [
+    "REDUCTIONS", "gather_elements_ref", "pad_ref", "reduce_mean_ref", "split_ref", "take_ref",
+]  # fmt: skip

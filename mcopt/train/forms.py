@@ -227,6 +227,50 @@ def _where(node: Node, b: Builder) -> Callable[..., Any]:
     return torch.where
 
 
+_LOGIC: dict[str, Callable[..., torch.Tensor]] = {
+    "logical_and": torch.logical_and,
+    "logical_or": torch.logical_or,
+    "logical_xor": torch.logical_xor,
+    "logical_not": torch.logical_not,
+}
+
+
+@form(*_LOGIC)
+def _logic(node: Node, b: Builder) -> Callable[..., Any]:
+    return _LOGIC[node.op]
+
+
+def _index(i: torch.Tensor, dim: int) -> torch.Tensor:
+    """``mcopt.ops.tensor._index_of``: negative from the end, the rest clamped into [0, dim)."""
+    i = i.long()
+    return torch.where(i < 0, i + dim, i).clamp(0, dim - 1)
+
+
+@form("take")
+def _take(node: Node, b: Builder) -> Callable[..., Any]:
+    axis = int(node.attrs["axis"])
+
+    def take(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        ax = axis % x.dim()
+        idx = _index(i, x.shape[ax])
+        y = torch.index_select(x, ax, idx.reshape(-1))
+        return y.reshape(*x.shape[:ax], *idx.shape, *x.shape[ax + 1 :])
+
+    return take
+
+
+@form("gather_elements")
+def _gather_elements(node: Node, b: Builder) -> Callable[..., Any]:
+    axis = int(node.attrs["axis"])
+
+    def gather(x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        ax = axis % x.dim()
+        src = x[tuple(slice(0, d) if k != ax else slice(None) for k, d in enumerate(i.shape))]
+        return torch.gather(src, ax, _index(i, x.shape[ax]))
+
+    return gather
+
+
 # --- linear layers ---------------------------------------------------------------------------------
 @form("conv2d")
 def _conv2d(node: Node, b: Builder) -> Callable[..., Any]:

@@ -334,9 +334,44 @@ BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "greater": R.greater,
     "less_equal": R.less_equal,
     "greater_equal": R.greater_equal,
+    "logical_and": R.logical_and,
+    "logical_or": R.logical_or,
+    "logical_xor": R.logical_xor,
 }
 for _op, _fn in BINARY.items():
     register_lowering(_op, lambda ctx, node, a, _f=_fn: _f(a[0], a[1]))
+
+
+register_lowering("logical_not", lambda ctx, node, a: R.logical_not(a[0]))
+
+
+def _clamped_index(ctx: LowerContext, i: Any, dim: int) -> Any:
+    """The ops' index convention (``mcopt.ops.tensor._index_of``): negative counts from the end,
+    the rest clamped into ``[0, dim)``; int64."""
+    i = ctx.emit(R.astype(i, "int64"))
+    zero = relax.const(0, "int64")
+    i = ctx.emit(R.where(R.less(i, zero), R.add(i, relax.const(dim, "int64")), i))
+    return R.minimum(R.maximum(i, zero), relax.const(dim - 1, "int64"))
+
+
+@register_lowering("take")
+def _take(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    shape = ctx.shape_of(a[0])
+    axis = int(node.attrs["axis"]) % len(shape)
+    return R.take(a[0], ctx.emit(_clamped_index(ctx, a[1], shape[axis])), axis=axis)
+
+
+@register_lowering("gather_elements")
+def _gather_elements(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    shape, ishape = ctx.shape_of(a[0]), ctx.shape_of(a[1])
+    axis = int(node.attrs["axis"]) % len(shape)
+    x = a[0]
+    if any(d != xd for k, (d, xd) in enumerate(zip(ishape, shape)) if k != axis):  # a corner
+        begin = [0] * len(shape)
+        end = [d if k != axis else shape[k] for k, d in enumerate(ishape)]
+        x = ctx.emit(R.strided_slice(x, list(range(len(shape))), begin, end))
+    idx = ctx.emit(_clamped_index(ctx, a[1], shape[axis]))
+    return R.gather_elements(x, idx, axis=axis)
 
 
 @register_lowering("where")
