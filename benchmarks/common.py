@@ -191,6 +191,7 @@ def four_engines_rows(
     budget_s: float = 0.4,
     max_runs: int = 300,
     log: Callable[[str], None] = print,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """A trained single-input model on the four engines the wheel benchmarks compare: onnxruntime
     fp32 on the original, onnxruntime int8 (``quantize_static``, QDQ, per-channel), mcopt lossless
@@ -198,7 +199,9 @@ def four_engines_rows(
     ``calib_x``; timed in alternating bursts on ``eval_x[:1]`` (bench_cpu.interleaved), scored by
     ``quality(outputs, onnxruntime fp32 outputs)`` over every image of ``eval_x`` (each an output
     list). One row per engine: median / min ms, the ratio to onnxruntime fp32, the quality keys and a
-    note (build time, or why an engine failed)."""
+    note (build time, or why an engine failed). ``extra``: the model's other inputs, fixed (swift-f0's
+    frequency range): fed to onnxruntime on every call, given to mcopt as ``input_values``
+    (constants of the build)."""
     import tempfile
     import warnings
 
@@ -210,17 +213,18 @@ def four_engines_rows(
 
     proto = onnx.load(path)
     inp = proto.graph.input[0].name
+    fixed = dict(extra or {})
     calib = [{inp: calib_x[i : i + 1]} for i in range(len(calib_x))]
     s32 = ort_session(proto)
     engines: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
-        "onnxruntime fp32": lambda x: s32.run(None, {inp: x})
+        "onnxruntime fp32": lambda x: s32.run(None, {inp: x, **fixed})
     }
     notes: dict[str, str] = {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            s8 = ort_session(ort_int8(proto, calib, Path(tempfile.mkdtemp())))
-        engines["onnxruntime int8"] = lambda x: s8.run(None, {inp: x})
+            s8 = ort_session(ort_int8(proto, [c | fixed for c in calib], Path(tempfile.mkdtemp())))
+        engines["onnxruntime int8"] = lambda x: s8.run(None, {inp: x, **fixed})
     except Exception as e:  # noqa: BLE001 - reported in the table
         notes["onnxruntime int8"] = f"failed: {type(e).__name__}: {str(e)[:80]}"
     for name, passes in (("mcopt fp32", ["cleanup"]), ("mcopt int8", ["cleanup", "quantize-int8"])):
@@ -228,7 +232,7 @@ def four_engines_rows(
         try:
             res = mcopt.optimize(
                 path, target="cpu", passes=passes, input_shapes={inp: list(shape)},
-                calib=calib, measure=False, check=False,
+                calib=calib, measure=False, check=False, input_values=fixed or None,
             )  # fmt: skip
         except Exception as e:  # noqa: BLE001 - reported in the table
             notes[name] = f"failed: {type(e).__name__}: {str(e)[:80]}"

@@ -358,7 +358,7 @@ def _clamped_index(ctx: LowerContext, i: Any, dim: int) -> Any:
 def _take(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     shape = ctx.shape_of(a[0])
     axis = int(node.attrs["axis"]) % len(shape)
-    return R.take(a[0], ctx.emit(_clamped_index(ctx, a[1], shape[axis])), axis=axis)
+    return R.take(a[0], ctx.emit(_clamped_index(ctx, a[1], shape[axis])), axis=axis, mode="clip")
 
 
 @register_lowering("gather_elements")
