@@ -1,5 +1,5 @@
-"""Trained models from PyPI wheels: YOLOX, YOLOv8n, PP-PicoDet, a CRNN and Magika, mcopt vs
-onnxruntime.
+"""Trained models from PyPI wheels: YOLOX, YOLOv8n, PP-PicoDet, CRNNs, Magika, basic-pitch, MTCNN
+and swift-f0, mcopt vs onnxruntime.
 
 Three detectors, a text recognizer and a file-type classifier that ship inside their wheels (none
 is in mcopt's tests or other benchmarks):
@@ -35,7 +35,13 @@ is in mcopt's tests or other benchmarks):
   proposal net fully convolutional on a 240x320 image, the refine / output nets on 24x24 / 48x48
   crops), scored on drawn faces (a skin-toned ellipse, eyes, mouth) on random backgrounds, inputs
   ``(x - 127.5) / 128`` as the package feeds them: the share of (cell / crop) face decisions that
-  match (probability above 0.6 / 0.7).
+  match (probability above 0.6 / 0.7);
+- ``swift_f0``: the pitch detector of ``swift-f0`` 0.3.0 (``swift_f0/model.onnx``, a PyTorch export:
+  an STFT as convs, 7x3 convs over 128 bins x 125 frames, the decoding as graph ops: a band mask
+  with ``And``, a masked argmax, ``GatherElements``, a float64 softmax, ``Gather`` of a frequency
+  table; 2 s of 16 kHz audio, the band fixed to the package's default 46.875-2093.75 Hz), scored
+  on synthetic speech-like audio: the share of frames voiced alike (confidence >= 0.5) and of
+  frames both call voiced whose pitch is within 50 cents.
 
 Quality against onnxruntime fp32 on the original model, on 16 held-out images (another seed than
 the 8 that calibrate both int8 builds): per detector, every anchor whose score passes a threshold
