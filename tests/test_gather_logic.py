@@ -170,12 +170,51 @@ def test_training_forms_match_the_interpreter() -> None:
         helper.make_node("GatherElements", ["r", "am"], ["top"], axis=-1),
         helper.make_node("Gather", ["r", "i"], ["cols"], axis=1),
         helper.make_node("ReduceSum", ["cols", "ax"], ["s"], keepdims=1),
-        helper.make_node("Add", ["top", "s"], ["y"]),
+        helper.make_node("TopK", ["x", "k"], ["best", "where"], axis=1),
+        helper.make_node("ReduceSum", ["best", "ax"], ["bs"], keepdims=1),
+        helper.make_node("Add", ["top", "s"], ["t2"]),
+        helper.make_node("Add", ["t2", "bs"], ["y"]),
     ]
-    inits = {"zero": np.float32(0), "i": np.array([3, -1, 0], I64), "ax": np.array([1], I64)}
+    inits = {
+        "zero": np.float32(0), "i": np.array([3, -1, 0], I64), "ax": np.array([1], I64),
+        "k": np.array([2], I64),
+    }  # fmt: skip
     g = import_model(_model(nodes, {"x": (F, [2, 6])}, {"y": F}, inits))
     x = np.random.default_rng(3).standard_normal((2, 6)).astype(np.float32)
     got = to_torch(g)(torch.from_numpy(x))
     got = got if isinstance(got, list | tuple) else [got]
     for a, b in zip(got, run(g, [x])):
         np.testing.assert_allclose(a.detach().numpy(), b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("largest", [1, 0])
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_topk_then_gather(largest: int, axis: int) -> None:
+    """YOLOv10 / DETR-style post-processing: the k best scores (``TopK``, ties among the rounded
+    scores in index order) and the boxes at their indices (``GatherElements``)."""
+    nodes = [
+        helper.make_node("TopK", ["s", "k"], ["v", "i"], axis=axis, largest=largest),
+        helper.make_node("GatherElements", ["b", "i"], ["y"], axis=axis),
+    ]
+    m = _model(
+        nodes,
+        {"s": (F, [2, 9, 9]), "b": (F, [2, 9, 9])},
+        {"v": F, "i": TensorProto.INT64, "y": F},
+        {"k": np.array([4], I64)},
+    )
+    rng = np.random.default_rng(4)
+    s = np.round(rng.random((2, 9, 9)) * 4).astype(np.float32) / 4  # many ties
+    _check(m, {"s": s, "b": rng.standard_normal((2, 9, 9)).astype(np.float32)})
+
+
+def test_topk_with_a_computed_k_is_refused() -> None:
+    from mcopt.errors import UnsupportedOpError
+
+    nodes = [
+        helper.make_node("ArgMax", ["s"], ["a"], axis=0, keepdims=1),
+        helper.make_node("TopK", ["s", "a"], ["v", "i"], name="topk0"),
+    ]
+    m = _model(nodes, {"s": (F, [5])}, {"v": F, "i": TensorProto.INT64})
+    with pytest.raises(UnsupportedOpError) as e:
+        import_model(m)
+    assert "'topk0'" in str(e.value) and "constant K" in str(e.value)

@@ -65,6 +65,7 @@ PARAM_INPUTS: dict[str, frozenset[int]] = {
     "Split": frozenset({1}),
     "Squeeze": frozenset({1}),
     "Tile": frozenset({1}),
+    "TopK": frozenset({1}),
     "Unsqueeze": frozenset({1}),
     "Upsample": frozenset({1}),
 }

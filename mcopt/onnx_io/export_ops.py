@@ -501,6 +501,14 @@ def gather(e: _Exporter, n: Node) -> None:
     e.add(op, [ins[0], idx], outs, n.name, axis=axis)
 
 
+@exports("topk")
+def topk(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    k = e.init(np.array([int(n.attrs["k"])], np.int64), f"{n.name}_k")
+    e.add("TopK", [ins[0], k], outs, n.name, axis=int(n.attrs["axis"]),
+          largest=int(n.attrs["largest"]), sorted=1)  # fmt: skip
+
+
 @exports("argmax", "argmin")
 def arg_extreme(e: _Exporter, n: Node) -> None:
     ins, outs = _io(e, n)

@@ -521,6 +521,24 @@ def logic(c: NodeCtx) -> None:
     c.set_out(0, c.emit(_LOGIC[c.op_type], xs))
 
 
+@handles("TopK")
+def topk(c: NodeCtx) -> None:
+    """``TopK`` with a constant (or shape-folded) ``K``; ``sorted=0`` leaves the order free in
+    ONNX, so the sorted result is one of the allowed ones."""
+    x = c.x(0)
+    ax = _axis(c, c.attr("axis", -1), x.type.rank, "TopK axis")
+    k = c.const(1)
+    if k is None:
+        raise c.fail("K is computed at run time; mcopt imports TopK with a constant K")
+    k = int(np.asarray(k).reshape(-1)[0])
+    if not 1 <= k <= x.shape[ax]:
+        raise c.fail(f"K={k} is out of range [1, {x.shape[ax]}] for axis {ax} of {x.type}")
+    attrs = {"axis": ax, "k": k, "largest": int(c.attr("largest", 1))}
+    outs = c.emit_multi("topk", [x], attrs, n_out=2)
+    for i, v in enumerate(outs):
+        c.set_out(i, v)
+
+
 @handles("GatherElements")
 def gather_elements(c: NodeCtx) -> None:
     x, i = c.x(0), c.x(1)

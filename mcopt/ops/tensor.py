@@ -582,6 +582,49 @@ _op(
     "(ONNX GatherElements; negative indices count from the end, others out of range clamped)",
 )
 
+
+# --- top-k ---------------------------------------------------------------------------------------
+def _topk_check(t: InTypes, a: Attrs) -> str | None:
+    x = _x(t)
+    if x.rank == 0 or norm_axis(a["axis"], x.rank) is None:
+        return f"axis {a['axis']!r} is out of range for input {x}"
+    if reason := bad_int(a, "k") or bad_int(a, "largest", (0, 1)):
+        return reason
+    dim = x.shape[norm_axis(a["axis"], x.rank)]  # type: ignore[index]
+    if not 1 <= int(a["k"]) <= dim:
+        return f"k={a['k']} must be in [1, {dim}] (axis {a['axis']} of {x})"
+    return None
+
+
+def _topk_infer(t: InTypes, a: Attrs) -> list[TensorType]:
+    x = _x(t)
+    ax = norm_axis(a["axis"], x.rank)
+    assert ax is not None
+    shape = (*x.shape[:ax], int(a["k"]), *x.shape[ax + 1 :])
+    return [TensorType(shape, x.dtype), TensorType(shape, "int64")]
+
+
+def topk_ref(x: np.ndarray, *, axis: int, k: int, largest: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest (smallest) values along ``axis``, sorted, and their indices; equal
+    values in index order (ONNX TopK's tie rule)."""
+    ax = axis % x.ndim
+    key = -x.astype(np.float64) if largest else x
+    idx = np.take(np.argsort(key, axis=ax, kind="stable"), np.arange(k), axis=ax).astype(np.int64)
+    return np.take_along_axis(x, idx, axis=ax), idx
+
+
+_op(
+    "topk",
+    ("x",),
+    {"axis": -1, "k": REQUIRED, "largest": 1},
+    _topk_check,
+    _topk_infer,
+    topk_ref,
+    "the k largest (largest=0: smallest) values along `axis`, sorted, and their int64 indices "
+    "(ONNX TopK with a constant K; ties in index order)",
+)
+
 __all__ = [
     "REDUCTIONS", "gather_elements_ref", "pad_ref", "reduce_mean_ref", "split_ref", "take_ref",
+    "topk_ref",
 ]  # fmt: skip

@@ -259,6 +259,18 @@ def _take(node: Node, b: Builder) -> Callable[..., Any]:
     return take
 
 
+@form("topk")
+def _topk(node: Node, b: Builder) -> Callable[..., Any]:
+    axis, k, largest = int(node.attrs["axis"]), int(node.attrs["k"]), bool(node.attrs["largest"])
+
+    def topk(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ax = axis % x.dim()
+        idx = torch.argsort(x, dim=ax, descending=largest, stable=True).narrow(ax, 0, k)
+        return torch.gather(x, ax, idx), idx
+
+    return topk
+
+
 @form("gather_elements")
 def _gather_elements(node: Node, b: Builder) -> Callable[..., Any]:
     axis = int(node.attrs["axis"])

@@ -374,6 +374,17 @@ def _gather_elements(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult
     return R.gather_elements(x, idx, axis=axis)
 
 
+@register_lowering("topk")
+def _topk(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """Relax's ``topk`` (values and int64 indices, sorted)."""
+    axis = int(node.attrs["axis"]) % len(ctx.shape_of(a[0]))
+    both = ctx.emit(
+        R.topk(a[0], int(node.attrs["k"]), axis=axis, ret_type="both",
+               largest=bool(node.attrs["largest"]), dtype="int64")
+    )  # fmt: skip
+    return [ctx.emit(relax.TupleGetItem(both, 0)), ctx.emit(relax.TupleGetItem(both, 1))]
+
+
 @register_lowering("where")
 def _where(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     return R.where(a[0], a[1], a[2])
