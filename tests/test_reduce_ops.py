@@ -57,3 +57,30 @@ def test_training_forms() -> None:
     got = to_torch(g)(torch.from_numpy(x))
     for a, b in zip(got, interpreter.run(g, [x])):
         np.testing.assert_allclose(a.detach().numpy(), b, rtol=1e-5, atol=1e-5)
+
+
+def test_composed_reductions_and_mish_build() -> None:
+    """ReduceL1 / ReduceL2 (an embedding normalized by its L2 norm) / ReduceSumSquare /
+    ReduceLogSum / ReduceLogSumExp and Mish, spelled out of mcopt ops: every route (interpreter,
+    CPU build, export) against onnxruntime."""
+    pytest.importorskip("tvm")
+    ax = numpy_helper.from_array(np.array([1], np.int64), "ax")
+    nodes = [
+        helper.make_node("Mish", ["x"], ["m"]),
+        helper.make_node("ReduceL2", ["m", "ax"], ["n2"], keepdims=1),
+        helper.make_node("Div", ["m", "n2"], ["unit"]),
+        helper.make_node("ReduceL1", ["x", "ax"], ["n1"], keepdims=0),
+        helper.make_node("ReduceSumSquare", ["x", "ax"], ["sq"], keepdims=1),
+        helper.make_node("Abs", ["x"], ["ab"]),
+        helper.make_node("ReduceLogSum", ["ab", "ax"], ["ls"], keepdims=0),
+        helper.make_node("ReduceLogSumExp", ["x", "ax"], ["lse"], keepdims=0),
+    ]
+    outs = ["unit", "n1", "sq", "ls", "lse"]
+    graph = helper.make_graph(
+        nodes, "composed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6, 5])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs],
+        initializer=[ax],
+    )  # fmt: skip
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = (np.random.default_rng(1).standard_normal((2, 6, 5)) * 3).astype(np.float32)
+    assert_routes_match(outputs_by_route(m, {"x": x}, passes=["cleanup"]), rtol=1e-5, atol=1e-5)

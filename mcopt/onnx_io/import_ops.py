@@ -688,6 +688,50 @@ def reduce_mean(c: NodeCtx) -> None:
     c.set_out(0, c.emit(_REDUCE_OPS[c.op_type], [x], attrs))
 
 
+@handles("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "ReduceLogSum")
+def reduce_composed(c: NodeCtx) -> None:
+    """The other reductions spelled out of mcopt ops: ``ReduceL1 = sum |x|``, ``ReduceL2 =
+    sqrt(sum x^2)`` (ArcFace-style embedding normalization), ``ReduceSumSquare = sum x^2``,
+    ``ReduceLogSum = log(sum x)``, ``ReduceLogSumExp = log(sum exp(x - max)) + max`` (stable)."""
+    x = c.x(0)
+    axes = _axes_arg(c)
+    if not axes:
+        if int(c.attr("noop_with_empty_axes", 0)):  # ONNX: the op on each element alone
+            if c.op_type == "ReduceSumSquare":
+                c.set_out(0, c.emit("mul", [x, x]))
+                return
+            one = {"ReduceL1": "abs", "ReduceL2": "abs", "ReduceLogSum": "log"}
+            c.set_out(0, c.emit(one.get(c.op_type, "identity"), [x]))
+            return
+        axes = list(range(x.type.rank))
+    keep = int(c.attr("keepdims", 1))
+    red = {"axes": _axes(c, axes, x.type.rank), "keepdims": keep}
+    if c.op_type == "ReduceLogSumExp":
+        if np.dtype(x.dtype).kind != "f":
+            raise c.fail(f"input {x.type}: mcopt imports ReduceLogSumExp of float tensors")
+        m = c.emit("reduce_max", [x], {**red, "keepdims": 1})
+        s = c.emit("reduce_sum", [c.emit("exp", [c.emit("sub", [x, m])])], red)
+        m = m if keep else c.emit("reshape", [m], {"shape": s.shape})
+        c.set_out(0, c.emit("add", [c.emit("log", [s]), m]))
+        return
+    if c.op_type == "ReduceL1":
+        y = c.emit("reduce_sum", [c.emit("abs", [x])], red)
+    elif c.op_type == "ReduceLogSum":
+        y = c.emit("log", [c.emit("reduce_sum", [x], red)])
+    else:
+        y = c.emit("reduce_sum", [c.emit("mul", [x, x])], red)
+        if c.op_type == "ReduceL2":
+            y = c.emit("sqrt", [y])
+    c.set_out(0, y)
+
+
+@handles("Mish")
+def mish(c: NodeCtx) -> None:
+    """``Mish(x) = x * tanh(softplus(x))`` (opset 18; YOLOv4-style backbones), spelled out."""
+    x = c.x(0)
+    c.set_out(0, c.emit("mul", [x, c.emit("tanh", [c.emit("softplus", [x])])]))
+
+
 @handles("ArgMax", "ArgMin")
 def arg_extreme(c: NodeCtx) -> None:
     x = c.x(0)
