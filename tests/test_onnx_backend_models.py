@@ -52,6 +52,7 @@ PARAM_INPUTS: dict[str, frozenset[int]] = {
     "DequantizeLinear": frozenset({1, 2}),
     "Dropout": frozenset({1, 2}),
     "Expand": frozenset({1}),
+    "GroupNormalization": frozenset({1, 2}),
     "LSTM": frozenset({4, 7}),
     "Pad": frozenset({1, 2, 3}),
     "QuantizeLinear": frozenset({1, 2}),
@@ -119,6 +120,12 @@ REFUSED: list[tuple[str, type[MCoptError], str]] = [
     ("node/test_*_uint16", UnsupportedOpError, "element type uint16"),
     ("node/test_*_uint32", UnsupportedOpError, "element type uint32"),
     ("node/test_*_uint64", UnsupportedOpError, "element type uint64"),
+    # opset-28 cases onnx.version_converter cannot bring down to opset 21 (mcopt's newest)
+    ("node/test_celu_*float16", ModelLoadError, "unallowed for Opset Version"),
+    ("node/test_spacetodepth_crd_mode_example", ModelLoadError, "must have value DCR"),
+    # onnx.checker rejects the function body of this MeanVarianceNormalization (a Constant
+    # without a value attribute) in the installed onnx
+    ("node/test_mvn", ModelLoadError, "One and only one of the attributes"),
     ("node/test_*bfloat16*", UnsupportedOpError, "element type bfloat16"),
     ("node/test_*float8e[45]*", UnsupportedOpError, "element type float8_e"),
     ("node/test_*_e4m3fn*", UnsupportedOpError, "element type float8_e4m3fn"),

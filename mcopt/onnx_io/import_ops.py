@@ -840,4 +840,9 @@ def cast(c: NodeCtx) -> None:
 __all__ = ["HANDLERS", "supported_ops"]
 
 # the other import tables register their handlers on import
-from mcopt.onnx_io import import_quant, import_recurrent, import_resample  # noqa: E402,F401
+from mcopt.onnx_io import (  # noqa: E402,F401
+    import_composed,
+    import_quant,
+    import_recurrent,
+    import_resample,
+)
