@@ -283,37 +283,43 @@ _binary("maximum", np.maximum, "y = max(a, b) (numpy broadcasting; ONNX Max)", _
 _binary("minimum", np.minimum, "y = min(a, b) (numpy broadcasting; ONNX Min)", _F | {"commutative"})
 
 
-# --- comparisons ------------------------------------------------------------------------------------
-def _compare(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], doc: str) -> None:
-    def ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.asarray(fn(a, b), dtype=bool)
+# --- comparisons and boolean logic ----------------------------------------------------------------
+def _bool_op(
+    name: str,
+    fn: Callable[..., np.ndarray],
+    doc: str,
+    check: Check = _binary_check,
+    inputs: tuple[str, ...] = ("a", "b"),
+) -> None:
+    """Register an elementwise op with a bool result (broadcasting its two inputs, or of one)."""
+
+    def ref(*xs: np.ndarray) -> np.ndarray:
+        return np.asarray(fn(*xs), dtype=bool)
+
+    def infer(t: InTypes, a: Attrs) -> list[TensorType]:
+        shape = _binary_infer(t, a)[0].shape if len(t) == 2 else t[0].shape  # type: ignore[union-attr]
+        return [TensorType(shape, "bool")]
 
     ref.__name__ = f"{name}_ref"
     register_op(
         OpSchema(
-            name=name,
-            inputs=("a", "b"),
-            check=_binary_check,
-            infer=lambda t, a: [TensorType(_binary_infer(t, a)[0].shape, "bool")],
-            reference=ref,
-            elementwise=True,
+            name=name, inputs=inputs, check=check, infer=infer, reference=ref, elementwise=True,
             doc=doc,
         )
-    )
+    )  # fmt: skip
 
 
-_compare("equal", np.equal, "y = (a == b), bool (numpy broadcasting; ONNX Equal)")
-_compare("less", np.less, "y = (a < b), bool (numpy broadcasting; ONNX Less)")
-_compare("greater", np.greater, "y = (a > b), bool (numpy broadcasting; ONNX Greater)")
-_compare("less_equal", np.less_equal, "y = (a <= b), bool (numpy broadcasting; ONNX LessOrEqual)")
-_compare(
+_bool_op("equal", np.equal, "y = (a == b), bool (numpy broadcasting; ONNX Equal)")
+_bool_op("less", np.less, "y = (a < b), bool (numpy broadcasting; ONNX Less)")
+_bool_op("greater", np.greater, "y = (a > b), bool (numpy broadcasting; ONNX Greater)")
+_bool_op("less_equal", np.less_equal, "y = (a <= b), bool (numpy broadcasting; ONNX LessOrEqual)")
+_bool_op(
     "greater_equal",
     np.greater_equal,
     "y = (a >= b), bool (numpy broadcasting; ONNX GreaterOrEqual)",
 )
 
 
-# --- boolean logic ----------------------------------------------------------------------------------
 def _logic_check(t: InTypes, a: Attrs) -> str | None:
     for x in t:
         assert x is not None
@@ -322,30 +328,13 @@ def _logic_check(t: InTypes, a: Attrs) -> str | None:
     return None if len(t) == 1 else _binary_check(t, a)
 
 
-def _logic(name: str, fn: Callable[..., np.ndarray], doc: str, arity: int = 2) -> None:
-    def ref(*xs: np.ndarray) -> np.ndarray:
-        return np.asarray(fn(*xs), dtype=bool)
-
-    ref.__name__ = f"{name}_ref"
-    register_op(
-        OpSchema(
-            name=name,
-            inputs=("a", "b")[:arity] if arity == 2 else ("x",),
-            check=_logic_check,
-            infer=lambda t, a: (
-                [TensorType(_binary_infer(t, a)[0].shape, "bool")] if len(t) == 2 else [t[0]]
-            ),  # type: ignore[list-item]
-            reference=ref,
-            elementwise=True,
-            doc=doc,
-        )
-    )
-
-
-_logic("logical_and", np.logical_and, "y = a and b, bool (numpy broadcasting; ONNX And)")
-_logic("logical_or", np.logical_or, "y = a or b, bool (numpy broadcasting; ONNX Or)")
-_logic("logical_xor", np.logical_xor, "y = a xor b, bool (numpy broadcasting; ONNX Xor)")
-_logic("logical_not", np.logical_not, "y = not x, bool (ONNX Not)", arity=1)
+_bool_op("logical_and", np.logical_and, "y = a and b, bool (numpy broadcasting; ONNX And)",
+         _logic_check)  # fmt: skip
+_bool_op("logical_or", np.logical_or, "y = a or b, bool (numpy broadcasting; ONNX Or)",
+         _logic_check)  # fmt: skip
+_bool_op("logical_xor", np.logical_xor, "y = a xor b, bool (numpy broadcasting; ONNX Xor)",
+         _logic_check)  # fmt: skip
+_bool_op("logical_not", np.logical_not, "y = not x, bool (ONNX Not)", _logic_check, ("x",))
 
 
 def _where_check(t: InTypes, a: Attrs) -> str | None:
