@@ -199,9 +199,8 @@ def lower_fused_qconv(vals: Any, node: Node, target: Any) -> None:
     be = int8_conv.conv_bias_eff(wp, b_pad, x_zp + shift, lout.padded).reshape(occ, lanes)
     ctx = vals.ctx
     out_shape = (n, occ, oh, ow, lanes)
-    if pool is not None:
+    if pool is not None:  # the pool's output (a concat member is the pool, not this conv)
         out_shape = lout.blocked_shape(tuple(pool.output.shape))
-    if pool is not None:
         into = None
     if flat:  # the kernel's flattened-plane buffers as views of the blocked tensors (no reshape)
         views = {"x": (in_shape, 0), "out": (out_shape, 0)}

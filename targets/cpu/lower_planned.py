@@ -215,10 +215,7 @@ def _lower_fused_conv(vals: _Values, node: Node, target: Any) -> None:
     if slope is not None and kernel not in ("grouped", "block_diagonal"):  # padded like the bias
         geom["slope"] = _pad_to(slope, (lx.padded if kernel == "depthwise" else lout.padded,))
     member = vals.into.get(id(node.output))
-    into = None
-    if member is not None and kernel in INPLACE_CONCAT_KERNELS:
-        cat, offset, total = member
-        into = (vals.dest.get(id(cat)), total, offset)
+    into = _into(vals, node) if kernel in INPLACE_CONCAT_KERNELS else None
     in_perm = [int(p) for p in at["in_perm"]] or None
     if in_perm is not None and kernel not in ("grouped", "block_diagonal"):
         raise TargetError(f"kernel {kernel!r} does not read permuted input channels")
