@@ -53,6 +53,7 @@ PARAM_INPUTS: dict[str, frozenset[int]] = {
     "Dropout": frozenset({1, 2}),
     "Expand": frozenset({1}),
     "GroupNormalization": frozenset({1, 2}),
+    "GRU": frozenset({4}),
     "LSTM": frozenset({4, 7}),
     "Pad": frozenset({1, 2, 3}),
     "QuantizeLinear": frozenset({1, 2}),

@@ -130,6 +130,16 @@ def lstm(e: _Exporter, n: Node) -> None:
           direction=str(n.attrs["direction"]))  # fmt: skip
 
 
+@exports("gru")
+def gru(e: _Exporter, n: Node) -> None:
+    ins, outs = _io(e, n)
+    if len(ins) > 4:  # ONNX's input 4 is sequence_lens (mcopt's sequences are whole)
+        ins = [*ins[:4], "", *ins[4:]]
+    e.add("GRU", ins, outs, n.name, hidden_size=int(n.attrs["hidden_size"]),
+          direction=str(n.attrs["direction"]),
+          linear_before_reset=int(n.attrs["linear_before_reset"]))  # fmt: skip
+
+
 @exports("qlstm")
 def qlstm(e: _Exporter, n: Node) -> None:
     """The int8 codes stored as they are, ``Cast`` to float and scaled per gate row (``Mul`` by

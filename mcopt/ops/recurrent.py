@@ -1,5 +1,6 @@
-"""Recurrent ops: ``lstm`` (ONNX's LSTM, time-major, default activations, no peepholes) and
-``qlstm``, the same with int8 weights (one scale per gate row).
+"""Recurrent ops: ``lstm`` (ONNX's LSTM, time-major, default activations, no peepholes),
+``qlstm``, the same with int8 weights (one scale per gate row), and ``gru`` (ONNX's GRU, see
+:func:`gru_ref`).
 
 With ``x (T, B, I)``, per direction ``d`` (``reverse`` runs t = T-1 .. 0; ``bidirectional`` is a
 forward direction 0 and a reverse direction 1), gates in ONNX's ``i, o, f, c`` order::
@@ -109,6 +110,101 @@ register_op(
         reference=lstm_ref,
         macs=_lstm_macs,
         doc="ONNX LSTM (layout 0, sigmoid/tanh/tanh, no peepholes): y (T, D, B, H), y_h, y_c.",
+    )
+)
+
+
+# --- gru ---------------------------------------------------------------------------------------------
+def _gru_check(t: InTypes, a: Attrs) -> str | None:
+    if a["direction"] not in DIRECTIONS:
+        return f"direction={a['direction']!r}; valid: {', '.join(DIRECTIONS)}"
+    h = a["hidden_size"]
+    if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
+        return f"hidden_size must be a positive int, got {h!r}"
+    if a["linear_before_reset"] not in (0, 1):
+        return f"linear_before_reset must be 0 or 1, got {a['linear_before_reset']!r}"
+    x = t[0]
+    if x is None or x.rank != 3 or x.dtype != "float32":
+        return f"x must be a float32 (T, B, I) tensor, got {x}"
+    _, b, i, d, h = _dims(t, a)
+    want = {1: (d, 3 * h, i), 2: (d, 3 * h, h), 3: (d, 6 * h), 4: (d, b, h)}
+    names = {1: "w", 2: "r", 3: "b", 4: "initial_h"}
+    for k, shape in want.items():
+        v = t[k] if k < len(t) else None
+        if v is None:
+            if k <= 2:
+                return f"{names[k]} is required"
+            continue
+        if tuple(int(s) for s in v.shape) != shape or v.dtype != "float32":
+            return f"{names[k]} must be float32 {list(shape)}, got {v}"
+    return None
+
+
+def _gru_infer(t: InTypes, a: Attrs) -> list[TensorType]:
+    seq, b, _, d, h = _dims(t, a)
+    return [TensorType((seq, d, b, h), "float32"), TensorType((d, b, h), "float32")]
+
+
+def _gru_macs(t: InTypes, out: list[TensorType], a: Attrs) -> int:
+    seq, b, i, d, h = _dims(t, a)
+    return seq * d * b * 3 * h * (i + h)
+
+
+def gru_ref(
+    x: np.ndarray,
+    w: np.ndarray,
+    r: np.ndarray,
+    b: np.ndarray | None = None,
+    initial_h: np.ndarray | None = None,
+    *,
+    hidden_size: int,
+    direction: str,
+    linear_before_reset: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ONNX GRU (gates ``z, r, h``; Cho et al., "Learning phrase representations using RNN
+    encoder-decoder", 2014)::
+
+        z = sigmoid(x W_z + h R_z + Wb_z + Rb_z);  r = sigmoid(x W_r + h R_r + Wb_r + Rb_r)
+        h~ = tanh(x W_h + (r * h) R_h + Rb_h + Wb_h)        # linear_before_reset = 0
+        h~ = tanh(x W_h + r * (h R_h + Rb_h) + Wb_h)        # linear_before_reset = 1
+        h = (1 - z) * h~ + z * h"""
+    seq, batch, _ = x.shape
+    dirs = 2 if direction == "bidirectional" else 1
+    h_ = hidden_size
+    y = np.zeros((seq, dirs, batch, h_), np.float32)
+    y_h = np.zeros((dirs, batch, h_), np.float32)
+    for d in range(dirs):
+        wb, rb = (
+            (np.zeros(3 * h_, np.float32),) * 2 if b is None else (b[d, : 3 * h_], b[d, 3 * h_ :])
+        )
+        h = np.zeros((batch, h_), np.float32) if initial_h is None else initial_h[d]
+        steps = range(seq - 1, -1, -1) if direction == "reverse" or d == 1 else range(seq)
+        for t in steps:
+            gx = (x[t] @ w[d].T + wb).astype(np.float32)
+            gh = (h @ r[d].T + rb).astype(np.float32)
+            z = sigmoid(gx[:, :h_] + gh[:, :h_])
+            rr = sigmoid(gx[:, h_ : 2 * h_] + gh[:, h_ : 2 * h_])
+            if linear_before_reset:
+                cand = np.tanh(gx[:, 2 * h_ :] + rr * gh[:, 2 * h_ :])
+            else:
+                rh = (rr * h) @ r[d][2 * h_ :].T + rb[2 * h_ :]
+                cand = np.tanh(gx[:, 2 * h_ :] + rh)
+            h = ((1 - z) * cand + z * h).astype(np.float32)
+            y[t, d] = h
+        y_h[d] = h
+    return y, y_h
+
+
+register_op(
+    OpSchema(
+        name="gru",
+        inputs=("x", "w", "r", "b?", "initial_h?"),
+        attrs={"hidden_size": REQUIRED, "direction": "forward", "linear_before_reset": 0},
+        check=_gru_check,
+        infer=_gru_infer,
+        reference=gru_ref,
+        macs=_gru_macs,
+        doc="ONNX GRU (layout 0, sigmoid/tanh): y (T, D, B, H), y_h (D, B, H).",
     )
 )
 

@@ -47,6 +47,7 @@ WAIVED: dict[str, str] = {
     "transpose that feeds a CRNN's LSTM is refused for the same reason",
     "qlstm": "an lstm (time-major, see lstm) with int8 weights: train the float lstm before "
     "quantize-int8",
+    "gru": "time-major (batch on dim 1), as lstm",
 }
 
 

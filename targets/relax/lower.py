@@ -590,6 +590,72 @@ def lower_lstm(ctx: LowerContext, node: Node, a: list[Any], dense: DenseFn | Non
     return [y, y_h, y_c]
 
 
+@register_lowering("gru")
+def _gru(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
+    """Unrolled over time like :func:`lower_lstm`: the input projection of every step as one
+    matmul per direction, then per step ``h @ R.T`` and the gates (ops/recurrent.py's gru_ref)."""
+    from mcopt.targets.fast_math import fast_sigmoid
+
+    a = list(a) + [None] * (5 - len(a))
+    x, w, r, b, h0 = a
+    seq, batch, feat = ctx.shape_of(x)
+    hid = int(node.attrs["hidden_size"])
+    dirs = 2 if node.attrs["direction"] == "bidirectional" else 1
+    lbr = int(node.attrs["linear_before_reset"])
+
+    def take(t: Any, d: int, shape: tuple[int, ...]) -> Any:
+        return ctx.emit(R.reshape(R.strided_slice(t, axes=[0], begin=[d], end=[d + 1]), shape))
+
+    def cut(t: Any, k: int) -> Any:  # gate k of (B, 3H)
+        return ctx.emit(R.strided_slice(t, axes=[1], begin=[k * hid], end=[(k + 1) * hid]))
+
+    def sig(v: Any) -> Any:
+        return ctx.emit(_fast_elementwise(ctx, ctx.emit(v), fast_sigmoid, "sigmoid"))
+
+    zeros = ctx.const(np.zeros((batch, hid), np.float32))
+    flat = ctx.emit(R.reshape(x, (seq * batch, feat)))
+    ys, hs = [], []
+    for d in range(dirs):
+        proj = ctx.emit(R.matmul(flat, R.permute_dims(take(w, d, (3 * hid, feat)))))
+        rb = None
+        if b is not None:
+            bd = take(b, d, (6 * hid,))
+            proj = ctx.emit(R.add(proj, R.strided_slice(bd, axes=[0], begin=[0], end=[3 * hid])))
+            rb = ctx.emit(R.strided_slice(bd, axes=[0], begin=[3 * hid], end=[6 * hid]))
+        proj = ctx.emit(R.reshape(proj, (seq, batch, 3 * hid)))
+        r_t = ctx.emit(R.permute_dims(take(r, d, (3 * hid, hid))))
+        r_h = ctx.emit(R.strided_slice(r_t, axes=[1], begin=[2 * hid], end=[3 * hid]))
+        h = take(h0, d, (batch, hid)) if h0 is not None else zeros
+        steps = (
+            range(seq - 1, -1, -1) if node.attrs["direction"] == "reverse" or d == 1 else range(seq)
+        )
+        out: dict[int, Any] = {}
+        for t in steps:
+            gx = ctx.emit(R.reshape(R.strided_slice(proj, axes=[0], begin=[t], end=[t + 1]),
+                                    (batch, 3 * hid)))  # fmt: skip
+            gh = ctx.emit(R.matmul(h, r_t))
+            if rb is not None:
+                gh = ctx.emit(R.add(gh, rb))
+            z = sig(R.add(cut(gx, 0), cut(gh, 0)))
+            rr = sig(R.add(cut(gx, 1), cut(gh, 1)))
+            if lbr:
+                cand = R.tanh(R.add(cut(gx, 2), R.multiply(rr, cut(gh, 2))))
+            else:
+                rh = ctx.emit(R.matmul(ctx.emit(R.multiply(rr, h)), r_h))
+                if rb is not None:
+                    rh = R.add(rh, R.strided_slice(rb, axes=[0], begin=[2 * hid], end=[3 * hid]))
+                cand = R.tanh(R.add(cut(gx, 2), rh))
+            cand = ctx.emit(cand)
+            one = ctx.const(np.ones((1, 1), np.float32))
+            h = ctx.emit(R.add(R.multiply(R.subtract(one, z), cand), R.multiply(z, h)))
+            out[t] = ctx.emit(R.reshape(h, (1, 1, batch, hid)))
+        ys.append(ctx.emit(R.concat([out[t] for t in range(seq)], axis=0)))
+        hs.append(ctx.emit(R.reshape(h, (1, batch, hid))))
+    y = ys[0] if dirs == 1 else ctx.emit(R.concat(ys, axis=1))
+    y_h = hs[0] if dirs == 1 else ctx.emit(R.concat(hs, axis=0))
+    return [y, y_h]
+
+
 @register_lowering("qlstm")
 def _qlstm(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
     """The float LSTM of the dequantized weights ``w * w_scale[..., None]`` (the CPU build's
