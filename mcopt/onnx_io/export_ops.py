@@ -121,23 +121,14 @@ def gelu(e: _Exporter, n: Node) -> None:
     e.add("Mul", [t[3], t[2]], outs, n.name)
 
 
-@exports("lstm")
-def lstm(e: _Exporter, n: Node) -> None:
+@exports("lstm", "gru")
+def recurrent(e: _Exporter, n: Node) -> None:
     ins, outs = _io(e, n)
     if len(ins) > 4:  # ONNX's input 4 is sequence_lens (mcopt's sequences are whole)
         ins = [*ins[:4], "", *ins[4:]]
-    e.add("LSTM", ins, outs, n.name, hidden_size=int(n.attrs["hidden_size"]),
-          direction=str(n.attrs["direction"]))  # fmt: skip
-
-
-@exports("gru")
-def gru(e: _Exporter, n: Node) -> None:
-    ins, outs = _io(e, n)
-    if len(ins) > 4:  # ONNX's input 4 is sequence_lens (mcopt's sequences are whole)
-        ins = [*ins[:4], "", *ins[4:]]
-    e.add("GRU", ins, outs, n.name, hidden_size=int(n.attrs["hidden_size"]),
-          direction=str(n.attrs["direction"]),
-          linear_before_reset=int(n.attrs["linear_before_reset"]))  # fmt: skip
+    extra = {"linear_before_reset": int(n.attrs["linear_before_reset"])} if n.op == "gru" else {}
+    e.add(n.op.upper(), ins, outs, n.name, hidden_size=int(n.attrs["hidden_size"]),
+          direction=str(n.attrs["direction"]), **extra)  # fmt: skip
 
 
 @exports("qlstm")

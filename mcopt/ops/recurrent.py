@@ -34,7 +34,8 @@ def _dims(t: InTypes, a: Attrs) -> tuple[int, int, int, int, int]:
     return seq, batch, feat, 2 if a["direction"] == "bidirectional" else 1, int(a["hidden_size"])
 
 
-def _lstm_check(t: InTypes, a: Attrs) -> str | None:
+def _rnn_check(t: InTypes, a: Attrs, gates: int, states: tuple[str, ...]) -> str | None:
+    """The checks LSTM (4 gates; h and c states) and GRU (3 gates; h) share."""
     if a["direction"] not in DIRECTIONS:
         return f"direction={a['direction']!r}; valid: {', '.join(DIRECTIONS)}"
     h = a["hidden_size"]
@@ -44,8 +45,10 @@ def _lstm_check(t: InTypes, a: Attrs) -> str | None:
     if x is None or x.rank != 3 or x.dtype != "float32":
         return f"x must be a float32 (T, B, I) tensor, got {x}"
     _, b, i, d, h = _dims(t, a)
-    want = {1: (d, 4 * h, i), 2: (d, 4 * h, h), 3: (d, 8 * h), 4: (d, b, h), 5: (d, b, h)}
-    names = {1: "w", 2: "r", 3: "b", 4: "initial_h", 5: "initial_c"}
+    want = {1: (d, gates * h, i), 2: (d, gates * h, h), 3: (d, 2 * gates * h)}
+    names = {1: "w", 2: "r", 3: "b"}
+    for k, state in enumerate(states, 4):
+        want[k], names[k] = (d, b, h), state
     for k, shape in want.items():
         v = t[k] if k < len(t) else None
         if v is None:
@@ -55,6 +58,10 @@ def _lstm_check(t: InTypes, a: Attrs) -> str | None:
         if tuple(int(s) for s in v.shape) != shape or v.dtype != "float32":
             return f"{names[k]} must be float32 {list(shape)}, got {v}"
     return None
+
+
+def _lstm_check(t: InTypes, a: Attrs) -> str | None:
+    return _rnn_check(t, a, 4, ("initial_h", "initial_c"))
 
 
 def _lstm_infer(t: InTypes, a: Attrs) -> list[TensorType]:
@@ -116,28 +123,9 @@ register_op(
 
 # --- gru ---------------------------------------------------------------------------------------------
 def _gru_check(t: InTypes, a: Attrs) -> str | None:
-    if a["direction"] not in DIRECTIONS:
-        return f"direction={a['direction']!r}; valid: {', '.join(DIRECTIONS)}"
-    h = a["hidden_size"]
-    if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
-        return f"hidden_size must be a positive int, got {h!r}"
     if a["linear_before_reset"] not in (0, 1):
         return f"linear_before_reset must be 0 or 1, got {a['linear_before_reset']!r}"
-    x = t[0]
-    if x is None or x.rank != 3 or x.dtype != "float32":
-        return f"x must be a float32 (T, B, I) tensor, got {x}"
-    _, b, i, d, h = _dims(t, a)
-    want = {1: (d, 3 * h, i), 2: (d, 3 * h, h), 3: (d, 6 * h), 4: (d, b, h)}
-    names = {1: "w", 2: "r", 3: "b", 4: "initial_h"}
-    for k, shape in want.items():
-        v = t[k] if k < len(t) else None
-        if v is None:
-            if k <= 2:
-                return f"{names[k]} is required"
-            continue
-        if tuple(int(s) for s in v.shape) != shape or v.dtype != "float32":
-            return f"{names[k]} must be float32 {list(shape)}, got {v}"
-    return None
+    return _rnn_check(t, a, 3, ("initial_h",))
 
 
 def _gru_infer(t: InTypes, a: Attrs) -> list[TensorType]:
