@@ -625,6 +625,12 @@ def _gru(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
         proj = ctx.emit(R.reshape(proj, (seq, batch, 3 * hid)))
         r_t = ctx.emit(R.permute_dims(take(r, d, (3 * hid, hid))))
         r_h = ctx.emit(R.strided_slice(r_t, axes=[1], begin=[2 * hid], end=[3 * hid]))
+        # linear_before_reset=0 multiplies (r * h) by R_h separately: h @ R.T needs z and r only
+        gates = 3 if lbr else 2
+        r_g = r_t if lbr else ctx.emit(R.strided_slice(r_t, axes=[1], begin=[0], end=[2 * hid]))
+        rb_g = rb
+        if rb is not None and not lbr:
+            rb_g = ctx.emit(R.strided_slice(rb, axes=[0], begin=[0], end=[gates * hid]))
         h = take(h0, d, (batch, hid)) if h0 is not None else zeros
         steps = (
             range(seq - 1, -1, -1) if node.attrs["direction"] == "reverse" or d == 1 else range(seq)
@@ -633,9 +639,9 @@ def _gru(ctx: LowerContext, node: Node, a: list[Any]) -> LowerResult:
         for t in steps:
             gx = ctx.emit(R.reshape(R.strided_slice(proj, axes=[0], begin=[t], end=[t + 1]),
                                     (batch, 3 * hid)))  # fmt: skip
-            gh = ctx.emit(R.matmul(h, r_t))
-            if rb is not None:
-                gh = ctx.emit(R.add(gh, rb))
+            gh = ctx.emit(R.matmul(h, r_g))
+            if rb_g is not None:
+                gh = ctx.emit(R.add(gh, rb_g))
             z = sig(R.add(cut(gx, 0), cut(gh, 0)))
             rr = sig(R.add(cut(gx, 1), cut(gh, 1)))
             if lbr:
