@@ -34,8 +34,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from mcopt.ir.core import Graph, Value
-from mcopt.pass_manager import Pass, PassContext, register_pass
-from mcopt.rewrite import Match, P, RewriteRule, V, X, apply_rewrites
+from mcopt.pass_manager import RewritePass, register_pass
+from mcopt.rewrite import Match, P, RewriteRule, V, X
 
 SIXTH = 1.0 / 6.0
 
@@ -219,7 +219,7 @@ def activation_rules() -> list[RewriteRule]:
 
 
 @register_pass
-class CanonicalActivations(Pass):
+class CanonicalActivations(RewritePass):
     """Rewrite hard-swish / hard-sigmoid / SiLU / GELU written out of elementwise ops
     (Paddle2ONNX, PyTorch below opset 14, every SiLU export, GELU before opset 20) as the one op,
     which the CPU planner fuses into the conv before it (the module docstring lists the forms).
@@ -228,11 +228,8 @@ class CanonicalActivations(Pass):
     name = "canonical-activations"
     lossless = True
 
-    def run(self, graph: Graph, ctx: PassContext) -> bool:
-        res = apply_rewrites(graph, activation_rules())
-        if res.changed:
-            ctx.info(f"canonical-activations: {res.applied}")
-        return res.changed
+    def rules(self) -> list[RewriteRule]:
+        return activation_rules()
 
 
 __all__ = ["CanonicalActivations", "activation_rules"]

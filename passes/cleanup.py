@@ -11,7 +11,7 @@ import numpy as np
 from mcopt.ir.core import Graph, Node, Value
 from mcopt.ir.types import TensorType
 from mcopt.ops import get_schema, has_op, ops_with
-from mcopt.pass_manager import Pass, PassContext, register_pass, register_pipeline
+from mcopt.pass_manager import Pass, PassContext, RewritePass, register_pass, register_pipeline
 from mcopt.rewrite import B, Match, P, RewriteRule, V, W, X, apply_rewrites
 
 #: the standard lossless cleanup, in order (the ``cleanup`` pipeline)
@@ -236,7 +236,7 @@ class BNToAffine(RewriteRule):
 
 
 @register_pass
-class FoldBatchNorm(Pass):
+class FoldBatchNorm(RewritePass):
     """Fold inference batch norm into the preceding conv2d/dense.
 
     The standard deployment fold of batch normalization (Ioffe & Szegedy 2015). With
@@ -254,14 +254,11 @@ class FoldBatchNorm(Pass):
     lossless = True
     standalone: bool = False
 
-    def run(self, graph: Graph, ctx: PassContext) -> bool:
+    def rules(self) -> list[RewriteRule]:
         rules: list[RewriteRule] = [FoldBNIntoLinear()]
         if self.standalone:
             rules.append(BNToAffine())
-        res = apply_rewrites(graph, rules)
-        if res.changed:
-            ctx.info(f"fold-batch-norm: {res.applied}")
-        return res.changed
+        return rules
 
 
 # --- a constant add after a conv / dense -> its bias ------------------------------------------------------
@@ -360,7 +357,7 @@ def _bias_of(m: Match) -> np.ndarray | None:
 
 
 @register_pass
-class FoldBiasAdd(Pass):
+class FoldBiasAdd(RewritePass):
     """Fold an add (a mul) of a per-channel constant into the preceding conv2d / dense /
     conv_transpose2d's bias (weights and bias).
 
@@ -376,13 +373,15 @@ class FoldBiasAdd(Pass):
     name = "fold-bias-add"
     lossless = True
 
-    def run(self, graph: Graph, ctx: PassContext) -> bool:
-        rules = [AddIntoBias(), AddIntoBiasSwapped(), MulIntoLinear(), MulIntoLinearSwapped()]
+    def rules(self) -> list[RewriteRule]:
+        rules: list[RewriteRule] = [
+            AddIntoBias(),
+            AddIntoBiasSwapped(),
+            MulIntoLinear(),
+            MulIntoLinearSwapped(),
+        ]
         rules.append(FoldBNIntoLinear())  # a BN after a folded add (conv -> Add -> BN exports)
-        res = apply_rewrites(graph, rules)
-        if res.changed:
-            ctx.info(f"fold-bias-add: {res.applied}")
-        return res.changed
+        return rules
 
 
 # --- identity / dropout -----------------------------------------------------------------------------------

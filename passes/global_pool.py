@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from mcopt.ir.core import Graph, Value
-from mcopt.pass_manager import Pass, PassContext, register_pass
-from mcopt.rewrite import Match, P, RewriteRule, X, apply_rewrites
+from mcopt.pass_manager import RewritePass, register_pass
+from mcopt.rewrite import Match, P, RewriteRule, X
 
 POOLS = {"reduce_mean": "global_avg_pool", "reduce_max": "global_max_pool"}
 
@@ -52,7 +52,7 @@ class _SpatialReduce(RewriteRule):
 
 
 @register_pass
-class GlobalPool(Pass):
+class GlobalPool(RewritePass):
     """Rewrite ``reduce_mean`` / ``reduce_max`` over the two spatial axes of an NCHW tensor as
     ``global_avg_pool`` / ``global_max_pool`` (+ a reshape without ``keepdims``), which the CPU
     planner runs on the blocked layout. Lossless up to float rounding."""
@@ -60,11 +60,8 @@ class GlobalPool(Pass):
     name = "global-pool"
     lossless = True
 
-    def run(self, graph: Graph, ctx: PassContext) -> bool:
-        res = apply_rewrites(graph, [_SpatialReduce()])
-        if res.changed:
-            ctx.info(f"global-pool: {res.applied}")
-        return res.changed
+    def rules(self) -> list[RewriteRule]:
+        return [_SpatialReduce()]
 
 
 __all__ = ["GlobalPool"]

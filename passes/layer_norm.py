@@ -21,8 +21,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from mcopt.ir.core import Graph, Node, Value
-from mcopt.pass_manager import Pass, PassContext, register_pass
-from mcopt.rewrite import Match, P, RewriteRule, V, X, apply_rewrites
+from mcopt.pass_manager import RewritePass, register_pass
+from mcopt.rewrite import Match, P, RewriteRule, V, X
 
 
 def _scalar(v: Value) -> bool:
@@ -139,7 +139,7 @@ def layer_norm_rules() -> list[RewriteRule]:
 
 
 @register_pass
-class CanonicalLayerNorm(Pass):
+class CanonicalLayerNorm(RewritePass):
     """Rewrite layer normalization written out of ``reduce_mean`` / ``sub`` / ``pow`` / ``sqrt``
     / ``div`` (and a constant ``* gamma + beta``) as one ``layer_norm`` op. Lossless up to float
     rounding."""
@@ -147,11 +147,8 @@ class CanonicalLayerNorm(Pass):
     name = "canonical-layer-norm"
     lossless = True
 
-    def run(self, graph: Graph, ctx: PassContext) -> bool:
-        res = apply_rewrites(graph, layer_norm_rules())
-        if res.changed:
-            ctx.info(f"canonical-layer-norm: {res.applied}")
-        return res.changed
+    def rules(self) -> list[RewriteRule]:
+        return layer_norm_rules()
 
 
 __all__ = ["CanonicalLayerNorm", "layer_norm_rules"]

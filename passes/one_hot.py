@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from mcopt.ir.core import Graph, Node, Value
-from mcopt.pass_manager import Pass, PassContext, register_pass
-from mcopt.rewrite import B, Match, P, RewriteRule, V, W, apply_rewrites
+from mcopt.pass_manager import RewritePass, register_pass
+from mcopt.rewrite import B, Match, P, RewriteRule, V, W
 
 
 def _iota_len(v: Value) -> int | None:
@@ -73,7 +73,7 @@ class OneHotDense(RewriteRule):
 
 
 @register_pass
-class OneHotToEmbedding(Pass):
+class OneHotToEmbedding(RewritePass):
     """Rewrite a one-hot matrix product (``Equal`` against ``arange(K)``, ``Cast``, ``MatMul``: how
     TensorFlow / JAX export an embedding) as a row lookup, the ``embedding`` op. Lossless (exact);
     the module docstring has the formula."""
@@ -81,11 +81,8 @@ class OneHotToEmbedding(Pass):
     name = "one-hot-to-embedding"
     lossless = True
 
-    def run(self, graph: Graph, ctx: PassContext) -> bool:
-        res = apply_rewrites(graph, [OneHotDense(False), OneHotDense(True)])
-        if res.changed:
-            ctx.info(f"one-hot-to-embedding: {res.applied}")
-        return res.changed
+    def rules(self) -> list[RewriteRule]:
+        return [OneHotDense(False), OneHotDense(True)]
 
 
 __all__ = ["OneHotDense", "OneHotToEmbedding"]

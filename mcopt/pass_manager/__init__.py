@@ -45,6 +45,7 @@ from mcopt.pass_manager.analyses import (
 from mcopt.pass_manager.base import (
     Pass,
     PassResult,
+    RewritePass,
     describe_pass,
     describe_passes,
     list_passes,
@@ -79,6 +80,7 @@ __all__ = [
     "PassReport",
     "PassResult",
     "PassSummary",
+    "RewritePass",
     "TargetServices",
     "describe_pass",
     "describe_passes",

@@ -81,6 +81,23 @@ class Pass:
         return self.name + ":" + ",".join(f"{k}={_fmt_value(v)}" for k, v in changed.items())
 
 
+class RewritePass(Pass):
+    """A pass that applies a set of rewrite rules to a fixed point
+    (:func:`mcopt.rewrite.apply_rewrites`) and logs what they did: a subclass gives
+    :meth:`rules` (which may read the pass's options)."""
+
+    def rules(self) -> list[Any]:
+        raise NotImplementedError(f"pass {self.name!r} does not implement rules()")
+
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        from mcopt.rewrite import apply_rewrites
+
+        res = apply_rewrites(graph, self.rules())
+        if res.changed:
+            ctx.info(f"{self.name}: {res.applied}")
+        return res.changed
+
+
 def _fmt_value(v: Any) -> str:
     if isinstance(v, tuple | list):
         return "[" + ",".join(_fmt_value(x) for x in v) + "]"

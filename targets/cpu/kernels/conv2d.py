@@ -36,7 +36,7 @@ from typing import Any
 
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
 from mcopt.targets.cpu.kernels.params import ConvParams, _info, choose_conv_params
-from mcopt.targets.cpu.kernels.threads import parallel
+from mcopt.targets.cpu.kernels.threads import parallel, vector_init
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -250,9 +250,7 @@ def _schedule_flat(sch: Any, params: ConvParams) -> None:
     sch.unroll(oc_i)
     sch.unroll(q_i)
     sch.vectorize(ob)
-    init = sch.decompose_reduction(conv, (outer_red + red)[0])
-    iloops = sch.get_loops(init)
-    sch.vectorize(iloops[-1])
+    vector_init(sch, conv, (outer_red + red)[0])
     # The epilogue is a separate pass over the (small) plane: reverse_compute_at cannot invert
     # q = y * ow + x and would generate wrong loop bounds.
     out = sch.get_sblock("out")

@@ -38,7 +38,7 @@ from mcopt.targets.cpu.kernels.conv2d import (
     schedule_pad,
 )
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
-from mcopt.targets.cpu.kernels.threads import parallel, vectorize_divisor
+from mcopt.targets.cpu.kernels.threads import parallel, vector_init, vectorize_divisor
 
 #: the most output channels this kernel takes (above, the direct template's lanes fill up)
 NARROW_MAX_OC = 4
@@ -151,11 +151,7 @@ def _schedule(tensors: list[Any], name: str) -> Any:
     sch.unroll(x_i)
     sch.unroll(o)
     sch.vectorize(lane)
-    init = sch.decompose_reduction(conv, red[0])
-    iloops = sch.get_loops(init)
-    sch.vectorize(iloops[-1])
-    for lp in iloops[-3:-1]:
-        sch.unroll(lp)
+    vector_init(sch, conv, red[0], unroll=2)
     sch.reverse_compute_at(sch.get_sblock("lanes"), outer)
     sch.reverse_compute_at(sch.get_sblock("out"), outer)
     if _has_block(sch, "data_pad"):

@@ -36,7 +36,7 @@ from mcopt.targets.cpu.kernels.conv2d import (
 )
 from mcopt.targets.cpu.kernels.epilogue import Epilogue
 from mcopt.targets.cpu.kernels.params import channel_block
-from mcopt.targets.cpu.kernels.threads import parallel
+from mcopt.targets.cpu.kernels.threads import parallel, vector_init
 
 
 def choose_depthwise_params(
@@ -159,10 +159,7 @@ def depthwise_conv2d_nchwc(
     sch.unroll(kw)
     sch.unroll(ow_i)
     sch.vectorize(b)
-    init = sch.decompose_reduction(conv, kh)
-    iloops = sch.get_loops(init)
-    sch.vectorize(iloops[-1])
-    sch.unroll(iloops[-2])
+    vector_init(sch, conv, kh, unroll=1)
     out = sch.get_sblock("out")
     sch.reverse_compute_at(out, ow_o)
     sch.vectorize(sch.get_loops(out)[-1])

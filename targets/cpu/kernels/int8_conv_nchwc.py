@@ -40,7 +40,7 @@ from mcopt.targets.cpu.kernels.int8_pointwise_sdot import (
     sdot_pointwise_applies,
     sdot_rows_applies,
 )
-from mcopt.targets.cpu.kernels.threads import parallel, vectorize_divisor
+from mcopt.targets.cpu.kernels.threads import parallel, vector_init, vectorize_divisor
 
 
 @dataclass(frozen=True)
@@ -412,11 +412,7 @@ def _schedule(
         sch.vectorize(ob)
     sch.unroll(c_i)
     sch.unroll(x_i)
-    init = sch.decompose_reduction(blk, red[0])
-    iloops = sch.get_loops(init)
-    sch.vectorize(iloops[-1])
-    for lp in iloops[-3:-1]:
-        sch.unroll(lp)
+    vector_init(sch, blk, red[0], unroll=2)
     if p.isa is not None:
         sch.tensorize(ob, intrin_name(p.isa))
 

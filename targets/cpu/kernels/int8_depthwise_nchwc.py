@@ -96,7 +96,7 @@ from mcopt.targets.cpu.kernels.conv2d import _pads, _pair, conv_out_size
 from mcopt.targets.cpu.kernels.int8_epilogue import QEpilogue
 from mcopt.targets.cpu.kernels.int8_pointwise_sdot import int_requantize as _int_requantize
 from mcopt.targets.cpu.kernels.int8_pointwise_sdot import sdot_requantize
-from mcopt.targets.cpu.kernels.threads import min_parallel_work, parallel
+from mcopt.targets.cpu.kernels.threads import min_parallel_work, parallel, vector_init
 
 #: most output columns in the generic kernel's register tile (int32 accumulators)
 MAX_REG_N = 16
@@ -275,10 +275,7 @@ def _generic_kernel(
     sch.unroll(r_kw)
     sch.unroll(x_i)
     sch.vectorize(k)
-    init = sch.decompose_reduction(blk, r_kh)
-    iloops = sch.get_loops(init)
-    sch.vectorize(iloops[-1])
-    sch.unroll(iloops[-2])
+    vector_init(sch, blk, r_kh, unroll=1)
     oblk = sch.get_sblock("out")
     sch.reverse_compute_at(oblk, x_o)
     oloops = sch.get_loops(oblk)

@@ -116,6 +116,18 @@ def vectorize_divisor(sch: Any, loop: Any, max_lanes: int = 64) -> None:
     sch.vectorize(loop)
 
 
+def vector_init(sch: Any, block: Any, loop: Any, unroll: int = 0) -> Any:
+    """Split the zeroing of ``block``'s accumulators out before ``loop`` (its first reduction
+    loop), vectorize it along its innermost loop and unroll the ``unroll`` loops around that (the
+    register tile's). Returns the init block."""
+    init = sch.decompose_reduction(block, loop)
+    loops = sch.get_loops(init)
+    sch.vectorize(loops[-1])
+    for lp in loops[-1 - unroll : -1]:
+        sch.unroll(lp)
+    return init
+
+
 __all__ = [
     "MIN_PARALLEL_WORK",
     "func_work",
@@ -123,5 +135,6 @@ __all__ = [
     "parallel",
     "schedule_work",
     "stmt_work",
+    "vector_init",
     "vectorize_divisor",
 ]
